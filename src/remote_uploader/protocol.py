@@ -1,0 +1,107 @@
+"""The wire schema shared by the agent and the collector (protocol v1, see docs/protocol.md).
+
+Both sides import this module so that "canonical IP", "a valid record" and "an RFC 3339 time"
+mean exactly the same thing at both ends of the wire. The agent only ever sends canonical
+addresses; the collector rejects anything else, so one address can never be stored under two keys.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+PROTOCOL_VERSION = 1
+BATCHES_PATH = "/v1/batches"
+HEALTH_PATH = "/v1/health"
+
+MAX_AGENT_LEN = 128
+MAX_BATCH_ID_LEN = 128
+MAX_SOURCE_LEN = 4096
+MAX_RECORDS_PER_BATCH = 100_000
+
+
+def canonical_ip(text: str) -> str | None:
+    """Return the canonical spelling of an address, or None if `text` is not one we count.
+
+    Canonical means: IPv4 dotted quad without leading zeros; IPv6 compressed lowercase (RFC 5952);
+    IPv4-mapped IPv6 (``::ffff:a.b.c.d``) reported as the IPv4 address, because a block applied to
+    the mapped spelling would never match the IPv4 traffic. Unspecified addresses (``0.0.0.0``,
+    ``::``) are not counted. Zone ids, ports and brackets must have been removed by the caller.
+    """
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id is not None:
+            return None
+        mapped = addr.ipv4_mapped
+        if mapped is not None:
+            addr = mapped  # type: ignore[assignment]
+    if addr.is_unspecified:
+        return None
+    return str(addr)
+
+
+def is_canonical_ip(text: str) -> bool:
+    """True when `text` is a countable address already in its canonical spelling."""
+    return canonical_ip(text) == text
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with a `Z` suffix and microseconds: sortable as text, exact as a value."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def format_timestamp(seconds: float) -> str:
+    return format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 time; a time without an offset is rejected (it would be ambiguous)."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One address seen `count` times in one source between `first_seen` and `last_seen` (RFC 3339)."""
+
+    ip: str
+    count: int
+    first_seen: str
+    last_seen: str
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ip": self.ip,
+            "count": self.count,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "source": self.source,
+        }
+
+
+def encode_records(records: list[Record]) -> bytes:
+    """The records part of a batch, as stored in the agent's queue (compact JSON array)."""
+    return json.dumps([r.to_json() for r in records], separators=(",", ":")).encode()
+
+
+def decode_records(payload: bytes) -> list[Record]:
+    return [Record(**item) for item in json.loads(payload)]
+
+
+def encode_batch(agent: str, batch_id: str, sent_at: str, records_json: bytes) -> bytes:
+    """The POST body of protocol v1, built around an already-encoded records array.
+
+    The queue stores the records array encoded once at seal time; sending only wraps it,
+    so a retry sends byte-identical records under the same batch id.
+    """
+    head = json.dumps({"agent": agent, "batch_id": batch_id, "sent_at": sent_at}, separators=(",", ":"))
+    return head[:-1].encode() + b',"records":' + records_json + b"}"

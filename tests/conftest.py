@@ -1,0 +1,3 @@
+"""Fixtures shared by the whole suite live in tests/helpers; they are registered here."""
+
+pytest_plugins = ["tests.helpers.fixtures"]

@@ -1,0 +1,1 @@
+"""Fault-injecting receiver fixtures. Filled by the fault-peer work."""
