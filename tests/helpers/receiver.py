@@ -444,7 +444,7 @@ def peek_batch(body: bytes, encoding: str | None) -> tuple[str | None, int]:
     or refused, so a test can follow one batch through its retries."""
     try:
         doc = json.loads(decode_body(body, encoding, HARD_BODY_CAP))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, 0
     if not isinstance(doc, dict):
         return None, 0
@@ -459,7 +459,7 @@ def parse_batch(raw: bytes) -> Batch:
     real collector fails (an address spelled two ways is counted under two keys)."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ValueError(f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError("body is not a JSON object")
