@@ -574,7 +574,7 @@ class _Server(ThreadingHTTPServer):
         with self._conns_lock:
             self.stopping.set()
             conns = dict(self._conns)
-        self.receiver.store.wake()
+        self.receiver.wake_waiters()
         self.shutdown()
         self.server_close()
         me = threading.current_thread()
@@ -641,6 +641,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        self.rx.arrived()
         fault = self.rx.plan.draw()
         batch_id, records = peek_batch(body, self.headers.get("Content-Encoding"))
         entry = replace(
@@ -656,8 +657,6 @@ class _Handler(BaseHTTPRequestHandler):
         if fault and not fault.after_store and not self._disrupt(entry, fault):
             return
         status, payload, batch = self._admit(body)
-        if batch is not None:
-            entry = replace(entry, batch_id=batch.batch_id, records=len(batch.records))
         if batch is None:
             self._answer(entry, status, payload)
             return
@@ -688,7 +687,8 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _admit(self, body: bytes) -> tuple[int, dict[str, Any], Batch | None]:
-        """Auth, then size, then shape, then record count: the order a real collector checks in."""
+        """Auth, then size, then shape, then record count: the order a real collector checks in.
+        The batch comes back only when admitted (status 200): a refused one must never be stored."""
         if not self._authorized():
             return 401, {"error": "missing or bad token"}, None
         limit, decoded, max_records = self.rx.plan.limits()
@@ -702,7 +702,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             return 400, {"error": str(exc)}, None
         if max_records is not None and len(batch.records) > max_records:
-            return 413, {"error": f"{len(batch.records)} records is over {max_records}"}, batch
+            return 413, {"error": f"{len(batch.records)} records is over {max_records}"}, None
         return 200, {}, batch
 
     def _answer(
@@ -731,13 +731,22 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/_log":
             self._send(200, {"requests": [asdict(r) for r in self.rx.requests()]})
         else:
-            try:
-                total, timeout = int(query["total"][0]), min(float(query.get("timeout", ["10"])[0]), 600.0)
-            except (KeyError, ValueError):
-                self._send(400, {"error": "/_wait needs total=N and an optional timeout=SECONDS"})
-                return
-            reached = self.rx.store.wait_for_total(total, timeout, cancel=self.server.stopping)
-            self._send(200, {"reached": reached})
+            self._control_wait(query)
+
+    def _control_wait(self, query: dict[str, list[str]]) -> None:
+        """Long poll: ``/_wait?total=N`` or ``/_wait?requests=N``, with ``timeout=SECONDS``."""
+        try:
+            timeout = min(float(query.get("timeout", ["10"])[0]), 600.0)
+            what, n = next((key, int(query[key][0])) for key in ("total", "requests") if key in query)
+        except (StopIteration, ValueError):
+            self._send(400, {"error": "/_wait needs total=N or requests=N, and optionally timeout=SECONDS"})
+            return
+        cancel = self.server.stopping
+        if what == "total":
+            reached = self.rx.store.wait_for_total(n, timeout, cancel=cancel)
+        else:
+            reached = self.rx.wait_for_requests(n, timeout, cancel=cancel)
+        self._send(200, {"reached": reached})
 
     def _control_post(self) -> None:
         body = self._read_body()
@@ -756,9 +765,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing -------------------------------------------------------------------------------
 
     def _authorized(self) -> bool:
-        """Constant-time compare, so the token cannot be guessed byte by byte from answer times."""
-        given = self.headers.get("Authorization", "").encode("utf-8", "replace")
-        return hmac.compare_digest(given, b"Bearer " + self.rx.token.encode())
+        """Constant-time compare, so the token cannot be guessed byte by byte from answer times.
+        The scheme name is case-insensitive (RFC 9110), as in any real server."""
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        expected = self.rx.token.encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.encode("utf-8", "replace"), expected)
 
     def _read_body(self) -> bytes | None:
         """The body by Content-Length (chunked bodies are not part of protocol v1: 411)."""
@@ -809,7 +820,8 @@ class Receiver(FaultControls):
         self.store: Store = SqliteStore(state) if state is not None else MemoryStore()
         self.plan = FaultPlan()
         self._log: list[RequestLog] = []
-        self._log_lock = threading.Lock()
+        self._arrivals = 0  # POST /v1/batches bodies read, including those still being held
+        self._log_cond = threading.Condition()
         self._lifecycle = threading.RLock()
         self._server: _Server | None = None
         self._serving: threading.Thread | None = None
@@ -908,16 +920,35 @@ class Receiver(FaultControls):
         return self.store.batch_ids()
 
     def requests(self) -> list[RequestLog]:
-        with self._log_lock:
+        """Every finished request to /v1/..., in order (a held or delayed one appears when it ends)."""
+        with self._log_cond:
             return list(self._log)
 
     def wait_for_total(self, total: int, timeout: float) -> bool:
         """True once the stored total reaches `total`; woken by each stored batch, no polling."""
         return self.store.wait_for_total(total, timeout)
 
+    def wait_for_requests(self, n: int, timeout: float, cancel: threading.Event | None = None) -> bool:
+        """True once `n` batch requests have arrived (counted when the body is read, before any fault
+        or delay), so a test can act while a request is being held."""
+        with self._log_cond:
+            self._log_cond.wait_for(lambda: self._arrivals >= n or bool(cancel and cancel.is_set()), timeout)
+            return self._arrivals >= n
+
+    def arrived(self) -> None:
+        with self._log_cond:
+            self._arrivals += 1
+            self._log_cond.notify_all()
+
     def record(self, entry: RequestLog) -> None:
-        with self._log_lock:
+        with self._log_cond:
             self._log.append(entry)
+            self._log_cond.notify_all()
+
+    def wake_waiters(self) -> None:
+        self.store.wake()
+        with self._log_cond:
+            self._log_cond.notify_all()
 
     def _control(self, op: str, args: dict[str, Any]) -> None:
         if op == "refuse_for":

@@ -131,6 +131,10 @@ class ReceiverProcess(FaultControls):
         query = urlencode({"total": total, "timeout": timeout})
         return bool(self._get(f"/_wait?{query}", timeout=timeout + CONTROL_TIMEOUT)["reached"])
 
+    def wait_for_requests(self, n: int, timeout: float) -> bool:
+        query = urlencode({"requests": n, "timeout": timeout})
+        return bool(self._get(f"/_wait?{query}", timeout=timeout + CONTROL_TIMEOUT)["reached"])
+
     def _control(self, op: str, args: dict[str, Any]) -> None:
         self._call("POST", "/_control", json.dumps({"op": op, **args}).encode())
 
