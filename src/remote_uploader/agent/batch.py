@@ -1,0 +1,147 @@
+"""Aggregation: occurrences become per-(source, IP) records in one in-memory batch.
+
+A batch also remembers, per file, the offset just past the last byte it covers. That pairing is
+what makes offsets safe: the spool stores the records and moves the offsets in one transaction,
+so the bytes a batch covers are either in the queue or will be read again, never both.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from remote_uploader.config import BatchingConfig
+from remote_uploader.protocol import MAX_BATCH_ID_LEN, Record, encode_batch, encode_records, format_timestamp
+
+if TYPE_CHECKING:
+    from remote_uploader.agent.spool import QueuedBatch, SealedBatch
+
+
+@dataclass
+class Batch:
+    created: float
+    records: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (source, ip) -> [n, first, last]
+    offsets: dict[int, int] = field(default_factory=dict)  # file id -> offset just past the covered bytes
+    occurrences: int = 0
+    lines: int = 0
+    nbytes: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def add(self, source: str, counts: Mapping[str, int], now: float) -> None:
+        """Fold one chunk's counts in. Work is per distinct address, never per line."""
+        records = self.records
+        for ip, count in counts.items():
+            key = (source, ip)
+            record = records.get(key)
+            if record is None:
+                records[key] = [count, now, now]
+            else:
+                record[0] += count
+                record[2] = now
+            self.occurrences += count
+
+    def new_keys(self, source: str, counts: Mapping[str, int]) -> int:
+        """How many records `counts` would add (to keep the batch under max_memory_ips)."""
+        records = self.records
+        return sum(1 for ip in counts if (source, ip) not in records)
+
+    def cover(self, file_id: int, end_offset: int, lines: int, nbytes: int) -> None:
+        self.offsets[file_id] = end_offset
+        self.lines += lines
+        self.nbytes += nbytes
+
+    @property
+    def empty(self) -> bool:
+        return not self.records and not self.offsets
+
+    def to_records(self) -> list[Record]:
+        return [
+            Record(ip, int(n), format_timestamp(first), format_timestamp(last), source)
+            for (source, ip), (n, first, last) in self.records.items()
+        ]
+
+
+@dataclass(frozen=True)
+class SealPolicy:
+    """When the in-memory batch becomes a queued batch.
+
+    - at `force_upload_threshold` records (memory pressure; upload now);
+    - at `min_upload_batch` records once `max_batch_age` has passed (real streaming: uploads start
+      while reading goes on);
+    - any non-empty batch once `max_batch_age` has passed and the reader has caught up, so a
+      trickle of lines is never held back waiting for `min_upload_batch`;
+    - at the end of input (`once`) or at shutdown.
+    """
+
+    force_upload_threshold: int
+    min_upload_batch: int
+    max_batch_age: float
+
+    @classmethod
+    def from_config(cls, batching: BatchingConfig) -> SealPolicy:
+        return cls(batching.force_upload_threshold, batching.min_upload_batch, batching.max_batch_age)
+
+    def should_seal(self, batch: Batch, now: float, *, caught_up: bool) -> bool:
+        if batch.empty:
+            return False
+        size = len(batch)
+        if size >= self.force_upload_threshold:
+            return True
+        aged = now - batch.created >= self.max_batch_age
+        return aged and (size >= self.min_upload_batch or caught_up)
+
+
+def new_batch_id() -> str:
+    """Random and fixed at seal time: stored with the batch, so every retry carries the same id."""
+    return uuid.uuid4().hex
+
+
+def encode_sealed(agent: str, batch_id: str, records: Sequence[Record], created: float,
+                  compress: bool) -> SealedBatch:
+    """The complete request body, built once; `sent_at` is the seal time so retries are byte-identical."""
+    from remote_uploader.agent.spool import SealedBatch
+
+    body = encode_batch(agent, batch_id, format_timestamp(created), encode_records(list(records)))
+    encoding = "identity"
+    if compress:
+        body = gzip.compress(body, compresslevel=1, mtime=0)
+        encoding = "gzip"
+    occurrences = sum(r.count for r in records)
+    return SealedBatch(batch_id, created, len(records), occurrences, encoding, body)
+
+
+def seal(batch: Batch, agent: str, compress: bool) -> SealedBatch | None:
+    """The batch as a queue entry, or None when it covers bytes but holds no address."""
+    if not batch.records:
+        return None
+    return encode_sealed(agent, new_batch_id(), batch.to_records(), time.time(), compress)
+
+
+def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
+    raw = gzip.decompress(body) if encoding == "gzip" else body
+    document: dict[str, Any] = json.loads(raw)
+    return document
+
+
+def split_queued(queued: QueuedBatch, agent: str) -> list[SealedBatch]:
+    """Halves of a batch the collector found too large, with ids derived from the parent's.
+
+    Derived ids (`<parent>.0`, `<parent>.1`) are stable: if the agent dies after storing the
+    halves, the same halves are sent again under the same ids, and the collector drops replays.
+    """
+    records = [Record(**item) for item in decode_body(queued.body, queued.encoding)["records"]]
+    if len(records) < 2 or len(queued.batch_id) + 2 > MAX_BATCH_ID_LEN:
+        return []
+    middle = len(records) // 2
+    compress = queued.encoding == "gzip"
+    return [
+        encode_sealed(agent, f"{queued.batch_id}.{index}", part, queued.created, compress)
+        for index, part in enumerate((records[:middle], records[middle:]))
+    ]

@@ -1,0 +1,188 @@
+"""`test` (is everything in place?) and `status` (where is everything?), as data for the CLI to render.
+
+`status` opens the queue read-only and never takes the agent's lock, so it can run beside a
+running agent without blocking it. Nothing here prints or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.sink import AuthRefusedError, HttpSink
+from remote_uploader.agent.source import BlockReader, expand_sources
+from remote_uploader.agent.spool import DB_NAME, Spool, StateLock
+from remote_uploader.config import Config
+from remote_uploader.errors import DeliveryError, RemoteUploaderError, StateError
+from remote_uploader.i18n import _
+
+SAMPLE_BYTES = 64 * 1024
+SAMPLE_IPS = 5
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def run_checks(config: Config) -> list[Check]:
+    """One check per line: config, each source, the state directory, the server."""
+    origin = config.origin or _("built-in defaults")
+    checks = [Check(_("config"), True, _("loaded from {origin}, profile {profile}").format(
+        origin=origin, profile=config.agent.profile))]
+    checks += check_sources(config)
+    checks.append(check_state_dir(config))
+    checks.append(check_server(config))
+    return checks
+
+
+def check_sources(config: Config) -> list[Check]:
+    if not config.sources:
+        return [Check(_("sources"), False, _("no [[sources]] configured"))]
+    files, problems = expand_sources(config.sources, skip_compressed=config.read.skip_compressed)
+    checks = [Check(problem.path, False, problem.reason) for problem in problems]
+    matched = {pattern for source in config.sources for pattern in source.paths}
+    if not files and not problems:
+        checks.append(Check(_("sources"), False, _("no file matches {patterns}").format(
+            patterns=", ".join(sorted(matched)))))
+    for found in files:
+        checks.append(_sample(found.path, config, found.source_index))
+    return checks
+
+
+def _sample(path: str, config: Config, source_index: int) -> Check:
+    source = config.sources[source_index]
+    extractor = build_extractor(regex=source.regex, exclude=source.exclude)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return Check(path, False, _("cannot open: {reason}").format(reason=exc.strerror))
+    try:
+        size = os.fstat(fd).st_size
+        reader = BlockReader(fd, 0, SAMPLE_BYTES, extractor.context)
+        chunk = reader.next_chunk() or reader.take_partial()
+        counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk and chunk.scan else {}
+        lines = chunk.lines() if chunk else 0
+    except OSError as exc:
+        return Check(path, False, _("cannot read: {reason}").format(reason=exc.strerror))
+    finally:
+        os.close(fd)
+    top = sorted(counts.items(), key=lambda item: -item[1])[:SAMPLE_IPS]
+    found = ", ".join(f"{ip} x{n}" for ip, n in top) or _("none")
+    return Check(path, True, _("readable, {size} bytes; first {lines} lines hold {n} addresses: {found}").format(
+        size=size, lines=lines, n=len(counts), found=found))
+
+
+def check_state_dir(config: Config) -> Check:
+    state_dir = config.agent.state_dir
+    name = _("state directory")
+    if not state_dir.exists():
+        parent = next((p for p in state_dir.parents if p.exists()), None)
+        if parent is not None and os.access(parent, os.W_OK):
+            return Check(name, True, _("{path} will be created").format(path=state_dir))
+        return Check(name, False, _("{path} does not exist and cannot be created").format(path=state_dir))
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        return Check(name, False, _("{path} is not writable").format(path=state_dir))
+    running = StateLock(state_dir).is_held_elsewhere()
+    if not (state_dir / DB_NAME).exists():
+        return Check(name, True, _("{path} writable, no queue yet").format(path=state_dir))
+    try:
+        spool = Spool(state_dir, readonly=True)
+        stats = spool.stats()
+        spool.close()
+    except (StateError, OSError) as exc:
+        return Check(name, False, str(exc))
+    state = _("an agent is running") if running else _("lock free")
+    return Check(name, True, _("{path} writable, {state}, queue readable: {records} records in {batches} batches")
+                 .format(path=state_dir, state=state, records=stats.records, batches=stats.batches))
+
+
+def check_server(config: Config) -> Check:
+    """Reachable (GET /v1/health) and the token accepted (a POST of an empty object: auth comes
+    before validation, so 400 means the token was accepted and nothing was stored)."""
+    sink = HttpSink(config.server)
+    name = _("server {url}").format(url=config.server.url)
+    try:
+        health = sink.health()
+        if not config.server.token:
+            return Check(name, False, _("reachable, but no token configured (server.token or token_file)"))
+        try:
+            sink.send("remote-uploader-test", b"{}", "identity")
+        except AuthRefusedError:
+            return Check(name, False, _("reachable, but the token was refused"))
+        except DeliveryError as exc:
+            if exc.status not in (400, 422):
+                return Check(name, False, str(exc))
+        return Check(name, True, _("reachable (health: {status}), token accepted").format(
+            status=health.get("status", health.get("http_status"))))
+    except DeliveryError as exc:
+        return Check(name, False, str(exc))
+    finally:
+        sink.close()
+
+
+def collect_status(config: Config) -> dict[str, Any]:
+    """Per file (offset, size, bytes behind), the queue, dead letters, the last upload."""
+    state_dir = config.agent.state_dir
+    try:
+        spool = Spool(state_dir, readonly=True)
+    except RemoteUploaderError as exc:
+        return {"state_dir": str(state_dir), "error": str(exc)}
+    try:
+        files = []
+        for state in spool.files():
+            try:
+                size: int | None = os.stat(state.path).st_size
+            except OSError:
+                size = None
+            behind = max(0, size - state.offset) if size is not None else None
+            files.append({"path": state.path, "offset": state.offset, "size": size, "behind": behind,
+                          "status": state.status})
+        queue = spool.stats()
+        kv = spool.get_kv()
+        dead = spool.dead_letters()
+    finally:
+        spool.close()
+    return {
+        "state_dir": str(state_dir),
+        "agent_running": StateLock(state_dir).is_held_elsewhere(),
+        "files": files,
+        "queue": {"batches": queue.batches, "records": queue.records, "occurrences": queue.occurrences,
+                  "bytes_on_disk": queue.disk_bytes, "body_bytes": queue.body_bytes,
+                  "oldest_age_seconds": None if queue.oldest_created is None
+                  else round(time.time() - queue.oldest_created, 3)},
+        "dead_letters": [{"batch_id": b, "records": r, "status": s, "reason": why, "dead_at": at}
+                         for b, r, s, why, at in dead],
+        "last_upload": json.loads(kv["last_upload"]) if "last_upload" in kv else None,
+    }
+
+
+def render_status(report: dict[str, Any]) -> list[str]:
+    if "error" in report:
+        return [report["error"]]
+    lines = [_("State directory: {path} ({running})").format(
+        path=report["state_dir"], running=_("agent running") if report["agent_running"] else _("agent not running"))]
+    for item in report["files"]:
+        size = "?" if item["size"] is None else item["size"]
+        behind = "?" if item["behind"] is None else item["behind"]
+        lines.append(_("  {path}: offset {offset} of {size} bytes, {behind} bytes behind ({status})").format(
+            path=item["path"], offset=item["offset"], size=size, behind=behind, status=item["status"]))
+    queue = report["queue"]
+    age = queue["oldest_age_seconds"]
+    lines.append(_("Queue: {batches} batches, {records} records, {mb:.2f} MB on disk, oldest {age}").format(
+        batches=queue["batches"], records=queue["records"], mb=queue["bytes_on_disk"] / 1e6,
+        age="-" if age is None else f"{age:.0f}s"))
+    lines.append(_("Dead letters: {n} batches ({records} records)").format(
+        n=len(report["dead_letters"]), records=sum(d["records"] for d in report["dead_letters"])))
+    last = report["last_upload"]
+    if last:
+        result = _("ok") if last.get("ok") else last.get("error", "")
+        lines.append(_("Last upload: {when} {result}").format(
+            when=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"])), result=result))
+    return lines

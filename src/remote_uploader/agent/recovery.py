@@ -1,0 +1,77 @@
+"""`reset-state`: the documented way out of a damaged queue database.
+
+The agent never deletes or rewrites a damaged queue by itself (that would hide a loss): it
+refuses to start and names this command. Here the damaged file is moved aside (kept for
+inspection), a new queue is created, and whatever can still be read is carried over: queued
+and dead-lettered batches always (they are data), the recorded offsets only with --keep-offsets.
+
+The choice behind --keep-offsets: with it, files resume where they were, so nothing delivered
+is sent twice, but batches that were queued and can no longer be read are lost. Without it,
+every file is read from the start: nothing is lost, but what was already delivered is counted
+again. The command says which batches it could not recover, so the choice is an informed one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from remote_uploader.agent.spool import DB_NAME, Spool, StateLock
+
+
+def reset_state(state_dir: Path, *, keep_offsets: bool) -> list[str]:
+    lock = StateLock(state_dir)
+    lock.acquire()
+    try:
+        return _reset(state_dir, keep_offsets)
+    finally:
+        lock.release()
+
+
+def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
+    db = state_dir / DB_NAME
+    if not db.exists():
+        return [f"no queue database at {db}; nothing to reset"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = state_dir / f"{DB_NAME}.damaged-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(db) + suffix)
+        if source.exists():
+            source.rename(Path(str(aside) + suffix))
+    report = [f"moved the old queue database to {aside}"]
+    salvaged = _salvage(aside, keep_offsets)
+    fresh = Spool(state_dir)
+    try:
+        with fresh.transaction() as conn:
+            for table, rows in salvaged.items():
+                if rows:
+                    marks = ", ".join("?" * len(rows[0]))
+                    conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)
+                report.append(f"recovered {len(rows)} rows of {table}")
+    finally:
+        fresh.close()
+    missing = [t for t in ("batches", "dead_letters") if t not in salvaged]
+    if missing:
+        report.append(f"could not read {', '.join(missing)} from the old database")
+    if not keep_offsets:
+        report.append("offsets were not kept: every file will be read again from its start")
+    return report
+
+
+def _salvage(path: Path, keep_offsets: bool) -> dict[str, list[tuple[object, ...]]]:
+    tables = ["batches", "dead_letters"] + (["files"] if keep_offsets else [])
+    found: dict[str, list[tuple[object, ...]]] = {}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return found
+    try:
+        for table in tables:
+            try:
+                found[table] = conn.execute(f"SELECT * FROM {table}").fetchall()
+            except sqlite3.Error:
+                continue
+    finally:
+        conn.close()
+    return found

@@ -1,0 +1,383 @@
+"""`once`: wires reader -> extractor -> batch -> spool -> uploader, with signals and stats.
+
+Threads: the calling thread reads, extracts and seals; one `Uploader` thread sends. They share
+nothing but the queue database (each its own connection) and two events. Every guarantee comes
+from `Spool.commit` (offsets move only with the batch that covers them) and `Spool.ack` (a batch
+leaves only when acknowledged); this module only decides *when* to call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
+
+from remote_uploader.agent.batch import Batch, SealPolicy, seal
+from remote_uploader.agent.extract import Extractor, build_extractor, last_cut
+from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
+from remote_uploader.agent.source import (
+    BlockReader,
+    Chunk,
+    FileIdentity,
+    SourceFile,
+    expand_sources,
+    fingerprint,
+    identify,
+)
+from remote_uploader.agent.spool import DiskFullError, FileState, SealedBatch, Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.stats import Stats, render_block
+from remote_uploader.config import Config
+from remote_uploader.errors import RemoteUploaderError, StateError
+from remote_uploader.i18n import _
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_UNDELIVERED = 3
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    message: str
+    stats: Stats
+
+
+class Agent:
+    """One agent process on one state directory (held by an exclusive lock for its lifetime)."""
+
+    def __init__(self, config: Config, *, sink: Sink | None = None,
+                 say: Callable[[str], None] = lambda line: None) -> None:
+        self.config = config
+        self.say = say
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.stats = Stats(max_memory_ips=config.batching.max_memory_ips)
+        self.policy = SealPolicy.from_config(config.batching)
+        prepare_state_dir(config.agent.state_dir)
+        self.lock = StateLock(config.agent.state_dir)
+        self.lock.acquire()
+        try:
+            self.spool = Spool(config.agent.state_dir)
+            self.upload_spool = Spool(config.agent.state_dir)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.extractors = [
+            build_extractor(regex=s.regex, exclude=s.exclude) for s in config.sources
+        ]
+        self.sink = sink or HttpSink(config.server)
+        server = config.server
+        self.uploader = Uploader(self.upload_spool, self.sink,
+                                 Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
+                                 self.stats, config.agent.id, self.wake, self.stop)
+        self.batch = Batch(time.time())
+        self.queued_estimate = 0
+        self.stop_reason = ""
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.stop.set()
+        self.wake.set()
+        if self.uploader.is_alive():
+            self.uploader.join(timeout=self.config.server.timeout + 1)
+        self.spool.close()
+        self.upload_spool.close()
+        self.lock.release()
+
+    def recover(self) -> int:
+        """Say how many records a previous run left in the queue; the uploader sends them first."""
+        queue = self.spool.stats()
+        self.stats.recovered_records = queue.records
+        self.queued_estimate = queue.body_bytes
+        if queue.batches:
+            log.info("event=recovered records=%d batches=%d", queue.records, queue.batches)
+            self.say(_("Recovered {records} pending records ({batches} batches) from the queue").format(
+                records=queue.records, batches=queue.batches))
+        return queue.records
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.stop.set()
+        self.wake.set()
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def open_file(self, found: SourceFile, known: Mapping[str, FileState]) -> tuple[int, int, int] | None:
+        """Open a matched file and decide where to start: (fd, file id, offset), or None if it vanished.
+
+        A file whose identity changed since the last run (another inode, a different start, or
+        shorter than the recorded offset) is a new file: it is read from the start.
+        """
+        try:
+            fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._source_problem(found.path, exc.strerror or str(exc))
+            return None
+        identity = identify(fd)
+        state = known.get(found.path)
+        if state is None:
+            fid = self.spool.register_file(found.path, found.path, identity)
+            return fd, fid, 0
+        if self._continues(fd, state, identity):
+            if identity.fp_len > state.identity.fp_len:
+                self.spool.update_file(state.fid, identity=identity)
+            return fd, state.fid, state.offset
+        log.info("event=file_replaced path=%s old_offset=%d action=read_from_start", found.path, state.offset)
+        self.spool.update_file(state.fid, identity=identity, offset=0, status="active")
+        return fd, state.fid, 0
+
+    @staticmethod
+    def _continues(fd: int, state: FileState, identity: FileIdentity) -> bool:
+        old = state.identity
+        if (identity.dev, identity.ino) != (old.dev, old.ino) or os.fstat(fd).st_size < state.offset:
+            return False
+        return fingerprint(fd, old.fp_len) == (old.fp_len, old.fp_hash)
+
+    def _source_problem(self, path: str, reason: str) -> None:
+        self.stats.source_errors += 1
+        log.error("event=source_error path=%s reason=%r", path, reason)
+        self.say(_("Cannot read {path}: {reason}").format(path=path, reason=reason))
+
+    def read_file(self, fd: int, fid: int, path: str, offset: int, extractor: Extractor,
+                  *, take_partial: bool) -> None:
+        """Read one file from `offset` to its end, sealing batches as the policy says."""
+        reader = BlockReader(fd, offset, self.config.read.block_size, extractor.context)
+        while not self.stop.is_set():
+            chunk = reader.next_chunk()
+            if chunk is None:
+                if take_partial and reader.pending:
+                    chunk = reader.take_partial()
+                if chunk is None:
+                    break
+            self.feed(chunk, fid, path, extractor)
+            self.maybe_seal(caught_up=False)
+
+    def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
+        """Extract one chunk into the batch, keeping the batch under max_memory_ips records."""
+        counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk.scan else {}
+        cap = self.config.batching.max_memory_ips
+        if len(self.batch) + len(counts) > cap and len(self.batch) + self.batch.new_keys(path, counts) > cap:
+            if len(counts) > cap and self._split_feed(chunk, fid, path, extractor):
+                return
+            self.seal_now()
+        lines = chunk.lines()
+        self.batch.add(path, counts, time.time())
+        self.batch.cover(fid, chunk.end_offset, lines, chunk.nbytes)
+        self.stats.occurrences += sum(counts.values())
+        self.stats.lines += lines
+        self.stats.bytes_read += chunk.nbytes
+        self.stats.long_lines += int(chunk.long_line)
+        self.stats.memory_ips = len(self.batch)
+
+    def _split_feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> bool:
+        """A chunk alone holds more distinct addresses than the cap: feed it in two halves."""
+        middle = chunk.start + chunk.nbytes // 2
+        cut = chunk.buf.rfind(b"\n", chunk.start, middle) + 1
+        if cut <= chunk.start:
+            cut = last_cut(chunk.buf, chunk.start, middle)
+        if cut <= chunk.start:
+            return False
+        first = Chunk(chunk.buf, chunk.start, cut, chunk.end_offset - (chunk.end - cut))
+        second = Chunk(chunk.buf, cut, chunk.end, chunk.end_offset, chunk.scan, chunk.long_line)
+        self.feed(first, fid, path, extractor)
+        self.feed(second, fid, path, extractor)
+        return True
+
+    def maybe_seal(self, *, caught_up: bool) -> None:
+        if self.policy.should_seal(self.batch, time.time(), caught_up=caught_up):
+            self.seal_now()
+
+    def seal_now(self) -> None:
+        """Queue the in-memory batch and move its offsets, durably, in one transaction."""
+        if self.batch.empty:
+            return
+        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress)
+        if sealed is not None:
+            self._wait_for_queue_space()
+        self._commit_until_done(sealed, self.batch.offsets)
+        if sealed is not None:
+            self.queued_estimate += len(sealed.body)
+            self.stats.batches_sealed += 1
+            self.stats.records_sealed += sealed.records
+            self.wake.set()
+        self.batch = Batch(time.time())
+        self.stats.memory_ips = 0
+
+    def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int]) -> None:
+        """Commit, retrying while the disk is full; offsets never move without their batch."""
+        warned = False
+        while True:
+            try:
+                self.spool.commit(sealed, offsets)
+                if warned:
+                    log.info("event=disk_space_back")
+                return
+            except DiskFullError as exc:
+                if not warned:
+                    log.error("event=disk_full reason=%r action=retrying offsets_unchanged=true", str(exc))
+                    self.say(_("Disk full: {reason}; nothing lost, retrying").format(reason=exc))
+                    warned = True
+                self.stats.paused = True
+                if self.stop.wait(self.config.read.poll_interval):
+                    raise
+            finally:
+                self.stats.paused = False
+
+    def _wait_for_queue_space(self) -> None:
+        """Backpressure: when the queue is at its byte limit, reading waits (the file is the buffer)."""
+        limit = self.config.queue.max_bytes
+        if self.queued_estimate < limit:
+            return
+        self.queued_estimate = self.spool.queued_bytes()
+        if self.queued_estimate < limit:
+            return
+        log.warning("event=queue_full bytes=%d limit=%d action=pause_reading", self.queued_estimate, limit)
+        self.stats.paused = True
+        try:
+            while self.queued_estimate >= limit and not self.stop.is_set():
+                self.stop.wait(0.2)
+                self.queued_estimate = self.spool.queued_bytes()
+        finally:
+            self.stats.paused = False
+        if self.stop.is_set():
+            raise StopReading
+
+    # --- once -----------------------------------------------------------------------------------------
+
+    def run_once(self, *, max_retry_time: float | None = None) -> RunResult:
+        """Read every file to its end, deliver everything, return when the queue is empty.
+
+        Exit 3 when the collector stays unreachable for `max_retry_time`: what was read is queued.
+        """
+        budget = self.config.server.max_retry_time if max_retry_time is None else max_retry_time
+        self.recover()
+        self.uploader.start()
+        watchdog = threading.Thread(target=self._give_up_when_failing, args=(budget,), daemon=True)
+        watchdog.start()
+        try:
+            self.read_all(take_partial_after=self.config.read.partial_line_idle)
+            self.seal_now()
+        except StopReading:
+            pass
+        self.wake.set()
+        while not self.stop.is_set():
+            if self.uploader.idle.wait(0.2) and self.spool.next_batch() is None:
+                break
+        return self._result()
+
+    def read_all(self, *, take_partial_after: float) -> None:
+        files, problems = expand_sources(self.config.sources, skip_compressed=self.config.read.skip_compressed)
+        for problem in problems:
+            self._source_problem(problem.path, problem.reason)
+        known = {state.path: state for state in self.spool.files() if state.status == "active"}
+        for found in files:
+            if self.stop.is_set():
+                return
+            opened = self.open_file(found, known)
+            if opened is None:
+                continue
+            fd, fid, offset = opened
+            try:
+                idle = time.time() - os.fstat(fd).st_mtime >= take_partial_after
+                self.read_file(fd, fid, found.path, offset, self.extractors[found.source_index], take_partial=idle)
+                self.stats.files_read += 1
+            except OSError as exc:
+                self._source_problem(found.path, exc.strerror or str(exc))
+            finally:
+                os.close(fd)
+
+    def _give_up_when_failing(self, budget: float) -> None:
+        while not self.stop.wait(0.2):
+            if self.uploader.failing_for() > budget:
+                self.request_stop("collector unreachable")
+                return
+            if self.uploader.fatal is not None:
+                self.request_stop(str(self.uploader.fatal))
+                return
+
+    def _result(self) -> RunResult:
+        queue = self.spool.stats()
+        if queue.batches == 0 and not self.stop_reason:
+            return RunResult(EXIT_OK, _("All data delivered"), self.stats)
+        reason = self.stop_reason or "stopped"
+        if reason.startswith("signal"):
+            code = 128 + int(reason.split()[-1])
+        elif isinstance(self.uploader.fatal, RemoteUploaderError):
+            code = self.uploader.fatal.exit_code
+        else:
+            code = EXIT_UNDELIVERED
+        detail = self.uploader.last_error or reason
+        message = _("Not delivered ({reason}); {records} records in {batches} batches are safely queued "
+                    "and will be sent by the next run").format(reason=detail, records=queue.records,
+                                                                 batches=queue.batches)
+        return RunResult(code, message, self.stats)
+
+    def stats_lines(self) -> list[str]:
+        return render_block(self.stats, self.spool.stats())
+
+
+class StopReading(Exception):
+    """Raised inside the reader when a stop was requested while it waited for queue space."""
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    """First SIGINT/SIGTERM: finish the current step, persist, stop. A second: exit at once.
+
+    Exiting at once loses nothing either: everything not committed is re-read from the offsets.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if agent.stop.is_set():
+            os._exit(128 + signum)
+        log.info("event=signal signal=%d action=stop", signum)
+        agent.request_stop(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
+             max_retry_time: float | None = None) -> RunResult:
+    agent = Agent(config, say=say)
+    install_signal_handlers(agent)
+    try:
+        result = agent.run_once(max_retry_time=max_retry_time)
+        for line in agent.stats_lines():
+            say(line)
+        return result
+    finally:
+        agent.close()
+
+
+def count_files(paths: list[str], extractor: Extractor, block_size: int) -> tuple[dict[str, int], int, int]:
+    """Per-IP counts of whole files, touching no state: what `once` would send for them."""
+    totals: dict[str, int] = {}
+    lines = nbytes = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            reader = BlockReader(fd, 0, block_size, extractor.context)
+            while (chunk := reader.next_chunk() or reader.take_partial()) is not None:
+                if chunk.scan:
+                    for ip, count in extractor.scan(chunk.buf, chunk.start, chunk.end).items():
+                        totals[ip] = totals.get(ip, 0) + count
+                lines += chunk.lines()
+                nbytes += chunk.nbytes
+        finally:
+            os.close(fd)
+    return totals, lines, nbytes
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+__all__ = ["Agent", "RunResult", "StateError", "count_files", "run_once"]

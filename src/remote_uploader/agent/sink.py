@@ -1,0 +1,301 @@
+"""Delivery: POST queued batches to the collector, retry what may be retried, never drop.
+
+What each answer means for a batch:
+
+    2xx                          stored (or a duplicate of one stored): acknowledge, delete from queue
+    network error, timeout,
+    408, 429, 5xx                try again later, with backoff (Retry-After wins, capped)
+    401, 403                     the token is wrong: keep everything queued, retry slowly, say so loudly
+    413                          split the batch in halves (each keeps a derived, stable id)
+    any other 4xx                the collector will never take it: dead-letter table (`requeue` resends)
+
+The HTTP client is the standard library's `http.client` with one keep-alive connection: the
+agent must stay small in memory on edge boxes, and one sequential stream of POSTs is all it needs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from remote_uploader import __version__
+from remote_uploader.agent.batch import split_queued
+from remote_uploader.agent.spool import QueuedBatch, Spool
+from remote_uploader.agent.stats import Stats
+from remote_uploader.config import ServerConfig
+from remote_uploader.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StateError,
+)
+from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH
+
+log = logging.getLogger(__name__)
+
+
+class PayloadTooLargeError(DeliveryError):
+    """413: the batch must be split before it can be sent."""
+
+
+class AuthRefusedError(RetryableDeliveryError):
+    """401/403: a configuration problem, not a data problem, so the data stays queued."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    accepted: int
+    duplicate: bool
+
+
+class Sink(Protocol):
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered: ...
+    def health(self) -> dict[str, object]: ...
+    def close(self) -> None: ...
+
+
+class Backoff:
+    """Exponential backoff with full jitter and a cap; a server's Retry-After wins (capped).
+
+    Full jitter (a uniform draw in [0, min(cap, base * 2**n)]) spreads a fleet of agents that
+    all saw the same outage, so they do not return in lock-step.
+    """
+
+    def __init__(self, base: float, cap: float, retry_after_cap: float,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.base = base
+        self.cap = cap
+        self.retry_after_cap = retry_after_cap
+        self.rng = rng
+        self.failures = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        self.failures += 1
+        if retry_after is not None:
+            return max(0.0, min(retry_after, self.retry_after_cap))
+        ceiling = min(self.cap, self.base * (2 ** min(self.failures - 1, 62)))
+        return self.rng() * ceiling
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date. None if absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+class HttpSink:
+    """Protocol v1 over one keep-alive HTTP(S) connection."""
+
+    def __init__(self, server: ServerConfig) -> None:
+        parts = urlsplit(server.url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.timeout = server.timeout
+        self.token = server.token
+        self.ssl_context = self._ssl_context(server) if parts.scheme == "https" else None
+        self._conn: http.client.HTTPConnection | None = None
+
+    @staticmethod
+    def _ssl_context(server: ServerConfig) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=server.ca_file or None)
+        if not server.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    @property
+    def where(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self.ssl_context is not None:
+                self._conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.ssl_context)
+            else:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return self._conn
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        conn = self._connection()
+        try:
+            conn.request(method, self.prefix + path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read(1024 * 1024)
+            if response.will_close:
+                self.close()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise RetryableDeliveryError(f"TLS certificate of {self.where} refused: {exc.verify_message}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise RetryableDeliveryError(f"cannot reach the collector at {self.where}: {reason}") from exc
+
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": "application/json",
+            "User-Agent": f"remote-uploader/{__version__}",
+        }
+        if encoding == "gzip":
+            headers["Content-Encoding"] = "gzip"
+        status, response_headers, payload = self._request("POST", BATCHES_PATH, body, headers)
+        return _interpret(status, response_headers, payload, batch_id)
+
+    def health(self) -> dict[str, object]:
+        status, _, payload = self._request("GET", HEALTH_PATH, None, {"User-Agent": f"remote-uploader/{__version__}"})
+        try:
+            answer = json.loads(payload) if payload else {}
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        answer["http_status"] = status
+        return answer
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: str) -> Delivered:
+    """Turn an answer into Delivered or the DeliveryError subclass that says what to do next."""
+    if 200 <= status < 300:
+        try:
+            answer = json.loads(payload)
+            return Delivered(int(answer.get("accepted", 0)), bool(answer.get("duplicate", False)))
+        except (ValueError, AttributeError, TypeError):
+            return Delivered(0, False)  # stored: a 2xx is the acknowledgement, the body is informative
+    detail = payload[:300].decode("utf-8", "replace").strip()
+    message = f"collector answered {status} for batch {batch_id}" + (f": {detail}" if detail else "")
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    if status in (401, 403):
+        raise AuthRefusedError(f"collector refused the token (HTTP {status}); check server.token", status)
+    if status == 413:
+        raise PayloadTooLargeError(message, status)
+    if status in (408, 429) or status >= 500:
+        raise RetryableDeliveryError(message, status, retry_after)
+    raise PermanentDeliveryError(message, status)
+
+
+class Uploader(threading.Thread):
+    """Sends queued batches oldest first, for as long as the agent runs; never drops one.
+
+    Waits on events, never sleeps in a loop: `wake` is set when a batch is sealed, `stop` ends it.
+    """
+
+    def __init__(self, spool: Spool, sink: Sink, backoff: Backoff, stats: Stats, agent_id: str,
+                 wake: threading.Event, stop: threading.Event) -> None:
+        super().__init__(name="uploader", daemon=True)
+        self.spool = spool
+        self.sink = sink
+        self.backoff = backoff
+        self.stats = stats
+        self.agent_id = agent_id
+        self.wake = wake
+        self.stop_event = stop
+        self.idle = threading.Event()  # set while the queue is empty
+        self.failing_since: float | None = None
+        self.last_error = ""
+        self.fatal: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except StateError as exc:  # the queue database failed under us: stop sending, say why
+            self.fatal = exc
+            log.error("event=uploader_stopped reason=%r", str(exc))
+        finally:
+            self.idle.set()
+            self.sink.close()
+
+    def _loop(self) -> None:
+        while not self.stop_event.is_set():
+            queued = self.spool.next_batch()
+            if queued is None:
+                self.idle.set()
+                self.failing_since = None
+                self.wake.wait(0.5)
+                self.wake.clear()
+                continue
+            self.idle.clear()
+            self.deliver(queued)
+
+    def deliver(self, queued: QueuedBatch) -> None:
+        started = time.monotonic()
+        try:
+            result = self.sink.send(queued.batch_id, queued.body, queued.encoding)
+        except PayloadTooLargeError as exc:
+            self._split(queued, exc)
+        except PermanentDeliveryError as exc:
+            self.spool.dead_letter(queued.seq, exc.status, str(exc))
+            self.stats.batches_dead += 1
+            log.error("event=dead_letter batch_id=%s records=%d status=%s reason=%r",
+                      queued.batch_id, queued.records, exc.status, str(exc))
+        except RetryableDeliveryError as exc:
+            self._retry_later(queued, exc)
+        else:
+            self.spool.ack(queued.seq)
+            self.backoff.reset()
+            self.failing_since = None
+            self.stats.note_sent(queued, time.monotonic() - started, duplicate=result.duplicate)
+            self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": True, "batch_id": queued.batch_id}))
+            log.debug("event=batch_sent batch_id=%s records=%d duplicate=%s", queued.batch_id,
+                      queued.records, result.duplicate)
+
+    def _split(self, queued: QueuedBatch, exc: DeliveryError) -> None:
+        parts = split_queued(queued, self.agent_id)
+        if len(parts) < 2:
+            self.spool.dead_letter(queued.seq, exc.status, f"too large even as a single record: {exc}")
+            self.stats.batches_dead += 1
+            log.error("event=dead_letter batch_id=%s reason=too_large_single_record", queued.batch_id)
+            return
+        self.spool.split(queued.seq, parts)
+        self.stats.batches_split += 1
+        log.info("event=batch_split batch_id=%s records=%d parts=%d", queued.batch_id, queued.records, len(parts))
+
+    def _retry_later(self, queued: QueuedBatch, exc: DeliveryError) -> None:
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        self.stats.batches_failed += 1
+        self.last_error = str(exc)
+        delay = self.backoff.next_delay(exc.retry_after)
+        level = logging.ERROR if isinstance(exc, AuthRefusedError) else logging.WARNING
+        log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=%.2fs reason=%r",
+                queued.batch_id, exc.status, delay, str(exc))
+        try:
+            self.spool.note_failure(queued.seq, str(exc))
+            self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": False, "error": str(exc)}))
+        except StateError as state_exc:  # e.g. a full disk: bookkeeping only, the batch is safe
+            log.warning("event=bookkeeping_failed reason=%r", str(state_exc))
+        self.stop_event.wait(delay)
+
+    def failing_for(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since

@@ -1,0 +1,223 @@
+"""Which files to read, what identifies them, and reading them in large blocks from an offset.
+
+Identity is (device, inode, fingerprint of the first bytes), never the path or the inode alone:
+logrotate renames files, copytruncate keeps the inode while replacing the content, and file
+systems reuse inodes. The reader never holds more than one block (plus one line's carry-over)
+in memory, whatever the size of the file or of its lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from remote_uploader.agent.extract import last_cut
+from remote_uploader.config import SourceConfig
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_BYTES = 1024
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What makes two opens the same file. `fp_len` grows until the file has FINGERPRINT_BYTES."""
+
+    dev: int
+    ino: int
+    fp_len: int
+    fp_hash: bytes
+
+    def same_file(self, other: FileIdentity) -> bool:
+        """Same inode and the shorter fingerprint is a prefix-match of the longer one's content."""
+        return self.dev == other.dev and self.ino == other.ino and self.same_content_start(other)
+
+    def same_content_start(self, other: FileIdentity) -> bool:
+        return self.fp_len == other.fp_len and self.fp_hash == other.fp_hash
+
+
+def fingerprint(fd: int, length: int = FINGERPRINT_BYTES) -> tuple[int, bytes]:
+    """Hash of the first `length` bytes (fewer if the file is shorter): (bytes hashed, digest)."""
+    head = os.pread(fd, length, 0)
+    return len(head), hashlib.blake2b(head, digest_size=16).digest()
+
+
+def identify(fd: int, fp_len: int = FINGERPRINT_BYTES) -> FileIdentity:
+    st = os.fstat(fd)
+    length, digest = fingerprint(fd, fp_len)
+    return FileIdentity(st.st_dev, st.st_ino, length, digest)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A regular file matched by a source's globs."""
+
+    path: str
+    source_index: int
+    dev: int
+    ino: int
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    path: str
+    reason: str
+
+
+def expand_sources(
+    sources: Sequence[SourceConfig], *, skip_compressed: bool = True
+) -> tuple[list[SourceFile], list[SourceProblem]]:
+    """Expand every source's globs into regular files, each (device, inode) once.
+
+    A file matched twice (two globs, or a symlink to a matched file) would otherwise be read
+    twice and every address in it counted twice. Directories, FIFOs, sockets, dangling links and
+    link loops are reported, not read: reading a FIFO would block the agent forever.
+    """
+    files: list[SourceFile] = []
+    problems: list[SourceProblem] = []
+    seen: set[tuple[int, int]] = set()
+    for index, source in enumerate(sources):
+        for pattern in source.paths:
+            matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+            for path in matches:
+                if skip_compressed and path.endswith(COMPRESSED_SUFFIXES):
+                    continue
+                found = _stat_source(path, index, problems)
+                if found and (found.dev, found.ino) not in seen:
+                    seen.add((found.dev, found.ino))
+                    files.append(found)
+    return files, problems
+
+
+def _stat_source(path: str, index: int, problems: list[SourceProblem]) -> SourceFile | None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        reason = "symbolic link loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            reason = "dangling symbolic link"
+        problems.append(SourceProblem(path, reason))
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, socket or device)"
+        problems.append(SourceProblem(path, f"skipped: {kind}"))
+        return None
+    return SourceFile(path, index, st.st_dev, st.st_ino, st.st_size, st.st_mtime)
+
+
+@dataclass
+class Chunk:
+    """A run of whole lines in the reader's buffer: buf[start:end], ending at file offset `end_offset`.
+
+    `scan` is False for the middle of a run longer than a block with no separator in it: such a
+    run cannot hold a delimited address, so it is skipped (and counted as a long line).
+    """
+
+    buf: bytearray
+    start: int
+    end: int
+    end_offset: int
+    scan: bool = True
+    long_line: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def lines(self) -> int:
+        return self.buf.count(b"\n", self.start, self.end)
+
+
+class BlockReader:
+    """Reads a file from `offset` in blocks of `block_size`, yielding chunks that end at a line end.
+
+    Memory: one buffer of `context + block_size` bytes, reused. The bytes after the last newline
+    of a block are carried to the front of the buffer for the next read; `context` bytes before
+    each chunk are kept in place so the extractor can see what precedes the chunk's first byte.
+    A line longer than the block is cut at its last separator byte, so it is scanned in pieces
+    and never loaded whole.
+    """
+
+    def __init__(self, fd: int, offset: int, block_size: int, context: int) -> None:
+        self.fd = fd
+        self.context = context
+        self.buf = bytearray(context + block_size)
+        self.view = memoryview(self.buf)
+        self.base_offset = offset  # file offset of buf[context]
+        self.read_pos = offset  # file offset of the next byte to read
+        self.carry = 0  # bytes at buf[context:context+carry] not yet returned
+        self._pending_cut: int | None = None
+        self._load_context(offset)
+
+    def _load_context(self, offset: int) -> None:
+        want = min(self.context, offset)
+        before = os.pread(self.fd, want, offset - want) if want else b""
+        self.buf[: self.context] = before.rjust(self.context, b"\n")
+
+    @property
+    def offset(self) -> int:
+        """File offset up to which everything has been returned as chunks."""
+        return self.base_offset + (self._consumed() - self.context)
+
+    def _consumed(self) -> int:
+        return self._pending_cut if self._pending_cut is not None else self.context
+
+    def _settle(self) -> None:
+        """Move the carry-over (and its left context) to the front after the last chunk was used."""
+        cut = self._pending_cut
+        if cut is None:
+            return
+        data_end = self.context + self.carry
+        self.buf[: data_end - cut + self.context] = self.buf[cut - self.context : data_end]
+        self.base_offset += cut - self.context
+        self.carry = data_end - cut
+        self._pending_cut = None
+
+    def next_chunk(self) -> Chunk | None:
+        """The next run of complete lines, or None when only a partial line (or nothing) is left now."""
+        self._settle()
+        filled = self.context + self.carry
+        if filled < len(self.buf):
+            got = os.preadv(self.fd, [self.view[filled:]], self.read_pos)
+            self.read_pos += got
+            self.carry += got
+            filled += got
+        newline = self.buf.rfind(b"\n", self.context, filled)
+        if newline >= 0:
+            return self._chunk(newline + 1)
+        if filled < len(self.buf):
+            return None  # an incomplete line: wait for its end
+        cut = last_cut(self.buf, self.context, filled)
+        if cut > self.context:
+            return self._chunk(cut, long_line=True)
+        return self._chunk(filled, scan=False, long_line=True)
+
+    def take_partial(self) -> Chunk | None:
+        """Hand out the held-back final line as it is (the writer is done with it, or it rotated away)."""
+        self._settle()
+        if not self.carry:
+            return None
+        return self._chunk(self.context + self.carry)
+
+    def _chunk(self, cut: int, *, scan: bool = True, long_line: bool = False) -> Chunk:
+        self._pending_cut = cut
+        end_offset = self.base_offset + (cut - self.context)
+        return Chunk(self.buf, self.context, cut, end_offset, scan=scan, long_line=long_line)
+
+    @property
+    def pending(self) -> int:
+        """Bytes read but not yet handed out (an incomplete final line)."""
+        return self.context + self.carry - self._consumed()
+
+    def chunks(self) -> Iterator[Chunk]:
+        while (chunk := self.next_chunk()) is not None:
+            yield chunk

@@ -1,0 +1,448 @@
+"""The durable queue and the read offsets: the one module that knows the crash story.
+
+One SQLite database (WAL, synchronous=FULL) in the state directory holds:
+
+- ``files``: each file's identity (device, inode, fingerprint) and the offset up to which its
+  content is safe (queued or delivered);
+- ``batches``: sealed batches, each the exact request body that will be sent, under a batch id
+  fixed at seal time, so every retry is byte-identical and the collector can drop replays;
+- ``dead_letters``: batches the collector refused for good (a 4xx other than 401/403/408/413/429);
+- ``kv``: the last upload result, for `status`.
+
+The invariant, kept by `commit()`: every byte of a file below its recorded offset is in a queued
+batch or was acknowledged by the collector; every byte above it will be read again. Sealing a
+batch and moving the offsets are one transaction, so a crash anywhere leaves one side or the other,
+never both, never neither. A batch leaves the queue only by an acknowledgement (`ack`), by the
+dead-letter table (`dead_letter`, still on disk) or by being replaced by its halves (`split`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from remote_uploader.agent.source import FileIdentity
+from remote_uploader.errors import CorruptStateError, StateError, StateLockedError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "queue.db"
+LOCK_NAME = "agent.lock"
+
+RECOVERY_HINT = (
+    "move it aside and start again: `remote-uploader reset-state --keep-offsets` keeps the recorded "
+    "offsets where they can still be read (see docs/reliability.md, 'Corrupt state')"
+)
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS files (
+        fid INTEGER PRIMARY KEY,
+        path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        fp_len INTEGER NOT NULL,
+        fp_hash BLOB NOT NULL,
+        offset INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'active',
+        updated REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS files_path ON files(path)",
+    "CREATE INDEX IF NOT EXISTS files_inode ON files(dev, ino)",
+    """CREATE TABLE IF NOT EXISTS batches (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        batch_id TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        records INTEGER NOT NULL,
+        occurrences INTEGER NOT NULL,
+        encoding TEXT NOT NULL,
+        body BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT)""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        batch_id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        records INTEGER NOT NULL,
+        occurrences INTEGER NOT NULL,
+        encoding TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status INTEGER,
+        reason TEXT NOT NULL,
+        dead_at REAL NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class FileState:
+    fid: int
+    path: str
+    source: str
+    identity: FileIdentity
+    offset: int
+    status: str
+
+
+@dataclass(frozen=True)
+class SealedBatch:
+    """A batch ready to be stored: `body` is the complete request body (compressed per `encoding`)."""
+
+    batch_id: str
+    created: float
+    records: int
+    occurrences: int
+    encoding: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class QueuedBatch:
+    seq: int
+    batch_id: str
+    created: float
+    records: int
+    occurrences: int
+    encoding: str
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    batches: int
+    records: int
+    occurrences: int
+    body_bytes: int
+    oldest_created: float | None
+    dead_batches: int
+    dead_records: int
+    disk_bytes: int
+
+
+class DiskFullError(StateError):
+    """The state directory has no space left: nothing was written, nothing was lost."""
+
+
+class StateLock:
+    """An exclusive `flock` on the state directory: two agents on one queue would double-send."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLockedError(
+                f"another agent (pid {holder}) is using the state directory {self.path.parent}; "
+                "stop it first, or give this one its own agent.state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def is_held_elsewhere(self) -> bool:
+        """True when another process holds the lock (used by `status` and `test`)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state directory private (0700); refuse one others can write to."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if state_dir.stat().st_mode & 0o077:
+            os.chmod(state_dir, 0o700)
+    except OSError as exc:
+        raise StateError(f"state directory {state_dir}: {exc.strerror or exc}") from exc
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise StateError(f"state directory {state_dir} is not writable by this user")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
+
+
+class Spool:
+    """One connection to the queue database. The reader and the uploader each open their own."""
+
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        self.path = state_dir / DB_NAME
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self.conn = self._connect()
+
+    # --- opening ------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            if not self.path.exists():
+                raise StateError(f"no queue database at {self.path} (the agent has not run yet)")
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=5,
+                                   check_same_thread=False)
+        else:
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
+            self._check_and_migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise CorruptStateError(f"queue database {self.path} is damaged ({exc}); {RECOVERY_HINT}") from exc
+        return conn
+
+    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise CorruptStateError(
+                f"queue database {self.path} has schema version {version}, newer than this agent "
+                f"understands ({SCHEMA_VERSION}); run the newer agent, or {RECOVERY_HINT}"
+            )
+        if self.readonly:
+            if version == 0:
+                raise StateError(f"queue database {self.path} is empty (the agent has not run yet)")
+            return
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if version == 0:
+            names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if names:
+                raise CorruptStateError(
+                    f"queue database {self.path} has tables but no schema version; {RECOVERY_HINT}"
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        missing = {"files", "batches", "dead_letters", "kv"} - {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if missing:
+            raise CorruptStateError(f"queue database {self.path} lacks tables {sorted(missing)}; {RECOVERY_HINT}")
+        conn.execute("SELECT count(*) FROM batches").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; on any error ROLLBACK. A full disk becomes DiskFullError."""
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise self._classify(exc) from exc
+
+    def _classify(self, exc: sqlite3.DatabaseError) -> Exception:
+        """A full disk, a passing operational problem, a bug (constraint), or real damage."""
+        if _is_disk_full(exc):
+            return DiskFullError(f"no space left for the queue database {self.path}")
+        if isinstance(exc, sqlite3.OperationalError):
+            return StateError(f"queue database {self.path}: {exc}")
+        if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
+            return exc
+        return CorruptStateError(f"queue database {self.path} is damaged ({exc}); {RECOVERY_HINT}")
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._classify(exc) from exc
+
+    # --- files and offsets ----------------------------------------------------------------------
+
+    def files(self) -> list[FileState]:
+        rows = self._query(
+            "SELECT fid, path, source, dev, ino, fp_len, fp_hash, offset, status FROM files ORDER BY fid"
+        )
+        return [_file_state(row) for row in rows]
+
+    def register_file(self, path: str, source: str, identity: FileIdentity, offset: int = 0) -> int:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+                (path, source, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def update_file(
+        self, fid: int, *, identity: FileIdentity | None = None, offset: int | None = None,
+        status: str | None = None, path: str | None = None,
+    ) -> None:
+        """Change a file's identity, status or path. Moving an offset *backwards* (a replaced file) is
+        safe at any time: it only means re-reading; moving it forwards happens only in `commit`."""
+        sets, params = ["updated = ?"], [time.time()]
+        if identity is not None:
+            sets += ["dev = ?", "ino = ?", "fp_len = ?", "fp_hash = ?"]
+            params += [identity.dev, identity.ino, identity.fp_len, identity.fp_hash]
+        for column, value in (("offset", offset), ("status", status), ("path", path)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE files SET {', '.join(sets)} WHERE fid = ?", (*params, fid))
+
+    def forget_files(self, fids: Sequence[int]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM files WHERE fid = ?", [(fid,) for fid in fids])
+
+    # --- the seal transaction ---------------------------------------------------------------------
+
+    def commit(self, sealed: SealedBatch | None, offsets: dict[int, int]) -> None:
+        """Queue `sealed` (if any) and move each file's offset forward, in one transaction.
+
+        Crash argument, line by line:
+        - before BEGIN, or anywhere before COMMIT: nothing changed; the bytes after the old offsets
+          are read again and yield the same occurrences into a new batch. No loss, no double.
+        - COMMIT is atomic and durable (WAL, synchronous=FULL): after it, the batch is on disk
+          and the offsets are past exactly the bytes the batch covers. A crash after COMMIT
+          re-reads nothing and the uploader finds the batch. No loss, no double.
+        - A full disk fails the transaction as a whole (ROLLBACK): the caller keeps the batch in
+          memory and retries; the offsets did not move.
+        The offset guard (`offset <= new`) makes a stale caller unable to move an offset backwards.
+        """
+        with self.transaction() as conn:
+            if sealed is not None:
+                conn.execute(
+                    "INSERT INTO batches (batch_id, created, records, occurrences, encoding, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (sealed.batch_id, sealed.created, sealed.records, sealed.occurrences,
+                     sealed.encoding, sealed.body),
+                )
+            now = time.time()
+            conn.executemany(
+                "UPDATE files SET offset = ?, updated = ? WHERE fid = ? AND offset <= ?",
+                [(offset, now, fid, offset) for fid, offset in offsets.items()],
+            )
+
+    # --- the upload side --------------------------------------------------------------------------
+
+    def next_batch(self, after_seq: int = 0) -> QueuedBatch | None:
+        """The oldest queued batch with seq > after_seq (the uploader sends in seal order)."""
+        rows = self._query(
+            "SELECT seq, batch_id, created, records, occurrences, encoding, body, attempts FROM batches "
+            "WHERE seq > ? ORDER BY seq LIMIT 1",
+            (after_seq,),
+        )
+        if not rows:
+            return None
+        seq, batch_id, created, records, occurrences, encoding, body, attempts = rows[0]
+        return QueuedBatch(int(seq), str(batch_id), float(created), int(records),  # type: ignore[arg-type]
+                           int(occurrences), str(encoding), bytes(body), int(attempts))  # type: ignore[arg-type]
+
+    def ack(self, seq: int) -> None:
+        """The collector stored it (or had it already): the only way a batch leaves the queue unsent."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+
+    def note_failure(self, seq: int, error: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE seq = ?", (error, seq))
+
+    def dead_letter(self, seq: int, status: int | None, reason: str) -> None:
+        """Move a refused batch to the dead-letter table (kept on disk; `requeue` sends it again)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters (batch_id, created, records, occurrences, encoding, body, "
+                "status, reason, dead_at) SELECT batch_id, created, records, occurrences, encoding, body, ?, ?, ? "
+                "FROM batches WHERE seq = ?",
+                (status, reason, time.time(), seq),
+            )
+            conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+
+    def split(self, seq: int, parts: Sequence[SealedBatch]) -> None:
+        """Replace a batch the collector found too large by its parts, in one transaction.
+
+        The parts go to the end of the queue: send order does not matter for correctness, only
+        the offsets do, and those were made durable when the batch was sealed.
+        """
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            conn.executemany(
+                "INSERT INTO batches (batch_id, created, records, occurrences, encoding, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(p.batch_id, p.created, p.records, p.occurrences, p.encoding, p.body) for p in parts],
+            )
+
+    def requeue_dead_letters(self) -> int:
+        """Put every dead letter back in the queue under its own batch id (a replay is still a no-op)."""
+        with self.transaction() as conn:
+            moved = conn.execute(
+                "INSERT OR IGNORE INTO batches (batch_id, created, records, occurrences, encoding, body) "
+                "SELECT batch_id, created, records, occurrences, encoding, body FROM dead_letters ORDER BY dead_at"
+            ).rowcount
+            conn.execute("DELETE FROM dead_letters")
+        return int(moved)
+
+    def dead_letters(self) -> list[tuple[str, int, int | None, str, float]]:
+        rows = self._query("SELECT batch_id, records, status, reason, dead_at FROM dead_letters ORDER BY dead_at")
+        return [(str(r[0]), int(r[1]), r[2], str(r[3]), float(r[4])) for r in rows]  # type: ignore[arg-type,misc]
+
+    # --- bookkeeping -----------------------------------------------------------------------------------
+
+    def set_kv(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    def get_kv(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._query("SELECT key, value FROM kv")}
+
+    def queued_bytes(self) -> int:
+        return int(self._query("SELECT total(length(body)) FROM batches")[0][0])  # type: ignore[arg-type]
+
+    def stats(self) -> QueueStats:
+        batches, records, occurrences, nbytes, oldest = self._query(
+            "SELECT count(*), total(records), total(occurrences), total(length(body)), min(created) FROM batches"
+        )[0]
+        dead, dead_records = self._query("SELECT count(*), total(records) FROM dead_letters")[0]
+        disk = sum(p.stat().st_size for p in self.path.parent.glob(DB_NAME + "*") if p.is_file())
+        return QueueStats(
+            int(batches), int(records), int(occurrences), int(nbytes),  # type: ignore[arg-type]
+            float(oldest) if oldest is not None else None,  # type: ignore[arg-type]
+            int(dead), int(dead_records), disk,  # type: ignore[arg-type]
+        )
+
+
+def _file_state(row: tuple[object, ...]) -> FileState:
+    fid, path, source, dev, ino, fp_len, fp_hash, offset, status = row
+    identity = FileIdentity(int(dev), int(ino), int(fp_len), bytes(fp_hash))  # type: ignore[arg-type,call-overload]
+    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status))  # type: ignore[call-overload]

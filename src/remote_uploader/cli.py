@@ -1,0 +1,269 @@
+"""The command line: parse options, load the config, call one library function, render the result.
+
+No SQL and no HTTP here. Library errors become one sentence on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from remote_uploader import __version__
+from remote_uploader.config import PROFILES, Config, load, parse_set_option
+from remote_uploader.errors import RemoteUploaderError
+from remote_uploader.i18n import _, setup
+
+log = logging.getLogger("remote_uploader")
+
+LOG_FILE = "agent.log"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration")
+    group.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: search path)")
+    group.add_argument("--profile", choices=sorted(PROFILES), help="preset batching values")
+    group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any key, e.g. --set batching.min_upload_batch=50 (repeatable)")
+    group.add_argument("--state-dir", help="agent.state_dir")
+    group.add_argument("--url", help="server.url")
+    group.add_argument("--token-file", help="server.token_file (tokens are never taken as arguments)")
+    group.add_argument("--agent-id", help="agent.id")
+    group.add_argument("--workers", type=int, help="agent.workers")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+    group.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    group.add_argument("--lang", choices=["en", "zh"], help="language of messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="remote-uploader",
+        description="Ship the IP addresses in log files to a collector: exactly once, flat memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"remote-uploader {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    once = commands.add_parser("once", help="read every file to its end, deliver everything, exit")
+    _add_config_options(once)
+    once.add_argument("--max-retry-time", type=float, metavar="SECONDS",
+                      help="give up (exit 3, data stays queued) after the collector failed this long")
+    once.add_argument("paths", nargs="*", help="files or globs (instead of the config's [[sources]])")
+    once.set_defaults(func=cmd_once)
+
+    forever = commands.add_parser("forever", help="follow the files and ship as lines arrive")
+    _add_config_options(forever)
+    forever.add_argument("paths", nargs="*", help="files or globs (instead of the config's [[sources]])")
+    forever.set_defaults(func=cmd_forever)
+
+    test = commands.add_parser("test", help="check config, sources, state directory and server")
+    _add_config_options(test)
+    test.set_defaults(func=cmd_test)
+
+    extract = commands.add_parser("extract", help="print per-IP counts of files; sends and stores nothing")
+    extract.add_argument("files", nargs="+")
+    extract.add_argument("--json", action="store_true", help='print {"counts": {...}, "lines": n, "bytes": n}')
+    extract.add_argument("--regex", help="only addresses in the named group `ip` of this regex")
+    extract.add_argument("--exclude", action="append", default=[], metavar="CIDR")
+    extract.add_argument("--engine", choices=["auto", "stdlib", "hyperscan"], default="auto")
+    extract.set_defaults(func=cmd_extract)
+
+    status = commands.add_parser("status", help="files, queue, dead letters, last upload (read-only)")
+    _add_config_options(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    requeue = commands.add_parser("requeue", help="send the dead-lettered batches again")
+    _add_config_options(requeue)
+    requeue.set_defaults(func=cmd_requeue)
+
+    reset = commands.add_parser("reset-state", help="move a damaged queue database aside and start a new one")
+    _add_config_options(reset)
+    reset.add_argument("--keep-offsets", action="store_true",
+                       help="carry over the recorded offsets (and any readable queued batches)")
+    reset.set_defaults(func=cmd_reset_state)
+
+    try:
+        from remote_uploader.collector.cli import register
+    except ImportError:  # the collector's dependencies are not installed: the agent still works
+        pass
+    else:
+        register(commands)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = parse_set_option(args.settings)
+    for key, value in (
+        ("agent.state_dir", args.state_dir),
+        ("server.url", args.url),
+        ("server.token_file", args.token_file),
+        ("agent.id", args.agent_id),
+        ("agent.workers", args.workers),
+    ):
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "max_retry_time", None) is not None:
+        overrides["server.max_retry_time"] = args.max_retry_time
+    paths = getattr(args, "paths", None) or None
+    return load(args.config, overrides=overrides, profile=args.profile, sources=paths)
+
+
+def configure_logging(config: Config, args: argparse.Namespace, *, to_file: bool) -> None:
+    """stderr gets warnings (more with -v); the rotating log file in the state dir gets `log_level`."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.ERROR if args.quiet else
+                     [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root.addHandler(console)
+    if to_file:
+        file_handler = logging.handlers.RotatingFileHandler(
+            config.agent.state_dir / LOG_FILE, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
+        file_handler.setLevel(getattr(logging, config.agent.log_level.upper()))
+        file_handler.setFormatter(_file_formatter(config.agent.log_format))
+        root.addHandler(file_handler)
+
+
+def _file_formatter(kind: str) -> logging.Formatter:
+    if kind == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname,
+                           "logger": record.name, "message": record.getMessage()})
+
+
+def _agent_setup(args: argparse.Namespace) -> Config:
+    """Shared by the commands that own the state directory: private files, logging, language."""
+    os.umask(0o077)  # state files and the log are private (0600 in a 0700 directory)
+    config = load_config(args)
+    setup(args.lang or config.agent.lang)
+    from remote_uploader.agent.spool import prepare_state_dir
+
+    prepare_state_dir(config.agent.state_dir)
+    configure_logging(config, args, to_file=True)
+    return config
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.runner import run_once
+
+    config = _agent_setup(args)
+    if not config.sources:
+        raise RemoteUploaderError(_("no sources configured: add [[sources]] paths to the config or name files"))
+    result = run_once(config, say=say)
+    say(result.message)
+    return result.exit_code
+
+
+def cmd_forever(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.forever import run_forever
+
+    config = _agent_setup(args)
+    if not config.sources:
+        raise RemoteUploaderError(_("no sources configured: add [[sources]] paths to the config or name files"))
+    return run_forever(config, say=say, reload=lambda: load_config(args))
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.checks import run_checks
+
+    config = load_config(args)
+    setup(args.lang or config.agent.lang)
+    failed = 0
+    for check in run_checks(config):
+        mark = "OK  " if check.ok else "FAIL"
+        say(f"[{mark}] {check.name}: {check.detail}")
+        failed += not check.ok
+    return 1 if failed else 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.extract import build_extractor
+    from remote_uploader.agent.runner import count_files
+    from remote_uploader.errors import ConfigError, SourceError
+
+    try:
+        extractor = build_extractor(regex=args.regex, exclude=args.exclude, engine=args.engine)
+    except ValueError as exc:
+        raise ConfigError("--regex" if args.regex and "regex" in str(exc).lower() else "--exclude", str(exc)) from exc
+    for path in args.files:
+        if not os.path.isfile(path):
+            raise SourceError(path, "not a regular file")
+    counts, lines, nbytes = count_files(args.files, extractor, 4 * 1024 * 1024)
+    if args.json:
+        say(json.dumps({"counts": counts, "lines": lines, "bytes": nbytes}, sort_keys=True))
+        return 0
+    for ip, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        say(f"{count:>10}  {ip}")
+    say(_("{ips} distinct addresses, {occurrences} occurrences in {lines} lines ({nbytes} bytes)").format(
+        ips=len(counts), occurrences=sum(counts.values()), lines=lines, nbytes=nbytes))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.checks import collect_status, render_status
+
+    config = load_config(args)
+    setup(args.lang or config.agent.lang)
+    report = collect_status(config)
+    if args.json:
+        say(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for line in render_status(report):
+            say(line)
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.spool import Spool
+
+    config = _agent_setup(args)
+    spool = Spool(config.agent.state_dir)
+    try:
+        moved = spool.requeue_dead_letters()
+    finally:
+        spool.close()
+    say(_("{n} dead-lettered batches queued again; the running agent (or the next run) sends them").format(n=moved))
+    return 0
+
+
+def cmd_reset_state(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.recovery import reset_state
+
+    config = _agent_setup(args)
+    for line in reset_state(config.agent.state_dir, keep_offsets=args.keep_offsets):
+        say(line)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RemoteUploaderError as exc:
+        print(f"remote-uploader: {_('error')}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""One translation function for user-facing text: English by default, Simplified Chinese on request.
+
+Log files stay English (they are for grep); only what a person reads at the terminal goes
+through `_`. The language comes from `--lang`, `agent.lang`, or the locale (LANGUAGE, LC_ALL,
+LC_MESSAGES, LANG); catalogs are shipped in the package under locale/.
+"""
+
+from __future__ import annotations
+
+import gettext
+import os
+from pathlib import Path
+
+DOMAIN = "remote_uploader"
+LOCALE_DIR = Path(__file__).parent / "locale"
+
+_translation: gettext.NullTranslations = gettext.NullTranslations()
+
+
+def detect_language(explicit: str = "") -> str:
+    if explicit:
+        return explicit
+    for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(variable, "")
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    return "en"
+
+
+def setup(lang: str = "") -> str:
+    """Choose the catalog for this process; returns the language in effect."""
+    global _translation
+    language = detect_language(lang)
+    if language == "zh":
+        _translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=["zh_CN"], fallback=True)
+    else:
+        _translation = gettext.NullTranslations()
+    return language
+
+
+def _(message: str) -> str:
+    return _translation.gettext(message)

@@ -1,0 +1,198 @@
+"""`once` against a real HTTP receiver on 127.0.0.1: exact delivery through every kind of answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.agent import run_agent, start_agent, write_access_log, write_config
+
+
+@pytest.fixture
+def setup(tmp_path: Path, receiver):  # type: ignore[no-untyped-def]
+    """A log with known counts and a config pointing at the receiver; returns (config, expected)."""
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 3000, seed=1)
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)],
+                          batching={"min_upload_batch": 10, "force_upload_threshold": 100, "max_memory_ips": 200})
+    return config, expected, log
+
+
+def test_once_delivers_every_occurrence_exactly(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, _ = setup
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert receiver.counts() == dict(expected)
+    assert "All data delivered" in result.stdout
+
+
+def test_second_once_sends_nothing_new_and_appended_lines_are_sent(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, log = setup
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    first_batches = len(receiver.batch_ids())
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert len(receiver.batch_ids()) == first_batches
+    more = write_access_log(log, 500, seed=2, append=True)
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert receiver.counts() == dict(expected + more)
+
+
+def test_retries_after_connection_resets_count_nothing_twice(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, _ = setup
+    receiver.reset_next(3, after_store=True)  # stored, but the agent never hears so: it must resend
+    receiver.reset_next(2, after_store=False)
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert receiver.counts() == dict(expected)
+    duplicates = [r for r in receiver.requests() if r.duplicate]
+    assert duplicates, "the batches stored before a reset must have been sent again and found duplicate"
+
+
+def test_server_errors_and_429_are_retried_until_delivered(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, _ = setup
+    receiver.fail_next(2, 503)
+    receiver.fail_next(2, 500)
+    receiver.fail_next(1, 408)
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert receiver.counts() == dict(expected)
+
+
+def test_retry_after_is_honoured(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, _ = setup
+    receiver.fail_next(1, 429, retry_after=1)
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    posts = [r for r in receiver.requests() if r.method == "POST"]
+    refused = next(i for i, r in enumerate(posts) if r.status == 429)
+    # The retry may not come before the server said it could: the agent's backoff cap is 0.5 s,
+    # so only Retry-After explains a wait of a second.
+    assert posts[refused + 1].time - posts[refused].time >= 0.95
+    assert receiver.counts() == dict(expected)
+
+
+def test_413_splits_the_batch_until_it_fits(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, _ = setup
+    receiver.max_records(30)
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert receiver.counts() == dict(expected)
+    assert any(r.status == 413 for r in receiver.requests())
+    assert any(batch_id.endswith(".1") for batch_id in receiver.batch_ids())
+
+
+def test_a_refused_batch_goes_to_dead_letters_and_requeue_sends_it(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, _ = setup
+    receiver.fail_next(1, 400)
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    status = json.loads(run_agent("status", "-c", str(config), "--json").stdout)
+    assert len(status["dead_letters"]) == 1
+    dead_records = status["dead_letters"][0]["records"]
+    assert dead_records > 0
+    assert sum(receiver.counts().values()) < sum(expected.values())
+
+    assert run_agent("requeue", "-c", str(config)).returncode == 0
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert receiver.counts() == dict(expected)
+    status = json.loads(run_agent("status", "-c", str(config), "--json").stdout)
+    assert status["dead_letters"] == []
+
+
+def test_unreachable_server_exits_3_with_data_queued_and_next_run_delivers(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 2000, seed=3)
+    dead_url = "http://127.0.0.1:9"  # discard port: nothing listens
+    config = write_config(tmp_path / "agent.toml", url=dead_url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    result = run_agent("once", "-c", str(config), "--max-retry-time", "1")
+    assert result.returncode == 3
+    assert "safely queued" in result.stdout
+    queued = json.loads(run_agent("status", "-c", str(config), "--json").stdout)["queue"]["records"]
+    assert queued > 0
+
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert f"Recovered {queued} pending records" in result.stdout
+    assert receiver.counts() == dict(expected)
+
+
+def test_wrong_token_keeps_data_queued(setup, receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, expected, log = setup
+    config = write_config(tmp_path / "bad.toml", url=receiver.url, token="wrong-token",
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    result = run_agent("once", "-c", str(config), "--max-retry-time", "1")
+    assert result.returncode == 3
+    assert "token" in result.stdout + result.stderr
+    assert "wrong-token" not in result.stdout + result.stderr
+    assert "wrong-token" not in (tmp_path / "state" / "agent.log").read_text()
+    assert receiver.total() == 0
+    good = write_config(tmp_path / "good.toml", url=receiver.url, token=receiver.token,
+                        state_dir=tmp_path / "state", sources=[str(log)])
+    assert run_agent("once", "-c", str(good)).returncode == 0
+    assert receiver.counts() == dict(expected)
+
+
+def test_a_second_agent_on_the_same_state_dir_is_refused(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, _, _ = setup
+    receiver.delay_next(50, 0.2)
+    first = start_agent("once", "-c", str(config))
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while not receiver.requests() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_agent("once", "-c", str(config))
+        assert second.returncode == 4
+        assert "another agent" in second.stderr
+    finally:
+        first.communicate(timeout=120)
+    assert first.returncode == 0
+
+
+def test_state_files_are_private(setup, receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config, _, _ = setup
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    state = tmp_path / "state"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    for path in state.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_file_replaced_since_last_run_is_read_from_the_start(setup, receiver) -> None:  # type: ignore[no-untyped-def]
+    config, expected, log = setup
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    os.unlink(log)
+    fresh = write_access_log(log, 800, seed=9)
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert receiver.counts() == dict(expected + fresh)
+
+
+def test_unterminated_final_line_of_an_idle_file_is_taken(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "app.log"
+    log.write_text("client 198.51.100.1 ok\nclient 198.51.100.2 no newline")
+    os.utime(log, (1_000_000_000, 1_000_000_000))
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert receiver.counts() == {"198.51.100.1": 1, "198.51.100.2": 1}
+
+
+def test_unterminated_final_line_of_a_busy_file_is_held_back(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "app.log"
+    log.write_text("client 198.51.100.1 ok\nclient 198.51.100.2 half-writ")
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert receiver.counts() == {"198.51.100.1": 1}
+    with log.open("a") as handle:
+        handle.write("ten 198.51.100.3\n")
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    # The completed line is "client 198.51.100.2 half-written 198.51.100.3": both count, once.
+    assert receiver.counts() == {"198.51.100.1": 1, "198.51.100.2": 1, "198.51.100.3": 1}
