@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     reset.set_defaults(func=cmd_reset_state)
 
     try:
-        from remote_uploader.collector.cli import register
+        from remote_uploader.collector.cli import register  # type: ignore[import-not-found,unused-ignore]
     except ImportError:  # the collector's dependencies are not installed: the agent still works
         pass
     else:

@@ -40,7 +40,7 @@ def canonical_ip(text: str) -> str | None:
             return None
         mapped = addr.ipv4_mapped
         if mapped is not None:
-            addr = mapped  # type: ignore[assignment]
+            return None if mapped.is_unspecified else str(mapped)
     if addr.is_unspecified:
         return None
     return str(addr)

@@ -82,8 +82,8 @@ class Backoff:
     def next_delay(self, retry_after: float | None = None) -> float:
         self.failures += 1
         if retry_after is not None:
-            return max(0.0, min(retry_after, self.retry_after_cap))
-        ceiling = min(self.cap, self.base * (2 ** min(self.failures - 1, 62)))
+            return float(max(0.0, min(retry_after, self.retry_after_cap)))
+        ceiling: float = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 62))
         return self.rng() * ceiling
 
     def reset(self) -> None:
@@ -139,7 +139,9 @@ class HttpSink:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._conn
 
-    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
         conn = self._connection()
         try:
             conn.request(method, self.prefix + path, body=body, headers=headers)

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from remote_uploader.agent.source import FileIdentity
 from remote_uploader.errors import CorruptStateError, StateError, StateLockedError
@@ -280,7 +281,7 @@ class Spool:
             return exc
         return CorruptStateError(f"queue database {self.path} is damaged ({exc}); {RECOVERY_HINT}")
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self.conn.execute(sql, params).fetchall()
@@ -311,7 +312,8 @@ class Spool:
     ) -> None:
         """Change a file's identity, status or path. Moving an offset *backwards* (a replaced file) is
         safe at any time: it only means re-reading; moving it forwards happens only in `commit`."""
-        sets, params = ["updated = ?"], [time.time()]
+        sets: list[str] = ["updated = ?"]
+        params: list[object] = [time.time()]
         if identity is not None:
             sets += ["dev = ?", "ino = ?", "fp_len = ?", "fp_hash = ?"]
             params += [identity.dev, identity.ino, identity.fp_len, identity.fp_hash]
@@ -367,8 +369,8 @@ class Spool:
         if not rows:
             return None
         seq, batch_id, created, records, occurrences, encoding, body, attempts = rows[0]
-        return QueuedBatch(int(seq), str(batch_id), float(created), int(records),  # type: ignore[arg-type]
-                           int(occurrences), str(encoding), bytes(body), int(attempts))  # type: ignore[arg-type]
+        return QueuedBatch(int(seq), str(batch_id), float(created), int(records),
+                           int(occurrences), str(encoding), bytes(body), int(attempts))
 
     def ack(self, seq: int) -> None:
         """The collector stored it (or had it already): the only way a batch leaves the queue unsent."""
@@ -399,7 +401,8 @@ class Spool:
         with self.transaction() as conn:
             conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             conn.executemany(
-                "INSERT INTO batches (batch_id, created, records, occurrences, encoding, body) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batches (batch_id, created, records, occurrences, encoding, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [(p.batch_id, p.created, p.records, p.occurrences, p.encoding, p.body) for p in parts],
             )
 
@@ -415,7 +418,7 @@ class Spool:
 
     def dead_letters(self) -> list[tuple[str, int, int | None, str, float]]:
         rows = self._query("SELECT batch_id, records, status, reason, dead_at FROM dead_letters ORDER BY dead_at")
-        return [(str(r[0]), int(r[1]), r[2], str(r[3]), float(r[4])) for r in rows]  # type: ignore[arg-type,misc]
+        return [(str(r[0]), int(r[1]), r[2], str(r[3]), float(r[4])) for r in rows]
 
     # --- bookkeeping -----------------------------------------------------------------------------------
 
@@ -427,7 +430,7 @@ class Spool:
         return {str(k): str(v) for k, v in self._query("SELECT key, value FROM kv")}
 
     def queued_bytes(self) -> int:
-        return int(self._query("SELECT total(length(body)) FROM batches")[0][0])  # type: ignore[arg-type]
+        return int(self._query("SELECT total(length(body)) FROM batches")[0][0])
 
     def stats(self) -> QueueStats:
         batches, records, occurrences, nbytes, oldest = self._query(
@@ -436,13 +439,13 @@ class Spool:
         dead, dead_records = self._query("SELECT count(*), total(records) FROM dead_letters")[0]
         disk = sum(p.stat().st_size for p in self.path.parent.glob(DB_NAME + "*") if p.is_file())
         return QueueStats(
-            int(batches), int(records), int(occurrences), int(nbytes),  # type: ignore[arg-type]
-            float(oldest) if oldest is not None else None,  # type: ignore[arg-type]
-            int(dead), int(dead_records), disk,  # type: ignore[arg-type]
+            int(batches), int(records), int(occurrences), int(nbytes),
+            float(oldest) if oldest is not None else None,
+            int(dead), int(dead_records), disk,
         )
 
 
-def _file_state(row: tuple[object, ...]) -> FileState:
+def _file_state(row: Any) -> FileState:
     fid, path, source, dev, ino, fp_len, fp_hash, offset, status = row
-    identity = FileIdentity(int(dev), int(ino), int(fp_len), bytes(fp_hash))  # type: ignore[arg-type,call-overload]
-    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status))  # type: ignore[call-overload]
+    identity = FileIdentity(int(dev), int(ino), int(fp_len), bytes(fp_hash))
+    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status))
