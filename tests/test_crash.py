@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.agent import kill, run_agent, start_agent, write_access_log, write_config
 
 KILLS = 24
@@ -46,3 +48,18 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, rec
     doubled = sum((Counter(got) - expected).values())
     assert (lost, doubled) == (0, 0)
     assert got == dict(expected)
+
+
+@pytest.mark.parametrize("point", ["after_seal:3", "after_post:2", "before_ack:2", "after_ack:4"])
+def test_sigkill_at_each_chosen_point_loses_and_doubles_nothing(tmp_path: Path, receiver, point: str) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 4000, seed=5, distinct=800)
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)],
+                          batching={"min_upload_batch": 20, "force_upload_threshold": 100, "max_memory_ips": 200},
+                          read={"block_size": "16KiB"})
+    crashed = run_agent("once", "-c", str(config), env={"REMOTE_UPLOADER_CRASH_AT": point})
+    assert crashed.returncode == -9, crashed.stderr  # it really died at that point
+    final = run_agent("once", "-c", str(config))
+    assert final.returncode == 0, final.stderr
+    assert receiver.counts() == dict(expected)

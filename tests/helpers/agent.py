@@ -44,22 +44,24 @@ def agent_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "remote_uploader", *args]
 
 
-def agent_env() -> dict[str, str]:
+def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_UPLOADER_")}
     env["PYTHONPATH"] = str(ROOT / "src")
     env["LANG"] = "C.UTF-8"
     env.pop("LANGUAGE", None)
+    env.update(extra or {})
     return env
 
 
-def run_agent(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_agent(*args: str, timeout: float = 120, cwd: Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(agent_command(*args), capture_output=True, text=True, timeout=timeout,
-                          env=agent_env(), cwd=cwd)
+                          env=agent_env(env), cwd=cwd)
 
 
-def start_agent(*args: str) -> subprocess.Popen[str]:
+def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(agent_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=agent_env(), start_new_session=True)
+                            env=agent_env(env), start_new_session=True)
 
 
 def kill(process: subprocess.Popen[str]) -> None:

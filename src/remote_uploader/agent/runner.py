@@ -20,6 +20,7 @@ from types import FrameType
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.extract import Extractor, build_extractor, last_cut
+from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import (
     BlockReader,
@@ -204,6 +205,7 @@ class Agent:
             self._wait_for_queue_space()
         self._commit_until_done(sealed, self.batch.offsets)
         if sealed is not None:
+            crash_point("after_seal")
             self.queued_estimate += len(sealed.body)
             self.stats.batches_sealed += 1
             self.stats.records_sealed += sealed.records

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from remote_uploader import __version__
 from remote_uploader.agent.batch import split_queued
+from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.spool import QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
 from remote_uploader.config import ServerConfig
@@ -145,6 +146,7 @@ class HttpSink:
         conn = self._connection()
         try:
             conn.request(method, self.prefix + path, body=body, headers=headers)
+            crash_point("after_post")
             response = conn.getresponse()
             payload = response.read(1024 * 1024)
             if response.will_close:
@@ -263,7 +265,9 @@ class Uploader(threading.Thread):
         except RetryableDeliveryError as exc:
             self._retry_later(queued, exc)
         else:
+            crash_point("before_ack")
             self.spool.ack(queued.seq)
+            crash_point("after_ack")
             self.backoff.reset()
             self.failing_since = None
             self.stats.note_sent(queued, time.monotonic() - started, duplicate=result.duplicate)
