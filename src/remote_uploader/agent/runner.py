@@ -130,10 +130,20 @@ class Agent:
         if self._continues(fd, state, identity):
             if identity.fp_len > state.identity.fp_len:
                 self.spool.update_file(state.fid, identity=identity)
-            return fd, state.fid, state.offset
+            return fd, state.fid, self.resume_offset(state.fid, state.offset)
+        if state.fid in self.batch.offsets:
+            self.seal_now()  # the old content's bytes in memory must be queued before the offset resets
         log.info("event=file_replaced path=%s old_offset=%d action=read_from_start", found.path, state.offset)
         self.spool.update_file(state.fid, identity=identity, offset=0, status="active")
         return fd, state.fid, 0
+
+    def resume_offset(self, fid: int, committed: int) -> int:
+        """Where reading goes on: past the bytes already in the in-memory batch, if any.
+
+        The recorded offset only moves when a batch is sealed; bytes read since are in memory.
+        Reading from the recorded offset again would count them twice.
+        """
+        return max(committed, self.batch.offsets.get(fid, committed))
 
     @staticmethod
     def _continues(fd: int, state: FileState, identity: FileIdentity) -> bool:
