@@ -37,10 +37,7 @@ class Answer:
 
 def make_batch(batch_id: str, counts: Mapping[str, int], source: str = "/var/log/nginx/access.log") -> bytes:
     """A protocol v1 body with one record per address."""
-    records = [
-        {"ip": ip, "count": n, "first_seen": T0, "last_seen": T1, "source": source}
-        for ip, n in counts.items()
-    ]
+    records = [{"ip": ip, "count": n, "first_seen": T0, "last_seen": T1, "source": source} for ip, n in counts.items()]
     return json.dumps({"agent": "web-1", "batch_id": batch_id, "sent_at": T1, "records": records}).encode()
 
 
@@ -122,9 +119,7 @@ def test_the_same_address_in_two_batches_adds_up(receiver: Receiver) -> None:
     assert receiver.counts() == {"203.0.113.7": 7}
 
 
-def test_a_gzip_body_counts_the_same_as_a_plain_one(
-    receiver: Receiver, many_addresses: dict[str, int]
-) -> None:
+def test_a_gzip_body_counts_the_same_as_a_plain_one(receiver: Receiver, many_addresses: dict[str, int]) -> None:
     body = gzip.compress(make_batch("b-gz", many_addresses))
 
     answer = post(receiver, body, headers={"Content-Encoding": "gzip"})
@@ -214,11 +209,21 @@ def test_a_broken_gzip_body_is_refused_with_400(receiver: Receiver, body: bytes)
     assert receiver.total() == 0
 
 
-def test_a_body_without_content_length_is_refused_with_411(receiver: Receiver) -> None:
+def test_a_chunked_body_counts_like_any_other(receiver: Receiver) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=WAIT)
-    body = make_batch("b-1", {"192.0.2.1": 1})
+    body = make_batch("b-1", {"192.0.2.1": 2})
     headers = {"Authorization": f"Bearer {receiver.token}", "Transfer-Encoding": "chunked"}
-    conn.request("POST", "/v1/batches", body=iter([body]), headers=headers, encode_chunked=True)
+    conn.request("POST", "/v1/batches", body=iter([body[:10], body[10:]]), headers=headers, encode_chunked=True)
+
+    assert conn.getresponse().status == 200
+    assert receiver.counts() == {"192.0.2.1": 2}
+
+
+def test_a_post_with_no_length_is_refused_with_411(receiver: Receiver) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=WAIT)
+    conn.putrequest("POST", "/v1/batches")
+    conn.putheader("Authorization", f"Bearer {receiver.token}")
+    conn.endheaders()
 
     assert conn.getresponse().status == 411
     assert receiver.total() == 0
@@ -260,8 +265,11 @@ def test_concurrent_clients_retrying_through_faults_are_counted_exactly(receiver
         expected.update(counts)
         bodies.append(make_batch(f"b-{i}", counts))
 
-    threads = [threading.Thread(target=lambda part=part: [send_until_acknowledged(receiver, b) for b in part])
-               for part in (bodies[k::4] for k in range(4))]  # fmt: skip
+    def send_all(part: list[bytes]) -> None:
+        for body in part:
+            send_until_acknowledged(receiver, body)
+
+    threads = [threading.Thread(target=send_all, args=(bodies[k::4],)) for k in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -309,8 +317,8 @@ def test_scripted_faults_apply_in_the_order_they_were_set(receiver: Receiver) ->
 def test_fail_fraction_is_reproducible_for_a_seed(receiver: Receiver) -> None:
     def statuses() -> list[int]:
         receiver.fail_fraction(0.5, statuses=(500, 503), seed=7)
-        return [post(receiver, make_batch(f"b-{len(receiver.requests())}", {"192.0.2.1": 1})).status
-                for _ in range(30)]  # fmt: skip
+        answers = [post(receiver, make_batch(f"b-{len(receiver.requests())}", {"192.0.2.1": 1})) for _ in range(30)]
+        return [answer.status for answer in answers]
 
     first, second = statuses(), statuses()
 

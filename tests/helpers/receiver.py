@@ -56,7 +56,8 @@ BIND_TIMEOUT = 5.0
 
 @dataclass(frozen=True, slots=True)
 class RequestLog:
-    """One request to ``/v1/...``, in arrival order; logged before its answer is sent."""
+    """One request to ``/v1/...``. Logged when it ends (answered, reset or dropped), just before the
+    answer is sent, so a client holding an answer always finds its entry; `time` is its arrival."""
 
     method: str
     path: str
@@ -302,9 +303,7 @@ class FaultPlan:
     def draw(self) -> Fault | None:
         """The fault for the request arriving now, if any."""
         with self._lock:
-            hits = [
-                rule.rng.choice(rule.choices) for rule in self._random.values() if rule.rng.random() < rule.p
-            ]
+            hits = [rule.rng.choice(rule.choices) for rule in self._random.values() if rule.rng.random() < rule.p]
             if self._scripted:
                 head = self._scripted[0]
                 head.remaining -= 1
@@ -449,9 +448,7 @@ def peek_batch(body: bytes, encoding: str | None) -> tuple[str | None, int]:
     if not isinstance(doc, dict):
         return None, 0
     batch_id, records = doc.get("batch_id"), doc.get("records")
-    return (batch_id if isinstance(batch_id, str) else None), (
-        len(records) if isinstance(records, list) else 0
-    )
+    return (batch_id if isinstance(batch_id, str) else None), (len(records) if isinstance(records, list) else 0)
 
 
 def parse_batch(raw: bytes) -> Batch:
@@ -772,21 +769,54 @@ class _Handler(BaseHTTPRequestHandler):
         return scheme.lower() == "bearer" and hmac.compare_digest(given.encode("utf-8", "replace"), expected)
 
     def _read_body(self) -> bytes | None:
-        """The body by Content-Length (chunked bodies are not part of protocol v1: 411)."""
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        """The whole body, by Content-Length or chunked; None (answered or dropped) if unreadable.
+
+        Always read to its end before answering, even to refuse it: closing a socket with unread
+        bytes sends RST, and the client might then lose the answer it should have seen."""
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                body = self._read_chunked()
+            elif self.headers.get("Content-Length", "").isdigit():
+                body = self._read_exactly(int(self.headers["Content-Length"]))
+            else:
+                self.close_connection = True
+                self._send(411, {"error": "Content-Length or chunked Transfer-Encoding required"})
+                return None
+        except BodyTooLarge as exc:
             self.close_connection = True
-            self._send(411, {"error": "Content-Length required"})
+            self._send(413, {"error": str(exc)})
             return None
-        if int(length) > HARD_BODY_CAP:
-            self.close_connection = True
-            self._send(413, {"error": f"body over {HARD_BODY_CAP} bytes"})
-            return None
-        body = self.rfile.read(int(length))
-        if len(body) < int(length):
-            self.close_connection = True  # the client went away mid-body
+        except (ValueError, EOFError):
+            self.close_connection = True  # the client went away mid-body, or sent nonsense framing
             return None
         return body
+
+    def _read_exactly(self, length: int) -> bytes:
+        if length > HARD_BODY_CAP:
+            raise BodyTooLarge(f"body over {HARD_BODY_CAP} bytes")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise EOFError
+        return body
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            size_line = self.rfile.readline(1024).split(b";")[0].strip()
+            if not size_line:
+                raise EOFError
+            chunk_size = int(size_line, 16)  # ValueError on nonsense: dropped by the caller
+            if chunk_size == 0:
+                break
+            size += chunk_size
+            if size > HARD_BODY_CAP:
+                raise BodyTooLarge(f"body over {HARD_BODY_CAP} bytes")
+            parts.append(self._read_exactly(chunk_size))
+            self.rfile.readline(1024)  # the CRLF after the chunk
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields, ignored
+        return b"".join(parts)
 
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -811,9 +841,7 @@ class Receiver(FaultControls):
     Counts live in memory unless `state` names a SQLite file; the request log is always in memory.
     """
 
-    def __init__(
-        self, token: str, *, host: str = "127.0.0.1", port: int = 0, state: Path | None = None
-    ) -> None:
+    def __init__(self, token: str, *, host: str = "127.0.0.1", port: int = 0, state: Path | None = None) -> None:
         self.token = token
         self.host = host
         self.port = port
@@ -981,14 +1009,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the receiver as its own process, so a test can SIGKILL it and start it again on FILE."""
     parser = argparse.ArgumentParser(prog="python -m tests.helpers.receiver", description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument(
-        "--port", type=int, default=0, help="0 picks a free port; printed as LISTENING <port>"
-    )
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port; printed as LISTENING <port>")
     parser.add_argument("--token", required=True, help="the bearer token to accept")
     parser.add_argument("--state", type=Path, help="SQLite file for counts and batch ids (default: memory)")
-    parser.add_argument(
-        "--fault-plan", help='JSON op or list of ops, e.g. [{"op":"fail_next","n":2,"status":503}]'
-    )
+    parser.add_argument("--fault-plan", help='JSON op or list of ops, e.g. [{"op":"fail_next","n":2,"status":503}]')
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
