@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from types import FrameType
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
-from remote_uploader.agent.extract import Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
+from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import (
     BlockReader,
@@ -73,6 +74,11 @@ class Agent:
         self.extractors = [
             build_extractor(regex=s.regex, exclude=s.exclude) for s in config.sources
         ]
+        self.scanner: ParallelScanner | None = None
+        if config.agent.workers > 1:
+            specs = [ExtractorSpec(s.regex, s.exclude) for s in config.sources]
+            self.scanner = ParallelScanner(specs, config.agent.workers, config.read.block_size,
+                                           config.batching.max_memory_ips)
         self.sink = sink or HttpSink(config.server)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
@@ -87,6 +93,8 @@ class Agent:
     def close(self) -> None:
         self.stop.set()
         self.wake.set()
+        if self.scanner is not None:
+            self.scanner.close()
         if self.uploader.is_alive():
             self.uploader.join(timeout=self.config.server.timeout + 1)
         self.spool.close()
@@ -159,7 +167,12 @@ class Agent:
 
     def read_file(self, fd: int, fid: int, path: str, offset: int, extractor: Extractor,
                   *, take_partial: bool) -> None:
-        """Read one file from `offset` to its end, sealing batches as the policy says."""
+        """Read one file from `offset` to its end, sealing batches as the policy says.
+
+        A large backlog goes to the worker processes first (in file order, see parallel.py);
+        the rest, and anything small, is read here block by block.
+        """
+        offset = self._read_backlog(fd, fid, path, offset, extractor)
         reader = BlockReader(fd, offset, self.config.read.block_size, extractor.context)
         while not self.stop.is_set():
             chunk = reader.next_chunk()
@@ -171,36 +184,41 @@ class Agent:
             self.feed(chunk, fid, path, extractor)
             self.maybe_seal(caught_up=False)
 
-    def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
-        """Extract one chunk into the batch, keeping the batch under max_memory_ips records."""
-        counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk.scan else {}
-        cap = self.config.batching.max_memory_ips
-        if len(self.batch) + len(counts) > cap and len(self.batch) + self.batch.new_keys(path, counts) > cap:
-            if len(counts) > cap and self._split_feed(chunk, fid, path, extractor):
-                return
-            self.seal_now()
-        lines = chunk.lines()
-        self.batch.add(path, counts, time.time())
-        self.batch.cover(fid, chunk.end_offset, lines, chunk.nbytes)
-        self.stats.occurrences += sum(counts.values())
-        self.stats.lines += lines
-        self.stats.bytes_read += chunk.nbytes
-        self.stats.long_lines += int(chunk.long_line)
-        self.stats.memory_ips = len(self.batch)
+    def _read_backlog(self, fd: int, fid: int, path: str, offset: int, extractor: Extractor) -> int:
+        size = os.fstat(fd).st_size
+        if self.scanner is None or not self.scanner.worth_it(size - offset):
+            return offset
+        source = next(index for index, known in enumerate(self.extractors) if known is extractor)
+        for part in self.scanner.scan(fd, path, source, offset, size):
+            if self.stop.is_set():
+                break
+            self.feed_part(part, fid, path)
+            self.maybe_seal(caught_up=False)
+            offset = part.end_offset
+        return offset
 
-    def _split_feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> bool:
-        """A chunk alone holds more distinct addresses than the cap: feed it in two halves."""
-        middle = chunk.start + chunk.nbytes // 2
-        cut = chunk.buf.rfind(b"\n", chunk.start, middle) + 1
-        if cut <= chunk.start:
-            cut = last_cut(chunk.buf, chunk.start, middle)
-        if cut <= chunk.start:
-            return False
-        first = Chunk(chunk.buf, chunk.start, cut, chunk.end_offset - (chunk.end - cut))
-        second = Chunk(chunk.buf, cut, chunk.end, chunk.end_offset, chunk.scan, chunk.long_line)
-        self.feed(first, fid, path, extractor)
-        self.feed(second, fid, path, extractor)
-        return True
+    def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
+        """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
+        cap = self.config.batching.max_memory_ips
+        for part in scan_parts(extractor, chunk.buf, chunk.start, chunk.end, chunk.end_offset, cap,
+                               scan=chunk.scan, long_line=chunk.long_line):
+            self.feed_part(part, fid, path)
+
+    def feed_part(self, part: Part, fid: int, path: str) -> None:
+        """The one place counts enter the batch: seal first if they would not fit under the cap."""
+        batch = self.batch
+        cap = self.config.batching.max_memory_ips
+        if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
+            self.seal_now()
+            batch = self.batch
+        batch.add(path, part.counts, time.time())
+        batch.cover(fid, part.end_offset, part.lines, part.nbytes)
+        stats = self.stats
+        stats.occurrences += sum(part.counts.values())
+        stats.lines += part.lines
+        stats.bytes_read += part.nbytes
+        stats.long_lines += int(part.long_line)
+        stats.memory_ips = len(batch)
 
     def maybe_seal(self, *, caught_up: bool) -> None:
         if self.policy.should_seal(self.batch, time.time(), caught_up=caught_up):
