@@ -27,9 +27,10 @@ import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from multiprocessing.pool import AsyncResult, Pool
 
-from remote_uploader.agent.extract import SEPARATORS, Buffer, Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor, last_cut
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
@@ -56,7 +57,7 @@ class ExtractorSpec:
     engine: str = "auto"
 
 
-def scan_parts(extractor: Extractor, buf: Buffer, start: int, end: int, end_offset: int, cap: int,
+def scan_parts(extractor: Extractor, buf: bytes | bytearray, start: int, end: int, end_offset: int, cap: int,
                *, scan: bool = True, long_line: bool = False) -> list[Part]:
     """Scan buf[start:end] into parts of at most `cap` distinct addresses each.
 
@@ -72,12 +73,12 @@ def scan_parts(extractor: Extractor, buf: Buffer, start: int, end: int, end_offs
     if len(cuts) < 2:
         return [Part(counts, buf.count(b"\n", start, end), end - start, end_offset, long_line)]
     parts: list[Part] = []
-    for lo, hi in zip(cuts, cuts[1:], strict=False):
+    for lo, hi in pairwise(cuts):
         parts += scan_parts(extractor, buf, lo, hi, end_offset - (end - hi), cap, scan=scan, long_line=long_line)
     return parts
 
 
-def _line_cuts(buf: Buffer, start: int, end: int, pieces: int) -> list[int]:
+def _line_cuts(buf: bytes | bytearray, start: int, end: int, pieces: int) -> list[int]:
     """start, then up to `pieces - 1` positions just after a newline (or separator), then end."""
     cuts = [start]
     step = (end - start) / pieces
@@ -182,7 +183,7 @@ class ParallelScanner:
         nominals = list(range(offset, last_nominal + 1, block))
         pool = self._ensure_pool()
         in_flight: deque[AsyncResult[list[Part]]] = deque()
-        tasks = iter(zip(nominals, nominals[1:], strict=False))
+        tasks = pairwise(nominals)
         for index, (start, end) in enumerate(tasks):
             in_flight.append(pool.apply_async(_scan_task, (source, open_path, start, end, index == 0, self.cap)))
             if len(in_flight) >= 2 * self.workers:
