@@ -1,0 +1,259 @@
+"""The collector's HTTP API (FastAPI): ingest, reads, blocklists, health, metrics.
+
+Status codes are the agent's instructions (docs/protocol.md): 2xx stored (or duplicate),
+400 never send this again, 401/403 fix the token, 413 split, 415 fix the encoding, 429/503 try
+later (Retry-After). Every error body is `{"detail": [{"field": ..., "error": ...}]}`. Bad input
+of any kind is a 4xx; a 5xx means a bug or a broken database, never a bad request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from remote_uploader import __version__
+from remote_uploader.collector import routes
+from remote_uploader.collector.api import ApiError, Who, error_response, errors
+from remote_uploader.collector.auth import Principal, authenticate
+from remote_uploader.collector.batch import BatchInvalid, parse_batch
+from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
+from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
+from remote_uploader.collector.logs import AccessLog, fields
+from remote_uploader.collector.metrics import Metrics
+from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
+from remote_uploader.collector.settings import CollectorSettings
+from remote_uploader.collector.storage.base import Storage
+from remote_uploader.protocol import BATCHES_PATH
+
+logger = logging.getLogger(__name__)
+
+
+class Collector:
+    """The app's collaborators, shared by the route functions."""
+
+    def __init__(self, settings: CollectorSettings, storage: Storage, metrics: Metrics) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.metrics = metrics
+        self.retry_after = {"Retry-After": str(settings.retry_after)}
+        self._slots = asyncio.Semaphore(settings.max_concurrent_batches)
+        self._stop = threading.Event()
+        self._pruner: threading.Thread | None = None
+
+    # -- auth ---------------------------------------------------------------------------------
+
+    def principal(self, request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+        if credentials is None or not credentials.credentials:
+            raise ApiError(401, "authorization", "missing bearer token", {"WWW-Authenticate": "Bearer"})
+        found = authenticate(self.storage, credentials.credentials)
+        if found is None:
+            raise ApiError(401, "authorization", "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
+        request.state.principal = found.name
+        return found
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    async def receive_batch(self, request: Request, who: Principal) -> BatchAccepted:
+        if who.role != "agent":
+            raise ApiError(403, "authorization", "this token may only read")
+        gzip = check_headers(request.headers, self.settings.max_body)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.settings.db_timeout)
+        except TimeoutError:
+            raise ApiError(429, "body", "too many batches in flight", self.retry_after) from None
+        try:
+            payload = await read_body(request.receive, gzip=gzip, limit=self.settings.max_body)
+            return await run_in_threadpool(self._ingest, payload, who, request.state)
+        finally:
+            self._slots.release()
+
+    def _ingest(self, payload: bytearray, who: Principal, state: Any) -> BatchAccepted:
+        batch = parse_batch(payload)
+        del payload[:]  # the parsed form is all we need; give the memory back early
+        if batch.agent != who.name:
+            raise ApiError(403, "agent", f"the batch's agent {batch.agent!r} is not the token's name {who.name!r}")
+        state.batch_id = batch.batch_id
+        state.records = batch.records
+        new = self.storage.store_batch(batch, datetime.now(UTC))
+        state.duplicate = not new
+        if new:
+            self.metrics.batches.labels("accepted").inc()
+            self.metrics.records.inc(batch.records)
+        else:
+            self.metrics.batches.labels("duplicate").inc()
+        return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new)
+
+    # -- pruning ------------------------------------------------------------------------------
+
+    def start_pruner(self) -> None:
+        self._pruner = threading.Thread(target=self._prune_loop, name="collector-pruner", daemon=True)
+        self._pruner.start()
+
+    def stop_pruner(self) -> None:
+        self._stop.set()
+        if self._pruner is not None:
+            self._pruner.join(timeout=10)
+
+    def prune_once(self) -> int:
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.retention_days)
+        return self.storage.prune_batches(cutoff)
+
+    def _prune_loop(self) -> None:
+        while True:
+            try:
+                deleted = self.prune_once()
+                if deleted:
+                    logger.info("pruned batch ids", extra=fields(deleted=deleted))
+            except CollectorError as exc:
+                logger.warning("pruning failed", extra=fields(error=exc))
+            if self._stop.wait(self.settings.prune_interval):
+                return
+
+
+def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: bool = False) -> FastAPI:
+    """The ASGI app. `storage` must be migrated; it is closed at shutdown if `close_storage`."""
+    metrics = Metrics()
+    collector = Collector(settings, storage, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        collector.start_pruner()
+        try:
+            yield
+        finally:
+            collector.stop_pruner()
+            if close_storage:
+                storage.close()
+
+    app = FastAPI(
+        title="remote-uploader collector",
+        version=__version__,
+        description="Receives per-IP counts from remote-uploader agents (protocol v1) and serves "
+        "lists, per-agent statistics and blocklists. See docs/collector.md and docs/protocol.md.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.collector = collector
+    _install_error_handlers(app, collector)
+
+    @app.post(
+        BATCHES_PATH,
+        response_model=BatchAccepted,
+        summary="Deliver a batch (protocol v1)",
+        responses=errors(400, 401, 403, 413, 415, 429, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": BATCH_SCHEMA}},
+                "description": "JSON, optionally with Content-Encoding: gzip",
+            }
+        },
+    )
+    async def post_batch(request: Request, who: Who) -> BatchAccepted:
+        return await collector.receive_batch(request, who)
+
+    routes.add_read_routes(app, collector)
+
+    @app.get("/metrics", include_in_schema=False)
+    def get_metrics() -> Response:
+        from remote_uploader.collector.metrics import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(AccessLog, metrics=metrics, enabled=settings.access_log)
+    return app
+
+
+def _install_error_handlers(app: FastAPI, collector: Collector) -> None:
+    metrics = collector.metrics
+
+    def rejected(request: Request, status: int) -> None:
+        if request.url.path == BATCHES_PATH and status not in (429, 503):
+            metrics.batches.labels("rejected").inc()
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        rejected(request, exc.status)
+        return error_response(exc.status, [{"field": exc.field, "error": exc.error}], exc.headers)
+
+    @app.exception_handler(BodyError)
+    async def body_error(request: Request, exc: BodyError) -> JSONResponse:
+        rejected(request, exc.status)
+        return error_response(exc.status, [{"field": exc.field, "error": exc.message}])
+
+    @app.exception_handler(BatchInvalid)
+    async def batch_invalid(request: Request, exc: BatchInvalid) -> JSONResponse:
+        rejected(request, 400)
+        return error_response(400, [error.to_json() for error in exc.errors])
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=400)  # nobody is listening; for the access log only
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(part) for part in error.get("loc", ())), "error": str(error.get("msg", ""))}
+            for error in exc.errors()
+        ]
+        rejected(request, 400)
+        return error_response(400, errors or [{"field": "request", "error": "invalid"}])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        field = {404: "path", 405: "method"}.get(exc.status_code, "request")
+        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], exc.headers)
+
+    @app.exception_handler(StorageUnavailable)
+    async def unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        metrics.storage_errors.labels("unavailable").inc()
+        logger.warning("database unavailable", extra=fields(path=request.url.path, error=exc))
+        return error_response(
+            503, [{"field": "storage", "error": "database unavailable; retry later"}], collector.retry_after
+        )
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> JSONResponse:
+        metrics.storage_errors.labels("error").inc()
+        logger.error("database error", extra=fields(path=request.url.path, error=exc))
+        return error_response(500, [{"field": "storage", "error": "database error"}])
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with its 422 answers replaced by our 400 (we answer 400, never 422)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses.setdefault(
+                    "400",
+                    {
+                        "description": "invalid request",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+                    },
+                )
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    app.openapi_schema = schema
+    return schema

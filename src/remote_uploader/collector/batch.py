@@ -1,0 +1,272 @@
+"""A protocol v1 batch body -> a validated, aggregated `Batch`, or every reason it is not one.
+
+Validation is all-or-nothing: one bad field rejects the batch (400) and nothing of it is stored,
+because the agent sends a rejected batch to its dead-letter table as a whole. Each error names
+the field as a path (`records[3].ip`) so that an operator can find it in the dead letter.
+
+This is the per-record hot path of ingest (up to 100,000 records per request), so the loop is
+written for speed: an exact regular expression settles the common canonical IPv4 case, and
+everything else goes through `protocol.is_canonical_ip`, the definition both sides share.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from remote_uploader.collector.storage.base import Batch, IpDelta
+from remote_uploader.protocol import (
+    MAX_AGENT_LEN,
+    MAX_BATCH_ID_LEN,
+    MAX_RECORDS_PER_BATCH,
+    MAX_SOURCE_LEN,
+    is_canonical_ip,
+    parse_time,
+)
+
+# A record's count is at most 2**40: far above any real batch, and low enough that the sum of a
+# whole batch for one address (at most 2**40 * 100,000 < 2**57) fits a 64-bit integer.
+MAX_COUNT = 2**40
+MAX_ERRORS = 100  # a body with a million bad fields gets a bounded answer
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    error: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"field": self.field, "error": self.error}
+
+
+class BatchInvalid(Exception):
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.error}" for e in errors[:5]))
+
+
+class _TooManyErrors(Exception):
+    pass
+
+
+def ip_key(ip: str) -> bytes:
+    """The packed form of a canonical address: 4 bytes for IPv4, 16 for IPv6."""
+    if ":" in ip:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    return socket.inet_aton(ip)
+
+
+def check_ip(ip: object) -> str | None:
+    """None if `ip` is a countable address in canonical form, else the reason it is not."""
+    if not isinstance(ip, str):
+        return "must be a string"
+    if ip in ("0.0.0.0", "::"):
+        return "not a countable address (unspecified)"
+    if len(ip) > 64 or not is_canonical_ip(ip):
+        return "not a canonical IP address"
+    return None
+
+
+def check_text(value: object, limit: int, *, empty: bool = False) -> str | None:
+    """None if `value` is a storable string of at most `limit` characters, else the reason."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value and not empty:
+        return "must not be empty"
+    if len(value) > limit:
+        return f"longer than {limit} characters"
+    if _CONTROL.search(value):
+        return "contains control characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode text (lone surrogate)"
+    return None
+
+
+def check_time(value: object) -> datetime | str:
+    """The parsed time, or the reason `value` is not an RFC 3339 time with an offset."""
+    if not isinstance(value, str):
+        return "must be an RFC 3339 string"
+    try:
+        moment = parse_time(value)
+    except (ValueError, OverflowError):
+        return "not an RFC 3339 time with a UTC offset"
+    if not EARLIEST <= moment <= LATEST:
+        return "outside 1970-01-01 .. 9999-12-31"
+    return moment
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, field: str, error: str) -> None:
+        self.items.append(FieldError(field, error))
+        if len(self.items) >= MAX_ERRORS:
+            raise _TooManyErrors
+
+
+def parse_batch(payload: bytes | bytearray) -> Batch:
+    """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong."""
+    try:
+        document = json.loads(payload)
+    except RecursionError:
+        raise BatchInvalid([FieldError("body", "not valid JSON: nested too deeply")]) from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise BatchInvalid([FieldError("body", f"not valid JSON: {exc}")]) from None
+    errors = _Errors()
+    try:
+        batch = _validate(document, errors)
+    except _TooManyErrors:
+        errors.items.append(FieldError("body", f"more than {MAX_ERRORS} errors; the rest are not listed"))
+        batch = None
+    if batch is None or errors.items:
+        raise BatchInvalid(errors.items)
+    return batch
+
+
+def _validate(document: Any, errors: _Errors) -> Batch | None:
+    if not isinstance(document, dict):
+        errors.add("body", "must be a JSON object")
+        return None
+    for name in ("agent", "batch_id", "sent_at", "records"):
+        if name not in document:
+            errors.add(name, "is required")
+    agent = document.get("agent")
+    if "agent" in document and (problem := check_text(agent, MAX_AGENT_LEN)):
+        errors.add("agent", problem)
+    batch_id = document.get("batch_id")
+    if "batch_id" in document and (problem := check_text(batch_id, MAX_BATCH_ID_LEN)):
+        errors.add("batch_id", problem)
+    sent_at: datetime | str = "missing"
+    if "sent_at" in document:
+        sent_at = check_time(document["sent_at"])
+        if isinstance(sent_at, str):
+            errors.add("sent_at", sent_at)
+    records = document.get("records")
+    if "records" in document:
+        if not isinstance(records, list):
+            errors.add("records", "must be an array")
+        elif len(records) > MAX_RECORDS_PER_BATCH:
+            errors.add("records", f"more than {MAX_RECORDS_PER_BATCH} records")
+    if errors.items or not isinstance(records, list):
+        return None
+    assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
+    return Batch(agent, batch_id, sent_at, len(records), _aggregate(records, errors))
+
+
+def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
+    """Validate every record and merge records of one address (several sources) into one delta.
+
+    The fast path takes a record whose fields are all well-formed in the form the agent sends
+    (`format_time` times ending in Z); anything unusual, valid or not, falls to `_check_record`,
+    which decides and names every problem. The fast path only accepts what the slow one would.
+    """
+    merged: dict[str, list[Any]] = {}
+    pton, ntop, inet, inet6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+    fromiso = datetime.fromisoformat
+    canonical6 = _canonical_ipv6
+    for index, record in enumerate(records):
+        try:
+            ip = record["ip"]
+            count = record["count"]
+            first_text = record["first_seen"]
+            last_text = record["last_seen"]
+            source = record["source"]
+            if ":" in ip:
+                if not canonical6(ip):
+                    raise _Slow
+                key = pton(inet6, ip)
+            else:
+                # inet_ntop(inet_pton(x)) == x holds exactly for canonical dotted quads.
+                key = pton(inet, ip)
+                if ntop(inet, key) != ip or ip == "0.0.0.0":
+                    raise _Slow
+            if (
+                type(count) is not int
+                or not 0 < count <= MAX_COUNT
+                or type(source) is not str
+                or len(source) > MAX_SOURCE_LEN
+                or first_text[-1:] != "Z"
+                or last_text[-1:] != "Z"
+            ):
+                raise _Slow
+            # Python 3.11 reads a trailing Z as UTC, so this equals protocol.parse_time here.
+            first = fromiso(first_text)
+            last = fromiso(last_text)
+            if last < first or first < EARLIEST or last > LATEST:
+                raise _Slow
+        except (_Slow, KeyError, TypeError, ValueError, OSError):
+            checked = _check_record(index, record, errors)
+            if checked is None:
+                continue
+            ip, key, count, first, last = checked
+        if errors.items:
+            continue  # the batch is rejected; keep validating only to list the errors
+        entry = merged.get(ip)
+        if entry is None:
+            merged[ip] = [key, count, first, last]
+        else:
+            entry[1] += count
+            if first < entry[2]:
+                entry[2] = first
+            if last > entry[3]:
+                entry[3] = last
+    deltas = []
+    for ip in sorted(merged):  # sorting the keys alone is several times faster than the items
+        key, n, first, last = merged[ip]
+        deltas.append(IpDelta(ip, key, n, first, last))
+    return deltas
+
+
+class _Slow(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=65536)
+def _canonical_ipv6(text: str) -> bool:
+    return len(text) <= 64 and is_canonical_ip(text)
+
+
+def _check_record(index: int, record: Any, errors: _Errors) -> tuple[str, bytes, int, datetime, datetime] | None:
+    """The slow path: full checks, each failure reported under its field path."""
+    where = f"records[{index}]"
+    if not isinstance(record, dict):
+        errors.add(where, "must be a JSON object")
+        return None
+    before = len(errors.items)
+    missing = [name for name in ("ip", "count", "first_seen", "last_seen", "source") if name not in record]
+    for name in missing:
+        errors.add(f"{where}.{name}", "is required")
+    ip = record.get("ip")
+    if "ip" in record and (problem := check_ip(ip)):
+        errors.add(f"{where}.ip", problem)
+    count = record.get("count")
+    if "count" in record and (type(count) is not int or not 1 <= count <= MAX_COUNT):
+        errors.add(f"{where}.count", f"must be an integer in 1..{MAX_COUNT}")
+    times: list[datetime] = []
+    for name in ("first_seen", "last_seen"):
+        if name in record:
+            moment = check_time(record[name])
+            if isinstance(moment, str):
+                errors.add(f"{where}.{name}", moment)
+            else:
+                times.append(moment)
+    if len(times) == 2 and times[1] < times[0]:
+        errors.add(f"{where}.last_seen", "is before first_seen")
+    if "source" in record and (problem := check_text(record["source"], MAX_SOURCE_LEN, empty=True)):
+        errors.add(f"{where}.source", problem)
+    if len(errors.items) > before:
+        return None
+    assert isinstance(ip, str) and isinstance(count, int)
+    return ip, ip_key(ip), count, times[0], times[1]

@@ -1,0 +1,264 @@
+"""`remote-uploader collector ...`: thin commands over the collector library.
+
+    collector serve [-c FILE] [--db URL] [--host H] [--port P] [--max-body BYTES] ...
+    collector token add NAME [--read-only] [--replace] [--db URL | -c FILE]
+    collector token list [--json] [--db URL | -c FILE]
+    collector token revoke NAME [--db URL | -c FILE]
+
+`register(subparsers)` adds the `collector` command to the main command line; `main(argv)` runs
+the same commands standalone (`python -m remote_uploader.collector.cli serve ...`). Each command
+parses, calls the library, renders; library errors become one sentence on stderr and the exit
+code of the error (2 configuration, 4 storage, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import logging
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from remote_uploader.collector import logs, settings
+from remote_uploader.collector.auth import create_token
+from remote_uploader.collector.logs import fields
+from remote_uploader.collector.storage import open_storage
+from remote_uploader.collector.storage.base import Storage
+from remote_uploader.errors import ConfigError, RemoteUploaderError
+from remote_uploader.protocol import format_time
+
+logger = logging.getLogger(__name__)
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _boundary(command: Command) -> Command:
+    """Turn library errors into one line on stderr and the error's exit code."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except RemoteUploaderError as exc:
+            print(f"remote-uploader collector: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            return 130
+
+    return run
+
+
+def _load(args: argparse.Namespace, **flags: object) -> settings.CollectorSettings:
+    return settings.load(args.collector_config, {"db": args.db, **flags})
+
+
+def _open(args: argparse.Namespace) -> Storage:
+    config = _load(args)
+    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2)
+    try:
+        storage.migrate()
+    except BaseException:
+        storage.close()
+        raise
+    return storage
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port (port 0: the kernel picks a free one)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError("collector.port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+@_boundary
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from remote_uploader.collector.app import create_app
+
+    config = _load(
+        args,
+        host=args.host,
+        port=args.port,
+        max_body=args.max_body,
+        retention_days=args.retention_days,
+        log_format=args.log_format,
+        access_log=False if args.no_access_log else None,
+    )
+    logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
+    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size)
+    try:
+        version = storage.migrate()
+        sock = bind(config.host, config.port)
+    except BaseException:
+        storage.close()
+        raise
+    app = create_app(config, storage, close_storage=True)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    # Ingest makes hundreds of thousands of short-lived objects per big batch; with the default
+    # thresholds the cyclic collector runs hundreds of times per batch over every live object.
+    # Objects alive now (modules, the app) are frozen out of its scans, and it runs less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    logger.info("collector listening", extra=fields(url=f"http://{shown}:{port}", db=storage.url, schema=version))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,  # our handlers (logs.configure) format uvicorn's messages too
+            access_log=False,  # logs.AccessLog writes the access log, without tokens
+            lifespan="on",
+            timeout_graceful_shutdown=int(config.graceful_timeout),
+            server_header=False,
+        )
+    )
+    server.run(sockets=[sock])  # returns after SIGINT/SIGTERM, once in-flight requests finished
+    logger.info("collector stopped")
+    return 0
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_token_add(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        token = create_token(storage, args.name, "read" if args.read_only else "agent", replace=args.replace)
+    finally:
+        storage.close()
+    kind = "a read-only" if args.read_only else "an agent"
+    print(f"Created {kind} token for {args.name!r}. It is shown only now; store it safely.")
+    print(token)
+    return 0
+
+
+@_boundary
+def cmd_token_list(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        tokens = storage.list_tokens()
+    finally:
+        storage.close()
+    if args.json:
+        document = [{"name": t.name, "role": t.role, "created_at": format_time(t.created_at)} for t in tokens]
+        print(json.dumps(document, indent=2))
+        return 0
+    if not tokens:
+        print("No tokens. Create one with: remote-uploader collector token add NAME")
+        return 0
+    width = max(len("NAME"), *(len(t.name) for t in tokens))
+    print(f"{'NAME':<{width}}  ROLE   CREATED")
+    for t in tokens:
+        print(f"{t.name:<{width}}  {t.role:<5}  {format_time(t.created_at)}")
+    return 0
+
+
+@_boundary
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        revoked = storage.revoke_token(args.name)
+    finally:
+        storage.close()
+    if not revoked:
+        print(f"remote-uploader collector: error: no token named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"Revoked the token of {args.name!r}; requests with it are refused from now on.")
+    return 0
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
+def _database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        dest="collector_config",
+        metavar="FILE",
+        help="TOML file with a [collector] table (see docs/collector.md)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="sqlite:///PATH or postgresql://USER@HOST/DB "
+        "(default: sqlite in the state directory, or the config file's db)",
+    )
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    """Add `serve` and `token` under `parser` (the `collector` command, or a standalone one)."""
+    commands = parser.add_subparsers(dest="collector_command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the HTTP collector", description="Receive batches from agents and serve the API."
+    )
+    _database_options(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
+    serve.add_argument("--max-body", type=int, metavar="BYTES", help="body limit, also after gzip (default 16 MiB)")
+    serve.add_argument("--retention-days", type=float, metavar="DAYS", help="keep batch ids this long (default 30)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="key=value text (default) or JSON lines")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    token = commands.add_parser("token", help="manage bearer tokens", description="Manage bearer tokens.")
+    tokens = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    add = tokens.add_parser(
+        "add",
+        help="create a token; prints it once, on the last line",
+        description="Create a token for agent NAME (its batches must carry agent=NAME). "
+        "Only a hash is stored; the token is printed once, alone on the last line.",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--read-only", action="store_true", help="a token that may read but not send batches")
+    add.add_argument("--replace", action="store_true", help="replace an existing token of NAME")
+    _database_options(add)
+    add.set_defaults(func=cmd_token_add)
+    listing = tokens.add_parser("list", help="list token names and roles (never the tokens)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    _database_options(listing)
+    listing.set_defaults(func=cmd_token_list)
+    revoke = tokens.add_parser("revoke", help="delete the token of NAME")
+    revoke.add_argument("name", metavar="NAME")
+    _database_options(revoke)
+    revoke.set_defaults(func=cmd_token_revoke)
+
+
+def register(subparsers: Any) -> None:
+    """Add the `collector` command to the main parser's subparsers."""
+    parser = subparsers.add_parser(
+        "collector",
+        help="run the central collector, manage its tokens",
+        description="The central collector: receives batches from agents (protocol v1), "
+        "serves address lists, agent statistics and blocklists.",
+    )
+    add_commands(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="remote-uploader collector")
+    add_commands(parser)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Structured logs: `key=value` text or one JSON object a line, and the access log.
+
+Call sites log a short message plus fields: `logger.info("batch stored", extra=fields(agent=...))`.
+The access log records method, route, status, duration, client, agent name and sizes. It never
+records headers, so a bearer token cannot end up in a log file; the query string is logged only
+for read endpoints, whose parameters are filters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+from remote_uploader.collector.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+access_logger = logging.getLogger("remote_uploader.collector.access")
+
+
+def fields(**values: object) -> dict[str, dict[str, object]]:
+    """`extra=` for a log call: the key=value pairs to show after the message."""
+    return {"kv": values}
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' "=\\\n\t') and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """`2024-05-01T12:00:00.123Z level=info logger=... msg="batch stored" agent=web-1 ...`"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        parts = [moment, f"level={record.levelname.lower()}", f"logger={record.name}"]
+        parts.append(f"msg={_quote(record.getMessage())}")
+        for key, value in getattr(record, "kv", {}).items():
+            parts.append(f"{key}={_quote(value)}")
+        if record.exc_info:
+            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in getattr(record, "kv", {}).items():
+            document[key] = value if isinstance(value, int | float | bool | None) else str(value)
+        if record.exc_info:
+            document["exc"] = self.formatException(record.exc_info)
+        return json.dumps(document, ensure_ascii=False)
+
+
+def configure(level: int = logging.INFO, fmt: str = "text") -> None:
+    """Send logs to stderr in the chosen format. Only the command line calls this."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class AccessLog:
+    """Pure ASGI middleware: time every HTTP request, log it and record its latency metric.
+
+    Pure ASGI rather than Starlette's BaseHTTPMiddleware, which would buffer streamed bodies.
+    The endpoint may leave `principal` (a token name) in the request state for the log line.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, enabled: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        sent = 0
+        scope.setdefault("state", {})
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.latency.labels(template, scope["method"], str(status or 500)).observe(elapsed)
+            if self.enabled:
+                self._log(scope, status, sent, elapsed)
+
+    def _log(self, scope: Scope, status: int, sent: int, elapsed: float) -> None:
+        client = scope.get("client")
+        path = scope.get("path", "")
+        query = scope.get("query_string", b"").decode("latin-1")
+        values: dict[str, object] = {
+            "method": scope["method"],
+            "path": path + ("?" + query if query and path.startswith("/v1/") else ""),
+            "status": status or 500,
+            "duration_ms": round(elapsed * 1000, 2),
+            "client": client[0] if client else "-",
+            "principal": scope["state"].get("principal", "-"),
+            "bytes_out": sent,
+        }
+        for key in ("batch_id", "records", "duplicate"):
+            if key in scope["state"]:
+                values[key] = scope["state"][key]
+        access_logger.info("request", extra=fields(**values))

@@ -1,0 +1,115 @@
+"""The JSON shapes of the HTTP API, as pydantic models (they also make /openapi.json).
+
+The batch body is not parsed with pydantic: 100,000 records are validated by the hand-written
+loop in batch.py, which is several times faster and reports errors in the protocol's format.
+`BATCH_SCHEMA` documents that body for OpenAPI (and the fuzz test generates from it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from remote_uploader.collector.batch import MAX_COUNT
+from remote_uploader.protocol import MAX_AGENT_LEN, MAX_BATCH_ID_LEN, MAX_RECORDS_PER_BATCH, MAX_SOURCE_LEN
+
+_TIME = "RFC 3339 time with a UTC offset, e.g. 2024-05-01T12:00:00.000000Z"
+
+RECORD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["ip", "count", "first_seen", "last_seen", "source"],
+    "properties": {
+        "ip": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "IPv4 dotted quad without leading zeros, or IPv6 in RFC 5952 form; "
+            "IPv4-mapped IPv6 and unspecified addresses are refused",
+        },
+        "count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
+        "first_seen": {"type": "string", "description": _TIME},
+        "last_seen": {"type": "string", "description": _TIME + "; not before first_seen"},
+        "source": {"type": "string", "maxLength": MAX_SOURCE_LEN},
+    },
+}
+
+BATCH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["agent", "batch_id", "sent_at", "records"],
+    "properties": {
+        "agent": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_AGENT_LEN,
+            "description": "must equal the name of the bearer token",
+        },
+        "batch_id": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_BATCH_ID_LEN,
+            "description": "stable across retries: a repeated (agent, batch_id) is counted once",
+        },
+        "sent_at": {"type": "string", "description": _TIME},
+        "records": {"type": "array", "maxItems": MAX_RECORDS_PER_BATCH, "items": RECORD_SCHEMA},
+    },
+}
+
+
+class FieldErrorOut(BaseModel):
+    field: str = Field(description="what is wrong: a JSON path like records[3].ip, or body, query.since...")
+    error: str
+
+
+class ErrorOut(BaseModel):
+    detail: list[FieldErrorOut]
+
+
+class BatchAccepted(BaseModel):
+    batch_id: str
+    accepted: int = Field(description="records in the batch, now held by the collector")
+    duplicate: bool = Field(description="true if this batch id had been counted before; nothing was added")
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok, or unavailable")
+    storage: str = Field(description="ok, or why the database cannot be reached")
+    version: str
+
+
+class IpOut(BaseModel):
+    ip: str
+    count: int
+    first_seen: str
+    last_seen: str
+    agents: int = Field(description="how many agents reported this address")
+
+
+class IpPage(BaseModel):
+    items: list[IpOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last")
+
+
+class AgentCountOut(BaseModel):
+    agent: str
+    count: int
+    first_seen: str
+    last_seen: str
+
+
+class IpDetailOut(IpOut):
+    by_agent: list[AgentCountOut]
+
+
+class AgentOut(BaseModel):
+    agent: str
+    first_seen: str
+    last_seen: str
+    batches: int
+    duplicates: int
+    records: int
+    last_batch_id: str
+    last_batch_sent_at: str
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]

@@ -1,0 +1,211 @@
+"""The Storage protocol: what the HTTP layer needs from a database, and nothing else.
+
+Two implementations, `sqlite.SqliteStorage` and `postgres.PostgresStorage`, pass one contract
+suite (tests/collector/test_storage_contract.py). Everything they receive is already validated
+and aggregated (`Batch`), so the SQL only adds numbers; everything they return is a plain
+frozen dataclass with timezone-aware UTC datetimes.
+
+The exactly-once rule lives in `store_batch`: the (agent, batch id) row and the counts it carries
+are written in one transaction, and the batch row is inserted with ON CONFLICT DO NOTHING. The
+unique key, not any check made before, decides which of two racing requests counts the batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+SortKey = Literal["count", "last_seen"]
+Role = Literal["agent", "read"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def to_micros(moment: datetime) -> int:
+    """Exact integer microseconds since the epoch (no float rounding)."""
+    return (moment - EPOCH) // ONE_MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+class IpDelta(NamedTuple):
+    """What one batch adds to one address: the records for that address, summed over sources.
+
+    A NamedTuple rather than a dataclass: a big batch makes 100,000 of them, and tuples are
+    several times cheaper to build.
+    """
+
+    ip: str
+    key: bytes  # the packed address (4 or 16 bytes): numeric order and CIDR ranges
+    total: int  # occurrences ("count" would shadow tuple.count)
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A validated batch. `deltas` has one entry per distinct address, sorted by `ip`.
+
+    The sort is a lock order: two transactions that touch the same rows touch them in the same
+    order, so PostgreSQL never has to break a deadlock between two ingests.
+    """
+
+    agent: str
+    batch_id: str
+    sent_at: datetime
+    records: int  # records as sent (before merging the same address from several sources)
+    deltas: Sequence[IpDelta]
+
+
+@dataclass(frozen=True, slots=True)
+class IpSummary:
+    ip: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    agents: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCount:
+    agent: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IpDetail:
+    summary: IpSummary
+    by_agent: list[AgentCount]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    name: str
+    first_seen: datetime  # when its first batch arrived
+    last_seen: datetime  # when its last batch (new or duplicate) arrived
+    batches: int  # batches counted
+    duplicates: int  # replays answered duplicate=true
+    records: int  # records in the counted batches
+    last_batch_id: str
+    last_batch_sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    name: str
+    role: Role
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IpQuery:
+    """Filters for `list_ips`. With `agent`, the numbers are that agent's own, not the totals."""
+
+    since: datetime | None = None  # last_seen >= since
+    min_count: int = 1
+    agent: str | None = None
+    network: Network | None = None
+    sort: SortKey = "count"
+    limit: int = 1000
+    # Keyset cursor: the sort value (count, or last_seen in microseconds) and ip of the last row
+    # of the previous page. Rows are ordered by (value DESC, ip ASC).
+    after: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlocklistRow:
+    ip: str
+    key: bytes
+    count: int
+    last_seen: datetime
+
+
+def network_range(network: Network) -> tuple[int, bytes, bytes]:
+    """(family, lowest key, highest key) of a network, for `key BETWEEN lo AND hi`."""
+    family = network.version
+    return family, network.network_address.packed, network.broadcast_address.packed
+
+
+class Storage(abc.ABC):
+    """A collector database. Methods are blocking and thread-safe.
+
+    Any method may raise `StorageUnavailable` when the database does not answer within the
+    configured timeout; the HTTP layer turns that into 503 with Retry-After.
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Bring the schema to the newest version; return it. Safe to call from racing processes."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise `StorageUnavailable` unless a trivial query succeeds now."""
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_token(self, name: str, token_hash: str, role: Role, *, replace: bool = False) -> None:
+        """Store a token hash under `name`; `TokenError` if the name exists and not `replace`."""
+
+    @abc.abstractmethod
+    def find_token(self, token_hash: str) -> tuple[str, Role, str] | None:
+        """(name, role, stored hash) of the token with this hash, or None."""
+
+    @abc.abstractmethod
+    def list_tokens(self) -> list[TokenInfo]: ...
+
+    @abc.abstractmethod
+    def revoke_token(self, name: str) -> bool:
+        """Delete the token of `name`; False if there was none."""
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+        """Count `batch` unless its (agent, batch_id) was counted before. True if counted now.
+
+        One transaction: insert the batch row ON CONFLICT DO NOTHING; if no row was inserted,
+        only bump the agent's duplicate counter; otherwise add every delta to the per-address
+        and per-address-per-agent totals and update the agent's stats, then commit. If the
+        process dies before the commit, nothing of the batch is stored and the agent, which got
+        no answer, sends it again; after the commit, a replay finds the batch row and counts
+        nothing.
+        """
+
+    @abc.abstractmethod
+    def prune_batches(self, received_before: datetime) -> int:
+        """Forget batch ids received before the given time; return how many were deleted."""
+
+    @abc.abstractmethod
+    def count_batches(self) -> int:
+        """How many batch ids are remembered (for tests and metrics)."""
+
+    # -- reads --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_ips(self, query: IpQuery) -> list[IpSummary]: ...
+
+    @abc.abstractmethod
+    def get_ip(self, ip: str) -> IpDetail | None: ...
+
+    @abc.abstractmethod
+    def list_agents(self) -> list[AgentStats]: ...
+
+    @abc.abstractmethod
+    def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:
+        """Addresses with total >= min_count (and last_seen >= since), in numeric order."""

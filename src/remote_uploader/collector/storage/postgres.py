@@ -1,0 +1,187 @@
+"""PostgreSQL backend (psycopg 3 with a connection pool): for fleets, where several collector
+processes behind a load balancer share one database.
+
+Exactly once across processes: two collectors receiving the same replayed batch both run
+INSERT INTO batches ... ON CONFLICT DO NOTHING. The second waits on the first's uncommitted
+row; when the first commits, the second inserts nothing and answers duplicate; if the first
+rolls back, the second counts the batch. No check-then-insert, so no window between them.
+
+Every wait is bounded: the pool hands out a connection within `timeout` or we give up, and each
+session runs with lock_timeout and statement_timeout, so a locked table or a stuck server turns
+into `StorageUnavailable` (HTTP 503 + Retry-After), never a hung request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from remote_uploader.collector.errors import StorageError, StorageUnavailable
+from remote_uploader.collector.storage.base import Batch
+from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
+from remote_uploader.collector.storage.sql import Cursor, SqlStorage
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_LOCK = 0x72752D636F6C  # any constant; pg_advisory_xact_lock serialises migrate()
+ATTEMPTS = 3  # a deadlock or serialisation failure is retried this many times in all
+MAX_TOTAL = 2**63 - 1
+# SQLSTATE class 40: the server rolled the transaction back and says a retry may succeed.
+RETRYABLE = (
+    psycopg.errors.TransactionRollback,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+)
+
+
+def _add(table: str) -> str:
+    """Saturating addition: a total stops at the largest bigint instead of failing the batch."""
+    return (
+        f"CASE WHEN {table}.total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} "
+        f"ELSE {table}.total + excluded.total END"
+    )
+
+
+INSERT_BATCH = (
+    "INSERT INTO batches (agent, batch_id, received_at, records) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = greatest(last_seen, %s) WHERE name = %s"
+# One statement per table for the whole batch. unnest() keeps the array order, and the arrays
+# are sorted by ip, so concurrent ingests lock shared rows in the same order.
+UPSERT_IPS = (
+    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
+    "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::smallint[], %s::bigint[], "
+    "%s::timestamptz[], %s::timestamptz[]) "
+    f"ON CONFLICT (ip) DO UPDATE SET total = {_add('ips')}, "
+    "first_seen = least(ips.first_seen, excluded.first_seen), "
+    "last_seen = greatest(ips.last_seen, excluded.last_seen)"
+)
+UPSERT_IP_AGENTS = (
+    "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
+    "SELECT u.ip, %s, u.total, u.f, u.l "
+    "FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS u(ip, total, f, l) "
+    f"ON CONFLICT (ip, agent) DO UPDATE SET total = {_add('ip_agents')}, "
+    "first_seen = least(ip_agents.first_seen, excluded.first_seen), "
+    "last_seen = greatest(ip_agents.last_seen, excluded.last_seen)"
+)
+UPSERT_AGENT = (
+    "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
+    "last_batch_sent_at) VALUES (%s, %s, %s, 1, 0, %s, %s, %s) "
+    "ON CONFLICT (name) DO UPDATE SET last_seen = greatest(agents.last_seen, excluded.last_seen), "
+    "batches = agents.batches + 1, records = agents.records + excluded.records, "
+    "last_batch_id = excluded.last_batch_id, last_batch_sent_at = excluded.last_batch_sent_at"
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://..."
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[-1]}"))
+
+
+class PostgresStorage(SqlStorage):
+    placeholder = "%s"
+    migrations = MIGRATIONS
+
+    def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = 10) -> None:
+        self.url = redact_url(url)
+        self._timeout = timeout
+        statement_ms = int(max(30.0, 6 * timeout) * 1000)
+        options = (
+            f"-c statement_timeout={statement_ms} -c lock_timeout={int(timeout * 1000)} "
+            "-c idle_in_transaction_session_timeout=60000 -c TimeZone=UTC"
+        )
+        self._pool = ConnectionPool(
+            url,
+            kwargs={"autocommit": True, "options": options, "connect_timeout": max(1, math.ceil(timeout))},
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            check=ConnectionPool.check_connection,  # a server restart leaves dead connections behind
+            name="remote-uploader-collector",
+            open=False,
+        )
+        # Do not wait for the first connection: a database that is down at start is reported by
+        # the first request (503) or by migrate(), not by a hang here.
+        self._pool.open(wait=False)
+
+    @contextmanager
+    def _session(self, *, read_only: bool) -> Iterator[Cursor]:
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
+                if read_only:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                with conn.cursor() as cur:
+                    yield cur
+        except PoolTimeout as exc:
+            raise StorageUnavailable(f"{self.url}: no database connection within {self._timeout:g} s") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Includes query_canceled (statement_timeout), lock_not_available (lock_timeout),
+            # deadlocks, admin shutdown and lost connections: all worth retrying later.
+            raise StorageUnavailable(f"{self.url}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StorageError(f"{self.url}: {exc}") from exc
+
+    def _write(self) -> Any:
+        return self._session(read_only=False)
+
+    def _read(self) -> Any:
+        return self._session(read_only=True)
+
+    def _lock_for_migration(self, cur: Cursor) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _time_param(self, moment: datetime) -> datetime:
+        return moment
+
+    def _time_value(self, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._store_batch_once(batch, received_at)
+            except StorageUnavailable as exc:
+                if attempt == ATTEMPTS or not isinstance(exc.__cause__, RETRYABLE):
+                    raise
+                logger.info("retrying batch agent=%s batch_id=%s reason=%s", batch.agent, batch.batch_id, exc)
+        raise AssertionError("unreachable")
+
+    def _store_batch_once(self, batch: Batch, received_at: datetime) -> bool:
+        agent = batch.agent
+        deltas = batch.deltas
+        with self._write() as cur:
+            cur.execute(INSERT_BATCH, (agent, batch.batch_id, received_at, batch.records))
+            if cur.rowcount == 0:
+                cur.execute(COUNT_DUPLICATE, (received_at, agent))
+                return False
+            if deltas:
+                ips = [d.ip for d in deltas]
+                counts = [d.total for d in deltas]
+                firsts = [d.first_seen for d in deltas]
+                lasts = [d.last_seen for d in deltas]
+                keys = [d.key for d in deltas]
+                families = [4 if len(key) == 4 else 6 for key in keys]
+                cur.execute(UPSERT_IPS, (ips, keys, families, counts, firsts, lasts))
+                cur.execute(UPSERT_IP_AGENTS, (agent, ips, counts, firsts, lasts))
+            cur.execute(UPSERT_AGENT, (agent, received_at, received_at, batch.records, batch.batch_id, batch.sent_at))
+        return True

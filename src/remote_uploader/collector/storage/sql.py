@@ -1,0 +1,262 @@
+"""What the SQLite and PostgreSQL backends share: migrations, tokens and every read query.
+
+A subclass provides two context managers, `_read()` (a snapshot) and `_write()` (one write
+transaction), each yielding a DB-API cursor, and says how times travel (`_time_param`,
+`_time_value`). SQL is written with `?` placeholders; `_sql()` rewrites them for psycopg.
+Only `store_batch`, where the fast bulk path differs, is written twice.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
+
+from remote_uploader.collector.errors import SchemaError, TokenError
+from remote_uploader.collector.storage.base import (
+    AgentCount,
+    AgentStats,
+    BlocklistRow,
+    IpDetail,
+    IpQuery,
+    IpSummary,
+    Role,
+    Storage,
+    TokenInfo,
+    from_micros,
+    network_range,
+)
+from remote_uploader.collector.storage.migrations import Migration
+
+
+class Cursor(Protocol):
+    """The part of DB-API cursors (sqlite3 and psycopg) that we use."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class SqlStorage(Storage):
+    placeholder = "?"
+    migrations: tuple[Migration, ...] = ()
+
+    @abc.abstractmethod
+    def _read(self) -> AbstractContextManager[Cursor]: ...
+
+    @abc.abstractmethod
+    def _write(self) -> AbstractContextManager[Cursor]: ...
+
+    @abc.abstractmethod
+    def _time_param(self, moment: datetime) -> Any: ...
+
+    @abc.abstractmethod
+    def _time_value(self, value: Any) -> datetime: ...
+
+    def _lock_for_migration(self, cur: Cursor) -> None:
+        """Serialise racing `migrate()` calls (SQLite's BEGIN IMMEDIATE already does)."""
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        newest = self.migrations[-1][0]
+        with self._write() as cur:
+            self._lock_for_migration(cur)
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            cur.execute("SELECT max(version) FROM schema_version")
+            row = cur.fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            if current > newest:
+                raise SchemaError(
+                    f"the database {self.url} has schema version {current}, newer than this "
+                    f"collector knows ({newest}); upgrade remote-uploader"
+                )
+            for version, statements in self.migrations:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(self._sql("DELETE FROM schema_version"))
+                cur.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+        return newest
+
+    def ping(self) -> None:
+        with self._read() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def add_token(self, name: str, token_hash: str, role: Role, *, replace: bool = False) -> None:
+        now = self._time_param(datetime.now(UTC))
+        with self._write() as cur:
+            cur.execute(self._sql("SELECT 1 FROM tokens WHERE name = ?"), (name,))
+            if cur.fetchone() is not None and not replace:
+                raise TokenError(name, "a token with this name exists; revoke it first or use --replace")
+            cur.execute(self._sql("DELETE FROM tokens WHERE name = ?"), (name,))
+            cur.execute(
+                self._sql("INSERT INTO tokens (name, token_hash, role, created_at) VALUES (?, ?, ?, ?)"),
+                (name, token_hash, role, now),
+            )
+
+    def find_token(self, token_hash: str) -> tuple[str, Role, str] | None:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT name, role, token_hash FROM tokens WHERE token_hash = ?"), (token_hash,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return str(row[0]), cast(Role, row[1]), str(row[2])
+
+    def list_tokens(self) -> list[TokenInfo]:
+        with self._read() as cur:
+            cur.execute("SELECT name, role, created_at FROM tokens ORDER BY name")
+            rows = cur.fetchall()
+        return [TokenInfo(name, role, self._time_value(created)) for name, role, created in rows]
+
+    def revoke_token(self, name: str) -> bool:
+        with self._write() as cur:
+            cur.execute(self._sql("DELETE FROM tokens WHERE name = ?"), (name,))
+            return cur.rowcount > 0
+
+    # -- batch ids --------------------------------------------------------------------------
+
+    def prune_batches(self, received_before: datetime) -> int:
+        # In chunks, so that a large backlog never holds the write lock for long.
+        chunk = 5000
+        deleted = 0
+        cutoff = self._time_param(received_before)
+        while True:
+            with self._write() as cur:
+                cur.execute(
+                    self._sql(
+                        "DELETE FROM batches WHERE (agent, batch_id) IN (SELECT agent, batch_id "
+                        "FROM batches WHERE received_at < ? LIMIT ?)"
+                    ),
+                    (cutoff, chunk),
+                )
+                count = cur.rowcount
+            deleted += count
+            if count < chunk:
+                return deleted
+
+    def count_batches(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT count(*) FROM batches")
+            return int(cur.fetchone()[0])
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def list_ips(self, query: IpQuery) -> list[IpSummary]:
+        params: list[Any] = []
+        if query.agent is None:
+            source = "ips"
+        else:
+            source = (
+                "(SELECT a.ip, i.ipkey, i.family, a.total, a.first_seen, a.last_seen "
+                "FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent = ?)"
+            )
+            params.append(query.agent)
+        where = ["t.total >= ?"]
+        params.append(query.min_count)
+        if query.since is not None:
+            where.append("t.last_seen >= ?")
+            params.append(self._time_param(query.since))
+        if query.network is not None:
+            family, low, high = network_range(query.network)
+            where.append("t.family = ? AND t.ipkey BETWEEN ? AND ?")
+            params += [family, low, high]
+        column = "t.total" if query.sort == "count" else "t.last_seen"
+        if query.after is not None:
+            value, ip = query.after
+            bound = value if query.sort == "count" else self._time_param(from_micros(value))
+            where.append(f"({column} < ? OR ({column} = ? AND t.ip > ?))")
+            params += [bound, bound, ip]
+        sql = (
+            "SELECT t.ip, t.total, t.first_seen, t.last_seen, "
+            "(SELECT count(*) FROM ip_agents c WHERE c.ip = t.ip) "
+            f"FROM {source} t WHERE {' AND '.join(where)} "
+            f"ORDER BY {column} DESC, t.ip ASC LIMIT ?"
+        )
+        params.append(query.limit)
+        with self._read() as cur:
+            cur.execute(self._sql(sql), params)
+            rows = cur.fetchall()
+        return [
+            IpSummary(ip, int(total), self._time_value(first), self._time_value(last), int(agents))
+            for ip, total, first, last, agents in rows
+        ]
+
+    def get_ip(self, ip: str) -> IpDetail | None:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT total, first_seen, last_seen FROM ips WHERE ip = ?"), (ip,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            cur.execute(
+                self._sql(
+                    "SELECT agent, total, first_seen, last_seen FROM ip_agents WHERE ip = ? "
+                    "ORDER BY total DESC, agent ASC"
+                ),
+                (ip,),
+            )
+            agents = cur.fetchall()
+        by_agent = [
+            AgentCount(agent, int(total), self._time_value(first), self._time_value(last))
+            for agent, total, first, last in agents
+        ]
+        total, first, last = row
+        summary = IpSummary(ip, int(total), self._time_value(first), self._time_value(last), len(by_agent))
+        return IpDetail(summary, by_agent)
+
+    def list_agents(self) -> list[AgentStats]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
+                "last_batch_sent_at FROM agents ORDER BY name"
+            )
+            rows = cur.fetchall()
+        return [
+            AgentStats(
+                name=name,
+                first_seen=self._time_value(first),
+                last_seen=self._time_value(last),
+                batches=int(batches),
+                duplicates=int(duplicates),
+                records=int(records),
+                last_batch_id=batch_id,
+                last_batch_sent_at=self._time_value(sent),
+            )
+            for name, first, last, batches, duplicates, records, batch_id, sent in rows
+        ]
+
+    def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:
+        where = ["total >= ?"]
+        params: list[Any] = [min_count]
+        if since is not None:
+            where.append("last_seen >= ?")
+            params.append(self._time_param(since))
+        if family is not None:
+            where.append("family = ?")
+            params.append(family)
+        sql = f"SELECT ip, ipkey, total, last_seen FROM ips WHERE {' AND '.join(where)} ORDER BY family, ipkey"
+        with self._read() as cur:
+            cur.execute(self._sql(sql), params)
+            rows = cur.fetchall()
+        return [BlocklistRow(ip, bytes(key), int(total), self._time_value(last)) for ip, key, total, last in rows]
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

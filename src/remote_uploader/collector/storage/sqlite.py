@@ -1,0 +1,171 @@
+"""SQLite backend: the embedded default, one file, no server.
+
+One writer connection behind a lock (SQLite has one writer anyway; queueing in Python gives a
+bounded wait we control) and a pool of reader connections. WAL lets readers run while a batch
+is written; `synchronous=FULL` makes a commit durable before we answer 200, because the agent
+deletes a batch as soon as we acknowledge it. Every wait is bounded by `timeout`: the Python
+lock, then SQLite's busy timeout (another process, e.g. `token add`, holding the file). Past
+it, `StorageUnavailable`, which the HTTP layer answers with 503 and Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from remote_uploader.collector.errors import StorageError, StorageUnavailable
+from remote_uploader.collector.storage.base import Batch, from_micros, to_micros
+from remote_uploader.collector.storage.migrations.sqlite import MIGRATIONS
+from remote_uploader.collector.storage.sql import Cursor, SqlStorage
+
+logger = logging.getLogger(__name__)
+
+INSERT_BATCH = "INSERT INTO batches (agent, batch_id, received_at, records) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = max(last_seen, ?) WHERE name = ?"
+# Totals saturate at the largest 64-bit integer instead of overflowing (SQLite would turn an
+# overflowing sum into a float).
+MAX_TOTAL = 2**63 - 1
+_ADD = f"CASE WHEN total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} ELSE total + excluded.total END"
+# A batch's deltas go into a temporary table with a plain executemany (no conflict handling,
+# cheap), then each real table takes them in one INSERT ... SELECT ... ON CONFLICT statement
+# that runs entirely inside SQLite: about a quarter less CPU than an upsert per row from Python.
+# ("WHERE true" is SQLite's documented way to let ON CONFLICT follow a SELECT.)
+CREATE_DELTAS = (
+    "CREATE TEMP TABLE IF NOT EXISTS deltas (ip TEXT NOT NULL, ipkey BLOB NOT NULL, family INTEGER NOT NULL, "
+    "total INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL)"
+)
+INSERT_DELTA = "INSERT INTO temp.deltas VALUES (?, ?, ?, ?, ?, ?)"
+UPSERT_IPS = (
+    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
+    "SELECT ip, ipkey, family, total, first_seen, last_seen FROM temp.deltas WHERE true "
+    f"ON CONFLICT (ip) DO UPDATE SET total = {_ADD}, "
+    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
+)
+UPSERT_IP_AGENTS = (
+    "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
+    "SELECT ip, ?, total, first_seen, last_seen FROM temp.deltas WHERE true "
+    f"ON CONFLICT (ip, agent) DO UPDATE SET total = {_ADD}, "
+    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
+)
+UPSERT_AGENT = (
+    "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
+    "last_batch_sent_at) VALUES (?, ?, ?, 1, 0, ?, ?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET last_seen = max(last_seen, excluded.last_seen), "
+    "batches = batches + 1, records = records + excluded.records, "
+    "last_batch_id = excluded.last_batch_id, last_batch_sent_at = excluded.last_batch_sent_at"
+)
+
+
+class SqliteStorage(SqlStorage):
+    migrations = MIGRATIONS
+
+    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self.url = "sqlite://" + self.path
+        self._timeout = timeout
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._all: list[sqlite3.Connection] = []
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: no implicit transactions; we spell out BEGIN ... COMMIT.
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"cannot open {self.path}: {exc}") from exc
+        with self._pool_lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[Cursor]:
+        try:
+            conn.execute(begin)
+            try:
+                yield conn.cursor()
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        logger.warning("rollback failed path=%s", self.path)
+        except sqlite3.OperationalError as exc:
+            # "database is locked", "disk I/O error", "database or disk is full": try later.
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Cursor]:
+        if not self._write_lock.acquire(timeout=self._timeout):
+            raise StorageUnavailable(f"{self.path}: busy (a write waited {self._timeout:g} s)")
+        try:
+            if self._writer is None:
+                self._writer = self._connect()
+                self._writer.execute("PRAGMA temp_store=MEMORY")
+                self._writer.execute("PRAGMA cache_size=-65536")  # 64 MiB: the upserts walk the whole index
+                self._writer.execute(CREATE_DELTAS)
+            with self._transaction(self._writer, "BEGIN IMMEDIATE") as cur:
+                yield cur
+        finally:
+            self._write_lock.release()
+
+    @contextmanager
+    def _read(self) -> Iterator[Cursor]:
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            # A deferred transaction: the queries of one call see one snapshot.
+            with self._transaction(conn, "BEGIN") as cur:
+                yield cur
+        finally:
+            with self._pool_lock:
+                self._idle.append(conn)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            conns, self._all, self._idle = self._all, [], []
+        self._writer = None
+        for conn in conns:
+            conn.close()
+
+    def _time_param(self, moment: datetime) -> int:
+        return to_micros(moment)
+
+    def _time_value(self, value: int) -> datetime:
+        return from_micros(value)
+
+    def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+        now = to_micros(received_at)
+        agent = batch.agent
+        with self._write() as cur:
+            cur.execute(INSERT_BATCH, (agent, batch.batch_id, now, batch.records))
+            if cur.rowcount == 0:
+                cur.execute(COUNT_DUPLICATE, (now, agent))
+                return False
+            cur.execute("DELETE FROM temp.deltas")
+            cur.executemany(
+                INSERT_DELTA,
+                [
+                    (ip, key, 4 if len(key) == 4 else 6, count, to_micros(first), to_micros(last))
+                    for ip, key, count, first, last in batch.deltas
+                ],
+            )
+            cur.execute(UPSERT_IPS)
+            cur.execute(UPSERT_IP_AGENTS, (agent,))
+            cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
+        return True
