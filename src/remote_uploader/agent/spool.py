@@ -296,6 +296,12 @@ class Spool:
         )
         return [_file_state(row) for row in rows]
 
+    def file_offset(self, fid: int) -> int | None:
+        """The committed offset of one file (None if forgotten): read fresh before every read,
+        because any seal in between may have moved it."""
+        rows = self._query("SELECT offset FROM files WHERE fid = ?", (fid,))
+        return int(rows[0][0]) if rows else None
+
     def register_file(self, path: str, source: str, identity: FileIdentity, offset: int = 0) -> int:
         with self.transaction() as conn:
             cursor = conn.execute(
