@@ -91,13 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="carry over the recorded offsets (and any readable queued batches)")
     reset.set_defaults(func=cmd_reset_state)
 
-    try:
-        from remote_uploader.collector.cli import register  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # the collector's dependencies are not installed: the agent still works
-        pass
-    else:
-        register(commands)
+    # The collector's commands are parsed by the collector's own parser, imported only when
+    # used: the agent must not pay for FastAPI and friends in memory on every start.
+    collector = commands.add_parser("collector", add_help=False,
+                                    help="the collector service: serve, token add | list | revoke")
+    collector.add_argument("collector_args", nargs=argparse.REMAINDER)
+    collector.set_defaults(func=cmd_collector)
     return parser
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    try:
+        from remote_uploader.collector.cli import main as collector_main
+    except ImportError as exc:
+        raise RemoteUploaderError(
+            f"the collector needs its dependencies ({exc.name}): pip install remote-uploader"
+        ) from exc
+    return collector_main(args.collector_args)
 
 
 def load_config(args: argparse.Namespace) -> Config:
@@ -253,8 +263,12 @@ def cmd_reset_state(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
+        args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
+    else:
+        args = parser.parse_args(arguments)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

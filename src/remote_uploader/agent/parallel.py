@@ -21,14 +21,18 @@ addresses (see `scan_parts`), so no batch ever needs more than `max_memory_ips` 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
 import signal
+import struct
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import pairwise
-from multiprocessing.pool import AsyncResult, Pool
+from typing import IO
 
 from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor, last_cut
 
@@ -116,18 +120,35 @@ def boundary(fd: int, nominal: int) -> int:
 
 
 # --- the worker side ----------------------------------------------------------------------------
+#
+# A worker is `python -m remote_uploader.agent.worker`: a plain subprocess that imports only the
+# extractor (not the CLI, not the queue), reads length-prefixed pickled tasks on stdin and writes
+# length-prefixed pickled results on stdout, in order. When its parent dies, its stdin closes and
+# it exits: a SIGKILLed agent leaves no orphan workers behind.
 
-_extractors: list[Extractor] = []
-
-
-def _init_worker(specs: Sequence[ExtractorSpec]) -> None:
-    """Runs once in each worker: the parent alone handles Ctrl+C and SIGTERM."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _extractors[:] = [build_extractor(regex=s.regex, exclude=s.exclude, engine=s.engine) for s in specs]
+_FRAME = struct.Struct("!I")
 
 
-def _scan_task(source: int, path: str, start: int, end: int, exact_start: bool, cap: int) -> list[Part]:
+def write_frame(stream: IO[bytes], payload: object) -> None:
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> object:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        raise EOFError("worker stream closed")
+    (size,) = _FRAME.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("worker stream closed mid-message")
+    return pickle.loads(data)
+
+
+def scan_task(extractors: Sequence[Extractor], source: int, path: str, start: int, end: int,
+              exact_start: bool, cap: int) -> list[Part]:
+    """Count one range of a file: [boundary(start), boundary(end)), or from `start` itself if exact."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         real_start = start if exact_start else boundary(fd, start)
@@ -144,55 +165,115 @@ def _scan_task(source: int, path: str, start: int, end: int, exact_start: bool, 
             if n == 0:
                 raise OSError(f"{path}: file shrank while being read")
             got += n
-        return scan_parts(_extractors[source], buf, CONTEXT, len(buf), real_end, cap)
+        return scan_parts(extractors[source], buf, CONTEXT, len(buf), real_end, cap)
     finally:
         os.close(fd)
+
+
+def worker_main() -> int:
+    """The worker's loop: first message the extractor specs, then tasks until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent alone decides when to stop
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    try:
+        specs = read_frame(stdin)
+        assert isinstance(specs, list)
+        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=s.engine) for s in specs]
+        while True:
+            task = read_frame(stdin)
+            assert isinstance(task, tuple)
+            try:
+                result: object = scan_task(extractors, *task)
+            except OSError as exc:
+                result = exc
+            write_frame(stdout, result)
+    except (EOFError, BrokenPipeError):
+        return 0
 
 
 # --- the main-process side ------------------------------------------------------------------------
 
 
+class WorkerError(OSError):
+    """A worker died or could not read its range; nothing was fed, so nothing is lost."""
+
+
 class ParallelScanner:
-    """A pool of extraction workers, started on first use, ordered results with bounded lookahead."""
+    """Worker processes, started on first use; results in file order with bounded lookahead."""
 
     def __init__(self, specs: Sequence[ExtractorSpec], workers: int, block_size: int, cap: int) -> None:
         self.specs = list(specs)
         self.workers = workers
         self.block_size = block_size
         self.cap = cap
-        self._pool: Pool | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
 
     def worth_it(self, backlog: int) -> bool:
         """Only a backlog of several blocks pays for the hand-off to other processes."""
         return self.workers > 1 and backlog >= 4 * self.block_size
 
-    def _ensure_pool(self) -> Pool:
-        if self._pool is None:
-            context = multiprocessing.get_context("spawn")  # a clean, small interpreter per worker
-            self._pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.specs,))
-        return self._pool
+    def _ensure_workers(self) -> list[subprocess.Popen[bytes]]:
+        if not self._procs:
+            for _ in range(self.workers):
+                # cwd "/": from a directory holding the compat script remote_uploader.py, `-m`
+                # would find that file instead of the package.
+                proc = subprocess.Popen([sys.executable, "-m", "remote_uploader.agent.worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, cwd="/")
+                assert proc.stdin is not None
+                write_frame(proc.stdin, self.specs)
+                self._procs.append(proc)
+        return self._procs
 
     def scan(self, fd: int, path: str, source: int, offset: int, size: int) -> Iterator[Part]:
-        """Parts of [offset, about size - block) in file order; the caller reads the tail itself."""
+        """Parts of [offset, about size - block) in file order; the caller reads the tail itself.
+
+        Task k goes to worker k mod n; each worker answers in the order it was asked, so reading
+        the answers round-robin gives them in file order. At most two tasks wait per worker.
+        """
         block = self.block_size
         last_nominal = offset + ((size - offset) // block - 1) * block
         if last_nominal <= offset:
             return
         proc_path = f"/proc/{os.getpid()}/fd/{fd}"
-        open_path = proc_path if os.path.exists(proc_path) else path
+        open_path = proc_path if os.path.exists(proc_path) else os.path.abspath(path)
         nominals = list(range(offset, last_nominal + 1, block))
-        pool = self._ensure_pool()
-        in_flight: deque[AsyncResult[list[Part]]] = deque()
-        tasks = pairwise(nominals)
-        for index, (start, end) in enumerate(tasks):
-            in_flight.append(pool.apply_async(_scan_task, (source, open_path, start, end, index == 0, self.cap)))
-            if len(in_flight) >= 2 * self.workers:
-                yield from in_flight.popleft().get()
-        while in_flight:
-            yield from in_flight.popleft().get()
+        procs = self._ensure_workers()
+        pending: deque[subprocess.Popen[bytes]] = deque()
+        for index, (start, end) in enumerate(pairwise(nominals)):
+            proc = procs[index % len(procs)]
+            assert proc.stdin is not None
+            write_frame(proc.stdin, (source, open_path, start, end, index == 0, self.cap))
+            pending.append(proc)
+            if len(pending) >= 2 * len(procs):
+                yield from self._answer(pending.popleft())
+        while pending:
+            yield from self._answer(pending.popleft())
+
+    def _answer(self, proc: subprocess.Popen[bytes]) -> list[Part]:
+        assert proc.stdout is not None
+        try:
+            result = read_frame(proc.stdout)
+        except EOFError as exc:
+            self.close()
+            raise WorkerError(f"an extraction worker exited unexpectedly (code {proc.poll()})") from exc
+        if isinstance(result, OSError):
+            self.close()
+            raise WorkerError(str(result))
+        assert isinstance(result, list)
+        return result
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Stop the workers (closing stdin ends their loop) and reap them."""
+        for proc in self._procs:
+            if proc.stdin is not None:
+                with suppress(OSError):
+                    proc.stdin.close()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self._procs = []
+

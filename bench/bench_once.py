@@ -1,0 +1,99 @@
+"""`once` end to end into a local collector: MB/s, lines/s, CPU s/GB, peak memory, exact counts.
+
+    python -m bench.bench_once --workload nginx --size 500M --runs 3
+    python -m bench.bench_once --memory            # peak RSS of once on 100M and 1G, workers 1 and default
+
+Each run starts a fresh collector (SQLite) and a fresh state directory, runs the agent as a real
+process, samples the summed RSS of the agent and its worker processes every 10 ms, and checks
+that the collector's counts equal the workload's expected counts exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.common import local_collector, machine, median, timed_agent, workload
+
+
+def count_lines(path: Path) -> int:
+    lines = 0
+    with path.open("rb") as handle:
+        while block := handle.read(8 << 20):
+            lines += block.count(b"\n")
+    return lines
+
+
+def one_run(log: Path, expected: dict[str, int], workers: int) -> dict[str, float]:
+    with local_collector() as collector, tempfile.TemporaryDirectory(prefix="ru-agent-") as tmp:
+        token_file = Path(tmp) / "token"
+        token_file.write_text(collector.token)  # type: ignore[attr-defined]
+        wall, cpu, peak, code = timed_agent([
+            "once", str(log), "--url", collector.url, "--token-file", str(token_file),  # type: ignore[attr-defined]
+            "--state-dir", str(Path(tmp) / "state"), "--agent-id", "test-agent",
+            "--workers", str(workers), "--set", "agent.stats_interval=0",
+        ])
+        if code != 0:
+            raise SystemExit(f"once exited {code}")
+        got = collector.counts()  # type: ignore[attr-defined]
+    return {"wall": wall, "cpu": cpu, "peak": peak, "exact": float(got == expected)}
+
+
+def throughput(kind: str, size: str, runs: int, workers_list: list[int]) -> list[str]:
+    log, expected = workload(kind, size)
+    rows = ["| workload | workers | MB/s | lines/s | CPU s/GB | peak RSS (MiB) | counts exact |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for workers in workers_list:
+        results = [one_run(log, expected, workers) for _ in range(runs)]
+        mb, lines = log.stat().st_size / 1e6, count_lines(log)
+        wall = median([r["wall"] for r in results])
+        cpu = median([r["cpu"] for r in results])
+        peak = max(r["peak"] for r in results)
+        exact = all(r["exact"] for r in results)
+        rows.append(f"| {kind} {size} | {workers} | {mb / wall:.1f} | {lines / wall:,.0f} | "
+                    f"{cpu / (mb / 1000):.1f} | {peak:.1f} | {'yes' if exact else 'NO'} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def memory(runs: int) -> list[str]:
+    rows = ["| workers | peak RSS, 100 MB (MiB) | peak RSS, 1 GB (MiB) | growth (MiB) | counts exact |",
+            "| --- | --- | --- | --- | --- |"]
+    small, small_expected = workload("nginx", "100M")
+    large, large_expected = workload("nginx", "1G")
+    for workers in (1, os.cpu_count() or 2):
+        a = [one_run(small, small_expected, workers) for _ in range(runs)]
+        b = [one_run(large, large_expected, workers) for _ in range(runs)]
+        peak_a = median([r["peak"] for r in a])
+        peak_b = median([r["peak"] for r in b])
+        exact = all(r["exact"] for r in a + b)
+        rows.append(f"| {workers} | {peak_a:.1f} | {peak_b:.1f} | {peak_b - peak_a:+.1f} | "
+                    f"{'yes' if exact else 'NO'} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", default="nginx")
+    parser.add_argument("--size", default="500M")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", default=f"1,{os.cpu_count() or 2}")
+    parser.add_argument("--memory", action="store_true", help="peak RSS on 100M and 1G instead")
+    parser.add_argument("--markdown", type=Path, help="write the table here as well")
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}", flush=True)
+    if args.memory:
+        rows = memory(args.runs)
+    else:
+        rows = throughput(args.workload, args.size, args.runs, [int(w) for w in args.workers.split(",")])
+    if args.markdown:
+        args.markdown.write_text("\n".join(rows) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
