@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -23,16 +23,8 @@ from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import (
-    BlockReader,
-    Chunk,
-    FileIdentity,
-    SourceFile,
-    expand_sources,
-    fingerprint,
-    identify,
-)
-from remote_uploader.agent.spool import DiskFullError, FileState, SealedBatch, Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.source import BlockReader, Chunk
+from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
 from remote_uploader.errors import RemoteUploaderError, StateError
@@ -119,32 +111,6 @@ class Agent:
 
     # --- reading ------------------------------------------------------------------------------------
 
-    def open_file(self, found: SourceFile, known: Mapping[str, FileState]) -> tuple[int, int, int] | None:
-        """Open a matched file and decide where to start: (fd, file id, offset), or None if it vanished.
-
-        A file whose identity changed since the last run (another inode, a different start, or
-        shorter than the recorded offset) is a new file: it is read from the start.
-        """
-        try:
-            fd = os.open(found.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            self._source_problem(found.path, exc.strerror or str(exc))
-            return None
-        identity = identify(fd)
-        state = known.get(found.path)
-        if state is None:
-            fid = self.spool.register_file(found.path, found.path, identity)
-            return fd, fid, 0
-        if self._continues(fd, state, identity):
-            if identity.fp_len > state.identity.fp_len:
-                self.spool.update_file(state.fid, identity=identity)
-            return fd, state.fid, self.resume_offset(state.fid, state.offset)
-        if state.fid in self.batch.offsets:
-            self.seal_now()  # the old content's bytes in memory must be queued before the offset resets
-        log.info("event=file_replaced path=%s old_offset=%d action=read_from_start", found.path, state.offset)
-        self.spool.update_file(state.fid, identity=identity, offset=0, status="active")
-        return fd, state.fid, 0
-
     def resume_offset(self, fid: int, committed: int) -> int:
         """Where reading goes on: past the bytes already in the in-memory batch, if any.
 
@@ -152,13 +118,6 @@ class Agent:
         Reading from the recorded offset again would count them twice.
         """
         return max(committed, self.batch.offsets.get(fid, committed))
-
-    @staticmethod
-    def _continues(fd: int, state: FileState, identity: FileIdentity) -> bool:
-        old = state.identity
-        if (identity.dev, identity.ino) != (old.dev, old.ino) or os.fstat(fd).st_size < state.offset:
-            return False
-        return fingerprint(fd, old.fp_len) == (old.fp_len, old.fp_hash)
 
     def _source_problem(self, path: str, reason: str) -> None:
         self.stats.source_errors += 1
@@ -304,25 +263,10 @@ class Agent:
         return self._result()
 
     def read_all(self, *, take_partial_after: float) -> None:
-        files, problems = expand_sources(self.config.sources, skip_compressed=self.config.read.skip_compressed)
-        for problem in problems:
-            self._source_problem(problem.path, problem.reason)
-        known = {state.path: state for state in self.spool.files() if state.status == "active"}
-        for found in files:
-            if self.stop.is_set():
-                return
-            opened = self.open_file(found, known)
-            if opened is None:
-                continue
-            fd, fid, offset = opened
-            try:
-                idle = time.time() - os.fstat(fd).st_mtime >= take_partial_after
-                self.read_file(fd, fid, found.path, offset, self.extractors[found.source_index], take_partial=idle)
-                self.stats.files_read += 1
-            except OSError as exc:
-                self._source_problem(found.path, exc.strerror or str(exc))
-            finally:
-                os.close(fd)
+        """One pass over every configured file, rotated remainders included (rules: tail.py)."""
+        from remote_uploader.agent.tail import read_pass
+
+        read_pass(self)
 
     def _give_up_when_failing(self, budget: float) -> None:
         while not self.stop.wait(0.2):

@@ -1,0 +1,515 @@
+"""Which files to read, under which identity, from which offset: following files through rotation.
+
+`Tailer.poll()` is one pass over everything the configured globs match; `once` makes one pass,
+`forever` one every `read.poll_interval` seconds (polling is the source of truth). The rules:
+
+- A *record* (a row of the spool's ``files`` table, a fid) is one stream of content: identified by
+  device + inode + a fingerprint of its first bytes, never by its path. Paths only say where the
+  content is now. A record's offset never goes back; content that is replaced gets a new record.
+- Files are found in two sets: the *live* files (what the globs match now) and the *rotated* files
+  (the usual rotated names of a live file in its directory: ``access.log.1``,
+  ``access.log-20261128``, ``access.log-2026-11-28.1``; compressed ones skipped). A live file
+  nobody knows is new and read from 0. A rotated file is read only when it continues a record
+  (by inode, or by fingerprint), or, at start-up, when it was written after the agent last looked
+  (rotations while the agent was stopped).
+- rename + create: the record keeps following the renamed inode (its fd stays open even if it was
+  deleted) until it has been idle for `read.rotate_grace` and is read to its end, its final
+  unterminated line included; the new file at the live path is a new record read from 0.
+- copytruncate / truncation / replaced content / inode reuse: the record's inode is shorter than
+  the offset or no longer starts with the fingerprint. The content is looked for elsewhere by
+  fingerprint (the copy, ``access.log.1``): found, the record moves to the copy and reads on from
+  its offset (the bytes written between our last read and the copy); not found, the unread rest
+  is gone (logged) and the record is forgotten. The inode's new content is a new record from 0.
+- A new file that starts like a record whose content is still in place (the copy of a live file,
+  before the truncate) is not read at all: it holds the same bytes.
+- `read.partial_line_idle`: a live file's final line without a newline is held back until it is
+  completed or the file has been idle that long; a rotated file's is taken after the grace.
+
+Threads: `poll` runs on the reading thread only. `lag()` may be called from any thread (stats,
+metrics): it takes `lock`, which `poll` holds only while it opens or closes descriptors.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from remote_uploader.agent.source import (
+    COMPRESSED_SUFFIXES,
+    FINGERPRINT_BYTES,
+    FileIdentity,
+    SourceProblem,
+    expand_sources,
+    fingerprint,
+    identify,
+)
+from remote_uploader.config import SourceConfig
+
+if TYPE_CHECKING:
+    from remote_uploader.agent.runner import Agent
+
+log = logging.getLogger(__name__)
+
+Key = tuple[int, int]  # (device, inode)
+
+ROTATED_SUFFIX = re.compile(r"[.-][0-9][0-9._-]*")  # what follows the live name: .1, -20261128, -2026-11-28.1
+FORGET_AFTER = 24 * 3600.0  # a record whose file is nowhere to be found is kept this long (a remount)
+CLOSE_INACTIVE = 300.0  # a live file unchanged this long has its descriptor closed (reopened on growth)
+LAST_SEEN_KEY = "tail_last_seen"  # kv: when the agent last looked at its files (rotations while stopped)
+LAST_SEEN_EVERY = 10.0
+
+ACTIVE = "active"  # at a path the globs match
+ROTATED = "rotated"  # renamed away or deleted (still open): read to its end, then let go
+COPY = "copy"  # the content found by fingerprint in another inode; its offset may be past the copy's end
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A regular file found by a scan."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime: float
+    live: bool  # matched by a glob (else: a rotated name of a live file)
+    source_index: int | None  # the source whose glob matched it (live files only)
+
+    @property
+    def key(self) -> Key:
+        return self.dev, self.ino
+
+
+@dataclass
+class Scan:
+    files: dict[Key, Seen]
+    problems: list[SourceProblem]
+
+
+def scan(sources: Sequence[SourceConfig], *, skip_compressed: bool, names: Iterable[str] = ()) -> Scan:
+    """The live files (glob matches) and the rotated names beside them (and beside `names`)."""
+    matched, problems = expand_sources(sources, skip_compressed=skip_compressed)
+    files: dict[Key, Seen] = {}
+    for found in matched:
+        files[(found.dev, found.ino)] = Seen(found.path, found.dev, found.ino, found.size, found.mtime,
+                                             True, found.source_index)
+    bases = {found.path for found in matched} | set(names)
+    bases |= {os.path.expanduser(p) for s in sources for p in s.paths if not glob.has_magic(p)}
+    live_paths = {found.path for found in matched}
+    for path in rotated_names(bases):
+        if path in live_paths or path.endswith(COMPRESSED_SUFFIXES):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in files:
+            files[(st.st_dev, st.st_ino)] = Seen(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime, False, None)
+    return Scan(files, problems)
+
+
+def rotated_names(bases: Iterable[str]) -> list[str]:
+    """Existing files named like rotations of `bases` (``base.1``, ``base-20261128``), sorted."""
+    by_dir: dict[str, set[str]] = {}
+    for base in bases:
+        directory, name = os.path.split(base)
+        if name:
+            by_dir.setdefault(directory or ".", set()).add(name)
+    found: list[str] = []
+    for directory, names in by_dir.items():
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            continue
+        for entry in entries:
+            for name in names:
+                if entry.startswith(name) and ROTATED_SUFFIX.fullmatch(entry, len(name)):
+                    found.append(os.path.join(directory, entry))
+                    break
+    return sorted(found)
+
+
+@dataclass
+class Tracked:
+    """A record being followed, with what this process knows beyond the database row."""
+
+    fid: int
+    name: str  # the live path the content was first found at: the `source` of its IP records
+    path: str  # where the content is now
+    identity: FileIdentity
+    status: str
+    fd: int | None = None
+    size: int = -1  # at the last look; -1: not looked at yet in this process
+    pos: int = 0  # reading position at the last look (committed offset or past the in-memory batch)
+    live: bool = False
+    rotated_at: float | None = None  # monotonic time the file left the live set
+    changed_at: float = field(default_factory=time.monotonic)  # monotonic time its size last changed
+    missing_since: float | None = None
+    followed: int = -1  # number of the last poll that found its content in place
+
+    @property
+    def key(self) -> Key:
+        return self.identity.dev, self.identity.ino
+
+    @property
+    def copy(self) -> bool:
+        return self.status == COPY
+
+
+@dataclass(frozen=True)
+class Lag:
+    path: str
+    behind: int
+    status: str
+    open: bool
+
+
+class Tailer:
+    """Follows the configured files for one agent; the agent's spool holds the records."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.lock = threading.Lock()
+        self.tracked: dict[int, Tracked] = {}
+        self.polls = 0
+        self.reported: dict[str, str] = {}
+        self.said: set[tuple[str, str]] = set()
+        self.ignored_copies: set[Key] = set()
+        self.last_seen_written = 0.0
+        kv = agent.spool.get_kv()
+        self.last_seen: float | None = float(kv[LAST_SEEN_KEY]) if LAST_SEEN_KEY in kv else None
+        for state in agent.spool.files():
+            self.tracked[state.fid] = Tracked(state.fid, state.source or state.path, state.path, state.identity,
+                                              state.status, pos=state.offset, live=state.status == ACTIVE)
+
+    # --- the pass ---------------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Read every followed file from where it stands to its current end (see the module rules)."""
+        agent = self.agent
+        self.polls += 1
+        found = scan(agent.config.sources, skip_compressed=agent.config.read.skip_compressed,
+                     names=[t.name for t in self.tracked.values() if self.source_index(t.name) is not None])
+        self._report(found.problems)
+        for t in sorted(self.tracked.values(), key=lambda t: (t.live, t.fid)):  # rotated ones first
+            if agent.stop.is_set():
+                return
+            if t.fid in self.tracked:
+                self._follow(t, found)
+        owned = {t.key for t in self.tracked.values()}
+        for key, seen in sorted(found.files.items(), key=lambda item: item[1].path):
+            if agent.stop.is_set():
+                return
+            if key not in owned and (seen.live or self.polls == 1):
+                self._discover(seen, found)
+        self._note_last_seen()
+
+    def close(self) -> None:
+        """Close every descriptor (the records stay) and note when we last looked."""
+        with self.lock:
+            for t in self.tracked.values():
+                self._close_fd(t)
+        self._note_last_seen(force=True)
+
+    # --- known content --------------------------------------------------------------------------------
+
+    def _follow(self, t: Tracked, found: Scan) -> None:
+        seen = found.files.get(t.key)
+        now = time.monotonic()
+        if seen is None and t.fd is None:
+            self._missing(t, now)
+            return
+        t.missing_since = None
+        index = seen.source_index if seen is not None and seen.live else self.source_index(t.name)
+        if index is None:  # its source is no longer configured: stop following it, keep the record
+            with self.lock:
+                self._close_fd(t)
+            return
+        self._place(t, seen, now)
+        if t.fd is None and seen is not None and seen.size == t.size and t.followed >= 0:
+            t.followed = self.polls  # closed, and unchanged since we last read it: nothing to do
+            return
+        fd = t.fd if t.fd is not None else self._open(seen.path if seen else t.path, t.key)
+        if fd is None:
+            return
+        with self.lock:
+            t.fd = fd
+        st = os.fstat(fd)
+        pos = self._position(t)
+        if pos is None:
+            return
+        shrunk = st.st_size < pos and not t.copy
+        if shrunk or ((st.st_size != t.size or t.followed < 0) and not self._same_content(t, fd)):
+            self._replaced(t, found, st.st_size, pos)
+            return
+        t.followed = self.polls
+        if st.st_size != t.size:
+            t.size, t.changed_at = st.st_size, now
+        if st.st_size > pos:
+            self._read(t, fd, pos, index, st.st_mtime)
+        self._maybe_let_go(t, now)
+
+    def _place(self, t: Tracked, seen: Seen | None, now: float) -> None:
+        """Note where the content is now (live or rotated, which path) and store a change."""
+        live = seen is not None and seen.live
+        if t.live and not live:
+            t.rotated_at = now
+            log.info("event=file_rotated path=%s now_at=%s offset=%d", t.name,
+                     seen.path if seen else "(deleted)", t.pos)
+        elif live:
+            t.rotated_at = None
+        elif t.rotated_at is None:
+            t.rotated_at = now  # found rotated at start-up: the grace starts now
+        t.live = live
+        status = COPY if t.copy else ACTIVE if live else ROTATED
+        path = seen.path if seen is not None else t.path
+        if (status, path) != (t.status, t.path):
+            self.agent.spool.update_file(t.fid, status=status, path=path)
+            t.status, t.path = status, path
+
+    def _same_content(self, t: Tracked, fd: int) -> bool:
+        """Does the file still start with the record's fingerprint? Lengthen a short one on the way."""
+        old = t.identity
+        if os.fstat(fd).st_ino != old.ino or fingerprint(fd, old.fp_len) != (old.fp_len, old.fp_hash):
+            return False
+        if old.fp_len < FINGERPRINT_BYTES:
+            longer = identify(fd)
+            if longer.fp_len > old.fp_len:
+                self.agent.spool.update_file(t.fid, identity=longer)
+                t.identity = longer
+        return True
+
+    def _position(self, t: Tracked) -> int | None:
+        """Committed offset, or past the bytes already in the in-memory batch (never read twice)."""
+        committed = self.agent.spool.file_offset(t.fid)
+        if committed is None:
+            return None
+        t.pos = self.agent.resume_offset(t.fid, committed)
+        return t.pos
+
+    def _read(self, t: Tracked, fd: int, pos: int, index: int, mtime: float) -> None:
+        agent = self.agent
+        idle = time.time() - mtime
+        read = agent.config.read
+        take_partial = idle >= (read.partial_line_idle if t.live else read.rotate_grace)
+        try:
+            agent.read_file(fd, t.fid, t.name, pos, agent.extractors[index], take_partial=take_partial)
+            agent.stats.files_read += 1
+        except OSError as exc:
+            self._problem(t.path, exc.strerror or str(exc))
+        self._position(t)
+
+    def _maybe_let_go(self, t: Tracked, now: float) -> None:
+        """Close a rotated file once read to its end and idle for the grace (the record stays: a
+        deleted one is forgotten after FORGET_AFTER, so a copy of it is still known meanwhile)."""
+        if t.fd is None or t.pos < t.size:
+            return
+        idle = now - max(t.changed_at, t.rotated_at or 0.0)
+        if t.live:
+            if idle >= CLOSE_INACTIVE:
+                with self.lock:
+                    self._close_fd(t)
+            return
+        if idle < self.agent.config.read.rotate_grace:
+            return
+        with self.lock:
+            self._close_fd(t)
+        log.info("event=rotated_file_done path=%s offset=%d", t.path, t.pos)
+
+    def _replaced(self, t: Tracked, found: Scan, size: int, pos: int) -> None:
+        """The record's inode no longer holds its content: follow a copy, or let the content go."""
+        with self.lock:
+            self._close_fd(t)
+        copy = self._find_copy(t, found)
+        if copy is not None:
+            seen, identity = copy
+            log.info("event=copy_found path=%s copy=%s offset=%d copy_size=%d", t.name, seen.path, pos, seen.size)
+            self._move(t, seen, identity, found)
+            return
+        unread = max(0, t.size - pos) if t.size >= 0 else 0
+        log.warning("event=file_truncated path=%s offset=%d size_now=%d unread_bytes_lost=%d "
+                    "action=read_new_content_from_start", t.path, pos, size, unread)
+        self._forget(t, "content replaced")
+
+    def _move(self, t: Tracked, seen: Seen, identity: FileIdentity, found: Scan) -> None:
+        """The record's content is now `seen` (a copy): read on from the record's offset there."""
+        self.agent.spool.update_file(t.fid, identity=identity, path=seen.path, status=COPY)
+        t.identity, t.path, t.status, t.live = identity, seen.path, COPY, False
+        t.rotated_at, t.size, t.followed, t.missing_since = time.monotonic(), -1, -1, None
+        self._follow(t, found)
+
+    def _find_copy(self, t: Tracked, found: Scan) -> tuple[Seen, FileIdentity] | None:
+        """A file elsewhere (no record of its own) that starts with the record's fingerprint."""
+        if t.identity.fp_len == 0:
+            return None
+        owned = {other.key for other in self.tracked.values()}
+        for seen in found.files.values():
+            if seen.key in owned or seen.size < t.identity.fp_len:
+                continue
+            fd = self._open(seen.path, seen.key)
+            if fd is None:
+                continue
+            try:
+                if fingerprint(fd, t.identity.fp_len) == (t.identity.fp_len, t.identity.fp_hash):
+                    return seen, identify(fd, t.identity.fp_len)
+            finally:
+                os.close(fd)
+        return None
+
+    def _missing(self, t: Tracked, now: float) -> None:
+        if t.missing_since is None:
+            t.missing_since = now
+            t.live = False
+            log.info("event=file_missing path=%s offset=%d", t.path, t.pos)
+        elif now - t.missing_since >= FORGET_AFTER:
+            self._forget(t, f"not seen for {FORGET_AFTER:.0f}s")
+
+    # --- new content --------------------------------------------------------------------------------------
+
+    def _discover(self, seen: Seen, found: Scan) -> None:
+        """A file no record holds: a copy of known content, rotated while we were stopped, or new."""
+        fd = self._open(seen.path, seen.key)
+        if fd is None:
+            return
+        identity = identify(fd)
+        owner = self._content_owner(fd, identity)
+        if owner is not None and owner.followed == self.polls:
+            os.close(fd)  # a copy of content still in place (copytruncate, before the truncate): same bytes
+            if seen.key not in self.ignored_copies:
+                self.ignored_copies.add(seen.key)
+                log.info("event=copy_ignored path=%s copy_of=%s", seen.path, owner.path)
+            return
+        if owner is not None:  # its content moved here (copied while we were not looking, then gone)
+            moved = identify(fd, owner.identity.fp_len)
+            os.close(fd)
+            log.info("event=content_moved path=%s now_at=%s offset=%d", owner.name, seen.path, owner.pos)
+            self._move(owner, seen, moved, found)
+            return
+        if not seen.live:
+            if self.last_seen is None or seen.mtime < self.last_seen - 2 * LAST_SEEN_EVERY:
+                os.close(fd)  # an old rotation, from before the agent ever looked: not ours
+                return
+            log.info("event=rotated_while_stopped path=%s size=%d action=read_from_start", seen.path, seen.size)
+        name = seen.path if seen.live else _live_name(seen.path)
+        fid = self.agent.spool.register_file(seen.path, name, identity)
+        t = Tracked(fid, name, seen.path, identity, ACTIVE, live=seen.live)
+        if not seen.live:
+            self.agent.spool.update_file(fid, status=ROTATED)
+            t.status, t.rotated_at = ROTATED, time.monotonic()
+        with self.lock:
+            t.fd = fd
+            self.tracked[fid] = t
+        log.info("event=file_new path=%s fid=%d size=%d", seen.path, fid, seen.size)
+        self._follow(t, found)
+
+    def _content_owner(self, fd: int, identity: FileIdentity) -> Tracked | None:
+        """The record whose fingerprint this file starts with, if any (empty starts match nothing)."""
+        if identity.fp_len == 0:
+            return None
+        by_length: dict[int, tuple[int, bytes]] = {}
+        for t in self.tracked.values():
+            length = t.identity.fp_len
+            if length == 0 or length > identity.fp_len:
+                continue
+            if length not in by_length:
+                by_length[length] = fingerprint(fd, length)
+            if by_length[length] == (length, t.identity.fp_hash):
+                return t
+        return None
+
+    # --- bookkeeping ------------------------------------------------------------------------------------------
+
+    def source_index(self, name: str) -> int | None:
+        """The configured source a stream name belongs to (None: no longer configured)."""
+        for index, source in enumerate(self.agent.config.sources):
+            for pattern in source.paths:
+                pattern = os.path.expanduser(pattern)
+                if name == pattern or (glob.has_magic(pattern) and fnmatch.fnmatchcase(name, pattern)):
+                    return index
+        return None
+
+    def _open(self, path: str, key: Key) -> int | None:
+        """Open `path` if it is still the inode the scan saw (it may have been rotated since)."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if os.path.exists(path):
+                self._problem(path, exc.strerror or str(exc))
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != key:
+            os.close(fd)
+            return None
+        return fd
+
+    def _close_fd(self, t: Tracked) -> None:
+        if t.fd is not None:
+            os.close(t.fd)
+            t.fd = None
+
+    def _forget(self, t: Tracked, why: str) -> None:
+        with self.lock:
+            self._close_fd(t)
+            self.tracked.pop(t.fid, None)
+        self.agent.spool.forget_files([t.fid])
+        log.info("event=file_forgotten path=%s fid=%d reason=%r", t.path, t.fid, why)
+
+    def _report(self, problems: list[SourceProblem]) -> None:
+        """Say each problem once (a missing file between a rename and the create is normal)."""
+        current = {p.path: p.reason for p in problems}
+        for path, reason in current.items():
+            if self.reported.get(path) != reason:
+                self.said.discard((path, reason))
+                self._problem(path, reason)
+        self.reported = current
+
+    def _problem(self, path: str, reason: str) -> None:
+        if (path, reason) not in self.said:
+            self.said.add((path, reason))
+            self.agent._source_problem(path, reason)
+
+    def _note_last_seen(self, *, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self.last_seen_written >= LAST_SEEN_EVERY:
+            self.agent.spool.set_kv(LAST_SEEN_KEY, repr(now))
+            self.last_seen_written = now
+
+    # --- for stats and metrics (any thread) ----------------------------------------------------------------------
+
+    def lag(self) -> list[Lag]:
+        """Per followed file: bytes not yet read (by size now), its status, whether it is held open."""
+        result: list[Lag] = []
+        with self.lock:
+            for t in list(self.tracked.values()):
+                try:
+                    size = os.fstat(t.fd).st_size if t.fd is not None else os.stat(t.path).st_size
+                except OSError:
+                    continue
+                pos = max(t.pos, self.agent.batch.offsets.get(t.fid, 0))
+                result.append(Lag(t.path, max(0, size - pos), t.status, t.fd is not None))
+        return result
+
+
+def _live_name(path: str) -> str:
+    """``/var/log/access.log.1`` -> ``/var/log/access.log``: the stream a rotated file came from."""
+    directory, name = os.path.split(path)
+    match = re.search(r"(?:[.-][0-9][0-9._-]*)$", name)
+    return os.path.join(directory, name[: match.start()]) if match and match.start() > 0 else path
+
+
+def read_pass(agent: Agent) -> None:
+    """`once`: one pass over every file (rotated remainders included), then let go of them all."""
+    tailer = Tailer(agent)
+    try:
+        tailer.poll()
+    finally:
+        tailer.close()
