@@ -1,79 +1,259 @@
 """`forever`: follow the configured files and ship what is appended, until a signal says stop.
 
-Polling is the source of truth (every `read.poll_interval` seconds every glob is expanded again
-and every file read from its offset); shutdown seals the in-memory batch, drains the queue for
-`shutdown.drain_timeout` seconds and exits 0 with whatever is unsent still queued.
+The reading thread polls (`read.poll_interval`, the source of truth: see tail.py for the rules)
+and seals per the policy; a trickle of lines is sealed once `max_batch_age` has passed, so it
+never waits for `min_upload_batch`. Other threads: the uploader, a stats reporter, and the
+optional Prometheus endpoint; none of them blocks reading, and reading never blocks them.
+
+Shutdown (SIGINT/SIGTERM): stop reading, seal the in-memory batch, upload for at most
+`shutdown.drain_timeout` seconds, exit 0; what is not sent stays queued for the next start.
+A second signal exits at once (runner.install_signal_handlers): nothing is lost either, since
+the offsets only cover what is queued. SIGHUP reloads the configuration at the next poll; a bad
+one is refused with the reason logged, and the old one stays in force.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 
+from remote_uploader.agent.batch import SealPolicy
+from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.runner import Agent, StopReading, install_signal_handlers
+from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
+from remote_uploader.agent.spool import Spool
+from remote_uploader.agent.stats import render_block
+from remote_uploader.agent.tail import Lag, Tailer
 from remote_uploader.config import Config
 from remote_uploader.errors import RemoteUploaderError
 from remote_uploader.i18n import _
 
 log = logging.getLogger(__name__)
 
+EXIT_OK = 0
+
 
 def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: None,
                 reload: Callable[[], Config] | None = None) -> int:
     agent = Agent(config, say=say)
     install_signal_handlers(agent)
+    reload_requested = threading.Event()
     if reload is not None:
-        _install_reload(agent, reload)
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
+    tailer: Tailer | None = None
+    reporter: StatsReporter | None = None
+    metrics = None
     try:
+        tailer = Tailer(agent)
+        if config.agent.metrics_listen:
+            from remote_uploader.agent.metrics import serve_metrics
+
+            metrics = serve_metrics(config.agent.metrics_listen, agent, tailer)
         agent.recover()
         agent.uploader.start()
-        next_stats = time.monotonic() + config.agent.stats_interval
+        say(_("Following {n} sources; stop with Ctrl-C or SIGTERM").format(n=len(config.sources)))
+        reporter = StatsReporter(agent, tailer, say)
+        reporter.start()
         while not agent.stop.is_set():
+            if reload_requested.is_set() and reload is not None:
+                reload_requested.clear()
+                apply_reload(agent, reload, say)
             try:
-                agent.read_all(take_partial_after=agent.config.read.partial_line_idle)
+                tailer.poll()
                 agent.maybe_seal(caught_up=True)
             except StopReading:
                 break
-            if agent.config.agent.stats_interval and time.monotonic() >= next_stats:
-                for line in agent.stats_lines():
-                    log.info("event=stats %s", line)
-                next_stats = time.monotonic() + agent.config.agent.stats_interval
-            agent.stop.wait(agent.config.read.poll_interval)
-        return _shutdown(agent, say)
+            agent.stop.wait(_next_poll_in(agent))
+        return shutdown(agent, say)
     finally:
+        if reporter is not None:
+            reporter.stop.set()
+        if tailer is not None:
+            tailer.close()
+        if metrics is not None:
+            metrics.close()
         agent.close()
 
 
-def _shutdown(agent: Agent, say: Callable[[str], None]) -> int:
-    """Seal what is in memory, give the uploader `drain_timeout` seconds, then stop."""
+def _next_poll_in(agent: Agent) -> float:
+    """The poll interval, or sooner when the in-memory batch comes of age (`max_batch_age`)."""
+    interval = agent.config.read.poll_interval
+    if agent.batch.empty:
+        return interval
+    due = agent.batch.created + agent.config.batching.max_batch_age - time.time()
+    return max(0.01, min(interval, due))
+
+
+# --- shutdown ----------------------------------------------------------------------------------------
+
+
+def shutdown(agent: Agent, say: Callable[[str], None]) -> int:
+    """Seal what is in memory, give the uploader `drain_timeout` seconds, then stop; exit 0.
+
+    The uploader thread ends on the stop signal (after its request in flight); a fresh one, with
+    its own stop event, drains the queue for the rest of the period. A request still in flight at
+    the deadline is cut: its batch stays queued and is sent again (same batch id) on the next start.
+    """
     agent.stop_reason = agent.stop_reason or "stop"
+    log.info("event=shutdown reason=%r drain_timeout=%.1f", agent.stop_reason, agent.config.shutdown.drain_timeout)
     try:
         agent.seal_now()
+    except StopReading:
+        log.info("event=seal_at_shutdown_skipped reason=queue_full (offsets unchanged: it will be read again)")
     except RemoteUploaderError as exc:
         log.error("event=seal_at_shutdown_failed reason=%r (offsets unchanged: it will be read again)", str(exc))
     deadline = time.monotonic() + agent.config.shutdown.drain_timeout
-    agent.stop.clear()
-    agent.wake.set()
-    while time.monotonic() < deadline and agent.spool.next_batch() is not None:
-        agent.uploader.idle.wait(0.1)
-    agent.stop.set()
+    agent.uploader.join(timeout=max(0.0, deadline - time.monotonic()))
+    sink = agent.uploader.sink
+    if agent.uploader.is_alive():
+        abort_in_flight(sink)
+    elif agent.spool.next_batch() is not None and time.monotonic() < deadline:
+        _drain(agent, sink, deadline)
     queue = agent.spool.stats()
-    say(_("Stopped; {records} records in {batches} batches stay queued for the next start").format(
-        records=queue.records, batches=queue.batches))
-    return 0
+    log.info("event=stopped queued_batches=%d queued_records=%d", queue.batches, queue.records)
+    if queue.batches:
+        say(_("Stopped; {records} records in {batches} batches stay queued for the next start").format(
+            records=queue.records, batches=queue.batches))
+    else:
+        say(_("Stopped; everything read was delivered"))
+    return EXIT_OK
 
 
-def _install_reload(agent: Agent, reload: Callable[[], Config]) -> None:
-    """SIGHUP: load the config again; on an error keep the old one and say why."""
+def _drain(agent: Agent, sink: Sink, deadline: float) -> None:
+    server = agent.config.server
+    done = threading.Event()
+    backoff = Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap)
+    drainer = Uploader(agent.upload_spool, sink, backoff, agent.stats, agent.config.agent.id, threading.Event(), done)
+    drainer.start()
+    while (remaining := deadline - time.monotonic()) > 0 and drainer.is_alive():
+        if drainer.idle.wait(min(0.1, remaining)) and agent.spool.next_batch() is None:
+            break
+    done.set()
+    if drainer.is_alive():
+        abort_in_flight(sink)
+        drainer.join(timeout=2.0)
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+
+def abort_in_flight(sink: Sink) -> None:
+    """Cut an HTTP request in flight (shutting its socket down wakes the thread blocked on it)."""
+    inner = getattr(sink, "inner", sink)
+    conn = getattr(inner, "_conn", None)
+    sock = getattr(conn, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+# --- reload ------------------------------------------------------------------------------------------
+
+
+def apply_reload(agent: Agent, reload: Callable[[], Config], say: Callable[[str], None]) -> bool:
+    """Load the configuration again and put it in force between two polls; keep the old on error.
+
+    Sources, batching, read and shutdown settings take effect at once, server settings with the
+    next request; the state directory, metrics address and worker count need a restart.
+    """
+    old = agent.config
+    try:
+        new = reload()
+        extractors = [build_extractor(regex=s.regex, exclude=s.exclude) for s in new.sources]
+    except (RemoteUploaderError, ValueError) as exc:
+        log.error("event=config_reload_failed reason=%r action=keeping_old_config", str(exc))
+        say(_("Configuration not reloaded ({reason}); the old one stays in force").format(reason=exc))
+        return False
+    for key in ("state_dir", "metrics_listen", "workers"):
+        if getattr(new.agent, key) != getattr(old.agent, key):
+            log.warning("event=config_reload_partial key=agent.%s action=restart_to_apply", key)
+    new = dataclasses.replace(new, agent=dataclasses.replace(
+        new.agent, state_dir=old.agent.state_dir, metrics_listen=old.agent.metrics_listen,
+        workers=old.agent.workers))
+    if new.sources != old.sources and agent.scanner is not None:
+        agent.scanner.close()  # its worker processes hold the old sources' extractors
+        agent.scanner = None
+    agent.extractors = extractors
+    agent.policy = SealPolicy.from_config(new.batching)
+    agent.stats.max_memory_ips = new.batching.max_memory_ips
+    if new.server != old.server:
+        _replace_sink(agent, HttpSink(new.server))
+    agent.config = new
+    log.info("event=config_reloaded sources=%d", len(new.sources))
+    say(_("Configuration reloaded: {n} sources").format(n=len(new.sources)))
+    return True
+
+
+def _replace_sink(agent: Agent, sink: HttpSink) -> None:
+    current = agent.uploader.sink
+    wrapper = getattr(current, "inner", None)
+    if wrapper is not None:
+        current.inner = sink  # type: ignore[attr-defined]  # the metrics wrapper keeps timing it
+    else:
+        agent.uploader.sink = sink
+    agent.sink = sink
+    server = agent.config.server
+    agent.uploader.backoff = Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap)
+
+
+# --- stats -------------------------------------------------------------------------------------------
+
+
+class StatsReporter(threading.Thread):
+    """Every `agent.stats_interval` seconds: the stats block to the terminal (translated) and a
+    `key=value` line to the log (English). Runs beside reading, so it reports while reading is
+    paused by a full queue too: which files are behind, and by how many bytes."""
+
+    def __init__(self, agent: Agent, tailer: Tailer, say: Callable[[str], None]) -> None:
+        super().__init__(name="stats", daemon=True)
+        self.agent = agent
+        self.tailer = tailer
+        self.say = say
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        spool: Spool | None = None
         try:
-            agent.config = reload()
-            log.info("event=config_reloaded sources=%d", len(agent.config.sources))
-        except RemoteUploaderError as exc:
-            log.error("event=config_reload_failed reason=%r action=keeping_old_config", str(exc))
+            while not self.stop.wait(self.agent.config.agent.stats_interval or 1.0):
+                if not self.agent.config.agent.stats_interval:
+                    continue
+                if spool is None:
+                    spool = Spool(self.agent.config.agent.state_dir, readonly=True)
+                for line in self.lines(spool):
+                    self.say(line)
+        except Exception as exc:  # stats must never take the agent down
+            log.warning("event=stats_failed reason=%r", str(exc))
+        finally:
+            if spool is not None:
+                spool.close()
 
-    signal.signal(signal.SIGHUP, handler)
+    def lines(self, spool: Spool) -> list[str]:
+        stats, queue = self.agent.stats, spool.stats()
+        lags = self.tailer.lag()
+        behind = [lag for lag in lags if lag.behind > 0]
+        log.info("event=stats memory_ips=%d queued_batches=%d queued_records=%d queue_mb=%.2f lines=%d "
+                 "occurrences=%d batches_sent=%d failed_attempts=%d dead=%d paused=%s files=%d files_behind=%d "
+                 "bytes_behind=%d", stats.memory_ips, queue.batches, queue.records, queue.disk_bytes / 1e6,
+                 stats.lines, stats.occurrences, stats.batches_sent, stats.batches_failed, queue.dead_batches,
+                 stats.paused, len(lags), len(behind), sum(lag.behind for lag in behind))
+        for lag in behind:
+            log.info("event=file_behind path=%s bytes=%d status=%s open=%s", lag.path, lag.behind, lag.status,
+                     lag.open)
+        return render_block(stats, queue) + behind_lines(behind, paused=stats.paused)
+
+
+def behind_lines(behind: list[Lag], *, paused: bool) -> list[str]:
+    lines = []
+    if paused:
+        lines.append(_("Reading paused: the queue is full (waiting for uploads); the files are the buffer"))
+    names = {"active": _("active"), "rotated": _("rotated"), "copy": _("copy of a truncated file")}
+    for lag in sorted(behind, key=lambda lag: -lag.behind):
+        state = names.get(lag.status, lag.status)
+        if lag.status != "active" and lag.open:
+            state = _("{state}, kept open").format(state=state)
+        lines.append(_("Behind: {path}: {bytes} bytes ({state})").format(path=lag.path, bytes=lag.behind,
+                                                                          state=state))
+    return lines
