@@ -18,6 +18,7 @@ import functools
 import gc
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -126,7 +127,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server_header=False,
         )
     )
-    server.run(sockets=[sock])  # returns after SIGINT/SIGTERM, once in-flight requests finished
+    # uvicorn handles SIGINT/SIGTERM itself (stop accepting, finish in-flight requests, run the
+    # lifespan shutdown), then re-raises the signal to the handler that was installed before it.
+    # A no-op handler there makes a requested stop what it is: a clean exit 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     logger.info("collector stopped")
     return 0
 

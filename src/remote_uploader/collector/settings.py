@@ -55,7 +55,7 @@ class CollectorSettings:
     graceful_timeout: float = 10.0
 
 
-# --- value parsers: (value, key, origin) -> typed value; strings come from the environment ---------
+# --- value parsers: (value, key, origin) -> typed value, or ConfigError ---------------------------
 
 
 def _fail(key: str, origin: str, reason: str) -> ConfigError:
@@ -64,11 +64,6 @@ def _fail(key: str, origin: str, reason: str) -> ConfigError:
 
 def _int(low: int, high: int) -> Callable[[object, str, str], int]:
     def parse(value: object, key: str, origin: str) -> int:
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise _fail(key, origin, f"{value!r} is not an integer") from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(key, origin, f"{value!r} is not an integer")
         if not low <= value <= high:
@@ -79,11 +74,6 @@ def _int(low: int, high: int) -> Callable[[object, str, str], int]:
 
 
 def _seconds(value: object, key: str, origin: str) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _fail(key, origin, f"{value!r} is not a number") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(key, origin, f"{value!r} is not a number")
     if not 0 < value < 10**9:
@@ -107,20 +97,12 @@ def _choice(*choices: str) -> Callable[[object, str, str], str]:
 
 
 def _bool(value: object, key: str, origin: str) -> bool:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
     if isinstance(value, bool):
         return value
     raise _fail(key, origin, f"{value!r} is not true or false")
 
 
 def _networks(value: object, key: str, origin: str) -> tuple[Network, ...]:
-    if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list):
         raise _fail(key, origin, "must be a list of CIDR strings")
     networks: list[Network] = []
@@ -153,6 +135,28 @@ PARSERS: dict[str, Callable[[object, str, str], Any]] = {
 assert set(PARSERS) == {f.name for f in fields(CollectorSettings)}
 
 
+def _from_environment(key: str, text: str, origin: str) -> object:
+    """An environment variable's text as the type the key takes (comma-separated for lists)."""
+    default = getattr(CollectorSettings(), key)
+    text = text.strip()
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise _fail(key, origin, f"{text!r} is not true or false")
+    try:
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise _fail(key, origin, f"{text!r} is not a number") from None
+    if isinstance(default, tuple):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, object] | None = None,
@@ -169,7 +173,7 @@ def load(
     for key, parse in PARSERS.items():
         name = ENV_PREFIX + key.upper()
         if name in env:
-            values[key] = parse(env[name], key, name)
+            values[key] = parse(_from_environment(key, env[name], name), key, name)
     for key, value in (overrides or {}).items():
         if value is None:
             continue

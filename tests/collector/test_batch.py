@@ -1,0 +1,179 @@
+"""Batch validation: every problem named by field path; the fast path agrees with protocol.py."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from remote_uploader.collector.batch import MAX_COUNT, MAX_ERRORS, BatchInvalid, check_ip, parse_batch
+from remote_uploader.protocol import MAX_AGENT_LEN, MAX_RECORDS_PER_BATCH, is_canonical_ip, parse_time
+from tests.collector.util import record, wire_batch
+
+
+def parse(document: object) -> object:
+    return parse_batch(json.dumps(document).encode())
+
+
+def errors_of(document: object) -> list[tuple[str, str]]:
+    with pytest.raises(BatchInvalid) as caught:
+        parse(document)
+    return [(e.field, e.error) for e in caught.value.errors]
+
+
+def fields_of(document: object) -> list[str]:
+    return [field for field, _ in errors_of(document)]
+
+
+def test_a_valid_batch_is_aggregated_per_address_in_sorted_order() -> None:
+    records = [
+        record("203.0.113.9", 2, first=10, last=20, source="a.log"),
+        record("2001:db8::1", 1),
+        record("203.0.113.9", 3, first=5, last=15, source="b.log"),
+    ]
+    parsed = parse_batch(json.dumps(wire_batch("web-1", "b-1", records)).encode())
+    assert (parsed.agent, parsed.batch_id, parsed.records) == ("web-1", "b-1", 3)
+    assert [(d.ip, d.total) for d in parsed.deltas] == [("2001:db8::1", 1), ("203.0.113.9", 5)]
+    merged = parsed.deltas[1]
+    assert (merged.first_seen.second, merged.last_seen.second) == (5, 20)
+    assert merged.key == bytes([203, 0, 113, 9])
+
+
+def test_each_bad_record_field_is_named_with_its_index() -> None:
+    records = [
+        record("203.0.113.1"),
+        {**record("203.0.113.2"), "ip": "203.0.113.02"},
+        {**record("203.0.113.3"), "count": 0},
+        {**record("203.0.113.4"), "first_seen": "yesterday"},
+        {**record("203.0.113.5"), "last_seen": "2024-05-01T12:00:00"},
+        {**record("203.0.113.6"), "source": 7},
+        {**record("203.0.113.7", first=10, last=5)},
+        "not an object",
+    ]
+    assert errors_of(wire_batch("a", "b", records)) == [
+        ("records[1].ip", "not a canonical IP address"),
+        ("records[2].count", f"must be an integer in 1..{MAX_COUNT}"),
+        ("records[3].first_seen", "not an RFC 3339 time with a UTC offset"),
+        ("records[4].last_seen", "not an RFC 3339 time with a UTC offset"),
+        ("records[5].source", "must be a string"),
+        ("records[6].last_seen", "is before first_seen"),
+        ("records[7]", "must be a JSON object"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ip", "reason"),
+    [
+        ("2001:DB8::1", "not a canonical IP address"),
+        ("2001:db8:0:0:0:0:0:1", "not a canonical IP address"),
+        ("::ffff:192.0.2.1", "not a canonical IP address"),
+        ("0.0.0.0", "not a countable address (unspecified)"),
+        ("::", "not a countable address (unspecified)"),
+        ("fe80::1%eth0", "not a canonical IP address"),
+        ("1.2.3", "not a canonical IP address"),
+        (" 1.2.3.4", "not a canonical IP address"),
+        ("1.2.3.4\x00", "not a canonical IP address"),
+        ("١.٢.٣.٤", "not a canonical IP address"),
+        (17, "must be a string"),
+    ],
+)
+def test_non_canonical_and_invalid_addresses_are_refused(ip: object, reason: str) -> None:
+    assert errors_of(wire_batch("a", "b", [{**record("192.0.2.1"), "ip": ip}])) == [("records[0].ip", reason)]
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, 1.0, True, "3", None, MAX_COUNT + 1])
+def test_counts_must_be_positive_integers(count: object) -> None:
+    assert fields_of(wire_batch("a", "b", [{**record("192.0.2.1"), "count": count}])) == ["records[0].count"]
+
+
+def test_missing_fields_are_each_reported() -> None:
+    assert fields_of({"records": [{}]}) == [
+        "agent",
+        "batch_id",
+        "sent_at",
+    ]
+    assert fields_of(wire_batch("a", "b", [{}])) == [f"records[0].{name}" for name in
+                                                       ("ip", "count", "first_seen", "last_seen", "source")]
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ([], "body"),
+        ("text", "body"),
+        ({**wire_batch("a", "b", []), "agent": ""}, "agent"),
+        ({**wire_batch("a", "b", []), "agent": "x" * (MAX_AGENT_LEN + 1)}, "agent"),
+        ({**wire_batch("a", "b", []), "agent": "tab\there"}, "agent"),
+        ({**wire_batch("a", "b", []), "batch_id": 12}, "batch_id"),
+        ({**wire_batch("a", "b", []), "batch_id": "nul\x00"}, "batch_id"),
+        ({**wire_batch("a", "b", []), "sent_at": "0001-01-01T00:00:00+01:00"}, "sent_at"),
+        ({**wire_batch("a", "b", []), "sent_at": "1969-12-31T23:59:59Z"}, "sent_at"),
+        ({**wire_batch("a", "b", []), "records": {}}, "records"),
+    ],
+)
+def test_bad_top_level_fields_are_named(document: object, field: str) -> None:
+    assert fields_of(document) == [field]
+
+
+def test_lone_surrogates_are_refused_not_stored() -> None:
+    body = b'{"agent":"a","batch_id":"\\ud800","sent_at":"2024-01-01T00:00:00Z","records":[]}'
+    with pytest.raises(BatchInvalid) as caught:
+        parse_batch(body)
+    assert caught.value.errors[0].field == "batch_id"
+
+
+def test_too_many_records_are_refused_as_a_whole() -> None:
+    document = wire_batch("a", "b", [])
+    document["records"] = [0] * (MAX_RECORDS_PER_BATCH + 1)
+    assert fields_of(document) == ["records"]
+
+
+def test_the_error_list_is_bounded() -> None:
+    errors = errors_of(wire_batch("a", "b", ["x"] * 1000))
+    assert len(errors) == MAX_ERRORS + 1
+    assert errors[-1][0] == "body"
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe", b"[" * 100_000, b'{"a": NaN'])
+def test_malformed_json_is_one_body_error(body: bytes) -> None:
+    with pytest.raises(BatchInvalid) as caught:
+        parse_batch(body)
+    assert [e.field for e in caught.value.errors] == ["body"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789abcdefABCDEF.:%x ", max_size=45)))
+def test_the_fast_path_accepts_exactly_the_canonical_addresses(text: str) -> None:
+    accepted = True
+    try:
+        parse_batch(json.dumps(wire_batch("a", "b", [{**record("192.0.2.1"), "ip": text}])).encode())
+    except BatchInvalid:
+        accepted = False
+    assert accepted == is_canonical_ip(text)
+    assert (check_ip(text) is None) == is_canonical_ip(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.datetimes(min_value=datetime(1970, 1, 2), timezones=st.just(UTC)).map(
+            lambda d: d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ),
+        st.text(alphabet="0123456789-:TZz.+ ", max_size=32),
+    )
+)
+def test_the_fast_time_path_agrees_with_protocol_parse_time(text: str) -> None:
+    try:
+        expected = parse_time(text)
+    except ValueError:
+        expected = None
+    document = wire_batch("a", "b", [{**record("192.0.2.1"), "first_seen": text, "last_seen": text}])
+    try:
+        parsed = parse_batch(json.dumps(document).encode())
+    except BatchInvalid:
+        assert expected is None or not datetime(1970, 1, 1, tzinfo=UTC) <= expected
+        return
+    assert expected is not None and parsed.deltas[0].first_seen == expected

@@ -1,0 +1,73 @@
+"""Collector settings: defaults, TOML, environment and flags, errors that name the key."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from remote_uploader.collector.settings import MIB, default_db_url, default_state_dir, load
+from remote_uploader.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "collector.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REMOTE_UPLOADER_STATE_DIR", str(tmp_path))
+    config = load(environ={})
+    assert (config.host, config.port, config.max_body, config.retention_days) == ("127.0.0.1", 8080, 16 * MIB, 30)
+    assert config.db == "sqlite://" + str(tmp_path / "collector.db") == default_db_url()
+    assert default_state_dir() == tmp_path
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[collector]\nport = 9000\nhost = "0.0.0.0"\nallowlist = ["10.0.0.0/8", "2001:db8::/32"]\n'
+        'db = "sqlite:///x.db"\n',
+    )
+    config = load(path, {"host": "::1", "port": None}, environ={"REMOTE_UPLOADER_COLLECTOR_PORT": "9100"})
+    assert (config.host, config.port, config.db) == ("::1", 9100, "sqlite:///x.db")
+    assert config.allowlist == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
+
+
+def test_other_tables_of_a_shared_file_are_ignored(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nid = "web-1"\n[collector]\nport = 1234\n')
+    assert load(path, environ={}).port == 1234
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[collector]\nprot = 1\n", "collector.prot"),
+        ("[collector]\nport = 70000\n", "collector.port"),
+        ('[collector]\nport = "80"\n', "collector.port"),
+        ("[collector]\nmax_body = 10\n", "collector.max_body"),
+        ('[collector]\nallowlist = ["10.0.0.0/33"]\n', "collector.allowlist"),
+        ('[collector]\nlog_format = "xml"\n', "collector.log_format"),
+        ("[collector]\nretention_days = -1\n", "collector.retention_days"),
+        ("[collector]\naccess_log = 1\n", "collector.access_log"),
+        ("[agent]\n", "collector"),
+        ("not toml [", "collector"),
+    ],
+)
+def test_bad_keys_are_rejected_by_name(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text), environ={})
+    assert caught.value.key == key
+    assert key in str(caught.value)
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="REMOTE_UPLOADER_COLLECTOR_RETRY_AFTER"):
+        load(environ={"REMOTE_UPLOADER_COLLECTOR_RETRY_AFTER": "soon"})
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.toml", environ={})

@@ -1,0 +1,277 @@
+"""The Storage contract: every test runs against SQLite and against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from datetime import timedelta
+
+import pytest
+
+from remote_uploader.collector.errors import SchemaError, StorageUnavailable, TokenError
+from remote_uploader.collector.storage.base import IpQuery, Storage, to_micros
+from remote_uploader.collector.storage.postgres import PostgresStorage
+from remote_uploader.collector.storage.sqlite import SqliteStorage
+from tests.collector.util import T0, at, batch, delta
+
+
+def totals(storage: Storage) -> dict[str, int]:
+    return {row.ip: row.count for row in storage.list_ips(IpQuery(limit=10000))}
+
+
+def test_migrate_is_idempotent_and_reports_the_version(storage: Storage) -> None:
+    assert storage.migrate() == storage.migrate() >= 1
+
+
+def test_a_database_from_a_newer_collector_is_refused(storage: Storage) -> None:
+    with storage._write() as cur:  # type: ignore[attr-defined]
+        cur.execute("UPDATE schema_version SET version = 999")
+    with pytest.raises(SchemaError, match="999"):
+        storage.migrate()
+
+
+def test_a_new_batch_is_counted_and_a_replay_is_not(storage: Storage) -> None:
+    first = batch("web-1", "b1", delta("203.0.113.7", 3), delta("2001:db8::1", 2))
+    assert storage.store_batch(first, at(100)) is True
+    assert storage.store_batch(first, at(200)) is False
+    assert totals(storage) == {"203.0.113.7": 3, "2001:db8::1": 2}
+    (agent,) = storage.list_agents()
+    assert (agent.name, agent.batches, agent.duplicates, agent.records) == ("web-1", 1, 1, 2)
+    assert agent.first_seen == at(100) and agent.last_seen == at(200)
+    assert storage.count_batches() == 1
+
+
+def test_the_same_batch_id_from_two_agents_is_two_batches(storage: Storage) -> None:
+    storage.store_batch(batch("web-1", "same", delta("198.51.100.1", 1)), at(0))
+    storage.store_batch(batch("web-2", "same", delta("198.51.100.1", 1)), at(0))
+    assert totals(storage) == {"198.51.100.1": 2}
+
+
+def test_counts_add_up_and_times_widen_across_batches(storage: Storage) -> None:
+    storage.store_batch(batch("a", "1", delta("192.0.2.1", 5, first=10, last=20)), at(0))
+    storage.store_batch(batch("a", "2", delta("192.0.2.1", 7, first=5, last=15)), at(1))
+    storage.store_batch(batch("b", "3", delta("192.0.2.1", 1, first=30, last=40)), at(2))
+    detail = storage.get_ip("192.0.2.1")
+    assert detail is not None
+    assert (detail.summary.count, detail.summary.agents) == (13, 2)
+    assert (detail.summary.first_seen, detail.summary.last_seen) == (at(5), at(40))
+    assert [(row.agent, row.count, row.first_seen, row.last_seen) for row in detail.by_agent] == [
+        ("a", 12, at(5), at(20)),
+        ("b", 1, at(30), at(40)),
+    ]
+    assert storage.get_ip("192.0.2.2") is None
+
+
+def test_an_empty_batch_updates_the_agent_only(storage: Storage) -> None:
+    assert storage.store_batch(batch("quiet", "0"), at(0)) is True
+    assert totals(storage) == {}
+    assert [a.name for a in storage.list_agents()] == ["quiet"]
+
+
+def test_agent_stats_follow_the_latest_batch(storage: Storage) -> None:
+    storage.store_batch(batch("a", "1", delta("192.0.2.1", 1), records=4), at(0))
+    storage.store_batch(batch("a", "2", delta("192.0.2.2", 1), records=6), at(5))
+    (stats,) = storage.list_agents()
+    assert (stats.batches, stats.records, stats.last_batch_id, stats.last_batch_sent_at) == (2, 10, "2", T0)
+
+
+def _fill(storage: Storage) -> None:
+    storage.store_batch(
+        batch(
+            "a",
+            "1",
+            delta("192.0.2.1", 5, last=100),
+            delta("192.0.2.2", 5, last=50),
+            delta("192.0.2.3", 9, last=10),
+            delta("10.0.0.1", 1, last=300),
+            delta("2001:db8::1", 5, last=200),
+        ),
+        at(0),
+    )
+    storage.store_batch(batch("b", "1", delta("192.0.2.3", 1, last=10), delta("2001:db8::2", 2, last=5)), at(0))
+
+
+def test_list_ips_sorts_by_count_then_address(storage: Storage) -> None:
+    _fill(storage)
+    rows = storage.list_ips(IpQuery())
+    assert [(r.ip, r.count) for r in rows] == [
+        ("192.0.2.3", 10),
+        ("192.0.2.1", 5),
+        ("192.0.2.2", 5),
+        ("2001:db8::1", 5),
+        ("2001:db8::2", 2),
+        ("10.0.0.1", 1),
+    ]
+    assert rows[0].agents == 2 and rows[1].agents == 1
+
+
+def test_list_ips_sorts_by_last_seen(storage: Storage) -> None:
+    _fill(storage)
+    rows = storage.list_ips(IpQuery(sort="last_seen"))
+    assert [r.ip for r in rows] == ["10.0.0.1", "2001:db8::1", "192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::2"]
+
+
+def test_list_ips_filters(storage: Storage) -> None:
+    _fill(storage)
+
+    def ips(**filters: object) -> list[str]:
+        return sorted(r.ip for r in storage.list_ips(IpQuery(**filters)))  # type: ignore[arg-type]
+
+    assert ips(min_count=5) == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1"]
+    assert ips(since=at(100)) == ["10.0.0.1", "192.0.2.1", "2001:db8::1"]
+    assert ips(network=ipaddress.ip_network("192.0.2.0/30")) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert ips(network=ipaddress.ip_network("2001:db8::/64")) == ["2001:db8::1", "2001:db8::2"]
+    assert ips(network=ipaddress.ip_network("0.0.0.0/0")) == ["10.0.0.1", "192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert ips(network=ipaddress.ip_network("::/0")) == ["2001:db8::1", "2001:db8::2"]
+
+
+def test_list_ips_for_one_agent_shows_that_agents_numbers(storage: Storage) -> None:
+    _fill(storage)
+    rows = storage.list_ips(IpQuery(agent="b"))
+    assert [(r.ip, r.count, r.agents) for r in rows] == [("2001:db8::2", 2, 1), ("192.0.2.3", 1, 2)]
+    assert storage.list_ips(IpQuery(agent="b", min_count=2))[0].ip == "2001:db8::2"
+    assert storage.list_ips(IpQuery(agent="nobody")) == []
+
+
+@pytest.mark.parametrize("sort", ["count", "last_seen"])
+def test_keyset_pages_cover_every_address_once(storage: Storage, sort: str) -> None:
+    deltas = [delta(f"198.51.100.{i}", 1 + i % 3, last=i % 4) for i in range(1, 60)]
+    storage.store_batch(batch("a", "1", *deltas), at(0))
+    seen: list[str] = []
+    after = None
+    while True:
+        page = storage.list_ips(IpQuery(sort=sort, limit=7, after=after))  # type: ignore[arg-type]
+        seen += [r.ip for r in page]
+        if len(page) < 7:
+            break
+        last = page[-1]
+        after = (last.count if sort == "count" else to_micros(last.last_seen), last.ip)
+    assert sorted(seen) == sorted(d.ip for d in deltas)
+    assert len(seen) == len(set(seen))
+
+
+def test_blocklist_rows_filter_and_come_in_numeric_order(storage: Storage) -> None:
+    _fill(storage)
+    rows = storage.blocklist_rows(min_count=2, since=None, family=None)
+    assert [r.ip for r in rows] == ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1", "2001:db8::2"]
+    assert [r.ip for r in storage.blocklist_rows(1, None, 6)] == ["2001:db8::1", "2001:db8::2"]
+    assert [r.ip for r in storage.blocklist_rows(1, at(100), 4)] == ["10.0.0.1", "192.0.2.1"]
+    assert rows[0].key == bytes([192, 0, 2, 1]) and rows[0].count == 5
+
+
+def test_numeric_order_is_not_text_order(storage: Storage) -> None:
+    storage.store_batch(batch("a", "1", delta("10.0.0.10", 1), delta("9.0.0.1", 1), delta("10.0.0.9", 1)), at(0))
+    assert [r.ip for r in storage.blocklist_rows(1, None, 4)] == ["9.0.0.1", "10.0.0.9", "10.0.0.10"]
+
+
+def test_totals_saturate_instead_of_overflowing(storage: Storage) -> None:
+    big = 2**62
+    for number in range(3):
+        storage.store_batch(batch("a", str(number), delta("192.0.2.1", big)), at(0))
+    assert totals(storage) == {"192.0.2.1": 2**63 - 1}
+
+
+def test_tokens_are_stored_listed_found_replaced_and_revoked(storage: Storage) -> None:
+    storage.add_token("web-1", "h1", "agent")
+    storage.add_token("dash", "h2", "read")
+    with pytest.raises(TokenError, match="exists"):
+        storage.add_token("web-1", "h3", "agent")
+    assert storage.find_token("h1") == ("web-1", "agent", "h1")
+    storage.add_token("web-1", "h3", "agent", replace=True)
+    assert storage.find_token("h1") is None
+    assert [(t.name, t.role) for t in storage.list_tokens()] == [("dash", "read"), ("web-1", "agent")]
+    assert storage.revoke_token("web-1") is True
+    assert storage.revoke_token("web-1") is False
+    assert storage.find_token("h3") is None
+
+
+def test_pruning_forgets_old_batch_ids_only(storage: Storage) -> None:
+    storage.store_batch(batch("a", "old", delta("192.0.2.1", 1)), T0)
+    storage.store_batch(batch("a", "new", delta("192.0.2.1", 1)), T0 + timedelta(days=40))
+    assert storage.prune_batches(T0 + timedelta(days=10)) == 1
+    assert storage.count_batches() == 1
+    # The documented consequence of retention: a replay older than it is counted again.
+    assert storage.store_batch(batch("a", "old", delta("192.0.2.1", 1)), T0 + timedelta(days=41)) is True
+    assert storage.store_batch(batch("a", "new", delta("192.0.2.1", 1)), T0 + timedelta(days=41)) is False
+
+
+def test_pruning_many_batch_ids_works_in_chunks(storage: Storage) -> None:
+    for number in range(12):
+        storage.store_batch(batch("a", f"b{number}"), T0)
+    assert storage.prune_batches(T0 + timedelta(seconds=1)) == 12
+    assert storage.count_batches() == 0
+
+
+def test_racing_replays_of_one_batch_count_it_once(storage: Storage) -> None:
+    work = batch("a", "race", *[delta(f"198.51.100.{i}", 2) for i in range(1, 200)])
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def send() -> None:
+        start.wait()
+        try:
+            results.append(storage.store_batch(work, at(0)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(results) == [False] * 5 + [True]
+    assert set(totals(storage).values()) == {2}
+
+
+def test_concurrent_batches_with_shared_addresses_all_count(storage: Storage) -> None:
+    addresses = [f"203.0.113.{i}" for i in range(1, 100)]
+    errors: list[BaseException] = []
+
+    def send(worker: int) -> None:
+        try:
+            for number in range(5):
+                # Opposite orders on purpose: storage must still take locks in one order.
+                chosen = addresses if worker % 2 else list(reversed(addresses))
+                storage.store_batch(batch(f"agent-{worker}", str(number), *[delta(ip, 1) for ip in chosen]), at(0))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert totals(storage) == {ip: 20 for ip in addresses}
+
+
+def test_a_locked_database_fails_fast_instead_of_hanging(storage: Storage, request: pytest.FixtureRequest) -> None:
+    release = _hold_write_lock(storage, request)
+    try:
+        with pytest.raises(StorageUnavailable):
+            storage.store_batch(batch("a", "blocked", delta("192.0.2.1", 1)), at(0))
+    finally:
+        release()
+    assert storage.store_batch(batch("a", "blocked", delta("192.0.2.1", 1)), at(0)) is True
+
+
+def _hold_write_lock(storage: Storage, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Another client takes the write lock, as `token add` or an operator's psql session could."""
+    if isinstance(storage, SqliteStorage):
+        import sqlite3
+
+        other = sqlite3.connect(storage.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        return lambda: (other.rollback(), other.close())
+    assert isinstance(storage, PostgresStorage)
+    import psycopg
+
+    other_pg = psycopg.connect(request.getfixturevalue("pg_url"))
+    other_pg.execute("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+    return lambda: (other_pg.rollback(), other_pg.close())
+
+
+def test_ping_succeeds_on_a_working_database(storage: Storage) -> None:
+    storage.ping()
