@@ -176,9 +176,16 @@ def cmd_once(args: argparse.Namespace) -> int:
     config = _agent_setup(args)
     if not config.sources:
         raise RemoteUploaderError(_("no sources configured: add [[sources]] paths to the config or name files"))
-    result = run_once(config, say=say)
+    result = run_once(config, say=say, progress=_progress_line if sys.stderr.isatty() and not args.quiet else None)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     say(result.message)
     return result.exit_code
+
+
+def _progress_line(text: str) -> None:
+    """Rewrites one line of the terminal (stderr): a progress bar that scrolls nothing away."""
+    print(f"\r{text}\033[K", end="", file=sys.stderr, flush=True)
 
 
 def cmd_forever(args: argparse.Namespace) -> int:

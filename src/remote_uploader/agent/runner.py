@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import BlockReader, Chunk
+from remote_uploader.agent.source import BlockReader, Chunk, expand_sources
 from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 3
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -241,7 +241,8 @@ class Agent:
 
     # --- once -----------------------------------------------------------------------------------------
 
-    def run_once(self, *, max_retry_time: float | None = None) -> RunResult:
+    def run_once(self, *, max_retry_time: float | None = None,
+                 progress: Callable[[str], None] | None = None) -> RunResult:
         """Read every file to its end, deliver everything, return when the queue is empty.
 
         Exit 3 when the collector stays unreachable for `max_retry_time`: what was read is queued.
@@ -251,6 +252,8 @@ class Agent:
         self.uploader.start()
         watchdog = threading.Thread(target=self._give_up_when_failing, args=(budget,), daemon=True)
         watchdog.start()
+        if progress is not None:
+            threading.Thread(target=self._show_progress, args=(progress,), daemon=True).start()
         try:
             self.read_all(take_partial_after=self.config.read.partial_line_idle)
             self.seal_now()
@@ -267,6 +270,20 @@ class Agent:
         from remote_uploader.agent.tail import read_pass
 
         read_pass(self)
+
+    def _show_progress(self, show: Callable[[str], None]) -> None:
+        """A progress line (bytes read of the backlog at start) while reading large files."""
+        files, _problems = expand_sources(self.config.sources, skip_compressed=self.config.read.skip_compressed)
+        offsets = {state.path: state.offset for state in self.spool.files()}
+        total = sum(max(0, f.size - offsets.get(f.path, 0)) for f in files)
+        if total < PROGRESS_MIN_BYTES:
+            return
+        while not self.stop.wait(0.5):
+            done = min(self.stats.bytes_read, total)
+            show(_("Reading: {done:.0f} of {total:.0f} MB ({pct:.0f}%)").format(
+                done=done / 1e6, total=total / 1e6, pct=100 * done / total))
+            if done >= total:
+                return
 
     def _give_up_when_failing(self, budget: float) -> None:
         while not self.stop.wait(0.2):
@@ -319,11 +336,11 @@ def install_signal_handlers(agent: Agent) -> None:
 
 
 def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
-             max_retry_time: float | None = None) -> RunResult:
+             max_retry_time: float | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
     agent = Agent(config, say=say)
     install_signal_handlers(agent)
     try:
-        result = agent.run_once(max_retry_time=max_retry_time)
+        result = agent.run_once(max_retry_time=max_retry_time, progress=progress)
         for line in agent.stats_lines():
             say(line)
         return result
@@ -348,10 +365,6 @@ def count_files(paths: list[str], extractor: Extractor, block_size: int) -> tupl
         finally:
             os.close(fd)
     return totals, lines, nbytes
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
 
 
 __all__ = ["Agent", "RunResult", "StateError", "count_files", "run_once"]
