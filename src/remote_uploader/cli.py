@@ -177,8 +177,6 @@ def cmd_once(args: argparse.Namespace) -> int:
     if not config.sources:
         raise RemoteUploaderError(_("no sources configured: add [[sources]] paths to the config or name files"))
     result = run_once(config, say=say, progress=_progress_line if sys.stderr.isatty() and not args.quiet else None)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     say(result.message)
     return result.exit_code
 

@@ -278,12 +278,12 @@ class Agent:
         total = sum(max(0, f.size - offsets.get(f.path, 0)) for f in files)
         if total < PROGRESS_MIN_BYTES:
             return
-        while not self.stop.wait(0.5):
+        done = 0
+        while done < total and not self.stop.wait(0.5):
             done = min(self.stats.bytes_read, total)
-            show(_("Reading: {done:.0f} of {total:.0f} MB ({pct:.0f}%)").format(
-                done=done / 1e6, total=total / 1e6, pct=100 * done / total))
-            if done >= total:
-                return
+            line = _("Reading: {done:.0f} of {total:.0f} MB ({pct:.0f}%)").format(
+                done=done / 1e6, total=total / 1e6, pct=100 * done / total)
+            show(line + ("\n" if done >= total else ""))
 
     def _give_up_when_failing(self, budget: float) -> None:
         while not self.stop.wait(0.2):
