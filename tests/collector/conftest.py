@@ -42,7 +42,8 @@ def make_collector(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[.
             path = workdir / "collector.toml"
             path.write_text("[collector]\n" + config)
             extra = ["-c", str(path)]
-        process = CollectorProcess(workdir, db_url, extra)
+        shared = next((p.token for p in made if p.db_url == db_url), None)
+        process = CollectorProcess(workdir, db_url, extra, token=shared)
         request.addfinalizer(process.stop)
         process.start()
         made.append(process)

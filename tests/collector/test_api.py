@@ -18,7 +18,9 @@ MakeCollector = Callable[..., CollectorProcess]
 
 def test_a_batch_is_counted_once_and_its_replay_answers_duplicate(collector_any: CollectorProcess) -> None:
     c = collector_any
-    batch = wire_batch("test-agent", "b-1", [record("203.0.113.7", 3), record("2001:db8::1", 2), record("203.0.113.7", 1)])
+    batch = wire_batch(
+        "test-agent", "b-1", [record("203.0.113.7", 3), record("2001:db8::1", 2), record("203.0.113.7", 1)]
+    )
     first = c.post_batch(batch)
     assert (first.status_code, first.json()) == (200, {"batch_id": "b-1", "accepted": 3, "duplicate": False})
     replay = c.post_batch(batch, compress=False)
@@ -231,7 +233,9 @@ def test_a_locked_database_answers_503_with_retry_after_then_recovers(
     batch = wire_batch("test-agent", "l-1", [record("203.0.113.7", 3)])
     if backend == "sqlite":
         path = c.db_url.removeprefix("sqlite://")
-        holder: sqlite3.Connection | psycopg.Connection[tuple[object, ...]] = sqlite3.connect(path, isolation_level=None)
+        holder: sqlite3.Connection | psycopg.Connection[tuple[object, ...]] = sqlite3.connect(
+            path, isolation_level=None
+        )
         holder.execute("BEGIN EXCLUSIVE")
     else:
         holder = psycopg.connect(c.db_url)
@@ -247,3 +251,11 @@ def test_a_locked_database_answers_503_with_retry_after_then_recovers(
     assert c.post_batch(batch).json() == {"batch_id": "l-1", "accepted": 1, "duplicate": False}
     assert c.counts() == {"203.0.113.7": 3}
     assert 'collector_storage_errors_total{kind="unavailable"}' in httpx.get(c.url + "/metrics").text
+
+
+def test_unknown_read_parameters_are_refused_so_typos_do_not_widen_a_blocklist(collector: CollectorProcess) -> None:
+    response = collector.get("/v1/blocklist", min_cout=100)
+    assert response.status_code == 400
+    assert response.json()["detail"] == [{"field": "query.min_cout", "error": "unknown parameter"}]
+    assert httpx.get(collector.url + "/v1/health?probe=1").status_code == 200
+    assert httpx.get(collector.url + "/metrics?x=1").status_code == 200

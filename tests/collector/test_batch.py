@@ -95,8 +95,9 @@ def test_missing_fields_are_each_reported() -> None:
         "batch_id",
         "sent_at",
     ]
-    assert fields_of(wire_batch("a", "b", [{}])) == [f"records[0].{name}" for name in
-                                                       ("ip", "count", "first_seen", "last_seen", "source")]
+    assert fields_of(wire_batch("a", "b", [{}])) == [
+        f"records[0].{name}" for name in ("ip", "count", "first_seen", "last_seen", "source")
+    ]
 
 
 @pytest.mark.parametrize(

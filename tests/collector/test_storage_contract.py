@@ -212,7 +212,7 @@ def test_racing_replays_of_one_batch_count_it_once(storage: Storage) -> None:
         start.wait()
         try:
             results.append(storage.store_batch(work, at(0)))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=send) for _ in range(6)]
@@ -235,7 +235,7 @@ def test_concurrent_batches_with_shared_addresses_all_count(storage: Storage) ->
                 # Opposite orders on purpose: storage must still take locks in one order.
                 chosen = addresses if worker % 2 else list(reversed(addresses))
                 storage.store_batch(batch(f"agent-{worker}", str(number), *[delta(ip, 1) for ip in chosen]), at(0))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=send, args=(worker,)) for worker in range(4)]

@@ -45,7 +45,10 @@ START_TIMEOUT = 60.0
 class CollectorProcess:
     """`remote_uploader.collector.cli serve` as a child process, with an agent token."""
 
-    def __init__(self, workdir: Path, db_url: str, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, workdir: Path, db_url: str, extra_args: Sequence[str] = (), token: str | None = None
+    ) -> None:
+        """`token`: an existing "test-agent" token of this database (another process shares it)."""
         self.workdir = workdir
         self.db_url = db_url
         self.extra_args = list(extra_args)
@@ -53,7 +56,7 @@ class CollectorProcess:
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"collector-{id(self):x}.log"
-        self.token = self.add_token("test-agent")
+        self.token = token or self.add_token("test-agent")
 
     # -- lifecycle ----------------------------------------------------------------------------
 

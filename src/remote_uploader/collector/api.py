@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from remote_uploader.collector.auth import Principal
 from remote_uploader.collector.models import ErrorOut
+from remote_uploader.protocol import HEALTH_PATH
 
 if TYPE_CHECKING:
     from remote_uploader.collector.app import Collector
@@ -68,3 +69,22 @@ def current_principal(
 
 
 Who = Annotated[Principal, Depends(current_principal)]
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Read endpoints refuse query parameters they do not know.
+
+    A misspelt filter (`min_cout=100`) would otherwise be ignored silently, and a blocklist
+    meant to hold the worst offenders would hold every address. Ingest is exempt: an agent
+    newer than this collector may add parameters, and a 400 would dead-letter its batches.
+    """
+    if request.method != "GET" or request.url.path == HEALTH_PATH or not request.url.path.startswith("/v1/"):
+        return  # probes (health, metrics) must not fail on a load balancer's cache-buster
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {field.alias for field in dependant.query_params}
+    for name in request.query_params:
+        if name not in known:
+            raise ApiError(400, f"query.{name}", "unknown parameter")

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from remote_uploader import __version__
 from remote_uploader.collector import routes
-from remote_uploader.collector.api import ApiError, Who, error_response, errors
+from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
 from remote_uploader.collector.auth import Principal, authenticate
 from remote_uploader.collector.batch import BatchInvalid, parse_batch
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
@@ -146,6 +146,7 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.collector = collector
     _install_error_handlers(app, collector)

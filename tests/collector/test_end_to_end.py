@@ -1,0 +1,76 @@
+"""The real agent (`remote-uploader once`) against the real collector, on both backends."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.agent import run_agent, write_access_log, write_config
+from tests.helpers.collector_fixtures import CollectorProcess
+
+SMALL_BATCHES = {"min_upload_batch": 20, "force_upload_threshold": 150, "max_memory_ips": 300}
+
+
+def _config(tmp_path: Path, collector: CollectorProcess, log: Path, token: str | None = None) -> Path:
+    return write_config(
+        tmp_path / "agent.toml",
+        url=collector.url,
+        token=token or collector.token,
+        state_dir=tmp_path / "state",
+        sources=[str(log)],
+        batching=SMALL_BATCHES,
+    )
+
+
+def test_once_delivers_exact_counts(collector_any: CollectorProcess, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 4000, seed=7)
+    config = _config(tmp_path, collector_any, log)
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert collector_any.counts() == dict(expected)
+    more = write_access_log(log, 800, seed=8, append=True)
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert collector_any.counts() == dict(expected + more)
+    (agent,) = collector_any.get("/v1/agents").json()["items"]
+    assert agent["agent"] == "test-agent" and agent["duplicates"] == 0
+
+
+def test_the_agent_splits_batches_that_the_collector_finds_too_large(
+    make_collector, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    collector = make_collector(config="max_body = 4096\n")
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 2000, seed=3)
+    result = run_agent("once", "-c", str(_config(tmp_path, collector, log)))
+    assert result.returncode == 0, result.stderr
+    assert collector.counts() == dict(expected)
+    assert "status=413" in collector.log()
+
+
+def test_a_wrong_token_keeps_the_data_queued_until_it_is_fixed(collector: CollectorProcess, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    expected: Counter[str] = write_access_log(log, 1000, seed=5)
+    wrong = run_agent("once", "--max-retry-time", "1", "-c", str(_config(tmp_path, collector, log, "ru_wrong")))
+    assert wrong.returncode != 0
+    assert collector.counts() == {}
+    right = run_agent("once", "-c", str(_config(tmp_path, collector, log)))
+    assert right.returncode == 0, right.stderr
+    assert collector.counts() == dict(expected)
+
+
+@pytest.mark.parametrize("collector", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_a_collector_restart_between_runs_loses_and_doubles_nothing(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 1500, seed=11)
+    config = _config(tmp_path, collector, log)
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    collector.kill()
+    more = write_access_log(log, 700, seed=12, append=True)
+    collector.start()
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert collector.counts() == dict(expected + more)
