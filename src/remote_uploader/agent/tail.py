@@ -185,6 +185,7 @@ class Tailer:
         self.said: set[tuple[str, str]] = set()
         self.ignored_copies: set[Key] = set()
         self.last_seen_written = 0.0
+        self.scanned = float("inf")  # when the last scan started (none yet: no rotated file is new)
         kv = agent.spool.get_kv()
         self.last_seen: float | None = float(kv[LAST_SEEN_KEY]) if LAST_SEEN_KEY in kv else None
         for state in agent.spool.files():
@@ -197,6 +198,10 @@ class Tailer:
         """Read every followed file from where it stands to its current end (see the module rules)."""
         agent = self.agent
         self.polls += 1
+        # Rotated files nobody knows are read if written since we last looked: they were at the live
+        # path after our last scan (rotated twice between two polls, or while the agent was stopped).
+        since = self.last_seen - 2 * LAST_SEEN_EVERY if self.polls == 1 and self.last_seen else self.scanned - 1.0
+        self.scanned = time.time()
         found = scan(agent.config.sources, skip_compressed=agent.config.read.skip_compressed,
                      names=[t.name for t in self.tracked.values() if self.source_index(t.name) is not None])
         self._report(found.problems)
@@ -209,8 +214,8 @@ class Tailer:
         for key, seen in sorted(found.files.items(), key=lambda item: item[1].path):
             if agent.stop.is_set():
                 return
-            if key not in owned and (seen.live or self.polls == 1):
-                self._discover(seen, found)
+            if key not in owned and (seen.live or seen.mtime >= since):
+                self._discover(seen, found, since)
         self._note_last_seen()
 
     def close(self) -> None:
@@ -336,8 +341,8 @@ class Tailer:
             self._move(t, seen, identity, found)
             return
         unread = max(0, t.size - pos) if t.size >= 0 else 0
-        log.warning("event=file_truncated path=%s offset=%d size_now=%d unread_bytes_lost=%d "
-                    "action=read_new_content_from_start", t.path, pos, size, unread)
+        log.warning("event=file_replaced path=%s offset=%d size_now=%d unread_bytes_lost=%d "
+                    "cause=truncated_or_inode_reused action=read_new_content_from_start", t.path, pos, size, unread)
         self._forget(t, "content replaced")
 
     def _move(self, t: Tracked, seen: Seen, identity: FileIdentity, found: Scan) -> None:
@@ -375,7 +380,7 @@ class Tailer:
 
     # --- new content --------------------------------------------------------------------------------------
 
-    def _discover(self, seen: Seen, found: Scan) -> None:
+    def _discover(self, seen: Seen, found: Scan, since: float) -> None:
         """A file no record holds: a copy of known content, rotated while we were stopped, or new."""
         fd = self._open(seen.path, seen.key)
         if fd is None:
@@ -395,10 +400,10 @@ class Tailer:
             self._move(owner, seen, moved, found)
             return
         if not seen.live:
-            if self.last_seen is None or seen.mtime < self.last_seen - 2 * LAST_SEEN_EVERY:
-                os.close(fd)  # an old rotation, from before the agent ever looked: not ours
+            if seen.mtime < since:
+                os.close(fd)  # an old rotation, from before the agent looked: not ours
                 return
-            log.info("event=rotated_while_stopped path=%s size=%d action=read_from_start", seen.path, seen.size)
+            log.info("event=rotated_unseen path=%s size=%d action=read_from_start", seen.path, seen.size)
         name = seen.path if seen.live else _live_name(seen.path)
         fid = self.agent.spool.register_file(seen.path, name, identity)
         t = Tracked(fid, name, seen.path, identity, ACTIVE, live=seen.live)
