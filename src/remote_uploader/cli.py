@@ -274,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
     else:
         args = parser.parse_args(arguments)
+    setup(getattr(args, "lang", None) or "")  # --lang or the locale, until a config says otherwise
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
