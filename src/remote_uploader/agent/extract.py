@@ -1,0 +1,459 @@
+"""Bytes -> IP occurrences: the extraction stage of the agent (rules: docs/extraction.md).
+
+The reader hands over whole lines of a large block, `scan(buf, start, end)`, with `context` real
+bytes (or newline padding) before `start`. The hot path does no per-line Python work:
+
+1. Two `re` passes per block, each anchored on a literal so that sre's fast literal search runs
+   in C: IPv4 on its first `.`, IPv6 on the first `:` of a run of hex digits, colons and dots.
+   A lookbehind placed *after* the literal captures the first octet (or group) and a few bytes of
+   left context; a lookahead captures the byte(s) on the right. `findall` builds the tuples in C.
+2. The tuples are counted with `collections.Counter` (C), so each *distinct* candidate is
+   validated once, through a bounded cache (tuple -> canonical address or None), and the counts
+   are summed per canonical address.
+
+Splitting: a separator byte (see `SEPARATORS`) can never be inside a candidate, and validation
+never looks to the right past one; on the left it only reads real bytes of the file. So cutting
+the input after any separator, and scanning the pieces with their left context, gives the same
+counts as one scan. The property tests in tests/test_extract_properties.py hold us to that.
+
+Who owns what, so that nothing is counted twice: the IPv4 pass skips a dotted quad that follows
+`X:` where X is a hex digit or `:`; the IPv6 pass decides those (`::ffff:1.2.3.4` is a mapped
+address, `64:ff9b::1.2.3.4` a NAT64 one, `src:1.2.3.4` a label followed by an IPv4 address).
+
+The `hyperscan` engine (extract_fast.py) finds the same candidates with Hyperscan and feeds them
+to the same two validators below; a test runs one corpus through both and compares.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Final, Protocol, TypeVar
+
+from remote_uploader.protocol import canonical_ip
+
+Buffer = bytes | bytearray | memoryview
+
+#: Bytes of real left context `scan` may read before `start` (the IPv4 window reaches 13 back).
+CONTEXT: Final = 16
+#: Distinct candidates (and excluded-or-not answers) remembered before a cache is emptied.
+CACHE_LIMIT: Final = 100_000
+#: `scan` works through a block in windows of about this size (cut after a separator), so the
+#: lists `findall` builds stay small even when every line is an address.
+WINDOW: Final = 256 * 1024
+ENGINES: Final = ("auto", "stdlib", "hyperscan")
+
+
+class Extractor(Protocol):
+    """What the reader codes against; every engine and the regex option implement it."""
+
+    context: int  # bytes of left context the scan may look at before `start`
+
+    def scan(self, buf: Buffer, start: int, end: int) -> dict[str, int]:
+        """Occurrence counts of canonical IPs in buf[start:end]."""
+        ...
+
+
+# --- Byte classes ------------------------------------------------------------------------------
+
+def _bytes_of(chars: str) -> frozenset[int]:
+    return frozenset(chars.encode("ascii"))
+
+
+DIGITS: Final = _bytes_of("0123456789")
+HEX: Final = DIGITS | _bytes_of("abcdefABCDEF")
+LETTERS: Final = frozenset(range(65, 91)) | frozenset(range(97, 123))
+NON_ASCII: Final = frozenset(range(128, 256))
+#: Bytes an address must not be glued to: a letter, digit or `_` makes it part of a word, and any
+#: non-ASCII byte is taken as part of a (UTF-8 or binary) word too.
+WORD: Final = LETTERS | DIGITS | _bytes_of("_") | NON_ASCII
+#: Inside JSON strings `\n`, `\t`, `\r` end a word even though `n`, `t`, `r` are letters.
+ESCAPES: Final = _bytes_of("ntr")
+BACKSLASH: Final = ord("\\")
+
+#: Bytes that are never part of an address, a port, a zone id, or the context validation reads:
+#: ASCII whitespace and control bytes, and the punctuation ``!"#$&'()*+,;<>?\\^`{|}~``.
+#: Not separators: letters, digits, bytes >= 0x80, and ``. : % _ - [ ] / @ =``.
+SEPARATORS: Final = frozenset(range(0, 33)) | frozenset({127}) | _bytes_of("!\"#$&'()*+,;<>?\\^`{|}~")
+_SEP_RE: Final = re.compile(b"[" + b"".join(re.escape(bytes([b])) for b in sorted(SEPARATORS)) + b"]")
+_SEP_MARK: Final = bytes(10 if b in SEPARATORS else 0 for b in range(256))  # for translate()
+
+
+def is_separator(byte: int) -> bool:
+    """True when the reader may cut a long line after `byte` without changing any count."""
+    return byte in SEPARATORS
+
+
+def last_cut(buf: Buffer, start: int, end: int) -> int:
+    """The largest p in (start, end] with buf[p-1] a separator, or `start` if there is none.
+
+    Searches backwards in 64 KiB steps, so a separator near the end (the usual case) costs little.
+    """
+    hi = end
+    while hi > start:
+        lo = max(start, hi - 65536)
+        found = bytes(buf[lo:hi]).translate(_SEP_MARK).rfind(b"\n")
+        if found >= 0:
+            return lo + found + 1
+        hi = lo
+    return start
+
+
+def _windows(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Cut [start, end) after separators into pieces of about WINDOW bytes."""
+    lo = start
+    while end - lo > WINDOW:
+        sep = _SEP_RE.search(buf, lo + WINDOW, end)
+        if sep is None:
+            break
+        yield lo, sep.end()
+        lo = sep.end()
+    yield lo, end
+
+
+# --- IPv4: the rules are in the pattern ---------------------------------------------------------
+#
+# The IPv4 pass is the hot one (one or more addresses per line), so every IPv4 rule is written
+# into the pattern and the scan's keys are the addresses themselves, with no Python validation.
+# Anchor: the first `.` (sre's literal search). Then, checked in this order:
+#   - the next bytes look like `B.C.D` (a cheap lookahead that most dots in a log fail);
+#   - lookbehind: the first octet A, 1 to 3 digits with no leading zero and <= 255, preceded by
+#     P (and Q before it) such that A is not glued to a word: P is a boundary byte; or `\n`, `\t`,
+#     `\r` (escapes in JSON strings); or `-` / `/` not after a letter or `_` (`libfoo-2.1.0.5` and
+#     `Chrome/120.0.0.0` are versions, `1.2.3.4-1.2.3.9` a range, `http://1.2.3.4` a URL); or `:`
+#     not after a hex digit or `:` (after one, the IPv6 pass owns it: `::ffff:1.2.3.4`);
+#   - B, C, D: decimal octets, no leading zero, <= 255;
+#   - on the right: no word byte, and no `.` followed by one (`1.2.3.4.5`, `4.3.2.1.in-addr`), so
+#     a sentence-final `1.2.3.4.` still counts.
+_WORDCHARS: Final = rb"0-9A-Za-z_\x80-\xff"
+_QP: Final = (
+    rb"(?:[\x00-\xff][^" + _WORDCHARS + rb".:/\-]"
+    rb"|\\[ntr]"
+    rb"|[^A-Za-z_\x80-\xff][\-/]"
+    rb"|[^0-9A-Fa-f:]:)"
+)
+_OCTET: Final = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_FIRST_OCTET: Final = (
+    rb"(?:(?<=" + _QP + rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9])\.)"
+    rb"|(?<=" + _QP + rb"[1-9][0-9]\.)"
+    rb"|(?<=" + _QP + rb"[0-9]\.))"
+)
+V4_RULES: Final = (
+    rb"\.(?=[0-9]{1,3}\.[0-9]{1,3}\.[0-9])" + _FIRST_OCTET
+    + _OCTET + rb"\." + _OCTET + rb"\." + _OCTET
+    + rb"(?![" + _WORDCHARS + rb"]|\.[" + _WORDCHARS + rb"])"
+)
+#: The scan's single group is the 15 bytes that end where the match ends: they hold the whole
+#: address (`255.255.255.255`), and one bytes object per match is half the cost of a tuple.
+_V4_SCAN: Final = re.compile(V4_RULES + rb"(?<=([\x00-\xff]{15}))")
+#: The same rules at one position (the hyperscan engine's candidates).
+V4_AT: Final = re.compile(V4_RULES)
+# Everything but digits and dots becomes a space, so the address is what follows the last space.
+_BLANK_ALL_BUT_QUAD: Final = bytes(b if b in DIGITS or b == 0x2E else 0x20 for b in range(256))
+
+
+def v4_from_window(window: bytes) -> str | None:
+    """The address at the end of a window of the IPv4 scan (the byte before it is no digit or dot)."""
+    quad = window.translate(_BLANK_ALL_BUT_QUAD).rpartition(b" ")[2]
+    return None if quad == b"0.0.0.0" else quad.decode("ascii")
+
+
+# --- IPv6: found by the pattern, judged in Python -----------------------------------------------
+
+def _octets_ok(text: bytes) -> bool:
+    """Four decimal octets, none with a leading zero (ambiguous: octal for inet_aton), each <= 255."""
+    parts = text.split(b".")
+    return len(parts) == 4 and all(
+        0 < len(p) <= 3 and (p[0] != 48 or len(p) == 1) and int(p) <= 255 for p in parts
+    )
+
+
+def _ends_word(before: bytes, i: int) -> bool:
+    """Is before[i-1] (the byte left of a candidate) a boundary, rather than part of a word?"""
+    p = before[i - 1]
+    if p not in WORD and p != 0x2E:  # "."
+        return True
+    # `\n2001:db8::1` inside a JSON string: the letter is part of an escape, not of a word.
+    return p in ESCAPES and i >= 2 and before[i - 2] == BACKSLASH
+
+
+# After the last colon before an embedded IPv4 address: the address, an optional port.
+_V4_TAIL: Final = re.compile(rb"([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?::[0-9]{1,5})?")
+#: Longest run after the anchor colon worth validating: `ffff:...:255.255.255.255:65535.` fits.
+MAX_V6_RUN: Final = 56
+
+
+def _v6_text(text: bytes) -> str | None:
+    """An IPv6 address, possibly ending in an embedded IPv4 address and a port (`::ffff:1.2.3.4:80`)."""
+    dot = text.find(b".")
+    if dot < 0:
+        return canonical_ip(text.decode("ascii"))
+    colon = text.rfind(b":", 0, dot)
+    tail = _V4_TAIL.fullmatch(text, colon + 1) if colon >= 0 else None
+    if tail is None or not _octets_ok(tail[1]):
+        return None
+    return canonical_ip((text[: colon + 1] + tail[1]).decode("ascii"))
+
+
+def validate_v6(before: bytes, run: bytes, after: bytes) -> str | None:
+    """A candidate from the IPv6 pass -> its canonical address, or None.
+
+    before: 6 bytes ending with the first group (if any), then the anchor `:` (7 bytes in all);
+    run: the hex digits, colons and dots after the anchor (at most MAX_V6_RUN);
+    after: the byte after the run, if any.
+    """
+    if after and after[0] in WORD:
+        return None
+    left = before[:-1]
+    i = len(left)
+    while i and left[i - 1] in HEX:
+        i -= 1
+    group = left[i:]
+    return _v6_decide(group, i == 0 or len(group) > 4 or not _ends_word(left, i), run)
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def _v6_decide(group: bytes, glued: bool, run: bytes) -> str | None:
+    """`group` (hex digits right before the anchor `:`), whether it is glued to a word, the run after."""
+    text = (group + b":" + run).rstrip(b".")  # a sentence-final dot (or an ellipsis), as for IPv4
+    dot = text.find(b".")
+    if dot >= 0 and text.rfind(b":", 0, dot) == len(group):
+        # One colon before an IPv4 address: `src:1.2.3.4` is a label and an address. With no
+        # hex digit before the colon the IPv4 pass owns the address: do not count it twice.
+        tail = _V4_TAIL.fullmatch(text, len(group) + 1)
+        if not group or tail is None or not _octets_ok(tail[1]):
+            return None
+        return canonical_ip(tail[1].decode("ascii"))
+    if not glued:
+        return _v6_text(text)
+    # Glued to a word on the left: `host:2001:db8::1` is a label, a colon and an address.
+    if run.startswith(b":"):
+        return None
+    return _v6_text(run.rstrip(b"."))
+
+
+RUN_BYTES: Final = HEX | _bytes_of(":.")
+
+
+def v6_candidate(before: bytes, rest: bytes) -> str | None:
+    """A match of the IPv6 scan: 7 bytes ending with the anchor `:`, then the run after it and the
+    byte after the run (absent at the end of the range). A run longer than MAX_V6_RUN, cut there,
+    still ends in a run byte and is refused."""
+    if rest and rest[-1] not in RUN_BYTES:
+        return validate_v6(before, rest[:-1], rest[-1:])
+    if len(rest) > MAX_V6_RUN:
+        return None
+    return validate_v6(before, rest, b"")
+
+
+def normalize_capture(text: str) -> str | None:
+    """Text captured by a user regex (`[2001:db8::1]:443`, `1.2.3.4:80`, `fe80::1%eth0`) -> canonical."""
+    text = text.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            return None
+        text = text[1:close]
+    text = text.split("%", 1)[0].split("/", 1)[0]
+    if "." in text:
+        head, _, port = text.rpartition(":")
+        if "." not in port and port.isascii() and port.isdigit():
+            text = head  # `1.2.3.4:80`, `::ffff:1.2.3.4:8080`
+    if not text.isascii():
+        return None
+    return canonical_ip(text)
+
+
+# --- Engines -------------------------------------------------------------------------------------
+
+K = TypeVar("K", bound=Hashable)
+_MISSING: Final = "\0 not cached"  # never a canonical address
+
+
+class BoundedCache(dict[K, "str | None"]):
+    """Candidate -> canonical address or None; emptied when it grows past CACHE_LIMIT entries."""
+
+    def resolve(self, counts: dict[K, int], validate: Callable[[K], str | None], out: dict[str, int]) -> None:
+        """Add the counts of `counts` (candidate -> occurrences) to `out` under their canonical addresses."""
+        get = self.get
+        for key, n in counts.items():
+            ip = get(key, _MISSING)
+            if ip is _MISSING:
+                if len(self) >= CACHE_LIMIT:
+                    self.clear()
+                ip = self[key] = validate(key)
+            if ip is not None:
+                out[ip] = out.get(ip, 0) + n
+
+
+def _padded(buf: Buffer, start: int, end: int, context: int) -> tuple[Buffer, int, int]:
+    """Check the bounds; give a buffer with `context` bytes before `start` (newlines if the file starts there)."""
+    if not 0 <= start <= end <= len(buf):
+        raise ValueError(f"scan range [{start}, {end}) is outside a buffer of {len(buf)} bytes")
+    if start >= context:
+        return buf, start, end
+    pad = context - start
+    return b"\n" * pad + bytes(buf[:end]), context, end + pad
+
+
+_RUN: Final = rb"[0-9A-Fa-f:.]"
+# A run after a `:` can only hold an address if it has a `::`, a dotted quad right after a colon,
+# or six more colons. Each test holds for a run whenever it holds for a part of it that follows a
+# later colon; so when the first colon of a run fails, every later one fails too and no anchor
+# moves (a run that fails has at most 6 colons: at most 7 tries, each linear in the run).
+_QUAD: Final = rb"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"
+PLAUSIBLE_V6: Final = rb"(?=:|%s|(?:[0-9A-Fa-f.]*+:){6}|%s*?:(?::|%s))" % (_QUAD, _RUN, _QUAD)
+# A colon with another one at most 2 run bytes before it is not the first of its run: skip it
+# before the test above (it only saves time: the test would fail too).
+_LATER_COLON: Final = rb"(?<!::)(?<!:[0-9A-Fa-f.]:)(?<!:[0-9A-Fa-f.]{2}:)"
+# IPv6, anchored on the first `:` of a run of hex digits, colons and dots. Groups: 7 bytes of left
+# context ending with the anchor; the run (at most MAX_V6_RUN bytes) and the byte after it. The
+# rest of a longer run is consumed (only then does the group end in a run byte), so no later
+# colon of it becomes an anchor.
+_V6_SCAN: Final = re.compile(
+    rb":(?=%s)%s%s(?<=([\x00-\xff]{7}))(%s{0,%d}+[\x00-\xff]?)(?:(?<=%s)%s*+)?"
+    % (_RUN, _LATER_COLON, PLAUSIBLE_V6, _RUN, MAX_V6_RUN, _RUN, _RUN)
+)
+
+
+class StdlibExtractor:
+    """The default engine: two `re.findall` passes per window, counted in C, resolved per distinct key."""
+
+    name = "stdlib"
+    context = CONTEXT
+
+    def scan(self, buf: Buffer, start: int, end: int) -> dict[str, int]:
+        buf, start, end = _padded(buf, start, end, self.context)
+        v4: Counter[bytes] = Counter()
+        v6: Counter[tuple[bytes, bytes]] = Counter()
+        for lo, hi in _windows(buf, start, end):
+            v4.update(_V4_SCAN.findall(buf, lo, hi))
+            v6.update(_V6_SCAN.findall(buf, lo, hi))
+        out: dict[str, int] = {}
+        blank = _BLANK_ALL_BUT_QUAD
+        get = out.get
+        for window, n in v4.items():  # per distinct window, inlined v4_from_window: the hot loop
+            quad = window.translate(blank).rpartition(b" ")[2]
+            if quad != b"0.0.0.0":
+                ip = quad.decode("ascii")
+                out[ip] = get(ip, 0) + n
+        for (before, rest), n in v6.items():
+            ip6 = v6_candidate(before, rest)
+            if ip6 is not None:
+                out[ip6] = get(ip6, 0) + n
+        return out
+
+
+class RegexExtractor:
+    """Only the addresses a user regex captures in its group `ip` (per line: not the hot path)."""
+
+    name = "regex"
+    context = CONTEXT
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self._cache: BoundedCache[str] = BoundedCache()
+
+    def scan(self, buf: Buffer, start: int, end: int) -> dict[str, int]:
+        buf, start, end = _padded(buf, start, end, self.context)
+        found: Counter[str] = Counter()
+        text = bytes(buf[start:end]).decode("utf-8", "surrogateescape")
+        finditer = self.pattern.finditer
+        for line in text.replace("\r\n", "\n").split("\n"):
+            found.update(ip for m in finditer(line) if (ip := m.group("ip")) is not None)
+        out: dict[str, int] = {}
+        self._cache.resolve(found, normalize_capture, out)
+        return out
+
+
+def compile_regex(regex: str) -> re.Pattern[str]:
+    """A user's per-source regex, checked: it must compile and have a group named `ip`."""
+    try:
+        pattern = re.compile(regex)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {regex!r}: {exc}") from exc
+    if "ip" not in pattern.groupindex:
+        raise ValueError(f"regex {regex!r} has no group named 'ip'; write the address part as (?P<ip>...)")
+    return pattern
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_excludes(exclude: Sequence[str]) -> tuple[Network, ...]:
+    if isinstance(exclude, str):
+        raise ValueError(f"exclude must be a list of CIDR strings, not the string {exclude!r}")
+    networks = []
+    for value in exclude:
+        try:
+            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"invalid CIDR {value!r} in exclude: {exc}") from exc
+    return tuple(networks)
+
+
+class ExcludingExtractor:
+    """Wraps an extractor and drops addresses inside any of the excluded networks (checked once per address)."""
+
+    def __init__(self, inner: Extractor, networks: Sequence[Network]) -> None:
+        self.inner = inner
+        self.networks = tuple(networks)
+        self.context = inner.context
+        self.name = getattr(inner, "name", "custom")
+        self._excluded: dict[str, bool] = {}
+
+    def _is_excluded(self, ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return any(addr.version == net.version and addr in net for net in self.networks)
+
+    def scan(self, buf: Buffer, start: int, end: int) -> dict[str, int]:
+        counts = self.inner.scan(buf, start, end)
+        excluded = self._excluded
+        for ip in list(counts):
+            hit = excluded.get(ip)
+            if hit is None:
+                if len(excluded) >= CACHE_LIMIT:
+                    excluded.clear()
+                hit = excluded[ip] = self._is_excluded(ip)
+            if hit:
+                del counts[ip]
+        return counts
+
+
+def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto") -> Extractor:
+    """The extractor for one source. Raises ValueError (naming the bad value) for a bad option.
+
+    engine: "stdlib" (standard library only), "hyperscan" (needs `remote-uploader[fast]`), or
+    "auto": hyperscan when it is installed, else stdlib. Both give identical counts.
+    With `regex`, only the addresses its group `ip` captures are counted (the engine is unused).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown extraction engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    networks = parse_excludes(exclude)
+    extractor: Extractor
+    if regex is not None:
+        extractor = RegexExtractor(compile_regex(regex))
+    elif engine == "stdlib":
+        extractor = StdlibExtractor()
+    else:
+        try:
+            from remote_uploader.agent.extract_fast import HyperscanExtractor
+        except ImportError as exc:
+            if exc.name != "hyperscan":
+                raise  # a bug of ours, not a missing optional package
+            if engine == "hyperscan":
+                raise ValueError(
+                    "engine 'hyperscan' needs the hyperscan package: pip install 'remote-uploader[fast]'"
+                ) from exc
+            extractor = StdlibExtractor()
+        else:
+            extractor = HyperscanExtractor()
+    return ExcludingExtractor(extractor, networks) if networks else extractor
+
+
+def scan_bytes(extractor: Extractor, data: bytes) -> dict[str, int]:
+    """Counts for a whole in-memory text (tests, `test` samples): as if `data` were a file."""
+    return extractor.scan(b"\n" * extractor.context + data, extractor.context, extractor.context + len(data))
