@@ -1,0 +1,104 @@
+"""Messages in English and Simplified Chinese: every message has a translation, the shipped
+catalog is the compiled .po, the CLI follows --lang and the locale, and log files stay English."""
+
+from __future__ import annotations
+
+import ast
+import gettext
+import io
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.agent import ROOT, run_agent, write_access_log, write_config
+
+babel_mofile = pytest.importorskip("babel.messages.mofile")
+babel_pofile = pytest.importorskip("babel.messages.pofile")
+
+SRC = ROOT / "src" / "remote_uploader"
+CATALOG = SRC / "locale" / "zh_CN" / "LC_MESSAGES" / "remote_uploader"
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def messages_in_source() -> dict[str, str]:
+    """Every string passed to `_()` in src/, with where it is first used."""
+    found: dict[str, str] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_" and node.args:
+                argument = node.args[0]
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                assert isinstance(argument, ast.Constant) and isinstance(argument.value, str), (
+                    f"{where}: _() needs a literal string (format it after translating)")
+                found.setdefault(argument.value, where)
+    return found
+
+
+def po_catalog() -> dict[str, str]:
+    with (CATALOG.with_suffix(".po")).open("rb") as handle:
+        catalog = babel_pofile.read_po(handle)
+    return {str(message.id): str(message.string) for message in catalog if message.id}
+
+
+def fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+
+
+def test_every_message_used_in_src_has_a_chinese_translation_with_the_same_placeholders() -> None:
+    translations = po_catalog()
+    missing = [f"{where}: {message!r}" for message, where in messages_in_source().items()
+               if not translations.get(message)]
+    assert not missing, "no zh_CN translation (add it to the .po, run scripts/compile-translations):\n" + "\n".join(
+        missing)
+    for message, translated in translations.items():
+        assert fields(message) == fields(translated), (message, translated)
+        assert CJK.search(translated) or message == "ok", (message, translated)
+
+
+def test_the_shipped_mo_is_the_compiled_po() -> None:
+    with (CATALOG.with_suffix(".po")).open("rb") as handle:
+        catalog = babel_pofile.read_po(handle)
+    compiled = io.BytesIO()
+    babel_mofile.write_mo(compiled, catalog)
+    compiled.seek(0)
+    expected = gettext.GNUTranslations(compiled)
+    with (CATALOG.with_suffix(".mo")).open("rb") as handle:
+        shipped = gettext.GNUTranslations(handle)
+    assert shipped._catalog == expected._catalog, "run scripts/compile-translations"  # type: ignore[attr-defined]
+
+
+def test_setup_chooses_chinese_from_lang_or_locale_and_english_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote_uploader import i18n
+
+    try:
+        for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+            monkeypatch.delenv(name, raising=False)
+        assert i18n.setup("zh") == "zh" and i18n._("All data delivered") == "所有数据已上传"
+        assert i18n.setup("en") == "en" and i18n._("All data delivered") == "All data delivered"
+        monkeypatch.setenv("LANG", "zh_CN.UTF-8")
+        assert i18n.setup() == "zh" and i18n._("error") == "错误"
+        monkeypatch.setenv("LANG", "de_DE.UTF-8")
+        assert i18n.setup() == "en"
+    finally:
+        i18n.setup("en")
+
+
+@pytest.mark.parametrize(("args", "env"), [(["--lang", "zh"], {}), ([], {"LANG": "zh_CN.UTF-8"})],
+                         ids=["--lang", "locale"])
+def test_cli_output_is_chinese_when_asked_and_the_log_file_stays_english(tmp_path: Path, receiver, args,  # type: ignore[no-untyped-def]
+                                                                        env) -> None:
+    log = tmp_path / "access.log"
+    write_access_log(log, 200, seed=1)
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    result = run_agent("once", "-c", str(config), *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "所有数据已上传" in result.stdout
+    assert "待上传 IP" in result.stdout and "持久化队列大小" in result.stdout
+    status = run_agent("status", "-c", str(config), *args, env=env)
+    assert "状态目录" in status.stdout and "队列" in status.stdout
+    broken = run_agent("once", "-c", str(tmp_path / "missing.toml"), *args, env=env)
+    assert "错误" in broken.stderr
+    assert not CJK.search((tmp_path / "state" / "agent.log").read_text(encoding="utf-8"))
