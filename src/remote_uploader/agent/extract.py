@@ -1,27 +1,29 @@
 """Bytes -> IP occurrences: the extraction stage of the agent (rules: docs/extraction.md).
 
 The reader hands over whole lines of a large block, `scan(buf, start, end)`, with `context` real
-bytes (or newline padding) before `start`. The hot path does no per-line Python work:
+bytes (or newline padding) before `start`. The hot path does no per-line Python work: two `re`
+passes per window of the block, each anchored on a literal so that sre's fast literal search
+runs in C, `findall` building the results in C and `collections.Counter` counting them in C;
+Python only sees each *distinct* result once.
 
-1. Two `re` passes per block, each anchored on a literal so that sre's fast literal search runs
-   in C: IPv4 on its first `.`, IPv6 on the first `:` of a run of hex digits, colons and dots.
-   A lookbehind placed *after* the literal captures the first octet (or group) and a few bytes of
-   left context; a lookahead captures the byte(s) on the right. `findall` builds the tuples in C.
-2. The tuples are counted with `collections.Counter` (C), so each *distinct* candidate is
-   validated once, through a bounded cache (tuple -> canonical address or None), and the counts
-   are summed per canonical address.
+- IPv4 (the hot pass): anchored on the first `.`; every rule is in the pattern (lookbehinds after
+  the anchor read the first octet and what precedes it), and each result is the 15 bytes that end
+  with the address, so turning a result into an address is a `translate` and a `rpartition`.
+- IPv6: anchored on the first `:` of a run of hex digits, colons and dots, only when the run could
+  hold an address (so times of day cost one failed test); each result is (7 bytes of left context,
+  the run and the byte after it), judged by `validate_v6`, whose expensive part is cached.
 
-Splitting: a separator byte (see `SEPARATORS`) can never be inside a candidate, and validation
-never looks to the right past one; on the left it only reads real bytes of the file. So cutting
-the input after any separator, and scanning the pieces with their left context, gives the same
-counts as one scan. The property tests in tests/test_extract_properties.py hold us to that.
+Splitting: a separator byte (`SEPARATORS`) is never inside a match, and no rule looks to the right
+past one; on the left the patterns only read real bytes of the file. So cutting the input after
+any separator, and scanning the pieces with their left context, gives the same counts as one scan
+(tests/test_extract_properties.py checks it).
 
 Who owns what, so that nothing is counted twice: the IPv4 pass skips a dotted quad that follows
 `X:` where X is a hex digit or `:`; the IPv6 pass decides those (`::ffff:1.2.3.4` is a mapped
 address, `64:ff9b::1.2.3.4` a NAT64 one, `src:1.2.3.4` a label followed by an IPv4 address).
 
-The `hyperscan` engine (extract_fast.py) finds the same candidates with Hyperscan and feeds them
-to the same two validators below; a test runs one corpus through both and compares.
+The `hyperscan` engine (extract_fast.py) finds a superset of the same candidates with Hyperscan and
+judges them with the same rules (`V4_AT`, `v6_candidate`); a test compares the two on one corpus.
 """
 
 from __future__ import annotations
@@ -374,9 +376,9 @@ def compile_regex(regex: str) -> re.Pattern[str]:
     try:
         pattern = re.compile(regex)
     except re.error as exc:
-        raise ValueError(f"invalid regex {regex!r}: {exc}") from exc
+        raise ValueError(f"invalid regex '{regex}': {exc}") from exc
     if "ip" not in pattern.groupindex:
-        raise ValueError(f"regex {regex!r} has no group named 'ip'; write the address part as (?P<ip>...)")
+        raise ValueError(f"regex '{regex}' has no group named 'ip'; write the address part as (?P<ip>...)")
     return pattern
 
 

@@ -1,0 +1,174 @@
+"""Invariants of extraction, checked on generated input (hypothesis).
+
+- Cutting the input after any set of separator bytes, and scanning each piece with its real left
+  context (as the reader does with its blocks and long lines), gives the counts of one scan.
+- Scanning a file line by line, each line on its own, gives the counts of one scan.
+- The stdlib and hyperscan engines give identical counts, on random text, binary junk, and every
+  generated benchmark workload.
+- Whatever the bytes, a scan returns canonical addresses and positive counts, and never raises.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from remote_uploader.agent.extract import (
+    CONTEXT,
+    SEPARATORS,
+    Extractor,
+    build_extractor,
+    last_cut,
+    scan_bytes,
+)
+from remote_uploader.protocol import is_canonical_ip
+
+try:
+    import hyperscan  # noqa: F401
+
+    HAVE_HYPERSCAN = True
+except ImportError:
+    HAVE_HYPERSCAN = False
+
+ENGINES = ["stdlib", pytest.param("hyperscan", marks=pytest.mark.skipif(not HAVE_HYPERSCAN, reason="no hyperscan"))]
+needs_hyperscan = pytest.mark.skipif(not HAVE_HYPERSCAN, reason="hyperscan not installed")
+
+# Pieces that make the rules work hard when glued together at random.
+FRAGMENTS = [
+    b"1.2.3.4", b"10.0.0.1", b"255.255.255.255", b"256.1.1.1", b"010.1.1.1", b"0.0.0.0", b"1.2.3",
+    b"2001:db8::", b"::", b"::ffff:", b"::1", b"fe80::1%eth0", b"1:2:3:4:5:6:7:8", b"64:ff9b::",
+    b"ab:", b"c:", b"12:34:56", b"12.5:", b"Chrome/", b"v", b"libfoo-", b"http://", b"[", b"]:443",
+    b":8080", b"/8", b"-", b".", b":", b"%", b"_", b"\\n", b"\\", b"n", b"x", b"F", b"\xc3\xa9",
+    b"\xff", b"\x00", b" ", b"\n", b",", b'"', b"=", b"@",
+]
+hexish = st.text("0123456789.:abcf", max_size=6).map(str.encode)
+pieces = st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=3), hexish)
+fragment_soup = st.lists(pieces, max_size=40).map(b"".join)
+any_bytes = st.one_of(fragment_soup, st.binary(max_size=300))
+
+
+def scan_pieces(extractor: Extractor, data: bytes, cuts: list[int]) -> dict[str, int]:
+    """Scan `data` as a file, cut at `cuts` (offsets into data), each piece with its left context."""
+    buf = b"\n" * CONTEXT + data
+    total: dict[str, int] = {}
+    edges = [0, *sorted(set(cuts)), len(data)]
+    for lo, hi in itertools.pairwise(edges):
+        for ip, n in extractor.scan(buf, CONTEXT + lo, CONTEXT + hi).items():
+            total[ip] = total.get(ip, 0) + n
+    return total
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def extractor(request: pytest.FixtureRequest) -> Extractor:
+    return build_extractor(engine=request.param)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=any_bytes, picks=st.lists(st.integers(min_value=0, max_value=10**6), max_size=8))
+def test_cutting_after_separators_never_changes_the_counts(extractor: Extractor, data: bytes, picks: list[int]) -> None:
+    cut_points = [i + 1 for i, byte in enumerate(data) if byte in SEPARATORS]
+    cuts = [cut_points[p % len(cut_points)] for p in picks] if cut_points else []
+    assert scan_pieces(extractor, data, cuts) == scan_bytes(extractor, data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=any_bytes)
+def test_cutting_at_every_separator_never_changes_the_counts(extractor: Extractor, data: bytes) -> None:
+    cuts = [i + 1 for i, byte in enumerate(data) if byte in SEPARATORS]
+    assert scan_pieces(extractor, data, cuts) == scan_bytes(extractor, data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(fragment_soup.map(lambda b: b.replace(b"\n", b" ")), max_size=12))
+def test_scanning_line_by_line_gives_the_counts_of_one_scan(extractor: Extractor, lines: list[bytes]) -> None:
+    whole = b"".join(line + b"\n" for line in lines)
+    by_line: dict[str, int] = {}
+    for line in lines:
+        for ip, n in scan_bytes(extractor, line + b"\n").items():
+            by_line[ip] = by_line.get(ip, 0) + n
+    assert by_line == scan_bytes(extractor, whole)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=any_bytes)
+def test_any_bytes_give_canonical_addresses_and_positive_counts(extractor: Extractor, data: bytes) -> None:
+    counts = scan_bytes(extractor, data)
+    assert all(is_canonical_ip(ip) and n > 0 for ip, n in counts.items())
+
+
+@needs_hyperscan
+@settings(max_examples=600, deadline=None)
+@given(data=any_bytes)
+def test_hyperscan_and_stdlib_agree_on_any_bytes(data: bytes) -> None:
+    assert scan_bytes(HYPERSCAN, data) == scan_bytes(STDLIB, data)
+
+
+@needs_hyperscan
+@settings(max_examples=200, deadline=None)
+@given(data=fragment_soup, start=st.integers(min_value=0, max_value=400))
+def test_hyperscan_and_stdlib_agree_when_a_scan_starts_mid_word(data: bytes, start: int) -> None:
+    """Outside the reader's contract (a range that does not start after a separator) they still agree."""
+    buf = b"\n" * CONTEXT + data
+    begin = CONTEXT + start % (len(data) + 1)
+    assert HYPERSCAN.scan(buf, begin, len(buf)) == STDLIB.scan(buf, begin, len(buf))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=any_bytes)
+def test_bytes_bytearray_and_memoryview_scan_alike(extractor: Extractor, data: bytes) -> None:
+    buf = b"\n" * CONTEXT + data
+    expected = extractor.scan(buf, CONTEXT, len(buf))
+    assert extractor.scan(bytearray(buf), CONTEXT, len(buf)) == expected
+    assert extractor.scan(memoryview(buf), CONTEXT, len(buf)) == expected
+
+
+STDLIB = build_extractor(engine="stdlib")
+HYPERSCAN = build_extractor(engine="hyperscan") if HAVE_HYPERSCAN else STDLIB
+
+
+# --- Real files: the generated workloads ---------------------------------------------------------
+
+WORKLOAD_SIZE = 400_000
+
+
+@pytest.fixture(scope="module")
+def workloads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from bench.workloads import WORKLOADS, generate
+
+    out = tmp_path_factory.mktemp("workloads")
+    return {name: generate(name, WORKLOAD_SIZE, out).log for name in WORKLOADS}
+
+
+def read_like_the_reader(extractor: Extractor, path: Path, block: int) -> dict[str, int]:
+    """Blocks of `block` bytes, cut at the last newline (or, in a longer line, the last separator)."""
+    data = path.read_bytes()
+    total: dict[str, int] = {}
+    buf = b"\n" * CONTEXT + data
+    start, size = CONTEXT, len(buf)
+    while start < size:
+        hi = min(start + block, size)
+        cut = buf.rfind(b"\n", start, hi) + 1 if hi < size else size
+        if cut <= start:
+            cut = last_cut(buf, start, hi)
+        if cut <= start:
+            cut = hi  # no separator at all in a whole block: cut anyway (counts may differ there)
+        for ip, n in extractor.scan(buf, start, cut).items():
+            total[ip] = total.get(ip, 0) + n
+        start = cut
+    return total
+
+
+@pytest.mark.parametrize("name", ["nginx", "sshd", "dense", "sparse"])
+def test_each_workload_scans_to_its_expected_counts_in_any_block_size(
+    extractor: Extractor, workloads: dict[str, Path], name: str
+) -> None:
+    path = workloads[name]
+    expected = json.loads(path.with_suffix(".json").read_text())["counts"]
+    assert scan_bytes(extractor, path.read_bytes()) == expected
+    assert read_like_the_reader(extractor, path, 4096) == expected
+    assert read_like_the_reader(extractor, path, 100) == expected  # shorter than a line: cut at separators
