@@ -55,20 +55,27 @@ INSERT_BATCH = (
     "INSERT INTO batches (agent, batch_id, received_at, records) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
 COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = greatest(last_seen, %s) WHERE name = %s"
-# One statement per table for the whole batch. unnest() keeps the array order, and the arrays
-# are sorted by ip, so concurrent ingests lock shared rows in the same order.
+# A batch's deltas are COPYed (binary) into a temporary table, then each real table takes them
+# in one INSERT ... SELECT ... ON CONFLICT. COPY is several times cheaper than binding arrays as
+# parameters (psycopg escapes text arrays element by element in Python). ORDER BY ip is the lock
+# order: concurrent ingests touching the same addresses lock them in the same order.
+CREATE_DELTAS = (
+    'CREATE TEMP TABLE IF NOT EXISTS deltas (ip TEXT COLLATE "C" NOT NULL, ipkey BYTEA NOT NULL, '
+    "family SMALLINT NOT NULL, total BIGINT NOT NULL, first_seen TIMESTAMPTZ NOT NULL, "
+    "last_seen TIMESTAMPTZ NOT NULL) ON COMMIT DELETE ROWS"
+)
+COPY_DELTAS = "COPY deltas (ip, ipkey, family, total, first_seen, last_seen) FROM STDIN (FORMAT BINARY)"
+DELTA_TYPES = ["text", "bytea", "int2", "int8", "timestamptz", "timestamptz"]
 UPSERT_IPS = (
     "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
-    "SELECT * FROM unnest(%s::text[], %s::bytea[], %s::smallint[], %s::bigint[], "
-    "%s::timestamptz[], %s::timestamptz[]) "
+    "SELECT ip, ipkey, family, total, first_seen, last_seen FROM deltas ORDER BY ip "
     f"ON CONFLICT (ip) DO UPDATE SET total = {_add('ips')}, "
     "first_seen = least(ips.first_seen, excluded.first_seen), "
     "last_seen = greatest(ips.last_seen, excluded.last_seen)"
 )
 UPSERT_IP_AGENTS = (
     "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
-    "SELECT u.ip, %s, u.total, u.f, u.l "
-    "FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[]) AS u(ip, total, f, l) "
+    "SELECT ip, %s, total, first_seen, last_seen FROM deltas ORDER BY ip "
     f"ON CONFLICT (ip, agent) DO UPDATE SET total = {_add('ip_agents')}, "
     "first_seen = least(ip_agents.first_seen, excluded.first_seen), "
     "last_seen = greatest(ip_agents.last_seen, excluded.last_seen)"
@@ -175,13 +182,12 @@ class PostgresStorage(SqlStorage):
                 cur.execute(COUNT_DUPLICATE, (received_at, agent))
                 return False
             if deltas:
-                ips = [d.ip for d in deltas]
-                counts = [d.total for d in deltas]
-                firsts = [d.first_seen for d in deltas]
-                lasts = [d.last_seen for d in deltas]
-                keys = [d.key for d in deltas]
-                families = [4 if len(key) == 4 else 6 for key in keys]
-                cur.execute(UPSERT_IPS, (ips, keys, families, counts, firsts, lasts))
-                cur.execute(UPSERT_IP_AGENTS, (agent, ips, counts, firsts, lasts))
+                cur.execute(CREATE_DELTAS)
+                with cur.copy(COPY_DELTAS) as copy:
+                    copy.set_types(DELTA_TYPES)
+                    for ip, key, total, first, last in deltas:
+                        copy.write_row((ip, key, 4 if len(key) == 4 else 6, total, first, last))
+                cur.execute(UPSERT_IPS)
+                cur.execute(UPSERT_IP_AGENTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, received_at, received_at, batch.records, batch.batch_id, batch.sent_at))
         return True

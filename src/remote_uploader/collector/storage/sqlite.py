@@ -158,13 +158,17 @@ class SqliteStorage(SqlStorage):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             cur.execute("DELETE FROM temp.deltas")
-            cur.executemany(
-                INSERT_DELTA,
-                [
-                    (ip, key, 4 if len(key) == 4 else 6, count, to_micros(first), to_micros(last))
-                    for ip, key, count, first, last in batch.deltas
-                ],
-            )
+            micros: dict[datetime, int] = {}  # a batch has few distinct times; convert each once
+            rows = []
+            for ip, key, total, first, last in batch.deltas:
+                first_us = micros.get(first)
+                if first_us is None:
+                    first_us = micros[first] = to_micros(first)
+                last_us = micros.get(last)
+                if last_us is None:
+                    last_us = micros[last] = to_micros(last)
+                rows.append((ip, key, 4 if len(key) == 4 else 6, total, first_us, last_us))
+            cur.executemany(INSERT_DELTA, rows)
             cur.execute(UPSERT_IPS)
             cur.execute(UPSERT_IP_AGENTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
