@@ -227,18 +227,14 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Write a file until the filesystem is full; returns it (delete it to give the space back)."""
     filler = directory / "filler"
-    with filler.open("wb") as handle:
-        block = b"\0" * 65536
-        try:
-            while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            while True:  # the last partial block
-                handle.write(b"\0" * 512)
-                handle.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
     return filler
 
 

@@ -15,6 +15,7 @@ agent must stay small in memory on edge boxes, and one sequential stream of POST
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 from remote_uploader import __version__
 from remote_uploader.agent.batch import split_queued
 from remote_uploader.agent.faults import crash_point
-from remote_uploader.agent.spool import QueuedBatch, Spool
+from remote_uploader.agent.spool import DiskFullError, QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
 from remote_uploader.config import ServerConfig
 from remote_uploader.errors import (
@@ -228,6 +229,7 @@ class Uploader(threading.Thread):
         self.failing_since: float | None = None
         self.last_error = ""
         self.fatal: BaseException | None = None
+        self.disk_full = False
 
     def run(self) -> None:
         try:
@@ -241,15 +243,34 @@ class Uploader(threading.Thread):
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
-            queued = self.spool.next_batch()
-            if queued is None:
-                self.idle.set()
-                self.failing_since = None
-                self.wake.wait(0.5)
-                self.wake.clear()
-                continue
-            self.idle.clear()
-            self.deliver(queued)
+            try:
+                queued = self.spool.next_batch()
+                if queued is None:
+                    self.idle.set()
+                    self.failing_since = None
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                self.idle.clear()
+                self.deliver(queued)
+            except DiskFullError as exc:
+                self._wait_for_disk_space(exc)
+            else:
+                if self.disk_full:
+                    self.disk_full = False
+                    log.info("event=disk_space_back component=uploader")
+
+    def _wait_for_disk_space(self, exc: DiskFullError) -> None:
+        """A full disk is passing trouble, not a reason to stop sending for the rest of the run.
+
+        The transaction that hit it (an ack, a split, a dead letter) rolled back, so the batch is
+        still queued and is sent again later; a batch the collector already stored is then answered
+        as a duplicate and counts nothing twice. Said once, then retried with the backoff.
+        """
+        if not self.disk_full:
+            self.disk_full = True
+            log.error("event=disk_full component=uploader reason=%r action=retrying batch_kept=true", str(exc))
+        self.stop_event.wait(self.backoff.next_delay())
 
     def deliver(self, queued: QueuedBatch) -> None:
         started = time.monotonic()
@@ -271,7 +292,9 @@ class Uploader(threading.Thread):
             self.backoff.reset()
             self.failing_since = None
             self.stats.note_sent(queued, time.monotonic() - started, duplicate=result.duplicate)
-            self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": True, "batch_id": queued.batch_id}))
+            with contextlib.suppress(DiskFullError):  # bookkeeping for `status`; the ack is what mattered
+                self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": True,
+                                                             "batch_id": queued.batch_id}))
             log.debug("event=batch_sent batch_id=%s records=%d duplicate=%s", queued.batch_id,
                       queued.records, result.duplicate)
 

@@ -1,0 +1,117 @@
+"""A full disk under the state directory: a clear error, offsets that do not move, an agent that keeps
+running, and no loss once space returns. The state directory is a small tmpfs mounted for the test."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from remote_uploader.agent.sink import Backoff, Delivered, Uploader
+from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool
+from remote_uploader.agent.stats import Stats
+from tests.helpers.agent import write_access_log, write_config
+from tests.helpers.receiver import Receiver
+from tests.reliability.harness import (
+    AgentProcess,
+    Row,
+    fill,
+    offsets,
+    record,
+    small_filesystem,
+    tally,
+    tmpfs_unavailable_reason,
+    wait_until,
+)
+
+SKIP = tmpfs_unavailable_reason()
+
+
+@pytest.mark.skipif(SKIP is not None, reason=f"full-disk scenario skipped: {SKIP}")
+def test_full_state_disk_pauses_without_moving_offsets_and_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 1000, seed=1, distinct=800)
+    with small_filesystem(tmp_path / "state", "3m") as state:
+        config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
+                              sources=[str(log)], read={"poll_interval": 0.1, "block_size": "16KiB"},
+                              batching={"min_upload_batch": 20, "force_upload_threshold": 100,
+                                        "max_memory_ips": 200, "max_batch_age": 0.2})
+        agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+        assert receiver.wait_for_total(sum(expected.values()), timeout=60)
+
+        filler = fill(state)
+        expected += write_access_log(log, 3000, seed=2, distinct=3000, append=True)
+        assert wait_until(lambda: "event=disk_full" in agent.stderr(), timeout=30), agent.stderr()[-2000:]
+        before = offsets(config)
+        expected += write_access_log(log, 1000, seed=3, distinct=3000, append=True)
+        time.sleep(2.0)
+        after = offsets(config)
+        stuck_total = receiver.total()
+        alive = agent.alive()
+
+        filler.unlink()
+        back = time.monotonic()
+        arrived = receiver.wait_for_total(sum(expected.values()), timeout=120)
+        recovery = time.monotonic() - back
+        code = agent.stop()
+        errors = agent.stderr()
+    lost, doubled = tally(expected, receiver.counts())
+    record(Row("disk/full", "state directory disk full",
+               "the state directory (a 3 MiB tmpfs) filled up while `forever` reads new lines; space given back "
+               "after 2+ s; recovery = space back to exact counts", 1, lost, doubled,
+               recovery if arrived else None))
+    assert alive, "the agent must keep running on a full disk"
+    assert before == after, "offsets moved while nothing could be queued"
+    assert stuck_total < sum(expected.values())
+    assert "nothing lost" in agent.stdout() or "offsets_unchanged=true" in errors
+    assert errors.count("event=disk_full") <= 3, "the disk-full error should be said once, not on every retry"
+    assert arrived and code == 0
+    assert Counter(receiver.counts()) == expected
+
+
+class _AckFailsWhileDiskFull(Spool):
+    """A queue whose disk is full for the first `full` acknowledgements."""
+
+    full = 2
+
+    def ack(self, seq: int) -> None:
+        if self.full > 0:
+            self.full -= 1
+            raise DiskFullError(f"no space left for the queue database {self.path}")
+        super().ack(seq)
+
+
+class _CountingSink:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        self.sent.append(batch_id)
+        return Delivered(1, duplicate=len(self.sent) > 1)
+
+    def health(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_uploader_keeps_sending_after_a_full_disk_refused_an_acknowledgement(tmp_path: Path) -> None:
+    """Regression: a DiskFullError from `ack` used to end the uploader thread for the rest of the run."""
+    spool = _AckFailsWhileDiskFull(tmp_path)
+    spool.commit(SealedBatch("b-1", time.time(), 1, 1, "identity", b"{}"), {})
+    sink = _CountingSink()
+    wake, stop = threading.Event(), threading.Event()
+    uploader = Uploader(spool, sink, Backoff(0.01, 0.02, 1.0), Stats(), "agent", wake, stop)
+    uploader.start()
+    try:
+        assert wait_until(lambda: spool.next_batch() is None, timeout=30)
+    finally:
+        stop.set()
+        uploader.join(10)
+        spool.close()
+    assert uploader.fatal is None
+    assert sink.sent == ["b-1"] * 3  # resent until the ack could be recorded; the collector saw duplicates
