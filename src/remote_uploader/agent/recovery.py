@@ -9,6 +9,11 @@ The choice behind --keep-offsets: with it, files resume where they were, so noth
 is sent twice, but batches that were queued and can no longer be read are lost. Without it,
 every file is read from the start: nothing is lost, but what was already delivered is counted
 again. The command says which batches it could not recover, so the choice is an informed one.
+
+When --keep-offsets is asked for but the offsets themselves cannot be read (a truncated,
+zero-filled or overwritten file), nothing is moved and the command refuses: carrying on would
+silently re-read every file from its start, which is exactly the re-send it was asked to avoid.
+The operator then chooses that re-read explicitly (no --keep-offsets), or restores a backup.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 from remote_uploader.agent.spool import DB_NAME, Spool, StateLock
+from remote_uploader.errors import CorruptStateError
 
 
 def reset_state(state_dir: Path, *, keep_offsets: bool) -> list[str]:
@@ -33,6 +39,15 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
     db = state_dir / DB_NAME
     if not db.exists():
         return [f"no queue database at {db}; nothing to reset"]
+    if keep_offsets:
+        unreadable = _unreadable_offsets(db)
+        if unreadable is not None:
+            raise CorruptStateError(
+                f"the recorded offsets cannot be read from {db} ({unreadable}); nothing was changed. "
+                "There is no exact recovery without them: `remote-uploader reset-state` (without "
+                "--keep-offsets) reads every file again from its start, so what was already delivered "
+                "is counted again; or restore the state directory from a backup"
+            )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = state_dir / f"{DB_NAME}.damaged-{stamp}"
     for suffix in ("", "-wal", "-shm"):
@@ -57,6 +72,21 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
     if not keep_offsets:
         report.append("offsets were not kept: every file will be read again from its start")
     return report
+
+
+def _unreadable_offsets(path: Path) -> str | None:
+    """None when the `files` table of the database at `path` reads whole; else SQLite's complaint."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        conn.execute("SELECT * FROM files").fetchall()
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None
 
 
 def _salvage(path: Path, keep_offsets: bool) -> dict[str, list[tuple[object, ...]]]:
