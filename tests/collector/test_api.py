@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -259,3 +260,69 @@ def test_unknown_read_parameters_are_refused_so_typos_do_not_widen_a_blocklist(c
     assert response.json()["detail"] == [{"field": "query.min_cout", "error": "unknown parameter"}]
     assert httpx.get(collector.url + "/v1/health?probe=1").status_code == 200
     assert httpx.get(collector.url + "/metrics?x=1").status_code == 200
+
+
+def test_https_with_a_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    certificate.private_key_pem.write_to_path(str(key))
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    server = CollectorProcess(
+        tmp_path,
+        f"sqlite://{tmp_path}/c.db",
+        ["--tls-cert", str(cert), "--tls-key", str(key)],
+        verify=client_context,
+    )
+    try:
+        server.start()
+        assert server.url.startswith("https://")
+        batch = wire_batch("test-agent", "tls-1", [record("203.0.113.7", 2)])
+        assert server.post_batch(batch).status_code == 200
+        assert server.counts() == {"203.0.113.7": 2}
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA refuses
+            httpx.get(server.url + "/v1/health")
+    finally:
+        server.stop()
+
+
+def test_a_missing_certificate_is_a_clear_startup_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remote_uploader.collector.cli",
+            "serve",
+            "--db",
+            f"{tmp_path}/c.db",
+            "--tls-cert",
+            str(tmp_path / "none.pem"),
+            "--tls-key",
+            str(tmp_path / "none.key"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "collector.tls_cert" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_old_batch_ids_are_pruned_while_serving(make_collector: MakeCollector) -> None:
+    from tests.helpers.agent import wait_for
+
+    # Retention of about a tenth of a second, pruned five times a second.
+    c = make_collector(config="retention_days = 0.000001\nprune_interval = 0.2\n")
+    batch = wire_batch("test-agent", "p-1", [record("203.0.113.7", 3)])
+    assert c.post_batch(batch).json()["duplicate"] is False
+    assert wait_for(lambda: c.post_batch(batch).json()["duplicate"] is False, timeout=30)
+    assert c.counts() == {"203.0.113.7": 6}  # the documented cost of replaying past retention

@@ -39,7 +39,8 @@ def test_once_delivers_exact_counts(collector_any: CollectorProcess, tmp_path: P
 
 
 def test_the_agent_splits_batches_that_the_collector_finds_too_large(
-    make_collector, tmp_path: Path  # type: ignore[no-untyped-def]
+    make_collector,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     collector = make_collector(config="max_body = 4096\n")
     log = tmp_path / "access.log"

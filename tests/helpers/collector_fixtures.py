@@ -17,6 +17,7 @@ import gzip
 import json
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ __all__ = [
     "pg_url",
 ]
 
-_LISTENING = re.compile(rb'msg="collector listening" url=(http://\S+)')
+_LISTENING = re.compile(rb'msg="collector listening" url=(https?://\S+)')
 START_TIMEOUT = 60.0
 
 
@@ -46,9 +47,16 @@ class CollectorProcess:
     """`remote_uploader.collector.cli serve` as a child process, with an agent token."""
 
     def __init__(
-        self, workdir: Path, db_url: str, extra_args: Sequence[str] = (), token: str | None = None
+        self,
+        workdir: Path,
+        db_url: str,
+        extra_args: Sequence[str] = (),
+        token: str | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        """`token`: an existing "test-agent" token of this database (another process shares it)."""
+        """`token`: an existing "test-agent" token of this database (another process shares it);
+        `verify`: how to check the server's certificate when it serves HTTPS."""
+        self.verify = verify
         self.workdir = workdir
         self.db_url = db_url
         self.extra_args = list(extra_args)
@@ -93,7 +101,7 @@ class CollectorProcess:
         while True:
             self._check_alive()
             try:
-                if httpx.get(self.url + "/v1/health", timeout=5).status_code == 200:
+                if httpx.get(self.url + "/v1/health", timeout=5, verify=self.verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -143,7 +151,7 @@ class CollectorProcess:
         return {"Authorization": f"Bearer {token or self.token}"}
 
     def get(self, path: str, token: str | None = None, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, headers=self.headers(token), timeout=60)
+        return httpx.get(self.url + path, params=params, headers=self.headers(token), timeout=60, verify=self.verify)
 
     def counts(self) -> dict[str, int]:
         """Total count per address, paging through GET /v1/ips."""
@@ -179,8 +187,9 @@ class CollectorProcess:
             body = gzip.compress(body, compresslevel=1)
             sent_headers["Content-Encoding"] = "gzip"
         sent_headers.update(headers or {})
-        poster = client.post if client is not None else httpx.post
-        return poster(self.url + "/v1/batches", content=body, headers=sent_headers, timeout=120)
+        if client is not None:
+            return client.post(self.url + "/v1/batches", content=body, headers=sent_headers, timeout=120)
+        return httpx.post(self.url + "/v1/batches", content=body, headers=sent_headers, timeout=120, verify=self.verify)
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------

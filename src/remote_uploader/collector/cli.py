@@ -20,6 +20,7 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -85,6 +86,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_tls(cert: str, key: str) -> None:
+    """Load the certificate and key now, so that a bad path is one clear error, not a traceback."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("collector.tls_cert", f"cannot load {cert} / {key}: {exc}") from None
+
+
 @_boundary
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -99,8 +108,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         retention_days=args.retention_days,
         log_format=args.log_format,
         access_log=False if args.no_access_log else None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
+    if config.tls_cert:
+        check_tls(config.tls_cert, config.tls_key)
     storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size)
     try:
         version = storage.migrate()
@@ -111,12 +124,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config, storage, close_storage=True)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    scheme = "https" if config.tls_cert else "http"
     # Ingest makes hundreds of thousands of short-lived objects per big batch; with the default
     # thresholds the cyclic collector runs hundreds of times per batch over every live object.
     # Objects alive now (modules, the app) are frozen out of its scans, and it runs less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    logger.info("collector listening", extra=fields(url=f"http://{shown}:{port}", db=storage.url, schema=version))
+    logger.info("collector listening", extra=fields(url=f"{scheme}://{shown}:{port}", db=storage.url, schema=version))
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -125,6 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lifespan="on",
             timeout_graceful_shutdown=int(config.graceful_timeout),
             server_header=False,
+            ssl_certfile=config.tls_cert or None,
+            ssl_keyfile=config.tls_key or None,
         )
     )
     # uvicorn handles SIGINT/SIGTERM itself (stop accepting, finish in-flight requests, run the
@@ -222,6 +238,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
     serve.add_argument("--max-body", type=int, metavar="BYTES", help="body limit, also after gzip (default 16 MiB)")
     serve.add_argument("--retention-days", type=float, metavar="DAYS", help="keep batch ids this long (default 30)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (with --tls-key)")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--log-format", choices=["text", "json"], help="key=value text (default) or JSON lines")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")

@@ -53,6 +53,8 @@ class CollectorSettings:
     max_concurrent_batches: int = 4
     pool_size: int = 10
     graceful_timeout: float = 10.0
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, serve HTTPS
+    tls_key: str = ""
 
 
 # --- value parsers: (value, key, origin) -> typed value, or ConfigError ---------------------------
@@ -131,6 +133,8 @@ PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "max_concurrent_batches": _int(1, 1024),
     "pool_size": _int(1, 1000),
     "graceful_timeout": _seconds,
+    "tls_cert": _text,
+    "tls_key": _text,
 }
 assert set(PARSERS) == {f.name for f in fields(CollectorSettings)}
 
@@ -183,6 +187,8 @@ def load(
     settings = replace(CollectorSettings(), **values)
     if not settings.db:
         settings = replace(settings, db=default_db_url())
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("collector.tls_key", "tls_cert and tls_key go together: set both or neither")
     return settings
 
 
