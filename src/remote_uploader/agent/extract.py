@@ -67,6 +67,7 @@ def _bytes_of(chars: str) -> frozenset[int]:
 
 DIGITS: Final = _bytes_of("0123456789")
 HEX: Final = DIGITS | _bytes_of("abcdefABCDEF")
+_HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 LETTERS: Final = frozenset(range(65, 91)) | frozenset(range(97, 123))
 NON_ASCII: Final = frozenset(range(128, 256))
 #: Bytes an address must not be glued to: a letter, digit or `_` makes it part of a word, and any
@@ -130,37 +131,31 @@ def _windows(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int]]:
 #   - B, C, D: decimal octets, no leading zero, <= 255;
 #   - on the right: no word byte, and no `.` followed by one (`1.2.3.4.5`, `4.3.2.1.in-addr`), so
 #     a sentence-final `1.2.3.4.` still counts.
-_WORDCHARS: Final = rb"0-9A-Za-z_\x80-\xff"
-_QP: Final = (
-    rb"(?:[\x00-\xff][^" + _WORDCHARS + rb".:/\-]"
+#: The bytes of a word, as the body of a regex character class.
+WORD_CLASS: Final = rb"0-9A-Za-z_\x80-\xff"
+#: The two bytes before the first octet (Q, P), in the order of the rules above.
+V4_BEFORE: Final = (
+    rb"(?:[\x00-\xff][^" + WORD_CLASS + rb".:/\-]"
     rb"|\\[ntr]"
     rb"|[^A-Za-z_\x80-\xff][\-/]"
     rb"|[^0-9A-Fa-f:]:)"
 )
-_OCTET: Final = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+OCTET: Final = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _FIRST_OCTET: Final = (
-    rb"(?:(?<=" + _QP + rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9])\.)"
-    rb"|(?<=" + _QP + rb"[1-9][0-9]\.)"
-    rb"|(?<=" + _QP + rb"[0-9]\.))"
+    rb"(?:(?<=" + V4_BEFORE + rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9])\.)"
+    rb"|(?<=" + V4_BEFORE + rb"[1-9][0-9]\.)"
+    rb"|(?<=" + V4_BEFORE + rb"[0-9]\.))"
 )
 V4_RULES: Final = (
     rb"\.(?=[0-9]{1,3}\.[0-9]{1,3}\.[0-9])" + _FIRST_OCTET
-    + _OCTET + rb"\." + _OCTET + rb"\." + _OCTET
-    + rb"(?![" + _WORDCHARS + rb"]|\.[" + _WORDCHARS + rb"])"
+    + OCTET + rb"\." + OCTET + rb"\." + OCTET
+    + rb"(?![" + WORD_CLASS + rb"]|\.[" + WORD_CLASS + rb"])"
 )
 #: The scan's single group is the 15 bytes that end where the match ends: they hold the whole
 #: address (`255.255.255.255`), and one bytes object per match is half the cost of a tuple.
 _V4_SCAN: Final = re.compile(V4_RULES + rb"(?<=([\x00-\xff]{15}))")
-#: The same rules at one position (the hyperscan engine's candidates).
-V4_AT: Final = re.compile(V4_RULES)
-# Everything but digits and dots becomes a space, so the address is what follows the last space.
-_BLANK_ALL_BUT_QUAD: Final = bytes(b if b in DIGITS or b == 0x2E else 0x20 for b in range(256))
-
-
-def v4_from_window(window: bytes) -> str | None:
-    """The address at the end of a window of the IPv4 scan (the byte before it is no digit or dot)."""
-    quad = window.translate(_BLANK_ALL_BUT_QUAD).rpartition(b" ")[2]
-    return None if quad == b"0.0.0.0" else quad.decode("ascii")
+# Everything but digits and dots becomes a space: in a window, the address follows the last space.
+BLANK_ALL_BUT_QUAD: Final = bytes(b if b in DIGITS or b == 0x2E else 0x20 for b in range(256))
 
 
 # --- IPv6: found by the pattern, judged in Python -----------------------------------------------
@@ -173,13 +168,13 @@ def _octets_ok(text: bytes) -> bool:
     )
 
 
-def _ends_word(before: bytes, i: int) -> bool:
-    """Is before[i-1] (the byte left of a candidate) a boundary, rather than part of a word?"""
-    p = before[i - 1]
+def _ends_word(head: bytes) -> bool:
+    """Is the last byte of `head` (the byte left of a candidate) a boundary, rather than part of a word?"""
+    p = head[-1]
     if p not in WORD and p != 0x2E:  # "."
         return True
     # `\n2001:db8::1` inside a JSON string: the letter is part of an escape, not of a word.
-    return p in ESCAPES and i >= 2 and before[i - 2] == BACKSLASH
+    return p in ESCAPES and len(head) >= 2 and head[-2] == BACKSLASH
 
 
 # After the last colon before an embedded IPv4 address: the address, an optional port.
@@ -209,12 +204,9 @@ def validate_v6(before: bytes, run: bytes, after: bytes) -> str | None:
     """
     if after and after[0] in WORD:
         return None
-    left = before[:-1]
-    i = len(left)
-    while i and left[i - 1] in HEX:
-        i -= 1
-    group = left[i:]
-    return _v6_decide(group, i == 0 or len(group) > 4 or not _ends_word(left, i), run)
+    head = before[:-1].rstrip(_HEX_DIGITS)
+    group = before[len(head) : -1]
+    return _v6_decide(group, not head or len(group) > 4 or not _ends_word(head), run)
 
 
 @functools.lru_cache(maxsize=1 << 15)
@@ -335,9 +327,9 @@ class StdlibExtractor:
             v4.update(_V4_SCAN.findall(buf, lo, hi))
             v6.update(_V6_SCAN.findall(buf, lo, hi))
         out: dict[str, int] = {}
-        blank = _BLANK_ALL_BUT_QUAD
+        blank = BLANK_ALL_BUT_QUAD
         get = out.get
-        for window, n in v4.items():  # per distinct window, inlined v4_from_window: the hot loop
+        for window, n in v4.items():  # per distinct window: the address after the last non-[0-9.] byte
             quad = window.translate(blank).rpartition(b" ")[2]
             if quad != b"0.0.0.0":
                 ip = quad.decode("ascii")

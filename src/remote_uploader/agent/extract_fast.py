@@ -1,22 +1,23 @@
-"""The `hyperscan` extraction engine (`pip install 'remote-uploader[fast]'`): same counts, fewer candidates.
+"""The `hyperscan` extraction engine (`pip install 'remote-uploader[fast]'`): the same counts as stdlib.
 
 Importing this module raises ImportError when the `hyperscan` package is missing;
 `build_extractor(engine="auto")` then falls back to the standard-library engine.
 
-How it stays identical to the stdlib engine (extract.py): it hands the very same validators the
-very same bytes. Hyperscan reports each candidate once, at its end, with its start (leftmost):
+Hyperscan finds the candidates, reporting each once with its start (leftmost) and end; one Python
+callback per candidate keeps a slice of the block, and each distinct slice is judged by the very
+rules of the stdlib engine (extract.py), through a bounded cache:
 
-- IPv4: from the first `.` of `A.B.C.D` (the start) to the byte after the last octet, or the two
-  bytes after it when the first is a `.`. The key is the match plus the 5 bytes before it.
-  The pattern leaves out what the validator would refuse anyway (a 4th digit, `.` + word byte),
-  so that most non-addresses (versions in user agents) never reach Python.
-- IPv6: from the first `:` of a run of hex digits, colons and dots to the byte after the run, and
-  only runs that could hold an address (a `::`, an embedded IPv4 address, or eight groups), so
-  that times of day (`12:34:56`) never reach Python. The key is the match plus the 6 bytes before.
+- IPv4: from the first `.` of `A.B.C.D` to the byte after the last octet (two bytes when the first
+  is a `.`). The pattern leaves out what the rules refuse anyway (a 4th digit, a `.` and a word
+  byte), so that most version strings never reach Python. The slice starts 5 bytes before the
+  `.`, and `V4_AT`, the stdlib pattern, decides at the `.`.
+- IPv6: from the first `:` of a run of hex digits, colons and dots to the byte after the run, only
+  for runs that could hold an address (a `::`, a dotted quad after a colon, eight groups), so times
+  of day never reach Python. The slice starts 6 bytes before the `:`; `v6_candidate` decides.
 
-The stdlib engine anchors at the same first `.`/`:`; candidates it would skip because an earlier
-match consumed their anchor are exactly those the validator rejects (preceded by `.`/`:`), so the
-sets of accepted candidates agree. tests/test_extract_properties.py checks this on random input.
+The stdlib engine anchors at the same first `.` or `:`. Where it does not try an anchor (inside an
+earlier match, or a later colon of a run that cannot hold an address) the rules refuse the
+candidate anyway, so both engines accept the same ones; tests/test_extract_properties.py checks it.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import hyperscan
 
 from remote_uploader.agent.extract import (
     _SEP_RE,
+    BLANK_ALL_BUT_QUAD,
     CONTEXT,
-    DIGITS,
     MAX_V6_RUN,
+    OCTET,
     SEPARATORS,
-    V4_AT,
-    BoundedCache,
+    V4_BEFORE,
+    WORD_CLASS,
     Buffer,
     StdlibExtractor,
     _padded,
@@ -41,8 +43,17 @@ from remote_uploader.agent.extract import (
     v6_candidate,
 )
 
+# IPv4: the stdlib rules, with what they check before and after the address consumed instead of
+# looked at (Hyperscan has no lookbehind): 2 bytes before the first octet, 1 or 2 after the last.
+V4_PATTERN: Final = (
+    V4_BEFORE + OCTET + rb"\." + OCTET + rb"\." + OCTET + rb"\." + OCTET
+    + rb"(?:[^" + WORD_CLASS + rb".]|\.[^" + WORD_CLASS + rb"])"
+)
+#: Bytes kept per IPv4 match, ending where it ends: the longest address and 2 bytes after it.
+V4_KEY: Final = 17
+# IPv6: runs from their first `:` that could hold an address (a `::`, a dotted quad after a colon,
+# eight groups), to the byte after the run; `v6_candidate` judges them as it does for stdlib.
 _RUN = rb"[0-9A-Fa-f:.]"
-V4_PATTERN: Final = rb"\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?:[^0-9.]|\.[^0-9A-Za-z_\x80-\xff])"
 V6_PATTERN: Final = (
     rb":(?:" + _RUN + rb"*:)?"
     rb"(?::|[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){6})"
@@ -57,37 +68,20 @@ def _compile() -> hyperscan.Database:
     db.compile(
         expressions=[V4_PATTERN, V6_PATTERN],
         ids=[_V4_ID, _V6_ID],
-        flags=[hyperscan.HS_FLAG_SOM_LEFTMOST, hyperscan.HS_FLAG_SOM_LEFTMOST],
+        # Only IPv6 needs where its match starts (its left context); SOM on IPv4 costs a third.
+        flags=[0, hyperscan.HS_FLAG_SOM_LEFTMOST],
     )
     return db
 
 
-def _v4_key(key: bytes) -> str | None:
-    """5 bytes, the anchor `.`, `B.C.D` and 1 or 2 bytes after: the stdlib rules decide, at the anchor."""
-    match = V4_AT.match(key, 5)
-    if match is None:
-        return None
-    first = 5
-    while key[first - 1] in DIGITS:
-        first -= 1
-    quad = key[first : match.end()]
-    return None if quad == b"0.0.0.0" else quad.decode("ascii")
-
-
-def _v6_key(key: bytes) -> str | None:
-    return v6_candidate(key[:7], key[7:])
-
-
 class HyperscanExtractor:
-    """Hyperscan finds the candidates (one Python callback each); validation is shared with stdlib."""
+    """Hyperscan finds the candidates (one Python callback each); the rules are stdlib's."""
 
     name = "hyperscan"
     context = CONTEXT
 
     def __init__(self) -> None:
         self._db = _compile()  # one per extractor: a database owns its scratch space
-        self._v4_cache: BoundedCache[bytes] = BoundedCache()
-        self._v6_cache: BoundedCache[bytes] = BoundedCache()
         self._stdlib = StdlibExtractor()
 
     def scan(self, buf: Buffer, start: int, end: int) -> dict[str, int]:
@@ -108,8 +102,17 @@ class HyperscanExtractor:
                 found4, found6 = self._scan_window(buf, lo, hi)
                 v4.update(found4)
                 v6.update(found6)
-        self._v4_cache.resolve(v4, _v4_key, out)
-        self._v6_cache.resolve(v6, _v6_key, out)
+        blank = BLANK_ALL_BUT_QUAD
+        get = out.get
+        for key, n in v4.items():  # the address is between the last non-[0-9.] byte and the tail
+            quad = key.translate(blank).rstrip(b" .").rpartition(b" ")[2]
+            if quad != b"0.0.0.0":
+                ip = quad.decode("ascii")
+                out[ip] = get(ip, 0) + n
+        for key, n in v6.items():
+            ip6 = v6_candidate(key[:7], key[7:])
+            if ip6 is not None:
+                out[ip6] = get(ip6, 0) + n
         return out
 
     def _scan_window(self, buf: Buffer, lo: int, hi: int) -> tuple[list[bytes], list[bytes]]:
@@ -123,10 +126,10 @@ class HyperscanExtractor:
         add6 = v6.append
 
         def on_match(pattern: int, first: int, after: int, _flags: int, _context: object) -> None:
-            if first < ctx:
+            if after <= ctx:
                 return  # inside the left context: it ends at or before the separator before `lo`
             if pattern == _V4_ID:
-                add4(data[first - 5 : after])
+                add4(data[after - V4_KEY : after])
             elif after - first - 2 <= MAX_V6_RUN:
                 add6(data[first - 6 : after])
 
