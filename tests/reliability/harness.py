@@ -91,8 +91,10 @@ class AgentProcess:
     fault of the test, not of the agent; files never block.
     """
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.workdir = workdir
+        self.preexec = preexec
         self.args = args
         self.env = env
         self.out_path = workdir / "agent.stdout"
@@ -106,7 +108,7 @@ class AgentProcess:
         with self.out_path.open("ab") as out, self.err_path.open("ab") as err:
             self.proc = subprocess.Popen(agent_command(*self.args), stdout=out, stderr=err,
                                          env=agent_env({**(self.env or {}), **(env or {})}), cwd=self.workdir,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=self.preexec)
         self.starts += 1
         return self
 
