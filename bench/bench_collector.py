@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
+from remote_uploader.collector.cli import tune_gc  # noqa: E402
 from remote_uploader.collector.storage import open_storage  # noqa: E402
 from remote_uploader.protocol import format_time  # noqa: E402
 
@@ -165,6 +166,7 @@ def main() -> None:
     args = parser.parse_args()
 
     bodies = make_bodies(args.batches, args.records, args.pool)
+    tune_gc()  # as `collector serve` does
     size = sum(map(len, bodies)) / len(bodies) / 2**20
     print(f"{args.batches} batches of {args.records:,} records ({size:.1f} MiB of JSON each)")
     bench_parse(bodies, args.records)

@@ -326,3 +326,49 @@ def test_old_batch_ids_are_pruned_while_serving(make_collector: MakeCollector) -
     assert c.post_batch(batch).json()["duplicate"] is False
     assert wait_for(lambda: c.post_batch(batch).json()["duplicate"] is False, timeout=30)
     assert c.counts() == {"203.0.113.7": 6}  # the documented cost of replaying past retention
+
+
+@pytest.mark.postgres
+def test_postgres_going_away_gives_503_and_the_collector_recovers(make_collector: MakeCollector) -> None:
+    c = make_collector("postgres", config="db_timeout = 1\n")
+    name = c.db_url.rsplit("/", 1)[1]
+    admin_url = c.db_url.rsplit("/", 1)[0] + "/postgres"
+    batch = wire_batch("test-agent", "down-1", [record("203.0.113.7", 3)])
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            response = c.post_batch(batch)
+            assert response.status_code == 503 and "retry-after" in response.headers
+            assert httpx.get(c.url + "/v1/health").status_code == 503
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    from tests.helpers.agent import wait_for
+
+    assert wait_for(lambda: httpx.get(c.url + "/v1/health").status_code == 200, timeout=30)
+    assert c.post_batch(batch).json()["duplicate"] is False
+    assert c.counts() == {"203.0.113.7": 3}
+
+
+def test_too_many_batches_in_flight_get_429_with_retry_after(make_collector: MakeCollector) -> None:
+    import socket
+
+    from tests.helpers.agent import wait_for
+
+    c = make_collector(config="max_concurrent_batches = 1\ndb_timeout = 0.5\nretry_after = 3\n")
+    host, port = c.url.removeprefix("http://").rsplit(":", 1)
+    slow = socket.create_connection((host, int(port)))
+    try:
+        # A client that starts a batch and stalls mid-body holds the only slot.
+        slow.sendall(
+            f"POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {c.token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+        )
+        batch = wire_batch("test-agent", "busy-1", [record("203.0.113.7")])
+        assert wait_for(lambda: c.post_batch(batch).status_code == 429, timeout=30)
+        refused = c.post_batch(batch)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+    finally:
+        slow.close()
+    assert wait_for(lambda: c.post_batch(batch).status_code == 200, timeout=30)
+    assert c.counts() == {"203.0.113.7": 1}

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from remote_uploader.collector.batch import ip_key
-from remote_uploader.collector.storage.base import Batch, IpDelta
+from remote_uploader.collector.storage.base import Batch, IpDelta, to_micros
 from remote_uploader.protocol import format_time
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -19,7 +19,7 @@ def at(seconds: float) -> datetime:
 
 
 def delta(ip: str, total: int, first: float = 0, last: float | None = None) -> IpDelta:
-    return IpDelta(ip, ip_key(ip), total, at(first), at(first if last is None else last))
+    return IpDelta(ip, ip_key(ip), total, to_micros(at(first)), to_micros(at(first if last is None else last)))
 
 
 def batch(agent: str, batch_id: str, *deltas: IpDelta, records: int | None = None) -> Batch:

@@ -70,7 +70,11 @@ class Collector:
             raise ApiError(403, "authorization", "this token may only read")
         gzip = check_headers(request.headers, self.settings.max_body)
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self.settings.db_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
+            # semaphore is granted can lose the permit; Semaphore.acquire gives it back when
+            # cancelled this way.
+            async with asyncio.timeout(self.settings.db_timeout):
+                await self._slots.acquire()
         except TimeoutError:
             raise ApiError(429, "body", "too many batches in flight", self.retry_after) from None
         try:

@@ -46,8 +46,8 @@ class IpDelta(NamedTuple):
     ip: str
     key: bytes  # the packed address (4 or 16 bytes): numeric order and CIDR ranges
     total: int  # occurrences ("count" would shadow tuple.count)
-    first_seen: datetime
-    last_seen: datetime
+    first_us: int  # first seen, microseconds since the epoch: exact, and what both schemas store
+    last_us: int
 
 
 @dataclass(frozen=True, slots=True)

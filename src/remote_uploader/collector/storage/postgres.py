@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,7 +26,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from remote_uploader.collector.errors import StorageError, StorageUnavailable
-from remote_uploader.collector.storage.base import Batch
+from remote_uploader.collector.storage.base import Batch, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 
@@ -61,14 +61,15 @@ COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = gr
 # order: concurrent ingests touching the same addresses lock them in the same order.
 CREATE_DELTAS = (
     'CREATE TEMP TABLE IF NOT EXISTS deltas (ip TEXT COLLATE "C" NOT NULL, ipkey BYTEA NOT NULL, '
-    "family SMALLINT NOT NULL, total BIGINT NOT NULL, first_seen TIMESTAMPTZ NOT NULL, "
-    "last_seen TIMESTAMPTZ NOT NULL) ON COMMIT DELETE ROWS"
+    "total BIGINT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL) ON COMMIT DELETE ROWS"
 )
-COPY_DELTAS = "COPY deltas (ip, ipkey, family, total, first_seen, last_seen) FROM STDIN (FORMAT BINARY)"
-DELTA_TYPES = ["text", "bytea", "int2", "int8", "timestamptz", "timestamptz"]
+# The columns of an IpDelta, in order: its tuples are written as they are.
+COPY_DELTAS = "COPY deltas (ip, ipkey, total, first_seen, last_seen) FROM STDIN (FORMAT BINARY)"
+DELTA_TYPES = ["text", "bytea", "int8", "int8", "int8"]
 UPSERT_IPS = (
     "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
-    "SELECT ip, ipkey, family, total, first_seen, last_seen FROM deltas ORDER BY ip "
+    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen "
+    "FROM deltas ORDER BY ip "
     f"ON CONFLICT (ip) DO UPDATE SET total = {_add('ips')}, "
     "first_seen = least(ips.first_seen, excluded.first_seen), "
     "last_seen = greatest(ips.last_seen, excluded.last_seen)"
@@ -112,7 +113,7 @@ class PostgresStorage(SqlStorage):
         statement_ms = int(max(30.0, 6 * timeout) * 1000)
         options = (
             f"-c statement_timeout={statement_ms} -c lock_timeout={int(timeout * 1000)} "
-            "-c idle_in_transaction_session_timeout=60000 -c TimeZone=UTC"
+            "-c idle_in_transaction_session_timeout=60000"
         )
         self._pool = ConnectionPool(
             url,
@@ -157,12 +158,6 @@ class PostgresStorage(SqlStorage):
     def close(self) -> None:
         self._pool.close()
 
-    def _time_param(self, moment: datetime) -> datetime:
-        return moment
-
-    def _time_value(self, value: datetime) -> datetime:
-        return value.astimezone(UTC)
-
     def store_batch(self, batch: Batch, received_at: datetime) -> bool:
         for attempt in range(1, ATTEMPTS + 1):
             try:
@@ -176,18 +171,19 @@ class PostgresStorage(SqlStorage):
     def _store_batch_once(self, batch: Batch, received_at: datetime) -> bool:
         agent = batch.agent
         deltas = batch.deltas
+        now = to_micros(received_at)
         with self._write() as cur:
-            cur.execute(INSERT_BATCH, (agent, batch.batch_id, received_at, batch.records))
+            cur.execute(INSERT_BATCH, (agent, batch.batch_id, now, batch.records))
             if cur.rowcount == 0:
-                cur.execute(COUNT_DUPLICATE, (received_at, agent))
+                cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             if deltas:
                 cur.execute(CREATE_DELTAS)
                 with cur.copy(COPY_DELTAS) as copy:
                     copy.set_types(DELTA_TYPES)
-                    for ip, key, total, first, last in deltas:
-                        copy.write_row((ip, key, 4 if len(key) == 4 else 6, total, first, last))
+                    for delta in deltas:
+                        copy.write_row(delta)
                 cur.execute(UPSERT_IPS)
                 cur.execute(UPSERT_IP_AGENTS, (agent,))
-            cur.execute(UPSERT_AGENT, (agent, received_at, received_at, batch.records, batch.batch_id, batch.sent_at))
+            cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

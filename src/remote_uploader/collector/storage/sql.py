@@ -1,8 +1,8 @@
 """What the SQLite and PostgreSQL backends share: migrations, tokens and every read query.
 
 A subclass provides two context managers, `_read()` (a snapshot) and `_write()` (one write
-transaction), each yielding a DB-API cursor, and says how times travel (`_time_param`,
-`_time_value`). SQL is written with `?` placeholders; `_sql()` rewrites them for psycopg.
+transaction), each yielding a DB-API cursor. Times are stored as integer microseconds since the
+epoch in both backends. SQL is written with `?` placeholders; `_sql()` rewrites them for psycopg.
 Only `store_batch`, where the fast bulk path differs, is written twice.
 """
 
@@ -27,6 +27,7 @@ from remote_uploader.collector.storage.base import (
     TokenInfo,
     from_micros,
     network_range,
+    to_micros,
 )
 from remote_uploader.collector.storage.migrations import Migration
 
@@ -56,11 +57,11 @@ class SqlStorage(Storage):
     @abc.abstractmethod
     def _write(self) -> AbstractContextManager[Cursor]: ...
 
-    @abc.abstractmethod
-    def _time_param(self, moment: datetime) -> Any: ...
+    def _time_param(self, moment: datetime) -> int:
+        return to_micros(moment)
 
-    @abc.abstractmethod
-    def _time_value(self, value: Any) -> datetime: ...
+    def _time_value(self, value: int) -> datetime:
+        return from_micros(value)
 
     def _lock_for_migration(self, cur: Cursor) -> None:
         """Serialise racing `migrate()` calls (SQLite's BEGIN IMMEDIATE already does)."""
@@ -180,9 +181,8 @@ class SqlStorage(Storage):
         column = "t.total" if query.sort == "count" else "t.last_seen"
         if query.after is not None:
             value, ip = query.after
-            bound = value if query.sort == "count" else self._time_param(from_micros(value))
             where.append(f"({column} < ? OR ({column} = ? AND t.ip > ?))")
-            params += [bound, bound, ip]
+            params += [value, value, ip]
         sql = (
             "SELECT t.ip, t.total, t.first_seen, t.last_seen, "
             "(SELECT count(*) FROM ip_agents c WHERE c.ip = t.ip) "

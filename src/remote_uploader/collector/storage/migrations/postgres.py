@@ -1,5 +1,7 @@
-"""PostgreSQL schema. Addresses use COLLATE "C" so that text order (and so cursor pagination)
-is the same as on SQLite whatever the database locale is.
+"""PostgreSQL schema, the same as SQLite's: times are BIGINT microseconds since the epoch (UTC),
+so both backends store and compare exactly the same numbers (`to_timestamp(last_seen / 1e6)`
+shows one). Addresses use COLLATE "C" so that text order, and so cursor pagination, is the same
+as on SQLite whatever the database locale is.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 name TEXT PRIMARY KEY,
                 token_hash TEXT NOT NULL UNIQUE,
                 role TEXT NOT NULL CHECK (role IN ('agent', 'read')),
-                created_at TIMESTAMPTZ NOT NULL
+                created_at BIGINT NOT NULL
             )""",
             """CREATE TABLE batches (
                 agent TEXT NOT NULL,
                 batch_id TEXT NOT NULL,
-                received_at TIMESTAMPTZ NOT NULL,
+                received_at BIGINT NOT NULL,
                 records INTEGER NOT NULL,
                 PRIMARY KEY (agent, batch_id)
             )""",
@@ -29,27 +31,27 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ipkey BYTEA NOT NULL,
                 family SMALLINT NOT NULL,
                 total BIGINT NOT NULL,
-                first_seen TIMESTAMPTZ NOT NULL,
-                last_seen TIMESTAMPTZ NOT NULL
+                first_seen BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL
             )""",
             """CREATE TABLE ip_agents (
                 ip TEXT COLLATE "C" NOT NULL,
                 agent TEXT NOT NULL,
                 total BIGINT NOT NULL,
-                first_seen TIMESTAMPTZ NOT NULL,
-                last_seen TIMESTAMPTZ NOT NULL,
+                first_seen BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL,
                 PRIMARY KEY (ip, agent)
             )""",
             "CREATE INDEX ip_agents_agent ON ip_agents (agent, ip)",
             """CREATE TABLE agents (
                 name TEXT PRIMARY KEY,
-                first_seen TIMESTAMPTZ NOT NULL,
-                last_seen TIMESTAMPTZ NOT NULL,
+                first_seen BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL,
                 batches BIGINT NOT NULL,
                 duplicates BIGINT NOT NULL,
                 records BIGINT NOT NULL,
                 last_batch_id TEXT NOT NULL,
-                last_batch_sent_at TIMESTAMPTZ NOT NULL
+                last_batch_sent_at BIGINT NOT NULL
             )""",
         ),
     ),
