@@ -102,6 +102,7 @@ ENV_ALIASES = {
 }
 
 SOURCE_KEYS = {"paths", "regex", "exclude", "name"}
+SECRET_KEYS = {"server.token"}
 
 
 class Secret(str):
@@ -393,6 +394,9 @@ def parse_set_option(items: list[str]) -> dict[str, Any]:
             raise ConfigError(key or item, "expected --set section.key=value")
         if key not in KNOWN_KEYS:
             raise ConfigError(key, "unknown key (in --set)")
+        if key in SECRET_KEYS:
+            raise ConfigError(key, "is never taken on the command line, where every local user can read it "
+                                   "(ps, /proc); use server.token_file or REMOTE_UPLOADER_TOKEN")
         result[key] = value
     return result
 

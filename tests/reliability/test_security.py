@@ -117,9 +117,6 @@ def test_token_never_in_logs_status_errors_or_process_titles(tmp_path: Path, how
     assert leaks == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.py/config.py: `--set server.token=...` is accepted, so the token is in /proc/PID/cmdline for every "
-    "local user to read (the --token-file help says tokens are never taken as arguments)"))
 def test_a_token_on_the_command_line_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path / "agent.toml", url="http://127.0.0.1:9", token="x", state_dir=tmp_path / "s",
                           sources=[str(tmp_path / "a.log")])
