@@ -9,7 +9,8 @@ batches mostly update rows that exist, as in a long-running collector. Three mea
 
 - parse:   body bytes -> validated, aggregated Batch (batch.parse_batch), no database;
 - storage: Storage.store_batch of parsed batches (one transaction each);
-- http:    gzip bodies POSTed one after another to a `collector serve` process on 127.0.0.1,
+- http:    gzip bodies POSTed to a `collector serve` process on 127.0.0.1, by one client (one
+           after another, like one agent) and by `--clients` at once (like several agents),
            wall-clock from the first request to the last answer (decompression, parsing,
            validation, storage, commit with fsync).
 
@@ -27,6 +28,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,7 +115,7 @@ def bench_storage(url: str, bodies: list[bytes], records: int) -> None:
         storage.close()
 
 
-def bench_http(url: str, bodies: list[bytes], records: int, workdir: Path) -> None:
+def bench_http(url: str, bodies: list[bytes], records: int, workdir: Path, clients: int = 1) -> None:
     import httpx
     from tests.helpers.collector_fixtures import CollectorProcess
 
@@ -123,15 +125,25 @@ def bench_http(url: str, bodies: list[bytes], records: int, workdir: Path) -> No
         compressed = [gzip.compress(body, compresslevel=6) for body in bodies]
         headers = {**process.headers(), "Content-Type": "application/json", "Content-Encoding": "gzip"}
         assert process.proc is not None
-        with httpx.Client(timeout=300) as client:
-            started, cpu = time.perf_counter(), process_cpu(process.proc.pid)
-            for body in compressed:
-                response = client.post(process.url + "/v1/batches", content=body, headers=headers)
-                response.raise_for_status()
-            elapsed = time.perf_counter() - started
-            used = process_cpu(process.proc.pid) - cpu
+
+        def send(share: list[bytes]) -> None:
+            with httpx.Client(timeout=300) as client:
+                for body in share:
+                    response = client.post(process.url + "/v1/batches", content=body, headers=headers)
+                    response.raise_for_status()
+
+        shares = [compressed[n::clients] for n in range(clients)]
+        threads = [threading.Thread(target=send, args=(share,)) for share in shares]
+        started, cpu = time.perf_counter(), process_cpu(process.proc.pid)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        used = process_cpu(process.proc.pid) - cpu
         # CPU: the collector process's (not the client's, not PostgreSQL's).
-        print(f"  http end to end  {rate(records * len(bodies), elapsed, used)}")
+        label = f"http, {clients} client{'s' if clients > 1 else ''}"
+        print(f"  {label:<16} {rate(records * len(bodies), elapsed, used)}")
     finally:
         process.stop()
 
@@ -163,6 +175,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=500_000, help="distinct addresses to draw from")
     parser.add_argument("--pg", help="a PostgreSQL URL to use (its tables are created if missing)")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--clients", type=int, default=2, help="also post from this many clients at once")
     args = parser.parse_args()
 
     bodies = make_bodies(args.batches, args.records, args.pool)
@@ -175,8 +188,11 @@ def main() -> None:
         print("SQLite")
         bench_storage(f"sqlite://{work}/storage.db", bodies, args.records)
         if not args.skip_http:
-            (work / "http").mkdir()
-            bench_http(f"sqlite://{work}/http.db", bodies, args.records, work / "http")
+            for clients in sorted({1, args.clients}):
+                (work / f"http-{clients}").mkdir()
+                bench_http(
+                    f"sqlite://{work}/http-{clients}.db", bodies, args.records, work / f"http-{clients}", clients
+                )
         with postgres(args.pg) as fresh:
             if fresh is None:
                 print("PostgreSQL: not installed (no initdb/pg_ctl), skipped")
@@ -184,8 +200,9 @@ def main() -> None:
             print("PostgreSQL")
             bench_storage(fresh(), bodies, args.records)
             if not args.skip_http:
-                (work / "http-pg").mkdir()
-                bench_http(fresh(), bodies, args.records, work / "http-pg")
+                for clients in sorted({1, args.clients}):
+                    (work / f"http-pg-{clients}").mkdir()
+                    bench_http(fresh(), bodies, args.records, work / f"http-pg-{clients}", clients)
 
 
 if __name__ == "__main__":
