@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.sink import AuthRefusedError, HttpSink
-from remote_uploader.agent.source import BlockReader, expand_sources
-from remote_uploader.agent.spool import DB_NAME, Spool, StateLock
+from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
+from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock
 from remote_uploader.config import Config
 from remote_uploader.errors import DeliveryError, RemoteUploaderError, StateError
 from remote_uploader.i18n import _
@@ -137,13 +138,12 @@ def collect_status(config: Config) -> dict[str, Any]:
     try:
         files = []
         for state in spool.files():
-            try:
-                size: int | None = os.stat(state.path).st_size
-            except OSError:
-                size = None
+            path, size = where_now(state)
             behind = max(0, size - state.offset) if size is not None else None
-            files.append({"path": state.path, "offset": state.offset, "size": size, "behind": behind,
-                          "status": state.status})
+            item = {"path": path, "offset": state.offset, "size": size, "behind": behind, "status": state.status}
+            if path != state.path:
+                item["recorded_path"] = state.path
+            files.append(item)
         queue = spool.stats()
         kv = spool.get_kv()
         dead = spool.dead_letters()
@@ -161,6 +161,42 @@ def collect_status(config: Config) -> dict[str, Any]:
                          for b, r, s, why, at in dead],
         "last_upload": json.loads(kv["last_upload"]) if "last_upload" in kv else None,
     }
+
+
+def where_now(state: FileState) -> tuple[str, int | None]:
+    """Where a record's content is now, and its size: (path, None) if it cannot be found.
+
+    The recorded path is where the agent last saw the file; after a rotation it may hold another
+    file (a new log) while the record's content sits under the rotated name. Sizing the new file
+    against the old offset would report 0 bytes behind for a file that is behind, so the content is
+    matched by identity (device, inode and the fingerprint of its first bytes), at the recorded
+    path first, then among the files of the same directory.
+    """
+    if _holds(state.path, state):
+        return state.path, os.stat(state.path).st_size
+    directory = os.path.dirname(state.path) or "."
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.path != state.path and _holds(entry.path, state):
+                    return entry.path, entry.stat().st_size
+    except OSError:
+        pass
+    return state.path, None
+
+
+def _holds(path: str, state: FileState) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (state.identity.dev, state.identity.ino):
+            return False
+        return fingerprint(fd, state.identity.fp_len) == (state.identity.fp_len, state.identity.fp_hash)
+    finally:
+        os.close(fd)
 
 
 def render_status(report: dict[str, Any]) -> list[str]:
