@@ -22,8 +22,9 @@ Who owns what, so that nothing is counted twice: the IPv4 pass skips a dotted qu
 `X:` where X is a hex digit or `:`; the IPv6 pass decides those (`::ffff:1.2.3.4` is a mapped
 address, `64:ff9b::1.2.3.4` a NAT64 one, `src:1.2.3.4` a label followed by an IPv4 address).
 
-The `hyperscan` engine (extract_fast.py) finds a superset of the same candidates with Hyperscan and
-judges them with the same rules (`V4_AT`, `v6_candidate`); a test compares the two on one corpus.
+The `hyperscan` engine (extract_fast.py) builds its IPv4 pattern from the same pieces (`V4_BEFORE`,
+`OCTET`, `WORD_CLASS`) and judges IPv6 candidates with the same `v6_candidate`; a test compares
+the two engines on the cases, random text, binary junk and every benchmark workload.
 """
 
 from __future__ import annotations

@@ -3,21 +3,23 @@
 Importing this module raises ImportError when the `hyperscan` package is missing;
 `build_extractor(engine="auto")` then falls back to the standard-library engine.
 
-Hyperscan finds the candidates, reporting each once with its start (leftmost) and end; one Python
-callback per candidate keeps a slice of the block, and each distinct slice is judged by the very
-rules of the stdlib engine (extract.py), through a bounded cache:
+Hyperscan finds the candidates; one Python callback per match keeps a slice of the block, the
+slices are counted with `Counter`, and each distinct one is turned into an address once:
 
-- IPv4: from the first `.` of `A.B.C.D` to the byte after the last octet (two bytes when the first
-  is a `.`). The pattern leaves out what the rules refuse anyway (a 4th digit, a `.` and a word
-  byte), so that most version strings never reach Python. The slice starts 5 bytes before the
-  `.`, and `V4_AT`, the stdlib pattern, decides at the `.`.
+- IPv4: the pattern is the stdlib rules, built from the same pieces (`V4_BEFORE`, `OCTET`,
+  `WORD_CLASS`), with the context they look at consumed instead (Hyperscan has no lookbehind):
+  the 2 bytes before the first octet and 1 or 2 bytes after the last. Every match is an address;
+  the slice is the 17 bytes that end with the match, and the address is its last run of digits
+  and dots.
 - IPv6: from the first `:` of a run of hex digits, colons and dots to the byte after the run, only
   for runs that could hold an address (a `::`, a dotted quad after a colon, eight groups), so times
-  of day never reach Python. The slice starts 6 bytes before the `:`; `v6_candidate` decides.
+  of day never reach Python. The slice starts 6 bytes before the `:`; `v6_candidate`, the stdlib
+  judge, decides.
 
-The stdlib engine anchors at the same first `.` or `:`. Where it does not try an anchor (inside an
-earlier match, or a later colon of a run that cannot hold an address) the rules refuse the
-candidate anyway, so both engines accept the same ones; tests/test_extract_properties.py checks it.
+Why the counts are the same: an IPv4 match of either engine is one of the other's (the stdlib
+engine skips no anchor that could start an address: a `.` inside an earlier match follows a digit
+and a `.`), and both engines take an IPv6 run from its first colon. tests/test_extract_properties.py
+compares them on random text, binary junk and every benchmark workload.
 """
 
 from __future__ import annotations
@@ -122,15 +124,16 @@ class HyperscanExtractor:
         data = b"".join((buf[lo - ctx : hi], b"\n"))
         add4 = v4.append
         add6 = v6.append
+        key_len, max_run = V4_KEY, MAX_V6_RUN  # closure cells: cheaper than globals, once per match
 
         # A match ending at or before `ctx` lies in the left context: it ends at or before the
         # separator just before `lo`, and its range counted it.
         def on_v4(_id: int, _first: int, after: int, _flags: int, _context: object) -> None:
             if after > ctx:
-                add4(data[after - V4_KEY : after])
+                add4(data[after - key_len : after])
 
         def on_v6(_id: int, first: int, after: int, _flags: int, _context: object) -> None:
-            if after > ctx and after - first - 2 <= MAX_V6_RUN:
+            if after > ctx and after - first - 2 <= max_run:
                 add6(data[first - 6 : after])
 
         self._v4_db.scan(data, match_event_handler=on_v4)
