@@ -45,8 +45,10 @@ CONTEXT: Final = 16
 #: Distinct candidates (and excluded-or-not answers) remembered before a cache is emptied.
 CACHE_LIMIT: Final = 100_000
 #: `scan` works through a block in windows of about this size (cut after a separator), so the
-#: lists `findall` builds stay small even when every line is an address.
+#: lists `findall` builds stay small even when every line is an address...
 WINDOW: Final = 256 * 1024
+#: ...and turns what it counted into addresses whenever it holds more distinct matches than this.
+RESOLVE_AT: Final = 16_384
 ENGINES: Final = ("auto", "stdlib", "hyperscan")
 
 
@@ -156,7 +158,19 @@ V4_RULES: Final = (
 #: address (`255.255.255.255`), and one bytes object per match is half the cost of a tuple.
 _V4_SCAN: Final = re.compile(V4_RULES + rb"(?<=([\x00-\xff]{15}))")
 # Everything but digits and dots becomes a space: in a window, the address follows the last space.
-BLANK_ALL_BUT_QUAD: Final = bytes(b if b in DIGITS or b == 0x2E else 0x20 for b in range(256))
+_BLANK_ALL_BUT_QUAD: Final = bytes(b if b in DIGITS or b == 0x2E else 0x20 for b in range(256))
+
+
+def add_v4_windows(windows: Counter[bytes], out: dict[str, int]) -> None:
+    """Add to `out` the addresses of IPv4 windows: bytes that end with an address, or with an address
+    and the 1 or 2 bytes after it (not digits), and have no digit or `.` right before it."""
+    blank = _BLANK_ALL_BUT_QUAD
+    get = out.get
+    for window, n in windows.items():
+        quad = window.translate(blank).rstrip(b" .").rpartition(b" ")[2]
+        if quad != b"0.0.0.0":
+            ip = quad.decode("ascii")
+            out[ip] = get(ip, 0) + n
 
 
 # --- IPv6: found by the pattern, judged in Python -----------------------------------------------
@@ -324,24 +338,27 @@ class StdlibExtractor:
 
     def scan(self, buf: Buffer, start: int, end: int) -> dict[str, int]:
         buf, start, end = _padded(buf, start, end, self.context)
+        out: dict[str, int] = {}
         v4: Counter[bytes] = Counter()
         v6: Counter[tuple[bytes, bytes]] = Counter()
         for lo, hi in _windows(buf, start, end):
             v4.update(_V4_SCAN.findall(buf, lo, hi))
             v6.update(_V6_SCAN.findall(buf, lo, hi))
-        out: dict[str, int] = {}
-        blank = BLANK_ALL_BUT_QUAD
-        get = out.get
-        for window, n in v4.items():  # per distinct window: the address after the last non-[0-9.] byte
-            quad = window.translate(blank).rpartition(b" ")[2]
-            if quad != b"0.0.0.0":
-                ip = quad.decode("ascii")
-                out[ip] = get(ip, 0) + n
-        for (before, rest), n in v6.items():
-            ip6 = v6_candidate(before, rest)
-            if ip6 is not None:
-                out[ip6] = get(ip6, 0) + n
+            if len(v4) + len(v6) > RESOLVE_AT:
+                self._resolve(v4, v6, out)
+        self._resolve(v4, v6, out)
         return out
+
+    @staticmethod
+    def _resolve(v4: Counter[bytes], v6: Counter[tuple[bytes, bytes]], out: dict[str, int]) -> None:
+        add_v4_windows(v4, out)
+        get = out.get
+        for (before, rest), n in v6.items():
+            ip = v6_candidate(before, rest)
+            if ip is not None:
+                out[ip] = get(ip, 0) + n
+        v4.clear()
+        v6.clear()
 
 
 class RegexExtractor:

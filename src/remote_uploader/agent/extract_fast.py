@@ -31,10 +31,10 @@ import hyperscan
 
 from remote_uploader.agent.extract import (
     _SEP_RE,
-    BLANK_ALL_BUT_QUAD,
     CONTEXT,
     MAX_V6_RUN,
     OCTET,
+    RESOLVE_AT,
     SEPARATORS,
     V4_BEFORE,
     WORD_CLASS,
@@ -42,6 +42,7 @@ from remote_uploader.agent.extract import (
     StdlibExtractor,
     _padded,
     _windows,
+    add_v4_windows,
     v6_candidate,
 )
 
@@ -102,18 +103,21 @@ class HyperscanExtractor:
                 found4, found6 = self._scan_window(buf, lo, hi)
                 v4.update(found4)
                 v6.update(found6)
-        blank = BLANK_ALL_BUT_QUAD
-        get = out.get
-        for key, n in v4.items():  # the address is between the last non-[0-9.] byte and the tail
-            quad = key.translate(blank).rstrip(b" .").rpartition(b" ")[2]
-            if quad != b"0.0.0.0":
-                ip = quad.decode("ascii")
-                out[ip] = get(ip, 0) + n
-        for key, n in v6.items():
-            ip6 = v6_candidate(key[:7], key[7:])
-            if ip6 is not None:
-                out[ip6] = get(ip6, 0) + n
+                if len(v4) + len(v6) > RESOLVE_AT:
+                    self._resolve(v4, v6, out)
+        self._resolve(v4, v6, out)
         return out
+
+    @staticmethod
+    def _resolve(v4: Counter[bytes], v6: Counter[bytes], out: dict[str, int]) -> None:
+        add_v4_windows(v4, out)
+        get = out.get
+        for key, n in v6.items():
+            ip = v6_candidate(key[:7], key[7:])
+            if ip is not None:
+                out[ip] = get(ip, 0) + n
+        v4.clear()
+        v6.clear()
 
     def _scan_window(self, buf: Buffer, lo: int, hi: int) -> tuple[list[bytes], list[bytes]]:
         """The candidate keys of buf[lo:hi] (lo is just after a separator), IPv4 then IPv6."""
