@@ -38,6 +38,14 @@ def test_the_batch_agent_must_be_the_token_name(collector: CollectorProcess) -> 
     assert collector.counts() == {}
 
 
+def test_a_name_mismatch_is_403_even_in_an_otherwise_empty_body(collector: CollectorProcess) -> None:
+    # What an agent's self-test can send: 403 means "this token is not for this agent id",
+    # 400 means "token and id accepted" (and nothing is stored either way).
+    assert collector.post_batch({"agent": "web-7"}).status_code == 403
+    assert collector.post_batch({"agent": "test-agent"}).status_code == 400
+    assert collector.post_batch({}).status_code == 400
+
+
 def test_read_only_tokens_read_but_do_not_send(collector: CollectorProcess) -> None:
     reader = collector.add_token("dashboard", read_only=True)
     assert collector.get("/v1/ips", token=reader).status_code == 200

@@ -75,3 +75,32 @@ def test_a_collector_restart_between_runs_loses_and_doubles_nothing(
     collector.start()
     assert run_agent("once", "-c", str(config)).returncode == 0
     assert collector.counts() == dict(expected + more)
+
+
+def test_several_real_agents_at_once_deliver_exact_counts(collector_any: CollectorProcess, tmp_path: Path) -> None:
+    from tests.helpers.agent import start_agent
+
+    expected: Counter[str] = Counter()
+    agents = []
+    for number in range(3):
+        home = tmp_path / f"agent-{number}"
+        home.mkdir()
+        log = home / "access.log"
+        expected += write_access_log(log, 2500, seed=20 + number)  # overlapping address pools
+        name = f"web-{number}"
+        config = write_config(
+            home / "agent.toml",
+            url=collector_any.url,
+            token=collector_any.add_token(name),
+            state_dir=home / "state",
+            sources=[str(log)],
+            agent={"id": name},
+            batching=SMALL_BATCHES,
+        )
+        agents.append(start_agent("once", "-c", str(config)))
+    for process in agents:
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr
+    assert collector_any.counts() == dict(expected)
+    stats = {item["agent"]: item for item in collector_any.get("/v1/agents").json()["items"]}
+    assert set(stats) == {"web-0", "web-1", "web-2"}

@@ -27,7 +27,7 @@ from remote_uploader import __version__
 from remote_uploader.collector import routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
 from remote_uploader.collector.auth import Principal, authenticate
-from remote_uploader.collector.batch import BatchInvalid, parse_batch
+from remote_uploader.collector.batch import BatchInvalid, decode_body, validate_batch
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
 from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
 from remote_uploader.collector.logs import AccessLog, fields
@@ -84,10 +84,16 @@ class Collector:
             self._slots.release()
 
     def _ingest(self, payload: bytearray, who: Principal, state: Any) -> BatchAccepted:
-        batch = parse_batch(payload)
-        del payload[:]  # the parsed form is all we need; give the memory back early
-        if batch.agent != who.name:
-            raise ApiError(403, "agent", f"the batch's agent {batch.agent!r} is not the token's name {who.name!r}")
+        document = decode_body(payload)
+        del payload[:]  # the decoded form is all we need; give the memory back early
+        # The agent's name is checked before the rest: a token/agent mismatch is configuration,
+        # answered 403 (the agent keeps its data queued), even for a batch that is invalid too.
+        # It also lets an agent's self-test POST {"agent": "its id"}: 403 mismatch, 400 accepted.
+        agent = document.get("agent") if isinstance(document, dict) else None
+        if isinstance(agent, str) and agent != who.name:
+            raise ApiError(403, "agent", f"the batch's agent {agent!r} is not the token's name {who.name!r}")
+        batch = validate_batch(document)
+        del document
         state.batch_id = batch.batch_id
         state.records = batch.records
         new = self.storage.store_batch(batch, datetime.now(UTC))

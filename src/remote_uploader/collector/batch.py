@@ -116,14 +116,18 @@ class _Errors:
             raise _TooManyErrors
 
 
-def parse_batch(payload: bytes | bytearray) -> Batch:
-    """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong."""
+def decode_body(payload: bytes | bytearray) -> Any:
+    """The JSON document of a body; `BatchInvalid` (field `body`) if it is not JSON."""
     try:
-        document = json.loads(payload)
+        return json.loads(payload)
     except RecursionError:
         raise BatchInvalid([FieldError("body", "not valid JSON: nested too deeply")]) from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise BatchInvalid([FieldError("body", f"not valid JSON: {exc}")]) from None
+
+
+def validate_batch(document: Any) -> Batch:
+    """Validate a decoded batch; raise `BatchInvalid` listing what is wrong."""
     errors = _Errors()
     try:
         batch = _validate(document, errors)
@@ -133,6 +137,11 @@ def parse_batch(payload: bytes | bytearray) -> Batch:
     if batch is None or errors.items:
         raise BatchInvalid(errors.items)
     return batch
+
+
+def parse_batch(payload: bytes | bytearray) -> Batch:
+    """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong."""
+    return validate_batch(decode_body(payload))
 
 
 def _validate(document: Any, errors: _Errors) -> Batch | None:
