@@ -66,7 +66,9 @@ def test_the_shipped_mo_is_the_compiled_po() -> None:
     expected = gettext.GNUTranslations(compiled)
     with (CATALOG.with_suffix(".mo")).open("rb") as handle:
         shipped = gettext.GNUTranslations(handle)
-    assert shipped._catalog == expected._catalog, "run scripts/compile-translations"  # type: ignore[attr-defined]
+    messages = {key: value for key, value in shipped._catalog.items() if key}  # type: ignore[attr-defined]
+    wanted = {key: value for key, value in expected._catalog.items() if key}  # type: ignore[attr-defined]
+    assert messages == wanted, "run scripts/compile-translations"  # the header ('') holds dates
 
 
 def test_setup_chooses_chinese_from_lang_or_locale_and_english_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

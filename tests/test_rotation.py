@@ -54,6 +54,8 @@ class Writer(threading.Thread):
         self.seq = 0
         self.fd = self._open()
         self.window_lines: int | None = None
+        self.keep = KEEP
+        self.written_before_open = 0
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -80,6 +82,7 @@ class Writer(threading.Thread):
         with self.lock:
             os.close(self.fd)
             self.fd = self._open()
+            self.written_before_open = sum(self.counts.values())
 
     def finish(self) -> Counter[str]:
         self.stop.set()
@@ -92,12 +95,12 @@ class Writer(threading.Thread):
         return self.lock
 
 
-def shift_rotated(path: Path) -> Path:
+def shift_rotated(path: Path, keep: int = KEEP) -> Path:
     """logrotate's numbering: .3 -> .4, ..., .1 -> .2 (the oldest dropped); returns the `.1` path."""
-    oldest = path.with_name(f"{path.name}.{KEEP}")
+    oldest = path.with_name(f"{path.name}.{keep}")
     if oldest.exists():
         oldest.unlink()
-    for n in range(KEEP - 1, 0, -1):
+    for n in range(keep - 1, 0, -1):
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():
             older.rename(path.with_name(f"{path.name}.{n + 1}"))
@@ -109,7 +112,7 @@ def shift_rotated(path: Path) -> Path:
 
 def rename_create(writer: Writer, agent: Runner) -> None:
     """logrotate's default: rename, (late writes to the renamed file,) create, reopen."""
-    shift_rotated(writer.path)
+    shift_rotated(writer.path, writer.keep)
     writer.path.rename(writer.path.with_name(writer.path.name + ".1"))
     time.sleep(0.05)  # the server keeps writing to the renamed file until it reopens
     writer.reopen()
@@ -117,7 +120,7 @@ def rename_create(writer: Writer, agent: Runner) -> None:
 
 def copytruncate(writer: Writer, agent: Runner) -> None:
     """Copy then truncate, with no write in between: every line is in the copy or after the truncate."""
-    target = shift_rotated(writer.path)
+    target = shift_rotated(writer.path, writer.keep)
     with writer.lock:
         shutil.copyfile(writer.path, target)
         os.truncate(writer.path, 0)
@@ -151,7 +154,11 @@ def truncate_blind(writer: Writer, agent: Runner) -> None:
 
 
 def delete_recreate(writer: Writer, agent: Runner) -> None:
-    """Delete, (late writes to the deleted file,) create: the agent reads the deleted one to its end."""
+    """Delete, (late writes to the deleted file,) create: the agent reads the deleted one to its end.
+
+    Only once the agent has shipped a line of the current file, so it holds it open: a file created
+    and deleted between two polls is never seen by a polling agent (docs/forever.md, limits)."""
+    agent.wait_for(writer.written_before_open + 1)
     writer.path.unlink()
     time.sleep(0.05)
     writer.reopen()

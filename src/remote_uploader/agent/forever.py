@@ -51,6 +51,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
     metrics = None
     try:
         tailer = Tailer(agent)
+        tailer.patience = max(config.read.rotate_grace, 2 * config.read.poll_interval)
         if config.agent.metrics_listen:
             from remote_uploader.agent.metrics import serve_metrics
 
@@ -78,6 +79,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
             tailer.close()
         if metrics is not None:
             metrics.close()
+        _stop_workers(agent)
         agent.close()
 
 
@@ -148,6 +150,15 @@ def abort_in_flight(sink: Sink) -> None:
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def _stop_workers(agent: Agent) -> None:
+    """Kill the extraction workers: they hold no state, and after a stop in the middle of a backlog
+    their answers, which nobody will read, can fill their pipes so that they never see the end of
+    their input (ParallelScanner.close would then wait 5 s for each)."""
+    for proc in getattr(agent.scanner, "_procs", []):
+        with contextlib.suppress(OSError):
+            proc.kill()
 
 
 # --- reload ------------------------------------------------------------------------------------------

@@ -181,7 +181,8 @@ class Tailer:
         self.lock = threading.Lock()
         self.tracked: dict[int, Tracked] = {}
         self.polls = 0
-        self.reported: dict[str, str] = {}
+        self.patience = 0.0  # forever: how long a configured path may be missing before we say so
+        self.problem_since: dict[tuple[str, str], float] = {}
         self.said: set[tuple[str, str]] = set()
         self.ignored_copies: set[Key] = set()
         self.last_seen_written = 0.0
@@ -249,6 +250,10 @@ class Tailer:
         with self.lock:
             t.fd = fd
         st = os.fstat(fd)
+        if st.st_size == t.size and t.pos >= t.size and t.followed >= 0:
+            t.followed = self.polls  # nothing new (t.pos, what we consumed, only moves when we read)
+            self._maybe_let_go(t, now)
+            return
         pos = self._position(t)
         if pos is None:
             return
@@ -462,6 +467,10 @@ class Tailer:
             t.fd = None
 
     def _forget(self, t: Tracked, why: str) -> None:
+        if t.fid in self.agent.batch.offsets:
+            # SQLite gives a deleted highest rowid to the next insert: a new record could get this
+            # fid while the in-memory batch still carries the old file's offset for it.
+            self.agent.seal_now()
         with self.lock:
             self._close_fd(t)
             self.tracked.pop(t.fid, None)
@@ -469,13 +478,18 @@ class Tailer:
         log.info("event=file_forgotten path=%s fid=%d reason=%r", t.path, t.fid, why)
 
     def _report(self, problems: list[SourceProblem]) -> None:
-        """Say each problem once (a missing file between a rename and the create is normal)."""
+        """Say each problem once, and a missing file only after `patience` seconds: between a
+        rename and the create of the new file, a live path is missing for a moment."""
+        now = time.monotonic()
         current = {p.path: p.reason for p in problems}
         for path, reason in current.items():
-            if self.reported.get(path) != reason:
-                self.said.discard((path, reason))
+            first = self.problem_since.setdefault((path, reason), now)
+            missing = not os.path.lexists(path)
+            if (path, reason) not in self.said and (not missing or now - first >= self.patience):
                 self._problem(path, reason)
-        self.reported = current
+        for key in [key for key in self.problem_since if key[0] not in current]:
+            del self.problem_since[key]
+            self.said.discard(key)
 
     def _problem(self, path: str, reason: str) -> None:
         if (path, reason) not in self.said:
