@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_rotation import Writer, compare, copytruncate, rename_create, running, settle
+from tests.helpers.agent import run_agent
+from tests.test_rotation import Runner, Writer, compare, copytruncate, rename_create, running, settle
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -86,3 +87,21 @@ def _create_with_inode(directory: Path, inode: int, tries: int = 200) -> Path:
         for path in made:
             path.unlink()
 
+
+
+def test_once_reads_the_rest_of_the_rotated_file_and_the_rotations_in_between(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "access.log"
+    writer = Writer(log, seed=13)
+    writer.burst(300)
+    runner = Runner(tmp_path, receiver, [str(log)])  # its config; `once` runs, not `forever`
+    assert run_agent("once", "-c", str(runner.config)).returncode == 0
+    for _ in range(3):  # written, then rotated, three times between two runs of `once`
+        writer.burst(200)
+        rename_create(writer, runner)
+    writer.burst(100)
+    result = run_agent("once", "-c", str(runner.config))
+    assert result.returncode == 0, result.stderr
+    with writer.lock:
+        os.close(writer.fd)
+    row = compare("once_after_three_rotations", writer.counts, receiver.counts())
+    assert row["lost"] == 0 and row["doubled"] == 0, row

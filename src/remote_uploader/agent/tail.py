@@ -509,6 +509,8 @@ class Tailer:
         result: list[Lag] = []
         with self.lock:
             for t in list(self.tracked.values()):
+                if self.source_index(t.name) is None:
+                    continue  # no longer configured: not followed
                 try:
                     size = os.fstat(t.fd).st_size if t.fd is not None else os.stat(t.path).st_size
                 except OSError:
