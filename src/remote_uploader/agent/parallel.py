@@ -38,7 +38,6 @@ from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
-CONTEXT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,17 +154,19 @@ def scan_task(extractors: Sequence[Extractor], source: int, path: str, start: in
         real_end = boundary(fd, end)
         if real_end <= real_start:
             return [Part({}, 0, 0, real_start)] if real_end == real_start else []
-        want = min(CONTEXT, real_start)
-        buf = bytearray(CONTEXT + real_end - real_start)
-        buf[:CONTEXT] = os.pread(fd, want, real_start - want).rjust(CONTEXT, b"\n")
+        extractor = extractors[source]
+        context = extractor.context  # the real bytes before the range: validation reads them
+        want = min(context, real_start)
+        buf = bytearray(context + real_end - real_start)
+        buf[:context] = os.pread(fd, want, real_start - want).rjust(context, b"\n")
         view = memoryview(buf)
         got = 0
         while got < real_end - real_start:
-            n = os.preadv(fd, [view[CONTEXT + got:]], real_start + got)
+            n = os.preadv(fd, [view[context + got:]], real_start + got)
             if n == 0:
                 raise OSError(f"{path}: file shrank while being read")
             got += n
-        return scan_parts(extractors[source], buf, CONTEXT, len(buf), real_end, cap)
+        return scan_parts(extractor, buf, context, len(buf), real_end, cap)
     finally:
         os.close(fd)
 
