@@ -140,15 +140,16 @@ def test_a_sealed_batch_body_is_protocol_json_with_escaped_sources() -> None:
     from remote_uploader.agent.batch import Batch, seal
 
     batch = Batch(created=0.0)
-    batch.add('/var/log/we"ird\\name.log', {"203.0.113.7": 3, "2001:db8::1": 1}, 1_700_000_000.5)
+    batch.add('/var/log/we"ird\\name.log', {"203.0.113.7": 2, "2001:db8::1": 1}, 1_700_000_000.5)
+    batch.add('/var/log/we"ird\\name.log', {"203.0.113.7": 1}, 1_700_000_001.25)
     sealed = seal(batch, "web-1", compress=True)
     assert sealed is not None
     document = json.loads(gzip.decompress(sealed.body))
     assert document["agent"] == "web-1" and document["batch_id"] == sealed.batch_id
     assert document["records"] == [
         {"ip": "203.0.113.7", "count": 3, "first_seen": "2023-11-14T22:13:20.500000Z",
-         "last_seen": "2023-11-14T22:13:20.500000Z", "source": '/var/log/we"ird\\name.log'},
+         "last_seen": "2023-11-14T22:13:21.250000Z", "source": '/var/log/we"ird\\name.log'},
         {"ip": "2001:db8::1", "count": 1, "first_seen": "2023-11-14T22:13:20.500000Z",
-         "last_seen": "2023-11-14T22:13:20.500000Z", "source": '/var/log/we"ird\\name.log'},
+         "last_seen": "2023-11-14T22:13:21.250000Z", "source": '/var/log/we"ird\\name.log'},
     ]
     assert (sealed.records, sealed.occurrences) == (2, 4)
