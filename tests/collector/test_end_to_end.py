@@ -104,3 +104,21 @@ def test_several_real_agents_at_once_deliver_exact_counts(collector_any: Collect
     assert collector_any.counts() == dict(expected)
     stats = {item["agent"]: item for item in collector_any.get("/v1/agents").json()["items"]}
     assert set(stats) == {"web-0", "web-1", "web-2"}
+
+
+def test_the_test_command_says_when_the_token_belongs_to_another_agent(collector, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.helpers.agent import run_agent, write_config
+
+    log = tmp_path / "a.log"
+    log.write_text("client 198.51.100.7\n")
+    config = write_config(tmp_path / "agent.toml", url=collector.url, token=collector.token,
+                          state_dir=tmp_path / "state", sources=[str(log)], agent={"id": "someone-else"})
+    result = run_agent("test", "-c", str(config))
+    assert result.returncode == 1
+    assert "not for agent someone-else" in result.stdout
+    good = write_config(tmp_path / "good.toml", url=collector.url, token=collector.token,
+                        state_dir=tmp_path / "state", sources=[str(log)])
+    result = run_agent("test", "-c", str(good))
+    assert result.returncode == 0, result.stdout
+    assert "token accepted" in result.stdout
+    assert collector.counts() == {}  # the check stores nothing

@@ -105,8 +105,12 @@ def check_state_dir(config: Config) -> Check:
 
 
 def check_server(config: Config) -> Check:
-    """Reachable (GET /v1/health) and the token accepted (a POST of an empty object: auth comes
-    before validation, so 400 means the token was accepted and nothing was stored)."""
+    """Reachable (GET /v1/health) and the token accepted for this agent.
+
+    The probe is a POST of `{"agent": <id>}` and nothing else: the collector checks the token,
+    then the agent name against the token's name (403), and only then the body (400). So 400
+    means "token accepted for this agent", and nothing is ever stored by the check.
+    """
     sink = HttpSink(config.server)
     name = _("server {url}").format(url=config.server.url)
     try:
@@ -114,8 +118,11 @@ def check_server(config: Config) -> Check:
         if not config.server.token:
             return Check(name, False, _("reachable, but no token configured (server.token or token_file)"))
         try:
-            sink.send("remote-uploader-test", b"{}", "identity")
-        except AuthRefusedError:
+            sink.send("remote-uploader-test", json.dumps({"agent": config.agent.id}).encode(), "identity")
+        except AuthRefusedError as exc:
+            if exc.status == 403:
+                return Check(name, False, _("reachable, but the token is not for agent {agent} (HTTP 403); "
+                                            "agent.id must match the token's name").format(agent=config.agent.id))
             return Check(name, False, _("reachable, but the token was refused"))
         except DeliveryError as exc:
             if exc.status not in (400, 422):
