@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "agent.id": None,  # the host name
     "agent.state_dir": None,  # default_state_dir()
     "agent.workers": 0,  # 0 = number of cores
+    "agent.engine": "auto",
     "agent.stats_interval": 60.0,
     "agent.log_level": "info",
     "agent.log_format": "text",
@@ -66,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "batching.min_upload_batch": 100,
     "batching.max_batch_age": 1.0,
     "queue.max_bytes": 512 * 1024 * 1024,
-    "read.block_size": 4 * 1024 * 1024,
+    "read.block_size": 1024 * 1024,
     "read.poll_interval": 1.0,
     "read.partial_line_idle": 5.0,
     "read.rotate_grace": 5.0,
@@ -80,8 +81,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "small-memory": {
         "batching.max_memory_ips": 5_000,
         "batching.force_upload_threshold": 2_000,
-        "read.block_size": 1024 * 1024,
+        "read.block_size": 256 * 1024,
         "agent.workers": 1,
+        "agent.engine": "stdlib",
     },
     "unstable-network": {
         "batching.min_upload_batch": 50,
@@ -125,6 +127,7 @@ class AgentConfig:
     id: str
     state_dir: Path
     workers: int
+    engine: str
     stats_interval: float
     log_level: str
     log_format: str
@@ -292,6 +295,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "agent.id": _agent_id,
     "agent.state_dir": _as_str,
     "agent.workers": _positive(_as_int, allow_zero=True),
+    "agent.engine": _one_of("auto", "stdlib", "hyperscan"),
     "agent.stats_interval": _positive(_as_float, allow_zero=True),
     "agent.log_level": _one_of("debug", "info", "warning", "error"),
     "agent.log_format": _one_of("text", "json"),
@@ -529,6 +533,7 @@ def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile
         id=values["agent.id"] or _agent_id(_host_name()),
         state_dir=Path(values["agent.state_dir"] or default_state_dir()).expanduser(),
         workers=values["agent.workers"] or (os.cpu_count() or 1),
+        engine=values["agent.engine"],
         stats_interval=values["agent.stats_interval"],
         log_level=values["agent.log_level"],
         log_format=values["agent.log_format"],

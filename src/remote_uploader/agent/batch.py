@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,8 +125,11 @@ class SealPolicy:
 
 
 def new_batch_id() -> str:
-    """Random and fixed at seal time: stored with the batch, so every retry carries the same id."""
-    return uuid.uuid4().hex
+    """128 random bits, fixed at seal time: stored with the batch, so every retry carries the same id.
+
+    (os.urandom, not uuid: importing uuid costs the agent 1.5 MiB of memory for the same bits.)
+    """
+    return os.urandom(16).hex()
 
 
 def encode_sealed(agent: str, batch_id: str, records: Sequence[Record], created: float,

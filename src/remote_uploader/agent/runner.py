@@ -64,11 +64,11 @@ class Agent:
             self.lock.release()
             raise
         self.extractors = [
-            build_extractor(regex=s.regex, exclude=s.exclude) for s in config.sources
+            build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine) for s in config.sources
         ]
         self.scanner: ParallelScanner | None = None
         if config.agent.workers > 1:
-            specs = [ExtractorSpec(s.regex, s.exclude) for s in config.sources]
+            specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
             self.scanner = ParallelScanner(specs, config.agent.workers, config.read.block_size,
                                            config.batching.max_memory_ips)
         self.sink = sink or HttpSink(config.server)

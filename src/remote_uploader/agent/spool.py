@@ -37,6 +37,7 @@ from remote_uploader.errors import CorruptStateError, StateError, StateLockedErr
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 256
 DB_NAME = "queue.db"
 LOCK_NAME = "agent.lock"
 
@@ -233,6 +234,9 @@ class Spool:
             return
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # The agent reads each batch once and writes each once: a big page cache buys nothing
+        # and costs memory twice (reader and uploader each have a connection).
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if version == 0:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             if names:
