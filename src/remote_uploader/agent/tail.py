@@ -149,6 +149,7 @@ class Tracked:
     status: str
     fd: int | None = None
     size: int = -1  # at the last look; -1: not looked at yet in this process
+    mtime: float = -1.0  # at the last look
     pos: int = 0  # reading position at the last look (committed offset or past the in-memory batch)
     live: bool = False
     rotated_at: float | None = None  # monotonic time the file left the live set
@@ -241,7 +242,7 @@ class Tailer:
                 self._close_fd(t)
             return
         self._place(t, seen, now)
-        if t.fd is None and seen is not None and seen.size == t.size and t.followed >= 0:
+        if t.fd is None and seen is not None and (seen.size, seen.mtime) == (t.size, t.mtime) and t.followed >= 0:
             t.followed = self.polls  # closed, and unchanged since we last read it: nothing to do
             return
         fd = t.fd if t.fd is not None else self._open(seen.path if seen else t.path, t.key)
@@ -250,6 +251,7 @@ class Tailer:
         with self.lock:
             t.fd = fd
         st = os.fstat(fd)
+        t.mtime = st.st_mtime
         if st.st_size == t.size and t.pos >= t.size and t.followed >= 0:
             t.followed = self.polls  # nothing new (t.pos, what we consumed, only moves when we read)
             self._maybe_let_go(t, now)
@@ -358,12 +360,15 @@ class Tailer:
         self._follow(t, found)
 
     def _find_copy(self, t: Tracked, found: Scan) -> tuple[Seen, FileIdentity] | None:
-        """A file elsewhere (no record of its own) that starts with the record's fingerprint."""
+        """A file elsewhere that starts with the record's fingerprint.
+
+        A file whose inode a record verified in this pass holds that record's content; any other
+        may be the copy, even at an inode a stale record still names (file systems reuse inodes)."""
         if t.identity.fp_len == 0:
             return None
-        owned = {other.key for other in self.tracked.values()}
+        verified = {other.key for other in self.tracked.values() if other.followed == self.polls}
         for seen in found.files.values():
-            if seen.key in owned or seen.size < t.identity.fp_len:
+            if seen.key == t.key or seen.key in verified or seen.size < t.identity.fp_len:
                 continue
             fd = self._open(seen.path, seen.key)
             if fd is None:
