@@ -263,18 +263,21 @@ class ParallelScanner:
         return result
 
     def close(self) -> None:
-        """Stop the workers (closing stdin ends their loop) and reap them."""
+        """Stop the workers and reap them, also in the middle of an abandoned scan.
+
+        Our end of their stdout is closed first: a worker blocked writing an answer nobody will
+        read gets EPIPE and exits at once; closing its stdin ends the loop of an idle one.
+        """
         for proc in self._procs:
-            if proc.stdin is not None:
-                with suppress(OSError):
-                    proc.stdin.close()
+            for stream in (proc.stdout, proc.stdin):
+                if stream is not None:
+                    with suppress(OSError):
+                        stream.close()
         for proc in self._procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
         self._procs = []
 
