@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import machine as common_machine
 from bench.workloads import WORKLOADS, ensure, parse_size
 from remote_uploader.agent.extract import Extractor, build_extractor, last_cut
 
@@ -136,15 +136,8 @@ def warm(path: Path) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"{cpu}, {os.cpu_count()} cores", f"Python {platform.python_version()}", platform.system()]
+    """The common machine line, plus what this benchmark depends on (engines, rg, load)."""
+    parts = [common_machine()]
     try:
         import hyperscan
 

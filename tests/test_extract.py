@@ -25,16 +25,7 @@ from remote_uploader.agent.extract import (
     scan_bytes,
 )
 from remote_uploader.protocol import is_canonical_ip
-
-try:
-    import hyperscan  # noqa: F401
-
-    HAVE_HYPERSCAN = True
-except ImportError:
-    HAVE_HYPERSCAN = False
-
-ENGINES = ["stdlib", pytest.param("hyperscan", marks=pytest.mark.skipif(not HAVE_HYPERSCAN, reason="no hyperscan"))]
-
+from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN
 
 # --- Separators and cuts -------------------------------------------------------------------------
 

@@ -107,14 +107,10 @@ class SealedBatch:
 
 
 @dataclass(frozen=True)
-class QueuedBatch:
+class QueuedBatch(SealedBatch):
+    """A sealed batch as it sits in the queue: its place in the send order and its tries so far."""
+
     seq: int
-    batch_id: str
-    created: float
-    records: int
-    occurrences: int
-    encoding: str
-    body: bytes
     attempts: int
 
 
@@ -379,8 +375,9 @@ class Spool:
         if not rows:
             return None
         seq, batch_id, created, records, occurrences, encoding, body, attempts = rows[0]
-        return QueuedBatch(int(seq), str(batch_id), float(created), int(records),
-                           int(occurrences), str(encoding), bytes(body), int(attempts))
+        return QueuedBatch(batch_id=str(batch_id), created=float(created), records=int(records),
+                           occurrences=int(occurrences), encoding=str(encoding), body=bytes(body),
+                           seq=int(seq), attempts=int(attempts))
 
     def ack(self, seq: int) -> None:
         """The collector stored it (or had it already): the only way a batch leaves the queue unsent."""
