@@ -16,7 +16,7 @@ from typing import Any
 
 from remote_uploader import __version__
 from remote_uploader.config import PROFILES, Config, load, parse_set_option
-from remote_uploader.errors import RemoteUploaderError
+from remote_uploader.errors import RemoteUploaderError, StateError
 from remote_uploader.i18n import _, setup
 
 log = logging.getLogger("remote_uploader")
@@ -139,7 +139,7 @@ def configure_logging(config: Config, args: argparse.Namespace, *, to_file: bool
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root.addHandler(console)
     if to_file:
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = QuietRotatingFileHandler(
             config.agent.state_dir / LOG_FILE, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
         file_handler.setLevel(getattr(logging, config.agent.log_level.upper()))
         file_handler.setFormatter(_file_formatter(config.agent.log_format))
@@ -150,6 +150,23 @@ def _file_formatter(kind: str) -> logging.Formatter:
     if kind == "json":
         return JsonFormatter()
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+class QuietRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A log file that cannot be written (the state disk is full) says so once, not per line.
+
+    The default handler prints a traceback to stderr for every record it fails to write; the
+    agent goes on (its data is safe in the queue, warnings still reach stderr through the
+    console handler) and the terminal stays readable.
+    """
+
+    _warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._warned:
+            self._warned = True
+            print(f"remote-uploader: cannot write the log file {self.baseFilename} (disk full?); "
+                  "it misses lines until it can be written again", file=sys.stderr)
 
 
 class JsonFormatter(logging.Formatter):
@@ -242,7 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         for line in render_status(report):
             say(line)
-    return 0
+    return StateError.exit_code if "error" in report else 0
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

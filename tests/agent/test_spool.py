@@ -153,3 +153,28 @@ def test_a_sealed_batch_body_is_protocol_json_with_escaped_sources() -> None:
          "last_seen": "2023-11-14T22:13:21.250000Z", "source": '/var/log/we"ird\\name.log'},
     ]
     assert (sealed.records, sealed.occurrences) == (2, 4)
+
+
+def test_a_write_refused_by_a_file_size_limit_is_retryable_not_fatal(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes SQLite report an I/O error (EFBIG), not SQLITE_FULL: same handling."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / "src")!r})
+from pathlib import Path
+from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, prepare_state_dir
+state = Path({str(tmp_path / "state")!r})
+prepare_state_dir(state)
+spool = Spool(state)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    for n in range(100):
+        spool.commit(SealedBatch(f"b{{n}}", 1.0, 1, 1, "identity", b"x" * 50_000), {{}})
+except DiskFullError as exc:
+    print("retryable:", exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "retryable:" in result.stdout, result.stderr

@@ -127,7 +127,8 @@ class QueueStats:
 
 
 class DiskFullError(StateError):
-    """The state directory has no space left: nothing was written, nothing was lost."""
+    """The queue could not be written (no space left, a file-size limit, an I/O error): nothing was
+    written, nothing was lost; the caller retries with the offsets unmoved."""
 
 
 class StateLock:
@@ -187,6 +188,13 @@ def prepare_state_dir(state_dir: Path) -> None:
 def _is_disk_full(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """SQLITE_IOERR and its extended codes: the write did not happen (EFBIG past a file-size limit,
+    EIO, a quota). Like a full disk, it is retried with the offsets unmoved, not a reason to stop."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_IOERR
 
 
 class Spool:
@@ -275,6 +283,8 @@ class Spool:
         """A full disk, a passing operational problem, a bug (constraint), or real damage."""
         if _is_disk_full(exc):
             return DiskFullError(f"no space left for the queue database {self.path}")
+        if _is_write_failure(exc):
+            return DiskFullError(f"cannot write the queue database {self.path} ({exc})")
         if isinstance(exc, sqlite3.OperationalError):
             return StateError(f"queue database {self.path}: {exc}")
         if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
