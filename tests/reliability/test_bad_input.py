@@ -16,8 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from tests.helpers.agent import agent_command, agent_env, write_access_log, write_config
 from tests.helpers.receiver import Receiver
 from tests.reliability.harness import (
@@ -192,6 +190,11 @@ def _copytruncate_run(tmp_path: Path, receiver: Receiver, rounds: int, *,
                           batching={"min_upload_batch": 20, "force_upload_threshold": 100, "max_memory_ips": 200},
                           read={"poll_interval": 0.05, "block_size": "16KiB"})
     agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+    # A rotation before the agent's first look is history to it (a rotated file older than its first
+    # scan is not read): wait until it has found the file, then rotate while it reads.
+    agent_log = tmp_path / "state" / "agent.log"
+    assert wait_until(lambda: agent_log.exists() and "event=file_new" in agent_log.read_text(), timeout=30,
+                      interval=0.01)
     rng = random.Random(9)
     for n in range(rounds):
         time.sleep(rng.uniform(0.05, 0.3))  # the agent is somewhere in the file
@@ -207,10 +210,6 @@ def _copytruncate_run(tmp_path: Path, receiver: Receiver, rounds: int, *,
     return lost, doubled, recovery if arrived else None
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent (seen under load, e.g. the long run on 2 cores): the same tail.py bug as below; after a "
-    "copytruncate mid-read the copy was once read again from its start (3326 doubled) and 3323 occurrences of "
-    "the regrown file were never read; passes when the tailer notices the truncation before the regrowth"))
 def test_copytruncate_while_the_file_is_being_read(tmp_path: Path, receiver: Receiver) -> None:
     rounds = 6
     lost, doubled, recovery = _copytruncate_run(tmp_path, receiver, rounds, catch_up=True)
@@ -221,18 +220,12 @@ def test_copytruncate_while_the_file_is_being_read(tmp_path: Path, receiver: Rec
     assert (lost, doubled) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tail.py: a second copytruncate before the agent finished the first copy: the new app.log.1 is taken as "
-    "'rotated_unseen' and read from its start (doubles) while bytes of the truncated record are never read "
-    "(loss); seen as ~2-3k lost and ~2-3k doubled occurrences in 8 rotations"))
 def test_copytruncate_again_before_the_agent_caught_up(tmp_path: Path, receiver: Receiver) -> None:
     rounds = 8
     lost, doubled, recovery = _copytruncate_run(tmp_path, receiver, rounds, catch_up=False)
     record(Row("input/copytruncate-burst", "copytruncate again before caught up",
                "copytruncate rotations 0.05-0.3 s apart while `forever` is still reading the previous copy",
-               rounds, lost, doubled, recovery,
-               note="known bug in tail.py (xfail in tests/reliability/test_bad_input.py): the second copy is read "
-                    "from its start and part of the truncated content is never read"))
+               rounds, lost, doubled, recovery))
     assert (lost, doubled) == (0, 0)
 
 

@@ -20,8 +20,17 @@
   fingerprint (the copy, ``access.log.1``): found, the record moves to the copy and reads on from
   its offset (the bytes written between our last read and the copy); not found, the unread rest
   is gone (logged) and the record is forgotten. The inode's new content is a new record from 0.
+- Bytes count only once they are known to be the record's: after each read, and before its bytes
+  enter the batch, the file must still start with the record's fingerprint. A copytruncate between
+  two reads (while we are behind) would otherwise have us count the new content at the old
+  content's offsets: doubled (the new content is a new record) and, past the copy's bytes we then
+  skip, lost. On a mismatch nothing of that read is counted and the record moves to the copy.
+- The scan a pass starts with ages while the pass reads: a copy not found in it is looked for in a
+  fresh scan before the content is given up.
 - A new file that starts like a record whose content is still in place (the copy of a live file,
-  before the truncate) is not read at all: it holds the same bytes.
+  before the truncate) is not read at all: it holds the same bytes. An unknown rotated file that is
+  empty, or shorter than a fingerprint and still growing, is identified at a later look: a copy
+  being written cannot be told from new content yet.
 - `read.partial_line_idle`: a live file's final line without a newline is held back until it is
   completed or the file has been idle that long; a rotated file's is taken after the grace.
 
@@ -46,6 +55,7 @@ from typing import TYPE_CHECKING
 from remote_uploader.agent.source import (
     COMPRESSED_SUFFIXES,
     FINGERPRINT_BYTES,
+    BlockReader,
     FileIdentity,
     SourceProblem,
     expand_sources,
@@ -55,6 +65,7 @@ from remote_uploader.agent.source import (
 from remote_uploader.config import SourceConfig
 
 if TYPE_CHECKING:
+    from remote_uploader.agent.extract import Extractor
     from remote_uploader.agent.runner import Agent
 
 log = logging.getLogger(__name__)
@@ -186,6 +197,10 @@ class Tailer:
         self.problem_since: dict[tuple[str, str], float] = {}
         self.said: set[tuple[str, str]] = set()
         self.ignored_copies: set[Key] = set()
+        # Unknown rotated files to look at again at the next pass, whatever their age: too short to
+        # identify yet (their size at our look), or renamed between the scan and our look (-1).
+        self.recheck: dict[Key, int] = {}
+        self.single_pass = False  # `once`: no second look (a short rotated file is taken as it is)
         self.last_seen_written = 0.0
         self.scanned = float("inf")  # when the last scan started (none yet: no rotated file is new)
         kv = agent.spool.get_kv()
@@ -204,8 +219,7 @@ class Tailer:
         # path after our last scan (rotated twice between two polls, or while the agent was stopped).
         since = self.last_seen - 2 * LAST_SEEN_EVERY if self.polls == 1 and self.last_seen else self.scanned - 1.0
         self.scanned = time.time()
-        found = scan(agent.config.sources, skip_compressed=agent.config.read.skip_compressed,
-                     names=[t.name for t in self.tracked.values() if self.source_index(t.name) is not None])
+        found = self._scan()
         self._report(found.problems)
         for t in sorted(self.tracked.values(), key=lambda t: (t.live, t.fid)):  # rotated ones first
             if agent.stop.is_set():
@@ -216,8 +230,10 @@ class Tailer:
         for key, seen in sorted(found.files.items(), key=lambda item: item[1].path):
             if agent.stop.is_set():
                 return
-            if key not in owned and (seen.live or seen.mtime >= since):
+            if key not in owned and (seen.live or seen.mtime >= since or key in self.recheck):
                 self._discover(seen, found, since)
+        for key in [key for key in self.recheck if key not in found.files or key in owned]:
+            del self.recheck[key]
         self._note_last_seen()
 
     def close(self) -> None:
@@ -266,8 +282,9 @@ class Tailer:
         t.followed = self.polls
         if st.st_size != t.size:
             t.size, t.changed_at = st.st_size, now
-        if st.st_size > pos:
-            self._read(t, fd, pos, index, st.st_mtime)
+        if st.st_size > pos and not self._read(t, fd, pos, index, st.st_mtime):
+            self._replaced(t, found, os.fstat(fd).st_size, t.pos)  # replaced while we read it
+            return
         self._maybe_let_go(t, now)
 
     def _place(self, t: Tracked, seen: Seen | None, now: float) -> None:
@@ -308,17 +325,67 @@ class Tailer:
         t.pos = self.agent.resume_offset(t.fid, committed)
         return t.pos
 
-    def _read(self, t: Tracked, fd: int, pos: int, index: int, mtime: float) -> None:
+    def _read(self, t: Tracked, fd: int, pos: int, index: int, mtime: float) -> bool:
+        """Read from `pos` to the end; False if the content was replaced while we read (nothing of
+        the new content counted: the caller looks for the copy and reads on from our offset there)."""
         agent = self.agent
-        idle = time.time() - mtime
         read = agent.config.read
-        take_partial = idle >= (read.partial_line_idle if t.live else read.rotate_grace)
+        take_partial = time.time() - mtime >= (read.partial_line_idle if t.live else read.rotate_grace)
         try:
-            agent.read_file(fd, t.fid, t.name, pos, agent.extractors[index], take_partial=take_partial)
+            intact = self._read_intact(t, fd, pos, index, agent.extractors[index], take_partial)
             agent.stats.files_read += 1
         except OSError as exc:
-            self._problem(t.path, exc.strerror or str(exc))
+            try:
+                intact = self._intact(t, fd)  # e.g. a worker found the file shorter: truncated under us
+            except OSError:
+                intact = True
+            if intact:
+                self._problem(t.path, exc.strerror or str(exc))
         self._position(t)
+        return intact
+
+    def _read_intact(self, t: Tracked, fd: int, pos: int, index: int, extractor: Extractor,
+                     take_partial: bool) -> bool:
+        """Count bytes only once they are known to be the record's content: read, check, then feed.
+
+        A file can be truncated and written again between two reads (copytruncate while we are
+        behind). A read after that returns the *new* content at the old content's offsets: counting
+        it would double it (the new content is a new record, read from 0) and move the offset past
+        old bytes that only the copy still holds (lost). So after each read, and before its bytes
+        enter the batch, the file must still start with the record's fingerprint: every byte of
+        that read was then read before any truncation. (The same steps as Agent.read_file, with
+        that check between reading and feeding.)
+        """
+        agent = self.agent
+        scanner = agent.scanner
+        size = os.fstat(fd).st_size
+        if scanner is not None and scanner.worth_it(size - pos):
+            for part in scanner.scan(fd, t.path, index, pos, size):  # a part arrives after its read
+                if agent.stop.is_set():
+                    return True
+                if not self._intact(t, fd):
+                    scanner.close()  # abandon the scan: answers still in the workers' pipes are stale
+                    return False
+                agent.feed_part(part, t.fid, t.name)
+                agent.maybe_seal(caught_up=False)
+                pos = part.end_offset
+        reader = BlockReader(fd, pos, agent.config.read.block_size, extractor.context)
+        while not agent.stop.is_set():
+            chunk = reader.next_chunk()
+            if chunk is None and take_partial and reader.pending:
+                chunk = reader.take_partial()
+            if chunk is None:
+                break
+            if not self._intact(t, fd):
+                return False
+            agent.feed(chunk, t.fid, t.name, extractor)
+            agent.maybe_seal(caught_up=False)
+        return True
+
+    def _intact(self, t: Tracked, fd: int) -> bool:
+        """Does the file still start with the record's fingerprint (its content is still in place)?"""
+        length, digest = fingerprint(fd, t.identity.fp_len)
+        return (length, digest) == (t.identity.fp_len, t.identity.fp_hash)
 
     def _maybe_let_go(self, t: Tracked, now: float) -> None:
         """Close a rotated file once read to its end and idle for the grace (the record stays: a
@@ -342,6 +409,12 @@ class Tailer:
         with self.lock:
             self._close_fd(t)
         copy = self._find_copy(t, found)
+        if copy is None:
+            # The scan is as old as this pass, and reading other files may have taken a while: a
+            # copy made since is not in it (nor is one renamed since, .1 -> .2). Look again before
+            # giving the content up; forgetting it here would read its copy from 0 as unseen later.
+            found = self._scan()
+            copy = self._find_copy(t, found)
         if copy is not None:
             seen, identity = copy
             log.info("event=copy_found path=%s copy=%s offset=%d copy_size=%d", t.name, seen.path, pos, seen.size)
@@ -394,6 +467,10 @@ class Tailer:
         """A file no record holds: a copy of known content, rotated while we were stopped, or new."""
         fd = self._open(seen.path, seen.key)
         if fd is None:
+            if not seen.live:
+                # Renamed since the scan (a long pass, rotations meanwhile): by the next pass it may
+                # be older than `since`, yet nobody has looked at it.
+                self.recheck[seen.key] = -1
             return
         identity = identify(fd)
         owner = self._content_owner(fd, identity)
@@ -410,9 +487,19 @@ class Tailer:
             self._move(owner, seen, moved, found)
             return
         if not seen.live:
-            if seen.mtime < since:
+            if seen.mtime < since and seen.key not in self.recheck:
                 os.close(fd)  # an old rotation, from before the agent looked: not ours
                 return
+            size = os.fstat(fd).st_size
+            if size == 0 or (identity.fp_len < FINGERPRINT_BYTES and self.recheck.get(seen.key) != size
+                             and not self.single_pass):
+                # Too short to tell whether it is the copy of a record (copytruncate's copy is empty
+                # for a moment, then written): taken as new now, a copy would be read from 0 again.
+                # Identified once it has bytes and its size held still between two looks.
+                self.recheck[seen.key] = size
+                os.close(fd)
+                return
+            self.recheck.pop(seen.key, None)
             log.info("event=rotated_unseen path=%s size=%d action=read_from_start", seen.path, seen.size)
         name = seen.path if seen.live else _live_name(seen.path)
         fid = self.agent.spool.register_file(seen.path, name, identity)
@@ -442,6 +529,10 @@ class Tailer:
         return None
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
+
+    def _scan(self) -> Scan:
+        return scan(self.agent.config.sources, skip_compressed=self.agent.config.read.skip_compressed,
+                    names=[t.name for t in self.tracked.values() if self.source_index(t.name) is not None])
 
     def source_index(self, name: str) -> int | None:
         """The configured source a stream name belongs to (None: no longer configured)."""
@@ -535,6 +626,7 @@ def _live_name(path: str) -> str:
 def read_pass(agent: Agent) -> None:
     """`once`: one pass over every file (rotated remainders included), then let go of them all."""
     tailer = Tailer(agent)
+    tailer.single_pass = True
     try:
         tailer.poll()
     finally:
