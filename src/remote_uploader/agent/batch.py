@@ -101,14 +101,21 @@ class SealPolicy:
     - at `force_upload_threshold` records (memory pressure; upload now);
     - at `min_upload_batch` records once `max_batch_age` has passed (real streaming: uploads start
       while reading goes on);
-    - any non-empty batch once `max_batch_age` has passed and the reader has caught up, so a
-      trickle of lines is never held back waiting for `min_upload_batch`;
+    - any non-empty batch once half of `max_batch_age` has passed and the reader has caught up, so
+      a trickle of lines is never held back waiting for `min_upload_batch`, and reaches the
+      collector within about `max_batch_age`: half waiting here, the rest for noticing the line
+      (`forever` looks at the open files every 0.1 s) and uploading it (at most two seals a second
+      with the default 1 s);
     - at the end of input (`once`) or at shutdown.
     """
 
     force_upload_threshold: int
     min_upload_batch: int
     max_batch_age: float
+
+    @property
+    def caught_up_age(self) -> float:
+        return self.max_batch_age / 2
 
     @classmethod
     def from_config(cls, batching: BatchingConfig) -> SealPolicy:
@@ -120,8 +127,10 @@ class SealPolicy:
         size = len(batch)
         if size >= self.force_upload_threshold:
             return True
-        aged = now - batch.created >= self.max_batch_age
-        return aged and (size >= self.min_upload_batch or caught_up)
+        age = now - batch.created
+        if caught_up:
+            return age >= self.caught_up_age
+        return age >= self.max_batch_age and size >= self.min_upload_batch
 
 
 def new_batch_id() -> str:
