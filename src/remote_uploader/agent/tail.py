@@ -266,6 +266,11 @@ class Tailer:
             return
         with self.lock:
             t.fd = fd
+        self._catch_up(t, fd, index, now, found)
+
+    def _catch_up(self, t: Tracked, fd: int, index: int, now: float, found: Scan | None) -> None:
+        """Read the record's file (open at `fd`) from where it stands to its end, if it still holds
+        the record's content; else follow the content to its copy or let it go (see `_replaced`)."""
         st = os.fstat(fd)
         t.mtime = st.st_mtime
         if st.st_size == t.size and t.pos >= t.size and t.followed >= 0:
@@ -286,6 +291,23 @@ class Tailer:
             self._replaced(t, found, os.fstat(fd).st_size, t.pos)  # replaced while we read it
             return
         self._maybe_let_go(t, now)
+
+    def follow_growth(self) -> None:
+        """Between two passes: read what was appended to the files held open (one `fstat` each).
+
+        Cheap enough to run several times a second, so a line is read within a fraction of the
+        poll interval. New files, rotations, and files closed after CLOSE_INACTIVE wait for the
+        next pass; a file found shorter or replaced is handled as the pass would (`_catch_up`).
+        """
+        for t in list(self.tracked.values()):
+            if self.agent.stop.is_set():
+                return
+            fd = t.fd
+            if fd is None or t.followed < 0 or t.fid not in self.tracked or os.fstat(fd).st_size == t.size:
+                continue
+            index = self.source_index(t.name)
+            if index is not None:
+                self._catch_up(t, fd, index, time.monotonic(), None)
 
     def _place(self, t: Tracked, seen: Seen | None, now: float) -> None:
         """Note where the content is now (live or rotated, which path) and store a change."""
@@ -404,12 +426,12 @@ class Tailer:
             self._close_fd(t)
         log.info("event=rotated_file_done path=%s offset=%d", t.path, t.pos)
 
-    def _replaced(self, t: Tracked, found: Scan, size: int, pos: int) -> None:
+    def _replaced(self, t: Tracked, found: Scan | None, size: int, pos: int) -> None:
         """The record's inode no longer holds its content: follow a copy, or let the content go."""
         with self.lock:
             self._close_fd(t)
-        copy = self._find_copy(t, found)
-        if copy is None:
+        copy = self._find_copy(t, found) if found is not None else None
+        if found is None or copy is None:
             # The scan is as old as this pass, and reading other files may have taken a while: a
             # copy made since is not in it (nor is one renamed since, .1 -> .2). Look again before
             # giving the content up; forgetting it here would read its copy from 0 as unseen later.
@@ -601,8 +623,14 @@ class Tailer:
     # --- for stats and metrics (any thread) ----------------------------------------------------------------------
 
     def lag(self) -> list[Lag]:
-        """Per followed file: bytes not yet read (by size now), its status, whether it is held open."""
+        """Per followed file: bytes not yet read (by size now), its status, whether it is held open.
+
+        Files the globs match that no pass has taken up yet count too, all their bytes behind: while
+        reading is paused (a full queue) no pass runs, and a log created by a rotation meanwhile
+        is where the writer's lines pile up."""
         result: list[Lag] = []
+        matched, _problems = expand_sources(self.agent.config.sources,
+                                            skip_compressed=self.agent.config.read.skip_compressed)
         with self.lock:
             for t in list(self.tracked.values()):
                 if self.source_index(t.name) is None:
@@ -613,6 +641,8 @@ class Tailer:
                     continue
                 pos = max(t.pos, self.agent.batch.offsets.get(t.fid, 0))
                 result.append(Lag(t.path, max(0, size - pos), t.status, t.fd is not None))
+            known = {t.key for t in self.tracked.values()} | set(self.ignored_copies)
+        result += [Lag(f.path, f.size, ACTIVE, False) for f in matched if (f.dev, f.ino) not in known]
         return result
 
 
