@@ -1,31 +1,42 @@
 """Collector ingest rate: records per second, per layer and end to end, on SQLite and PostgreSQL.
 
     python bench/bench_collector.py                      # SQLite, plus PostgreSQL if installed
+    python bench/bench_collector.py --runs 5 --parse-workers 0 2
     python bench/bench_collector.py --batches 20 --pg postgresql://user@host/db
 
 Workload (deterministic): `--batches` batches of `--records` records (default 10 x 100,000, the
 protocol's largest batch) drawn from a pool of `--pool` addresses (10% IPv6), so that later
-batches mostly update rows that exist, as in a long-running collector. Three measurements:
+batches mostly update rows that exist, as in a long-running collector. Measurements:
 
 - parse:   body bytes -> validated, aggregated Batch (batch.parse_batch), no database;
-- storage: Storage.store_batch of parsed batches (one transaction each);
+- encode:  the deltas in the backend's bulk form (storage/bulk.py), as a parsing worker does;
+- storage: Storage.store_batch of parsed batches (one transaction each), from plain deltas
+           (encoding included) and from deltas encoded beforehand (what the server process does
+           when a worker parsed the batch);
 - http:    gzip bodies POSTed to a `collector serve` process on 127.0.0.1, by one client (one
            after another, like one agent) and by `--clients` at once (like several agents),
            wall-clock from the first request to the last answer (decompression, parsing,
-           validation, storage, commit with fsync).
+           validation, storage, commit with fsync), once per `--parse-workers` value. Before
+           the clock starts, the parsing workers are started (by batches answered 403).
 
-Without --pg, a throwaway PostgreSQL is started with the test helper (initdb/pg_ctl), if the
-binaries are there. Rates are per record as sent (not per distinct address).
+Each line is the median of `--runs` runs (a fresh database each time; the machine may be
+shared, so the spread is shown too), as records per second of wall-clock time, records per
+CPU-second, and CPU-seconds. CPU is this process's for parse/encode/storage (on PostgreSQL not
+the server's), and the collector's process tree for http (its parsing workers included; not the
+client's, not PostgreSQL's). Without --pg, a throwaway PostgreSQL is started with the test
+helper (initdb/pg_ctl), if the binaries are there. Rates are per record as sent.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import ipaddress
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -40,7 +51,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
 from remote_uploader.collector.cli import tune_gc  # noqa: E402
-from remote_uploader.collector.storage import open_storage  # noqa: E402
+from remote_uploader.collector.storage import bulk, open_storage  # noqa: E402
+from remote_uploader.collector.storage.base import Batch  # noqa: E402
 from remote_uploader.protocol import format_time  # noqa: E402
 
 
@@ -81,9 +93,24 @@ def make_bodies(batches: int, records: int, pool_size: int, seed: int = 1) -> li
     return bodies
 
 
-def rate(records: int, seconds: float, cpu: float) -> str:
-    """Wall-clock rate, and the rate per CPU-second (which other load on the machine does not skew)."""
-    return f"{records / seconds:>10,.0f} records/s wall ({seconds:.2f} s), {records / cpu:>10,.0f} per CPU-second"
+@dataclasses.dataclass
+class Sample:
+    records: int
+    wall: float  # seconds
+    cpu: float  # CPU-seconds
+
+
+def report(label: str, samples: list[Sample]) -> None:
+    """Median rates over the runs: per wall-clock second (and its spread), per CPU-second."""
+    walls = sorted(s.records / s.wall for s in samples)
+    per_cpu = statistics.median(s.records / s.cpu for s in samples)
+    cpu = statistics.median(s.cpu for s in samples)
+    spread = f" ({walls[0]:,.0f}..{walls[-1]:,.0f})" if len(walls) > 1 else ""
+    print(
+        f"  {label:<26} {statistics.median(walls):>9,.0f} records/s wall{spread}, "
+        f"{per_cpu:>9,.0f} per CPU-second, {cpu:.2f} CPU-s",
+        flush=True,
+    )
 
 
 def process_cpu(pid: int) -> float:
@@ -92,60 +119,113 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_parse(bodies: list[bytes], records: int) -> None:
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of a process and of each of its live descendants, by pid."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = [pid], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [child for child, of in parents.items() if of == parent]
+        found += children
+        todo += children
+    usage = {}
+    for member in found:
+        try:
+            usage[member] = process_cpu(member)
+        except OSError:
+            continue
+    return usage
+
+
+def timed(records: int, run: Callable[[], object]) -> Sample:
     started, cpu = time.perf_counter(), time.process_time()
-    for body in bodies:
-        parse_batch(body)
-    elapsed = time.perf_counter() - started
-    print(f"  parse+validate   {rate(records * len(bodies), elapsed, time.process_time() - cpu)}")
+    run()
+    return Sample(records, time.perf_counter() - started, time.process_time() - cpu)
 
 
-def bench_storage(url: str, bodies: list[bytes], records: int) -> None:
-    parsed = [parse_batch(body) for body in bodies]
-    storage = open_storage(url, timeout=60, pool_size=2)
-    storage.migrate()
-    try:
-        started, cpu = time.perf_counter(), time.process_time()
-        for batch in parsed:
-            storage.store_batch(batch, datetime.now(UTC))
-        elapsed = time.perf_counter() - started
-        # On PostgreSQL the CPU figure counts this process only, not the server's.
-        print(f"  storage          {rate(records * len(bodies), elapsed, time.process_time() - cpu)}")
-    finally:
-        storage.close()
+def bench_parse(bodies: list[bytes], records: int, runs: int) -> list[Batch]:
+    total = records * len(bodies)
+    report("parse+validate", [timed(total, lambda: [parse_batch(body) for body in bodies]) for _ in range(runs)])
+    return [parse_batch(body) for body in bodies]
 
 
-def bench_http(url: str, bodies: list[bytes], records: int, workdir: Path, clients: int = 1) -> None:
+def bench_encode(parsed: list[Batch], records: int, runs: int, form: bulk.BulkForm) -> list[Batch]:
+    def encode() -> list[Batch]:
+        return [dataclasses.replace(b, deltas=bulk.encoded(b.deltas, form)) for b in parsed]
+
+    report(f"encode ({form})", [timed(records * len(parsed), encode) for _ in range(runs)])
+    return encode()
+
+
+def bench_storage(urls: Callable[[], str], batches: list[Batch], records: int, runs: int, label: str) -> None:
+    samples = []
+    for _ in range(runs):
+        storage = open_storage(urls(), timeout=60, pool_size=2)
+        storage.migrate()
+        try:
+            samples.append(
+                timed(
+                    records * len(batches),
+                    lambda: [storage.store_batch(batch, datetime.now(UTC)) for batch in batches],  # noqa: B023
+                )
+            )
+        finally:
+            storage.close()
+    report(label, samples)
+
+
+def bench_http(
+    urls: Callable[[], str], bodies: list[bytes], records: int, workdir: Path, clients: int, workers: int, runs: int
+) -> None:
     import httpx
     from tests.helpers.collector_fixtures import CollectorProcess
 
-    process = CollectorProcess(workdir, url, ["--no-access-log"])
-    process.start()
-    try:
-        compressed = [gzip.compress(body, compresslevel=6) for body in bodies]
-        headers = {**process.headers(), "Content-Type": "application/json", "Content-Encoding": "gzip"}
-        assert process.proc is not None
+    compressed = [gzip.compress(body, compresslevel=6) for body in bodies]
+    samples = []
+    for run in range(runs):
+        where = workdir / f"http-{clients}-{workers}-{run}"
+        where.mkdir()
+        process = CollectorProcess(where, urls(), ["--no-access-log", "--parse-workers", str(workers)])
+        process.start()
+        try:
+            assert process.proc is not None
+            headers = {**process.headers(), "Content-Type": "application/json", "Content-Encoding": "gzip"}
 
-        def send(share: list[bytes]) -> None:
-            with httpx.Client(timeout=300) as client:
-                for body in share:
-                    response = client.post(process.url + "/v1/batches", content=body, headers=headers)
-                    response.raise_for_status()
+            def send(share: list[bytes], headers: dict[str, str] = headers, expect: int = 200) -> None:
+                with httpx.Client(timeout=300) as client:
+                    for body in share:
+                        response = client.post(process.url + "/v1/batches", content=body, headers=headers)  # noqa: B023
+                        assert response.status_code == expect, response.text
 
-        shares = [compressed[n::clients] for n in range(clients)]
-        threads = [threading.Thread(target=send, args=(share,)) for share in shares]
-        started, cpu = time.perf_counter(), process_cpu(process.proc.pid)
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-        used = process_cpu(process.proc.pid) - cpu
-        # CPU: the collector process's (not the client's, not PostgreSQL's).
-        label = f"http, {clients} client{'s' if clients > 1 else ''}"
-        print(f"  {label:<16} {rate(records * len(bodies), elapsed, used)}")
-    finally:
-        process.stop()
+            def in_parallel(shares: list[list[bytes]], headers: dict[str, str], expect: int) -> None:
+                threads = [threading.Thread(target=send, args=(share, headers, expect)) for share in shares]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+
+            # Start the parsing workers (once per server, as a long-running collector has them):
+            # the first batch, sent with another agent's token, is parsed and answered 403.
+            other = {**headers, **process.headers(process.add_token("warm-up"))}
+            in_parallel([[compressed[0]]] * max(workers, 1), other, 403)
+            shares = [compressed[n::clients] for n in range(clients)]
+            before = tree_cpu(process.proc.pid)
+            started = time.perf_counter()
+            in_parallel(shares, headers, 200)
+            elapsed = time.perf_counter() - started
+            after = tree_cpu(process.proc.pid)
+            used = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+            samples.append(Sample(records * len(bodies), elapsed, used))
+        finally:
+            process.stop()
+    label = f"http, {clients} client{'s' if clients > 1 else ''}, {workers} worker{'s' if workers != 1 else ''}"
+    report(label, samples)
 
 
 @contextmanager
@@ -175,34 +255,46 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=500_000, help="distinct addresses to draw from")
     parser.add_argument("--pg", help="a PostgreSQL URL to use (its tables are created if missing)")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument("--clients", type=int, default=2, help="also post from this many clients at once")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each measurement (the median is shown)")
+    parser.add_argument(
+        "--parse-workers", type=int, nargs="+", default=[2], metavar="N", help="`serve --parse-workers` values to run"
+    )
     args = parser.parse_args()
 
     bodies = make_bodies(args.batches, args.records, args.pool)
     tune_gc()  # as `collector serve` does
     size = sum(map(len, bodies)) / len(bodies) / 2**20
-    print(f"{args.batches} batches of {args.records:,} records ({size:.1f} MiB of JSON each)")
-    bench_parse(bodies, args.records)
+    print(f"{args.batches} batches of {args.records:,} records ({size:.1f} MiB of JSON each), {args.runs} run(s)")
+    parsed = bench_parse(bodies, args.records, args.runs)
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
         work = Path(tmp)
+        counter = iter(range(10**6))
+
+        def sqlite_urls() -> str:
+            return f"sqlite://{work}/db-{next(counter)}.db"
+
+        def run_backend(urls: Callable[[], str], form: bulk.BulkForm | None) -> None:
+            bench_storage(urls, parsed, args.records, args.runs, "storage (from deltas)")
+            if form is not None:
+                encoded = bench_encode(parsed, args.records, args.runs, form)
+                bench_storage(urls, encoded, args.records, args.runs, "storage (encoded before)")
+            if not args.skip_http:
+                for workers in args.parse_workers:
+                    for clients in sorted({1, args.clients}):
+                        bench_http(urls, bodies, args.records, work, clients, workers, args.runs)
+
         print("SQLite")
-        bench_storage(f"sqlite://{work}/storage.db", bodies, args.records)
-        if not args.skip_http:
-            for clients in sorted({1, args.clients}):
-                (work / f"http-{clients}").mkdir()
-                bench_http(
-                    f"sqlite://{work}/http-{clients}.db", bodies, args.records, work / f"http-{clients}", clients
-                )
+        run_backend(sqlite_urls, "sqlite-image" if bulk.HAS_SQLITE_IMAGE else None)
+        if args.skip_pg:
+            return
         with postgres(args.pg) as fresh:
             if fresh is None:
                 print("PostgreSQL: not installed (no initdb/pg_ctl), skipped")
                 return
             print("PostgreSQL")
-            bench_storage(fresh(), bodies, args.records)
-            if not args.skip_http:
-                for clients in sorted({1, args.clients}):
-                    (work / f"http-pg-{clients}").mkdir()
-                    bench_http(fresh(), bodies, args.records, work / f"http-pg-{clients}", clients)
+            run_backend(fresh, "postgres-copy")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import pickle
+import socket
 from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_uploader.collector.batch import EARLIEST, LATEST, MAX_COUNT, MAX_ERRORS, BatchInvalid, check_ip, parse_batch
+from remote_uploader.collector import batch as batch_module
+from remote_uploader.collector.batch import (
+    EARLIEST,
+    LATEST,
+    MAX_COUNT,
+    MAX_ERRORS,
+    AgentMismatch,
+    BatchInvalid,
+    FieldError,
+    check_ip,
+    decode_body,
+    parse_batch,
+    validate_batch,
+)
 from remote_uploader.collector.storage.base import from_micros, to_micros
-from remote_uploader.protocol import MAX_AGENT_LEN, MAX_RECORDS_PER_BATCH, is_canonical_ip, parse_time
+from remote_uploader.protocol import (
+    MAX_AGENT_LEN,
+    MAX_RECORDS_PER_BATCH,
+    encode_batch,
+    format_time,
+    is_canonical_ip,
+    parse_time,
+)
 from tests.collector.util import record, wire_batch
 
 
@@ -179,3 +202,187 @@ def test_the_fast_time_path_agrees_with_protocol_parse_time(text: str) -> None:
         assert expected is None or not EARLIEST <= expected <= LATEST
         return
     assert expected is not None and parsed.deltas[0].first_us == to_micros(expected)
+
+
+# -- the fast path and the full path ----------------------------------------------------------
+
+
+def full_path(body: bytes, agent: str | None = None) -> object:
+    """What the full path alone makes of a body: a Batch, or the exception it raises."""
+    try:
+        document = decode_body(body)
+        if agent is not None and isinstance(document, dict):
+            named = document.get("agent")
+            if isinstance(named, str) and named != agent:
+                raise AgentMismatch(named, agent)
+        return validate_batch(document)
+    except (BatchInvalid, AgentMismatch) as exc:
+        return exc
+
+
+def outcome(result: object) -> object:
+    if isinstance(result, BatchInvalid):
+        return ("invalid", [(e.field, e.error) for e in result.errors])
+    if isinstance(result, AgentMismatch):
+        return ("mismatch", result.agent, result.expected)
+    return result
+
+
+def both_paths(body: bytes, agent: str | None = None) -> tuple[object, object]:
+    try:
+        fast: object = parse_batch(body, agent)
+    except (BatchInvalid, AgentMismatch) as exc:
+        fast = exc
+    return outcome(fast), outcome(full_path(body, agent))
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=MAX_COUNT + 3),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=6),
+    st.sampled_from(
+        [
+            "192.0.2.1",
+            "192.0.2.01",
+            "2001:db8::1",
+            "2001:DB8::1",
+            "::ffff:192.0.2.1",
+            "0.0.0.0",
+            "::",
+            "2024-05-01T12:00:00.000000Z",
+            "2024-05-01T12:00:00+02:00",
+            "2024-05-01T12:00:00",
+            "1969-12-31T23:59:59Z",
+            "é",
+            "\ud800",
+            "a\nb",
+            "x" * (MAX_AGENT_LEN + 1),
+        ]
+    ),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+FIELDS = ("ip", "count", "first_seen", "last_seen", "source")
+TOP = ("agent", "batch_id", "sent_at", "records")
+
+
+@st.composite
+def near_agent_bodies(draw: st.DrawFn) -> bytes:
+    """A batch as the agent sends it, with a few fields changed, dropped or added."""
+    rng_ips = ["192.0.2.1", "198.51.100.7", "2001:db8::1", "203.0.113.9", "2001:db8:0:1::7"]
+    records: list[object] = [
+        record(draw(st.sampled_from(rng_ips)), draw(st.integers(1, 9)), first=draw(st.integers(0, 5)))
+        for _ in range(draw(st.integers(0, 6)))
+    ]
+    document: dict[str, object] = wire_batch("web-1", "b-1", records)  # type: ignore[arg-type]
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.sampled_from(["top", "record", "records"]))
+        action = draw(st.sampled_from(["set", "drop", "add"]))
+        if where == "top" or not records:
+            target: dict[str, object] = document
+            name = draw(st.sampled_from(TOP))
+        elif where == "records":
+            records[draw(st.integers(0, len(records) - 1))] = draw(ODD_VALUES)
+            continue
+        else:
+            item = records[draw(st.integers(0, len(records) - 1))]
+            if not isinstance(item, dict):
+                continue
+            target, name = item, draw(st.sampled_from(FIELDS))
+        if action == "set":
+            target[name] = draw(ODD_VALUES)
+        elif action == "drop":
+            target.pop(name, None)
+        else:
+            target[draw(st.text(min_size=1, max_size=4))] = draw(ODD_VALUES)
+    ascii_only = draw(st.booleans())
+    compact = draw(st.booleans())
+    return json.dumps(document, ensure_ascii=ascii_only, separators=(",", ":") if compact else None).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+@settings(max_examples=1500, deadline=None)
+@given(near_agent_bodies(), st.sampled_from([None, "web-1", "web-2"]))
+def test_the_fast_path_gives_what_the_full_path_gives(body: bytes, agent: str | None) -> None:
+    fast, full = both_paths(body, agent)
+    assert fast == full
+
+
+HEAD = b'{"agent":"a","batch_id":"b","sent_at":"2024-01-01T00:00:00Z","records":[]'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Unknown fields: ignored by the full path, refused by the fast one, which hands over.
+        HEAD + b',"x":' + b"9" * 5000 + b"}",  # longer than int() reads
+        HEAD + b',"x":NaN}',
+        HEAD + b',"x":"\xff"}',  # not UTF-8
+        HEAD + b',"x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'\xef\xbb\xbf{"agent":"a","batch_id":"b","sent_at":"2024-01-01T00:00:00Z","records":[]}',
+        b'{"agent":"a","batch_id":"\\ud800","sent_at":"2024-01-01T00:00:00Z","records":[]}',
+        b'{"agent":"a","agent":"b","batch_id":"c","sent_at":"2024-01-01T00:00:00Z","records":[]}',
+        b'{"agent":"a","batch_id":"b","sent_at":"2024-01-01T00:00:00Z","records":[{"ip":"192.0.2.1","count":1,'
+        b'"first_seen":"2024-01-01T00:00:00Z","last_seen":"2024-01-01T00:00:00Z","source":"\\u0000"}]}',
+    ],
+)
+def test_bodies_the_standard_library_reads_differently_go_to_the_full_path(body: bytes) -> None:
+    fast, full = both_paths(body, "a")
+    assert fast == full
+
+
+def test_the_agents_batches_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(payload: bytes) -> object:
+        raise AssertionError("the full path was taken")
+
+    monkeypatch.setattr(batch_module, "decode_body", refuse)
+    records = [record("203.0.113.9", 2), record("2001:db8::1"), record("203.0.113.9", 3, source="b.log")]
+    body = encode_batch("web-1", "b-1", format_time(datetime(2024, 5, 1, tzinfo=UTC)), json.dumps(records).encode())
+    parsed = parse_batch(body, "web-1")
+    assert [(d.ip, d.total) for d in parsed.deltas] == [("2001:db8::1", 1), ("203.0.113.9", 5)]
+    with pytest.raises(AgentMismatch):
+        parse_batch(body, "web-2")
+
+
+def ipv6_spellings(address: ipaddress.IPv6Address) -> list[str]:
+    return [
+        str(address),
+        address.exploded,
+        str(address).upper(),
+        socket.inet_ntop(socket.AF_INET6, address.packed),  # glibc's: a dotted tail for some
+        "::ffff:" + str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)),
+    ]
+
+
+IPV6 = st.one_of(
+    st.ip_addresses(v=6),
+    st.integers(0, 2**32 - 1).map(lambda n: ipaddress.IPv6Address((0xFFFF << 32) | n)),  # mapped
+    st.integers(0, 2**32 - 1).map(ipaddress.IPv6Address),  # compatible, and ::, ::1
+    st.integers(0, 2**16 - 1).map(lambda n: ipaddress.IPv6Address(n << 48)),  # long zero runs
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(IPV6)
+def test_the_ipv6_round_trip_accepts_exactly_the_canonical_spellings(address: ipaddress.IPv6Address) -> None:
+    for text in ipv6_spellings(address):
+        body = json.dumps(wire_batch("a", "b", [{**record("192.0.2.1"), "ip": text}])).encode()
+        fast, full = both_paths(body)
+        assert fast == full
+        assert (not isinstance(fast, tuple)) == is_canonical_ip(text), text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        BatchInvalid([FieldError("records[3].ip", "not a canonical IP address"), FieldError("body", "x")]),
+        AgentMismatch("web-2", "web-1"),
+    ],
+)
+def test_errors_cross_process_boundaries_intact(error: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error) and vars(copy) == vars(error) and str(copy) == str(error)

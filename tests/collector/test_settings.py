@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,11 @@ def test_bad_environment_value_names_the_variable() -> None:
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "absent.toml", environ={})
+
+
+def test_parse_workers_default_to_two_and_zero_turns_them_off(tmp_path: Path) -> None:
+    assert load(environ={}).parse_workers == min(2, os.cpu_count() or 1)
+    assert load(write(tmp_path, "[collector]\nparse_workers = 0\n"), environ={}).parse_workers == 0
+    assert load(environ={"REMOTE_UPLOADER_COLLECTOR_PARSE_WORKERS": "3"}).parse_workers == 3
+    with pytest.raises(ConfigError, match=r"collector\.parse_workers"):
+        load(None, {"parse_workers": -1}, environ={})

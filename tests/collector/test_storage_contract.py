@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from datetime import timedelta
@@ -9,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from remote_uploader.collector.errors import SchemaError, StorageUnavailable, TokenError
+from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import IpQuery, Storage, to_micros
 from remote_uploader.collector.storage.postgres import PostgresStorage
 from remote_uploader.collector.storage.sqlite import SqliteStorage
@@ -275,3 +277,37 @@ def _hold_write_lock(storage: Storage, request: pytest.FixtureRequest):  # type:
 
 def test_ping_succeeds_on_a_working_database(storage: Storage) -> None:
     storage.ping()
+
+
+def test_deltas_encoded_beforehand_store_like_plain_ones(storage: Storage) -> None:
+    """What a parsing worker hands over (the backend's bulk form) counts exactly as tuples do."""
+    assert storage.bulk_form is not None
+    first = batch("web-1", "b1", delta("203.0.113.7", 3, 0, 9), delta("2001:db8::1", 2), records=7)
+    encoded = dataclasses.replace(first, deltas=bulk.encode(storage.bulk_form, first.deltas))
+    assert storage.store_batch(encoded, at(1)) is True
+    assert storage.store_batch(encoded, at(2)) is False
+    assert storage.store_batch(batch("web-1", "b2", delta("203.0.113.7", 1, 20)), at(3)) is True
+    detail = storage.get_ip("203.0.113.7")
+    assert detail is not None
+    assert (detail.summary.count, detail.summary.first_seen, detail.summary.last_seen) == (4, at(0), at(20))
+    assert totals(storage) == {"203.0.113.7": 4, "2001:db8::1": 2}
+    (agent,) = storage.list_agents()
+    assert (agent.batches, agent.duplicates, agent.records) == (2, 1, 8)
+
+
+def test_deltas_encoded_for_another_backend_are_refused(storage: Storage) -> None:
+    other: bulk.BulkForm = "postgres-copy" if storage.bulk_form == "sqlite-image" else "sqlite-image"
+    if other == "sqlite-image" and not bulk.HAS_SQLITE_IMAGE:
+        pytest.skip("this SQLite cannot serialize databases")
+    wrong = batch("web-1", "b1", delta("203.0.113.7", 3))
+    with pytest.raises(TypeError):
+        storage.store_batch(dataclasses.replace(wrong, deltas=bulk.encode(other, wrong.deltas)), at(1))
+    assert storage.count_batches() == 0
+
+
+def test_a_big_batch_is_staged_and_counted_exactly(storage: Storage) -> None:
+    deltas = [delta(f"10.{n >> 8}.{n & 255}.1", n % 7 + 1, n % 60) for n in range(5000)]
+    assert storage.store_batch(batch("web-1", "big", *deltas), at(0)) is True
+    assert storage.store_batch(batch("web-1", "big-2", *deltas[::2]), at(1)) is True
+    expected = {d.ip: d.total * (2 if n % 2 == 0 else 1) for n, d in enumerate(deltas)}
+    assert totals(storage) == expected

@@ -27,14 +27,15 @@ from remote_uploader import __version__
 from remote_uploader.collector import routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
 from remote_uploader.collector.auth import Principal, authenticate
-from remote_uploader.collector.batch import BatchInvalid, decode_body, validate_batch
+from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
 from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
 from remote_uploader.collector.logs import AccessLog, fields
 from remote_uploader.collector.metrics import Metrics
 from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
+from remote_uploader.collector.parsing import BatchParser
 from remote_uploader.collector.settings import CollectorSettings
-from remote_uploader.collector.storage.base import Storage
+from remote_uploader.collector.storage.base import Batch, Storage
 from remote_uploader.protocol import BATCHES_PATH
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Collector:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
+        self.parser = BatchParser(settings.parse_workers, storage.bulk_form)
         self.retry_after = {"Retry-After": str(settings.retry_after)}
         self._slots = asyncio.Semaphore(settings.max_concurrent_batches)
         self._stop = threading.Event()
@@ -79,21 +81,17 @@ class Collector:
             raise ApiError(429, "body", "too many batches in flight", self.retry_after) from None
         try:
             payload = await read_body(request.receive, gzip=gzip, limit=self.settings.max_body)
-            return await run_in_threadpool(self._ingest, payload, who, request.state)
+            try:
+                batch = await self.parser.parse(payload, who.name)
+            except AgentMismatch as exc:
+                # Checked before the rest of the batch: configuration, not data (see parse_batch).
+                raise ApiError(403, "agent", str(exc)) from None
+            del payload[:]  # the parsed form is all we need; give the memory back early
+            return await run_in_threadpool(self._store, batch, request.state)
         finally:
             self._slots.release()
 
-    def _ingest(self, payload: bytearray, who: Principal, state: Any) -> BatchAccepted:
-        document = decode_body(payload)
-        del payload[:]  # the decoded form is all we need; give the memory back early
-        # The agent's name is checked before the rest: a token/agent mismatch is configuration,
-        # answered 403 (the agent keeps its data queued), even for a batch that is invalid too.
-        # It also lets an agent's self-test POST {"agent": "its id"}: 403 mismatch, 400 accepted.
-        agent = document.get("agent") if isinstance(document, dict) else None
-        if isinstance(agent, str) and agent != who.name:
-            raise ApiError(403, "agent", f"the batch's agent {agent!r} is not the token's name {who.name!r}")
-        batch = validate_batch(document)
-        del document
+    def _store(self, batch: Batch, state: Any) -> BatchAccepted:
         state.batch_id = batch.batch_id
         state.records = batch.records
         new = self.storage.store_batch(batch, datetime.now(UTC))
@@ -144,6 +142,7 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
             yield
         finally:
             collector.stop_pruner()
+            collector.parser.close()
             if close_storage:
                 storage.close()
 

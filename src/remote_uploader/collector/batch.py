@@ -4,20 +4,30 @@ Validation is all-or-nothing: one bad field rejects the batch (400) and nothing 
 because the agent sends a rejected batch to its dead-letter table as a whole. Each error names
 the field as a path (`records[3].ip`) so that an operator can find it in the dead letter.
 
-This is the per-record hot path of ingest (up to 100,000 records per request), so the loop is
-written for speed: an exact regular expression settles the common canonical IPv4 case, and
-everything else goes through `protocol.is_canonical_ip`, the definition both sides share.
+This is the per-record hot path of ingest (up to 100,000 records per request), so it has two
+layers. The *full path* (`decode_body` + `validate_batch`: the standard library's JSON, every
+rule checked and every problem named) is the definition. The *fast path* (`parse_batch` tries it
+first) takes only a body in exactly the shape the agent sends: ASCII JSON with the protocol's
+fields and no others, decoded by msgspec straight into typed structs (no dict per record), every
+record passing the quick checks below. Anything else, valid or not, is handed whole to the full
+path, so the fast path can only accept what the full path accepts, with the same result, and
+every error is named by the full path. A canonical address is recognised with two C calls
+(`inet_pton`, then `inet_ntop` must give back the same text), falling back to
+`protocol.is_canonical_ip`, the definition both sides share, only for unusual spellings.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import operator
 import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from remote_uploader.collector.storage.base import Batch, IpDelta, to_micros
 from remote_uploader.protocol import (
@@ -52,6 +62,21 @@ class BatchInvalid(Exception):
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{e.field}: {e.error}" for e in errors[:5]))
+
+    def __reduce__(self) -> tuple[type[BatchInvalid], tuple[list[FieldError]]]:
+        return BatchInvalid, (self.errors,)  # raised in a parsing worker process, re-raised here
+
+
+class AgentMismatch(Exception):
+    """The batch names another agent than the token's: configuration, not data (HTTP 403)."""
+
+    def __init__(self, agent: str, expected: str) -> None:
+        self.agent = agent
+        self.expected = expected
+        super().__init__(f"the batch's agent {agent!r} is not the token's name {expected!r}")
+
+    def __reduce__(self) -> tuple[type[AgentMismatch], tuple[str, str]]:
+        return AgentMismatch, (self.agent, self.expected)
 
 
 class _TooManyErrors(Exception):
@@ -139,9 +164,25 @@ def validate_batch(document: Any) -> Batch:
     return batch
 
 
-def parse_batch(payload: bytes | bytearray) -> Batch:
-    """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong."""
-    return validate_batch(decode_body(payload))
+def parse_batch(payload: bytes | bytearray, agent: str | None = None) -> Batch:
+    """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong.
+
+    With `agent` (the token's name), a body that names another agent raises `AgentMismatch`
+    before anything else is checked, even if it is invalid too: a token/agent mismatch is
+    configuration, which the agent keeps queued (403), not data to dead-letter (400). It also
+    lets an agent's self-test POST {"agent": "its id"}: 403 mismatch, 400 accepted.
+    """
+    if payload.isascii():
+        try:
+            return _parse_fast(payload, agent)
+        except (_Slow, msgspec.DecodeError, RecursionError):
+            pass  # not in the agent's exact shape: the full path decides, and names every problem
+    document = decode_body(payload)
+    if agent is not None and isinstance(document, dict):
+        named = document.get("agent")
+        if isinstance(named, str) and named != agent:
+            raise AgentMismatch(named, agent)
+    return validate_batch(document)
 
 
 def _validate(document: Any, errors: _Errors) -> Batch | None:
@@ -181,7 +222,7 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
     (`format_time` times ending in Z); anything unusual, valid or not, falls to `_check_record`,
     which decides and names every problem. The fast path only accepts what the slow one would.
     """
-    merged: dict[str, list[Any]] = {}
+    merged: dict[str, IpDelta] = {}
     # The agent stamps records with read times, and a batch holds few distinct ones: parse each
     # text once. Only texts that passed the fast checks below are cached.
     times: dict[str, int] = {}
@@ -195,9 +236,9 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
             last_text = record["last_seen"]
             source = record["source"]
             if ":" in ip:
-                if not canonical6(ip):
-                    raise _Slow
                 key = pton(inet6, ip)
+                if (ntop(inet6, key) != ip or "." in ip or ip == "::") and not canonical6(ip):
+                    raise _Slow
             else:
                 # inet_ntop(inet_pton(x)) == x holds exactly for canonical dotted quads.
                 key = pton(inet, ip)
@@ -227,17 +268,39 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
             continue  # the batch is rejected; keep validating only to list the errors
         entry = merged.get(ip)
         if entry is None:
-            merged[ip] = [ip, key, count, first, last]  # the fields of an IpDelta, in order
+            merged[ip] = new(IpDelta, (ip, key, count, first, last))
         else:
-            entry[2] += count
-            if first < entry[3]:
-                entry[3] = first
-            if last > entry[4]:
-                entry[4] = last
-    # Sorting the keys alone is several times faster than sorting the items; _make builds each
-    # tuple in C, where IpDelta(...) would run the NamedTuple's Python-level __new__.
-    make = IpDelta._make
-    return [make(merged[ip]) for ip in sorted(merged)]
+            merged[ip] = _merged(entry, count, first, last)
+    return _in_order(merged)
+
+
+# tuple.__new__(IpDelta, fields) builds the NamedTuple in C; IpDelta(...) would run its
+# Python-level __new__, several times slower.
+new = tuple.__new__
+
+
+def _merged(entry: IpDelta, count: int, first: int, last: int) -> IpDelta:
+    """`entry` plus another record of the same address (another source)."""
+    return new(
+        IpDelta,
+        (
+            entry[0],
+            entry[1],
+            entry[2] + count,
+            first if first < entry[3] else entry[3],
+            last if last > entry[4] else entry[4],
+        ),
+    )
+
+
+def _in_order(merged: dict[str, IpDelta]) -> list[IpDelta]:
+    """The deltas sorted by address. The values are walked in the order they were made (and lie
+    in memory), the sort moves pointers only: looking each address up in sorted order instead
+    would cost a cache miss or two per address, more than the sort itself."""
+    return sorted(merged.values(), key=_IP)
+
+
+_IP = operator.itemgetter(0)
 
 
 class _Slow(Exception):
@@ -258,7 +321,95 @@ def _fast_time(text: Any, cache: dict[str, int]) -> int:
 
 @functools.lru_cache(maxsize=65536)
 def _canonical_ipv6(text: str) -> bool:
+    """The IPv6 rule for spellings the round trip through inet_pton/inet_ntop does not settle.
+
+    glibc's inet_ntop writes RFC 5952 like `ipaddress` does (lower case, no leading zeros, the
+    first longest run of two or more zero groups as ::), except that it writes the IPv4-mapped
+    and IPv4-compatible forms with a dotted quad, which `ipaddress` never does; and the round
+    trip does not know that `::` is not counted. So a round trip that gives back the text, has
+    no dot and is not `::` means canonical; anything else is decided here (cached: a batch
+    rarely has many such spellings).
+    """
     return len(text) <= 64 and is_canonical_ip(text)
+
+
+# -- the fast path ----------------------------------------------------------------------------
+
+
+class _WireRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A record exactly as the agent sends it; msgspec checks the types and ranges in C."""
+
+    ip: str
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
+    first_seen: str
+    last_seen: str
+    source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_LEN)]
+
+
+class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    agent: str
+    batch_id: str
+    sent_at: str
+    records: list[_WireRecord]
+
+
+# Unknown fields are refused here (the full path ignores them): the fast path must never accept
+# what the standard library would not decode, and an unknown field could hold anything (a
+# number too long for int(), nesting deeper than the recursion limit, bytes that are not UTF-8).
+# The ASCII check in parse_batch settles the encoding questions (BOM, UTF-16, lone surrogates
+# encoded as bytes); msgspec refuses lone surrogate escapes, NaN and raw control characters.
+_decode_wire = msgspec.json.Decoder(_WireBatch).decode
+
+
+def _parse_fast(payload: bytes | bytearray, agent: str | None) -> Batch:
+    """The agent's exact shape, all valid; `_Slow` (or a msgspec error) for anything else."""
+    document = _decode_wire(payload)
+    if agent is not None and document.agent != agent:
+        raise AgentMismatch(document.agent, agent)
+    if check_text(document.agent, MAX_AGENT_LEN) or check_text(document.batch_id, MAX_BATCH_ID_LEN):
+        raise _Slow
+    sent_at = check_time(document.sent_at)
+    records = document.records
+    if isinstance(sent_at, str) or len(records) > MAX_RECORDS_PER_BATCH:
+        raise _Slow
+    return Batch(document.agent, document.batch_id, sent_at, len(records), _merge_fast(records))
+
+
+def _merge_fast(records: list[_WireRecord]) -> list[IpDelta]:
+    """`_aggregate` for typed records that must all be valid: the first doubt raises `_Slow`."""
+    merged: dict[str, IpDelta] = {}
+    times: dict[str, int] = {}
+    pton, ntop, inet, inet6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+    canonical6 = _canonical_ipv6
+    try:
+        for record in records:
+            ip = record.ip
+            if ":" in ip:
+                key = pton(inet6, ip)
+                if (ntop(inet6, key) != ip or "." in ip or ip == "::") and not canonical6(ip):
+                    raise _Slow
+            else:
+                key = pton(inet, ip)
+                if ntop(inet, key) != ip or ip == "0.0.0.0":
+                    raise _Slow
+            first_text = record.first_seen
+            first = times.get(first_text)
+            if first is None:
+                first = _fast_time(first_text, times)
+            last_text = record.last_seen
+            last = times.get(last_text)
+            if last is None:
+                last = _fast_time(last_text, times)
+            if last < first:
+                raise _Slow
+            entry = merged.get(ip)
+            if entry is None:
+                merged[ip] = new(IpDelta, (ip, key, record.count, first, last))
+            else:
+                merged[ip] = _merged(entry, record.count, first, last)
+    except (OSError, ValueError):  # inet_pton refused the text; fromisoformat refused a time
+        raise _Slow from None
+    return _in_order(merged)
 
 
 def _check_record(index: int, record: Any, errors: _Errors) -> tuple[str, bytes, int, int, int] | None:

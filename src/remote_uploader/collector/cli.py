@@ -1,6 +1,6 @@
 """`remote-uploader collector ...`: thin commands over the collector library.
 
-    collector serve [-c FILE] [--db URL] [--host H] [--port P] [--max-body BYTES] ...
+    collector serve [-c FILE] [--db URL] [--host H] [--port P] [--max-body BYTES] [--parse-workers N] ...
     collector token add NAME [--read-only] [--replace] [--db URL | -c FILE]
     collector token list [--json] [--db URL | -c FILE]
     collector token revoke NAME [--db URL | -c FILE]
@@ -119,6 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False if args.no_access_log else None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        parse_workers=args.parse_workers,
     )
     logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
     if config.tls_cert:
@@ -245,6 +246,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--retention-days", type=float, metavar="DAYS", help="keep batch ids this long (default 30)")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (with --tls-key)")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument(
+        "--parse-workers",
+        type=int,
+        metavar="N",
+        help="processes that parse big batches (default: 2, or 1 on a single core; 0: parse in the server process)",
+    )
     serve.add_argument("--log-format", choices=["text", "json"], help="key=value text (default) or JSON lines")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")

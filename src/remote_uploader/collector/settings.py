@@ -11,7 +11,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class CollectorSettings:
     db_timeout: float = 5.0
     retry_after: int = 2
     max_concurrent_batches: int = 4
+    parse_workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
     pool_size: int = 10
     graceful_timeout: float = 10.0
     tls_cert: str = ""  # PEM certificate chain; with tls_key, serve HTTPS
@@ -131,6 +132,7 @@ PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "db_timeout": _seconds,
     "retry_after": _int(1, 3600),
     "max_concurrent_batches": _int(1, 1024),
+    "parse_workers": _int(0, 64),
     "pool_size": _int(1, 1000),
     "graceful_timeout": _seconds,
     "tls_cert": _text,

@@ -50,9 +50,23 @@ class IpDelta(NamedTuple):
     last_us: int
 
 
+BulkForm = Literal["sqlite-image", "postgres-copy"]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedDeltas:
+    """A batch's deltas in the bulk form one backend loads fastest (see storage/bulk.py), made
+    before the write transaction, possibly in another process (so: bytes, picklable)."""
+
+    form: BulkForm
+    count: int  # how many deltas
+    data: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A validated batch. `deltas` has one entry per distinct address, sorted by `ip`.
+    """A validated batch. `deltas` has one entry per distinct address, sorted by `ip`; or the
+    same, already encoded for the storage backend (`Storage.bulk_form`).
 
     The sort is a lock order: two transactions that touch the same rows touch them in the same
     order, so PostgreSQL never has to break a deadlock between two ingests.
@@ -62,7 +76,7 @@ class Batch:
     batch_id: str
     sent_at: datetime
     records: int  # records as sent (before merging the same address from several sources)
-    deltas: Sequence[IpDelta]
+    deltas: Sequence[IpDelta] | EncodedDeltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +158,9 @@ class Storage(abc.ABC):
     """
 
     url: str
+    # The form `store_batch` loads deltas in; a parser may encode them so beforehand (in a worker
+    # process) with `bulk.encode`. None: plain deltas only.
+    bulk_form: BulkForm | None = None
 
     @abc.abstractmethod
     def migrate(self) -> int:

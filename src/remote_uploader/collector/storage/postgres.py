@@ -26,7 +26,8 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from remote_uploader.collector.errors import StorageError, StorageUnavailable
-from remote_uploader.collector.storage.base import Batch, to_micros
+from remote_uploader.collector.storage import bulk
+from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 
@@ -55,17 +56,16 @@ INSERT_BATCH = (
     "INSERT INTO batches (agent, batch_id, received_at, records) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
 COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = greatest(last_seen, %s) WHERE name = %s"
-# A batch's deltas are COPYed (binary) into a temporary table, then each real table takes them
-# in one INSERT ... SELECT ... ON CONFLICT. COPY is several times cheaper than binding arrays as
+# A batch's deltas are COPYed into a temporary table, then each real table takes them in one
+# INSERT ... SELECT ... ON CONFLICT. COPY is several times cheaper than binding arrays as
 # parameters (psycopg escapes text arrays element by element in Python). ORDER BY ip is the lock
 # order: concurrent ingests touching the same addresses lock them in the same order.
 CREATE_DELTAS = (
     'CREATE TEMP TABLE IF NOT EXISTS deltas (ip TEXT COLLATE "C" NOT NULL, ipkey BYTEA NOT NULL, '
     "total BIGINT NOT NULL, first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL) ON COMMIT DELETE ROWS"
 )
-# The columns of an IpDelta, in order: its tuples are written as they are.
-COPY_DELTAS = "COPY deltas (ip, ipkey, total, first_seen, last_seen) FROM STDIN (FORMAT BINARY)"
-DELTA_TYPES = ["text", "bytea", "int8", "int8", "int8"]
+# The rows come ready in COPY's text format (bulk.postgres_copy), often from a parsing worker.
+COPY_DELTAS = "COPY deltas (ip, ipkey, total, first_seen, last_seen) FROM STDIN"
 UPSERT_IPS = (
     "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
     "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen "
@@ -106,6 +106,7 @@ def redact_url(url: str) -> str:
 class PostgresStorage(SqlStorage):
     placeholder = "%s"
     migrations = MIGRATIONS
+    bulk_form: BulkForm | None = "postgres-copy"
 
     def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = 10) -> None:
         self.url = redact_url(url)
@@ -159,30 +160,28 @@ class PostgresStorage(SqlStorage):
         self._pool.close()
 
     def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+        rows = bulk.encoded(batch.deltas, "postgres-copy")  # (unless the parser did) before a connection is taken
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return self._store_batch_once(batch, received_at)
+                return self._store_batch_once(batch, rows, received_at)
             except StorageUnavailable as exc:
                 if attempt == ATTEMPTS or not isinstance(exc.__cause__, RETRYABLE):
                     raise
                 logger.info("retrying batch agent=%s batch_id=%s reason=%s", batch.agent, batch.batch_id, exc)
         raise AssertionError("unreachable")
 
-    def _store_batch_once(self, batch: Batch, received_at: datetime) -> bool:
+    def _store_batch_once(self, batch: Batch, rows: EncodedDeltas, received_at: datetime) -> bool:
         agent = batch.agent
-        deltas = batch.deltas
         now = to_micros(received_at)
         with self._write() as cur:
             cur.execute(INSERT_BATCH, (agent, batch.batch_id, now, batch.records))
             if cur.rowcount == 0:
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
-            if deltas:
+            if rows.count:
                 cur.execute(CREATE_DELTAS)
                 with cur.copy(COPY_DELTAS) as copy:
-                    copy.set_types(DELTA_TYPES)
-                    for delta in deltas:
-                        copy.write_row(delta)
+                    copy.write(rows.data)
                 cur.execute(UPSERT_IPS)
                 cur.execute(UPSERT_IP_AGENTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))

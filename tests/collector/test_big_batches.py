@@ -1,0 +1,93 @@
+"""Batches big enough for the parsing workers, through a real collector on both backends: exact
+counts, replays counted once, every error named as for a small batch, nothing of a bad batch
+stored; and the same with the workers switched off."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from remote_uploader.collector.parsing import WORKER_MIN_BYTES
+from tests.collector.senders import expected_counts
+from tests.collector.util import random_ip, random_records, wire_batch
+from tests.helpers.collector_fixtures import CollectorProcess
+
+RECORDS = 12_000  # about 1.8 MB of JSON: over WORKER_MIN_BYTES
+POOL = sorted({random_ip(random.Random(f"big-{n}")) for n in range(20_000)})
+
+
+def big_batch(agent: str, number: int) -> dict[str, Any]:
+    return wire_batch(agent, f"{agent}-big-{number}", random_records(random.Random(number), RECORDS, POOL))
+
+
+def spawned_workers(collector: CollectorProcess) -> int:
+    assert collector.proc is not None
+    count = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == (
+                collector.proc.pid
+            ):
+                count += b"spawn_main" in (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+    return count
+
+
+def test_big_batches_count_exactly_and_replays_count_once(collector_any: CollectorProcess) -> None:
+    batches = [big_batch("test-agent", n) for n in range(4)]
+    assert len(json.dumps(batches[0])) > WORKER_MIN_BYTES
+    assert collector_any.post_batch(batches[0]).json()["duplicate"] is False
+    results: list[bool] = []
+
+    def send(share: list[dict[str, Any]]) -> None:
+        with httpx.Client(timeout=120) as client:
+            for batch in share:
+                response = collector_any.post_batch(batch, client=client)
+                assert response.status_code == 200, response.text
+                results.append(response.json()["duplicate"])
+
+    threads = [threading.Thread(target=send, args=(batches[n::2] + batches[:2],)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 3 + [True] * 5  # batch 0 was sent first, above
+    assert collector_any.counts() == dict(sum((expected_counts([b]) for b in batches), Counter()))
+    (agent,) = collector_any.get("/v1/agents").json()["items"]
+    assert (agent["batches"], agent["duplicates"], agent["records"]) == (4, 5, 4 * RECORDS)
+    assert spawned_workers(collector_any) >= 1
+
+
+def test_every_bad_field_of_a_big_batch_is_named_and_nothing_is_stored(collector: CollectorProcess) -> None:
+    batch = big_batch("test-agent", 1)
+    batch["records"][9000]["ip"] = "2001:DB8::1"
+    batch["records"][11_999]["last_seen"] = "2000-01-01T00:00:00Z"
+    response = collector.post_batch(batch)
+    assert response.status_code == 400
+    assert response.json()["detail"] == [
+        {"field": "records[9000].ip", "error": "not a canonical IP address"},
+        {"field": "records[11999].last_seen", "error": "is before first_seen"},
+    ]
+    assert collector.counts() == {}
+    other = collector.post_batch(big_batch("someone-else", 2))
+    assert other.status_code == 403
+    assert other.json()["detail"][0]["field"] == "agent"
+    assert collector.counts() == {}
+
+
+def test_without_workers_big_batches_are_parsed_in_the_server_process(
+    make_collector: Callable[..., CollectorProcess],
+) -> None:
+    collector = make_collector(config="parse_workers = 0\n")
+    batch = big_batch("test-agent", 3)
+    assert collector.post_batch(batch).status_code == 200
+    assert collector.counts() == dict(expected_counts([batch]))
+    assert spawned_workers(collector) == 0
