@@ -1,11 +1,12 @@
 """`forever`: follow the configured files and ship what is appended, until a signal says stop.
 
 The reading thread polls (`read.poll_interval`, the source of truth: see tail.py for the rules);
-between two passes it looks at the size of the files it holds open every GROWTH_CHECK seconds and
-reads what was appended. It seals per the policy: a trickle of lines half `max_batch_age` after the
-previous seal, so it never waits for `min_upload_batch` and reaches the collector within about
-`max_batch_age`, noticing and uploading included. Other threads: the uploader, a stats reporter, and the
-optional Prometheus endpoint; none of them blocks reading, and reading never blocks them.
+between two passes it looks at the size of the files it holds open several times a second
+(GROWTH_CHECK) and reads what was appended. It seals per the policy: a trickle of lines half
+`max_batch_age` after the previous seal, so it never waits for `min_upload_batch` and reaches the
+collector within about `max_batch_age`, noticing and uploading included. Other threads: the
+uploader, a stats reporter, and the optional Prometheus endpoint; none of them blocks reading,
+and reading never blocks them.
 
 Shutdown (SIGINT/SIGTERM): stop reading, seal the in-memory batch, upload for at most
 `shutdown.drain_timeout` seconds, exit 0; what is not sent stays queued for the next start.
@@ -39,7 +40,11 @@ from remote_uploader.i18n import _
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-GROWTH_CHECK = 0.1  # seconds between two looks at the size of the files held open, between passes
+# Between passes, the sizes of the files held open are looked at every GROWTH_CHECK seconds after
+# one of them grew, twice as far apart after each look that found nothing, up to GROWTH_CHECK_IDLE:
+# an idle agent wakes a few times a second (each timed wake-up costs more than the looks).
+GROWTH_CHECK = 0.1
+GROWTH_CHECK_IDLE = 0.4
 
 
 def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: None,
@@ -62,6 +67,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
         agent.recover()
         agent.uploader.start()
         say(_("Following {n} sources; stop with Ctrl-C or SIGTERM").format(n=len(config.sources)))
+        check_every = GROWTH_CHECK
         reporter = StatsReporter(agent, tailer, say)
         reporter.start()
         while not agent.stop.is_set():
@@ -71,7 +77,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
             try:
                 tailer.poll()
                 agent.maybe_seal(caught_up=True)
-                _until_next_pass(agent, tailer)
+                check_every = _until_next_pass(agent, tailer, check_every)
             except StopReading:
                 break
         return shutdown(agent, say)
@@ -86,23 +92,25 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
         agent.close()
 
 
-def _until_next_pass(agent: Agent, tailer: Tailer) -> None:
-    """Wait `read.poll_interval` for the next pass; meanwhile, every GROWTH_CHECK seconds, read
-    what was appended to the files held open (an `fstat` each: nothing to do costs next to no CPU),
-    and seal the batch as soon as the policy says (a trickle: half `max_batch_age` after the last
-    seal). So a line is read within about GROWTH_CHECK, not one poll interval."""
+def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float) -> float:
+    """Wait `read.poll_interval` for the next pass; meanwhile read what was appended to the files
+    held open (an `fstat` each, every `check_every` seconds: see GROWTH_CHECK) and seal the batch
+    as soon as the policy says (a trickle: half `max_batch_age` after the last seal). So a line is
+    read within a fraction of a second, not one poll interval. Returns the next `check_every`."""
     next_pass = time.monotonic() + agent.config.read.poll_interval
     while (remaining := next_pass - time.monotonic()) > 0:
-        if agent.stop.wait(min(remaining, GROWTH_CHECK, _seal_due_in(agent))):
-            return
+        if agent.stop.wait(min(remaining, check_every, _seal_due_in(agent))):
+            break
         if agent.queued_estimate >= agent.config.queue.max_bytes:
             # The queue is full, or nearly: a seal would pause reading here, before the next pass
             # has found the files created meanwhile (so the stats could not show them behind).
             # Latency is moot until uploads free space; the pass reads, seals and pauses.
             continue
         if time.monotonic() < next_pass:
-            tailer.follow_growth()
+            grew = tailer.follow_growth()
+            check_every = GROWTH_CHECK if grew else min(GROWTH_CHECK_IDLE, 2 * check_every)
         agent.maybe_seal(caught_up=True)
+    return check_every
 
 
 def _seal_due_in(agent: Agent) -> float:

@@ -292,22 +292,26 @@ class Tailer:
             return
         self._maybe_let_go(t, now)
 
-    def follow_growth(self) -> None:
+    def follow_growth(self) -> bool:
         """Between two passes: read what was appended to the files held open (one `fstat` each).
+        True if any of them had changed size.
 
         Cheap enough to run several times a second, so a line is read within a fraction of the
         poll interval. New files, rotations, and files closed after CLOSE_INACTIVE wait for the
         next pass; a file found shorter or replaced is handled as the pass would (`_catch_up`).
         """
+        grew = False
         for t in list(self.tracked.values()):
             if self.agent.stop.is_set():
-                return
+                break
             fd = t.fd
             if fd is None or t.followed < 0 or t.fid not in self.tracked or os.fstat(fd).st_size == t.size:
                 continue
+            grew = True
             index = self.source_index(t.name)
             if index is not None:
                 self._catch_up(t, fd, index, time.monotonic(), None)
+        return grew
 
     def _place(self, t: Tracked, seen: Seen | None, now: float) -> None:
         """Note where the content is now (live or rotated, which path) and store a change."""
