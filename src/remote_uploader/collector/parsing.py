@@ -96,9 +96,9 @@ class BatchParser:
                 return await asyncio.get_running_loop().run_in_executor(
                     pool, parse_and_encode, payload, agent, self.form
                 )
-            except BrokenProcessPool:
+            except (BrokenProcessPool, OSError) as exc:  # a worker died, or none could be started
                 logger.warning(
-                    "a parsing worker died; parsing in the server process", extra=fields(workers=self.workers)
+                    "parsing worker lost; parsing in the server process", extra=fields(error=type(exc).__name__)
                 )
                 self._discard(pool)
         return await run_in_threadpool(parse_batch, payload, agent)
