@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 # Between passes, the sizes of the files held open are looked at every GROWTH_CHECK seconds after
-# one of them grew, twice as far apart after each look that found nothing, up to GROWTH_CHECK_IDLE:
-# an idle agent wakes a few times a second (each timed wake-up costs more than the looks).
+# one of them grew, twice as far apart after each look that found nothing, up to GROWTH_CHECK_IDLE
+# (or the policy's caught-up age, if shorter: a line after a quiet spell then waits no longer to be
+# noticed than one in a trickle waits to be sealed): an idle agent wakes a few times a second, and
+# each timed wake-up costs more than the looks.
 GROWTH_CHECK = 0.1
 GROWTH_CHECK_IDLE = 0.4
 
@@ -108,7 +110,8 @@ def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float) -> float:
             continue
         if time.monotonic() < next_pass:
             grew = tailer.follow_growth()
-            check_every = GROWTH_CHECK if grew else min(GROWTH_CHECK_IDLE, 2 * check_every)
+            longest = max(GROWTH_CHECK, min(GROWTH_CHECK_IDLE, agent.policy.caught_up_age))
+            check_every = GROWTH_CHECK if grew else min(longest, 2 * check_every)
         agent.maybe_seal(caught_up=True)
     return check_every
 
