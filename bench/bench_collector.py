@@ -189,8 +189,7 @@ def bench_http(
     compressed = [gzip.compress(body, compresslevel=6) for body in bodies]
     samples = []
     for run in range(runs):
-        where = workdir / f"http-{clients}-{workers}-{run}"
-        where.mkdir()
+        where = Path(tempfile.mkdtemp(dir=workdir, prefix=f"http-{clients}-{workers}-{run}-"))
         process = CollectorProcess(where, urls(), ["--no-access-log", "--parse-workers", str(workers)])
         process.start()
         try:
