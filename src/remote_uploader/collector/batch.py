@@ -227,7 +227,7 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
     # text once. Only texts that passed the fast checks below are cached.
     times: dict[str, int] = {}
     pton, ntop, inet, inet6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
-    canonical6 = _canonical_ipv6
+    canonical6, new = _canonical_ipv6, _new_tuple
     for index, record in enumerate(records):
         try:
             ip = record["ip"]
@@ -276,12 +276,12 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
 
 # tuple.__new__(IpDelta, fields) builds the NamedTuple in C; IpDelta(...) would run its
 # Python-level __new__, several times slower.
-new = tuple.__new__
+_new_tuple = tuple.__new__
 
 
 def _merged(entry: IpDelta, count: int, first: int, last: int) -> IpDelta:
     """`entry` plus another record of the same address (another source)."""
-    return new(
+    return _new_tuple(
         IpDelta,
         (
             entry[0],
@@ -380,7 +380,7 @@ def _merge_fast(records: list[_WireRecord]) -> list[IpDelta]:
     merged: dict[str, IpDelta] = {}
     times: dict[str, int] = {}
     pton, ntop, inet, inet6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
-    canonical6 = _canonical_ipv6
+    canonical6, new = _canonical_ipv6, _new_tuple
     try:
         for record in records:
             ip = record.ip
