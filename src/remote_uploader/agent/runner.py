@@ -124,38 +124,6 @@ class Agent:
         log.error("event=source_error path=%s reason=%r", path, reason)
         self.say(_("Cannot read {path}: {reason}").format(path=path, reason=reason))
 
-    def read_file(self, fd: int, fid: int, path: str, offset: int, extractor: Extractor,
-                  *, take_partial: bool) -> None:
-        """Read one file from `offset` to its end, sealing batches as the policy says.
-
-        A large backlog goes to the worker processes first (in file order, see parallel.py);
-        the rest, and anything small, is read here block by block.
-        """
-        offset = self._read_backlog(fd, fid, path, offset, extractor)
-        reader = BlockReader(fd, offset, self.config.read.block_size, extractor.context)
-        while not self.stop.is_set():
-            chunk = reader.next_chunk()
-            if chunk is None:
-                if take_partial and reader.pending:
-                    chunk = reader.take_partial()
-                if chunk is None:
-                    break
-            self.feed(chunk, fid, path, extractor)
-            self.maybe_seal(caught_up=False)
-
-    def _read_backlog(self, fd: int, fid: int, path: str, offset: int, extractor: Extractor) -> int:
-        size = os.fstat(fd).st_size
-        if self.scanner is None or not self.scanner.worth_it(size - offset):
-            return offset
-        source = next(index for index, known in enumerate(self.extractors) if known is extractor)
-        for part in self.scanner.scan(fd, path, source, offset, size):
-            if self.stop.is_set():
-                break
-            self.feed_part(part, fid, path)
-            self.maybe_seal(caught_up=False)
-            offset = part.end_offset
-        return offset
-
     def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
         """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
         cap = self.config.batching.max_memory_ips

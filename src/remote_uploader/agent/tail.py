@@ -379,8 +379,8 @@ class Tailer:
         it would double it (the new content is a new record, read from 0) and move the offset past
         old bytes that only the copy still holds (lost). So after each read, and before its bytes
         enter the batch, the file must still start with the record's fingerprint: every byte of
-        that read was then read before any truncation. (The same steps as Agent.read_file, with
-        that check between reading and feeding.)
+        that read was then read before any truncation. (Worker scan of a large backlog, then the
+        tail block by block, with that check between reading and feeding.)
         """
         agent = self.agent
         scanner = agent.scanner
