@@ -1020,12 +1020,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     receiver = Receiver(args.token, host=args.host, port=args.port, state=args.state)
     if args.fault_plan:
         receiver.apply_plan(json.loads(args.fault_plan))
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
+    # Blocked before the server threads start, so they inherit the mask and the main thread alone
+    # takes the signal, in sigwait: no handler runs in the middle of code holding a lock.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     receiver.start()
     print(f"LISTENING {receiver.port}", flush=True)
-    done.wait()
+    signal.sigwait(stop_signals)
     receiver.close()
     return 0
 

@@ -27,7 +27,7 @@ from tests.helpers.receiver import FaultControls, Receiver, RequestLog
 __all__ = ["Receiver", "ReceiverProcess", "receiver", "receiver_process"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT = 20.0
+STARTUP_TIMEOUT = 60.0  # a guard against a hung start, generous for a loaded machine
 CONTROL_TIMEOUT = 10.0
 
 
@@ -90,8 +90,11 @@ class ReceiverProcess(FaultControls):
         assert self._proc.stdout is not None
         line = _read_line(self._proc.stdout, STARTUP_TIMEOUT)
         if not line.startswith(b"LISTENING "):
+            code = self._proc.poll()
             self.kill()
-            raise RuntimeError(f"receiver did not start (got {line!r}); see {self.stderr_path}")
+            stderr = self.stderr_path.read_text(errors="replace")[-2000:]
+            state = f"exited with {code}" if code is not None else f"silent for {STARTUP_TIMEOUT:.0f} s"
+            raise RuntimeError(f"receiver did not start ({state}, got {line!r}); its stderr:\n{stderr}")
         self.port = int(line.split()[1])
 
     def kill(self) -> None:

@@ -10,7 +10,7 @@ and reading never blocks them.
 
 Shutdown (SIGINT/SIGTERM): stop reading, seal the in-memory batch, upload for at most
 `shutdown.drain_timeout` seconds, exit 0; what is not sent stays queued for the next start.
-A second signal exits at once (runner.install_signal_handlers): nothing is lost either, since
+A second signal exits at once (runner.stop_on_signals): nothing is lost either, since
 the offsets only cover what is queued. SIGHUP reloads the configuration at the next poll; a bad
 one is refused with the reason logged, and the old one stays in force.
 """
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from remote_uploader.agent.batch import SealPolicy
 from remote_uploader.agent.extract import build_extractor
-from remote_uploader.agent.runner import Agent, StopReading, install_signal_handlers
+from remote_uploader.agent.runner import Agent, StopReading, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.spool import Spool
 from remote_uploader.agent.stats import render_block
@@ -52,10 +52,8 @@ GROWTH_CHECK_IDLE = 0.4
 def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: None,
                 reload: Callable[[], Config] | None = None) -> int:
     agent = Agent(config, say=say)
-    install_signal_handlers(agent)
     reload_requested = threading.Event()
-    if reload is not None:
-        signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
+    signals = stop_on_signals(agent, {signal.SIGHUP: lambda signum: reload_requested.set()} if reload else None)
     tailer: Tailer | None = None
     reporter: StatsReporter | None = None
     metrics = None
@@ -84,6 +82,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
                 break
         return shutdown(agent, say)
     finally:
+        signals.close()
         if reporter is not None:
             reporter.stop.set()
         if tailer is not None:

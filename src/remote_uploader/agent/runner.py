@@ -13,14 +13,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import FrameType
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
+from remote_uploader.agent.signals import SignalWatcher
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import BlockReader, Chunk, expand_sources
 from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, StateLock, prepare_state_dir
@@ -287,28 +287,28 @@ class StopReading(Exception):
     """Raised inside the reader when a stop was requested while it waited for queue space."""
 
 
-def install_signal_handlers(agent: Agent) -> None:
+def stop_on_signals(agent: Agent, extra: Mapping[int, Callable[[int], None]] | None = None) -> SignalWatcher:
     """First SIGINT/SIGTERM: finish the current step, persist, stop. A second: exit at once.
 
     Exiting at once loses nothing either: everything not committed is re-read from the offsets.
+    The actions run in the watcher thread (see signals.py for why not in a handler).
     """
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int) -> None:
         if agent.stop.is_set():
             os._exit(128 + signum)
         log.info("event=signal signal=%d action=stop", signum)
         agent.request_stop(f"signal {signum}")
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    return SignalWatcher({signal.SIGINT: stop, signal.SIGTERM: stop, **(extra or {})})
 
 
 def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
              max_retry_time: float | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
     agent = Agent(config, say=say)
-    install_signal_handlers(agent)
     try:
-        result = agent.run_once(max_retry_time=max_retry_time, progress=progress)
+        with stop_on_signals(agent):
+            result = agent.run_once(max_retry_time=max_retry_time, progress=progress)
         for line in agent.stats_lines():
             say(line)
         return result
