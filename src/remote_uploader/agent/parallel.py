@@ -51,6 +51,10 @@ class Part:
     long_line: bool = False
 
 
+# (source index, path to open, start, end, start is exact, cap): one range of a file to count.
+Task = tuple[int, str, int, int, bool, int]
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractorSpec:
     """What a worker needs to rebuild a source's extractor (extractors hold caches, not sent)."""
@@ -201,9 +205,11 @@ class WorkerError(OSError):
 class ParallelScanner:
     """Worker processes, started on first use; results in file order with bounded lookahead."""
 
-    def __init__(self, specs: Sequence[ExtractorSpec], workers: int, block_size: int, cap: int) -> None:
+    def __init__(self, specs: Sequence[ExtractorSpec], extractors: Sequence[Extractor], workers: int,
+                 block_size: int, cap: int) -> None:
         self.specs = list(specs)
-        self.workers = workers
+        self.extractors = list(extractors)  # this process's own, built from the same specs
+        self.workers = workers  # processes that scan, this one included: workers - 1 are started
         self.block_size = block_size
         self.cap = cap
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -214,7 +220,7 @@ class ParallelScanner:
 
     def _ensure_workers(self) -> list[subprocess.Popen[bytes]]:
         if not self._procs:
-            for _ in range(self.workers):
+            for _ in range(self.workers - 1):
                 # cwd "/": from a directory holding the compat script remote_uploader.py, `-m`
                 # would find that file instead of the package.
                 proc = subprocess.Popen([sys.executable, "-m", "remote_uploader.agent.worker"],
@@ -227,8 +233,10 @@ class ParallelScanner:
     def scan(self, fd: int, path: str, source: int, offset: int, size: int) -> Iterator[Part]:
         """Parts of [offset, about size - block) in file order; the caller reads the tail itself.
 
-        Task k goes to worker k mod n; each worker answers in the order it was asked, so reading
-        the answers round-robin gives them in file order. At most two tasks wait per worker.
+        Task k goes to slot k mod `workers`: a worker process, or (the last slot) this process,
+        which scans its task when its turn to be answered comes, while the workers scan theirs.
+        Each worker answers in the order it was asked, so taking the answers in task order gives
+        them in file order. At most two tasks wait per slot.
         """
         block = self.block_size
         last_nominal = offset + ((size - offset) // block - 1) * block
@@ -237,19 +245,27 @@ class ParallelScanner:
         proc_path = f"/proc/{os.getpid()}/fd/{fd}"
         open_path = proc_path if os.path.exists(proc_path) else os.path.abspath(path)
         nominals = list(range(offset, last_nominal + 1, block))
-        procs = self._ensure_workers()
-        pending: deque[subprocess.Popen[bytes]] = deque()
+        slots: list[subprocess.Popen[bytes] | None] = [*self._ensure_workers(), None]
+        pending: deque[tuple[subprocess.Popen[bytes] | None, Task]] = deque()
         for index, (start, end) in enumerate(pairwise(nominals)):
-            proc = procs[index % len(procs)]
-            assert proc.stdin is not None
-            write_frame(proc.stdin, (source, open_path, start, end, index == 0, self.cap))
-            pending.append(proc)
-            if len(pending) >= 2 * len(procs):
-                yield from self._answer(pending.popleft())
+            proc = slots[index % len(slots)]
+            task: Task = (source, open_path, start, end, index == 0, self.cap)
+            if proc is not None:
+                assert proc.stdin is not None
+                write_frame(proc.stdin, task)
+            pending.append((proc, task))
+            if len(pending) >= 2 * len(slots):
+                yield from self._answer(*pending.popleft())
         while pending:
-            yield from self._answer(pending.popleft())
+            yield from self._answer(*pending.popleft())
 
-    def _answer(self, proc: subprocess.Popen[bytes]) -> list[Part]:
+    def _answer(self, proc: subprocess.Popen[bytes] | None, task: Task) -> list[Part]:
+        if proc is None:
+            try:
+                return scan_task(self.extractors, *task)
+            except OSError as exc:
+                self.close()
+                raise WorkerError(str(exc)) from exc
         assert proc.stdout is not None
         try:
             result = read_frame(proc.stdout)

@@ -69,7 +69,7 @@ class Agent:
         self.scanner: ParallelScanner | None = None
         if config.agent.workers > 1:
             specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
-            self.scanner = ParallelScanner(specs, config.agent.workers, config.read.block_size,
+            self.scanner = ParallelScanner(specs, self.extractors, config.agent.workers, config.read.block_size,
                                            config.batching.max_memory_ips)
         self.sink = sink or HttpSink(config.server)
         server = config.server
