@@ -130,9 +130,9 @@ def test_tls_verification_is_on_by_default() -> None:
     from remote_uploader.config import load
 
     config = load(None, env={}, overrides={"server.url": "https://collector.example:8443"})
-    context = HttpSink(config.server).ssl_context
+    tls = HttpSink(config.server).tls
     assert DEFAULTS["server.verify_tls"] is True
-    assert context is not None and context.verify_mode.name == "CERT_REQUIRED" and context.check_hostname
+    assert tls is not None and tls.context.verify_mode.name == "CERT_REQUIRED" and tls.context.check_hostname
 
 
 # --- the collector under hostile input -------------------------------------------------------------------

@@ -11,16 +11,15 @@ What each answer means for a batch:
 
 The HTTP client is the standard library's `http.client` with one keep-alive connection: the
 agent must stay small in memory on edge boxes, and one sequential stream of POSTs is all it needs.
+For the same reason `ssl` is loaded only for an https:// collector: see `transport.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from remote_uploader.agent.batch import split_queued
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.spool import DiskFullError, QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
+from remote_uploader.agent.transport import HTTPConnection, HTTPException, TLSConnection, tls_context
 from remote_uploader.config import ServerConfig
 from remote_uploader.errors import (
     DeliveryError,
@@ -117,28 +117,19 @@ class HttpSink:
         self.prefix = parts.path.rstrip("/")
         self.timeout = server.timeout
         self.token = server.token
-        self.ssl_context = self._ssl_context(server) if parts.scheme == "https" else None
-        self._conn: http.client.HTTPConnection | None = None
-
-    @staticmethod
-    def _ssl_context(server: ServerConfig) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=server.ca_file or None)
-        if not server.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        self.tls = tls_context(server.ca_file, server.verify_tls) if parts.scheme == "https" else None
+        self._conn: HTTPConnection | None = None
 
     @property
     def where(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> HTTPConnection:
         if self._conn is None:
-            if self.ssl_context is not None:
-                self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self.ssl_context)
+            if self.tls is not None:
+                self._conn = TLSConnection(self.host, self.port, timeout=self.timeout, context=self.tls.context)
             else:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._conn = HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self._conn
 
     def _request(
@@ -153,11 +144,11 @@ class HttpSink:
             if response.will_close:
                 self.close()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
-        except ssl.SSLCertVerificationError as exc:
+        except (OSError, HTTPException) as exc:
             self.close()
-            raise RetryableDeliveryError(f"TLS certificate of {self.where} refused: {exc.verify_message}") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
+            if self.tls is not None and isinstance(exc, self.tls.refused):
+                raise RetryableDeliveryError(
+                    f"TLS certificate of {self.where} refused: {exc.verify_message}") from exc
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise RetryableDeliveryError(f"cannot reach the collector at {self.where}: {reason}") from exc
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import logging
 import os
 import stat
+from _blake2 import blake2b  # hashlib.blake2b itself; see fingerprint() for why not through hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -44,9 +44,14 @@ class FileIdentity:
 
 
 def fingerprint(fd: int, length: int = FINGERPRINT_BYTES) -> tuple[int, bytes]:
-    """Hash of the first `length` bytes (fewer if the file is shorter): (bytes hashed, digest)."""
+    """Hash of the first `length` bytes (fewer if the file is shorter): (bytes hashed, digest).
+
+    BLAKE2b from the interpreter's own `_blake2`, the very function `hashlib.blake2b` is: importing
+    `hashlib` would also load OpenSSL's libcrypto (3.4 MiB resident in every agent process) for
+    algorithms the agent never uses.
+    """
     head = os.pread(fd, length, 0)
-    return len(head), hashlib.blake2b(head, digest_size=16).digest()
+    return len(head), blake2b(head, digest_size=16).digest()
 
 
 def identify(fd: int, fp_len: int = FINGERPRINT_BYTES) -> FileIdentity:
