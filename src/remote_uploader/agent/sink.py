@@ -33,7 +33,7 @@ from remote_uploader.agent.batch import split_queued
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.spool import DiskFullError, QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
-from remote_uploader.agent.transport import HTTPConnection, HTTPException, TLSConnection, tls_context
+from remote_uploader.agent.transport import Connection, tls_context
 from remote_uploader.config import ServerConfig
 from remote_uploader.errors import (
     DeliveryError,
@@ -44,6 +44,8 @@ from remote_uploader.errors import (
 from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH
 
 log = logging.getLogger(__name__)
+
+MAX_ANSWER_BYTES = 1024 * 1024  # the collector's answers are small JSON documents
 
 
 class PayloadTooLargeError(DeliveryError):
@@ -118,39 +120,26 @@ class HttpSink:
         self.timeout = server.timeout
         self.token = server.token
         self.tls = tls_context(server.ca_file, server.verify_tls) if parts.scheme == "https" else None
-        self._conn: HTTPConnection | None = None
+        self._conn = Connection(self.host, self.port, self.timeout, self.tls)
 
     @property
     def where(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def _connection(self) -> HTTPConnection:
-        if self._conn is None:
-            if self.tls is not None:
-                self._conn = TLSConnection(self.host, self.port, timeout=self.timeout, context=self.tls.context)
-            else:
-                self._conn = HTTPConnection(self.host, self.port, timeout=self.timeout)
-        return self._conn
-
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = self._connection()
         try:
-            conn.request(method, self.prefix + path, body=body, headers=headers)
+            self._conn.send_request(method, self.prefix + path, headers, body)
             crash_point("after_post")
-            response = conn.getresponse()
-            payload = response.read(1024 * 1024)
-            if response.will_close:
-                self.close()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
-        except (OSError, HTTPException) as exc:
-            self.close()
+            response = self._conn.read_response(max_body=MAX_ANSWER_BYTES)
+        except OSError as exc:
             if self.tls is not None and isinstance(exc, self.tls.refused):
                 raise RetryableDeliveryError(
                     f"TLS certificate of {self.where} refused: {exc.verify_message}") from exc
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise RetryableDeliveryError(f"cannot reach the collector at {self.where}: {reason}") from exc
+        return response.status, response.headers, response.body
 
     def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
         headers = {
@@ -175,9 +164,11 @@ class HttpSink:
         return answer
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
+
+    def abort(self) -> None:
+        """Cut a request in flight (from another thread): its batch stays queued."""
+        self._conn.abort()
 
 
 def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: str) -> Delivered:
