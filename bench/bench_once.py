@@ -1,6 +1,7 @@
 """`once` end to end into a local collector: MB/s, lines/s, CPU s/GB, peak memory, exact counts.
 
     python -m bench.bench_once --workload nginx --size 500M --runs 3
+    python -m bench.bench_once --concurrency 1,2   # uploads in flight, compared side by side
     python -m bench.bench_once --memory            # peak RSS of once on 100M and 1G, workers 1 and default
 
 Each run starts a fresh collector (SQLite) and a fresh state directory, runs the agent as a real
@@ -27,7 +28,7 @@ def count_lines(path: Path) -> int:
     return lines
 
 
-def one_run(log: Path, expected: dict[str, int], workers: int) -> dict[str, float]:
+def one_run(log: Path, expected: dict[str, int], workers: int, concurrency: int = 2) -> dict[str, float]:
     with local_collector() as collector, tempfile.TemporaryDirectory(prefix="ru-agent-") as tmp:
         token_file = Path(tmp) / "token"
         token_file.write_text(collector.token)  # type: ignore[attr-defined]
@@ -35,6 +36,7 @@ def one_run(log: Path, expected: dict[str, int], workers: int) -> dict[str, floa
             "once", str(log), "--url", collector.url, "--token-file", str(token_file),  # type: ignore[attr-defined]
             "--state-dir", str(Path(tmp) / "state"), "--agent-id", "test-agent",
             "--workers", str(workers), "--set", "agent.stats_interval=0",
+            "--set", f"server.upload_concurrency={concurrency}",
         ])
         if code != 0:
             raise SystemExit(f"once exited {code}")
@@ -42,18 +44,23 @@ def one_run(log: Path, expected: dict[str, int], workers: int) -> dict[str, floa
     return {"wall": wall, "cpu": cpu, "peak": peak, "exact": float(got == expected)}
 
 
-def throughput(kind: str, size: str, runs: int, workers_list: list[int]) -> list[str]:
+def throughput(kind: str, size: str, runs: int, workers_list: list[int], concurrency_list: list[int]) -> list[str]:
+    """Each setting once per round, rounds repeated `runs` times: settings compared side by side."""
     log, expected = workload(kind, size)
-    rows = ["| workload | workers | MB/s | lines/s | CPU s/GB | peak RSS (MiB) | counts exact |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for workers in workers_list:
-        results = [one_run(log, expected, workers) for _ in range(runs)]
-        mb, lines = log.stat().st_size / 1e6, count_lines(log)
-        wall = median([r["wall"] for r in results])
-        cpu = median([r["cpu"] for r in results])
-        peak = max(r["peak"] for r in results)
-        exact = all(r["exact"] for r in results)
-        rows.append(f"| {kind} {size} | {workers} | {mb / wall:.1f} | {lines / wall:,.0f} | "
+    mb, lines = log.stat().st_size / 1e6, count_lines(log)
+    settings = [(w, c) for w in workers_list for c in concurrency_list]
+    results: dict[tuple[int, int], list[dict[str, float]]] = {setting: [] for setting in settings}
+    for _ in range(runs):
+        for workers, concurrency in settings:
+            results[(workers, concurrency)].append(one_run(log, expected, workers, concurrency))
+    rows = ["| workload | workers | uploads in flight | MB/s | lines/s | CPU s/GB | peak RSS (MiB) | counts exact |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (workers, concurrency), got in results.items():
+        wall = median([r["wall"] for r in got])
+        cpu = median([r["cpu"] for r in got])
+        peak = max(r["peak"] for r in got)
+        exact = all(r["exact"] for r in got)
+        rows.append(f"| {kind} {size} | {workers} | {concurrency} | {mb / wall:.1f} | {lines / wall:,.0f} | "
                     f"{cpu / (mb / 1000):.1f} | {peak:.1f} | {'yes' if exact else 'NO'} |")
         print(rows[-1], flush=True)
     return rows
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="500M")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", default=f"1,{os.cpu_count() or 2}")
+    parser.add_argument("--concurrency", default="2", help="server.upload_concurrency values, e.g. 1,2")
     parser.add_argument("--memory", action="store_true", help="peak RSS on 100M and 1G instead")
     parser.add_argument("--markdown", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         rows = memory(args.runs)
     else:
-        rows = throughput(args.workload, args.size, args.runs, [int(w) for w in args.workers.split(",")])
+        rows = throughput(args.workload, args.size, args.runs, [int(w) for w in args.workers.split(",")],
+                          [int(c) for c in args.concurrency.split(",")])
     if args.markdown:
         args.markdown.write_text("\n".join(rows) + "\n")
     return 0

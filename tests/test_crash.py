@@ -19,8 +19,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, rec
     logs = [tmp_path / f"access-{i}.log" for i in range(2)]
     expected: Counter[str] = Counter()
     for index, log in enumerate(logs):
-        expected += write_access_log(log, 25_000, seed=100 + index, distinct=3000)  # ~2.5 MB each
-    assert sum(log.stat().st_size for log in logs) > 4_000_000
+        expected += write_access_log(log, 50_000, seed=100 + index, distinct=3000)  # ~5 MB each
+    assert sum(log.stat().st_size for log in logs) > 8_000_000
     receiver_process.fail_fraction(0.15, statuses=(500, 503), seed=7)
     receiver_process.reset_fraction(0.1, after_store=True, seed=8)
     config = write_config(

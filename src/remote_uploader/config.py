@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "server.ca_file": "",
     "server.verify_tls": True,
     "server.timeout": 30.0,
+    "server.upload_concurrency": 2,
     "server.compress": True,
     "server.max_retry_time": 60.0,
     "server.backoff_base": 0.5,
@@ -143,6 +144,7 @@ class ServerConfig:
     ca_file: str
     verify_tls: bool
     timeout: float
+    upload_concurrency: int
     compress: bool
     max_retry_time: float
     backoff_base: float
@@ -308,6 +310,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "server.ca_file": _as_str,
     "server.verify_tls": _as_bool,
     "server.timeout": _positive(_as_float),
+    "server.upload_concurrency": _positive(_as_int),
     "server.compress": _as_bool,
     "server.max_retry_time": _positive(_as_float),
     "server.backoff_base": _positive(_as_float),
@@ -547,6 +550,7 @@ def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile
         ca_file=ca_file,
         verify_tls=values["server.verify_tls"],
         timeout=values["server.timeout"],
+        upload_concurrency=values["server.upload_concurrency"],
         compress=values["server.compress"],
         max_retry_time=values["server.max_retry_time"],
         backoff_base=values["server.backoff_base"],

@@ -42,7 +42,7 @@ def parse(parser: BatchParser, payload: bytearray, agent: str = "web-1") -> obje
 def gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before the open, or between open and read
         return True
 
 

@@ -3,6 +3,7 @@ collector that bounds bodies before and after decompression and shrugs off a bur
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -64,8 +65,8 @@ def _descendants(pid: int) -> list[int]:
         current = todo.pop()
         found.append(current)
         for task in Path(f"/proc/{current}/task").glob("*"):
-            children = (task / "children").read_text().split() if (task / "children").exists() else []
-            todo += [int(child) for child in children]
+            with contextlib.suppress(OSError):  # the thread or process ended while we looked
+                todo += [int(child) for child in (task / "children").read_text().split()]
     return found
 
 

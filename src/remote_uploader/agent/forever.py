@@ -160,7 +160,8 @@ def _drain(agent: Agent, sink: Sink, deadline: float) -> None:
     server = agent.config.server
     done = threading.Event()
     backoff = Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap)
-    drainer = Uploader(agent.upload_spool, sink, backoff, agent.stats, agent.config.agent.id, threading.Event(), done)
+    drainer = Uploader(agent.upload_spool, sink, backoff, agent.stats, agent.config.agent.id, threading.Event(), done,
+                       server.upload_concurrency)
     drainer.start()
     while (remaining := deadline - time.monotonic()) > 0 and drainer.is_alive():
         if drainer.idle.wait(min(0.1, remaining)) and agent.spool.next_batch() is None:

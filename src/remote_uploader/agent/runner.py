@@ -75,7 +75,7 @@ class Agent:
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
-                                 self.stats, config.agent.id, self.wake, self.stop)
+                                 self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
         self.batch = Batch(time.time())
         self.queued_estimate = 0
         self.stop_reason = ""

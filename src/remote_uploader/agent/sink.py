@@ -9,9 +9,8 @@ What each answer means for a batch:
     413                          split the batch in halves (each keeps a derived, stable id)
     any other 4xx                the collector will never take it: dead-letter table (`requeue` resends)
 
-The HTTP client is the standard library's `http.client` with one keep-alive connection: the
-agent must stay small in memory on edge boxes, and one sequential stream of POSTs is all it needs.
-For the same reason `ssl` is loaded only for an https:// collector: see `transport.py`.
+Keep-alive HTTP/1.1 connections (`transport.py`: h11, and `ssl` only for an https:// collector),
+one per upload in flight (`server.upload_concurrency`, 2 by default).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Protocol
@@ -120,7 +120,9 @@ class HttpSink:
         self.timeout = server.timeout
         self.token = server.token
         self.tls = tls_context(server.ca_file, server.verify_tls) if parts.scheme == "https" else None
-        self._conn = Connection(self.host, self.port, self.timeout, self.tls)
+        self._conns: list[Connection] = []  # one per request that was ever in flight at once
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
 
     @property
     def where(self) -> str:
@@ -129,17 +131,30 @@ class HttpSink:
     def _request(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
+        conn = self._take()
         try:
-            self._conn.send_request(method, self.prefix + path, headers, body)
+            conn.send_request(method, self.prefix + path, headers, body)
             crash_point("after_post")
-            response = self._conn.read_response(max_body=MAX_ANSWER_BYTES)
+            response = conn.read_response(max_body=MAX_ANSWER_BYTES)
         except OSError as exc:
             if self.tls is not None and isinstance(exc, self.tls.refused):
                 raise RetryableDeliveryError(
                     f"TLS certificate of {self.where} refused: {exc.verify_message}") from exc
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise RetryableDeliveryError(f"cannot reach the collector at {self.where}: {reason}") from exc
+        finally:
+            with self._lock:
+                self._idle.append(conn)
         return response.status, response.headers, response.body
+
+    def _take(self) -> Connection:
+        """An idle keep-alive connection, or a new one (uploads in flight each need their own)."""
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            conn = Connection(self.host, self.port, self.timeout, self.tls)
+            self._conns.append(conn)
+            return conn
 
     def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
         headers = {
@@ -164,11 +179,18 @@ class HttpSink:
         return answer
 
     def close(self) -> None:
-        self._conn.close()
+        """Close every connection (each opens again on its next request)."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            conn.close()
 
     def abort(self) -> None:
-        """Cut a request in flight (from another thread): its batch stays queued."""
-        self._conn.abort()
+        """Cut the requests in flight (from another thread): their batches stay queued."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            conn.abort()
 
 
 def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: str) -> Delivered:
@@ -192,13 +214,18 @@ def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: s
 
 
 class Uploader(threading.Thread):
-    """Sends queued batches oldest first, for as long as the agent runs; never drops one.
+    """Sends queued batches oldest first, `concurrency` at a time, for as long as the agent runs;
+    never drops one.
 
-    Waits on events, never sleeps in a loop: `wake` is set when a batch is sealed, `stop` ends it.
+    Several requests in flight let the collector parse one batch while it stores another; the
+    order of acknowledgements does not matter for correctness (offsets became durable when each
+    batch was sealed, and batch ids make a resend harmless). This thread alone touches the queue:
+    the sender threads only call `sink.send`. Waits on events, never sleeps in a loop: `wake` is
+    set when a batch is sealed, `stop` ends it after the requests in flight are answered.
     """
 
     def __init__(self, spool: Spool, sink: Sink, backoff: Backoff, stats: Stats, agent_id: str,
-                 wake: threading.Event, stop: threading.Event) -> None:
+                 wake: threading.Event, stop: threading.Event, concurrency: int = 1) -> None:
         super().__init__(name="uploader", daemon=True)
         self.spool = spool
         self.sink = sink
@@ -207,6 +234,7 @@ class Uploader(threading.Thread):
         self.agent_id = agent_id
         self.wake = wake
         self.stop_event = stop
+        self.concurrency = concurrency
         self.idle = threading.Event()  # set while the queue is empty
         self.failing_since: float | None = None
         self.last_error = ""
@@ -215,7 +243,8 @@ class Uploader(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._loop()
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="sender") as senders:
+                self._loop(senders)
         except StateError as exc:  # the queue database failed under us: stop sending, say why
             self.fatal = exc
             log.error("event=uploader_stopped reason=%r", str(exc))
@@ -223,24 +252,49 @@ class Uploader(threading.Thread):
             self.idle.set()
             self.sink.close()
 
-    def _loop(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                queued = self.spool.next_batch()
-                if queued is None:
-                    self.idle.set()
-                    self.failing_since = None
-                    self.wake.wait(0.5)
-                    self.wake.clear()
-                    continue
-                self.idle.clear()
-                self.deliver(queued)
-            except DiskFullError as exc:
-                self._wait_for_disk_space(exc)
-            else:
-                if self.disk_full:
-                    self.disk_full = False
-                    log.info("event=disk_space_back component=uploader")
+    def _loop(self, senders: ThreadPoolExecutor) -> None:
+        in_flight: dict[Future[Delivered], tuple[QueuedBatch, float]] = {}
+        while True:
+            if not self.stop_event.is_set():
+                self._fill(senders, in_flight)
+            if not in_flight:
+                if self.stop_event.is_set():
+                    return
+                self.idle.set()
+                self.failing_since = None
+                self.wake.wait(0.5)
+                self.wake.clear()
+                continue
+            self.idle.clear()
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            failures = [f for future in done if (f := self._settle(future, *in_flight.pop(future)))]
+            if failures:  # let the others be answered too, so that one backoff covers them all
+                failures += [f for future in list(in_flight) if (f := self._settle(future, *in_flight.pop(future)))]
+                self._retry_later(failures)
+
+    def _fill(self, senders: ThreadPoolExecutor, in_flight: dict[Future[Delivered], tuple[QueuedBatch, float]]) -> None:
+        """Start requests for the oldest batches not in flight, up to `concurrency` of them."""
+        while len(in_flight) < self.concurrency:
+            queued = self.spool.next_batch(exclude=[q.seq for q, _ in in_flight.values()])
+            if queued is None:
+                return
+            future = senders.submit(self.sink.send, queued.batch_id, queued.body, queued.encoding)
+            in_flight[future] = (queued, time.monotonic())
+
+    def _settle(self, future: Future[Delivered], queued: QueuedBatch,
+                started: float) -> tuple[QueuedBatch, DeliveryError] | None:
+        """Act on one answer; a failure to retry is returned (the batch stays queued as it is)."""
+        try:
+            self._act_on(future, queued, started)
+        except RetryableDeliveryError as exc:
+            return queued, exc
+        except DiskFullError as exc:
+            self._wait_for_disk_space(exc)
+        else:
+            if self.disk_full:
+                self.disk_full = False
+                log.info("event=disk_space_back component=uploader")
+        return None
 
     def _wait_for_disk_space(self, exc: DiskFullError) -> None:
         """A full disk is passing trouble, not a reason to stop sending for the rest of the run.
@@ -254,10 +308,9 @@ class Uploader(threading.Thread):
             log.error("event=disk_full component=uploader reason=%r action=retrying batch_kept=true", str(exc))
         self.stop_event.wait(self.backoff.next_delay())
 
-    def deliver(self, queued: QueuedBatch) -> None:
-        started = time.monotonic()
+    def _act_on(self, future: Future[Delivered], queued: QueuedBatch, started: float) -> None:
         try:
-            result = self.sink.send(queued.batch_id, queued.body, queued.encoding)
+            result = future.result()
         except PayloadTooLargeError as exc:
             self._split(queued, exc)
         except PermanentDeliveryError as exc:
@@ -265,8 +318,6 @@ class Uploader(threading.Thread):
             self.stats.batches_dead += 1
             log.error("event=dead_letter batch_id=%s records=%d status=%s reason=%r",
                       queued.batch_id, queued.records, exc.status, str(exc))
-        except RetryableDeliveryError as exc:
-            self._retry_later(queued, exc)
         else:
             crash_point("before_ack")
             self.spool.ack(queued.seq)
@@ -291,21 +342,24 @@ class Uploader(threading.Thread):
         self.stats.batches_split += 1
         log.info("event=batch_split batch_id=%s records=%d parts=%d", queued.batch_id, queued.records, len(parts))
 
-    def _retry_later(self, queued: QueuedBatch, exc: DeliveryError) -> None:
+    def _retry_later(self, failures: list[tuple[QueuedBatch, DeliveryError]]) -> None:
+        """Note each failure, then wait one backoff step (the longest Retry-After asked wins)."""
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        self.stats.batches_failed += 1
-        self.last_error = str(exc)
-        delay = self.backoff.next_delay(exc.retry_after)
-        level = logging.ERROR if isinstance(exc, AuthRefusedError) else logging.WARNING
-        log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=%.2fs reason=%r",
-                queued.batch_id, exc.status, delay, str(exc))
-        try:
-            self.spool.note_failure(queued.seq, str(exc))
-            self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": False, "error": str(exc)}))
-        except StateError as state_exc:  # e.g. a full disk: bookkeeping only, the batch is safe
-            log.warning("event=bookkeeping_failed reason=%r", str(state_exc))
+        retry_after = [exc.retry_after for _, exc in failures if exc.retry_after is not None]
+        delay = self.backoff.next_delay(max(retry_after) if retry_after else None)
+        for queued, exc in failures:
+            self.stats.batches_failed += 1
+            self.last_error = str(exc)
+            level = logging.ERROR if isinstance(exc, AuthRefusedError) else logging.WARNING
+            log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=%.2fs reason=%r",
+                    queued.batch_id, exc.status, delay, str(exc))
+            try:
+                self.spool.note_failure(queued.seq, str(exc))
+                self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": False, "error": str(exc)}))
+            except StateError as state_exc:  # e.g. a full disk: bookkeeping only, the batch is safe
+                log.warning("event=bookkeeping_failed reason=%r", str(state_exc))
         self.stop_event.wait(delay)
 
     def failing_for(self) -> float:

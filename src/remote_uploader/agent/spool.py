@@ -375,12 +375,14 @@ class Spool:
 
     # --- the upload side --------------------------------------------------------------------------
 
-    def next_batch(self, after_seq: int = 0) -> QueuedBatch | None:
-        """The oldest queued batch with seq > after_seq (the uploader sends in seal order)."""
+    def next_batch(self, after_seq: int = 0, exclude: Sequence[int] = ()) -> QueuedBatch | None:
+        """The oldest queued batch with seq > after_seq and not in `exclude` (those in flight): the
+        uploader sends in seal order."""
+        marks = ",".join("?" * len(exclude))
         rows = self._query(
             "SELECT seq, batch_id, created, records, occurrences, encoding, body, attempts FROM batches "
-            "WHERE seq > ? ORDER BY seq LIMIT 1",
-            (after_seq,),
+            f"WHERE seq > ? AND seq NOT IN ({marks}) ORDER BY seq LIMIT 1",
+            (after_seq, *exclude),
         )
         if not rows:
             return None
