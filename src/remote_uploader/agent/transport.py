@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,7 @@ class Connection:
 
     def send_request(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> None:
         """Write the whole request; the answer is read by `read_response`."""
-        try:
+        with self._closed_on_failure():
             if self.sock is None or self._h11.our_state is not h11.IDLE or self._dropped():
                 self._open()
             fields = [("Host", self._host_header), *headers.items()]
@@ -85,16 +86,10 @@ class Connection:
             data += self._h11.send(h11.EndOfMessage()) or b""
             assert self.sock is not None
             self.sock.sendall(data)
-        except h11.ProtocolError as exc:
-            self.close()
-            raise ProtocolError(str(exc)) from exc
-        except OSError:
-            self.close()
-            raise
 
     def read_response(self, max_body: int) -> Response:
         """The answer to the request just sent; the connection stays open if both sides allow it."""
-        try:
+        with self._closed_on_failure():
             head = self._next(h11.Response)
             assert isinstance(head, h11.Response)
             body = bytearray()
@@ -106,12 +101,6 @@ class Connection:
                     break
             else:
                 self._reuse_or_close()
-        except h11.ProtocolError as exc:
-            self.close()
-            raise ProtocolError(str(exc)) from exc
-        except OSError:
-            self.close()
-            raise
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in head.headers}
         return Response(head.status_code, headers, bytes(body[:max_body]))
 
@@ -127,6 +116,18 @@ class Connection:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """Any failure leaves the connection in an unknown state: close it; h11's errors become OSError."""
+        try:
+            yield
+        except h11.ProtocolError as exc:
+            self.close()
+            raise ProtocolError(str(exc)) from exc
+        except OSError:
+            self.close()
+            raise
 
     def _dropped(self) -> bool:
         """An idle keep-alive connection that is readable was closed by the peer (its idle timeout):
