@@ -22,13 +22,23 @@ CATALOG = SRC / "locale" / "zh_CN" / "LC_MESSAGES" / "remote_uploader"
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
+# `_()` translates at once; `Message()` (and config's `_invalid()`, which makes one) keeps the
+# English template to translate when an error is shown (i18n.Message).
+TRANSLATED_CALLS = {"_", "Message", "_invalid"}
+
+
 def messages_in_source() -> dict[str, str]:
-    """Every string passed to `_()` in src/, with where it is first used."""
+    """Every template passed to `_()` or `Message()` in src/, with where it is first used."""
     found: dict[str, str] = {}
     for path in sorted(SRC.rglob("*.py")):
+        if path.name == "i18n.py":
+            continue  # the machinery: it translates templates given to it, it has none of its own
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_" and node.args:
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in TRANSLATED_CALLS
+                    and node.args):
                 argument = node.args[0]
+                if isinstance(argument, ast.Name) and argument.id == "template":
+                    continue  # a helper handing on its caller's literal (config._invalid)
                 where = f"{path.relative_to(ROOT)}:{node.lineno}"
                 assert isinstance(argument, ast.Constant) and isinstance(argument.value, str), (
                     f"{where}: _() needs a literal string (format it after translating)")
@@ -104,3 +114,42 @@ def test_cli_output_is_chinese_when_asked_and_the_log_file_stays_english(tmp_pat
     broken = run_agent("once", "-c", str(tmp_path / "missing.toml"), *args, env=env)
     assert "错误" in broken.stderr
     assert not CJK.search((tmp_path / "state" / "agent.log").read_text(encoding="utf-8"))
+
+
+def test_errors_are_told_in_chinese_at_the_terminal_in_english_otherwise(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    from remote_uploader.agent.spool import StateLock, prepare_state_dir
+
+    log = tmp_path / "access.log"
+    write_access_log(log, 20, seed=1)
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    bad = ["--set", "batching.min_upload_batch=0"]
+    english = run_agent("once", "-c", str(config), *bad)
+    chinese = run_agent("once", "-c", str(config), *bad, "--lang", "zh")
+    assert (english.returncode, chinese.returncode) == (2, 2)
+    assert ("config key batching.min_upload_batch (from command line): must be greater than zero, got 0"
+            in english.stderr)
+    assert "配置项 batching.min_upload_batch" in chinese.stderr and "必须大于零，实际为 0" in chinese.stderr
+    # An error raised deep in the agent: another process holds the state directory's lock.
+    prepare_state_dir(tmp_path / "state")
+    lock = StateLock(tmp_path / "state")
+    lock.acquire()
+    try:
+        held = run_agent("once", "-c", str(config), "--lang", "zh")
+    finally:
+        lock.release()
+    assert held.returncode == 4 and "另一个代理" in held.stderr and "agent.state_dir" in held.stderr, held.stderr
+
+
+def test_a_translated_message_formats_its_values_and_nested_messages() -> None:
+    from remote_uploader import i18n
+    from remote_uploader.i18n import Message
+
+    hint = Message("unknown key")
+    message = Message("config key {key}: {reason}", key="agent.idd", reason=hint)
+    try:
+        i18n.setup("zh")
+        assert message.translated() == "配置项 agent.idd：未知的配置项"
+        assert str(message) == "config key agent.idd: unknown key"  # what logs get, whatever the language
+    finally:
+        i18n.setup("en")

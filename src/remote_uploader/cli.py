@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except RemoteUploaderError as exc:
-        print(f"remote-uploader: {_('error')}: {exc}", file=sys.stderr)
+        print(f"remote-uploader: {_('error')}: {exc.translated()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

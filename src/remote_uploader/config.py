@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from remote_uploader.errors import ConfigError
+from remote_uploader.i18n import Message
 
 ENV_PREFIX = "REMOTE_UPLOADER_"
 SEARCH_PATH = (
@@ -193,6 +194,17 @@ class Config:
 
 # --- value parsing -----------------------------------------------------------------------------
 
+def _invalid(template: str, **values: object) -> ValueError:
+    """A parser's complaint about a value: English in logs, translated at the terminal (i18n.Message)."""
+    return ValueError(Message(template, **values))
+
+
+def _reason(exc: Exception) -> str | Message:
+    """What a parser or compiler said: its Message if it gave one, else its text (e.g. from `re`)."""
+    first = exc.args[0] if exc.args else None
+    return first if isinstance(first, Message) else str(exc)
+
+
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -200,29 +212,29 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 def parse_size(value: Any) -> int:
     """Bytes from an int or a string such as ``512MiB``, ``4M``, ``1g``."""
     if isinstance(value, bool):
-        raise ValueError("expected a size in bytes")
+        raise _invalid("expected a size in bytes")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
         match = _SIZE.match(value)
         if match:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-    raise ValueError(f"expected a size such as 512MiB, got {value!r}")
+    raise _invalid("expected a size such as 512MiB, got {value!r}", value=value)
 
 
 def _as_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError("expected an integer, got a boolean")
+        raise _invalid("expected an integer, got a boolean")
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9_]+\s*", value):
         return int(value.replace("_", ""))
-    raise ValueError(f"expected an integer, got {value!r}")
+    raise _invalid("expected an integer, got {value!r}", value=value)
 
 
 def _as_float(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
+        raise _invalid("expected a number, got a boolean")
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
@@ -230,7 +242,7 @@ def _as_float(value: Any) -> float:
             return float(value)
         except ValueError:
             pass
-    raise ValueError(f"expected a number, got {value!r}")
+    raise _invalid("expected a number, got {value!r}", value=value)
 
 
 def _as_bool(value: Any) -> bool:
@@ -238,20 +250,22 @@ def _as_bool(value: Any) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
         return value.strip().lower() in {"1", "true", "yes", "on"}
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise _invalid("expected true or false, got {value!r}", value=value)
 
 
 def _as_str(value: Any) -> str:
     if isinstance(value, str):
         return value
-    raise ValueError(f"expected a string, got {value!r}")
+    raise _invalid("expected a string, got {value!r}", value=value)
 
 
 def _positive(parse: Callable[[Any], Any], *, allow_zero: bool = False) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         number = parse(value)
         if number < 0 or (number == 0 and not allow_zero):
-            raise ValueError(f"must be {'zero or more' if allow_zero else 'greater than zero'}, got {number}")
+            if allow_zero:
+                raise _invalid("must be zero or more, got {number}", number=number)
+            raise _invalid("must be greater than zero, got {number}", number=number)
         return number
 
     return check
@@ -261,7 +275,7 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         text = _as_str(value).lower()
         if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+            raise _invalid("must be one of {choices}, got {value!r}", choices=", ".join(choices), value=value)
         return text
 
     return check
@@ -271,25 +285,25 @@ def _url(value: Any) -> str:
     text = _as_str(value).rstrip("/")
     parts = urlsplit(text)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        raise _invalid("expected an http:// or https:// URL, got {value!r}", value=value)
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ValueError(f"bad port in {value!r}") from exc
+        raise _invalid("bad port in {value!r}", value=value) from exc
     return text
 
 
 def _listen(value: Any) -> str:
     text = _as_str(value)
     if text and not re.fullmatch(r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}", text):
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {value!r}")
+        raise _invalid("expected HOST:PORT such as 127.0.0.1:9464, got {value!r}", value=value)
     return text
 
 
 def _agent_id(value: Any) -> str:
     text = _as_str(value)
     if not re.fullmatch(r"[A-Za-z0-9._\-]{1,128}", text):
-        raise ValueError("must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        raise _invalid("must be 1-128 characters of letters, digits, '.', '_' or '-'")
     return text
 
 
@@ -340,7 +354,7 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
-            raise ConfigError("config", f"file {path} does not exist or is not a regular file")
+            raise ConfigError("config", Message("file {path} does not exist or is not a regular file", path=path))
         return path
     for candidate in SEARCH_PATH:
         path = candidate.expanduser()
@@ -354,9 +368,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{path} is not valid TOML: {exc}", str(path)) from exc
+        problem = Message("{path} is not valid TOML: {error}", path=path, error=exc)
+        raise ConfigError("config", problem, str(path)) from exc
     except OSError as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc.strerror}", str(path)) from exc
+        problem = Message("cannot read {path}: {error}", path=path, error=exc.strerror)
+        raise ConfigError("config", problem, str(path)) from exc
 
 
 def flatten_file(data: Mapping[str, Any], origin: str) -> tuple[dict[str, Any], list[Any]]:
@@ -366,15 +382,15 @@ def flatten_file(data: Mapping[str, Any], origin: str) -> tuple[dict[str, Any], 
     for section, body in data.items():
         if section == "sources":
             if not isinstance(body, list):
-                raise ConfigError("sources", "must be an array of tables ([[sources]])", origin)
+                raise ConfigError("sources", Message("must be an array of tables ([[sources]])"), origin)
             sources = body
             continue
         if not isinstance(body, dict):
-            raise ConfigError(section, "unknown top-level key (expected a [section])", origin)
+            raise ConfigError(section, Message("unknown top-level key (expected a [section])"), origin)
         for key, value in body.items():
             dotted = f"{section}.{key}"
             if dotted not in KNOWN_KEYS:
-                raise ConfigError(dotted, "unknown key", origin)
+                raise ConfigError(dotted, Message("unknown key"), origin)
             flat[dotted] = value
     return flat, sources
 
@@ -398,12 +414,12 @@ def parse_set_option(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep:
-            raise ConfigError(key or item, "expected --set section.key=value")
+            raise ConfigError(key or item, Message("expected --set section.key=value"))
         if key not in KNOWN_KEYS:
-            raise ConfigError(key, "unknown key (in --set)")
+            raise ConfigError(key, Message("unknown key (in --set)"))
         if key in SECRET_KEYS:
-            raise ConfigError(key, "is never taken on the command line, where every local user can read it "
-                                   "(ps, /proc); use server.token_file or REMOTE_UPLOADER_TOKEN")
+            raise ConfigError(key, Message("is never taken on the command line, where every local user can read "
+                                           "it (ps, /proc); use server.token_file or REMOTE_UPLOADER_TOKEN"))
         result[key] = value
     return result
 
@@ -442,7 +458,7 @@ def _checked(key: str, value: Any, origin: str) -> Any:
     try:
         return PARSERS[key](value)
     except ValueError as exc:
-        raise ConfigError(key, str(exc), origin) from exc
+        raise ConfigError(key, _reason(exc), origin) from exc
 
 
 def _cli_sources(paths: list[str]) -> tuple[SourceConfig, ...]:
@@ -454,24 +470,24 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
     for index, item in enumerate(raw_sources):
         where = f"sources[{index}]"
         if not isinstance(item, dict):
-            raise ConfigError(where, "must be a table", origin)
+            raise ConfigError(where, Message("must be a table"), origin)
         unknown = set(item) - SOURCE_KEYS
         if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key", origin)
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", Message("unknown key"), origin)
         paths = item.get("paths")
         if isinstance(paths, str):
             paths = [paths]
         if not paths or not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
-            raise ConfigError(f"{where}.paths", "must be a non-empty list of file paths or globs", origin)
+            raise ConfigError(f"{where}.paths", Message("must be a non-empty list of file paths or globs"), origin)
         exclude = item.get("exclude", [])
         if not isinstance(exclude, list) or not all(isinstance(c, str) for c in exclude):
-            raise ConfigError(f"{where}.exclude", "must be a list of CIDR strings", origin)
+            raise ConfigError(f"{where}.exclude", Message("must be a list of CIDR strings"), origin)
         regex = item.get("regex")
         if regex is not None and not isinstance(regex, str):
-            raise ConfigError(f"{where}.regex", "must be a string", origin)
+            raise ConfigError(f"{where}.regex", Message("must be a string"), origin)
         name = item.get("name", "")
         if not isinstance(name, str):
-            raise ConfigError(f"{where}.name", "must be a string", origin)
+            raise ConfigError(f"{where}.name", Message("must be a string"), origin)
         source = SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name)
         _check_source_filters(source, where, origin)
         parsed.append(source)
@@ -486,7 +502,7 @@ def _check_source_filters(source: SourceConfig, where: str, origin: str) -> None
         build_extractor(regex=source.regex, exclude=source.exclude, engine="stdlib")
     except ValueError as exc:
         key = "regex" if source.regex and "regex" in str(exc).lower() else "exclude"
-        raise ConfigError(f"{where}.{key}", str(exc), origin) from exc
+        raise ConfigError(f"{where}.{key}", _reason(exc), origin) from exc
 
 
 def _read_token(values: dict[str, Any], origin: str) -> Secret:
@@ -497,11 +513,12 @@ def _read_token(values: dict[str, Any], origin: str) -> Secret:
             token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError("server.token_file", f"cannot read {token_file}: {reason}", origin) from exc
+            problem = Message("cannot read {path}: {error}", path=token_file, error=reason)
+            raise ConfigError("server.token_file", problem, origin) from exc
         if not token:
-            raise ConfigError("server.token_file", f"{token_file} is empty", origin)
+            raise ConfigError("server.token_file", Message("{path} is empty", path=token_file), origin)
     if any(ch.isspace() for ch in token):
-        raise ConfigError("server.token", "must not contain white space", origin)
+        raise ConfigError("server.token", Message("must not contain white space"), origin)
     return Secret(token)
 
 
@@ -515,23 +532,24 @@ def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile
     if batching.force_upload_threshold > batching.max_memory_ips:
         raise ConfigError(
             "batching.force_upload_threshold",
-            f"({batching.force_upload_threshold}) must not exceed batching.max_memory_ips "
-            f"({batching.max_memory_ips})",
+            Message("({value}) must not exceed batching.max_memory_ips ({limit})",
+                    value=batching.force_upload_threshold, limit=batching.max_memory_ips),
             origin,
         )
     if batching.min_upload_batch > batching.force_upload_threshold:
         raise ConfigError(
             "batching.min_upload_batch",
-            f"({batching.min_upload_batch}) must not exceed batching.force_upload_threshold "
-            f"({batching.force_upload_threshold})",
+            Message("({value}) must not exceed batching.force_upload_threshold ({limit})",
+                    value=batching.min_upload_batch, limit=batching.force_upload_threshold),
             origin,
         )
     block_size = values["read.block_size"]
     if block_size < 4096 or block_size > 256 * 1024 * 1024:
-        raise ConfigError("read.block_size", f"must be between 4KiB and 256MiB, got {block_size}", origin)
+        problem = Message("must be between 4KiB and 256MiB, got {size}", size=block_size)
+        raise ConfigError("read.block_size", problem, origin)
     ca_file = values["server.ca_file"]
     if ca_file and not Path(ca_file).expanduser().is_file():
-        raise ConfigError("server.ca_file", f"{ca_file} does not exist", origin)
+        raise ConfigError("server.ca_file", Message("{path} does not exist", path=ca_file), origin)
     agent = AgentConfig(
         id=values["agent.id"] or _agent_id(_host_name()),
         state_dir=Path(values["agent.state_dir"] or default_state_dir()).expanduser(),

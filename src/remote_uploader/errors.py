@@ -11,14 +11,23 @@
         ├── RetryableDeliveryError      network error, timeout, 408, 429, 5xx: try again later
         └── PermanentDeliveryError      another 4xx: the batch goes to the dead-letter table
 
-The CLI boundary turns each into one sentence and an exit code; nothing below it prints.
+The CLI boundary turns each into one sentence and an exit code; nothing below it prints. A
+message built from an `i18n.Message` is shown translated there (`translated()`) and stays
+English in `str()`, which is what the logs get.
 """
 
 from __future__ import annotations
 
+from remote_uploader.i18n import Message
+
 
 class RemoteUploaderError(Exception):
     exit_code = 1
+
+    def translated(self) -> str:
+        """The message for a person at the terminal, in the chosen language (English if it has none)."""
+        first = self.args[0] if self.args else None
+        return first.translated() if isinstance(first, Message) else str(self)
 
 
 class ConfigError(RemoteUploaderError):
@@ -26,12 +35,15 @@ class ConfigError(RemoteUploaderError):
 
     exit_code = 2
 
-    def __init__(self, key: str, reason: str, origin: str = "") -> None:
+    def __init__(self, key: str, reason: str | Message, origin: str = "") -> None:
         self.key = key
-        self.reason = reason
+        self.reason = str(reason)
         self.origin = origin
-        where = f" (from {origin})" if origin else ""
-        super().__init__(f"config key {key}{where}: {reason}")
+        if origin:
+            super().__init__(Message("config key {key} (from {origin}): {reason}",
+                                     key=key, origin=origin, reason=reason))
+        else:
+            super().__init__(Message("config key {key}: {reason}", key=key, reason=reason))
 
 
 class StateError(RemoteUploaderError):
@@ -60,7 +72,7 @@ class SourceError(RemoteUploaderError):
 class DeliveryError(RemoteUploaderError):
     exit_code = 3
 
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str | Message, status: int | None = None, retry_after: float | None = None) -> None:
         self.status = status
         self.retry_after = retry_after
         super().__init__(message)

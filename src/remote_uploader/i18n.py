@@ -40,3 +40,29 @@ def setup(lang: str = "") -> str:
 
 def _(message: str) -> str:
     return _translation.gettext(message)
+
+
+class Message:
+    """An English template and its values, kept apart until the text is shown.
+
+    `str()` gives the English text (log files, `--json` output); `translated()` looks the
+    template up in the catalog first and then fills it in, so an error raised deep in the code
+    reads in the user's language at the terminal and stays English in the logs. A value that is
+    itself a Message is translated with it.
+    """
+
+    __slots__ = ("template", "values")
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template = template
+        self.values = values
+
+    def __str__(self) -> str:
+        return self.template.format(**{k: str(v) if isinstance(v, Message) else v for k, v in self.values.items()})
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+    def translated(self) -> str:
+        values = {k: v.translated() if isinstance(v, Message) else v for k, v in self.values.items()}
+        return _(self.template).format(**values)

@@ -98,7 +98,7 @@ def check_state_dir(config: Config) -> Check:
         stats = spool.stats()
         spool.close()
     except (StateError, OSError) as exc:
-        return Check(name, False, str(exc))
+        return Check(name, False, exc.translated() if isinstance(exc, StateError) else str(exc))
     state = _("an agent is running") if running else _("lock free")
     return Check(name, True, _("{path} writable, {state}, queue readable: {records} records in {batches} batches")
                  .format(path=state_dir, state=state, records=stats.records, batches=stats.batches))
@@ -126,11 +126,11 @@ def check_server(config: Config) -> Check:
             return Check(name, False, _("reachable, but the token was refused"))
         except DeliveryError as exc:
             if exc.status not in (400, 422):
-                return Check(name, False, str(exc))
+                return Check(name, False, exc.translated())
         return Check(name, True, _("reachable (health: {status}), token accepted").format(
             status=health.get("status", health.get("http_status"))))
     except DeliveryError as exc:
-        return Check(name, False, str(exc))
+        return Check(name, False, exc.translated())
     finally:
         sink.close()
 

@@ -205,7 +205,8 @@ def apply_reload(agent: Agent, reload: Callable[[], Config], say: Callable[[str]
         extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=new.agent.engine) for s in new.sources]
     except (RemoteUploaderError, ValueError) as exc:
         log.error("event=config_reload_failed reason=%r action=keeping_old_config", str(exc))
-        say(_("Configuration not reloaded ({reason}); the old one stays in force").format(reason=exc))
+        say(_("Configuration not reloaded ({reason}); the old one stays in force").format(
+            reason=exc.translated() if isinstance(exc, RemoteUploaderError) else exc))
         return False
     for key in ("state_dir", "metrics_listen", "workers"):
         if getattr(new.agent, key) != getattr(old.agent, key):

@@ -180,7 +180,7 @@ class Agent:
             except DiskFullError as exc:
                 if not warned:
                     log.error("event=disk_full reason=%r action=retrying offsets_unchanged=true", str(exc))
-                    self.say(_("Disk full: {reason}; nothing lost, retrying").format(reason=exc))
+                    self.say(_("Disk full: {reason}; nothing lost, retrying").format(reason=exc.translated()))
                     warned = True
                 self.stats.paused = True
                 if self.stop.wait(self.config.read.poll_interval):

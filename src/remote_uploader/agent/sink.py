@@ -41,6 +41,7 @@ from remote_uploader.errors import (
     RetryableDeliveryError,
     StateError,
 )
+from remote_uploader.i18n import Message
 from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,11 @@ class HttpSink:
             response = conn.read_response(max_body=MAX_ANSWER_BYTES)
         except OSError as exc:
             if self.tls is not None and isinstance(exc, self.tls.refused):
-                raise RetryableDeliveryError(
-                    f"TLS certificate of {self.where} refused: {exc.verify_message}") from exc
+                raise RetryableDeliveryError(Message("TLS certificate of {where} refused: {reason}",
+                                                     where=self.where, reason=exc.verify_message)) from exc
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise RetryableDeliveryError(f"cannot reach the collector at {self.where}: {reason}") from exc
+            raise RetryableDeliveryError(Message("cannot reach the collector at {where}: {reason}",
+                                                 where=self.where, reason=reason)) from exc
         finally:
             with self._lock:
                 self._idle.append(conn)
@@ -202,10 +204,13 @@ def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: s
         except (ValueError, AttributeError, TypeError):
             return Delivered(0, False)  # stored: a 2xx is the acknowledgement, the body is informative
     detail = payload[:300].decode("utf-8", "replace").strip()
-    message = f"collector answered {status} for batch {batch_id}" + (f": {detail}" if detail else "")
+    message = (Message("collector answered {status} for batch {batch_id}: {detail}", status=status, batch_id=batch_id,
+                       detail=detail) if detail else
+               Message("collector answered {status} for batch {batch_id}", status=status, batch_id=batch_id))
     retry_after = parse_retry_after(headers.get("retry-after"))
     if status in (401, 403):
-        raise AuthRefusedError(f"collector refused the token (HTTP {status}); check server.token", status)
+        raise AuthRefusedError(Message("collector refused the token (HTTP {status}); check server.token",
+                                       status=status), status)
     if status == 413:
         raise PayloadTooLargeError(message, status)
     if status in (408, 429) or status >= 500:

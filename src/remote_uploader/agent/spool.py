@@ -33,6 +33,7 @@ from typing import Any
 
 from remote_uploader.agent.source import FileIdentity
 from remote_uploader.errors import CorruptStateError, StateError, StateLockedError
+from remote_uploader.i18n import Message
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ CACHE_KIB = 256
 DB_NAME = "queue.db"
 LOCK_NAME = "agent.lock"
 
-RECOVERY_HINT = (
+RECOVERY_HINT = Message(
     "move it aside and start again: `remote-uploader reset-state --keep-offsets` keeps the recorded "
     "offsets where they can still be read (see docs/reliability.md, 'Corrupt state')"
 )
@@ -145,10 +146,10 @@ class StateLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise StateLockedError(
-                f"another agent (pid {holder}) is using the state directory {self.path.parent}; "
-                "stop it first, or give this one its own agent.state_dir"
-            ) from None
+            raise StateLockedError(Message(
+                "another agent (pid {pid}) is using the state directory {path}; "
+                "stop it first, or give this one its own agent.state_dir", pid=holder, path=self.path.parent,
+            )) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -180,9 +181,9 @@ def prepare_state_dir(state_dir: Path) -> None:
         if state_dir.stat().st_mode & 0o077:
             os.chmod(state_dir, 0o700)
     except OSError as exc:
-        raise StateError(f"state directory {state_dir}: {exc.strerror or exc}") from exc
+        raise StateError(Message("state directory {path}: {error}", path=state_dir, error=exc.strerror or exc)) from exc
     if not os.access(state_dir, os.W_OK | os.X_OK):
-        raise StateError(f"state directory {state_dir} is not writable by this user")
+        raise StateError(Message("state directory {path} is not writable by this user", path=state_dir))
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -211,7 +212,7 @@ class Spool:
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             if not self.path.exists():
-                raise StateError(f"no queue database at {self.path} (the agent has not run yet)")
+                raise StateError(Message("no queue database at {path} (the agent has not run yet)", path=self.path))
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=5,
                                    check_same_thread=False)
         else:
@@ -222,19 +223,20 @@ class Spool:
             self._check_and_migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise CorruptStateError(f"queue database {self.path} is damaged ({exc}); {RECOVERY_HINT}") from exc
+            raise self._damaged(exc) from exc
         return conn
 
     def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise CorruptStateError(
-                f"queue database {self.path} has schema version {version}, newer than this agent "
-                f"understands ({SCHEMA_VERSION}); run the newer agent, or {RECOVERY_HINT}"
-            )
+            raise CorruptStateError(Message(
+                "queue database {path} has schema version {version}, newer than this agent understands "
+                "({supported}); run the newer agent, or {hint}",
+                path=self.path, version=version, supported=SCHEMA_VERSION, hint=RECOVERY_HINT,
+            ))
         if self.readonly:
             if version == 0:
-                raise StateError(f"queue database {self.path} is empty (the agent has not run yet)")
+                raise StateError(Message("queue database {path} is empty (the agent has not run yet)", path=self.path))
             return
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -244,9 +246,10 @@ class Spool:
         if version == 0:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             if names:
-                raise CorruptStateError(
-                    f"queue database {self.path} has tables but no schema version; {RECOVERY_HINT}"
-                )
+                raise CorruptStateError(Message(
+                    "queue database {path} has tables but no schema version; {hint}",
+                    path=self.path, hint=RECOVERY_HINT,
+                ))
             conn.execute("BEGIN IMMEDIATE")
             for statement in SCHEMA:
                 conn.execute(statement)
@@ -256,7 +259,8 @@ class Spool:
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
         if missing:
-            raise CorruptStateError(f"queue database {self.path} lacks tables {sorted(missing)}; {RECOVERY_HINT}")
+            raise CorruptStateError(Message("queue database {path} lacks tables {tables}; {hint}",
+                                            path=self.path, tables=sorted(missing), hint=RECOVERY_HINT))
         conn.execute("SELECT count(*) FROM batches").fetchone()
 
     def close(self) -> None:
@@ -282,14 +286,18 @@ class Spool:
     def _classify(self, exc: sqlite3.DatabaseError) -> Exception:
         """A full disk, a passing operational problem, a bug (constraint), or real damage."""
         if _is_disk_full(exc):
-            return DiskFullError(f"no space left for the queue database {self.path}")
+            return DiskFullError(Message("no space left for the queue database {path}", path=self.path))
         if _is_write_failure(exc):
-            return DiskFullError(f"cannot write the queue database {self.path} ({exc})")
+            return DiskFullError(Message("cannot write the queue database {path} ({error})", path=self.path, error=exc))
         if isinstance(exc, sqlite3.OperationalError):
-            return StateError(f"queue database {self.path}: {exc}")
+            return StateError(Message("queue database {path}: {error}", path=self.path, error=exc))
         if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError | sqlite3.InterfaceError):
             return exc
-        return CorruptStateError(f"queue database {self.path} is damaged ({exc}); {RECOVERY_HINT}")
+        return self._damaged(exc)
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> CorruptStateError:
+        return CorruptStateError(Message("queue database {path} is damaged ({error}); {hint}",
+                                         path=self.path, error=exc, hint=RECOVERY_HINT))
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
         with self._lock:
