@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def flat(series: list[float], slack_abs: float, slack_rel: float) -> bool:
 
 
 def soak(minutes: float, rate: int, rotate_every: float, sample_every: float, seed: int,
-         workdir: Path) -> dict[str, Any]:
+         workdir: Path, settings: Sequence[str] = ()) -> dict[str, Any]:
     receiver = Receiver(token="soak-" + os.urandom(8).hex())
     receiver.start()
     logs = workdir / "logs"
@@ -146,7 +147,8 @@ def soak(minutes: float, rate: int, rotate_every: float, sample_every: float, se
     writer = Writer(live, rate, rotate_every, seed)
     writer.start()
     with (workdir / "agent.stderr").open("ab") as err, (workdir / "agent.stdout").open("ab") as out:
-        agent = subprocess.Popen(agent_command("forever", "-c", str(config)), stdout=out, stderr=err,
+        overrides = [arg for setting in settings for arg in ("--set", setting)]
+        agent = subprocess.Popen(agent_command("forever", "-c", str(config), *overrides), stdout=out, stderr=err,
                                  env=agent_env(), cwd=workdir, start_new_session=True)
     rng = random.Random(seed + 1)
     receiver.fail_fraction(0.05, statuses=(503,), seed=seed)
@@ -221,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--json", type=Path, help="write the report here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, state)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an agent setting, as `remote-uploader --set` (e.g. server.upload_concurrency=1)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="ru-soak-"))
     try:
-        report = soak(args.minutes, args.rate, args.rotate, args.sample, args.seed, workdir)
+        report = soak(args.minutes, args.rate, args.rotate, args.sample, args.seed, workdir, args.set)
     finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(workdir)], check=False)
