@@ -22,9 +22,8 @@ from remote_uploader.collector.batch import (
     BatchInvalid,
     FieldError,
     check_ip,
-    decode_body,
     parse_batch,
-    validate_batch,
+    parse_full,
 )
 from remote_uploader.collector.storage.base import from_micros, to_micros
 from remote_uploader.protocol import (
@@ -210,12 +209,7 @@ def test_the_fast_time_path_agrees_with_protocol_parse_time(text: str) -> None:
 def full_path(body: bytes, agent: str | None = None) -> object:
     """What the full path alone makes of a body: a Batch, or the exception it raises."""
     try:
-        document = decode_body(body)
-        if agent is not None and isinstance(document, dict):
-            named = document.get("agent")
-            if isinstance(named, str) and named != agent:
-                raise AgentMismatch(named, agent)
-        return validate_batch(document)
+        return parse_full(body, agent)
     except (BatchInvalid, AgentMismatch) as exc:
         return exc
 

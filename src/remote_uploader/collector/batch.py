@@ -177,6 +177,14 @@ def parse_batch(payload: bytes | bytearray, agent: str | None = None) -> Batch:
             return _parse_fast(payload, agent)
         except (_Slow, msgspec.DecodeError, RecursionError):
             pass  # not in the agent's exact shape: the full path decides, and names every problem
+    return parse_full(payload, agent)
+
+
+def parse_full(payload: bytes | bytearray, agent: str | None = None) -> Batch:
+    """The full path alone: decode, check the agent's name, validate, naming every problem.
+
+    What `parse_batch` falls back to; the fast path must agree with it on every body it takes.
+    """
     document = decode_body(payload)
     if agent is not None and isinstance(document, dict):
         named = document.get("agent")
