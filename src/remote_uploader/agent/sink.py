@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -218,6 +218,12 @@ def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: s
     raise PermanentDeliveryError(message, status)
 
 
+# The uploader's requests in flight: each one's answer-to-be, its batch and when it was sent.
+InFlight = dict[Future[Delivered], tuple[QueuedBatch, float]]
+# A batch whose upload is to be tried again, and why.
+Failure = tuple[QueuedBatch, DeliveryError]
+
+
 class Uploader(threading.Thread):
     """Sends queued batches oldest first, `concurrency` at a time, for as long as the agent runs;
     never drops one.
@@ -258,7 +264,7 @@ class Uploader(threading.Thread):
             self.sink.close()
 
     def _loop(self, senders: ThreadPoolExecutor) -> None:
-        in_flight: dict[Future[Delivered], tuple[QueuedBatch, float]] = {}
+        in_flight: InFlight = {}
         while True:
             if not self.stop_event.is_set():
                 self._fill(senders, in_flight)
@@ -272,12 +278,16 @@ class Uploader(threading.Thread):
                 continue
             self.idle.clear()
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            failures = [f for future in done if (f := self._settle(future, *in_flight.pop(future)))]
+            failures = self._settle_all(done, in_flight)
             if failures:  # let the others be answered too, so that one backoff covers them all
-                failures += [f for future in list(in_flight) if (f := self._settle(future, *in_flight.pop(future)))]
+                failures += self._settle_all(list(in_flight), in_flight)
                 self._retry_later(failures)
 
-    def _fill(self, senders: ThreadPoolExecutor, in_flight: dict[Future[Delivered], tuple[QueuedBatch, float]]) -> None:
+    def _settle_all(self, futures: Iterable[Future[Delivered]], in_flight: InFlight) -> list[Failure]:
+        """Settle each of `futures` (waiting for its answer), taking it out of `in_flight`; the failures to retry."""
+        return [failure for future in futures if (failure := self._settle(future, *in_flight.pop(future)))]
+
+    def _fill(self, senders: ThreadPoolExecutor, in_flight: InFlight) -> None:
         """Start requests for the oldest batches not in flight, up to `concurrency` of them."""
         while len(in_flight) < self.concurrency:
             queued = self.spool.next_batch(exclude=[q.seq for q, _ in in_flight.values()])
@@ -286,8 +296,7 @@ class Uploader(threading.Thread):
             future = senders.submit(self.sink.send, queued.batch_id, queued.body, queued.encoding)
             in_flight[future] = (queued, time.monotonic())
 
-    def _settle(self, future: Future[Delivered], queued: QueuedBatch,
-                started: float) -> tuple[QueuedBatch, DeliveryError] | None:
+    def _settle(self, future: Future[Delivered], queued: QueuedBatch, started: float) -> Failure | None:
         """Act on one answer; a failure to retry is returned (the batch stays queued as it is)."""
         try:
             self._act_on(future, queued, started)
@@ -347,7 +356,7 @@ class Uploader(threading.Thread):
         self.stats.batches_split += 1
         log.info("event=batch_split batch_id=%s records=%d parts=%d", queued.batch_id, queued.records, len(parts))
 
-    def _retry_later(self, failures: list[tuple[QueuedBatch, DeliveryError]]) -> None:
+    def _retry_later(self, failures: list[Failure]) -> None:
         """Note each failure, then wait one backoff step (the longest Retry-After asked wins)."""
         now = time.monotonic()
         if self.failing_since is None:
