@@ -234,8 +234,7 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
     # The agent stamps records with read times, and a batch holds few distinct ones: parse each
     # text once. Only texts that passed the fast checks below are cached.
     times: dict[str, int] = {}
-    pton, ntop, inet, inet6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
-    canonical6, new = _canonical_ipv6, _new_tuple
+    packed, new = _packed_canonical, _new_tuple
     for index, record in enumerate(records):
         try:
             ip = record["ip"]
@@ -243,15 +242,7 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
             first_text = record["first_seen"]
             last_text = record["last_seen"]
             source = record["source"]
-            if ":" in ip:
-                key = pton(inet6, ip)
-                if (ntop(inet6, key) != ip or "." in ip or ip == "::") and not canonical6(ip):
-                    raise _Slow
-            else:
-                # inet_ntop(inet_pton(x)) == x holds exactly for canonical dotted quads.
-                key = pton(inet, ip)
-                if ntop(inet, key) != ip or ip == "0.0.0.0":
-                    raise _Slow
+            key = packed(ip)
             if (
                 type(count) is not int
                 or not 0 < count <= MAX_COUNT
@@ -327,6 +318,24 @@ def _fast_time(text: Any, cache: dict[str, int]) -> int:
     return micros
 
 
+def _packed_canonical(ip: str, pton: Any = socket.inet_pton, ntop: Any = socket.inet_ntop,
+                      inet: int = socket.AF_INET, inet6: int = socket.AF_INET6) -> bytes:
+    """The packed form of a canonical, countable address text; `_Slow` when the full path must
+    decide (inet_pton raises OSError for a text that is no address at all). The fast path's one
+    address check: the socket functions are bound as defaults because it runs once per record.
+    """
+    if ":" in ip:
+        key: bytes = pton(inet6, ip)
+        if (ntop(inet6, key) != ip or "." in ip or ip == "::") and not _canonical_ipv6(ip):
+            raise _Slow
+    else:
+        # inet_ntop(inet_pton(x)) == x holds exactly for canonical dotted quads.
+        key = pton(inet, ip)
+        if ntop(inet, key) != ip or ip == "0.0.0.0":
+            raise _Slow
+    return key
+
+
 @functools.lru_cache(maxsize=65536)
 def _canonical_ipv6(text: str) -> bool:
     """The IPv6 rule for spellings the round trip through inet_pton/inet_ntop does not settle.
@@ -387,19 +396,11 @@ def _merge_fast(records: list[_WireRecord]) -> list[IpDelta]:
     """`_aggregate` for typed records that must all be valid: the first doubt raises `_Slow`."""
     merged: dict[str, IpDelta] = {}
     times: dict[str, int] = {}
-    pton, ntop, inet, inet6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
-    canonical6, new = _canonical_ipv6, _new_tuple
+    packed, new = _packed_canonical, _new_tuple
     try:
         for record in records:
             ip = record.ip
-            if ":" in ip:
-                key = pton(inet6, ip)
-                if (ntop(inet6, key) != ip or "." in ip or ip == "::") and not canonical6(ip):
-                    raise _Slow
-            else:
-                key = pton(inet, ip)
-                if ntop(inet, key) != ip or ip == "0.0.0.0":
-                    raise _Slow
+            key = packed(ip)
             first_text = record.first_seen
             first = times.get(first_text)
             if first is None:
