@@ -1,0 +1,230 @@
+"""File identity, against an adversary: two files that look alike must not be taken for one.
+
+In process and deterministic (a `Tailer` driven pass by pass, nothing uploaded: the test reads
+what was queued). Each test is a case where a rule deciding "this is the same stream" or "this is a
+copy" could be fooled: a file that begins with another file's whole content, identical files, a
+common header, a file rewritten under the same header, a copy caught while it is being written.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from remote_uploader.agent.batch import decode_body
+from remote_uploader.agent.runner import Agent
+from remote_uploader.agent.sink import Delivered
+from remote_uploader.agent.tail import Tailer, read_pass
+from remote_uploader.config import Config, load
+from tests.helpers.agent import write_access_log
+
+HEADER = "#Version: 1.0\n#Fields: date time s-ip cs-method cs-uri-stem c-ip sc-status\n"
+LONG_HEADER = "".join(f"# {f'header field {n:03d} ':-<70}\n" for n in range(20))  # 1.4 KiB, over a fingerprint
+
+
+class NoSink:
+    """Nothing is uploaded here: the test reads what was queued."""
+
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        raise AssertionError("not started")
+
+    def health(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def config_for(tmp_path: Path, *globs: Path | str) -> Config:
+    (tmp_path / "token").write_text("t\n")
+    return load(None, env={}, sources=[str(g) for g in globs], overrides={
+        "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
+        "server.token_file": str(tmp_path / "token")})
+
+
+def queued_counts(agent: Agent) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    seq = 0
+    while (batch := agent.spool.next_batch(seq)) is not None:
+        for record in decode_body(batch.body, batch.encoding)["records"]:
+            counts[record["ip"]] += record["count"]
+        seq = batch.seq
+    return counts
+
+
+def once(config: Config) -> Counter[str]:
+    """One `once` read pass (no upload) in a fresh agent; returns everything queued so far."""
+    agent = Agent(config, sink=NoSink())
+    try:
+        read_pass(agent)
+        agent.seal_now()
+        return queued_counts(agent)
+    finally:
+        agent.close()
+
+
+def lines(ip: str, n: int, start: int = 0) -> str:
+    return "".join(f"2026-12-02 10:00:{i % 60:02d} {ip} GET /item/{start + i} 200\n" for i in range(n))
+
+
+# --- hole 1: a file that begins with another file's whole fingerprint ------------------------------------
+
+
+def test_a_file_that_begins_with_another_files_whole_content_is_read(tmp_path: Path) -> None:
+    (tmp_path / "a.log").write_text("10.0.0.1 GET /\n")
+    (tmp_path / "b.log").write_text("10.0.0.1 GET /\n10.0.0.2 GET /x\n")
+    assert once(config_for(tmp_path, tmp_path / "*.log")) == {"10.0.0.1": 2, "10.0.0.2": 1}
+
+
+def test_two_identical_files_are_both_read(tmp_path: Path) -> None:
+    expected = write_access_log(tmp_path / "a.log", 50, seed=1)
+    shutil.copyfile(tmp_path / "a.log", tmp_path / "b.log")
+    assert once(config_for(tmp_path, tmp_path / "*.log")) == expected + expected
+
+
+def test_per_vhost_logs_sharing_a_header_are_each_read_as_they_grow(tmp_path: Path) -> None:
+    quiet, busy = tmp_path / "api.log", tmp_path / "www.log"  # the quiet one is looked at first
+    quiet.write_text(HEADER)
+    busy.write_text(HEADER)
+    agent = Agent(config_for(tmp_path, tmp_path / "*.log"), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        with busy.open("a") as handle:
+            handle.write(lines("192.0.2.7", 40))
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == {"192.0.2.7": 40}
+    finally:
+        agent.close()
+
+
+def test_a_recreated_file_holding_only_its_header_is_read_once_it_grows(tmp_path: Path) -> None:
+    """logrotate `create` writes the header first; another file (the previous generation, rotated
+    while it held only the header) holds exactly that header too."""
+    live = tmp_path / "app.log"
+    live.write_text(HEADER)
+    agent = Agent(config_for(tmp_path, live), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        live.rename(tmp_path / "app.log.1")  # rotated while quiet: it holds only the header
+        live.write_text(HEADER)  # created again, header first
+        tailer.poll()
+        with live.open("a") as handle:
+            handle.write(lines("198.51.100.9", 40))
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == {"198.51.100.9": 40}
+    finally:
+        agent.close()
+
+
+def test_a_copy_at_a_rotated_name_is_still_not_read_while_its_original_holds_it(tmp_path: Path) -> None:
+    """The copy rule still holds where it belongs: `cp app.log app.log.1` under a glob matching both."""
+    live = tmp_path / "app.log"
+    expected = write_access_log(live, 300, seed=2)
+    agent = Agent(config_for(tmp_path, str(live) + "*"), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        shutil.copyfile(live, tmp_path / "app.log.1")
+        tailer.poll()
+        expected += write_access_log(live, 100, seed=3, append=True)
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == expected
+    finally:
+        agent.close()
+
+
+# --- hole 2: content rewritten under a common header of 1 KiB or more --------------------------------------
+
+
+def test_a_file_rewritten_under_a_common_header_is_new_content_and_its_copy_is_read_on(tmp_path: Path) -> None:
+    live = tmp_path / "app.log"
+    config = config_for(tmp_path, live)
+    live.write_text(LONG_HEADER + lines("1.1.1.1", 100))
+    assert once(config) == {"1.1.1.1": 100}
+    with live.open("a") as handle:
+        handle.write(lines("1.1.1.1", 50, start=100))
+    shutil.copyfile(live, tmp_path / "app.log.1")  # cp app.log app.log.1; : > app.log
+    with live.open("r+") as handle:
+        handle.truncate(0)
+        handle.write(LONG_HEADER + lines("2.2.2.2", 300))  # same inode, same first KiB
+    assert once(config) == {"1.1.1.1": 150, "2.2.2.2": 300}
+
+
+def test_content_replaced_under_a_common_header_while_followed_is_not_read_at_the_old_offset(tmp_path: Path) -> None:
+    """The same in `forever`: truncated and rewritten (longer than the offset) between two passes."""
+    live = tmp_path / "app.log"
+    live.write_text(LONG_HEADER + lines("1.1.1.1", 100))
+    agent = Agent(config_for(tmp_path, live), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        with live.open("r+") as handle:
+            handle.truncate(0)
+            handle.write(LONG_HEADER + lines("2.2.2.2", 300))
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == {"1.1.1.1": 100, "2.2.2.2": 300}
+    finally:
+        agent.close()
+
+
+# --- hole 12: a copy caught while it is being written, at a name the glob matches ---------------------------
+
+
+def test_an_empty_copy_at_a_name_the_glob_matches_is_not_taken_for_a_new_file(tmp_path: Path) -> None:
+    live = tmp_path / "app.log"
+    original = write_access_log(live, 500, seed=4)
+    agent = Agent(config_for(tmp_path, str(live) + "*"), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        copy = tmp_path / "app.log.1"
+        copy.touch()  # copytruncate's copier has created its file and not written yet
+        tailer.poll()
+        shutil.copyfile(live, copy)
+        with live.open("r+b") as handle:
+            handle.truncate(0)
+        regrow = write_access_log(live, 200, seed=5, append=True)
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == original + regrow
+    finally:
+        agent.close()
+
+
+def test_a_copy_caught_half_written_at_a_name_the_glob_matches_is_not_taken_for_a_new_file(tmp_path: Path) -> None:
+    live = tmp_path / "app.log"
+    original = write_access_log(live, 500, seed=6)
+    agent = Agent(config_for(tmp_path, str(live) + "*"), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        copy = tmp_path / "app.log.1"
+        copy.write_bytes(live.read_bytes()[:700])  # less than a fingerprint written so far
+        tailer.poll()
+        shutil.copyfile(live, copy)
+        with live.open("r+b") as handle:
+            handle.truncate(0)
+        regrow = write_access_log(live, 200, seed=7, append=True)
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == original + regrow
+    finally:
+        agent.close()
