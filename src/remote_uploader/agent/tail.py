@@ -520,10 +520,11 @@ class Tailer:
 
         The evidence: the record's head fingerprint, and its anchor (the bytes just before what it
         has counted) at the same place. A copy shorter than the anchor was made before our last
-        read of the original: when the original is still in place (`in_place`), the copy must be
-        the start of it (its first and last bytes compared with the original's); when the original
-        is gone (truncated: copytruncate's window), the head is all the evidence there is, and the
-        file is taken for the copy, since reading a real copy from 0 would count it twice.
+        read of the original. While the original still holds the record's content (`in_place`,
+        and still intact now), the copy must be the start of it: its first and last bytes are
+        compared with the original's. Once the original has lost it (truncated since: the copy was
+        made in copytruncate's window), the head is all the evidence left, and the file is taken
+        for the copy: reading a real copy from 0 would count it twice.
         """
         head = t.identity
         if head.fp_len == 0 or fingerprint(fd, head.fp_len) != (head.fp_len, head.fp_hash):
@@ -531,19 +532,22 @@ class Tailer:
         size = os.fstat(fd).st_size
         if t.anchor is not None and size >= t.anchor.pos:
             return t.anchor.held_by(fd)
-        return not in_place or self._starts(t, fd, size)
+        return self._starts(t, fd, size) if in_place else True
 
     def _starts(self, t: Tracked, fd: int, size: int) -> bool:
-        """Is the file at `fd` (`size` bytes) the start of record `t`'s file as it is now?"""
+        """Is the file at `fd` (`size` bytes) the start of record `t`'s file, or has that file lost
+        the record's content since it was last verified (then nothing can be compared: True)?"""
         original = t.fd if t.fd is not None else self._open(t.path, t.key)
         if original is None:
-            return False
+            return True
         try:
+            if not self._intact(t, original):
+                return True
             if os.fstat(original).st_size < size:
                 return False
-            length = min(ANCHOR_BYTES, size)
+            last = min(ANCHOR_BYTES, size)
             return all(os.pread(fd, n, at) == os.pread(original, n, at)
-                       for n, at in ((min(FINGERPRINT_BYTES, size), 0), (length, size - length)))
+                       for n, at in ((min(FINGERPRINT_BYTES, size), 0), (last, size - last)))
         finally:
             if original != t.fd:
                 os.close(original)
@@ -617,9 +621,15 @@ class Tailer:
         wrongly skipped is lost for ever."""
         if identity.fp_len == 0:
             return None
+        size = os.fstat(fd).st_size
         for t in self.tracked.values():
-            if (0 < t.identity.fp_len <= identity.fp_len and is_rotation_of(path, t.name)
-                    and self._holds(fd, t, in_place=t.followed == self.polls)):
+            if t.identity.fp_len == 0 or not is_rotation_of(path, t.name):
+                continue
+            in_place = t.followed == self.polls
+            if t.identity.fp_len <= identity.fp_len:
+                if self._holds(fd, t, in_place=in_place):
+                    return t
+            elif in_place and self._starts(t, fd, size):  # shorter than the record's fingerprint
                 return t
         return None
 
