@@ -30,6 +30,9 @@ def test_two_or_more_rotations_while_stopped_lose_and_double_nothing(tmp_path: P
             time.sleep(0.4)
             rotate(writer, runner)  # one rotation while it runs
             time.sleep(0.3)
+            # Stopped once it has caught up, so it is running: a SIGTERM that arrives while the
+            # interpreter is still starting (a loaded machine) kills it before it has handlers.
+            runner.wait_for(sum(writer.counts.values()))
             runner.stop(signum)
             for _ in range(2 + round_):  # two or more while it is stopped, the writer going on
                 time.sleep(0.25)

@@ -36,11 +36,11 @@ class NoSink:
         pass
 
 
-def config_for(tmp_path: Path, *globs: Path | str) -> Config:
+def config_for(tmp_path: Path, *globs: Path | str, **overrides: object) -> Config:
     (tmp_path / "token").write_text("t\n")
     return load(None, env={}, sources=[str(g) for g in globs], overrides={
         "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
-        "server.token_file": str(tmp_path / "token")})
+        "server.token_file": str(tmp_path / "token"), **overrides})
 
 
 def queued_counts(agent: Agent) -> Counter[str]:
