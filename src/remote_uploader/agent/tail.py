@@ -4,8 +4,11 @@
 `forever` one every `read.poll_interval` seconds (polling is the source of truth). The rules:
 
 - A *record* (a row of the spool's ``files`` table, a fid) is one stream of content: identified by
-  device + inode + a fingerprint of its first bytes, never by its path. Paths only say where the
+  device + inode + a fingerprint of its first bytes + its anchor (a hash of the bytes just before
+  the offset it has counted to, `source.Anchor`), never by its path. Paths only say where the
   content is now. A record's offset never goes back; content that is replaced gets a new record.
+  Files that start alike (a shared header, one file the start of another) are told apart by the
+  anchor and by name: a copy of a record's content is looked for only at its rotated names.
 - Files are found in two sets: the *live* files (what the globs match now) and the *rotated* files
   (the usual rotated names of a live file in its directory: ``access.log.1``,
   ``access.log-20261128``, ``access.log-2026-11-28.1``; compressed ones skipped). A live file
@@ -16,8 +19,8 @@
   deleted) until it has been idle for `read.rotate_grace` and is read to its end, its final
   unterminated line included; the new file at the live path is a new record read from 0.
 - copytruncate / truncation / replaced content / inode reuse: the record's inode is shorter than
-  the offset or no longer starts with the fingerprint. The content is looked for elsewhere by
-  fingerprint (the copy, ``access.log.1``): found, the record moves to the copy and reads on from
+  the offset or no longer holds the fingerprint and the anchor. The content is looked for at its
+  rotated names by both (the copy, ``access.log.1``): found, the record moves to the copy and reads on from
   its offset (the bytes written between our last read and the copy); not found, the unread rest
   is gone (logged) and the record is forgotten. The inode's new content is a new record from 0.
 - Bytes count only once they are known to be the record's: after each read, and before its bytes
@@ -27,10 +30,12 @@
   skip, lost. On a mismatch nothing of that read is counted and the record moves to the copy.
 - The scan a pass starts with ages while the pass reads: a copy not found in it is looked for in a
   fresh scan before the content is given up.
-- A new file that starts like a record whose content is still in place (the copy of a live file,
-  before the truncate) is not read at all: it holds the same bytes. An unknown rotated file that is
+- A new file at a rotated name of a record's that holds the record's content while the record's
+  file still holds it too (the copy of a live file, before the truncate) is not read at all: it
+  holds the same bytes. A file nobody knows at a rotated name (the globs may match it) that is
   empty, or shorter than a fingerprint and still growing, is identified at a later look: a copy
-  being written cannot be told from new content yet.
+  being written cannot be told from new content yet. Anywhere else a file is its own stream:
+  when the evidence cannot decide, read (a skipped file is lost for ever).
 - `read.partial_line_idle`: a live file's final line without a newline is held back until it is
   completed or the file has been idle that long; a rotated file's is taken after the grace.
 
