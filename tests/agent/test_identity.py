@@ -229,3 +229,33 @@ def test_a_copy_caught_half_written_at_a_name_the_glob_matches_is_not_taken_for_
         assert queued_counts(agent) == original + regrow
     finally:
         agent.close()
+
+
+def test_a_copy_at_an_inode_verified_earlier_in_the_pass_for_other_content_is_still_found(tmp_path: Path) -> None:
+    """Between two passes the copy lands in an inode that a record of older content was verified at
+    in the last pass (here `cp` over the existing app.log.1 keeps its inode; logrotate deleting the
+    oldest rotation and the file system giving its inode to the new copy does the same)."""
+    live = tmp_path / "app.log"
+    first = write_access_log(live, 300, seed=8)
+    agent = Agent(config_for(tmp_path, live, **{"read.rotate_grace": 0.0}), sink=NoSink())  # let go at once
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()
+        shutil.copyfile(live, tmp_path / "app.log.1")  # copytruncate
+        with live.open("r+b") as handle:
+            handle.truncate(0)
+        second = write_access_log(live, 300, seed=9, append=True)
+        tailer.poll()  # the first content moves to app.log.1, the second is a new record
+        tailer.poll()  # app.log.1 verified for the first content in this pass, and closed (read, idle)
+        shutil.copyfile(live, tmp_path / "app.log.1")  # copytruncate again, into the same inode
+        with live.open("r+b") as handle:
+            handle.truncate(0)
+        third = write_access_log(live, 100, seed=10, append=True)
+        tailer.follow_growth()  # between passes: the truncate is seen, the copy looked for
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == first + second + third
+    finally:
+        agent.close()

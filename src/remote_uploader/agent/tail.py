@@ -501,19 +501,27 @@ class Tailer:
     def _find_copy(self, t: Tracked, found: Scan) -> tuple[Seen, FileIdentity] | None:
         """A file at a rotated name of the record's that holds the record's content (`_holds`).
 
-        A file whose inode a record verified in this pass holds that record's content; any other
-        may be the copy, even at an inode a stale record still names (file systems reuse inodes)."""
+        A file whose inode a record verified in this pass, and that still holds that record's
+        content, is that record's; any other may be the copy, even at an inode a stale record still
+        names. File systems reuse inodes: between two passes logrotate deletes the oldest rotation
+        and creates the copy, which may get the deleted file's inode number, verified for its
+        record earlier in the pass (`follow_growth` looks for copies between passes). Skipped on
+        that stale verification, the copy was not found, the record forgotten, and the copy read
+        from 0 at the next pass as a rotation nobody knew: counted twice."""
         if t.identity.fp_len == 0:
             return None
-        verified = {other.key for other in self.tracked.values() if other.followed == self.polls}
+        verified = {other.key: other for other in self.tracked.values()
+                    if other.followed == self.polls and other is not t}
         for seen in found.files.values():
-            if (seen.key == t.key or seen.key in verified or seen.size < t.identity.fp_len
-                    or not is_rotation_of(seen.path, t.name)):
+            if seen.key == t.key or seen.size < t.identity.fp_len or not is_rotation_of(seen.path, t.name):
                 continue
             fd = self._open(seen.path, seen.key)
             if fd is None:
                 continue
             try:
+                other = verified.get(seen.key)
+                if other is not None and self._intact(other, fd):
+                    continue
                 if self._holds(fd, t, in_place=False):
                     return seen, identify(fd, t.identity.fp_len)
             finally:
