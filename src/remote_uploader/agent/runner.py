@@ -165,7 +165,7 @@ class Agent:
         if sealed is not None:
             self._wait_for_queue_space()
         offsets = self.batch.offsets
-        anchors = {fid: a for fid, a in self.anchors.items() if a.pos == offsets.get(fid)}
+        anchors = {fid: a for fid, a in self.anchors.items() if a.pos <= offsets.get(fid, -1)}
         self.write_state(lambda: self.spool.commit(sealed, offsets, anchors))
         self.anchors = {fid: a for fid, a in self.anchors.items() if a.pos > offsets.get(fid, -1)}
         if sealed is not None:

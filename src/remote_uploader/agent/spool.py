@@ -382,9 +382,9 @@ class Spool:
     def commit(self, sealed: SealedBatch | None, offsets: dict[int, int],
                anchors: dict[int, Anchor] | None = None) -> None:
         """Queue `sealed` (if any) and move each file's offset forward, in one transaction, each with
-        its anchor when one is given for exactly that offset (the evidence `tail.py` needs to tell
-        the record's content from a look-alike; without one the previous anchor stays, and it
-        stays true: bytes below an offset never change for the record).
+        its anchor when one is given (`anchor.pos` at or below the new offset: the evidence
+        `tail.py` needs to tell the record's content from a look-alike; without one the previous
+        anchor stays, and it stays true: bytes below an offset never change for the record).
 
         Crash argument, line by line:
         - before BEGIN, or anywhere before COMMIT: nothing changed; the bytes after the old offsets
@@ -409,13 +409,13 @@ class Spool:
             conn.executemany(
                 "UPDATE files SET offset = ?, updated = ? WHERE fid = ? AND offset <= ?",
                 [(offset, now, fid, offset) for fid, offset in offsets.items()
-                 if fid not in anchors or anchors[fid].pos != offset],
+                 if fid not in anchors or anchors[fid].pos > offset],
             )
             conn.executemany(
                 "UPDATE files SET offset = ?, updated = ?, anchor_pos = ?, anchor_len = ?, anchor_hash = ? "
                 "WHERE fid = ? AND offset <= ?",
                 [(offset, now, anchors[fid].pos, anchors[fid].length, anchors[fid].digest, fid, offset)
-                 for fid, offset in offsets.items() if fid in anchors and anchors[fid].pos == offset],
+                 for fid, offset in offsets.items() if fid in anchors and anchors[fid].pos <= offset],
             )
 
     # --- the upload side --------------------------------------------------------------------------

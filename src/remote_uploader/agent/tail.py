@@ -405,12 +405,12 @@ class Tailer:
             for part in scanner.scan(fd, t.path, index, pos, size):  # a part arrives after its read
                 if agent.stop.is_set():
                     return True
-                anchor = Anchor.at(fd, part.end_offset)
+                part_anchor = Anchor.at(fd, part.end_offset)  # workers' parts end at a line end
                 if not self._intact(t, fd):
                     scanner.close()  # abandon the scan: answers still in the workers' pipes are stale
                     return False
                 agent.feed_part(part, t.fid, t.name)
-                self._counted(t, anchor)
+                self._counted(t, part_anchor)
                 agent.maybe_seal(caught_up=False)
                 pos = part.end_offset
         reader = BlockReader(fd, pos, agent.config.read.block_size, extractor.context)
@@ -420,17 +420,22 @@ class Tailer:
                 chunk = reader.take_partial()
             if chunk is None:
                 break
-            anchor = Anchor.at(fd, chunk.end_offset)
+            # At the chunk's last line end: a final line taken unfinished may still be written into
+            # (a writer that preallocates and fills), and must not be evidence against its record.
+            newline = chunk.buf.rfind(b"\n", chunk.start, chunk.end)
+            anchor = Anchor.at(fd, chunk.end_offset - (chunk.end - newline - 1)) if newline >= 0 else None
             if not self._intact(t, fd):
                 return False
             agent.feed(chunk, t.fid, t.name, extractor)
-            self._counted(t, anchor)
+            if anchor is not None:
+                self._counted(t, anchor)
             agent.maybe_seal(caught_up=False)
         return True
 
     def _counted(self, t: Tracked, anchor: Anchor) -> None:
         """Bytes up to `anchor.pos` were counted: its anchor (read before the check that found the
-        file intact, so it is the record's bytes) is the new evidence, committed with that offset."""
+        file intact, so it is the record's bytes) is the new evidence, committed with the offset it
+        stands at or below (a line end: see `_read_intact`)."""
         t.anchor = anchor
         self.agent.note_anchor(t.fid, anchor)
 
