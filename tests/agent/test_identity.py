@@ -259,3 +259,25 @@ def test_a_copy_at_an_inode_verified_earlier_in_the_pass_for_other_content_is_st
         assert queued_counts(agent) == first + second + third
     finally:
         agent.close()
+
+
+def test_a_final_line_taken_unfinished_and_then_written_into_does_not_make_the_file_new(tmp_path: Path) -> None:
+    """A writer that extends its file with zeros and fills them later (preallocation): the bytes
+    after the last line end may change under a record, so they are no evidence against it."""
+    live = tmp_path / "app.log"
+    live.write_bytes(lines("192.0.2.1", 30).encode() + b"\0" * 64)
+    agent = Agent(config_for(tmp_path, live, **{"read.partial_line_idle": 0.0}), sink=NoSink())
+    try:
+        tailer = Tailer(agent)
+        tailer.poll()  # the zeros are taken as an unfinished last line
+        with live.open("r+b") as handle:
+            handle.seek(-64, 2)
+            handle.write(b"\0" * 63 + b"\n")  # written into, in place
+            handle.write(lines("192.0.2.2", 5).encode())
+        tailer.poll()
+        tailer.poll()
+        agent.seal_now()
+        tailer.close()
+        assert queued_counts(agent) == {"192.0.2.1": 30, "192.0.2.2": 5}
+    finally:
+        agent.close()
