@@ -67,9 +67,10 @@ class Anchor:
 
     The head fingerprint alone cannot tell two files apart that start alike: a fixed header of a
     KiB or more, or a file rewritten from the same first lines. The bytes just before the offset
-    a record has read to are what that record has and a look-alike does not: they are hashed after
-    each read that is counted, and stored with the offset in the seal transaction. A file is the
-    record's content (still, or copied) only if it holds both the head and the anchor.
+    a record has read to (its last line end) are what that record has and a look-alike does not:
+    they are hashed after each read that is counted, and stored with the offset in the seal
+    transaction. A file is the record's content (still, or copied) only if it holds both the head
+    and the anchor.
     """
 
     pos: int
