@@ -645,7 +645,10 @@ class Tailer:
                 continue
             in_place = t.followed == self.polls
             if t.identity.fp_len <= identity.fp_len:
-                if self._holds(fd, t, in_place=in_place):
+                # Content that moved here (its record's file is gone) must reach the record's anchor:
+                # a shorter file that shares the head is a look-alike as likely as a copy; read it.
+                reaches = in_place or t.anchor is None or size >= t.anchor.pos
+                if reaches and self._holds(fd, t, in_place=in_place):
                     return t
             elif in_place and self._starts(t, fd, size):  # shorter than the record's fingerprint
                 return t
