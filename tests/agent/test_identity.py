@@ -15,7 +15,7 @@ from pathlib import Path
 from remote_uploader.agent.batch import decode_body
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.sink import Delivered
-from remote_uploader.agent.tail import Tailer, read_pass
+from remote_uploader.agent.tail import Tailer, is_rotation_of, read_pass
 from remote_uploader.config import Config, load
 from tests.helpers.agent import write_access_log
 
@@ -69,6 +69,13 @@ def lines(ip: str, n: int, start: int = 0) -> str:
 
 
 # --- hole 1: a file that begins with another file's whole fingerprint ------------------------------------
+
+
+def test_a_copy_can_only_be_at_a_name_a_rotation_of_its_file_produces() -> None:
+    for rotated in ("/v/x.log.1", "/v/x.log-20261202", "/v/x.log-2026-12-02.1", "/v/x.log.1.gz", "/v/x.log.2.1"):
+        assert is_rotation_of(rotated, "/v/x.log"), rotated
+    for other in ("/v/x.log", "/v/y.log.1", "/w/x.log.1", "/v/x.log.old", "/v/x.logs.1", "/v/b.log"):
+        assert not is_rotation_of(other, "/v/x.log"), other
 
 
 def test_a_file_that_begins_with_another_files_whole_content_is_read(tmp_path: Path) -> None:

@@ -640,8 +640,8 @@ class Tailer:
         if identity.fp_len == 0:
             return None
         size = os.fstat(fd).st_size
-        for t in self.tracked.values():
-            if t.identity.fp_len == 0 or not is_rotation_of(path, t.name):
+        for t in self._rotated_from(path):
+            if t.identity.fp_len == 0:
                 continue
             in_place = t.followed == self.polls
             if t.identity.fp_len <= identity.fp_len:
@@ -656,7 +656,12 @@ class Tailer:
 
     def _may_be_a_copy(self, path: str) -> bool:
         """Is `path` a rotated name of a record's (where a copy of its content could be made)?"""
-        return any(is_rotation_of(path, t.name) for t in self.tracked.values())
+        return bool(self._rotated_from(path))
+
+    def _rotated_from(self, path: str) -> list[Tracked]:
+        """The records `path` is a rotated name of (one set lookup per record, not a match)."""
+        bases = rotation_bases(path)
+        return [t for t in self.tracked.values() if t.name in bases] if bases else []
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
@@ -758,15 +763,18 @@ class Tailer:
 def is_rotation_of(path: str, name: str) -> bool:
     """Could a rotation of the log `name` produce `path`? Same directory, `name` then a rotation
     suffix (``.1``, ``-20261202``, ``-2026-12-02.1``), maybe compressed (``.1.gz``)."""
-    directory, base = os.path.split(name)
-    if os.path.dirname(path) != directory:
-        return False
-    entry = os.path.basename(path)
+    return name in rotation_bases(path)
+
+
+def rotation_bases(path: str) -> set[str]:
+    """Every log name a rotation of which `path` could be: ``x.log.1.2`` -> ``x.log``, ``x.log.1``."""
+    directory, entry = os.path.split(path)
     for suffix in COMPRESSED_SUFFIXES:
         if entry.endswith(suffix):
             entry = entry[: -len(suffix)]
             break
-    return entry.startswith(base) and ROTATED_SUFFIX.fullmatch(entry, len(base)) is not None
+    return {os.path.join(directory, entry[:i]) for i in range(1, len(entry))
+            if entry[i] in ".-" and ROTATED_SUFFIX.fullmatch(entry, i)}
 
 
 def _live_name(path: str) -> str:
