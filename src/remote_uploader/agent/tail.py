@@ -673,8 +673,9 @@ class Tailer:
             for pattern in source.paths:
                 directory = os.path.dirname(os.path.expanduser(pattern)) or "."
                 dirs.update(glob.glob(directory) if glob.has_magic(directory) else [directory])
-        dirs.update(os.path.dirname(t.path) or "." for t in self.tracked.values()
-                    if self.source_index(t.name) is not None)
+        # Every record's (even one no longer configured: a spare watch is harmless, while
+        # `source_index` per record, a match against every pattern, cost more than the pass).
+        dirs.update(os.path.dirname(t.path) or "." for t in self.tracked.values())
         return dirs
 
     def needs_pass(self, named: Iterable[str], written: Iterable[str]) -> bool:
