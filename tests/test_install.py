@@ -122,3 +122,14 @@ def test_the_old_invocation_sets_itself_up_on_a_fresh_checkout_with_plain_python
     stack = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c", probe, *sorted(COLLECTOR_STACK)],
                            capture_output=True, text=True, check=True)
     assert stack.stdout.strip() == "[]"
+
+
+def test_the_agent_never_imports_the_collector_or_its_stack() -> None:
+    """What `once`, `forever`, `test`, `status` and `import-legacy` load: nothing of the collector."""
+    probe = ("import sys; import remote_uploader.cli, remote_uploader.agent.runner, remote_uploader.agent.forever, "
+             "remote_uploader.agent.checks, remote_uploader.agent.legacy, remote_uploader.agent.metrics, "
+             "remote_uploader.config_show; stack = set(sys.argv[1:]); print(sorted(m for m in sys.modules "
+             "if m.startswith('remote_uploader.collector') or m.split('.')[0] in stack))")
+    loaded = subprocess.run([sys.executable, "-c", probe, *COLLECTOR_STACK], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert loaded.stdout.strip() == "[]", loaded.stdout

@@ -27,6 +27,7 @@ from typing import Any
 
 from remote_uploader.collector import logs, settings
 from remote_uploader.collector.auth import create_token
+from remote_uploader.collector.errors import CollectorError
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
@@ -111,9 +112,15 @@ def check_tls(cert: str, key: str) -> None:
 
 @_boundary
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from remote_uploader.collector.app import create_app
+        from remote_uploader.collector.app import create_app
+    except ImportError as exc:  # an agent-only install (`pip install .`): say which extra serves
+        raise CollectorError(
+            f"the collector service needs the [collector] extra, which is not installed ({exc.name} is "
+            "missing): pip install 'remote-uploader[collector]' (from a checkout: pip install '.[collector]')"
+        ) from None
 
     config = _load(
         args,
