@@ -124,12 +124,12 @@ def test_the_old_invocation_sets_itself_up_on_a_fresh_checkout_with_plain_python
     assert stack.stdout.strip() == "[]"
 
 
-def test_the_agent_never_imports_the_collector_or_its_stack() -> None:
+def test_the_agent_never_imports_the_collector_or_its_stack(tmp_path: Path) -> None:
     """What `once`, `forever`, `test`, `status` and `import-legacy` load: nothing of the collector."""
     probe = ("import sys; import remote_uploader.cli, remote_uploader.agent.runner, remote_uploader.agent.forever, "
              "remote_uploader.agent.checks, remote_uploader.agent.legacy, remote_uploader.agent.metrics, "
              "remote_uploader.config_show; stack = set(sys.argv[1:]); print(sorted(m for m in sys.modules "
              "if m.startswith('remote_uploader.collector') or m.split('.')[0] in stack))")
     loaded = subprocess.run([sys.executable, "-c", probe, *COLLECTOR_STACK], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, cwd=tmp_path)
     assert loaded.stdout.strip() == "[]", loaded.stdout
