@@ -7,6 +7,8 @@ itself up: it makes ./.venv, installs those there (the agent only, never the col
 and runs again inside it; later runs go straight to ./.venv. Nothing is installed anywhere else.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 from typing import NoReturn
@@ -17,7 +19,7 @@ VENV_PYTHON = os.path.join(VENV, "bin", "python")
 AGAIN = "REMOTE_UPLOADER_BOOTSTRAPPED"  # set for the re-run, so a failed setup cannot loop
 
 
-def fail(line: str) -> "NoReturn":
+def fail(line: str) -> NoReturn:
     print(f"remote_uploader.py: {line}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -45,7 +47,8 @@ def missing(python: str | None = None) -> list[str]:
     wanted = agent_requirements()
     if python is None:
         return [r for r in wanted if importlib.util.find_spec(module_of(r)) is None]
-    probe = "import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))"
+    probe = ("import importlib.util, sys; "
+             "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))")
     result = subprocess.run([python, "-c", probe, *map(module_of, wanted)], capture_output=True, text=True)
     if result.returncode != 0:
         return wanted
@@ -78,7 +81,7 @@ def set_up() -> None:
 
 
 def main() -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file is what an older python3 meets first
         fail(f"needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if missing():
         if os.environ.get(AGAIN) or os.path.realpath(sys.prefix) == os.path.realpath(VENV):
@@ -97,3 +100,12 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+else:
+    # Imported, not run: a tool put this folder on sys.path (pytest does, for tests/). This file
+    # shares the package's name, so it steps aside: the import system takes what sys.modules holds
+    # under the name once this file has run, and that is made the package in ./src.
+    import importlib
+
+    sys.path.insert(0, os.path.join(HERE, "src"))
+    sys.modules.pop("remote_uploader", None)
+    importlib.import_module("remote_uploader")
