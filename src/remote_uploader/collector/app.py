@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from remote_uploader import __version__
-from remote_uploader.collector import routes
+from remote_uploader.collector import lapi_routes, routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
-from remote_uploader.collector.auth import Principal, authenticate
+from remote_uploader.collector.auth import Principal, authenticate, authenticate_bouncer
 from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
 from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
@@ -61,6 +61,8 @@ class Collector:
             raise ApiError(401, "authorization", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         found = authenticate(self.storage, credentials.credentials)
         if found is None:
+            if authenticate_bouncer(self.storage, credentials.credentials) is not None:
+                raise ApiError(403, "authorization", "a bouncer key may only pull decisions (GET /v1/decisions/stream)")
             raise ApiError(401, "authorization", "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
         request.state.principal = found.name
         return found
@@ -177,6 +179,7 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         return await collector.receive_batch(request, who)
 
     routes.add_read_routes(app, collector)
+    lapi_routes.add_lapi_routes(app, collector)
 
     @app.get("/metrics", include_in_schema=False)
     def get_metrics() -> Response:

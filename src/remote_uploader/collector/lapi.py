@@ -30,7 +30,6 @@ logged by the bouncer and retried at its next tick.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,12 +151,3 @@ def parse_network(name: str, value: str) -> Network:
     except ValueError:
         kind = "an IP address" if name == "ip" else "a CIDR network such as 203.0.113.0/24"
         raise ApiError(400, f"query.{name}", f"{value!r} is not {kind}") from None
-
-
-def first_values(pairs: Iterable[tuple[str, str]], names: Sequence[str]) -> dict[str, str]:
-    """The first value of each of `names` among query `pairs` (CrowdSec reads the first too)."""
-    found: dict[str, str] = {}
-    for key, value in pairs:
-        if key in names and key not in found:
-            found[key] = value
-    return found

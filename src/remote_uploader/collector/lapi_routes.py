@@ -14,10 +14,12 @@ adding what they have, or deleting what they do not have, is harmless to all of 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from fastapi import FastAPI, Request
@@ -31,7 +33,6 @@ from remote_uploader.collector.lapi import (
     API_KEY_HEADER,
     MAX_USER_AGENT,
     StreamFilter,
-    decision_scope,
     go_duration,
     parse_bool,
     parse_network,
@@ -39,6 +40,7 @@ from remote_uploader.collector.lapi import (
 )
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage.base import BouncerInfo, Network, Storage
+from remote_uploader.collector.storage.model import Decision, DecisionQuery
 
 if TYPE_CHECKING:
     from remote_uploader.collector.app import Collector
@@ -53,46 +55,15 @@ LAPI_PATHS = frozenset({STREAM_PATH, DECISIONS_PATH, USAGE_METRICS_PATH})
 MAX_METRICS_BODY = 1024 * 1024
 
 
-class FeedRow(NamedTuple):
-    """A decision as the stream needs it."""
-
-    id: int
-    value: str  # a canonical address, or a network with its prefix length
-    type: str
-    origin: str
-    scenario: str
-    until: datetime
-    created_seq: int  # the change sequence at which the decision was made
-    active: bool  # not deleted, and until is still ahead (as of the pull's `now`)
-
-
-class DecisionFeed(Protocol):
-    """What the stream reads from the decisions storage."""
-
-    def decision_seq(self) -> int:
-        """The newest change sequence number (0 when nothing was ever decided)."""
-
-    def active_decisions(self, now: datetime, after_id: int, limit: int) -> Sequence[FeedRow]:
-        """Decisions active at `now` with id > after_id, by id, at most `limit`."""
-
-    def changed_decisions(
-        self, since_seq: int, since: datetime, now: datetime, after_id: int, limit: int
-    ) -> Sequence[FeedRow]:
-        """Decisions changed after `since_seq`, or whose `until` fell in (since, now], by id."""
-
-    def decisions_for(self, network: Network, now: datetime, contains: bool) -> list[FeedRow]:
-        """Active decisions whose network contains `network` (contains) or lies inside it."""
-
-
-def decision_json(row: FeedRow, now: datetime) -> dict[str, Any]:
+def decision_json(decision: Decision, now: datetime) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "origin": row.origin,
-        "type": row.type,
-        "scope": decision_scope(row.value),
-        "value": row.value,
-        "duration": go_duration((row.until - now).total_seconds()),
-        "scenario": row.scenario,
+        "id": decision.id,
+        "origin": decision.origin,
+        "type": decision.type,
+        "scope": decision.scope,
+        "value": decision.value,
+        "duration": go_duration((decision.until - now).total_seconds()),
+        "scenario": decision.scenario,
     }
 
 
@@ -108,81 +79,77 @@ def _items(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 class Pull:
-    """One stream answer: what to send, read page by page while it is written."""
+    """One stream answer, read page by page while it is written.
+
+    All reads are "as of" the sequence S read first (storage/model.py: the state of every
+    decision at S follows from its created_seq and ended_seq), so the pages of one answer fit
+    together however long it takes to send them and whatever is decided meanwhile.
+
+    - full (startup=true, or a key that never completed a pull): `new` = active at S;
+    - delta since the key's mark L: `new` = created in (L, S] and active at S; `deleted` = ended
+      in (L, S] and created at or before L (what the key was sent and must take back). One
+      made and ended between two pulls is in neither: the bouncer never had it.
+
+    A startup pull of a key that pulled before also gets that `deleted`: a restarted custom
+    bouncer's script hears of the decisions that ended while it was down.
+    """
 
     def __init__(
-        self,
-        storage: Storage,
-        feed: DecisionFeed,
-        bouncer: BouncerInfo,
-        startup: bool,
-        chosen: StreamFilter,
-        user_agent: str | None,
+        self, storage: Storage, bouncer: BouncerInfo, startup: bool, chosen: StreamFilter, user_agent: str | None
     ) -> None:
         self.storage = storage
-        self.feed = feed
         self.bouncer = bouncer
         self.chosen = chosen
         self.user_agent = user_agent
         self.now = datetime.now(UTC)
-        # Read before any row: whatever changes while the rows are read is sent again next time.
-        self.seq = feed.decision_seq()
-        # A key that never completed a pull gets everything, whatever it asked for.
-        self.full = startup or bouncer.last_seq is None
+        # Decisions past their `until` become changes now rather than at the engine's next
+        # timer tick, so that bouncers hear of them at their next pull. Cheap when nothing is
+        # due (one indexed read); when something is, the first pull writes and the rest find
+        # nothing. Only a convenience: on failure the timer does it later.
+        try:
+            storage.expire_decisions(self.now)
+        except CollectorError as exc:
+            logger.info("could not expire decisions before a pull", extra=fields(error=exc))
+        self.seq = storage.decision_seq()
+        self.mark = None if startup else bouncer.last_seq
+        self._pages = self._new_pages()
 
-    def _accepts(self, row: FeedRow) -> bool:
-        return self.chosen.accepts(decision_scope(row.value), row.origin, row.scenario)
+    def _query(self, after: int, **what: Any) -> DecisionQuery:
+        origins = self.chosen.origins
+        return DecisionQuery(
+            as_of_seq=self.seq, scopes=self.chosen.scopes, origins=origins, after_id=after, limit=PAGE, **what
+        )
 
-    def _new_pages(self) -> Iterator[list[dict[str, Any]]]:
+    def _pages_of(self, **what: Any) -> Iterator[list[Decision]]:
         after = 0
         while True:
-            if self.full:
-                rows = self.feed.active_decisions(self.now, after, PAGE)
-                chosen = [row for row in rows if self._accepts(row)]
-            else:
-                rows = self._changes(after)
-                chosen = [row for row in rows if row.active and self._accepts(row)]
-            yield [decision_json(row, self.now) for row in chosen]
+            rows = self.storage.list_decisions(self._query(after, **what))
+            yield [row for row in rows if self.chosen.accepts(row.scope, row.origin, row.scenario)]
             if len(rows) < PAGE:
                 return
             after = rows[-1].id
 
-    def _changes(self, after: int) -> Sequence[FeedRow]:
-        assert self.bouncer.last_seq is not None and self.bouncer.last_pull_at is not None
-        return self.feed.changed_decisions(self.bouncer.last_seq, self.bouncer.last_pull_at, self.now, after, PAGE)
+    def _new_pages(self) -> Iterator[list[dict[str, Any]]]:
+        what: dict[str, Any] = {"active": True}
+        if self.mark is not None:
+            what["new_after_seq"] = self.mark
+        for page in self._pages_of(**what):
+            # Active at S but already past `until` (not yet marked expired): not worth sending.
+            yield [decision_json(row, self.now) for row in page if row.until > self.now]
 
     def _deleted_pages(self) -> Iterator[list[dict[str, Any]]]:
         if self.bouncer.last_seq is None:
             return  # nothing was ever sent to this key, so there is nothing to take back
-        after = 0
-        while True:
-            rows = self._changes(after)
-            deleted = []
-            for row in rows:
-                if not self._accepts(row):
-                    continue
-                if not row.active:
-                    deleted.append(decision_json(row, self.now))
-                elif row.created_seq <= self.bouncer.last_seq:
-                    # Changed (extended) after the key had it: bouncers skip an address they
-                    # hold already (the firewall bouncer keeps the old nftables timeout), so it
-                    # is taken back here and sent again in `new` with its new duration.
-                    deleted.append(decision_json(row, self.now))
-            yield deleted
-            if len(rows) < PAGE:
-                return
-            after = rows[-1].id
+        for page in self._pages_of(active=None, ended_after_seq=self.bouncer.last_seq):
+            yield [decision_json(row, self.now) for row in page]
 
     def first_page(self) -> list[dict[str, Any]]:
-        """Read the first page before the answer starts, so that a database that is down is a
-        503 rather than a 200 cut short."""
-        self._pages = self._new_pages()
+        """Read before the answer starts, so that a database that is down is a 503, not a 200
+        cut short."""
         return next(self._pages)
 
     def body(self, first: list[dict[str, Any]]) -> Iterator[bytes]:
         try:
-            # `deleted` first in the text is not required by JSON, but bouncers read the whole
-            # object anyway; CrowdSec's own order is kept.
             yield b'{"new": ['
             needs_comma = False
             for page in _chain(first, self._pages):
@@ -243,7 +210,9 @@ def bouncer_of(collector: Collector, request: Request) -> BouncerInfo:
 # -- routes -----------------------------------------------------------------------------------
 
 
-def add_lapi_routes(app: FastAPI, collector: Collector, feed: DecisionFeed) -> None:
+def add_lapi_routes(app: FastAPI, collector: Collector) -> None:
+    storage = collector.storage
+
     @app.api_route(
         STREAM_PATH,
         methods=["GET", "HEAD"],
@@ -263,7 +232,7 @@ def add_lapi_routes(app: FastAPI, collector: Collector, feed: DecisionFeed) -> N
         except ApiError as exc:
             return lapi_error(exc)
         agent = (request.headers.get("user-agent") or "")[:MAX_USER_AGENT] or None
-        pull = await run_in_threadpool(Pull, collector.storage, feed, bouncer, startup, chosen, agent)
+        pull = await run_in_threadpool(Pull, storage, bouncer, startup, chosen, agent)
         first = await run_in_threadpool(pull.first_page)
         return StreamingResponse(pull.body(first), media_type="application/json")
 
@@ -280,40 +249,15 @@ def add_lapi_routes(app: FastAPI, collector: Collector, feed: DecisionFeed) -> N
             await run_in_threadpool(bouncer_of, collector, request)
             if request.method == "HEAD":
                 return Response(status_code=200)
-            query = request.query_params
-            ip, cidr = query.get("ip"), query.get("range")
-            if ip is not None and cidr is not None:
-                raise ApiError(400, "query.range", "give ip or range, not both")
-            network = parse_network("ip", ip) if ip is not None else None
-            if cidr is not None:
-                network = parse_network("range", cidr)
-            contains = parse_bool("contains", query.get("contains"), default=True)
-            scope = parse_scopes("scope", query.get("scope"))
-            value = query.get("value")
-            kind = query.get("type")
-            chosen = StreamFilter.from_query(query)
+            lookup = Lookup.from_query(request.query_params)
         except ApiError as exc:
             return lapi_error(exc)
-        now = datetime.now(UTC)
-        if network is None and value is not None:
-            try:
-                network = parse_network("value", value)
-            except ApiError as exc:
-                return lapi_error(exc)
-        if network is None:
-            rows = await run_in_threadpool(_all_active, feed, now)
-        else:
-            rows = await run_in_threadpool(feed.decisions_for, network, now, contains)
-        found = [
-            decision_json(row, now)
-            for row in rows
-            if chosen.accepts(decision_scope(row.value), row.origin, row.scenario)
-            and (scope is None or decision_scope(row.value) in scope)
-            and (kind is None or row.type == kind)
-            and (value is None or row.value == value)
-        ]
-        # Exactly `null` when nothing matches: the lua bouncer compares the body to "null".
-        return Response(_encode(found or None), media_type="application/json")
+        pages = lookup.pages(storage, datetime.now(UTC))
+        first = await run_in_threadpool(_first_nonempty, pages)
+        if first is None:
+            # Exactly `null` when nothing matches: the lua bouncer compares the body to "null".
+            return Response(b"null", media_type="application/json")
+        return StreamingResponse(_array(first, pages), media_type="application/json")
 
     @app.post(USAGE_METRICS_PATH, summary="CrowdSec usage metrics (accepted and dropped)", status_code=201)
     async def usage_metrics(request: Request) -> Response:
@@ -329,12 +273,83 @@ def add_lapi_routes(app: FastAPI, collector: Collector, feed: DecisionFeed) -> N
         return Response(status_code=201)
 
 
-def _all_active(feed: DecisionFeed, now: datetime) -> list[FeedRow]:
-    rows: list[FeedRow] = []
-    after = 0
-    while True:
-        page = feed.active_decisions(now, after, PAGE)
-        rows.extend(page)
-        if len(page) < PAGE:
-            return rows
-        after = page[-1].id
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """`GET /v1/decisions`: active decisions for an address or a range (CrowdSec's filters)."""
+
+    chosen: StreamFilter
+    network: Network | None = None
+    contains: bool = True  # decisions holding the range (True) or held by it (False)
+    value: str | None = None
+    kind: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Any) -> Lookup:
+        ip, cidr = query.get("ip"), query.get("range")
+        if ip is not None and cidr is not None:
+            raise ApiError(400, "query.range", "give ip or range, not both")
+        network = parse_network("ip", ip) if ip is not None else None
+        if cidr is not None:
+            network = parse_network("range", cidr)
+        scopes = parse_scopes("scope", query.get("scope"))
+        chosen = StreamFilter.from_query(query)
+        if scopes is not None:
+            chosen = StreamFilter(scopes, chosen.origins, chosen.containing, chosen.not_containing)
+        return cls(
+            chosen=chosen,
+            network=network,
+            contains=parse_bool("contains", query.get("contains"), default=True),
+            value=query.get("value") or None,
+            kind=query.get("type") or None,
+        )
+
+    def _matches(self, row: Decision) -> bool:
+        if not self.chosen.accepts(row.scope, row.origin, row.scenario):
+            return False
+        if self.kind is not None and row.type != self.kind:
+            return False
+        if self.network is None:
+            return True
+        held = ipaddress.ip_network(row.value)
+        if held.version != self.network.version:
+            return False
+        if self.contains:
+            return self.network.subnet_of(held)  # type: ignore[arg-type]
+        return held.subnet_of(self.network)  # type: ignore[arg-type]
+
+    def pages(self, storage: Storage, now: datetime) -> Iterator[list[dict[str, Any]]]:
+        # An address or range held by decisions: the storage finds those holding its first
+        # address (indexed); the rest is checked here. Anything else pages through all.
+        holder = str(self.network.network_address) if self.network is not None and self.contains else None
+        after = 0
+        while True:
+            query = DecisionQuery(
+                active=True,
+                now=now,
+                value=self.value,
+                contains=holder,
+                scopes=self.chosen.scopes,
+                origins=self.chosen.origins,
+                after_id=after,
+                limit=PAGE,
+            )
+            rows = storage.list_decisions(query)
+            yield [decision_json(row, now) for row in rows if self._matches(row)]
+            if len(rows) < PAGE:
+                return
+            after = rows[-1].id
+
+
+def _first_nonempty(pages: Iterator[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    for page in pages:
+        if page:
+            return page
+    return None
+
+
+def _array(first: list[dict[str, Any]], rest: Iterator[list[dict[str, Any]]]) -> Iterator[bytes]:
+    yield b"[" + _items(first)
+    for page in rest:
+        if page:
+            yield b"," + _items(page)
+    yield b"]"
