@@ -111,9 +111,9 @@ def test_booleans_and_networks_are_checked() -> None:
     assert parse_bool("startup", None) is False
     assert parse_bool("startup", "TRUE") is True
     assert parse_bool("startup", "false") is False
-    with pytest.raises(ApiError, match="query.startup"):
+    with pytest.raises(ApiError, match=r"query\.startup"):
         parse_bool("startup", "yes please")
     assert str(parse_network("ip", "198.51.100.7")) == "198.51.100.7/32"
     assert str(parse_network("range", "203.0.113.9/24")) == "203.0.113.0/24"
-    with pytest.raises(ApiError, match="query.ip"):
+    with pytest.raises(ApiError, match=r"query\.ip"):
         parse_network("ip", "not-an-address")

@@ -2,6 +2,8 @@
 
 Decisions are added and deleted through the storage library on the collector's own database
 (as `collector decision add` does); the answers are read over HTTP as a bouncer reads them.
+One collector serves the whole module: each test gives its decisions an origin of its own and
+pulls only that origin (CrowdSec's `origins` filter), with keys of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ DURATION = re.compile(r"^-?\d+h\d+m\d+(\.\d{1,3})?s$")
 UA = {"User-Agent": "crowdsec-firewall-bouncer/v0.0.25"}
 
 
+@pytest.fixture(scope="module")
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+    workdir = tmp_path_factory.mktemp("lapi")
+    process = CollectorProcess(workdir, f"sqlite://{workdir}/collector.db")
+    process.start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def db(collector: CollectorProcess) -> Iterator[Storage]:
     storage = open_storage(collector.db_url, pool_size=2)
@@ -35,17 +46,45 @@ def db(collector: CollectorProcess) -> Iterator[Storage]:
     storage.close()
 
 
-def decide(db: Storage, value: str, seconds: float = 3600, scenario: str = "manual", **more: Any) -> int:
+ORIGIN = ""
+NET = 0
+
+
+@pytest.fixture(autouse=True)
+def origin(request: pytest.FixtureRequest) -> Iterator[str]:
+    """This test's own origin (its decisions carry it, its pulls ask for it only) and its own
+    addresses (a value has one active decision at a time, whoever made it): see `v`."""
+    global ORIGIN, NET
+    ORIGIN = "t-" + request.node.name[5:40]
+    NET += 1
+    yield ORIGIN
+
+
+def v(value: str) -> str:
+    """This test's version of an example address or range: 198.51.100.7 -> 198.51.NET.7."""
+    if ":" in value:
+        return value.replace("2001:db8::", f"2001:db8:{NET:x}::")
+    address, slash, prefix = value.partition("/")
+    octets = address.split(".")
+    octets[2] = str(NET)
+    return ".".join(octets) + slash + prefix
+
+
+def key_for(db: Storage, name: str) -> str:
+    return create_bouncer_key(db, f"{ORIGIN}-{name}")
+
+
+def decide(db: Storage, value: str, seconds: float = 3600, scenario: str = "manual") -> int:
     scope = "Range" if "/" in value else "Ip"
     until = datetime.now(UTC) + timedelta(seconds=seconds)
-    [(decision, created)] = db.add_decisions(
-        [NewDecision(value=value, scope=scope, until=until, scenario=scenario, **more)], datetime.now(UTC)
-    )
+    made = NewDecision(value=value, scope=scope, until=until, scenario=scenario, origin=ORIGIN)
+    [(decision, created)] = db.add_decisions([made], datetime.now(UTC))
     assert created
     return decision.id
 
 
 def pull(collector: CollectorProcess, key: str, **params: str) -> dict[str, Any]:
+    params.setdefault("origins", ORIGIN)
     response = httpx.get(
         collector.url + "/v1/decisions/stream", params=params, headers={"X-Api-Key": key, **UA}, timeout=30
     )
@@ -61,56 +100,56 @@ def values(decisions: list[dict[str, Any]] | None) -> set[str]:
 def test_startup_sends_every_active_decision_and_later_pulls_only_the_changes(
     collector: CollectorProcess, db: Storage
 ) -> None:
-    key = create_bouncer_key(db, "fw-1")
-    decide(db, "198.51.100.7", scenario="sshd-bruteforce")
-    decide(db, "2001:db8::5")
-    gone = decide(db, "192.0.2.9")
-    decide(db, "203.0.113.0/24", seconds=4 * 3600)
+    key = key_for(db, "fw-1")
+    decide(db, v("198.51.100.7"), scenario="sshd-bruteforce")
+    decide(db, v("2001:db8::5"))
+    gone = decide(db, v("192.0.2.9"))
+    decide(db, v("203.0.113.0/24"), seconds=4 * 3600)
     first = pull(collector, key, startup="true")
-    assert values(first["new"]) == {"198.51.100.7", "2001:db8::5", "192.0.2.9", "203.0.113.0/24"}
+    assert values(first["new"]) == {v("198.51.100.7"), v("2001:db8::5"), v("192.0.2.9"), v("203.0.113.0/24")}
     assert first["deleted"] == []
     by_value = {d["value"]: d for d in first["new"]}
-    ranged = by_value["203.0.113.0/24"]
-    assert ranged["scope"] == "Range" and by_value["2001:db8::5"]["scope"] == "Ip"
+    ranged = by_value[v("203.0.113.0/24")]
+    assert ranged["scope"] == "Range" and by_value[v("2001:db8::5")]["scope"] == "Ip"
     assert set(ranged) >= {"id", "origin", "type", "scope", "value", "duration", "scenario"}
     assert ranged["type"] == "ban" and DURATION.match(ranged["duration"])
     assert ranged["duration"].startswith(("3h59m", "4h0m0s"))  # hours, minutes, seconds all written
-    assert by_value["198.51.100.7"]["scenario"] == "sshd-bruteforce"
+    assert by_value[v("198.51.100.7")]["scenario"] == "sshd-bruteforce"
 
     assert pull(collector, key) == {"new": [], "deleted": []}  # nothing changed
-    decide(db, "198.51.100.8")
+    decide(db, v("198.51.100.8"))
     db.delete_decisions(datetime.now(UTC), decision_id=gone)
     delta = pull(collector, key, startup="false")
-    assert values(delta["new"]) == {"198.51.100.8"}
-    assert values(delta["deleted"]) == {"192.0.2.9"}
+    assert values(delta["new"]) == {v("198.51.100.8")}
+    assert values(delta["deleted"]) == {v("192.0.2.9")}
     assert pull(collector, key) == {"new": [], "deleted": []}
 
 
 def test_each_key_has_its_own_delta(collector: CollectorProcess, db: Storage) -> None:
-    one, two = create_bouncer_key(db, "fw-1"), create_bouncer_key(db, "fw-2")
+    one, two = key_for(db, "fw-1"), key_for(db, "fw-2")
     pull(collector, one, startup="true")
-    decide(db, "198.51.100.7")
-    assert values(pull(collector, one)["new"]) == {"198.51.100.7"}
+    decide(db, v("198.51.100.7"))
+    assert values(pull(collector, one)["new"]) == {v("198.51.100.7")}
     # fw-2 never pulled: its first pull is a full one, whatever it asks for.
-    assert values(pull(collector, two)["new"]) == {"198.51.100.7"}
+    assert values(pull(collector, two)["new"]) == {v("198.51.100.7")}
     assert pull(collector, two)["new"] == []
 
 
 def test_an_expired_decision_goes_to_deleted(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
-    decide(db, "198.51.100.7", seconds=1.5)
-    assert values(pull(collector, key, startup="true")["new"]) == {"198.51.100.7"}
+    key = key_for(db, "fw-1")
+    decide(db, v("198.51.100.7"), seconds=1.5)
+    assert values(pull(collector, key, startup="true")["new"]) == {v("198.51.100.7")}
     deleted = wait_for(lambda: pull(collector, key)["deleted"], "the expired decision in deleted")
-    assert values(deleted) == {"198.51.100.7"}
+    assert values(deleted) == {v("198.51.100.7")}
     assert DURATION.match(deleted[0]["duration"]) and deleted[0]["duration"].startswith("-")
 
 
 def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
-    old = decide(db, "198.51.100.7", seconds=60)
+    key = key_for(db, "fw-1")
+    old = decide(db, v("198.51.100.7"), seconds=60)
     pull(collector, key, startup="true")
     [(longer, _)] = db.add_decisions(
-        [NewDecision(value="198.51.100.7", scope="Ip", until=datetime.now(UTC) + timedelta(hours=4))],
+        [NewDecision(value=v("198.51.100.7"), scope="Ip", until=datetime.now(UTC) + timedelta(hours=4), origin=ORIGIN)],
         datetime.now(UTC),
         replace=True,
     )
@@ -122,20 +161,20 @@ def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorPr
 
 
 def test_filters_apply_to_new_and_deleted(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
-    decide(db, "198.51.100.7", scenario="sshd-bruteforce")
-    web = decide(db, "198.51.100.8", scenario="web-scan")
-    decide(db, "203.0.113.0/24", scenario="sshd-range")
+    key = key_for(db, "fw-1")
+    decide(db, v("198.51.100.7"), scenario="sshd-bruteforce")
+    web = decide(db, v("198.51.100.8"), scenario="web-scan")
+    decide(db, v("203.0.113.0/24"), scenario="sshd-range")
     chosen = {"scopes": "ip", "scenarios_not_containing": "WEB"}
-    assert values(pull(collector, key, startup="true", **chosen)["new"]) == {"198.51.100.7"}
+    assert values(pull(collector, key, startup="true", **chosen)["new"]) == {v("198.51.100.7")}
     db.delete_decisions(datetime.now(UTC), decision_id=web)
     assert pull(collector, key, **chosen) == {"new": [], "deleted": []}
-    assert values(pull(collector, key, startup="true", scenarios_containing="range")["new"]) == {"203.0.113.0/24"}
+    assert values(pull(collector, key, startup="true", scenarios_containing="range")["new"]) == {v("203.0.113.0/24")}
     assert pull(collector, key, startup="true", origins="CAPI")["new"] == []
 
 
 def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
+    key = key_for(db, "fw-1")
     assert pull(collector, key, startup="true", dedup="false", whatever="1") == {"new": [], "deleted": []}
     for params, field in (({"scopes": "ip,username"}, "query.scopes"), ({"startup": "maybe"}, "query.startup")):
         response = httpx.get(collector.url + "/v1/decisions/stream", params=params, headers={"X-Api-Key": key})
@@ -144,7 +183,7 @@ def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorP
 
 
 def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
+    key = key_for(db, "fw-1")
     stream = collector.url + "/v1/decisions/stream"
     missing = httpx.get(stream)
     assert missing.status_code == 401 and "X-Api-Key" in missing.json()["message"]
@@ -155,43 +194,46 @@ def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorProcess, db: S
     sent = collector.post_batch(batch, token=key)
     assert sent.status_code == 403 and "only pull decisions" in sent.text
     assert collector.get("/v1/ips", token=key).status_code == 403
-    db.revoke_bouncer("fw-1")
+    db.revoke_bouncer(f"{ORIGIN}-fw-1")
     assert httpx.get(stream, headers={"X-Api-Key": key}).status_code == 401
 
 
 def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
+    key = key_for(db, "fw-1")
     for path in ("/v1/decisions/stream", "/v1/decisions"):
         response = httpx.head(collector.url + path, headers={"X-Api-Key": key})
         assert response.status_code == 200 and response.content == b""
-    assert db.list_bouncers()[0].last_pull_at is None
+    [bouncer] = [b for b in db.list_bouncers() if b.name == f"{ORIGIN}-fw-1"]
+    assert bouncer.last_pull_at is None
     assert httpx.head(collector.url + "/v1/decisions/stream", headers={"X-Api-Key": "bad"}).status_code == 401
 
 
 def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "nginx")
-    decide(db, "198.51.100.7")
-    ranged = decide(db, "203.0.113.0/24", scenario="sshd-range")
+    key = key_for(db, "nginx")
+    decide(db, v("198.51.100.7"))
+    ranged = decide(db, v("203.0.113.0/24"), scenario="sshd-range")
 
     def live(**params: str) -> httpx.Response:
-        return httpx.get(collector.url + "/v1/decisions", params=params, headers={"X-Api-Key": key})
+        return httpx.get(
+            collector.url + "/v1/decisions", params={"origins": ORIGIN, **params}, headers={"X-Api-Key": key}
+        )
 
-    inside = live(ip="203.0.113.77").json()
+    inside = live(ip=v("203.0.113.77")).json()
     assert [d["id"] for d in inside] == [ranged] and inside[0]["scope"] == "Range"
-    assert values(live(ip="198.51.100.7").json()) == {"198.51.100.7"}
-    nothing = live(ip="192.0.2.1")
+    assert values(live(ip=v("198.51.100.7")).json()) == {v("198.51.100.7")}
+    nothing = live(ip=v("192.0.2.1"))
     assert nothing.status_code == 200 and nothing.content == b"null"  # the lua bouncer compares to "null"
-    assert values(live(range="203.0.113.128/25").json()) == {"203.0.113.0/24"}
-    assert live(range="203.0.0.0/16").content == b"null"  # no decision holds the whole /16
-    assert values(live(range="203.0.0.0/16", contains="false").json()) == {"203.0.113.0/24"}
-    assert values(live().json()) == {"198.51.100.7", "203.0.113.0/24"}
-    assert values(live(scope="range").json()) == {"203.0.113.0/24"}
+    assert values(live(range=v("203.0.113.128/25")).json()) == {v("203.0.113.0/24")}
+    assert live(range=v("203.0.0.0/16")).content == b"null"  # no decision holds the whole /16
+    assert values(live(range=v("203.0.0.0/16"), contains="false").json()) == {v("203.0.113.0/24")}
+    assert values(live().json()) == {v("198.51.100.7"), v("203.0.113.0/24")}
+    assert values(live(scope="range").json()) == {v("203.0.113.0/24")}
     bad = live(ip="203.0.113.300")
     assert bad.status_code == 400 and bad.json()["detail"][0]["field"] == "query.ip"
 
 
 def test_usage_metrics_are_accepted_quietly(collector: CollectorProcess, db: Storage) -> None:
-    key = create_bouncer_key(db, "fw-1")
+    key = key_for(db, "fw-1")
     body = {"remediation_components": [{"type": "crowdsec-firewall-bouncer", "metrics": []}]}
     response = httpx.post(collector.url + "/v1/usage-metrics", json=body, headers={"X-Api-Key": key})
     assert response.status_code == 201

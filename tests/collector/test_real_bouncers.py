@@ -102,8 +102,11 @@ def test_the_firewall_bouncer_programs_nftables_in_a_namespace(
             decide(db, "198.51.100.7", SHORT)
             decide(db, "2001:db8::5", 3600)
             decide(db, "203.0.113.0/24", 3600, scenario="sshd-range")
-            wait_for(lambda: {"198.51.100.7", "2001:db8::5"} <= bouncer.elements(), "the addresses in nftables",
-                     log=lambda: bouncer.log() + bouncer.ruleset())
+            wait_for(
+                lambda: {"198.51.100.7", "2001:db8::5"} <= bouncer.elements(),
+                "the addresses in nftables",
+                log=lambda: bouncer.log() + bouncer.ruleset(),
+            )
             ruleset = bouncer.ruleset()
             assert "table ip crowdsec" in ruleset and "ip saddr @crowdsec-blacklists" in ruleset and "drop" in ruleset
             # The range reached the bouncer as a range ...
@@ -113,18 +116,27 @@ def test_the_firewall_bouncer_programs_nftables_in_a_namespace(
             assert bouncer.elements() & {"203.0.113.0/24", "203.0.113.0"}
 
             # nftables drops the element at its timeout by itself; the stream's `deleted` comes too.
-            wait_for(lambda: "198.51.100.7" not in bouncer.elements(), "the expired address gone",
-                     log=lambda: bouncer.log() + bouncer.ruleset())
+            wait_for(
+                lambda: "198.51.100.7" not in bouncer.elements(),
+                "the expired address gone",
+                log=lambda: bouncer.log() + bouncer.ruleset(),
+            )
             wait_for(lambda: "deleted '198.51.100.7'" in bouncer.log(), "the expiry streamed", log=bouncer.log)
             db.delete_decisions(datetime.now(UTC), value="2001:db8::5")  # by hand: only the stream removes it
-            wait_for(lambda: "2001:db8::5" not in bouncer.elements(), "the deleted address gone",
-                     log=lambda: bouncer.log() + bouncer.ruleset())
+            wait_for(
+                lambda: "2001:db8::5" not in bouncer.elements(),
+                "the deleted address gone",
+                log=lambda: bouncer.log() + bouncer.ruleset(),
+            )
 
             collector.stop()
             decide(db, "198.51.100.8", 3600)
             collector.start()
-            wait_for(lambda: "198.51.100.8" in bouncer.elements(), "a decision made across the restart",
-                     log=lambda: bouncer.log() + bouncer.ruleset())
+            wait_for(
+                lambda: "198.51.100.8" in bouncer.elements(),
+                "a decision made across the restart",
+                log=lambda: bouncer.log() + bouncer.ruleset(),
+            )
             assert bouncer.alive(), bouncer.log()
             assert "2001:db8::5" not in bouncer.elements()
         finally:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
