@@ -18,7 +18,7 @@ import ipaddress
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PAGE = 2000
+RECORD_EVERY = timedelta(seconds=60)
+CHUNK = 256 * 1024
 STREAM_PATH = "/v1/decisions/stream"
 DECISIONS_PATH = "/v1/decisions"
 USAGE_METRICS_PATH = "/v1/usage-metrics"
@@ -148,31 +150,53 @@ class Pull:
         cut short."""
         return next(self._pages)
 
+    def _pieces(self, first: list[dict[str, Any]]) -> Iterator[bytes]:
+        yield b'{"new": ['
+        needs_comma = False
+        for page in _chain(first, self._pages):
+            if page:
+                yield (b"," if needs_comma else b"") + _items(page)
+                needs_comma = True
+        yield b'], "deleted": ['
+        needs_comma = False
+        for page in self._deleted_pages():
+            if page:
+                yield (b"," if needs_comma else b"") + _items(page)
+                needs_comma = True
+        yield b"]}"
+
     def body(self, first: list[dict[str, Any]]) -> Iterator[bytes]:
+        """The answer in chunks of about CHUNK bytes (each chunk is one trip to the thread pool
+        and one write; a poll that finds nothing new is one chunk)."""
+        buffer = bytearray()
         try:
-            yield b'{"new": ['
-            needs_comma = False
-            for page in _chain(first, self._pages):
-                if page:
-                    yield (b"," if needs_comma else b"") + _items(page)
-                    needs_comma = True
-            yield b'], "deleted": ['
-            needs_comma = False
-            for page in self._deleted_pages():
-                if page:
-                    yield (b"," if needs_comma else b"") + _items(page)
-                    needs_comma = True
-            yield b"]}"
+            for piece in self._pieces(first):
+                buffer += piece
+                if len(buffer) >= CHUNK:
+                    yield bytes(buffer)
+                    buffer.clear()
         except CollectorError as exc:
             # The status line is gone already; ending the body here leaves invalid JSON, which
             # the bouncer reports and retries at its next tick. Nothing is recorded.
             logger.warning("decision stream cut short", extra=fields(bouncer=self.bouncer.name, error=exc))
+            yield bytes(buffer)  # what was read: never a complete object ("]}" comes last)
             return
+        yield bytes(buffer)
         # Reached only once the last chunk was handed to the connection.
+        if not self._worth_recording():
+            return
         try:
             self.storage.record_pull(self.bouncer.name, self.seq, self.now, self.user_agent)
         except CollectorError as exc:
             logger.warning("could not record a pull", extra=fields(bouncer=self.bouncer.name, error=exc))
+
+    def _worth_recording(self) -> bool:
+        """A write (an fsync on SQLite) per poll would be most of a poll's cost; when the mark
+        did not move, the pull time is refreshed only every RECORD_EVERY (as CrowdSec does)."""
+        known = self.bouncer
+        if known.last_seq != self.seq or known.last_pull_at is None or known.user_agent != self.user_agent:
+            return True
+        return self.now - known.last_pull_at >= RECORD_EVERY
 
 
 def _chain(first: list[dict[str, Any]], rest: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
@@ -223,17 +247,12 @@ def add_lapi_routes(app: FastAPI, collector: Collector) -> None:
     )
     async def decision_stream(request: Request) -> Response:
         try:
-            bouncer = await run_in_threadpool(bouncer_of, collector, request)
-            if request.method == "HEAD":
-                return Response(status_code=200)  # a probe: nothing read, nothing recorded
-            query = request.query_params
-            startup = parse_bool("startup", query.get("startup"))
-            chosen = StreamFilter.from_query(query)
+            started = await run_in_threadpool(_start_pull, collector, request)
         except ApiError as exc:
             return lapi_error(exc)
-        agent = (request.headers.get("user-agent") or "")[:MAX_USER_AGENT] or None
-        pull = await run_in_threadpool(Pull, storage, bouncer, startup, chosen, agent)
-        first = await run_in_threadpool(pull.first_page)
+        if started is None:
+            return Response(status_code=200)  # HEAD, a probe: nothing read, nothing recorded
+        pull, first = started
         return StreamingResponse(pull.body(first), media_type="application/json")
 
     @app.api_route(
@@ -338,6 +357,19 @@ class Lookup:
             if len(rows) < PAGE:
                 return
             after = rows[-1].id
+
+
+def _start_pull(collector: Collector, request: Request) -> tuple[Pull, list[dict[str, Any]]] | None:
+    """Authenticate, check the parameters, read the first page: one trip to the thread pool."""
+    bouncer = bouncer_of(collector, request)
+    if request.method == "HEAD":
+        return None
+    query = request.query_params
+    startup = parse_bool("startup", query.get("startup"))
+    chosen = StreamFilter.from_query(query)
+    agent = (request.headers.get("user-agent") or "")[:MAX_USER_AGENT] or None
+    pull = Pull(collector.storage, bouncer, startup, chosen, agent)
+    return pull, pull.first_page()
 
 
 def _first_nonempty(pages: Iterator[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
