@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
 from remote_uploader.collector.api import ApiError
-from remote_uploader.collector.lapi import StreamFilter, decision_scope, go_duration, parse_bool, parse_network
+from remote_uploader.collector.lapi import StreamFilter, decision_scope, parse_bool, parse_network
+from remote_uploader.collector.timeparse import go_duration as go_timedelta
+
+
+def go_duration(seconds: float) -> str:
+    return go_timedelta(timedelta(seconds=seconds))
+
 
 # The lua bouncer's pattern (lib/plugins/crowdsec/stream.lua): hours and minutes optional,
 # seconds required, a fraction ignored. It reads "4h" as 4 seconds.

@@ -15,7 +15,8 @@ go-cs-bouncer) work against the collector unchanged. What they send, read from t
 - `HEAD` on both, as a health probe: 200 and no body, nothing read, nothing recorded.
 - `POST /v1/usage-metrics` from newer bouncers: accepted (201) and dropped.
 
-Durations are Go's syntax with hours, minutes and seconds always written ("3h59m58.9s"):
+Durations are Go's syntax with hours, minutes and seconds always written ("3h59m58.9s",
+timeparse.go_duration):
 go-cs-bouncer parses them with time.ParseDuration, which takes any form, but the lua bouncer's
 pattern `^((\\d+)h)?((\\d+)m)?(\\d+)` reads a bare "4h" as 4 seconds and "30m" as 30 seconds.
 
@@ -46,23 +47,6 @@ MAX_LIST_PARAM = 4096  # a comma-separated filter longer than this is refused (4
 # match nothing.
 SCOPES = {"ip": "Ip", "range": "Range", "country": "Country", "as": "AS"}
 DEFAULT_SCOPES = ("Ip", "Range")  # CrowdSec's default when `scopes` is absent
-
-
-def go_duration(seconds: float) -> str:
-    """A Go duration with hours, minutes and seconds always written: 14398.9 -> "3h59m58.9s".
-
-    Milliseconds are the finest unit written, rounded toward zero, so a remaining time is never
-    overstated. Negative values (decisions that already ended) get a leading minus.
-    """
-    sign = "-" if seconds < 0 else ""
-    millis = int(abs(seconds) * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    whole, fraction = divmod(millis, 1000)
-    text = f"{sign}{hours}h{minutes}m{whole}"
-    if fraction:
-        text += f".{fraction:03d}".rstrip("0")
-    return text + "s"
 
 
 def decision_scope(value: str) -> str:

@@ -33,7 +33,6 @@ from remote_uploader.collector.lapi import (
     API_KEY_HEADER,
     MAX_USER_AGENT,
     StreamFilter,
-    go_duration,
     parse_bool,
     parse_network,
     parse_scopes,
@@ -41,6 +40,7 @@ from remote_uploader.collector.lapi import (
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage.base import BouncerInfo, Network, Storage
 from remote_uploader.collector.storage.model import Decision, DecisionQuery
+from remote_uploader.collector.timeparse import go_duration
 
 if TYPE_CHECKING:
     from remote_uploader.collector.app import Collector
@@ -64,7 +64,7 @@ def decision_json(decision: Decision, now: datetime) -> dict[str, Any]:
         "type": decision.type,
         "scope": decision.scope,
         "value": decision.value,
-        "duration": go_duration((decision.until - now).total_seconds()),
+        "duration": go_duration(decision.until - now),
         "scenario": decision.scenario,
     }
 
@@ -132,7 +132,7 @@ class Pull:
             after = rows[-1].id
 
     def _new_pages(self) -> Iterator[list[dict[str, Any]]]:
-        what: dict[str, Any] = {"active": True}
+        what: dict[str, Any] = {"active": True, "now": self.now}
         if self.mark is not None:
             what["new_after_seq"] = self.mark
         for page in self._pages_of(**what):
