@@ -136,6 +136,9 @@ def _commands() -> list[list[str]]:
         ["bouncer", "add"],
         ["bouncer", "list"],
         ["bouncer", "revoke"],
+        ["decision", "add"],
+        ["decision", "delete"],
+        ["decision", "list"],
     ]
 
 

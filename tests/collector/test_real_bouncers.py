@@ -5,11 +5,12 @@
   (the collector runs there too: the bouncer reaches it on that namespace's 127.0.0.1), and
   `nft list ruleset` there shows what it did.
 
-Both pull every second. Each test: a decision is added within seconds; a short one (3 s)
-expires and is deleted; the collector is restarted on the same database and port, and the
-bouncer carries on from where it was (a decision made meanwhile arrives, nothing is sent
-twice); a /24 decision arrives as a range. Skipped, saying why, where the packages are not
-installed or a namespace cannot be made.
+Both pull every second. Each test: an address that crosses a rule (5 hits in 10 minutes, sent
+as an agent's batch) is banned within seconds; its ban (5 s) expires and is deleted; the
+collector is restarted on the same database and port, and the bouncer carries on from where it
+was (a decision made meanwhile arrives, nothing is sent twice); three addresses of one /24
+crossing the subnet rule make a decision that arrives as a range. Skipped, saying why, where
+the packages are not installed or a namespace cannot be made.
 """
 
 from __future__ import annotations
@@ -25,10 +26,28 @@ from remote_uploader.collector.auth import create_bouncer_key
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import NewDecision
+from remote_uploader.protocol import format_time
 from tests.helpers.bouncers import CustomBouncer, FirewallBouncer, entered, netns, require, wait_for
 from tests.helpers.collector_fixtures import CollectorProcess
 
-SHORT = 3.0  # seconds: a decision that expires while the test watches
+SHORT = 5  # seconds: a ban that expires while the test watches (and outlives a slow first pull)
+RULES = f"""
+decision_interval = "1s"
+
+[[rules]]
+name = "sshd-bruteforce"
+min_count = 5
+window = "10m"
+duration = "{SHORT}s"
+
+[[rules]]
+name = "sshd-subnet"
+min_count = 5
+window = "10m"
+duration = "1h"
+prefix_v4 = 24
+min_addresses = 3
+"""
 
 
 @pytest.fixture
@@ -48,10 +67,24 @@ def decide(db: Storage, value: str, seconds: float, scenario: str = "manual") ->
     assert created
 
 
+def hits(collector: CollectorProcess, *addresses: str, count: int = 5) -> None:
+    """An agent's batch: `count` hits of each address on sshd's log, seen just now."""
+    now = format_time(datetime.now(UTC))
+    records = [
+        {"ip": ip, "count": count, "first_seen": now, "last_seen": now, "source": "/var/log/auth.log"}
+        for ip in addresses
+    ]
+    batch = {"agent": "test-agent", "batch_id": uuid.uuid4().hex, "sent_at": now, "records": records}
+    response = collector.post_batch(batch)
+    assert response.status_code == 200, response.text
+
+
 def start_collector(tmp_path: Path, request: pytest.FixtureRequest) -> CollectorProcess:
     workdir = tmp_path / "collector"
     workdir.mkdir(exist_ok=True)
-    collector = CollectorProcess(workdir, f"sqlite://{tmp_path}/collector.db")
+    config = workdir / "collector.toml"
+    config.write_text("[collector]\n" + RULES)
+    collector = CollectorProcess(workdir, f"sqlite://{tmp_path}/collector.db", ["-c", str(config)])
     request.addfinalizer(collector.stop)
     collector.start()
     return collector
@@ -69,19 +102,24 @@ def test_the_custom_bouncer_adds_expires_survives_a_restart_and_gets_ranges(
     def calls(action: str, value: str) -> list[tuple[str, str, int, dict[str, object]]]:
         return [call for call in bouncer.events() if call[0] == action and call[1] == value]
 
-    decide(db, "198.51.100.7", SHORT, scenario="sshd-bruteforce")
-    decide(db, "203.0.113.0/24", 3600, scenario="sshd-range")
+    hits(collector, "198.51.100.7", count=4)
+    hits(collector, "198.51.100.7", count=1)  # the fifth hit crosses the rule
+    hits(collector, "203.0.113.5", "203.0.113.6", "203.0.113.7")  # three of one /24
     [added] = wait_for(lambda: calls("add", "198.51.100.7"), "the address added", log=bouncer.log)
     assert added[3]["scope"] == "Ip" and added[3]["scenario"] == "sshd-bruteforce" and added[2] <= SHORT
+    assert added[3]["origin"] == "remote-uploader"
     [ranged] = wait_for(lambda: calls("add", "203.0.113.0/24"), "the /24 added", log=bouncer.log)
-    assert ranged[3]["scope"] == "Range" and 3500 < ranged[2] <= 3600  # whole seconds, as the script gets them
+    assert ranged[3]["scope"] == "Range" and ranged[3]["scenario"] == "sshd-subnet"
+    assert 3500 < ranged[2] <= 3600  # whole seconds left, as the script gets them
 
     wait_for(lambda: calls("del", "198.51.100.7"), "the expired address deleted", log=bouncer.log)
 
     collector.stop()
-    decide(db, "198.51.100.8", 3600)  # made while the collector is down
+    decide(db, "198.51.100.8", 3600)  # made by hand while the collector is down
     collector.start()  # same database, same port: the bouncer never restarts
     wait_for(lambda: calls("add", "198.51.100.8"), "a decision made across the restart", log=bouncer.log)
+    hits(collector, "198.51.100.9")
+    wait_for(lambda: calls("add", "198.51.100.9"), "a rule crossed after the restart", log=bouncer.log)
     assert bouncer.alive(), bouncer.log()
     # The key's delta survived the restart: nothing it had was sent again.
     assert len(calls("add", "203.0.113.0/24")) == 1 and len(calls("add", "198.51.100.7")) == 1
@@ -99,9 +137,8 @@ def test_the_firewall_bouncer_programs_nftables_in_a_namespace(
         bouncer = FirewallBouncer(tmp_path / "firewall", collector.url, create_bouncer_key(db, "fw-1"))
         try:
             bouncer.start()
-            decide(db, "198.51.100.7", SHORT)
-            decide(db, "2001:db8::5", 3600)
-            decide(db, "203.0.113.0/24", 3600, scenario="sshd-range")
+            hits(collector, "198.51.100.7", "2001:db8::5")
+            hits(collector, "203.0.113.5", "203.0.113.6", "203.0.113.7")
             wait_for(
                 lambda: {"198.51.100.7", "2001:db8::5"} <= bouncer.elements(),
                 "the addresses in nftables",
@@ -122,9 +159,15 @@ def test_the_firewall_bouncer_programs_nftables_in_a_namespace(
                 log=lambda: bouncer.log() + bouncer.ruleset(),
             )
             wait_for(lambda: "deleted '198.51.100.7'" in bouncer.log(), "the expiry streamed", log=bouncer.log)
-            db.delete_decisions(datetime.now(UTC), value="2001:db8::5")  # by hand: only the stream removes it
+            decide(db, "2001:db8:1::5", 3600)  # by hand, for an hour ...
             wait_for(
-                lambda: "2001:db8::5" not in bouncer.elements(),
+                lambda: "2001:db8:1::5" in bouncer.elements(),
+                "the decision made by hand",
+                log=lambda: bouncer.log() + bouncer.ruleset(),
+            )
+            db.delete_decisions(datetime.now(UTC), value="2001:db8:1::5")  # ... and deleted: only the stream removes it
+            wait_for(
+                lambda: "2001:db8:1::5" not in bouncer.elements(),
                 "the deleted address gone",
                 log=lambda: bouncer.log() + bouncer.ruleset(),
             )
@@ -138,7 +181,7 @@ def test_the_firewall_bouncer_programs_nftables_in_a_namespace(
                 log=lambda: bouncer.log() + bouncer.ruleset(),
             )
             assert bouncer.alive(), bouncer.log()
-            assert "2001:db8::5" not in bouncer.elements()
+            assert "2001:db8:1::5" not in bouncer.elements()
         finally:
             bouncer.stop()
             collector.stop()
