@@ -8,7 +8,7 @@ IPv6, one in fifty a /24 range) stored through the storage library in a fresh SQ
 served by a `collector serve` process on 127.0.0.1. Measurements:
 
 - startup pull: one `GET /v1/decisions/stream?startup=true`, read as it streams, from the
-  request to the last byte; the collector's RSS is sampled every 10 ms (its whole process tree)
+  request to the last byte, and the collector's CPU-seconds meanwhile; the collector's RSS is sampled every 10 ms (its whole process tree)
   and reported as its peak and as growth over its RSS just before the pull; the answer is then
   parsed and its decisions counted (client side, not measured);
 - delta pull: the same key again (nothing changed): what every later poll costs;
@@ -126,6 +126,7 @@ def fill(db_url: str, count: int) -> float:
 def startup_pull(url: str, key: str, pid: int) -> dict[str, float]:
     baseline = sum(_rss_kib(p) for p in _tree(pid)) / 1024
     chunks = []
+    cpu_before = tree_cpu(pid)
     with TreeRss(pid) as rss:
         started = time.perf_counter()
         address = url + "/v1/decisions/stream?startup=true"
@@ -134,10 +135,12 @@ def startup_pull(url: str, key: str, pid: int) -> dict[str, float]:
             for chunk in answer.iter_raw():
                 chunks.append(chunk)
         elapsed = time.perf_counter() - started
+    cpu = tree_cpu(pid) - cpu_before
     body = b"".join(chunks)
     answer = json.loads(body)
     return {
         "seconds": elapsed,
+        "cpu": cpu,
         "bytes": len(body),
         "decisions": len(answer["new"]),
         "rss_before": baseline,
@@ -207,6 +210,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
     from tests.helpers.collector_fixtures import CollectorProcess
 
@@ -232,7 +236,7 @@ def main() -> int:
             big = startup_pull(collector.url, key, pid)
             print(
                 f"startup pull: {big['decisions']:,.0f} decisions, {big['bytes'] / 2**20:.1f} MiB in "
-                f"{big['seconds']:.2f} s; collector RSS {big['rss_before']:.1f} MiB before, peak "
+                f"{big['seconds']:.2f} s ({big['cpu']:.2f} CPU-s of the collector); collector RSS {big['rss_before']:.1f} MiB before, peak "
                 f"{big['rss_peak']:.1f} MiB (+{big['growth']:.1f} MiB)",
                 flush=True,
             )
