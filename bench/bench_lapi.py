@@ -8,9 +8,10 @@ IPv6, one in fifty a /24 range) stored through the storage library in a fresh SQ
 served by a `collector serve` process on 127.0.0.1. Measurements:
 
 - startup pull: one `GET /v1/decisions/stream?startup=true`, read as it streams, from the
-  request to the last byte, and the collector's CPU-seconds meanwhile; the collector's RSS is sampled every 10 ms (its whole process tree)
-  and reported as its peak and as growth over its RSS just before the pull; the answer is then
-  parsed and its decisions counted (client side, not measured);
+  request to the last byte, and the collector's CPU-seconds meanwhile; the collector's RSS is
+  sampled every 10 ms (its whole process tree) and reported as its peak and as growth over its
+  RSS just before the pull; the answer is then parsed and its decisions counted (client side,
+  not measured);
 - delta pull: the same key again (nothing changed): what every later poll costs;
 - polling: `--bouncers` keys, each already past its startup pull, polling every `--interval`
   seconds (evenly spread) for `--seconds`, while one decision a second is added and one
@@ -236,8 +237,8 @@ def main() -> int:
             big = startup_pull(collector.url, key, pid)
             print(
                 f"startup pull: {big['decisions']:,.0f} decisions, {big['bytes'] / 2**20:.1f} MiB in "
-                f"{big['seconds']:.2f} s ({big['cpu']:.2f} CPU-s of the collector); collector RSS {big['rss_before']:.1f} MiB before, peak "
-                f"{big['rss_peak']:.1f} MiB (+{big['growth']:.1f} MiB)",
+                f"{big['seconds']:.2f} s ({big['cpu']:.2f} CPU-s of the collector); collector RSS "
+                f"{big['rss_before']:.1f} MiB before, peak {big['rss_peak']:.1f} MiB (+{big['growth']:.1f} MiB)",
                 flush=True,
             )
             started = time.perf_counter()
