@@ -26,7 +26,7 @@ from remote_uploader.collector.storage.model import NewDecision
 from tests.helpers.bouncers import wait_for
 from tests.helpers.collector_fixtures import CollectorProcess
 
-DURATION = re.compile(r"^-?\d+h\d+m\d+(\.\d{1,3})?s$")
+DURATION = re.compile(r"^-?\d+h\d+m\d+(\.\d{1,6})?s$")
 UA = {"User-Agent": "crowdsec-firewall-bouncer/v0.0.25"}
 
 
