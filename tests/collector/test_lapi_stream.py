@@ -262,3 +262,26 @@ def test_a_pull_cut_short_records_nothing_and_is_sent_again(tmp_path: Path) -> N
         assert mark is not None and mark == storage.decision_seq()
     finally:
         storage.close()
+
+
+@pytest.mark.postgres
+def test_the_stream_works_the_same_on_postgresql(collector_pg: CollectorProcess) -> None:
+    storage = open_storage(collector_pg.db_url, pool_size=2)
+    try:
+        key = create_bouncer_key(storage, "fw-pg")
+        kept = decide(storage, v("198.51.100.7"))
+        gone = decide(storage, v("203.0.113.0/24"))
+        first = pull(collector_pg, key, startup="true")
+        assert [d["id"] for d in first["new"]] == [kept, gone] and first["new"][1]["scope"] == "Range"
+        storage.delete_decisions(datetime.now(UTC), decision_id=gone)
+        made = decide(storage, v("198.51.100.8"), seconds=1.5)
+        delta = pull(collector_pg, key)
+        assert [d["id"] for d in delta["deleted"]] == [gone] and [d["id"] for d in delta["new"]] == [made]
+        expired = wait_for(lambda: pull(collector_pg, key)["deleted"], "the expired decision in deleted")
+        assert [d["id"] for d in expired] == [made]
+        live = httpx.get(
+            collector_pg.url + "/v1/decisions", params={"ip": v("198.51.100.7")}, headers={"X-Api-Key": key}
+        )
+        assert [d["id"] for d in live.json()] == [kept]
+    finally:
+        storage.close()

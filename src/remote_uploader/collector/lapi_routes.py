@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from remote_uploader.collector.api import IGNORES_UNKNOWN_QUERY, ApiError
+from remote_uploader.collector.api import IGNORES_UNKNOWN_QUERY, ApiError, errors
 from remote_uploader.collector.auth import authenticate, authenticate_bouncer
 from remote_uploader.collector.errors import CollectorError
 from remote_uploader.collector.lapi import (
@@ -55,6 +55,75 @@ DECISIONS_PATH = "/v1/decisions"
 USAGE_METRICS_PATH = "/v1/usage-metrics"
 LAPI_PATHS = frozenset({STREAM_PATH, DECISIONS_PATH, USAGE_METRICS_PATH})
 MAX_METRICS_BODY = 1024 * 1024
+
+
+# -- the OpenAPI description (the handlers read the query themselves: unknown names are ignored)
+
+API_KEY_PARAMETER = {
+    "name": API_KEY_HEADER,
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "a bouncer key (collector bouncer add NAME)",
+}
+_LIST = {"type": "string", "description": "comma-separated"}
+STREAM_PARAMETERS = [
+    API_KEY_PARAMETER,
+    {"name": "startup", "in": "query", "schema": {"type": "boolean"}, "description": "true: every active decision"},
+    {"name": "scopes", "in": "query", "schema": _LIST, "description": "ip, range, country, as (default ip,range)"},
+    *(
+        {"name": name, "in": "query", "schema": _LIST}
+        for name in ("origins", "scenarios_containing", "scenarios_not_containing")
+    ),
+]
+LIVE_PARAMETERS = [
+    API_KEY_PARAMETER,
+    {"name": "ip", "in": "query", "schema": {"type": "string"}},
+    {"name": "range", "in": "query", "schema": {"type": "string"}},
+    {"name": "contains", "in": "query", "schema": {"type": "boolean"}},
+    {"name": "scope", "in": "query", "schema": {"type": "string"}},
+    {"name": "value", "in": "query", "schema": {"type": "string"}},
+    {"name": "type", "in": "query", "schema": {"type": "string"}},
+    *(
+        {"name": name, "in": "query", "schema": _LIST}
+        for name in ("origins", "scenarios_containing", "scenarios_not_containing")
+    ),
+]
+DECISION_SCHEMA = {
+    "type": "object",
+    "required": ["id", "origin", "type", "scope", "value", "duration", "scenario"],
+    "properties": {
+        "id": {"type": "integer"},
+        "origin": {"type": "string"},
+        "type": {"type": "string"},
+        "scope": {"type": "string", "enum": ["Ip", "Range"]},
+        "value": {"type": "string"},
+        "duration": {"type": "string", "description": "Go syntax, h, m and s always written: 3h59m58.9s"},
+        "scenario": {"type": "string"},
+    },
+}
+STREAM_ANSWER = {
+    "description": "new: active decisions (all with startup=true, else those made since this key's last "
+    "complete pull); deleted: those that ended since then",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["new", "deleted"],
+                "properties": {
+                    "new": {"type": "array", "items": DECISION_SCHEMA},
+                    "deleted": {"type": "array", "items": DECISION_SCHEMA},
+                },
+            }
+        }
+    },
+}
+LIVE_ANSWER = {
+    "description": "the active decisions holding the address or range, or null when there is none",
+    "content": {
+        "application/json": {"schema": {"anyOf": [{"type": "array", "items": DECISION_SCHEMA}, {"type": "null"}]}}
+    },
+}
 
 
 def decision_json(decision: Decision, now: datetime) -> dict[str, Any]:
@@ -237,13 +306,13 @@ def bouncer_of(collector: Collector, request: Request) -> BouncerInfo:
 def add_lapi_routes(app: FastAPI, collector: Collector) -> None:
     storage = collector.storage
 
-    @app.api_route(
+    @app.head(STREAM_PATH, include_in_schema=False, openapi_extra=IGNORES_UNKNOWN_QUERY)
+    @app.get(
         STREAM_PATH,
-        methods=["GET", "HEAD"],
-        summary="CrowdSec decision stream (for bouncers; X-Api-Key)",
+        summary="CrowdSec decision stream (for bouncers; X-Api-Key; HEAD too)",
         response_class=Response,
-        responses={200: {"description": '{"new": [decision...], "deleted": [decision...]}'}},
-        openapi_extra=IGNORES_UNKNOWN_QUERY,
+        responses={200: STREAM_ANSWER, **errors(400, 401, 403, 503)},
+        openapi_extra={**IGNORES_UNKNOWN_QUERY, "parameters": STREAM_PARAMETERS},
     )
     async def decision_stream(request: Request) -> Response:
         try:
@@ -255,13 +324,13 @@ def add_lapi_routes(app: FastAPI, collector: Collector) -> None:
         pull, first = started
         return StreamingResponse(pull.body(first), media_type="application/json")
 
-    @app.api_route(
+    @app.head(DECISIONS_PATH, include_in_schema=False, openapi_extra=IGNORES_UNKNOWN_QUERY)
+    @app.get(
         DECISIONS_PATH,
-        methods=["GET", "HEAD"],
-        summary="CrowdSec live lookup: the decisions for ?ip= or ?range= (for bouncers; X-Api-Key)",
+        summary="CrowdSec live lookup: the decisions for ?ip= or ?range= (for bouncers; X-Api-Key; HEAD too)",
         response_class=Response,
-        responses={200: {"description": "a list of decisions, or null when none matches"}},
-        openapi_extra=IGNORES_UNKNOWN_QUERY,
+        responses={200: LIVE_ANSWER, **errors(400, 401, 403, 503)},
+        openapi_extra={**IGNORES_UNKNOWN_QUERY, "parameters": LIVE_PARAMETERS},
     )
     async def decisions(request: Request) -> Response:
         try:
@@ -278,7 +347,14 @@ def add_lapi_routes(app: FastAPI, collector: Collector) -> None:
             return Response(b"null", media_type="application/json")
         return StreamingResponse(_array(first, pages), media_type="application/json")
 
-    @app.post(USAGE_METRICS_PATH, summary="CrowdSec usage metrics (accepted and dropped)", status_code=201)
+    @app.post(
+        USAGE_METRICS_PATH,
+        summary="CrowdSec usage metrics (accepted and dropped; X-Api-Key)",
+        status_code=201,
+        response_class=Response,
+        responses={201: {"description": "accepted"}, **errors(401, 403, 413, 503)},
+        openapi_extra={"parameters": [API_KEY_PARAMETER]},
+    )
     async def usage_metrics(request: Request) -> Response:
         try:
             await run_in_threadpool(bouncer_of, collector, request)
