@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from remote_uploader import __version__
 from remote_uploader.collector import lapi_routes, routes
@@ -250,7 +251,17 @@ def _install_error_handlers(app: FastAPI, collector: Collector) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         field = {404: "path", 405: "method"}.get(exc.status_code, "request")
-        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only; a path served by
+            # several routes (GET, POST and DELETE /v1/rules/decisions) allows all of theirs.
+            allowed = set()
+            for route in request.app.routes:
+                if route.matches(request.scope)[0] == Match.PARTIAL:
+                    allowed |= set(getattr(route, "methods", None) or ())
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], headers)
 
     @app.exception_handler(StorageUnavailable)
     async def unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
