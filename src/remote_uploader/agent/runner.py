@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
+from remote_uploader.agent.clock import wall
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
@@ -76,7 +77,7 @@ class Agent:
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
                                  self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
-        self.batch = Batch(time.time())
+        self.batch = Batch(time.monotonic())
         self.queued_estimate = 0
         self.stop_reason = ""
 
@@ -138,7 +139,7 @@ class Agent:
         if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
             self.seal_now()
             batch = self.batch
-        batch.add(path, part.counts, time.time())
+        batch.add(path, part.counts, wall())
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
         stats.occurrences += sum(part.counts.values())
@@ -148,7 +149,7 @@ class Agent:
         stats.memory_ips = len(batch)
 
     def maybe_seal(self, *, caught_up: bool) -> None:
-        if self.policy.should_seal(self.batch, time.time(), caught_up=caught_up):
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up):
             self.seal_now()
 
     def seal_now(self) -> None:
@@ -165,7 +166,7 @@ class Agent:
             self.stats.batches_sealed += 1
             self.stats.records_sealed += sealed.records
             self.wake.set()
-        self.batch = Batch(time.time())
+        self.batch = Batch(time.monotonic())
         self.stats.memory_ips = 0
 
     def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int]) -> None:
