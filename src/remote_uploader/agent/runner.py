@@ -29,6 +29,7 @@ from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
 from remote_uploader.errors import RemoteUploaderError, StateError
 from remote_uploader.i18n import _
+from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Agent:
         if config.agent.workers > 1:
             specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
             self.scanner = ParallelScanner(specs, self.extractors, config.agent.workers, config.read.block_size,
-                                           config.batching.max_memory_ips)
+                                           record_cap(config))
         self.sink = sink or HttpSink(config.server)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
@@ -127,7 +128,7 @@ class Agent:
 
     def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
         """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
-        cap = self.config.batching.max_memory_ips
+        cap = record_cap(self.config)
         for part in scan_parts(extractor, chunk.buf, chunk.start, chunk.end, chunk.end_offset, cap,
                                scan=chunk.scan, long_line=chunk.long_line):
             self.feed_part(part, fid, path)
@@ -135,7 +136,7 @@ class Agent:
     def feed_part(self, part: Part, fid: int, path: str) -> None:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
-        cap = self.config.batching.max_memory_ips
+        cap = record_cap(self.config)
         if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
             self.seal_now()
             batch = self.batch
@@ -282,6 +283,12 @@ class Agent:
 
     def stats_lines(self) -> list[str]:
         return render_block(self.stats, self.spool.stats())
+
+
+def record_cap(config: Config) -> int:
+    """Records a batch may hold: `max_memory_ips`, but never more than the collector accepts in
+    one batch (a larger one would be refused as invalid, at every retry)."""
+    return min(config.batching.max_memory_ips, MAX_RECORDS_PER_BATCH)
 
 
 class StopReading(Exception):

@@ -77,6 +77,7 @@ class Batch:
     sent_at: datetime
     records: int  # records as sent (before merging the same address from several sources)
     deltas: Sequence[IpDelta] | EncodedDeltas
+    clamped: int = 0  # time fields the collector changed to fit its bounds (see collector/batch.py)
 
 
 @dataclass(frozen=True, slots=True)
