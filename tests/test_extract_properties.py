@@ -36,6 +36,7 @@ FRAGMENTS = [
     b"ab:", b"c:", b"12:34:56", b"12.5:", b"Chrome/", b"v", b"libfoo-", b"http://", b"[", b"]:443",
     b":8080", b"/8", b"-", b".", b":", b"%", b"_", b"\\n", b"\\", b"n", b"x", b"F", b"\xc3\xa9",
     b"\xff", b"\x00", b" ", b"\n", b",", b'"', b"=", b"@",
+    b"UDP/", b"/", b":50122", b"::FFFF:", b": ",
 ]
 hexish = st.text("0123456789.:abcf", max_size=6).map(str.encode)
 pieces = st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=3), hexish)
