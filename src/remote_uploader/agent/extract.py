@@ -384,6 +384,7 @@ class RegexExtractor:
 
     name = "regex"
     context = CONTEXT
+    per_line = True  # a match needs the whole line: an unterminated one is not cut at a separator
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -435,6 +436,7 @@ class ExcludingExtractor:
         self.networks = tuple(networks)
         self.context = inner.context
         self.name = getattr(inner, "name", "custom")
+        self.per_line = getattr(inner, "per_line", False)
         self._excluded: dict[str, bool] = {}
 
     def _is_excluded(self, ip: str) -> bool:
