@@ -161,7 +161,7 @@ class Clamp:
         self.changed = 0
 
     def micros(self, value: int) -> int:
-        """`value` (microseconds) within bounds; not counted (see `count`)."""
+        """`value` (microseconds) within bounds; the caller counts a change in `changed`."""
         if value > self.latest:
             return self.now
         return value if value >= 0 else 0
