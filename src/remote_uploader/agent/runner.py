@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
+from remote_uploader.agent.clock import wall
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
@@ -29,6 +30,7 @@ from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
 from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
 from remote_uploader.i18n import _, translate_known
+from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,13 @@ class Agent:
         if config.agent.workers > 1:
             specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
             self.scanner = ParallelScanner(specs, self.extractors, config.agent.workers, config.read.block_size,
-                                           config.batching.max_memory_ips)
+                                           record_cap(config))
         self.sink = sink or HttpSink(config.server)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
                                  self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
-        self.batch = Batch(time.time())
+        self.batch = Batch(time.monotonic())
         self.queued_estimate = 0
         self.stop_reason = ""
         self.source_problems: dict[str, str] = {}  # path or pattern -> reason (English), for the exit code
@@ -130,7 +132,7 @@ class Agent:
 
     def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
         """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
-        cap = self.config.batching.max_memory_ips
+        cap = record_cap(self.config)
         for part in scan_parts(extractor, chunk.buf, chunk.start, chunk.end, chunk.end_offset, cap,
                                scan=chunk.scan, long_line=chunk.long_line):
             self.feed_part(part, fid, path)
@@ -138,11 +140,11 @@ class Agent:
     def feed_part(self, part: Part, fid: int, path: str) -> None:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
-        cap = self.config.batching.max_memory_ips
+        cap = record_cap(self.config)
         if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
             self.seal_now()
             batch = self.batch
-        batch.add(path, part.counts, time.time())
+        batch.add(path, part.counts, wall())
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
         stats.occurrences += sum(part.counts.values())
@@ -152,7 +154,7 @@ class Agent:
         stats.memory_ips = len(batch)
 
     def maybe_seal(self, *, caught_up: bool) -> None:
-        if self.policy.should_seal(self.batch, time.time(), caught_up=caught_up):
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up):
             self.seal_now()
 
     def seal_now(self) -> None:
@@ -169,7 +171,7 @@ class Agent:
             self.stats.batches_sealed += 1
             self.stats.records_sealed += sealed.records
             self.wake.set()
-        self.batch = Batch(time.time())
+        self.batch = Batch(time.monotonic())
         self.stats.memory_ips = 0
 
     def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int]) -> None:
@@ -306,6 +308,12 @@ class Agent:
 
     def stats_lines(self) -> list[str]:
         return render_block(self.stats, self.spool.stats())
+
+
+def record_cap(config: Config) -> int:
+    """Records a batch may hold: `max_memory_ips`, but never more than the collector accepts in
+    one batch (a larger one would be refused as invalid, at every retry)."""
+    return min(config.batching.max_memory_ips, MAX_RECORDS_PER_BATCH)
 
 
 class StopReading(Exception):

@@ -219,12 +219,26 @@ class BlockReader:
             return self._chunk(cut, long_line=True)
         return self._chunk(filled, scan=False, long_line=True)
 
-    def take_partial(self) -> Chunk | None:
-        """Hand out the held-back final line as it is (the writer is done with it, or it rotated away)."""
+    def take_partial(self, *, whole: bool = True) -> Chunk | None:
+        """Hand out the held-back final line: all of it (`whole`: the file can no longer grow, it
+        was rotated away or deleted), or only up to its last separator (a live file).
+
+        The bytes after the last separator of the data read so far could still become part of a
+        longer token when the writer goes on (`client=10.0.0.1` + `23`): counting them now would
+        count an address that is not the one written, and the offset would move past them. Up to
+        a separator nothing can change meaning, since no address contains one and no rule reads
+        across one (the cut the reader makes in lines longer than a block); the rest waits for
+        the next byte. None when nothing can be handed out.
+        """
         self._settle()
         if not self.carry:
             return None
-        return self._chunk(self.context + self.carry)
+        end = self.context + self.carry
+        if not whole:
+            end = last_cut(self.buf, self.context, end)
+            if end <= self.context:
+                return None
+        return self._chunk(end)
 
     def _chunk(self, cut: int, *, scan: bool = True, long_line: bool = False) -> Chunk:
         self._pending_cut = cut

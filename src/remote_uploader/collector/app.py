@@ -119,6 +119,12 @@ class Collector:
             self.metrics.batches.labels("accepted").inc()
             self.metrics.records.inc(batch.records)
             self.decisions.submit(batch.counted_addresses())
+            if batch.clamped:
+                # The agent's clock is off (or was stepped back inside a batch): say so, count it,
+                # and store the batch with its times clamped rather than refuse it for ever.
+                self.metrics.clamped_times.inc(batch.clamped)
+                logger.warning("times clamped", extra=fields(agent=batch.agent, batch_id=batch.batch_id,
+                                                              fields=batch.clamped))
         else:
             self.metrics.batches.labels("duplicate").inc()
         return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new)

@@ -103,6 +103,7 @@ class Batch:
         if isinstance(self.deltas, EncodedDeltas):
             return self.addresses
         return [delta.ip for delta in self.deltas]
+    clamped: int = 0  # time fields the collector changed to fit its bounds (see collector/batch.py)
 
 
 @dataclass(frozen=True, slots=True)
