@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
@@ -24,8 +25,8 @@ from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, BlockReader, Chunk, expand_sources
-from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
+from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
 from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
@@ -33,6 +34,8 @@ from remote_uploader.i18n import _, translate_known
 from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 3
@@ -81,6 +84,9 @@ class Agent:
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
                                  self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
         self.batch = Batch(time.monotonic())
+        # Per file: the anchor (source.Anchor) of the last bytes counted, committed with the offset
+        # it stands at (see tail.py: the evidence that a file is still, or copied from, the record).
+        self.anchors: dict[int, Anchor] = {}
         self.queued_estimate = 0
         self.stop_reason = ""
         self.source_problems: dict[str, str] = {}  # path or pattern -> reason (English), for the exit code
@@ -164,7 +170,10 @@ class Agent:
         sealed = seal(self.batch, self.config.agent.id, self.config.server.compress)
         if sealed is not None:
             self._wait_for_queue_space()
-        self._commit_until_done(sealed, self.batch.offsets)
+        offsets = self.batch.offsets
+        anchors = {fid: a for fid, a in self.anchors.items() if a.pos <= offsets.get(fid, -1)}
+        self.write_state(lambda: self.spool.commit(sealed, offsets, anchors))
+        self.anchors = {fid: a for fid, a in self.anchors.items() if a.pos > offsets.get(fid, -1)}
         if sealed is not None:
             crash_point("after_seal")
             self.queued_estimate += len(sealed.body)
@@ -174,15 +183,26 @@ class Agent:
         self.batch = Batch(time.monotonic())
         self.stats.memory_ips = 0
 
-    def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int]) -> None:
-        """Commit, retrying while the disk is full; offsets never move without their batch."""
+    def note_anchor(self, fid: int, anchor: Anchor) -> None:
+        """The anchor of bytes just counted for `fid`: committed with the offset it stands at."""
+        self.anchors[fid] = anchor
+
+    def forget_file(self, fid: int) -> None:
+        self.anchors.pop(fid, None)
+
+    def write_state(self, write: Callable[[], T]) -> T:
+        """Run one write of the state directory, retrying while the disk is full (every
+        `poll_interval`, said once): the seal, and every other write of the reading thread (a new
+        record, a move, a forget, the last-seen time), so a full disk pauses reading and never
+        ends the agent. A write that fails changed nothing (one transaction), so retrying it is
+        exact. When a stop is requested meanwhile, the DiskFullError is raised."""
         warned = False
         while True:
             try:
-                self.spool.commit(sealed, offsets)
+                result = write()
                 if warned:
                     log.info("event=disk_space_back")
-                return
+                return result
             except DiskFullError as exc:
                 if not warned:
                     log.error("event=disk_full reason=%r action=retrying offsets_unchanged=true", str(exc))
@@ -235,7 +255,7 @@ class Agent:
         try:
             self.read_all(take_partial_after=self.config.read.partial_line_idle)
             self.seal_now()
-        except StopReading:
+        except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space
             pass
         finally:
             reading_done.set()
