@@ -120,6 +120,9 @@ class _Server(ThreadingHTTPServer):
         self.proxy = proxy
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Quiet: a client that goes away mid-request (an agent SIGKILLed) is what these tests do."""
+
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the host name."""
         socketserver.TCPServer.server_bind(self)

@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from remote_uploader.agent.source import fingerprint
 from tests.helpers.agent import random_ipv4, random_ipv6, write_config
 from tests.helpers.collector_fixtures import CollectorProcess
 from tests.helpers.faultproxy import FaultProxy
@@ -376,6 +377,7 @@ class World:
     def run(self) -> Result:
         started = time.monotonic()
         with self.running():
+            self.first_look()
             for index, op in enumerate(self.schedule.ops):
                 self.result.op_kinds[op["op"] if op["op"] != "rotate" else f"rotate_{op['style']}"] += 1
                 began = time.monotonic()
@@ -387,6 +389,21 @@ class World:
         return self.result
 
     # -- the agent --------------------------------------------------------------------------------
+
+    def first_look(self) -> None:
+        """Start `forever` and wait until it has looked at the files once (its `tail_last_seen` is on disk).
+
+        By design, files rotated away before the agent's very first look are history, not read
+        (docs/forever.md); every op comes after this, so everything the schedule writes is expected.
+        """
+        self.op_start()
+        deadline = time.monotonic() + 60
+        while self.kv("tail_last_seen") is None:
+            if time.monotonic() > deadline:
+                self.result.anomalies.append("forever did not look at its files within 60 s of its start")
+                return
+            self.check_forever("before the first look")
+            time.sleep(0.1)
 
     def check_forever(self, where: str) -> None:
         """`forever` that should be running and is not exited on its own: a finding (then restarted)."""
@@ -592,23 +609,46 @@ class World:
         runs and could get there; a destructive rotation is only safe then)."""
         deadline = time.monotonic() + (CATCH_UP_TIMEOUT if self.forever.alive() and self.disk_full is None else 0)
         while True:
-            st = path.stat()
-            if self.durable_offset(st.st_dev, st.st_ino) >= st.st_size:
+            if self.durable_at_end(path):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.1)
 
-    def durable_offset(self, dev: int, ino: int) -> int:
+    def durable_at_end(self, path: Path) -> bool:
+        """A record of this inode, of this content (its fingerprint), whose offset is the file's size.
+
+        Offset >= size is not enough: after this checker truncated an inode, the record of the old
+        content keeps its old offset until the agent notices, and new content shorter than that
+        would look read. (If the agent's fingerprint changes, this only ever says "not yet", and the
+        destructive op is skipped, never done too early.)"""
         db = self.state / "queue.db"
         if not db.exists():
-            return -1
+            return False
         try:
             with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
-                row = conn.execute("SELECT MAX(offset) FROM files WHERE dev = ? AND ino = ?", (dev, ino)).fetchone()
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    st = os.fstat(fd)
+                    rows = conn.execute("SELECT fp_len, fp_hash, offset FROM files WHERE dev = ? AND ino = ?",
+                                        (st.st_dev, st.st_ino)).fetchall()
+                    return any(offset == st.st_size and fingerprint(fd, fp_len) == (fp_len, bytes(fp_hash))
+                               for fp_len, fp_hash, offset in rows)
+                finally:
+                    os.close(fd)
+        except (sqlite3.Error, OSError):
+            return False
+
+    def kv(self, key: str) -> str | None:
+        db = self.state / "queue.db"
+        if not db.exists():
+            return None
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+                row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         except sqlite3.Error:
-            return -1
-        return -1 if row is None or row[0] is None else int(row[0])
+            return None
+        return None if row is None else str(row[0])
 
     def counts(self) -> dict[str, int]:
         """Total count per address at the collector, read with the checker's own read-only token."""
@@ -783,6 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where shrunk failing schedules are written")
     parser.add_argument("--replay", type=Path, nargs="*", help="run these schedule files instead")
     parser.add_argument("--json", type=Path, help="also write the totals here")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every op and how long it took")
     args = parser.parse_args(argv)
     families = list(FAMILIES) if args.families == "all" else [f for f in args.families.split(",") if f]
     totals = Totals()
@@ -799,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed += 1
         schedules = endless()
     for schedule in schedules:
-        result = run_schedule(schedule)
+        result = run_schedule(schedule, log=print if args.verbose else lambda _: None)
         totals.add(result)
         print(("FAIL " if result.failed else "ok   ") + result.line(), flush=True)
         if result.failed and not args.replay and args.shrink_minutes > 0:
