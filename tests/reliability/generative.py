@@ -836,9 +836,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every op and how long it took")
     args = parser.parse_args(argv)
     families = list(FAMILIES) if args.families == "all" else [f for f in args.families.split(",") if f]
+    # SIGTERM (timeout(1), a CI limit) unwinds like Ctrl-C: each World's cleanup kills its agent and collector.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     totals = Totals()
     started = time.monotonic()
-    if args.replay:
+    if args.replay is not None:
         schedules: Iterator[Schedule] = (Schedule.from_json(p.read_text()) for p in args.replay)
     else:
         first = args.seed if args.seed is not None else int(time.time()) % 1_000_000
@@ -853,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_schedule(schedule, log=print if args.verbose else lambda _: None)
         totals.add(result)
         print(("FAIL " if result.failed else "ok   ") + result.line(), flush=True)
-        if result.failed and not args.replay and args.shrink_minutes > 0:
+        if result.failed and args.replay is None and args.shrink_minutes > 0:
             small = shrink(schedule, args.shrink_minutes * 60)
             small.note = f"found {time.strftime('%Y-%m-%d')}: {result.line()}"
             args.keep.mkdir(parents=True, exist_ok=True)
@@ -863,7 +865,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     totals.minutes = (time.monotonic() - started) / 60
     print(totals.summary(), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(asdict(totals), indent=1))
+        # Not asdict(): it rebuilds a Counter from (key, value) pairs, counting the pairs.
+        args.json.write_text(json.dumps({k: dict(v) if isinstance(v, Counter) else v
+                                         for k, v in vars(totals).items()}, indent=1))
     return 1 if totals.failed else 0
 
 
