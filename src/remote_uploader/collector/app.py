@@ -177,6 +177,10 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         return await collector.receive_batch(request, who)
 
     routes.add_read_routes(app, collector)
+    if settings.dashboard:
+        from remote_uploader.collector.dashboard import add_dashboard
+
+        add_dashboard(app, collector)
 
     @app.get("/metrics", include_in_schema=False)
     def get_metrics() -> Response:

@@ -184,6 +184,10 @@ class Storage(abc.ABC):
         """(name, role, stored hash) of the token with this hash, or None."""
 
     @abc.abstractmethod
+    def token_by_name(self, name: str) -> tuple[Role, str] | None:
+        """(role, stored hash) of the token named `name`, or None (dashboard sessions are keyed on it)."""
+
+    @abc.abstractmethod
     def list_tokens(self) -> list[TokenInfo]: ...
 
     @abc.abstractmethod
@@ -222,6 +226,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list_agents(self) -> list[AgentStats]: ...
+
+    @abc.abstractmethod
+    def ingest_minutes(self, since: datetime) -> list[tuple[datetime, int, int]]:
+        """(minute, batches, records) received per minute since `since`, oldest first; minutes
+        without a batch are left out. From the remembered batch ids, so as far back as
+        `retention_days`."""
 
     @abc.abstractmethod
     def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:

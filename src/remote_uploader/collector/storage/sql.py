@@ -120,6 +120,12 @@ class SqlStorage(Storage):
             return None
         return str(row[0]), cast(Role, row[1]), str(row[2])
 
+    def token_by_name(self, name: str) -> tuple[Role, str] | None:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT role, token_hash FROM tokens WHERE name = ?"), (name,))
+            row = cur.fetchone()
+        return None if row is None else (cast(Role, row[0]), str(row[1]))
+
     def list_tokens(self) -> list[TokenInfo]:
         with self._read() as cur:
             cur.execute("SELECT name, role, created_at FROM tokens ORDER BY name")
@@ -240,6 +246,17 @@ class SqlStorage(Storage):
             )
             for name, first, last, batches, duplicates, records, batch_id, sent in rows
         ]
+
+    def ingest_minutes(self, since: datetime) -> list[tuple[datetime, int, int]]:
+        # Integer division of microseconds by a minute, in both SQLite and PostgreSQL (bigint).
+        sql = (
+            "SELECT received_at / 60000000 AS minute, count(*), sum(records) FROM batches "
+            "WHERE received_at >= ? GROUP BY minute ORDER BY minute"
+        )
+        with self._read() as cur:
+            cur.execute(self._sql(sql), (self._time_param(since),))
+            rows = cur.fetchall()
+        return [(from_micros(int(minute) * 60_000_000), int(n), int(records)) for minute, n, records in rows]
 
     def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:
         where = ["total >= ?"]
