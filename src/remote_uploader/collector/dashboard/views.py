@@ -107,7 +107,7 @@ def overview(storage: Storage, settings: CollectorSettings, window: str) -> dict
         raise FilterError("window", f"one of {', '.join(WINDOWS)}")
     span, points, time_format = WINDOWS[window]
     now = datetime.now(UTC)
-    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    end = now.replace(second=0, microsecond=0)  # complete minutes only: the current one would dip
     start = end - span
     minutes = storage.ingest_minutes(start)
     records = charts.resample([(moment, total) for moment, _, total in minutes], start, end, points)
