@@ -6,6 +6,7 @@ and nothing listens anywhere but 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -109,12 +110,11 @@ def main() -> int:
         if sys.stdin.isatty():
             print(f"\n== dashboard: sign in with the read token in {read_token_file}; Ctrl+C stops the collector")
             print(f"Dashboard: {url}/", flush=True)
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 collector.wait()
-            except KeyboardInterrupt:
-                pass
         else:
-            print(f"\n== dashboard (read token in {read_token_file}; the collector stops now, as nobody is at a terminal)")
+            print(f"\n== dashboard (read token in {read_token_file}; "
+                  "the collector stops now, as nobody is at a terminal)")
             print(f"Dashboard: {url}/", flush=True)
         return 0
     finally:

@@ -164,7 +164,7 @@ def main() -> int:
     process, url = start_collector(db, work / "collector.log")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        for path in shoot(url, token, args.out, "203.0.113.%d" % _top_attacker()):
+        for path in shoot(url, token, args.out, f"203.0.113.{_top_attacker()}"):
             print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         if args.keep:
             print(f"dashboard: {url}/  (read token: {token})  Ctrl+C stops it")
