@@ -114,6 +114,9 @@ def test_every_page_shows_what_the_agent_sent(visit: Visit, site: Site) -> None:
     visit.go("/agents")
     agents = visit.page.inner_text("table.agents")
     assert "test-agent" in agents and "UP" in agents
+    from remote_uploader import __version__
+
+    assert __version__ in visit.page.inner_text("table.agents tr:has-text('test-agent')")
 
     assert visit.go("/decisions").status == 200
     assert visit.page.inner_text("h1") == "Decisions"

@@ -53,6 +53,9 @@ class Collector:
         self._slots = asyncio.Semaphore(settings.max_concurrent_batches)
         self._stop = threading.Event()
         self._pruner: threading.Thread | None = None
+        # Agent name -> the version its User-Agent header named, as this process last saw it (for
+        # the dashboard's Agents page; not stored: a restart forgets it until the next batch).
+        self.agent_versions: dict[str, str] = {}
 
     # -- auth ---------------------------------------------------------------------------------
 
@@ -71,6 +74,7 @@ class Collector:
         if who.role != "agent":
             raise ApiError(403, "authorization", "this token may only read")
         gzip = check_headers(request.headers, self.settings.max_body)
+        self._note_version(who.name, request.headers.get("user-agent", ""))
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
             # semaphore is granted can lose the permit; Semaphore.acquire gives it back when
@@ -90,6 +94,12 @@ class Collector:
             return await run_in_threadpool(self._store, batch, request.state)
         finally:
             self._slots.release()
+
+    def _note_version(self, agent: str, user_agent: str) -> None:
+        product, _, version = user_agent.partition(" ")[0].partition("/")
+        if product == "remote-uploader" and 0 < len(version) <= 32 and version.isprintable():
+            if len(self.agent_versions) < 100_000 or agent in self.agent_versions:
+                self.agent_versions[agent] = version
 
     def _store(self, batch: Batch, state: Any) -> BatchAccepted:
         state.batch_id = batch.batch_id

@@ -72,13 +72,15 @@ class AgentRow:
     state: AgentState
     lag: float  # seconds between sealing and arrival of its last batch
     quiet: float  # seconds since its last batch arrived
-    version: str | None = None  # as the agent reported it
-    queued: int | None = None  # batches in its queue, as it reported with its last batch
+    version: str | None = None  # from its User-Agent, as this process last saw it
     sources: tuple[Any, ...] = ()  # (source, count) rows for the page's window
 
 
-def agent_rows(storage: Storage, settings: CollectorSettings, now: datetime) -> list[AgentRow]:
+def agent_rows(
+    storage: Storage, settings: CollectorSettings, now: datetime, versions: dict[str, str] | None = None
+) -> list[AgentRow]:
     rows = []
+    versions = versions or {}
     for stats in storage.list_agents():
         quiet = (now - stats.last_seen).total_seconds()
         lag = max(0.0, (stats.last_seen - stats.last_batch_sent_at).total_seconds())
@@ -87,16 +89,16 @@ def agent_rows(storage: Storage, settings: CollectorSettings, now: datetime) -> 
             state = "silent"
         elif lag > settings.agent_lag_warn:
             state = "lagging"
-        rows.append(AgentRow(stats, state, lag, quiet))
+        rows.append(AgentRow(stats, state, lag, quiet, versions.get(stats.name)))
     # Trouble first: silent, then lagging, then the rest by name.
     order = {"silent": 0, "lagging": 1, "up": 2}
     rows.sort(key=lambda row: (order[row.state], row.stats.name))
     return rows
 
 
-def agents(storage: Storage, settings: CollectorSettings) -> dict[str, Any]:
+def agents(storage: Storage, settings: CollectorSettings, versions: dict[str, str]) -> dict[str, Any]:
     now = datetime.now(UTC)
-    return {"agents": agent_rows(storage, settings, now), "settings": settings}
+    return {"agents": agent_rows(storage, settings, now, versions), "settings": settings}
 
 
 # -- overview ---------------------------------------------------------------------------------
