@@ -97,9 +97,9 @@ class Collector:
 
     def _note_version(self, agent: str, user_agent: str) -> None:
         product, _, version = user_agent.partition(" ")[0].partition("/")
-        if product == "remote-uploader" and 0 < len(version) <= 32 and version.isprintable():
-            if len(self.agent_versions) < 100_000 or agent in self.agent_versions:
-                self.agent_versions[agent] = version
+        known = agent in self.agent_versions or len(self.agent_versions) < 100_000  # bounded memory
+        if product == "remote-uploader" and 0 < len(version) <= 32 and version.isprintable() and known:
+            self.agent_versions[agent] = version
 
     def _store(self, batch: Batch, state: Any) -> BatchAccepted:
         state.batch_id = batch.batch_id

@@ -157,7 +157,8 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
         who = viewer(request)
         if who is None:
             return to_sign_in()
-        return page(request, who, "agents.html", title="Agents", **views.agents(storage, settings, collector.agent_versions))
+        context = views.agents(storage, settings, collector.agent_versions)
+        return page(request, who, "agents.html", title="Agents", **context)
 
     @app.get("/decisions", include_in_schema=False)
     def decisions(request: Request) -> Response:
