@@ -81,6 +81,22 @@ UPSERT_IP_AGENTS = (
     "first_seen = least(ip_agents.first_seen, excluded.first_seen), "
     "last_seen = greatest(ip_agents.last_seen, excluded.last_seen)"
 )
+CREATE_BUCKETS = (
+    "CREATE TEMP TABLE IF NOT EXISTS bdeltas (ipkey BYTEA NOT NULL, bucket BIGINT NOT NULL, "
+    "source TEXT NOT NULL, total BIGINT NOT NULL) ON COMMIT DELETE ROWS"
+)
+COPY_BUCKETS = "COPY bdeltas (ipkey, bucket, source, total) FROM STDIN"
+INSERT_AGENT_LABEL = "INSERT INTO labels (kind, name) VALUES ('agent', %s) ON CONFLICT DO NOTHING"
+INSERT_SOURCE_LABELS = (
+    "INSERT INTO labels (kind, name) SELECT DISTINCT 'source', source FROM bdeltas ORDER BY 2 ON CONFLICT DO NOTHING"
+)
+UPSERT_COUNTS = (
+    "INSERT INTO counts (ipkey, bucket, agent, source, total) "
+    "SELECT b.ipkey, b.bucket, (SELECT id FROM labels WHERE kind = 'agent' AND name = %s), l.id, sum(b.total) "
+    "FROM bdeltas b JOIN labels l ON l.kind = 'source' AND l.name = b.source "
+    "GROUP BY b.ipkey, b.bucket, l.id ORDER BY b.ipkey, b.bucket, l.id "
+    f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_add('counts')}"
+)
 UPSERT_AGENT = (
     "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
     "last_batch_sent_at) VALUES (%s, %s, %s, 1, 0, %s, %s, %s) "
@@ -160,7 +176,8 @@ class PostgresStorage(SqlStorage):
         self._pool.close()
 
     def store_batch(self, batch: Batch, received_at: datetime) -> bool:
-        rows = bulk.encoded(batch.deltas, "postgres-copy")  # (unless the parser did) before a connection is taken
+        # Encoded (unless the parser did) before a connection is taken.
+        rows = bulk.encoded(batch.deltas, "postgres-copy", batch.buckets)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return self._store_batch_once(batch, rows, received_at)
@@ -184,5 +201,13 @@ class PostgresStorage(SqlStorage):
                     copy.write(rows.data)
                 cur.execute(UPSERT_IPS)
                 cur.execute(UPSERT_IP_AGENTS, (agent,))
+            if rows.buckets:
+                # The time buckets (model.py): labels first, then the counts that refer to them.
+                cur.execute(CREATE_BUCKETS)
+                with cur.copy(COPY_BUCKETS) as copy:
+                    copy.write(rows.bucket_data)
+                cur.execute(INSERT_AGENT_LABEL, (agent,))
+                cur.execute(INSERT_SOURCE_LABELS)
+                cur.execute(UPSERT_COUNTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -30,6 +30,8 @@ from remote_uploader.collector.storage.base import (
     to_micros,
 )
 from remote_uploader.collector.storage.migrations import Migration
+from remote_uploader.collector.storage.sql_decisions import DecisionsSql
+from remote_uploader.collector.storage.sql_windows import WindowsSql
 
 
 class Cursor(Protocol):
@@ -47,7 +49,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-class SqlStorage(Storage):
+class SqlStorage(WindowsSql, DecisionsSql, Storage):
     placeholder = "?"
     migrations: tuple[Migration, ...] = ()
 
