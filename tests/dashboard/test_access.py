@@ -104,7 +104,9 @@ def test_a_bad_filter_is_a_400_page_naming_the_field(server: CollectorProcess) -
     with _session(server) as client:
         for path, field in (("/ips?since=nonsense", "since"), ("/ips?min_count=-3", "min_count"),
                             ("/ips?cidr=300.1.1.1/8", "cidr"), ("/ips?sort=ip", "sort"), ("/?window=2y", "window"),
-                            ("/ips?cursor=%%%", "cursor"), ("/ips/not-an-address", "address")):
+                            ("/ips?page=0", "page"), ("/ips?page=x", "page"), ("/decisions/abc", "decision"),
+                            ("/ips?source=a%00b", "source"), ("/ips/203.0.113.7?window=1y", "window"),
+                            ("/ips/not-an-address", "address")):
             response = client.get(path)
             assert response.status_code == 400, path
             assert f"<strong>{field}</strong>" in response.text, path

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.dashboard.site import HOSTILE_AGENT, HOSTILE_IP, LOG_COUNTS, Site, build
+from tests.dashboard.site import HOSTILE_AGENT, HOSTILE_IP, HOSTILE_SOURCE, LOG_COUNTS, Site, build
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -119,7 +119,17 @@ def test_every_page_shows_what_the_agent_sent(visit: Visit, site: Site) -> None:
     assert __version__ in visit.page.inner_text("table.agents tr:has-text('test-agent')")
 
     assert visit.go("/decisions").status == 200
-    assert visit.page.inner_text("h1") == "Decisions"
+    decisions = visit.page.inner_text("main")
+    assert "ACTIVE" in decisions and "sshd-bruteforce" in decisions and "30 failed logins" in decisions
+    assert "198.51.100.0/24" in decisions and "DELETED" in decisions
+    for fmt in ("txt", "json", "nft", "ipset"):
+        assert visit.page.locator(f"a[href='/download/blocklist.{fmt}']").count() == 1
+    with visit.page.expect_navigation():
+        visit.page.click("ul.decisions a:has-text('#')")
+    why = visit.page.inner_text("main")
+    assert "203.0.113.7" in why and "min_count" in why and "30" in why
+    download = visit.page.context.request.get(visit.base + "/download/blocklist.nft")
+    assert download.ok and "add table inet remote_uploader" in download.text()
 
 
 def test_a_filter_changes_the_table(visit: Visit, site: Site) -> None:
@@ -146,7 +156,14 @@ def test_a_hostile_agent_name_is_shown_as_text(visit: Visit, site: Site) -> None
     assert HOSTILE_AGENT in visit.page.inner_text("table.agents")
     assert visit.page.locator("script").count() == 0
     visit.go(f"/ips/{HOSTILE_IP}")
-    assert HOSTILE_AGENT in visit.page.inner_text("main")
+    detail = visit.page.inner_text("main")
+    assert HOSTILE_AGENT in detail and HOSTILE_SOURCE in detail
+    visit.go("/ips")
+    assert HOSTILE_SOURCE in visit.page.inner_text("select[name=source]")
+    visit.page.select_option("select[name=source]", HOSTILE_SOURCE)
+    with visit.page.expect_navigation():
+        visit.page.click("form.filters button[type=submit]")
+    assert visit.page.locator("table.ips tbody tr td:first-child").all_inner_texts() == [HOSTILE_IP]
     visit.go("/ips?agent=" + HOSTILE_AGENT.replace(" ", "+"))
     assert visit.page.locator("table.ips tbody tr td:first-child").all_inner_texts() == [HOSTILE_IP]
     assert dialogs == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 WIDTH = 720
 HEIGHT = 220
@@ -56,22 +56,32 @@ def nice_max(value: float) -> int:
         step *= 10
 
 
-def buckets(start: datetime, end: datetime, points: int) -> list[datetime]:
-    """`points` equal steps from `start` (inclusive) to `end` (exclusive)."""
-    step = (end - start) / points
-    return [start + step * i for i in range(points)]
-
-
 def resample(
-    values: Sequence[tuple[datetime, int]], start: datetime, end: datetime, points: int
+    points: Sequence[tuple[datetime, int, float]], start: datetime, end: datetime, steps: int
 ) -> list[float]:
-    """Sum per-minute values into `points` equal steps, then give each step's average per minute."""
-    step = (end - start) / points
-    sums = [0.0] * points
-    for moment, value in values:
-        if start <= moment < end:
-            sums[min(points - 1, int((moment - start) / step))] += value
-    minutes = step / timedelta(minutes=1)
+    """Per-minute averages over `steps` equal steps of [start, end).
+
+    `points` are (start, length in seconds, value): minute buckets, and the hour and day rows that
+    older buckets were rolled up into. A point is shared among the steps it overlaps in
+    proportion to the overlap, so a rolled-up hour draws as a flat stretch at its average, not a
+    spike, and the sum over the chart stays the sum of the points inside it.
+    """
+    span = (end - start).total_seconds()
+    step = span / steps
+    sums = [0.0] * steps
+    for moment, seconds, value in points:
+        begin = (moment - start).total_seconds()
+        finish = begin + max(1, seconds)
+        if finish <= 0 or begin >= span:
+            continue
+        first = max(0, int(begin // step))
+        last = min(steps - 1, int((finish - 1e-9) // step))
+        length = finish - begin
+        for index in range(first, last + 1):
+            overlap = min(finish, (index + 1) * step) - max(begin, index * step)
+            if overlap > 0:
+                sums[index] += value * overlap / length
+    minutes = step / 60
     return [total / minutes for total in sums]
 
 

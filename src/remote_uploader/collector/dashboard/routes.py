@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from starlette.responses import RedirectResponse, Response
 
 from remote_uploader import __version__
+from remote_uploader.collector import blocklist
 from remote_uploader.collector.auth import Principal
 from remote_uploader.collector.dashboard import session, views
 from remote_uploader.collector.dashboard.render import SECURITY_HEADERS, Pages, static_file
@@ -148,8 +149,11 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
         canonical = canonical_ip(ip) if len(ip) <= 64 else None
         if canonical is None:
             return bad_filter(request, who, views.FilterError("address", "not an IP address"))
-        context = views.address(storage, settings, canonical)
-        status = 200 if context["detail"] is not None else 404
+        try:
+            context = views.address(storage, settings, canonical, request.query_params.get("window", "24h"))
+        except views.FilterError as exc:
+            return bad_filter(request, who, exc)
+        status = 200 if context["detail"] is not None or context["decisions"] else 404
         return page(request, who, "ip.html", status, title=canonical, **context)
 
     @app.get("/agents", include_in_schema=False)
@@ -165,7 +169,40 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
         who = viewer(request)
         if who is None:
             return to_sign_in()
-        return page(request, who, "decisions.html", title="Decisions", **views.decisions(storage, settings))
+        try:
+            context = views.decisions(storage, settings, dict(request.query_params))
+        except views.FilterError as exc:
+            return bad_filter(request, who, exc)
+        return page(request, who, "decisions.html", title="Decisions", **context)
+
+    @app.get("/decisions/{decision_id}", include_in_schema=False)
+    def decision(request: Request, decision_id: str) -> Response:
+        who = viewer(request)
+        if who is None:
+            return to_sign_in()
+        if not decision_id.isdigit() or len(decision_id) > 18:
+            return bad_filter(request, who, views.FilterError("decision", "not a decision number"))
+        context = views.decision(storage, int(decision_id))
+        status = 200 if context["found"] is not None else 404
+        return page(request, who, "decision.html", status, title=f"Decision #{decision_id}", **context)
+
+    @app.get("/download/blocklist.{fmt}", include_in_schema=False)
+    def download(request: Request, fmt: str) -> Response:
+        """The API's blocklist (default filters) for a signed-in browser, which has no bearer token."""
+        who = viewer(request)
+        if who is None:
+            return to_sign_in()
+        if fmt not in views.BLOCKLIST_FORMATS:
+            return bad_filter(request, who, views.FilterError("format", "txt, json, nft or ipset"))
+        request.state.principal = who.name
+        rows = storage.blocklist_rows(1, None, None)
+        chosen = blocklist.select(rows, settings.allowlist, False)
+        filters = {"min_count": "1", "since": "-", "family": "any", "include_private": "false"}
+        document = blocklist.Blocklist(datetime.now(UTC), filters, chosen)
+        media = "application/json" if fmt == "json" else "text/plain; charset=utf-8"
+        headers = {**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="blocklist.{fmt}"'}
+        text = blocklist.render(document, cast("blocklist.Format", fmt), "remote_uploader")
+        return Response(text, media_type=media, headers=headers)
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:

@@ -8,19 +8,20 @@ shapes the answer. The numbers are the API's: the same `Storage` methods answer 
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from remote_uploader.collector.batch import check_text, check_time
+from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.dashboard import charts
-from remote_uploader.collector.routes import decode_cursor, encode_cursor
 from remote_uploader.collector.settings import CollectorSettings
-from remote_uploader.collector.storage.base import AgentStats, IpQuery, SortKey, Storage
+from remote_uploader.collector.storage.base import AgentStats, Storage
+from remote_uploader.collector.storage.model import MAX_LABEL, Decision, DecisionQuery, WindowQuery
+from remote_uploader.collector.timeparse import DurationError, parse_moment
 from remote_uploader.protocol import MAX_AGENT_LEN
 
 PAGE_SIZE = 50
+MAX_PAGE = 200  # pages are counted by offset: deeper than this, narrow the filters
 MAX_MIN_COUNT = 2**62
 # The overview's windows: how far back, how many points, how the time axis is labelled.
 WINDOWS: dict[str, tuple[timedelta, int, str]] = {
@@ -29,8 +30,6 @@ WINDOWS: dict[str, tuple[timedelta, int, str]] = {
     "7d": (timedelta(days=7), 168, "%a %d"),
 }
 SINCE_CHOICES = ("15m", "1h", "24h", "7d", "30d")
-_DURATION = re.compile(r"(?:(\d{1,6})([smhdw]))")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 AgentState = Literal["up", "lagging", "silent"]
 
@@ -40,18 +39,6 @@ class FilterError(Exception):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """`15m`, `1h`, `7d`, `1h30m` (before now) or an RFC 3339 time."""
-    text = text.strip()
-    if text and _DURATION.sub("", text) == "" and len(text) <= 32:
-        seconds = sum(int(amount) * _UNIT[unit] for amount, unit in _DURATION.findall(text))
-        return now - timedelta(seconds=seconds)
-    moment = check_time(text)
-    if isinstance(moment, str):
-        raise FilterError("since", "a relative time such as 15m, 1h or 7d, or an RFC 3339 time")
-    return moment
 
 
 def query_link(path: str, params: dict[str, str], **changes: str | None) -> str:
@@ -111,35 +98,56 @@ def overview(storage: Storage, settings: CollectorSettings, window: str) -> dict
     now = datetime.now(UTC)
     end = now.replace(second=0, microsecond=0)  # complete minutes only: the current one would dip
     start = end - span
-    minutes = storage.ingest_minutes(start)
-    records = charts.resample([(moment, total) for moment, _, total in minutes], start, end, points)
+    series = storage.minute_series(start, end - timedelta(microseconds=1))
+    occurrences = charts.resample([(p.start, p.seconds, p.occurrences) for p in series], start, end, points)
+    distinct = charts.resample([(p.start, p.seconds, p.addresses) for p in series], start, end, points)
     chart = charts.line_chart(
-        "Records received per minute", start, end, [("records per minute", records)], time_format=time_format
+        "Per minute",
+        start,
+        end,
+        [("occurrences", occurrences), ("distinct addresses", distinct)],
+        time_format=time_format,
     )
-    recent = [total for moment, _, total in minutes if moment >= end - timedelta(minutes=5)]
+    minutes = storage.ingest_minutes(end - timedelta(minutes=5))
+    recent = [total for moment, _, total in minutes if moment < end]
     rows = agent_rows(storage, settings, now)
     states = {state: sum(1 for row in rows if row.state == state) for state in ("up", "lagging", "silent")}
+    active = storage.count_active_decisions(now)
     return {
         "window": window,
         "windows": list(WINDOWS),
         "chart": chart,
         "ingest_rate": sum(recent) / 5,
-        "batches_window": sum(n for _, n, _ in minutes),
-        "records_window": sum(total for _, _, total in minutes),
+        "occurrences_window": sum(p.occurrences for p in series),
         "states": states,
         "trouble": [row for row in rows if row.state != "up"],
         "agent_count": len(rows),
-        "decisions_active": None,
+        "decisions_active": active,
     }
 
 
 # -- top addresses ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class TopRow:
+    ip: str
+    count: int  # in the window
+    first: datetime  # start of its first bucket in the window
+    last: datetime  # start of its last bucket in the window
+    trend: str  # sparkline points
+
+
 def top_addresses(storage: Storage, params: dict[str, str]) -> dict[str, Any]:
+    """The addresses most counted in a window (or most recently seen), with the page's filters."""
     now = datetime.now(UTC)
-    since_text = params.get("since", "24h").strip()
-    since = parse_since(since_text, now) if since_text else None
+    since_text = params.get("since", "").strip() or "24h"
+    try:
+        since = parse_moment(since_text, now)
+    except DurationError:
+        raise FilterError("since", "a relative time such as 15m, 1h or 7d, or an RFC 3339 time") from None
+    if since > now:
+        raise FilterError("since", "must be in the past")
     try:
         min_count = int(params.get("min_count", "1") or "1")
     except ValueError:
@@ -149,6 +157,9 @@ def top_addresses(storage: Storage, params: dict[str, str]) -> dict[str, Any]:
     agent = params.get("agent", "").strip() or None
     if agent is not None and (problem := check_text(agent, MAX_AGENT_LEN)):
         raise FilterError("agent", problem)
+    source = params.get("source", "").strip() or None
+    if source is not None and (problem := check_text(source, MAX_LABEL)):
+        raise FilterError("source", problem)
     cidr = params.get("cidr", "").strip() or None
     network = None
     if cidr is not None:
@@ -156,67 +167,172 @@ def top_addresses(storage: Storage, params: dict[str, str]) -> dict[str, Any]:
             network = ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise FilterError("cidr", "an address or a network such as 203.0.113.0/24") from None
-    sort_text = params.get("sort", "count")
-    if sort_text not in ("count", "last_seen"):
+    sort = params.get("sort", "count")
+    if sort not in ("count", "last_seen"):
         raise FilterError("sort", "count or last_seen")
-    sort: SortKey = "count" if sort_text == "count" else "last_seen"
-    cursor = params.get("cursor") or None
     try:
-        after = decode_cursor(sort, cursor) if cursor else None
-    except Exception:
-        raise FilterError("cursor", "not a page link of this listing") from None
-    query = IpQuery(since, min_count, agent, network, sort, PAGE_SIZE, after)
-    rows = storage.list_ips(query)
-    kept = {key: value for key, value in params.items() if key != "cursor"}
-    next_link = None
-    if len(rows) == PAGE_SIZE:
-        next_link = query_link("/ips", kept, cursor=encode_cursor(sort, rows[-1]))
-    agent_names = [row.name for row in storage.list_agents()]
+        page = int(params.get("page", "1") or "1")
+    except ValueError:
+        raise FilterError("page", "a whole number") from None
+    if not 1 <= page <= MAX_PAGE:
+        raise FilterError("page", f"1 to {MAX_PAGE}")
+    query = WindowQuery(
+        since=since,
+        agents=(agent,) if agent else None,
+        sources=(_literal_pattern(source),) if source else None,
+        network=network,
+        min_count=min_count,
+        limit=page * PAGE_SIZE + 1 if sort == "count" else None,
+    )
+    found = storage.window_counts(query)
+    if sort == "last_seen":
+        found.sort(key=lambda row: (-row.last_bucket.timestamp(), -row.count, len(row.key), row.key))
+    chosen = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    more = len(found) > page * PAGE_SIZE
+    trend_points = 24
+    rows = []
+    for row in chosen:
+        points = storage.window_series(since, ip=row.ip, agents=query.agents, sources=query.sources)
+        values = charts.resample([(p.start, p.seconds, p.count) for p in points], since, now, trend_points)
+        rows.append(TopRow(row.ip, row.count, row.first_bucket, row.last_bucket, charts.sparkline(values)))
+    kept = {key: value for key, value in params.items() if key not in ("page", "q") and value}
     return {
         "rows": rows,
-        "trends": {},
         "filters": {
             "since": since_text,
             "min_count": str(min_count),
             "agent": agent or "",
             "cidr": cidr or "",
-            "source": "",
+            "source": source or "",
             "sort": sort,
         },
         "since_choices": SINCE_CHOICES,
-        "agent_names": agent_names,
-        "sources": [],
+        "agent_names": storage.list_labels("agent"),
+        "sources": storage.list_labels("source"),
         "sort_links": {key: query_link("/ips", kept, sort=key) for key in ("count", "last_seen")},
-        "next_link": next_link,
-        "first_link": query_link("/ips", kept) if after else None,
+        "next_link": query_link("/ips", kept, page=str(page + 1)) if more else None,
+        "previous_link": query_link("/ips", kept, page=str(page - 1) if page > 2 else None) if page > 1 else None,
+        "page": page,
         "page_size": PAGE_SIZE,
+        "since_moment": since,
     }
+
+
+def _literal_pattern(text: str) -> str:
+    """A source label as an fnmatch pattern that matches only itself (labels may hold * ? [)."""
+    return "".join(f"[{ch}]" if ch in "*?[" else ch for ch in text)
 
 
 # -- one address ------------------------------------------------------------------------------
 
 
-def firewall_lines(ip: str) -> list[tuple[str, str]]:
-    """Lines an operator pastes to block one address now, by tool (table and sets of blocklist.py)."""
-    v6 = ":" in ip
+def firewall_lines(value: str) -> list[tuple[str, str]]:
+    """Lines an operator pastes to block an address or range now (the sets of blocklist.py)."""
+    v6 = ":" in value
     family = "v6" if v6 else "v4"
+    ipset_type = "hash:net" if "/" in value else "hash:ip"
     return [
-        ("nftables", f"nft add element inet remote_uploader remote_uploader_{family} {{ {ip} }}"),
-        ("ipset", f"ipset add remote_uploader_{family} {ip} -exist"),
-        ("iptables", f"{'ip6tables' if v6 else 'iptables'} -I INPUT -s {ip} -j DROP"),
+        ("nftables", f"nft add element inet remote_uploader remote_uploader_{family} {{ {value} }}"),
+        (f"ipset ({ipset_type} set)", f"ipset add remote_uploader_{family} {value} -exist"),
+        ("iptables", f"{'ip6tables' if v6 else 'iptables'} -I INPUT -s {value} -j DROP"),
     ]
 
 
-def address(storage: Storage, settings: CollectorSettings, ip: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    source: str
+    count: int
+
+
+def address(storage: Storage, settings: CollectorSettings, ip: str, window: str) -> dict[str, Any]:
+    if window not in WINDOWS:
+        raise FilterError("window", f"one of {', '.join(WINDOWS)}")
     detail = storage.get_ip(ip)
-    return {"ip": ip, "detail": detail, "firewall": firewall_lines(ip), "chart": None, "decisions": [], "sources": []}
+    span, points, time_format = WINDOWS[window]
+    now = datetime.now(UTC)
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - span
+    chart = None
+    sources: list[SourceRow] = []
+    if detail is not None:
+        series = storage.window_series(start, ip=ip)
+        values = charts.resample([(p.start, p.seconds, p.count) for p in series], start, end, points)
+        chart = charts.line_chart("Occurrences per minute", start, end, [("occurrences", values)],
+                                  time_format=time_format)
+        for label in storage.list_labels("source"):
+            pattern = _literal_pattern(label)
+            found = storage.window_counts(WindowQuery(since=start, ips=(ip,), sources=(pattern,)))
+            if found:
+                sources.append(SourceRow(label, found[0].count))
+        sources.sort(key=lambda row: (-row.count, row.source))
+    covering = storage.list_decisions(DecisionQuery(active=None, contains=ip, limit=200))
+    covering.sort(key=lambda d: d.id, reverse=True)
+    return {
+        "ip": ip,
+        "detail": detail,
+        "firewall": firewall_lines(ip),
+        "chart": chart,
+        "window": window,
+        "windows": list(WINDOWS),
+        "sources": sources,
+        "decisions": [decision_row(d, now) for d in covering],
+    }
 
 
 # -- decisions --------------------------------------------------------------------------------
 
-
-def decisions(storage: Storage, settings: CollectorSettings) -> dict[str, Any]:
-    return {"active": [], "expired": [], "available": False, "formats": BLOCKLIST_FORMATS}
-
-
 BLOCKLIST_FORMATS = ("txt", "json", "nft", "ipset")
+DECISIONS_SHOWN = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    decision: Decision
+    active: bool
+    remaining: float  # seconds until it ends (active ones)
+
+
+def decision_row(decision: Decision, now: datetime) -> DecisionRow:
+    active = decision.state == "active" and decision.until > now
+    return DecisionRow(decision, active, (decision.until - now).total_seconds())
+
+
+def decisions(storage: Storage, settings: CollectorSettings, params: dict[str, str]) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    rule = params.get("rule", "").strip() or None
+    if rule is not None and (problem := check_text(rule, 256)):
+        raise FilterError("rule", problem)
+    scenarios = (rule,) if rule else None
+    active = storage.list_decisions(DecisionQuery(active=True, now=now, scenarios=scenarios, limit=DECISIONS_SHOWN))
+    ended = storage.recent_ended_decisions(DECISIONS_SHOWN, scenario=rule)
+    by_rule: dict[str, int] = {}
+    for decision in active:
+        by_rule[decision.scenario] = by_rule.get(decision.scenario, 0) + 1
+    return {
+        "active": [decision_row(d, now) for d in active],
+        "expired": [decision_row(d, now) for d in ended],
+        "by_rule": sorted(by_rule.items(), key=lambda item: (-item[1], item[0])),
+        "rule": rule or "",
+        "shown": DECISIONS_SHOWN,
+        "formats": BLOCKLIST_FORMATS,
+    }
+
+
+def decision(storage: Storage, decision_id: int) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    found = storage.get_decision(decision_id)
+    if found is None:
+        return {"found": None, "row": None, "evidence": [], "details": [], "firewall": []}
+    return {
+        "found": found,
+        "row": decision_row(found.decision, now),
+        "evidence": found.evidence,
+        "details": sorted((str(key), _shown(value)) for key, value in found.details.items()),
+        "firewall": firewall_lines(found.decision.value),
+    }
+
+
+def _shown(value: object) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)

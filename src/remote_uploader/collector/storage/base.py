@@ -30,6 +30,7 @@ from remote_uploader.collector.storage.model import (
     WindowCount,
     WindowQuery,
 )
+from remote_uploader.collector.storage.sql_dashboard import MinutePoint
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -244,6 +245,20 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list_agents(self) -> list[AgentStats]: ...
+
+    # -- dashboard (sql_dashboard.py) ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def minute_series(self, since: datetime, until: datetime | None = None) -> list[MinutePoint]:
+        """Occurrences and distinct addresses per bucket of every level in [since, until], oldest
+        first (rolled-up periods come as one point of their length)."""
+
+    @abc.abstractmethod
+    def count_active_decisions(self, now: datetime) -> int: ...
+
+    @abc.abstractmethod
+    def recent_ended_decisions(self, limit: int, scenario: str | None = None) -> list[Decision]:
+        """The newest expired or deleted decisions (of one rule), newest first."""
 
     @abc.abstractmethod
     def ingest_minutes(self, since: datetime) -> list[tuple[datetime, int, int]]:

@@ -30,6 +30,7 @@ from remote_uploader.collector.storage.base import (
     to_micros,
 )
 from remote_uploader.collector.storage.migrations import Migration
+from remote_uploader.collector.storage.sql_dashboard import DashboardSql
 from remote_uploader.collector.storage.sql_decisions import DecisionsSql
 from remote_uploader.collector.storage.sql_windows import WindowsSql
 
@@ -49,7 +50,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-class SqlStorage(WindowsSql, DecisionsSql, Storage):
+class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
     placeholder = "?"
     migrations: tuple[Migration, ...] = ()
 
