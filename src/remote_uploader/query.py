@@ -94,7 +94,9 @@ def _reason(answer: Any) -> str:
 def fetch_ips(client: Client, filters: IpFilters) -> list[dict[str, Any]]:
     """Addresses matching `filters`, at most `filters.limit`, paging through the API's cursors."""
     params: dict[str, Any] = {"sort": filters.sort}
-    for key in ("since", "min_count", "source", "agent", "cidr"):
+    if filters.since is not None:
+        params["since"] = absolute_time(filters.since)
+    for key in ("min_count", "source", "agent", "cidr"):
         value = getattr(filters, key)
         if value is not None:
             params[key] = value
@@ -107,6 +109,17 @@ def fetch_ips(client: Client, filters: IpFilters) -> list[dict[str, Any]]:
             break
         params["cursor"] = page["next_cursor"]
     return rows
+
+
+def absolute_time(text: str) -> str:
+    """`1h` (before now) as an RFC 3339 time; anything else as it is (the collector checks it)."""
+    from remote_uploader.collector.timeparse import DurationError, parse_moment
+    from remote_uploader.protocol import format_time
+
+    try:
+        return format_time(parse_moment(text))
+    except DurationError:
+        return text
 
 
 def fetch_decisions(client: Client, *, include_expired: bool = False) -> list[dict[str, Any]]:
