@@ -32,6 +32,7 @@ from remote_uploader.collector.auth import create_token  # noqa: E402
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
 from remote_uploader.collector.storage import open_storage  # noqa: E402
 from remote_uploader.collector.storage.base import Storage  # noqa: E402
+from remote_uploader.collector.storage.model import WindowQuery  # noqa: E402
 from remote_uploader.protocol import format_time  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -55,19 +56,32 @@ def addresses(rng: random.Random) -> tuple[list[str], list[str]]:
     return visitors, attackers
 
 
-def build(storage: Storage, now: datetime, seed: int = 7) -> None:
+def build(storage: Storage, now: datetime, seed: int = 7) -> datetime:
+    """A week of traffic up to `now`, then the minutes that passed meanwhile; returns the last."""
     rng = random.Random(seed)
     visitors, attackers = addresses(rng)
-    weights = [1 / (rank + 1) ** 1.2 for rank in range(len(attackers))]
-    # Arrival times: every minute of the last two hours, every ten minutes of the day before,
+    # Arrival times: every minute of the last two hours, every five minutes of the day before,
     # every hour of the week before; a burst (a scanner) thirty minutes ago.
     moments = [now - timedelta(minutes=m) for m in range(0, 120)]
-    moments += [now - timedelta(minutes=m) for m in range(120, 24 * 60, 10)]
+    moments += [now - timedelta(minutes=m) for m in range(120, 24 * 60, 5)]
     moments += [now - timedelta(hours=h) for h in range(24, 7 * 24)]
-    batch_number = 0
-    for moment in sorted(moments):
+    traffic(storage, sorted(moments), now, rng, visitors, attackers)
+    last = now
+    while (current := datetime.now(UTC).replace(second=0, microsecond=0)) > last:  # catch up
+        missed = [last + timedelta(minutes=m) for m in range(1, int((current - last).total_seconds() // 60) + 1)]
+        first_id = len(moments) * 10 + int(last.timestamp())
+        traffic(storage, missed, missed[-1], rng, visitors, attackers, first_id=first_id)
+        last = current
+    return last
+
+
+def traffic(storage: Storage, moments: list[datetime], now: datetime, rng: random.Random, visitors: list[str],
+            attackers: list[str], first_id: int = 0) -> None:
+    weights = [1 / (rank + 1) ** 1.2 for rank in range(len(attackers))]
+    batch_number = first_id
+    for moment in moments:
         age = (now - moment).total_seconds()
-        spacing = 60 if age < 7200 else (600 if age < 86400 else 3600)
+        spacing = 60 if age < 7200 else (300 if age < 86400 else 3600)
         daily = 0.6 + 0.4 * abs(((moment.hour + moment.minute / 60) - 4) % 24 - 12) / 12  # busier by day
         for agent, (sources, share, silent_for, queued_for) in AGENTS.items():
             if age < silent_for:
@@ -92,6 +106,34 @@ def build(storage: Storage, now: datetime, seed: int = 7) -> None:
             batch_number += 1
             body = {"agent": agent, "batch_id": f"demo-{batch_number}", "sent_at": stamp, "records": records}
             storage.store_batch(parse_batch(json.dumps(body).encode(), agent), moment)
+
+
+def decide(storage: Storage, now: datetime) -> None:
+    """Decisions as rules would have made them (with their evidence), a range, and some by hand."""
+    from remote_uploader.collector.storage.model import Evidence, NewDecision
+
+    top = storage.window_counts(WindowQuery(since=now - timedelta(minutes=10), limit=40, min_count=20))
+    minute = now - timedelta(minutes=10)
+    made = []
+    for row in top[:12]:
+        evidence = (Evidence(row.ip, row.count, row.first_bucket, row.last_bucket),)
+        rule = "sshd-bruteforce" if row.ip.startswith("203.") else "web-scanner"
+        made.append(NewDecision(row.ip, "Ip", now + timedelta(hours=4), scenario=rule,
+                                reason=f"{row.count} occurrences within 10m (rule: at least 20)",
+                                details={"rule": rule, "window": "10m", "min_count": 20, "escalation_step": 1},
+                                evidence=evidence))
+    in_range = [row for row in top if row.ip.startswith("203.0.113.")][:6]
+    made.append(NewDecision("203.0.113.0/24", "Range", now + timedelta(hours=24), scenario="subnet-24",
+                            reason=f"{len(in_range)} addresses of 203.0.113.0/24 crossed sshd-bruteforce",
+                            details={"rule": "subnet-24", "prefix_v4": 24, "min_addresses": 5},
+                            evidence=tuple(Evidence(r.ip, r.count, r.first_bucket, r.last_bucket) for r in in_range)))
+    made.append(NewDecision("2001:db8:bad::/64", "Range", now + timedelta(days=7), origin="cscli",
+                            reason="known scanner network (ticket OPS-1432)"))
+    storage.add_decisions(made, minute)
+    old = [NewDecision(f"198.51.100.{i}", "Ip", now - timedelta(hours=i), scenario="web-scanner",
+                       reason="40 occurrences within 10m (rule: at least 20)") for i in range(1, 6)]
+    storage.add_decisions(old, now - timedelta(days=1))
+    storage.expire_decisions(now)
 
 
 def start_collector(db: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -121,6 +163,7 @@ def shoot(url: str, token: str, out: Path, detail_ip: str) -> list[Path]:
         ("address", f"/ips/{detail_ip}", 1280),
         ("agents", "/agents", 1280),
         ("decisions", "/decisions", 1280),
+        ("decision", "/decisions/5", 1280),
         ("phone-overview", "/", 390),
         ("phone-ips", "/ips", 390),
     ]
@@ -157,7 +200,8 @@ def main() -> int:
     storage = open_storage(db)
     try:
         storage.migrate()
-        build(storage, now)
+        now = build(storage, now)
+        decide(storage, now)
         token = create_token(storage, "screenshots", "read")
     finally:
         storage.close()
