@@ -29,6 +29,8 @@ from remote_uploader.collector.api import ApiError, Who, error_response, errors,
 from remote_uploader.collector.auth import Principal, authenticate
 from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
+from remote_uploader.collector.decisions import api as decisions_api
+from remote_uploader.collector.decisions.engine import DecisionEngine
 from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
 from remote_uploader.collector.logs import AccessLog, fields
 from remote_uploader.collector.metrics import Metrics
@@ -48,7 +50,21 @@ class Collector:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
-        self.parser = BatchParser(settings.parse_workers, storage.bulk_form)
+        self.parser = BatchParser(
+            settings.parse_workers, storage.bulk_form, bucket=settings.bucket, addresses=bool(settings.rules)
+        )
+        self.decisions = DecisionEngine(
+            storage,
+            settings.rules,
+            settings.allowlist,
+            decision_interval=settings.decision_interval,
+            rollup_interval=settings.rollup_interval,
+            retentions=(
+                timedelta(seconds=settings.bucket_retention),
+                timedelta(seconds=settings.hour_retention),
+                timedelta(seconds=settings.day_retention),
+            ),
+        )
         self.retry_after = {"Retry-After": str(settings.retry_after)}
         self._slots = asyncio.Semaphore(settings.max_concurrent_batches)
         self._stop = threading.Event()
@@ -109,6 +125,7 @@ class Collector:
         if new:
             self.metrics.batches.labels("accepted").inc()
             self.metrics.records.inc(batch.records)
+            self.decisions.submit(batch.counted_addresses())
         else:
             self.metrics.batches.labels("duplicate").inc()
         return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new)
@@ -148,9 +165,11 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         collector.start_pruner()
+        collector.decisions.start()
         try:
             yield
         finally:
+            collector.decisions.stop()
             collector.stop_pruner()
             collector.parser.close()
             if close_storage:
@@ -187,6 +206,7 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         return await collector.receive_batch(request, who)
 
     routes.add_read_routes(app, collector)
+    decisions_api.add_routes(app, collector)
     if settings.dashboard:
         from remote_uploader.collector.dashboard import add_dashboard
 

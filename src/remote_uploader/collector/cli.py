@@ -4,6 +4,7 @@
     collector token add NAME [--read-only] [--replace] [--db URL | -c FILE]
     collector token list [--json] [--db URL | -c FILE]
     collector token revoke NAME [--db URL | -c FILE]
+    collector decision add VALUE --duration DUR [--reason TEXT] | delete VALUE | list  (decisions/cli.py)
 
 `register(subparsers)` adds the `collector` command to the main command line; `main(argv)` runs
 the same commands standalone (`python -m remote_uploader.collector.cli serve ...`). Each command
@@ -27,6 +28,7 @@ from typing import Any
 
 from remote_uploader.collector import logs, settings
 from remote_uploader.collector.auth import create_token
+from remote_uploader.collector.decisions import cli as decisions_cli
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
@@ -59,6 +61,10 @@ def _load(args: argparse.Namespace, **flags: object) -> settings.CollectorSettin
 
 
 def _open(args: argparse.Namespace) -> Storage:
+    return _open_with_settings(args)[1]
+
+
+def _open_with_settings(args: argparse.Namespace) -> tuple[settings.CollectorSettings, Storage]:
     config = _load(args)
     storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2)
     try:
@@ -66,7 +72,11 @@ def _open(args: argparse.Namespace) -> Storage:
     except BaseException:
         storage.close()
         raise
-    return storage
+    return config, storage
+
+
+def _with_database(command: Callable[[argparse.Namespace, Any], int]) -> Command:
+    return _boundary(lambda args: command(args, _open_with_settings))
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -282,6 +292,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("name", metavar="NAME")
     _database_options(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    decisions_cli.add_commands(commands, _database_options, _with_database)
 
 
 def register(subparsers: Any) -> None:

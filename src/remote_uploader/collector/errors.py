@@ -6,6 +6,7 @@
         │   ├── SchemaError             the database schema is newer than this program
         │   └── StorageUnavailable      the database is down, locked or overloaded: HTTP 503 + Retry-After
         ├── TokenError                  `token add` / `token revoke` could not do what was asked
+        ├── BadInputError               a command's argument is invalid (names it: --duration, VALUE)
         └── BadUrlError                 a `--db` URL names no backend we have
 
 Configuration errors are `remote_uploader.errors.ConfigError` (they name the TOML key).
@@ -49,3 +50,12 @@ class BadUrlError(CollectorError):
         self.url = url
         self.reason = reason
         super().__init__(f"database URL {url!r}: {reason}")
+
+
+class BadInputError(CollectorError):
+    exit_code = 2
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")

@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from remote_uploader import __version__
 from remote_uploader.collector import blocklist
 from remote_uploader.collector.api import ApiError, Who, bad_request, errors
-from remote_uploader.collector.batch import check_text, check_time
+from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.errors import StorageError
 from remote_uploader.collector.models import AgentCountOut, AgentList, AgentOut, Health, IpDetailOut, IpOut, IpPage
 from remote_uploader.collector.storage.base import IpQuery, IpSummary, SortKey, to_micros
+from remote_uploader.collector.timeparse import DurationError, parse_moment
 from remote_uploader.protocol import HEALTH_PATH, MAX_AGENT_LEN, canonical_ip, format_time
 
 if TYPE_CHECKING:
@@ -32,18 +33,23 @@ if TYPE_CHECKING:
 MAX_QUERY_COUNT = 2**62  # any larger min_count matches nothing anyway, and fits every database
 
 Since = Annotated[
-    str | None, Query(max_length=64, description="only addresses last seen at or after this RFC 3339 time")
+    str | None,
+    Query(
+        max_length=64,
+        description="only addresses last seen at or after this RFC 3339 time, or this long ago (15m, 1h, 7d)",
+    ),
 ]
 MinCount = Annotated[int, Query(ge=1, le=MAX_QUERY_COUNT, description="only addresses counted at least this often")]
 
 
 def _since(value: str | None) -> datetime | None:
+    """RFC 3339, or a duration meaning that long before now (`since=1h`)."""
     if value is None:
         return None
-    moment = check_time(value)
-    if isinstance(moment, str):
-        raise bad_request("query.since", moment)
-    return moment
+    try:
+        return parse_moment(value)
+    except DurationError as exc:
+        raise bad_request("query.since", str(exc)) from None
 
 
 def encode_cursor(sort: SortKey, row: IpSummary) -> str:

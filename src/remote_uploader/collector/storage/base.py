@@ -96,6 +96,14 @@ class Batch:
     # Per (address, bucket, source): what the time buckets take. Empty when `deltas` is encoded
     # (the encoded form carries them) or when a caller stores totals only.
     buckets: Sequence[BucketDelta] = ()
+    # The batch's addresses when `deltas` is encoded and the collector has rules to apply
+    # (decisions/engine.py); with plain deltas they are the deltas' `ip`s.
+    addresses: tuple[str, ...] = ()
+
+    def counted_addresses(self) -> Sequence[str]:
+        if isinstance(self.deltas, EncodedDeltas):
+            return self.addresses
+        return [delta.ip for delta in self.deltas]
 
 
 @dataclass(frozen=True, slots=True)

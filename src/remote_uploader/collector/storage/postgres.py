@@ -30,10 +30,12 @@ from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
+from remote_uploader.collector.storage.sql_windows import saturating_add
 
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x72752D636F6C  # any constant; pg_advisory_xact_lock serialises migrate()
+ROLLUP_LOCK = MIGRATION_LOCK + 1  # serialises the roll-ups of several collector processes
 ATTEMPTS = 3  # a deadlock or serialisation failure is retried this many times in all
 MAX_TOTAL = 2**63 - 1
 # SQLSTATE class 40: the server rolled the transaction back and says a retry may succeed.
@@ -174,6 +176,25 @@ class PostgresStorage(SqlStorage):
 
     def close(self) -> None:
         self._pool.close()
+
+    def _fold(self, source: str, target: str, unit: int, before: int) -> int:
+        """One statement: the rows deleted are exactly the rows added up. (An INSERT ... SELECT
+        then a DELETE would each see their own snapshot: a row that an ingest committed between
+        the two would be deleted without having been added.) An advisory lock keeps two
+        collector processes from folding at once."""
+        with self._write() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))
+            cur.execute(
+                f"WITH moved AS (DELETE FROM {source} WHERE bucket < %s "
+                "RETURNING ipkey, bucket, agent, source, total), "
+                f"folded AS (INSERT INTO {target} (ipkey, bucket, agent, source, total) "
+                f"SELECT ipkey, (bucket / {unit}) * {unit}, agent, source, least(sum(total), {MAX_TOTAL}) "
+                f"FROM moved GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+                f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {saturating_add(target)}) "
+                "SELECT count(*) FROM moved",
+                (before,),
+            )
+            return int(cur.fetchone()[0])
 
     def store_batch(self, batch: Batch, received_at: datetime) -> bool:
         # Encoded (unless the parser did) before a connection is taken.

@@ -207,11 +207,10 @@ class WindowsSql:
 
     def _fold(self, source: str, target: str, unit: int, before: int) -> int:
         """Add the rows of `source` that start before `before` into `target` rows of `unit`
-        seconds, and delete them, in one transaction: if it dies half-way, nothing moved."""
-        add = (
-            f"CASE WHEN {target}.total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} "
-            f"ELSE {target}.total + excluded.total END"
-        )
+        seconds, and delete them, in one transaction: if it dies half-way, nothing moved.
+
+        SQLite runs this whole transaction alone (one writer), so the rows summed are the rows
+        deleted. PostgreSQL overrides it with one DELETE ... RETURNING statement for that."""
         with self._write() as cur:
             cur.execute(
                 self._sql(
@@ -219,9 +218,17 @@ class WindowsSql:
                     f"SELECT ipkey, (bucket / {unit}) * {unit}, agent, source, "
                     f"CASE WHEN sum(total) > {MAX_TOTAL} THEN {MAX_TOTAL} ELSE sum(total) END "
                     f"FROM {source} WHERE bucket < ? GROUP BY ipkey, (bucket / {unit}) * {unit}, agent, source "
-                    f"ORDER BY 1, 2, 3, 4 ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {add}"
+                    f"ORDER BY 1, 2, 3, 4 ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = "
+                    + saturating_add(target)
                 ),
                 (before,),
             )
             cur.execute(self._sql(f"DELETE FROM {source} WHERE bucket < ?"), (before,))
             return int(cur.rowcount)
+
+
+def saturating_add(table: str) -> str:
+    return (
+        f"CASE WHEN {table}.total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} "
+        f"ELSE {table}.total + excluded.total END"
+    )
