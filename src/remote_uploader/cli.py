@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ips = commands.add_parser("ips", help="addresses a collector counted (what the dashboard's table shows)")
     _add_query_options(ips)
-    ips.add_argument("--since", metavar="TIME", help="window: 15m, 1h, 7d or an RFC 3339 time")
+    ips.add_argument("--since", metavar="TIME",
+                     help="counts of this window: 15m, 1h, 7d or an RFC 3339 time (default: all-time totals)")
     ips.add_argument("--min-count", type=int, metavar="N", help="only addresses counted at least N times")
-    ips.add_argument("--source", metavar="S", help="only this source label")
+    ips.add_argument("--source", metavar="S", help="only this source (a log path; glob patterns allowed)")
     ips.add_argument("--agent", metavar="A", help="only this agent's addresses, with its own counts")
     ips.add_argument("--cidr", metavar="C", help="only addresses in this network")
     ips.add_argument("--sort", choices=["count", "last_seen"], default="count", help="descending (default count)")
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     decisions = commands.add_parser("decisions", help="a collector's decisions (bans), with why")
     _add_query_options(decisions)
-    decisions.add_argument("--expired", action="store_true", help="also the expired ones")
+    decisions.add_argument("--all", action="store_true", help="also the ended ones (expired or deleted)")
     decisions.set_defaults(func=cmd_decisions)
 
     # The collector's commands are parsed by the collector's own parser, imported only when
@@ -153,17 +154,17 @@ def _query_format(args: argparse.Namespace) -> str:
 
 
 def cmd_ips(args: argparse.Namespace) -> int:
-    from remote_uploader.query import IP_COLUMNS, IpFilters, fetch_ips, render
+    from remote_uploader.query import IpFilters, fetch_ips, render
 
     if args.limit < 1 or (args.min_count is not None and args.min_count < 1):
         raise RemoteUploaderError("--limit and --min-count must be at least 1")
     filters = IpFilters(args.since, args.min_count, args.source, args.agent, args.cidr, args.sort, args.limit)
     client = _query_client(args)
     try:
-        rows = fetch_ips(client, filters)
+        rows, columns = fetch_ips(client, filters)
     finally:
         client.close()
-    say(render(rows, IP_COLUMNS, _query_format(args)))
+    say(render(rows, columns, _query_format(args)))
     return 0
 
 
@@ -172,7 +173,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
     client = _query_client(args)
     try:
-        rows = fetch_decisions(client, include_expired=args.expired)
+        rows = fetch_decisions(client, include_ended=args.all)
     finally:
         client.close()
     say(render(rows, DECISION_COLUMNS, _query_format(args)))

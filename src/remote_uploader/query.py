@@ -91,12 +91,36 @@ def _reason(answer: Any) -> str:
         return "no reason given"
 
 
-def fetch_ips(client: Client, filters: IpFilters) -> list[dict[str, Any]]:
-    """Addresses matching `filters`, at most `filters.limit`, paging through the API's cursors."""
-    params: dict[str, Any] = {"sort": filters.sort}
-    if filters.since is not None:
-        params["since"] = absolute_time(filters.since)
+def fetch_ips(client: Client, filters: IpFilters) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+    """Addresses matching `filters`, at most `filters.limit`, and the columns to show.
+
+    With a window (`since`) or a source, the counts are those of the window, per source and
+    agent as filtered (`GET /v1/windows`, what the dashboard's table shows); without, they are
+    the all-time totals (`GET /v1/ips`, paged through its cursors).
+    """
+    if filters.since is None and filters.source is None:
+        return _fetch_totals(client, filters), IP_COLUMNS
+    params: dict[str, Any] = {"since": filters.since or "24h"}
     for key in ("min_count", "source", "agent", "cidr"):
+        value = getattr(filters, key)
+        if value is not None:
+            params[key] = value
+    # Most counted first, cut at the limit by the collector; by last seen, the window's
+    # addresses (up to the API's largest page) sorted here, then cut.
+    params["limit"] = min(MAX_PAGE, filters.limit) if filters.sort == "count" else MAX_PAGE
+    answer = client.get("/v1/windows", params)
+    rows = [
+        {"ip": item["ip"], "count": item["count"], "first_seen": item["first_bucket"], "last_seen": item["last_bucket"]}
+        for item in answer["items"]
+    ]
+    if filters.sort == "last_seen":
+        rows.sort(key=lambda row: (row["last_seen"], row["count"]), reverse=True)
+    return rows[: filters.limit], WINDOW_COLUMNS
+
+
+def _fetch_totals(client: Client, filters: IpFilters) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"sort": filters.sort}
+    for key in ("min_count", "agent", "cidr"):
         value = getattr(filters, key)
         if value is not None:
             params[key] = value
@@ -111,22 +135,17 @@ def fetch_ips(client: Client, filters: IpFilters) -> list[dict[str, Any]]:
     return rows
 
 
-def absolute_time(text: str) -> str:
-    """`1h` (before now) as an RFC 3339 time; anything else as it is (the collector checks it)."""
-    from remote_uploader.collector.timeparse import DurationError, parse_moment
-    from remote_uploader.protocol import format_time
-
-    try:
-        return format_time(parse_moment(text))
-    except DurationError:
-        return text
-
-
-def fetch_decisions(client: Client, *, include_expired: bool = False) -> list[dict[str, Any]]:
-    params = {"expired": "true"} if include_expired else {}
-    answer = client.get("/v1/decisions/list", params)
-    items: list[dict[str, Any]] = answer["items"] if isinstance(answer, dict) else answer
-    return items
+def fetch_decisions(client: Client, *, include_ended: bool = False, limit: int = 100_000) -> list[dict[str, Any]]:
+    """Active decisions (or all), oldest first, paging through `GET /v1/rules/decisions`."""
+    params: dict[str, Any] = {"state": "all" if include_ended else "active", "limit": MAX_PAGE}
+    rows: list[dict[str, Any]] = []
+    while len(rows) < limit:
+        page = client.get("/v1/rules/decisions", params)
+        rows += page["items"]
+        if not page.get("next_cursor"):
+            break
+        params["cursor"] = page["next_cursor"]
+    return rows[:limit]
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -174,4 +193,5 @@ def _is_number(value: Any) -> bool:
 
 
 IP_COLUMNS = ("ip", "count", "first_seen", "last_seen", "agents")
-DECISION_COLUMNS = ("id", "value", "scope", "type", "scenario", "origin", "until", "reason")
+WINDOW_COLUMNS = ("ip", "count", "first_seen", "last_seen")
+DECISION_COLUMNS = ("id", "state", "type", "value", "scope", "scenario", "origin", "until", "reason")

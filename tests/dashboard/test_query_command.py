@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from remote_uploader.cli import main
@@ -27,7 +28,7 @@ def _feed(c: CollectorProcess) -> None:
         _record("203.0.113.7", 40, now),
         _record("203.0.113.9", 5, now),
         _record("198.51.100.23", 12, old),
-        _record("2001:db8::5", 7, now),
+        _record("2001:db8::5", 7, now, source="/var/log/nginx/access.log"),
     ]
     body = {"agent": "test-agent", "batch_id": "q-1", "sent_at": format_time(now), "records": records}
     assert c.post_batch(body).status_code == 200
@@ -35,13 +36,13 @@ def _feed(c: CollectorProcess) -> None:
 
 
 def _run(
-    c: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str
+    c: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str, command: str = "ips"
 ) -> tuple[int, str, str]:
     token_file = tmp_path / "token"
     token_file.write_text(c.add_token("reader", read_only=True) + "\n")
     config = tmp_path / "agent.toml"
     config.write_text("")
-    code = main(["ips", "-c", str(config), "--url", c.url, "--token-file", str(token_file), *options])
+    code = main([command, "-c", str(config), "--url", c.url, "--token-file", str(token_file), *options])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -63,6 +64,12 @@ def test_ips_filters_by_window_count_and_range_and_sorts(
     code, out, _ = _run(collector_any, tmp_path, capsys, "--json", "--agent", "web-2")
     assert json.loads(out) == []
 
+    code, out, _ = _run(collector_any, tmp_path, capsys, "--json", "--source", "/var/log/nginx/*", "--since", "7d")
+    assert [(row["ip"], row["count"]) for row in json.loads(out)] == [("2001:db8::5", 7)]
+
+    code, out, _ = _run(collector_any, tmp_path, capsys, "--json", "--since", "7d", "--sort", "last_seen")
+    assert [row["ip"] for row in json.loads(out)][-1] == "198.51.100.23"  # three days old: last
+
 
 def test_ips_pages_through_the_api_up_to_the_limit(
     collector: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -83,15 +90,35 @@ def test_ips_prints_an_aligned_table_when_asked_for_no_format(
     collector: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _feed(collector)
-    _, out, _ = _run(collector, tmp_path, capsys, "--sort", "last_seen", "--since", "1h")
+    _, out, _ = _run(collector, tmp_path, capsys)
     # Not a terminal here, so JSON is the default; the table is what a terminal gets.
-    assert json.loads(out)[-1]["ip"] in {"203.0.113.7", "203.0.113.9", "2001:db8::5"}
+    assert json.loads(out)[0]["ip"] == "203.0.113.7"
     from remote_uploader.query import IP_COLUMNS, render
 
     table = render(json.loads(out), IP_COLUMNS, "table").splitlines()
     assert table[0].split() == list(IP_COLUMNS)
     assert set(table[1]) <= {"-", " "}
     assert len({len(line) for line in table[2:]}) == 1  # aligned: every row as wide
+
+
+def test_decisions_lists_active_ones_and_with_all_the_ended_too(
+    collector_any: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = collector_any
+    for value in ("203.0.113.7", "198.51.100.0/24"):
+        body = {"value": value, "duration": "4h", "reason": "seen scanning, \"by hand\""}
+        made = httpx.post(c.url + "/v1/rules/decisions", json=body, headers=c.headers(), timeout=30)
+        assert made.status_code in (200, 201), made.text
+    assert httpx.delete(c.url + "/v1/rules/decisions", params={"value": "198.51.100.0/24"}, headers=c.headers(),
+                        timeout=30).status_code == 200
+    code, out, _ = _run(c, tmp_path, capsys, "--json", command="decisions")
+    assert code == 0
+    assert [(row["value"], row["state"]) for row in json.loads(out)] == [("203.0.113.7", "active")]
+    code, out, _ = _run(c, tmp_path, capsys, "--csv", "--all", command="decisions")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["value"], row["state"], row["scope"]) for row in rows] == [
+        ("203.0.113.7", "active", "Ip"), ("198.51.100.0/24", "deleted", "Range")]
+    assert rows[0]["reason"] == 'seen scanning, "by hand"'
 
 
 def test_a_bad_filter_is_refused_with_the_collector_naming_it(
