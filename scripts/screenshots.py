@@ -108,7 +108,7 @@ def traffic(storage: Storage, moments: list[datetime], now: datetime, rng: rando
             storage.store_batch(parse_batch(json.dumps(body).encode(), agent), moment)
 
 
-def decide(storage: Storage, now: datetime) -> None:
+def decide(storage: Storage, now: datetime) -> int:
     """Decisions as rules would have made them (with their evidence), a range, and some by hand."""
     from remote_uploader.collector.storage.model import Evidence, NewDecision
 
@@ -129,11 +129,12 @@ def decide(storage: Storage, now: datetime) -> None:
                             evidence=tuple(Evidence(r.ip, r.count, r.first_bucket, r.last_bucket) for r in in_range)))
     made.append(NewDecision("2001:db8:bad::/64", "Range", now + timedelta(days=7), origin="cscli",
                             reason="known scanner network (ticket OPS-1432)"))
-    storage.add_decisions(made, minute)
+    stored = storage.add_decisions(made, minute)
     old = [NewDecision(f"198.51.100.{i}", "Ip", now - timedelta(hours=i), scenario="web-scanner",
                        reason="40 occurrences within 10m (rule: at least 20)") for i in range(1, 6)]
     storage.add_decisions(old, now - timedelta(days=1))
     storage.expire_decisions(now)
+    return next(decision.id for decision, _ in stored if decision.scenario == "subnet-24")
 
 
 def start_collector(db: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -151,7 +152,7 @@ def start_collector(db: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the collector did not start")
 
 
-def shoot(url: str, token: str, out: Path, detail_ip: str) -> list[Path]:
+def shoot(url: str, token: str, out: Path, detail_ip: str, decision_id: int) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     shots = [
@@ -163,7 +164,7 @@ def shoot(url: str, token: str, out: Path, detail_ip: str) -> list[Path]:
         ("address", f"/ips/{detail_ip}", 1280),
         ("agents", "/agents", 1280),
         ("decisions", "/decisions", 1280),
-        ("decision", "/decisions/5", 1280),
+        ("decision", f"/decisions/{decision_id}", 1280),
         ("phone-overview", "/", 390),
         ("phone-ips", "/ips", 390),
     ]
@@ -201,14 +202,14 @@ def main() -> int:
     try:
         storage.migrate()
         now = build(storage, now)
-        decide(storage, now)
+        range_decision = decide(storage, now)
         token = create_token(storage, "screenshots", "read")
     finally:
         storage.close()
     process, url = start_collector(db, work / "collector.log")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        for path in shoot(url, token, args.out, f"203.0.113.{_top_attacker()}"):
+        for path in shoot(url, token, args.out, f"203.0.113.{_top_attacker()}", range_decision):
             print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         if args.keep:
             print(f"dashboard: {url}/  (read token: {token})  Ctrl+C stops it")
