@@ -21,6 +21,7 @@ from remote_uploader import __version__
 from remote_uploader.collector import blocklist
 from remote_uploader.collector.auth import Principal
 from remote_uploader.collector.dashboard import session, views
+from remote_uploader.collector.dashboard.cache import TtlCache
 from remote_uploader.collector.dashboard.render import SECURITY_HEADERS, Pages, static_file
 from remote_uploader.collector.logs import fields
 from remote_uploader.protocol import canonical_ip
@@ -44,6 +45,7 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
     pages = Pages()
     assets = {name: static_file(name) for name in STATIC}
     max_age = settings.session_hours * 3600
+    cache = TtlCache()
 
     def viewer(request: Request) -> Principal | None:
         if settings.dashboard_anonymous:
@@ -77,7 +79,7 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
             refused = "refused" in request.query_params
             return pages.render("signin.html", error=refused, version=__version__)
         try:
-            context = views.overview(storage, settings, request.query_params.get("window", "1h"))
+            context = views.overview(storage, settings, request.query_params.get("window", "1h"), cache)
         except views.FilterError as exc:
             return bad_filter(request, who, exc)
         return page(request, who, "overview.html", title="Overview", **context)
@@ -136,7 +138,7 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
             query.pop("q")
             query["cidr"] = search
         try:
-            context = views.top_addresses(storage, query)
+            context = views.top_addresses(storage, query, cache)
         except views.FilterError as exc:
             return bad_filter(request, who, exc)
         return page(request, who, "ips.html", title="Top addresses", **context)

@@ -14,13 +14,19 @@ from typing import Any, Literal
 
 from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.dashboard import charts
+from remote_uploader.collector.dashboard.cache import TtlCache
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import AgentStats, Storage
-from remote_uploader.collector.storage.model import MAX_LABEL, Decision, DecisionQuery, WindowQuery
+from remote_uploader.collector.storage.model import MAX_LABEL, Decision, DecisionQuery, WindowCount, WindowQuery
+from remote_uploader.collector.storage.sql_dashboard import MinutePoint
 from remote_uploader.collector.timeparse import DurationError, parse_moment
 from remote_uploader.protocol import MAX_AGENT_LEN
 
 PAGE_SIZE = 50
+CACHED_ROWS = 1000  # the top-addresses query fetches this many at once (20 pages), kept TABLE_TTL
+TABLE_TTL = 60.0  # seconds a top-addresses result is reused
+CHART_TTL = {"1h": 30.0, "24h": 120.0, "7d": 600.0}  # seconds an overview chart is reused
+TREND_POINTS = 24
 MAX_PAGE = 200  # pages are counted by offset: deeper than this, narrow the filters
 MAX_MIN_COUNT = 2**62
 # The overview's windows: how far back, how many points, how the time axis is labelled.
@@ -91,14 +97,17 @@ def agents(storage: Storage, settings: CollectorSettings, versions: dict[str, st
 # -- overview ---------------------------------------------------------------------------------
 
 
-def overview(storage: Storage, settings: CollectorSettings, window: str) -> dict[str, Any]:
+def overview(storage: Storage, settings: CollectorSettings, window: str, cache: TtlCache) -> dict[str, Any]:
     if window not in WINDOWS:
         raise FilterError("window", f"one of {', '.join(WINDOWS)}")
     span, points, time_format = WINDOWS[window]
     now = datetime.now(UTC)
-    end = now.replace(second=0, microsecond=0)  # complete minutes only: the current one would dip
-    start = end - span
-    series = storage.minute_series(start, end - timedelta(microseconds=1))
+
+    def compute() -> tuple[datetime, datetime, list[MinutePoint]]:
+        end = datetime.now(UTC).replace(second=0, microsecond=0)  # complete minutes: the current one would dip
+        return end - span, end, storage.minute_series(end - span, end - timedelta(microseconds=1))
+
+    (start, end, series), _ = cache.get(("overview", window), CHART_TTL[window], compute)
     occurrences = charts.resample([(p.start, p.seconds, p.occurrences) for p in series], start, end, points)
     distinct = charts.resample([(p.start, p.seconds, p.addresses) for p in series], start, end, points)
     chart = charts.line_chart(
@@ -123,6 +132,7 @@ def overview(storage: Storage, settings: CollectorSettings, window: str) -> dict
         "trouble": [row for row in rows if row.state != "up"],
         "agent_count": len(rows),
         "decisions_active": active,
+        "as_of": end,
     }
 
 
@@ -138,7 +148,7 @@ class TopRow:
     trend: str  # sparkline points
 
 
-def top_addresses(storage: Storage, params: dict[str, str]) -> dict[str, Any]:
+def top_addresses(storage: Storage, params: dict[str, str], cache: TtlCache) -> dict[str, Any]:
     """The addresses most counted in a window (or most recently seen), with the page's filters."""
     now = datetime.now(UTC)
     since_text = params.get("since", "").strip() or "24h"
@@ -182,19 +192,30 @@ def top_addresses(storage: Storage, params: dict[str, str]) -> dict[str, Any]:
         sources=(_literal_pattern(source),) if source else None,
         network=network,
         min_count=min_count,
-        limit=page * PAGE_SIZE + 1 if sort == "count" else None,
+        # One query serves the first pages (cached): most counted first, cut a little deeper.
+        limit=max(CACHED_ROWS, page * PAGE_SIZE) + 1 if sort == "count" else None,
     )
-    found = storage.window_counts(query)
-    if sort == "last_seen":
-        found.sort(key=lambda row: (-row.last_bucket.timestamp(), -row.count, len(row.key), row.key))
+    key = ("top", since_text, min_count, agent, source, cidr, sort, query.limit)
+
+    def compute() -> tuple[datetime, list[WindowCount]]:
+        found = storage.window_counts(query)
+        if sort == "last_seen":
+            found.sort(key=lambda row: (-row.last_bucket.timestamp(), -row.count, len(row.key), row.key))
+        return datetime.now(UTC), found
+
+    (as_of, found), _ = cache.get(key, TABLE_TTL, compute)
     chosen = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     more = len(found) > page * PAGE_SIZE
-    trend_points = 24
-    rows = []
-    for row in chosen:
-        points = storage.window_series(since, ip=row.ip, agents=query.agents, sources=query.sources)
-        values = charts.resample([(p.start, p.seconds, p.count) for p in points], since, now, trend_points)
-        rows.append(TopRow(row.ip, row.count, row.first_bucket, row.last_bucket, charts.sparkline(values)))
+
+    def trends() -> list[TopRow]:
+        rows = []
+        for row in chosen:
+            points = storage.window_series(since, ip=row.ip, agents=query.agents, sources=query.sources)
+            values = charts.resample([(p.start, p.seconds, p.count) for p in points], since, now, TREND_POINTS)
+            rows.append(TopRow(row.ip, row.count, row.first_bucket, row.last_bucket, charts.sparkline(values)))
+        return rows
+
+    rows, _ = cache.get((*key, page), TABLE_TTL, trends)
     kept = {key: value for key, value in params.items() if key not in ("page", "q") and value}
     return {
         "rows": rows,
@@ -215,6 +236,7 @@ def top_addresses(storage: Storage, params: dict[str, str]) -> dict[str, Any]:
         "page": page,
         "page_size": PAGE_SIZE,
         "since_moment": since,
+        "as_of": as_of,
     }
 
 
