@@ -281,12 +281,7 @@ def address(storage: Storage, settings: CollectorSettings, ip: str, window: str)
         values = charts.resample([(p.start, p.seconds, p.count) for p in series], start, end, points)
         chart = charts.line_chart("Occurrences per minute", start, end, [("occurrences", values)],
                                   time_format=time_format)
-        for label in storage.list_labels("source"):
-            pattern = _literal_pattern(label)
-            found = storage.window_counts(WindowQuery(since=start, ips=(ip,), sources=(pattern,)))
-            if found:
-                sources.append(SourceRow(label, found[0].count))
-        sources.sort(key=lambda row: (-row.count, row.source))
+        sources = [SourceRow(label, count) for label, count in storage.ip_sources(ip, start)]
     covering = storage.list_decisions(DecisionQuery(active=None, contains=ip, limit=200))
     covering.sort(key=lambda d: d.id, reverse=True)
     return {

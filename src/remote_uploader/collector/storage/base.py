@@ -262,6 +262,10 @@ class Storage(abc.ABC):
         first (rolled-up periods come as one point of their length)."""
 
     @abc.abstractmethod
+    def ip_sources(self, ip: str, since: datetime) -> list[tuple[str, int]]:
+        """(source label, occurrences) of one address in the buckets since `since`, most first."""
+
+    @abc.abstractmethod
     def count_active_decisions(self, now: datetime) -> int: ...
 
     @abc.abstractmethod

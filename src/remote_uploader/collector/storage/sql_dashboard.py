@@ -49,6 +49,21 @@ class DashboardSql:
         points.sort(key=lambda point: (point.start, -point.seconds))
         return points
 
+    def ip_sources(self, ip: str, since: datetime) -> list[tuple[str, int]]:
+        from remote_uploader.collector.batch import ip_key
+
+        parts, params = [], []
+        for table, _, bounds in self._levels(since, None):
+            parts.append(f"SELECT source, total FROM {table} WHERE ipkey = ? AND bucket >= ?")
+            params += [ip_key(ip), bounds[0]]
+        sql = (
+            "SELECT l.name, sum(c.total) FROM (" + " UNION ALL ".join(parts) + ") c "
+            "JOIN labels l ON l.id = c.source GROUP BY l.name ORDER BY sum(c.total) DESC, l.name"
+        )
+        with self._read() as cur:
+            cur.execute(self._sql(sql), params)
+            return [(str(name), int(total)) for name, total in cur.fetchall()]
+
     def count_active_decisions(self, now: datetime) -> int:
         from remote_uploader.collector.storage.base import to_micros
 
