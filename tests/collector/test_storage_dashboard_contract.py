@@ -53,6 +53,7 @@ def test_active_and_recently_ended_decisions(storage: Storage) -> None:
         now,
     )
     assert storage.count_active_decisions(now) == 5
+    assert storage.active_by_rule(now) == [("r1", 3), ("r2", 2)]
     storage.delete_decisions(now, value="203.0.113.1")
     storage.delete_decisions(now, value="203.0.113.2")
     storage.delete_decisions(now, value="203.0.113.3")

@@ -299,7 +299,7 @@ def address(storage: Storage, settings: CollectorSettings, ip: str, window: str)
 # -- decisions --------------------------------------------------------------------------------
 
 BLOCKLIST_FORMATS = ("txt", "json", "nft", "ipset")
-DECISIONS_SHOWN = 500
+DECISIONS_SHOWN = 200  # active ones on the page (then: filter by rule); ended ones: half as many
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,14 +321,13 @@ def decisions(storage: Storage, settings: CollectorSettings, params: dict[str, s
         raise FilterError("rule", problem)
     scenarios = (rule,) if rule else None
     active = storage.list_decisions(DecisionQuery(active=True, now=now, scenarios=scenarios, limit=DECISIONS_SHOWN))
-    ended = storage.recent_ended_decisions(DECISIONS_SHOWN, scenario=rule)
-    by_rule: dict[str, int] = {}
-    for decision in active:
-        by_rule[decision.scenario] = by_rule.get(decision.scenario, 0) + 1
+    ended = storage.recent_ended_decisions(DECISIONS_SHOWN // 2, scenario=rule)
+    by_rule = storage.active_by_rule(now)
     return {
         "active": [decision_row(d, now) for d in active],
+        "active_count": sum(n for name, n in by_rule if rule is None or name == rule),
         "expired": [decision_row(d, now) for d in ended],
-        "by_rule": sorted(by_rule.items(), key=lambda item: (-item[1], item[0])),
+        "by_rule": by_rule,
         "rule": rule or "",
         "shown": DECISIONS_SHOWN,
         "formats": BLOCKLIST_FORMATS,

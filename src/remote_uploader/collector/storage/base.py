@@ -269,6 +269,10 @@ class Storage(abc.ABC):
     def count_active_decisions(self, now: datetime) -> int: ...
 
     @abc.abstractmethod
+    def active_by_rule(self, now: datetime) -> list[tuple[str, int]]:
+        """(rule, active decisions) for every rule with one, most first."""
+
+    @abc.abstractmethod
     def recent_ended_decisions(self, limit: int, scenario: str | None = None) -> list[Decision]:
         """The newest expired or deleted decisions (of one rule), newest first."""
 

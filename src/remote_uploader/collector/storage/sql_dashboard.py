@@ -64,6 +64,19 @@ class DashboardSql:
             cur.execute(self._sql(sql), params)
             return [(str(name), int(total)) for name, total in cur.fetchall()]
 
+    def active_by_rule(self, now: datetime) -> list[tuple[str, int]]:
+        from remote_uploader.collector.storage.base import to_micros
+
+        with self._read() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT scenario, count(*) FROM decisions WHERE state = 'active' AND until > ? "
+                    "GROUP BY scenario ORDER BY count(*) DESC, scenario"
+                ),
+                (to_micros(now),),
+            )
+            return [(str(name), int(n)) for name, n in cur.fetchall()]
+
     def count_active_decisions(self, now: datetime) -> int:
         from remote_uploader.collector.storage.base import to_micros
 
