@@ -166,3 +166,23 @@ def test_a_bad_rule_stops_the_collector_with_the_key_named(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert "rules[0].window" in result.stderr and "not a duration" in result.stderr
+
+
+def test_blocklists_for_appliances_are_capped_ranked_and_split(collector: CollectorProcess) -> None:
+    records = [(f"198.51.100.{n}", n, "/x") for n in range(1, 11)]
+    collector.post_batch(now_batch("1", *records, ("192.0.2.1", 99, "/x")))
+
+    def listed(**params: Any) -> list[str]:
+        response = collector.get("/v1/blocklist", include_private="true", **params)
+        assert response.status_code == 200, response.text
+        return [line for line in response.text.splitlines() if not line.startswith("#")]
+
+    assert listed(max_entries=3) == ["192.0.2.1", "198.51.100.9", "198.51.100.10"]  # top 3 by count, numeric order
+    first = listed(max_entries=9, part_size=4, part=1)
+    rest = listed(max_entries=9, part_size=4, part=2) + listed(max_entries=9, part_size=4, part=3)
+    assert len(first) == 4 and len(rest) == 5 and not set(first) & set(rest)
+    assert "part=2/3" in collector.get("/v1/blocklist", part_size=4, part=2, include_private="true").text
+    assert collector.get("/v1/blocklist", part_size=4, part=9, include_private="true").status_code == 404
+    assert collector.get("/v1/blocklist", part=2).json()["detail"][0]["field"] == "query.part"
+    assert collector.get("/v1/blocklist", part_size=2, format="nft").json()["detail"][0]["field"] == "query.part_size"
+    assert collector.get("/v1/blocklist", max_entries=0).status_code == 400

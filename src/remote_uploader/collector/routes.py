@@ -206,6 +206,14 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
         name: Annotated[
             str, Query(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,23}$", description="nftables table / ipset set prefix")
         ] = "remote_uploader",
+        max_entries: Annotated[
+            int | None, Query(ge=1, le=2**31, description="at most this many entries, ranked by `rank`")
+        ] = None,
+        rank: Annotated[
+            Literal["count", "last_seen"], Query(description="what max_entries keeps: most counted or most recent")
+        ] = "count",
+        part_size: Annotated[int | None, Query(ge=1, le=2**31, description="parts of this size")] = None,
+        part: Annotated[int | None, Query(ge=1, le=2**31, description="which part (1-based) of part_size")] = None,
     ) -> Response:
         moment = _since(since)
         version = int(family) if family else None
@@ -217,6 +225,19 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
             "include_private": str(include_private).lower(),
         }
         chosen = blocklist.select(rows, collector.settings.allowlist, include_private)
+        if max_entries is not None:
+            filters["max_entries"] = str(max_entries)
+            filters["rank"] = rank
+            chosen = blocklist.cap(chosen, max_entries, rank)
+        if part is not None and part_size is None:
+            raise bad_request("query.part", "needs part_size")
+        if part_size is not None:
+            if format in ("nft", "ipset"):
+                raise bad_request("query.part_size", "parts are for txt and json lists; nft and ipset load any size")
+            chosen, parts = blocklist.split(chosen, part_size, part or 1)
+            if (part or 1) > parts:
+                raise ApiError(404, "query.part", f"there are {parts} parts")
+            filters["part"] = f"{part or 1}/{parts}"
         document = blocklist.Blocklist(datetime.now(UTC), filters, chosen)
         media = "application/json" if format == "json" else "text/plain; charset=utf-8"
         return Response(blocklist.render(document, format, name), media_type=media)
