@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from remote_uploader.collector.dashboard import charts, views
@@ -14,7 +15,7 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 def test_the_cache_reuses_a_value_until_its_ttl_then_computes_again() -> None:
     now = [0.0]
-    cache = TtlCache(clock=lambda: now[0])
+    cache = TtlCache(clock=lambda: now[0], background=False)
     calls: list[int] = []
 
     def compute() -> int:
@@ -27,6 +28,46 @@ def test_the_cache_reuses_a_value_until_its_ttl_then_computes_again() -> None:
     now[0] = 10.0
     assert cache.get("k", 10, compute) == (2, 0.0)
     assert cache.get("other", 10, compute) == (3, 0.0)
+
+
+def test_a_stale_value_is_answered_at_once_while_one_thread_computes_the_next() -> None:
+    cache = TtlCache()
+    assert cache.get("k", 0, lambda: "old") == ("old", 0.0)
+    entered = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow() -> str:
+        calls.append(1)
+        entered.set()
+        release.wait(10)
+        return "new"
+
+    assert cache.get("k", 0, slow)[0] == "old"  # stale: answered now, refreshed behind
+    assert entered.wait(10)
+    assert cache.get("k", 0, slow)[0] == "old"  # still computing: no second computation
+    release.set()
+    for _ in range(1000):
+        if cache.get("k", 3600, slow)[0] == "new":
+            break
+        time.sleep(0.01)
+    assert cache.get("k", 3600, slow)[0] == "new"
+    assert len(calls) == 1
+
+
+def test_an_expensive_value_lives_ten_times_as_long_as_it_took() -> None:
+    now = [0.0]
+    cache = TtlCache(clock=lambda: now[0], background=False)
+
+    def costly() -> str:
+        now[0] += 5.0  # took five seconds
+        return "v"
+
+    cache.get("k", 10, costly)
+    now[0] += 40
+    assert cache.get("k", 10, costly)[1] == 40.0  # not refreshed: 50 s is its life
+    now[0] += 10
+    assert cache.get("k", 10, costly)[1] == 0.0
 
 
 def test_the_cache_computes_once_for_requests_that_arrive_together() -> None:
