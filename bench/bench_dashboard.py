@@ -131,7 +131,7 @@ def serve(db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
          "--parse-workers", "0", "--no-access-log"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 900  # the first start migrates (builds indexes)
     while time.monotonic() < deadline:
         found = re.search(rb'msg="collector listening" url=(\S+)', log.read_bytes())
         if found:
@@ -164,8 +164,8 @@ def main() -> int:
     print(f"store: {sizes[0]:,} addresses, {sizes[1]:,} bucket rows, {db.stat().st_size / 2**30:.2f} GiB")
     process, url = serve(db, work / "collector.log")
     try:
-        signed = httpx.post(url + "/signin", data={"token": token}, timeout=60)
-        client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=120)
+        signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
+        client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
         print(f"{'page':34} {'first ms':>9} {'median ms':>10} {'min':>8} {'max':>8}")
         for name, path in PAGES:
             started = time.perf_counter()
