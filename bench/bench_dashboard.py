@@ -125,6 +125,40 @@ def build(path: Path, addresses: int, rows: int) -> None:
     conn.close()
 
 
+def index_cost(batches: int, records: int, runs: int) -> None:
+    """Ingest with and without the counts_bucket index (schema 3), alternating, same workload."""
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_collector import make_bodies
+    from remote_uploader.collector.batch import parse_batch
+    from remote_uploader.collector.storage import bulk
+
+    bodies = make_bodies(batches, records, 500_000)
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
+        for run in range(runs):
+            for indexed in (True, False):
+                storage = SqliteStorage(Path(tmp) / f"{run}-{indexed}.db")
+                storage.migrate()
+                if not indexed:
+                    with storage._write() as cur:
+                        cur.execute("DROP INDEX counts_bucket")
+                spent = 0.0
+                for body in bodies:
+                    batch = parse_batch(body, "test-agent", 60)
+                    encoded = bulk.encode("sqlite-image", batch.deltas, batch.buckets)
+                    batch = type(batch)(batch.agent, batch.batch_id, batch.sent_at, batch.records, encoded)
+                    started = time.perf_counter()
+                    storage.store_batch(batch, datetime.now(UTC))
+                    spent += time.perf_counter() - started
+                storage.close()
+                seconds[indexed].append(spent)
+    total = batches * records
+    print(f"ingest (store only), SQLite, {batches} x {records:,} records, medians of {runs} runs:")
+    for indexed in (False, True):
+        label = "with counts_bucket" if indexed else "without the index"
+        print(f"  {label:<20} {total / statistics.median(seconds[indexed]):>9,.0f} records/s")
+
+
 def serve(db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "remote_uploader.collector.cli", "serve", "--db", f"sqlite://{db}", "--port", "0",
@@ -149,7 +183,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--db", type=Path)
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--index-cost", action="store_true", help="only: ingest with and without the index")
     args = parser.parse_args()
+    if args.index_cost:
+        index_cost(4, 100_000, args.runs)
+        return 0
     work = Path(tempfile.mkdtemp(prefix="ru-bench-dash-"))
     db = args.db or work / "collector.db"
     if not (args.reuse and db.exists()):
