@@ -203,3 +203,12 @@ def test_under_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
         assert "Secure" in response.headers["set-cookie"]
     finally:
         process.stop()
+
+
+def test_signing_out_clears_the_cookie_and_another_site_cannot_do_it(server: CollectorProcess) -> None:
+    with _session(server) as client:
+        foreign = client.post("/signout", headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 303 and "set-cookie" not in foreign.headers
+        response = client.post("/signout")
+        assert response.status_code == 303
+        assert session.COOKIE in response.headers["set-cookie"] and "Max-Age=0" in response.headers["set-cookie"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from remote_uploader import __version__
@@ -98,10 +99,7 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
                 return refused
         token = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
         # The database is called from a thread: this handler is async only to read the body.
-        from starlette.concurrency import run_in_threadpool
-
         cookie = await run_in_threadpool(session.sign_in, storage, token)
-        del token
         if cookie is None:
             logger.info("dashboard sign-in refused", extra=fields(client=_client(request)))
             # One answer for every failure (unknown, revoked, agent token, malformed): no hint.
@@ -121,6 +119,8 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
     @app.post("/signout", include_in_schema=False)
     def sign_out(request: Request) -> Response:
         response = to_sign_in()
+        if not _same_origin(request):  # another site cannot sign a user out either
+            return response
         response.delete_cookie(session.COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
