@@ -43,6 +43,10 @@ def test_ip_sources_sums_one_address_by_source(storage: Storage) -> None:
     assert storage.ip_sources("203.0.113.7", NOW - timedelta(hours=2)) == [("/b.log", 7), ("/a.log", 5)]
     assert storage.ip_sources("203.0.113.7", NOW - timedelta(minutes=30)) == [("/a.log", 5), ("/b.log", 3)]
     assert storage.ip_sources("198.51.100.1", NOW - timedelta(hours=2)) == []
+    assert storage.agent_sources(NOW - timedelta(hours=2)) == [
+        ("web-1", "/c.log", 9), ("web-1", "/a.log", 5), ("web-1", "/b.log", 3), ("web-2", "/b.log", 4)]
+    assert storage.agent_sources(NOW - timedelta(minutes=30)) == [
+        ("web-1", "/c.log", 9), ("web-1", "/a.log", 5), ("web-1", "/b.log", 3)]
 
 
 def test_active_and_recently_ended_decisions(storage: Storage) -> None:

@@ -117,6 +117,8 @@ def test_every_page_shows_what_the_agent_sent(visit: Visit, site: Site) -> None:
     from remote_uploader import __version__
 
     assert __version__ in visit.page.inner_text("table.agents tr:has-text('test-agent')")
+    sources = visit.page.inner_text("table.agents tr.sources:has-text('auth')")
+    assert f"auth\"'é.log {sum(LOG_COUNTS.values())}" in sources  # the agent's log, with its count
 
     assert visit.go("/decisions").status == 200
     decisions = visit.page.inner_text("main")

@@ -163,7 +163,7 @@ def add_dashboard(app: FastAPI, collector: Collector) -> None:
         who = viewer(request)
         if who is None:
             return to_sign_in()
-        context = views.agents(storage, settings, collector.agent_versions)
+        context = views.agents(storage, settings, collector.agent_versions, cache)
         return page(request, who, "agents.html", title="Agents", **context)
 
     @app.get("/decisions", include_in_schema=False)

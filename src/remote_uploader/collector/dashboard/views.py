@@ -8,7 +8,7 @@ shapes the answer. The numbers are the API's: the same `Storage` methods answer 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ CACHED_ROWS = 1000  # the top-addresses query fetches this many at once (20 page
 TABLE_TTL = 60.0  # seconds a top-addresses result is reused
 CHART_TTL = {"1h": 30.0, "24h": 120.0, "7d": 600.0}  # seconds an overview chart is reused
 TREND_POINTS = 24
+SOURCES_WINDOW = timedelta(hours=24)  # the Agents page's counts per source
 MAX_PAGE = 200  # pages are counted by offset: deeper than this, narrow the filters
 MAX_MIN_COUNT = 2**62
 # The overview's windows: how far back, how many points, how the time axis is labelled.
@@ -89,9 +90,19 @@ def agent_rows(
     return rows
 
 
-def agents(storage: Storage, settings: CollectorSettings, versions: dict[str, str]) -> dict[str, Any]:
+def agents(storage: Storage, settings: CollectorSettings, versions: dict[str, str], cache: TtlCache) -> dict[str, Any]:
     now = datetime.now(UTC)
-    return {"agents": agent_rows(storage, settings, now, versions), "settings": settings}
+    rows = agent_rows(storage, settings, now, versions)
+
+    def compute() -> tuple[datetime, list[tuple[str, str, int]]]:
+        return datetime.now(UTC), storage.agent_sources(datetime.now(UTC) - SOURCES_WINDOW)
+
+    (as_of, found), _ = cache.get("agent-sources", TABLE_TTL, compute)
+    by_agent: dict[str, list[SourceRow]] = {}
+    for agent, source, count in found:
+        by_agent.setdefault(agent, []).append(SourceRow(source, count))
+    rows = [replace(row, sources=tuple(by_agent.get(row.stats.name, ()))) for row in rows]
+    return {"agents": rows, "settings": settings, "sources_as_of": as_of, "sources_window": "24 h"}
 
 
 # -- overview ---------------------------------------------------------------------------------

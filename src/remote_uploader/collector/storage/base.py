@@ -266,6 +266,10 @@ class Storage(abc.ABC):
         """(source label, occurrences) of one address in the buckets since `since`, most first."""
 
     @abc.abstractmethod
+    def agent_sources(self, since: datetime) -> list[tuple[str, str, int]]:
+        """(agent, source label, occurrences) in the buckets since `since`, by agent, most first."""
+
+    @abc.abstractmethod
     def count_active_decisions(self, now: datetime) -> int: ...
 
     @abc.abstractmethod

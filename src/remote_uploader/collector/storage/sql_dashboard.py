@@ -64,6 +64,20 @@ class DashboardSql:
             cur.execute(self._sql(sql), params)
             return [(str(name), int(total)) for name, total in cur.fetchall()]
 
+    def agent_sources(self, since: datetime) -> list[tuple[str, str, int]]:
+        parts, params = [], []
+        for table, _, bounds in self._levels(since, None):
+            parts.append(f"SELECT agent, source, total FROM {table} WHERE bucket >= ?")
+            params.append(bounds[0])
+        sql = (
+            "SELECT a.name, s.name, sum(c.total) FROM (" + " UNION ALL ".join(parts) + ") c "
+            "JOIN labels a ON a.id = c.agent JOIN labels s ON s.id = c.source "
+            "GROUP BY a.name, s.name ORDER BY a.name, sum(c.total) DESC, s.name"
+        )
+        with self._read() as cur:
+            cur.execute(self._sql(sql), params)
+            return [(str(agent), str(source), int(total)) for agent, source, total in cur.fetchall()]
+
     def active_by_rule(self, now: datetime) -> list[tuple[str, int]]:
         from remote_uploader.collector.storage.base import to_micros
 
