@@ -29,6 +29,7 @@ from typing import Any
 from remote_uploader.collector import logs, settings
 from remote_uploader.collector.auth import create_token
 from remote_uploader.collector.decisions import cli as decisions_cli
+from remote_uploader.collector.errors import CollectorError
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
@@ -60,13 +61,19 @@ def _load(args: argparse.Namespace, **flags: object) -> settings.CollectorSettin
     return settings.load(args.collector_config, {"db": args.db, **flags})
 
 
+def _create_dir(args: argparse.Namespace, config: settings.CollectorSettings) -> bool:
+    """A database in the default place gets its directory made; one the operator named must be in
+    an existing directory unless --create-dir says to make it (a typo is not a new database)."""
+    return bool(args.create_dir) or config.db == settings.default_db_url()
+
+
 def _open(args: argparse.Namespace) -> Storage:
     return _open_with_settings(args)[1]
 
 
 def _open_with_settings(args: argparse.Namespace) -> tuple[settings.CollectorSettings, Storage]:
     config = _load(args)
-    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2)
+    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2, create_dir=_create_dir(args, config))
     try:
         storage.migrate()
     except BaseException:
@@ -115,9 +122,15 @@ def check_tls(cert: str, key: str) -> None:
 
 @_boundary
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from remote_uploader.collector.app import create_app
+        from remote_uploader.collector.app import create_app
+    except ImportError as exc:  # an agent-only install (`pip install .`): say which extra serves
+        raise CollectorError(
+            f"the collector service needs the [collector] extra, which is not installed ({exc.name} is "
+            "missing): pip install 'remote-uploader[collector]' (from a checkout: pip install '.[collector]')"
+        ) from None
 
     config = _load(
         args,
@@ -135,7 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
     if config.tls_cert:
         check_tls(config.tls_cert, config.tls_key)
-    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size)
+    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size,
+                           create_dir=_create_dir(args, config))
     try:
         version = storage.migrate()
         sock = bind(config.host, config.port)
@@ -242,6 +256,11 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="sqlite:///PATH or postgresql://USER@HOST/DB "
         "(default: sqlite in the state directory, or the config file's db)",
+    )
+    parser.add_argument(
+        "--create-dir",
+        action="store_true",
+        help="create the directory of a SQLite --db that does not exist yet (0700)",
     )
 
 

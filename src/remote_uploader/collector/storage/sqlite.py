@@ -11,6 +11,7 @@ it, `StorageUnavailable`, which the HTTP layer answers with 503 and Retry-After.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -92,7 +93,9 @@ class SqliteStorage(SqlStorage):
     migrations = MIGRATIONS
     bulk_form: BulkForm | None = "sqlite-image" if bulk.HAS_SQLITE_IMAGE else None
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 5.0, create_dir: bool = True) -> None:
+        """`create_dir=False` (the CLI, for a path the operator typed): a missing directory is an
+        error, not a new empty database that turns a typo into every agent being refused."""
         self.path = str(path)
         self.url = "sqlite://" + self.path
         self._timeout = timeout
@@ -102,7 +105,21 @@ class SqliteStorage(SqlStorage):
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._prepare_file(create_dir)
+
+    def _prepare_file(self, create_dir: bool) -> None:
+        """The directory exists (or may be made: 0700), and the database file is private (0600):
+        it holds token hashes and every agent's data."""
+        directory = Path(self.path).parent
+        if not directory.is_dir():
+            if not create_dir:
+                raise StorageError(f"the directory of {self.path} does not exist ({directory}); check the path, "
+                                   "or pass --create-dir to create it")
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         try:
