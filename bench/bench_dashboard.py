@@ -133,15 +133,21 @@ def index_cost(batches: int, records: int, runs: int) -> None:
     from remote_uploader.collector.storage import bulk
 
     bodies = make_bodies(batches, records, 500_000)
-    seconds: dict[bool, list[float]] = {True: [], False: []}
+    variants = {
+        "without the index": None,
+        "counts (bucket)": "CREATE INDEX counts_bucket ON counts (bucket)",
+        "counts (bucket, ipkey, total)": "CREATE INDEX counts_bucket ON counts (bucket, ipkey, total)",
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
         for run in range(runs):
-            for indexed in (True, False):
-                storage = SqliteStorage(Path(tmp) / f"{run}-{indexed}.db")
+            for name, ddl in variants.items():
+                storage = SqliteStorage(Path(tmp) / f"{run}-{len(seconds[name])}-{name[:8]}.db")
                 storage.migrate()
-                if not indexed:
-                    with storage._write() as cur:
-                        cur.execute("DROP INDEX counts_bucket")
+                with storage._write() as cur:
+                    cur.execute("DROP INDEX IF EXISTS counts_bucket")
+                    if ddl:
+                        cur.execute(ddl)
                 spent = 0.0
                 for body in bodies:
                     batch = parse_batch(body, "test-agent", 60)
@@ -151,12 +157,11 @@ def index_cost(batches: int, records: int, runs: int) -> None:
                     storage.store_batch(batch, datetime.now(UTC))
                     spent += time.perf_counter() - started
                 storage.close()
-                seconds[indexed].append(spent)
+                seconds[name].append(spent)
     total = batches * records
     print(f"ingest (store only), SQLite, {batches} x {records:,} records, medians of {runs} runs:")
-    for indexed in (False, True):
-        label = "with counts_bucket" if indexed else "without the index"
-        print(f"  {label:<20} {total / statistics.median(seconds[indexed]):>9,.0f} records/s")
+    for name, spent in seconds.items():
+        print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s")
 
 
 def serve(db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -184,9 +189,10 @@ def main() -> int:
     parser.add_argument("--db", type=Path)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--index-cost", action="store_true", help="only: ingest with and without the index")
+    parser.add_argument("--batches", type=int, default=4, help="with --index-cost: batches of 100,000 records")
     args = parser.parse_args()
     if args.index_cost:
-        index_cost(4, 100_000, args.runs)
+        index_cost(args.batches, 100_000, args.runs)
         return 0
     work = Path(tempfile.mkdtemp(prefix="ru-bench-dash-"))
     db = args.db or work / "collector.db"
