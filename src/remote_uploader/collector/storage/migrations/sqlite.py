@@ -133,14 +133,4 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID""",
         ),
     ),
-    (
-        3,
-        (
-            # The dashboard's windows over all addresses (the overview's chart, the top addresses
-            # of the last hour) read the buckets of a time range; the primary key starts with the
-            # address, so without this they scan every bucket row. Covering (ipkey, total), and
-            # cheap to keep: new rows have recent buckets, so inserts touch the index's tail.
-            "CREATE INDEX counts_bucket ON counts (bucket, ipkey, total)",
-        ),
-    ),
 )
