@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from remote_uploader import __version__
-from remote_uploader.collector import routes
+from remote_uploader.collector import lapi_routes, routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
-from remote_uploader.collector.auth import Principal, authenticate
+from remote_uploader.collector.auth import Principal, authenticate, authenticate_bouncer
 from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
 from remote_uploader.collector.decisions import api as decisions_api
@@ -80,6 +81,8 @@ class Collector:
             raise ApiError(401, "authorization", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         found = authenticate(self.storage, credentials.credentials)
         if found is None:
+            if authenticate_bouncer(self.storage, credentials.credentials) is not None:
+                raise ApiError(403, "authorization", "a bouncer key may only pull decisions (GET /v1/decisions/stream)")
             raise ApiError(401, "authorization", "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
         request.state.principal = found.name
         return found
@@ -206,6 +209,7 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         return await collector.receive_batch(request, who)
 
     routes.add_read_routes(app, collector)
+    lapi_routes.add_lapi_routes(app, collector)
     decisions_api.add_routes(app, collector)
     if settings.dashboard:
         from remote_uploader.collector.dashboard import add_dashboard
@@ -261,7 +265,17 @@ def _install_error_handlers(app: FastAPI, collector: Collector) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         field = {404: "path", 405: "method"}.get(exc.status_code, "request")
-        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only; a path served by
+            # several routes (GET, POST and DELETE /v1/rules/decisions) allows all of theirs.
+            allowed = set()
+            for route in request.app.routes:
+                if route.matches(request.scope)[0] == Match.PARTIAL:
+                    allowed |= set(getattr(route, "methods", None) or ())
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], headers)
 
     @app.exception_handler(StorageUnavailable)
     async def unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:

@@ -149,6 +149,17 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class BouncerInfo:
+    """A bouncer key's name and where its next decision delta starts (never the key itself)."""
+
+    name: str
+    created_at: datetime
+    last_seq: int | None  # the decision change sequence its last complete pull ended at; None: never pulled
+    last_pull_at: datetime | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class IpQuery:
     """Filters for `list_ips`. With `agent`, the numbers are that agent's own, not the totals."""
 
@@ -220,6 +231,28 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def revoke_token(self, name: str) -> bool:
         """Delete the token of `name`; False if there was none."""
+
+    # -- bouncer keys (the CrowdSec-compatible decision stream) --------------------------------
+
+    @abc.abstractmethod
+    def add_bouncer(self, name: str, key_hash: str, *, replace: bool = False) -> None:
+        """Store a bouncer key's hash under `name`; `BouncerError` if the name exists and not `replace`
+        (replacing starts the new key from scratch: its first pull is a full one)."""
+
+    @abc.abstractmethod
+    def find_bouncer(self, key_hash: str) -> tuple[BouncerInfo, str] | None:
+        """The bouncer whose key has this hash, with the stored hash; or None."""
+
+    @abc.abstractmethod
+    def list_bouncers(self) -> list[BouncerInfo]: ...
+
+    @abc.abstractmethod
+    def revoke_bouncer(self, name: str) -> bool:
+        """Delete the key of `name`; False if there was none."""
+
+    @abc.abstractmethod
+    def record_pull(self, name: str, seq: int, at: datetime, user_agent: str | None) -> None:
+        """Remember that `name` has every decision change up to `seq`, as of `at`."""
 
     # -- ingest -------------------------------------------------------------------------------
 
