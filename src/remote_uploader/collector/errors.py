@@ -6,6 +6,7 @@
         │   ├── SchemaError             the database schema is newer than this program
         │   └── StorageUnavailable      the database is down, locked or overloaded: HTTP 503 + Retry-After
         ├── TokenError                  `token add` / `token revoke` could not do what was asked
+        ├── BouncerError                `bouncer add` could not do what was asked
         ├── BadInputError               a command's argument is invalid (names it: --duration, VALUE)
         └── BadUrlError                 a `--db` URL names no backend we have
 
@@ -41,6 +42,13 @@ class TokenError(CollectorError):
         self.name = name
         self.reason = reason
         super().__init__(f"token {name!r}: {reason}")
+
+
+class BouncerError(CollectorError):
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"bouncer {name!r}: {reason}")
 
 
 class BadUrlError(CollectorError):

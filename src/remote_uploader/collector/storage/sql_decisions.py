@@ -215,7 +215,12 @@ class DecisionsSql:
     # -- reads --------------------------------------------------------------------------------
 
     def list_decisions(self, query: DecisionQuery) -> list[Decision]:
-        where = ["id > ?"]
+        # A stream's delta asks for a few changes among many decisions: "+id" keeps SQLite from
+        # walking the whole table in id order (its choice for "ORDER BY id LIMIT ?"), so that it
+        # uses the created_seq / ended_seq index and sorts the few rows (4 ms -> 0.03 ms of CPU
+        # per empty delta at 20,000 decisions, growing with the table otherwise).
+        delta = query.as_of_seq is not None and (query.new_after_seq is not None or query.ended_after_seq is not None)
+        where = ["+id > ?" if delta else "id > ?"]
         params: list[Any] = [query.after_id]
         seq = query.as_of_seq
         if seq is not None:

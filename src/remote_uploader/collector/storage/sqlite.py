@@ -116,8 +116,16 @@ class SqliteStorage(SqlStorage):
                 raise StorageError(f"the directory of {self.path} does not exist ({directory}); check the path, "
                                    "or pass --create-dir to create it")
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Only a file that does not exist yet is opened here: closing any descriptor of a database
+        # file drops every POSIX lock this process holds on it, so opening and closing an existing
+        # one while another SqliteStorage of this process has it open (a test, `token add` in the
+        # server's process) corrupts that one's view of the WAL ("disk I/O error", stale reads).
+        if os.path.exists(self.path):
+            return
         try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass  # made meanwhile by another process
         except OSError as exc:
             raise StorageError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
 

@@ -133,4 +133,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    # Bouncer keys (CrowdSec-compatible decision stream, collector/lapi_routes.py): only the hash of
+    # a key is kept; last_seq and last_pull_at are where the key's next delta starts (NULL: it
+    # never pulled), written only after a pull was answered in full.
+    (
+        3,
+        (
+            """CREATE TABLE bouncers (
+                name TEXT PRIMARY KEY,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL,
+                last_seq BIGINT,
+                last_pull_at BIGINT,
+                user_agent TEXT
+            )""",
+        ),
+    ),
 )
