@@ -22,7 +22,16 @@ from remote_uploader.collector import blocklist
 from remote_uploader.collector.api import ApiError, Who, bad_request, errors
 from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.errors import StorageError
-from remote_uploader.collector.models import AgentCountOut, AgentList, AgentOut, Health, IpDetailOut, IpOut, IpPage
+from remote_uploader.collector.models import (
+    AgentCountOut,
+    AgentList,
+    AgentOut,
+    ErrorOut,
+    Health,
+    IpDetailOut,
+    IpOut,
+    IpPage,
+)
 from remote_uploader.collector.storage.base import IpQuery, IpSummary, SortKey, to_micros
 from remote_uploader.collector.timeparse import DurationError, parse_moment
 from remote_uploader.protocol import HEALTH_PATH, MAX_AGENT_LEN, canonical_ip, format_time
@@ -192,6 +201,7 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
                 "content": {"text/plain": {"schema": {"type": "string"}}, "application/json": {"schema": {}}},
             },
             **errors(400, 401, 503),
+            404: {"model": ErrorOut, "description": "`part` is past the last part"},
         },
     )
     def get_blocklist(
