@@ -3,7 +3,7 @@
 The agent refuses to start with one clear message naming the recovery command, every time (no
 crash loop that rewrites or re-sends anything), never touches the damaged file, and sends nothing.
 The documented recovery (`reset-state`) then delivers exactly, where the offsets survived; where
-they did not, it refuses --keep-offsets instead of silently re-reading whole files.
+they did not, it refuses (unless --forget-offsets is given) instead of silently re-reading whole files.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ def test_damaged_queue_is_refused_clearly_and_recovered_by_the_documented_comman
     assert _batch_requests(receiver) == batches_before, "a damaged queue must not send anything"
     assert _digest(db) == damaged, "the damaged file is evidence: never rewritten by the agent"
 
-    # The documented recovery: keep the offsets where they can be read.
+    # The documented recovery: plain `reset-state` keeps the offsets where they can be read.
     started = time.monotonic()
-    kept = run(config, "reset-state", "--keep-offsets")
+    kept = run(config, "reset-state")
     if kind == "future-schema":  # the offsets are readable: exact
         assert kept.returncode == 0, kept.stderr
         assert "recovered 1 rows of files" in kept.stdout
@@ -94,7 +94,7 @@ def test_damaged_queue_is_refused_clearly_and_recovered_by_the_documented_comman
         assert kept.returncode == EXIT_STATE, kept.stdout + kept.stderr
         assert "offsets cannot be read" in kept.stderr and "nothing was changed" in kept.stderr
         assert _digest(db) == damaged
-        chosen = run(config, "reset-state")  # the operator's explicit choice: read everything again
+        chosen = run(config, "reset-state", "--forget-offsets")  # the explicit choice: read everything again
         assert chosen.returncode == 0, chosen.stderr
         assert "read again from its start" in chosen.stdout
         expected_doubled = sum(delivered.values())
@@ -105,9 +105,9 @@ def test_damaged_queue_is_refused_clearly_and_recovered_by_the_documented_comman
 
     lost, doubled = tally(delivered + fresh, receiver.counts())
     note = "" if not expected_doubled else (
-        "the file held the only record of the offsets: `reset-state --keep-offsets` refuses; the operator's "
-        "explicit `reset-state` re-reads every file, so what had been delivered before the damage is counted "
-        "again (documented in 'Corrupt state')")
+        "the file held the only record of the offsets: `reset-state` refuses; the operator's explicit "
+        "`reset-state --forget-offsets` re-reads every file, so what had been delivered before the damage is "
+        "counted again (documented in 'Corrupt state')")
     record(Row(f"state/{kind}", f"queue database {kind.replace('-', ' ')}",
                f"queue.db {kind.replace('-', ' ')} between runs; `once` run {REFUSALS - 1} times, `forever` and "
                "`test` once: each refused with the recovery command, nothing sent, file untouched; then "

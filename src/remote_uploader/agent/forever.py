@@ -156,7 +156,7 @@ def _seal_due_in(agent: Agent) -> float:
     """Seconds until the in-memory batch comes of age for a caught-up reader (never 0: no spin)."""
     if agent.batch.empty:
         return float("inf")
-    return max(0.01, agent.batch.created + agent.policy.caught_up_age - time.time())
+    return max(0.01, agent.batch.created + agent.policy.caught_up_age - time.monotonic())
 
 
 # --- shutdown ----------------------------------------------------------------------------------------

@@ -3,17 +3,18 @@
 The agent never deletes or rewrites a damaged queue by itself (that would hide a loss): it
 refuses to start and names this command. Here the damaged file is moved aside (kept for
 inspection), a new queue is created, and whatever can still be read is carried over: queued
-and dead-lettered batches always (they are data), the recorded offsets only with --keep-offsets.
+and dead-lettered batches always (they are data), and the recorded offsets unless
+--forget-offsets is given.
 
-The choice behind --keep-offsets: with it, files resume where they were, so nothing delivered
-is sent twice, but batches that were queued and can no longer be read are lost. Without it,
-every file is read from the start: nothing is lost, but what was already delivered is counted
-again. The command says which batches it could not recover, so the choice is an informed one.
+Keeping the offsets is the default because it is the safe choice: files resume where they
+were, so nothing delivered is sent twice (batches that were queued and can no longer be read
+are lost, and the command names them). Forgetting them reads every file from the start: nothing
+is lost, but what was already delivered is counted again, so it takes an explicit flag.
 
-When --keep-offsets is asked for but the offsets themselves cannot be read (a truncated,
-zero-filled or overwritten file), nothing is moved and the command refuses: carrying on would
-silently re-read every file from its start, which is exactly the re-send it was asked to avoid.
-The operator then chooses that re-read explicitly (no --keep-offsets), or restores a backup.
+When the offsets themselves cannot be read (a truncated, zero-filled or overwritten file),
+nothing is moved and the command refuses: carrying on would silently re-read every file from its
+start, which is exactly the re-send the default avoids. The operator then chooses that re-read
+explicitly (--forget-offsets), or restores a backup.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
         if unreadable is not None:
             raise CorruptStateError(
                 f"the recorded offsets cannot be read from {db} ({unreadable}); nothing was changed. "
-                "There is no exact recovery without them: `remote-uploader reset-state` (without "
-                "--keep-offsets) reads every file again from its start, so what was already delivered "
-                "is counted again; or restore the state directory from a backup"
+                "There is no exact recovery without them: `remote-uploader reset-state --forget-offsets` "
+                "reads every file again from its start, so what was already delivered is counted again; "
+                "or restore the state directory from a backup"
             )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = state_dir / f"{DB_NAME}.damaged-{stamp}"

@@ -100,6 +100,15 @@ class SourceFile:
     mtime: float
 
 
+# Source problems, in English (they are log values); `i18n.translate_known` shows them translated.
+NO_MATCH = "no file matches this pattern"
+ONLY_COMPRESSED = "matches only compressed files, which are skipped (read.skip_compressed)"
+A_DIRECTORY = "skipped: a directory"
+NOT_REGULAR = "skipped: not a regular file (FIFO, socket or device)"
+LINK_LOOP = "symbolic link loop"
+DANGLING_LINK = "dangling symbolic link"
+
+
 @dataclass(frozen=True)
 class SourceProblem:
     path: str
@@ -113,7 +122,8 @@ def expand_sources(
 
     A file matched twice (two globs, or a symlink to a matched file) would otherwise be read
     twice and every address in it counted twice. Directories, FIFOs, sockets, dangling links and
-    link loops are reported, not read: reading a FIFO would block the agent forever.
+    link loops are reported, not read: reading a FIFO would block the agent forever. So is a glob
+    that matches nothing: a typo in a pattern must not look like a quiet log to a cron job.
     """
     files: list[SourceFile] = []
     problems: list[SourceProblem] = []
@@ -121,6 +131,10 @@ def expand_sources(
     for index, source in enumerate(sources):
         for pattern in source.paths:
             matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+            if not matches:
+                problems.append(SourceProblem(pattern, NO_MATCH))
+            elif skip_compressed and all(path.endswith(COMPRESSED_SUFFIXES) for path in matches):
+                problems.append(SourceProblem(pattern, ONLY_COMPRESSED))
             for path in matches:
                 if skip_compressed and path.endswith(COMPRESSED_SUFFIXES):
                     continue
@@ -135,14 +149,13 @@ def _stat_source(path: str, index: int, problems: list[SourceProblem]) -> Source
     try:
         st = os.stat(path)
     except OSError as exc:
-        reason = "symbolic link loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        reason = LINK_LOOP if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         if exc.errno == errno.ENOENT and os.path.islink(path):
-            reason = "dangling symbolic link"
+            reason = DANGLING_LINK
         problems.append(SourceProblem(path, reason))
         return None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, socket or device)"
-        problems.append(SourceProblem(path, f"skipped: {kind}"))
+        problems.append(SourceProblem(path, A_DIRECTORY if stat.S_ISDIR(st.st_mode) else NOT_REGULAR))
         return None
     return SourceFile(path, index, st.st_dev, st.st_ino, st.st_size, st.st_mtime)
 
@@ -234,12 +247,26 @@ class BlockReader:
             return self._chunk(cut, long_line=True)
         return self._chunk(filled, scan=False, long_line=True)
 
-    def take_partial(self) -> Chunk | None:
-        """Hand out the held-back final line as it is (the writer is done with it, or it rotated away)."""
+    def take_partial(self, *, whole: bool = True) -> Chunk | None:
+        """Hand out the held-back final line: all of it (`whole`: the file can no longer grow, it
+        was rotated away or deleted), or only up to its last separator (a live file).
+
+        The bytes after the last separator of the data read so far could still become part of a
+        longer token when the writer goes on (`client=10.0.0.1` + `23`): counting them now would
+        count an address that is not the one written, and the offset would move past them. Up to
+        a separator nothing can change meaning, since no address contains one and no rule reads
+        across one (the cut the reader makes in lines longer than a block); the rest waits for
+        the next byte. None when nothing can be handed out.
+        """
         self._settle()
         if not self.carry:
             return None
-        return self._chunk(self.context + self.carry)
+        end = self.context + self.carry
+        if not whole:
+            end = last_cut(self.buf, self.context, end)
+            if end <= self.context:
+                return None
+        return self._chunk(end)
 
     def _chunk(self, cut: int, *, scan: bool = True, long_line: bool = False) -> Chunk:
         self._pending_cut = cut

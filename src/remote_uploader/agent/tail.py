@@ -36,8 +36,11 @@
   empty, or shorter than a fingerprint and still growing, is identified at a later look: a copy
   being written cannot be told from new content yet. Anywhere else a file is its own stream:
   when the evidence cannot decide, read (a skipped file is lost for ever).
-- `read.partial_line_idle`: a live file's final line without a newline is held back until it is
-  completed or the file has been idle that long; a rotated file's is taken after the grace.
+- A final line without a newline: in a live file, its bytes up to its last separator are counted
+  once the file has been idle `read.partial_line_idle`; the rest (an address may be growing:
+  `client=10.0.0.1` then `23`) waits for the byte after it, however long. A rotated or deleted
+  file can no longer grow: its final line is taken whole once it has been idle `read.rotate_grace`.
+  A `regex` source matches whole lines: it takes nothing of a live file's unterminated line.
 
 Threads: `poll` runs on the reading thread only. `lag()` may be called from any thread (stats,
 metrics): it takes `lock`, which `poll` holds only while it opens or closes descriptors.
@@ -372,9 +375,17 @@ class Tailer:
         the new content counted: the caller looks for the copy and reads on from our offset there)."""
         agent = self.agent
         read = agent.config.read
-        take_partial = time.time() - mtime >= (read.partial_line_idle if t.live else read.rotate_grace)
+        extractor = agent.extractors[index]
+        idle = time.time() - mtime
+        # What of a final unterminated line to take (module rules): None nothing, False the part up
+        # to its last separator (a live file), True all of it (a file that can no longer grow).
+        partial: bool | None = None
+        if not t.live:
+            partial = True if idle >= read.rotate_grace else None
+        elif idle >= read.partial_line_idle and not getattr(extractor, "per_line", False):
+            partial = False
         try:
-            intact = self._read_intact(t, fd, pos, index, agent.extractors[index], take_partial)
+            intact = self._read_intact(t, fd, pos, index, extractor, partial)
             agent.stats.files_read += 1
         except OSError as exc:
             try:
@@ -387,7 +398,7 @@ class Tailer:
         return intact
 
     def _read_intact(self, t: Tracked, fd: int, pos: int, index: int, extractor: Extractor,
-                     take_partial: bool) -> bool:
+                     partial: bool | None) -> bool:
         """Count bytes only once they are known to be the record's content: read, check, then feed.
 
         A file can be truncated and written again between two reads (copytruncate while we are
@@ -416,8 +427,8 @@ class Tailer:
         reader = BlockReader(fd, pos, agent.config.read.block_size, extractor.context)
         while not agent.stop.is_set():
             chunk = reader.next_chunk()
-            if chunk is None and take_partial and reader.pending:
-                chunk = reader.take_partial()
+            if chunk is None and partial is not None and reader.pending:
+                chunk = reader.take_partial(whole=partial)
             if chunk is None:
                 break
             # At the chunk's last line end: a final line taken unfinished may still be written into
@@ -782,9 +793,12 @@ class Tailer:
                 if self.source_index(t.name) is None:
                     continue  # no longer configured: not followed
                 try:
-                    size = os.fstat(t.fd).st_size if t.fd is not None else os.stat(t.path).st_size
+                    st = os.fstat(t.fd) if t.fd is not None else os.stat(t.path)
                 except OSError:
                     continue
+                if (st.st_dev, st.st_ino) != t.key:
+                    continue  # its path holds another file now (its content was compressed away): nothing to read
+                size = st.st_size
                 pos = max(t.pos, self.agent.batch.offsets.get(t.fid, 0))
                 result.append(Lag(t.path, max(0, size - pos), t.status, t.fd is not None))
             known = {t.key for t in self.tracked.values()} | set(self.ignored_copies)
