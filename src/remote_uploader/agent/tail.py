@@ -696,9 +696,11 @@ class Tailer:
         rotated name of one, may be a rotation or a new file: only a pass decides. A write to such
         a path that no open descriptor covers (a file closed after CLOSE_INACTIVE, or not taken up
         yet) too. Everything else in a watched directory (other logs in /var/log) is not ours."""
-        open_paths = {t.path for t in self.tracked.values() if t.fd is not None}
-        names = {t.name for t in self.tracked.values()} | {t.path for t in self.tracked.values()}
-        patterns = [os.path.expanduser(p) for s in self.agent.config.sources for p in s.paths]
+        # Events name absolute paths (the watched directory's); configured paths may be relative.
+        absolute = os.path.abspath
+        open_paths = {absolute(t.path) for t in self.tracked.values() if t.fd is not None}
+        names = {absolute(n) for t in self.tracked.values() for n in (t.name, t.path)}
+        patterns = [absolute(os.path.expanduser(p)) for s in self.agent.config.sources for p in s.paths]
 
         def ours(path: str) -> bool:
             return (path in names or bool(rotation_bases(path) & names)
