@@ -26,6 +26,7 @@ def test_two_or_more_rotations_while_stopped_lose_and_double_nothing(tmp_path: P
     with running(tmp_path, receiver, [str(log)]) as runner:
         writer.start()
         for round_ in range(3):
+            wait_following(tmp_path, starts=round_ + 1)  # rotations are the agent's to follow from its first look
             time.sleep(0.4)
             rotate(writer, runner)  # one rotation while it runs
             time.sleep(0.3)
@@ -35,6 +36,7 @@ def test_two_or_more_rotations_while_stopped_lose_and_double_nothing(tmp_path: P
                 rotate(writer, runner)
             time.sleep(0.2)
             runner.start()
+        wait_following(tmp_path, starts=4)
         time.sleep(0.5)
         written = writer.finish()
         received = settle(runner, written)
@@ -69,6 +71,20 @@ def test_inode_reused_while_stopped_is_new_content(tmp_path: Path, receiver) -> 
         received = settle(runner, written)
     row = compare("inode_reuse_while_stopped", written, received, same_inode=int(same_inode))
     assert row["lost"] == 0 and row["doubled"] == 0, row
+
+
+def wait_following(tmp_path: Path, starts: int) -> None:
+    """Wait for the agent's readiness point (`event=following`: its first whole pass) of its
+    `starts`-th start. An agent stopped before it has ever looked at the files has no claim on
+    what is rotated away meanwhile (docs/forever.md, Restarts): a fixed sleep instead would, on a
+    loaded machine, stop it before that and count those rotations as lost."""
+    agent_log = tmp_path / "state" / "agent.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if agent_log.exists() and agent_log.read_text().count("event=following ") >= starts:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the agent's start {starts} never logged event=following")
 
 
 def _create_with_inode(directory: Path, inode: int, tries: int = 200) -> Path:
