@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.agent import run_agent
+from remote_uploader.agent.runner import Agent
+from remote_uploader.agent.sink import Delivered
+from remote_uploader.agent.tail import LAST_SEEN_KEY, Tailer
+from remote_uploader.config import load
+from tests.helpers.agent import run_agent, write_access_log
 from tests.test_rotation import Runner, Writer, compare, copytruncate, rename_create, running, settle
 
 
@@ -121,3 +125,57 @@ def test_once_reads_the_rest_of_the_rotated_file_and_the_rotations_in_between(tm
         os.close(writer.fd)
     row = compare("once_after_three_rotations", writer.counts, receiver.counts())
     assert row["lost"] == 0 and row["doubled"] == 0, row
+
+
+class _NoSink:
+    """Nothing is uploaded in the in-process test: it looks at the records."""
+
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        raise AssertionError("not started")
+
+    def health(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_agent_stopped_before_its_first_pass_still_reads_what_was_rotated_while_it_was_stopped(
+        tmp_path: Path) -> None:
+    """A start that is stopped before it has looked (SIGTERM during start-up) must not note "looked
+    now": the file rotated while the agent was stopped would look older than that to the next start."""
+    live = tmp_path / "app.log"
+    write_access_log(live, 200, seed=1)
+    (tmp_path / "token").write_text("t\n")
+    config = load(None, env={}, sources=[str(live)], overrides={
+        "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
+        "server.token_file": str(tmp_path / "token")})
+
+    def start() -> tuple[Agent, Tailer]:
+        agent = Agent(config, sink=_NoSink())
+        return agent, Tailer(agent)
+
+    agent, tailer = start()  # a whole pass, an hour ago
+    tailer.poll()
+    tailer.close()
+    agent.spool.set_kv(LAST_SEEN_KEY, repr(time.time() - 3600))
+    agent.close()
+    live.rename(tmp_path / "app.log.1")  # stopped: rotated twice; the middle one it never saw live
+    write_access_log(live, 300, seed=2)
+    half_an_hour_ago = time.time() - 1800
+    os.utime(live, (half_an_hour_ago, half_an_hour_ago))
+    (tmp_path / "app.log.1").rename(tmp_path / "app.log.2")
+    live.rename(tmp_path / "app.log.1")
+    write_access_log(live, 100, seed=3)
+
+    agent, tailer = start()  # stopped during start-up: no pass
+    tailer.close()
+    agent.close()
+
+    agent, tailer = start()
+    try:
+        tailer.poll()
+        assert str(tmp_path / "app.log.1") in {state.path for state in agent.spool.files()}
+    finally:
+        tailer.close()
+        agent.close()
