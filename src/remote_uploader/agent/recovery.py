@@ -60,10 +60,10 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
     fresh = Spool(state_dir)
     try:
         with fresh.transaction() as conn:
-            for table, rows in salvaged.items():
-                if rows:
-                    marks = ", ".join("?" * len(rows[0]))
-                    conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)
+            for table, (columns, rows) in salvaged.items():
+                if rows:  # by column name: a database from an older agent may lack columns added since
+                    marks = ", ".join("?" * len(columns))
+                    conn.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
                 report.append(f"recovered {len(rows)} rows of {table}")
     finally:
         fresh.close()
@@ -90,9 +90,10 @@ def _unreadable_offsets(path: Path) -> str | None:
     return None
 
 
-def _salvage(path: Path, keep_offsets: bool) -> dict[str, list[tuple[object, ...]]]:
+def _salvage(path: Path, keep_offsets: bool) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
+    """Per table that reads whole: its column names and rows."""
     tables = ["batches", "dead_letters"] + (["files"] if keep_offsets else [])
-    found: dict[str, list[tuple[object, ...]]] = {}
+    found: dict[str, tuple[list[str], list[tuple[object, ...]]]] = {}
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:
@@ -100,7 +101,8 @@ def _salvage(path: Path, keep_offsets: bool) -> dict[str, list[tuple[object, ...
     try:
         for table in tables:
             try:
-                found[table] = conn.execute(f"SELECT * FROM {table}").fetchall()
+                cursor = conn.execute(f"SELECT * FROM {table}")
+                found[table] = ([str(d[0]) for d in cursor.description], cursor.fetchall())
             except sqlite3.Error:
                 continue
     finally:

@@ -4,6 +4,10 @@
     collector token add NAME [--read-only] [--replace] [--db URL | -c FILE]
     collector token list [--json] [--db URL | -c FILE]
     collector token revoke NAME [--db URL | -c FILE]
+    collector bouncer add NAME [--replace] [--db URL | -c FILE]
+    collector bouncer list [--json] [--db URL | -c FILE]
+    collector bouncer revoke NAME [--db URL | -c FILE]
+    collector decision add VALUE --duration DUR [--reason TEXT] | delete VALUE | list  (decisions/cli.py)
 
 `register(subparsers)` adds the `collector` command to the main command line; `main(argv)` runs
 the same commands standalone (`python -m remote_uploader.collector.cli serve ...`). Each command
@@ -26,7 +30,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader.collector import logs, settings
-from remote_uploader.collector.auth import create_token
+from remote_uploader.collector.auth import create_bouncer_key, create_token
+from remote_uploader.collector.decisions import cli as decisions_cli
 from remote_uploader.collector.errors import CollectorError
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage import open_storage
@@ -66,6 +71,10 @@ def _create_dir(args: argparse.Namespace, config: settings.CollectorSettings) ->
 
 
 def _open(args: argparse.Namespace) -> Storage:
+    return _open_with_settings(args)[1]
+
+
+def _open_with_settings(args: argparse.Namespace) -> tuple[settings.CollectorSettings, Storage]:
     config = _load(args)
     storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2, create_dir=_create_dir(args, config))
     try:
@@ -73,7 +82,11 @@ def _open(args: argparse.Namespace) -> Storage:
     except BaseException:
         storage.close()
         raise
-    return storage
+    return config, storage
+
+
+def _with_database(command: Callable[[argparse.Namespace, Any], int]) -> Command:
+    return _boundary(lambda args: command(args, _open_with_settings))
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -130,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         retention_days=args.retention_days,
         log_format=args.log_format,
         access_log=False if args.no_access_log else None,
+        dashboard=False if args.no_dashboard else None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         parse_workers=args.parse_workers,
@@ -151,6 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if config.tls_cert else "http"
     tune_gc()
     logger.info("collector listening", extra=fields(url=f"{scheme}://{shown}:{port}", db=storage.url, schema=version))
+    if config.dashboard:
+        logger.info("dashboard", extra=fields(url=f"{scheme}://{shown}:{port}/", anonymous=config.dashboard_anonymous))
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -227,6 +243,68 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bouncer keys -----------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_bouncer_add(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        key = create_bouncer_key(storage, args.name, replace=args.replace)
+    finally:
+        storage.close()
+    print(f"Created a bouncer key for {args.name!r}: put it in the bouncer's api_key. It is shown only now.")
+    print(key)
+    return 0
+
+
+@_boundary
+def cmd_bouncer_list(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        bouncers = storage.list_bouncers()
+    finally:
+        storage.close()
+
+    def when(moment: Any) -> str:
+        return format_time(moment) if moment is not None else "-"
+
+    if args.json:
+        document = [
+            {
+                "name": b.name,
+                "created_at": format_time(b.created_at),
+                "last_pull_at": None if b.last_pull_at is None else format_time(b.last_pull_at),
+                "user_agent": b.user_agent,
+            }
+            for b in bouncers
+        ]
+        print(json.dumps(document, indent=2))
+        return 0
+    if not bouncers:
+        print("No bouncers. Create a key with: remote-uploader collector bouncer add NAME")
+        return 0
+    width = max(len("NAME"), *(len(b.name) for b in bouncers))
+    print(f"{'NAME':<{width}}  {'CREATED':<27}  {'LAST PULL':<27}  USER AGENT")
+    for b in bouncers:
+        print(f"{b.name:<{width}}  {when(b.created_at):<27}  {when(b.last_pull_at):<27}  {b.user_agent or '-'}")
+    return 0
+
+
+@_boundary
+def cmd_bouncer_revoke(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        revoked = storage.revoke_bouncer(args.name)
+    finally:
+        storage.close()
+    if not revoked:
+        print(f"remote-uploader collector: error: no bouncer named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"Revoked the key of bouncer {args.name!r}; its pulls are refused from now on.")
+    return 0
+
+
 # -- the parser -------------------------------------------------------------------------------
 
 
@@ -273,6 +351,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="key=value text (default) or JSON lines")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument("--no-dashboard", action="store_true", help="do not serve the web pages at /")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     serve.set_defaults(func=cmd_serve)
 
@@ -297,6 +376,34 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("name", metavar="NAME")
     _database_options(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    bouncer = commands.add_parser(
+        "bouncer",
+        help="manage CrowdSec bouncer keys",
+        description="Manage the keys that CrowdSec bouncers send in X-Api-Key to pull decisions "
+        "(see docs/decisions.md).",
+    )
+    bouncers = bouncer.add_subparsers(dest="bouncer_command", metavar="ACTION", required=True)
+    badd = bouncers.add_parser(
+        "add",
+        help="create a bouncer key; prints it once, on the last line",
+        description="Create a key for bouncer NAME. Only a hash is stored; the key is printed once, "
+        "alone on the last line. It may pull decisions and nothing else.",
+    )
+    badd.add_argument("name", metavar="NAME")
+    badd.add_argument("--replace", action="store_true", help="replace an existing key of NAME")
+    _database_options(badd)
+    badd.set_defaults(func=cmd_bouncer_add)
+    blist = bouncers.add_parser("list", help="list bouncers and their last pulls (never the keys)")
+    blist.add_argument("--json", action="store_true", help="print JSON")
+    _database_options(blist)
+    blist.set_defaults(func=cmd_bouncer_list)
+    brevoke = bouncers.add_parser("revoke", help="delete the key of bouncer NAME")
+    brevoke.add_argument("name", metavar="NAME")
+    _database_options(brevoke)
+    brevoke.set_defaults(func=cmd_bouncer_revoke)
+
+    decisions_cli.add_commands(commands, _database_options, _with_database)
 
 
 def register(subparsers: Any) -> None:
