@@ -60,6 +60,7 @@ class Agent:
         try:
             self.spool = Spool(config.agent.state_dir)
             self.upload_spool = Spool(config.agent.state_dir)
+            self.producer = self.spool.producer()
         except BaseException:
             self.lock.release()
             raise
@@ -155,10 +156,11 @@ class Agent:
         """Queue the in-memory batch and move its offsets, durably, in one transaction."""
         if self.batch.empty:
             return
-        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress)
+        seq = self.spool.next_seq()
+        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq)
         if sealed is not None:
             self._wait_for_queue_space()
-        self._commit_until_done(sealed, self.batch.offsets)
+        self._commit_until_done(sealed, self.batch.offsets, seq)
         if sealed is not None:
             crash_point("after_seal")
             self.queued_estimate += len(sealed.body)
@@ -168,12 +170,12 @@ class Agent:
         self.batch = Batch(time.time())
         self.stats.memory_ips = 0
 
-    def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int]) -> None:
+    def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int], seq: int = 0) -> None:
         """Commit, retrying while the disk is full; offsets never move without their batch."""
         warned = False
         while True:
             try:
-                self.spool.commit(sealed, offsets)
+                self.spool.commit(sealed, offsets, seq)
                 if warned:
                     log.info("event=disk_space_back")
                 return

@@ -47,7 +47,7 @@ from remote_uploader.errors import (
     StateError,
 )
 from remote_uploader.i18n import Message
-from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH
+from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH, WHOAMI_PATH
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,16 @@ class HttpSink:
             answer = {}
         answer["http_status"] = status
         return answer
+
+    def whoami(self) -> tuple[int, dict[str, object], bytes]:
+        """GET /v1/whoami with the token: (status, the JSON answer or {}, the raw answer)."""
+        status, _, payload = self._request("GET", WHOAMI_PATH, None, {
+            "Authorization": f"Bearer {self.token}", "User-Agent": f"remote-uploader/{__version__}"})
+        try:
+            answer = json.loads(payload) if payload else {}
+        except ValueError:
+            answer = {}
+        return status, answer if isinstance(answer, dict) else {}, payload
 
     def close(self) -> None:
         """Close every connection (each opens again on its next request)."""
