@@ -609,6 +609,16 @@ class Delivered:
         """The recorded rows as column -> value, ready to insert into a new `files` table."""
         return [{key: _from_json(value) for key, value in row.items()} for _, row in self.load().values()]
 
+    def restart(self, known: set[int]) -> None:
+        """For a new queue (a new producer, numbering from 1): keep the rows of the files in `known`,
+        under number 0, so the new queue's first acknowledgements replace them."""
+        try:
+            rows = [row for _, row in self.load().values()]
+        except (OSError, ValueError, KeyError, TypeError):
+            rows = []
+        self._entries = {}
+        self.advance([(0, rows)], known)
+
     def advance(self, settled: list[tuple[int, list[dict[str, object]]]], known: set[int]) -> None:
         """Take the newest row per file from `settled` (batch number, rows), drop files the queue has
         forgotten, and replace the file durably. Raises DiskFullError when it cannot be written."""
