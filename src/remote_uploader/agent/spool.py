@@ -222,8 +222,13 @@ class Spool:
         self.path = state_dir / DB_NAME
         self.readonly = readonly
         self._lock = threading.Lock()
+        self._created = False
         self.conn = self._connect()
         self.delivered = Delivered(state_dir / DELIVERED_NAME)
+        if self._created and not self.delivered.path.exists():
+            # A new queue has delivered nothing: say so, so that `reset-state` can tell "nothing
+            # acknowledged yet" (read every file from its start, exactly) from "no record".
+            self.delivered.advance([], set())
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -273,6 +278,7 @@ class Spool:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
+            self._created = True
         missing = {"files", "batches", "dead_letters", "kv"} - {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
