@@ -52,6 +52,7 @@ from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH, WHOAMI_PATH
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 1024 * 1024  # the collector's answers are small JSON documents
+DISK_FULL_SAY_EVERY = 60.0  # seconds between two disk_full errors of the uploader
 
 
 class PayloadTooLargeError(DeliveryError):
@@ -321,6 +322,7 @@ class Uploader(threading.Thread):
         self.last_error = ""
         self.fatal: BaseException | None = None
         self.disk_full = False
+        self.disk_full_said = -DISK_FULL_SAY_EVERY  # monotonic time it was last said
 
     def run(self) -> None:
         try:
@@ -387,8 +389,13 @@ class Uploader(threading.Thread):
         still queued and is sent again later; a batch the collector already stored is then answered
         as a duplicate and counts nothing twice. Said once, then retried with the backoff.
         """
-        if not self.disk_full:
-            self.disk_full = True
+        self.disk_full = True
+        now = time.monotonic()
+        # Said once per DISK_FULL_SAY_EVERY, not once per episode: on a nearly full disk some
+        # writes pass (an acknowledgement) and others fail (delivered.json), and each passing one
+        # would otherwise start a new episode and a new error line.
+        if now - self.disk_full_said >= DISK_FULL_SAY_EVERY:
+            self.disk_full_said = now
             log.error("event=disk_full component=uploader reason=%r action=retrying batch_kept=true", str(exc))
         self.stop_event.wait(self.backoff.next_delay())
 

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CACHE_KIB = 256
+WAL_CHECKPOINT_PAGES = 128
 DB_NAME = "queue.db"
 LOCK_NAME = "agent.lock"
 DELIVERED_NAME = "delivered.json"
@@ -266,6 +267,13 @@ class Spool:
         # The agent reads each batch once and writes each once: a big page cache buys nothing
         # and costs memory twice (reader and uploader each have a connection).
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        # Checkpoint the WAL into the database every WAL_CHECKPOINT_PAGES pages (SQLite's default is
+        # 1000, 4 MiB): every transaction appends each page it touched to the WAL, and a WAL that
+        # is never checkpointed can take a small state disk whole, after which not even the
+        # checkpoint that would free it can run (found by the 3 MiB full-disk scenario once the
+        # seal and the acknowledgement touched a few more pages, for delivered.json).
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
         if version == 0:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             if names:
