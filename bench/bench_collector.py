@@ -157,7 +157,8 @@ def bench_parse(bodies: list[bytes], records: int, runs: int) -> list[Batch]:
 
 def bench_encode(parsed: list[Batch], records: int, runs: int, form: bulk.BulkForm) -> list[Batch]:
     def encode() -> list[Batch]:
-        return [dataclasses.replace(b, deltas=bulk.encoded(b.deltas, form)) for b in parsed]
+        # The time buckets travel in the encoded form too (as a parsing worker sends them).
+        return [dataclasses.replace(b, deltas=bulk.encoded(b.deltas, form, b.buckets), buckets=()) for b in parsed]
 
     report(f"encode ({form})", [timed(records * len(parsed), encode) for _ in range(runs)])
     return encode()

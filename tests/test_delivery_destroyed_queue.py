@@ -68,7 +68,7 @@ def test_a_queue_destroyed_after_a_sigkill_mid_delivery_is_recovered_exactly(
     assert killed.returncode == -9, killed.stdout + killed.stderr
     _destroy(tmp_path / "state" / "queue.db", "garbage")
 
-    reset = run_agent("reset-state", "--keep-offsets", "-c", str(config))
+    reset = run_agent("reset-state", "-c", str(config))
     assert reset.returncode == 0, reset.stdout + reset.stderr
     result = run_agent("once", "-c", str(config))
 
@@ -84,7 +84,7 @@ def test_a_batch_stored_but_unacknowledged_when_the_queue_is_destroyed_is_not_do
     killed = run_agent("once", "-c", str(config), env={"REMOTE_UPLOADER_CRASH_AT": "before_ack:3"})
     assert killed.returncode == -9
     _destroy(tmp_path / "state" / "queue.db", "garbage")
-    assert run_agent("reset-state", "--keep-offsets", "-c", str(config)).returncode == 0
+    assert run_agent("reset-state", "-c", str(config)).returncode == 0
     assert run_agent("once", "-c", str(config)).returncode == 0
     assert Counter(receiver.counts()) == expected
 

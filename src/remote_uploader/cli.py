@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader import __version__
-from remote_uploader.config import PROFILES, Config, load, parse_set_option
-from remote_uploader.errors import RemoteUploaderError, StateError
-from remote_uploader.i18n import _, setup
+from remote_uploader.config import PROFILES, Config, Effective, parse_set_option, resolve
+from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
+from remote_uploader.i18n import Message, _, setup, translate_known
 
 log = logging.getLogger("remote_uploader")
 
@@ -25,92 +25,160 @@ LOG_FILE = "agent.log"
 
 
 def say(line: str) -> None:
-    print(line, flush=True)
+    """Print a line; a reader that went away (`once | head -2`) ends the output, not the run."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _stdout_gone()
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null: the rest of the output (and the flush at exit) goes nowhere,
+    and the command goes on to deliver what it read."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def warn(line: str) -> None:
+    print(f"remote-uploader: {line}", file=sys.stderr, flush=True)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own words ("usage:") in the chosen language, like the rest of the help."""
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, _("usage: ") if prefix is None else prefix)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose section titles and -h/--help line are translated (subcommands too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._positionals.title = _("positional arguments")
+        self._optionals.title = _("options")
+        for action in self._actions:
+            if isinstance(action, argparse._HelpAction):
+                action.help = _("show this help message and exit")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("configuration")
-    group.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: search path)")
-    group.add_argument("--profile", choices=sorted(PROFILES), help="preset batching values")
+    group = parser.add_argument_group(_("configuration"))
+    group.add_argument("-c", "--config", metavar="FILE", help=_("TOML config file (default: search path)"))
+    group.add_argument("--profile", choices=sorted(PROFILES), help=_("preset batching values"))
     group.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any key, e.g. --set batching.min_upload_batch=50 (repeatable)")
+                       help=_("override any key, e.g. --set batching.min_upload_batch=50 (repeatable)"))
     group.add_argument("--state-dir", help="agent.state_dir")
     group.add_argument("--url", help="server.url")
-    group.add_argument("--token-file", help="server.token_file (tokens are never taken as arguments)")
+    group.add_argument("--token-file", help=_("server.token_file (tokens are never taken as arguments)"))
     group.add_argument("--agent-id", help="agent.id")
     group.add_argument("--workers", type=int, help="agent.workers")
-    group.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
-    group.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    group.add_argument("--lang", choices=["en", "zh"], help="language of messages")
+    group.add_argument("-v", "--verbose", action="count", default=0, help=_("more output (-vv: debug)"))
+    group.add_argument("-q", "--quiet", action="store_true", help=_("errors only"))
+    group.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The command line; its help is in the language `i18n.setup` chose before it was built."""
+    parser = Parser(
         prog="remote-uploader",
-        description="Ship the IP addresses in log files to a collector: exactly once, flat memory.",
+        description=_("Ship the IP addresses in log files to a collector: exactly once, flat memory."),
     )
-    parser.add_argument("--version", action="version", version=f"remote-uploader {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--version", action="version", version=f"remote-uploader {__version__}",
+                        help=_("show the version and exit"))
+    parser.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title=_("commands"))
 
-    once = commands.add_parser("once", help="read every file to its end, deliver everything, exit")
+    once = commands.add_parser("once", help=_("read every file to its end, deliver everything, exit"))
     _add_config_options(once)
     once.add_argument("--max-retry-time", type=float, metavar="SECONDS",
-                      help="give up (exit 3, data stays queued) after the collector failed this long")
-    once.add_argument("paths", nargs="*", help="files or globs (instead of the config's [[sources]])")
+                      help=_("give up (exit 3, data stays queued) after the collector failed this long"))
+    once.add_argument("paths", nargs="*", help=_("files or globs (instead of the config's [[sources]])"))
     once.set_defaults(func=cmd_once)
 
-    forever = commands.add_parser("forever", help="follow the files and ship as lines arrive")
+    forever = commands.add_parser("forever", help=_("follow the files and ship as lines arrive"))
     _add_config_options(forever)
-    forever.add_argument("paths", nargs="*", help="files or globs (instead of the config's [[sources]])")
+    forever.add_argument("paths", nargs="*", help=_("files or globs (instead of the config's [[sources]])"))
     forever.set_defaults(func=cmd_forever)
 
-    test = commands.add_parser("test", help="check config, sources, state directory and server")
+    test = commands.add_parser("test", help=_("check config, sources, state directory and server"))
     _add_config_options(test)
     test.set_defaults(func=cmd_test)
 
-    extract = commands.add_parser("extract", help="print per-IP counts of files; sends and stores nothing")
-    extract.add_argument("files", nargs="+")
+    extract = commands.add_parser("extract", help=_("print per-IP counts of files; sends and stores nothing"))
+    extract.add_argument("files", nargs="+", help=_("log files to count"))
     extract.add_argument("--json", action="store_true", help='print {"counts": {...}, "lines": n, "bytes": n}')
-    extract.add_argument("--regex", help="only addresses in the named group `ip` of this regex")
-    extract.add_argument("--exclude", action="append", default=[], metavar="CIDR")
-    extract.add_argument("--engine", choices=["auto", "stdlib", "hyperscan"], default="auto")
+    extract.add_argument("--regex", help=_("only addresses in the named group `ip` of this regex"))
+    extract.add_argument("--exclude", action="append", default=[], metavar="CIDR",
+                         help=_("never count addresses in this network (repeatable)"))
+    extract.add_argument("--engine", choices=["auto", "stdlib", "hyperscan"], default="auto",
+                         help=_("extraction engine"))
+    extract.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     extract.set_defaults(func=cmd_extract)
 
-    status = commands.add_parser("status", help="files, queue, dead letters, last upload (read-only)")
+    status = commands.add_parser("status", help=_("files, queue, dead letters, last upload (read-only)"))
     _add_config_options(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help=_("print JSON"))
     status.set_defaults(func=cmd_status)
 
-    requeue = commands.add_parser("requeue", help="send the dead-lettered batches again")
+    requeue = commands.add_parser("requeue", help=_("send the dead-lettered batches again"))
     _add_config_options(requeue)
     requeue.set_defaults(func=cmd_requeue)
 
-    reset = commands.add_parser("reset-state", help="move a damaged queue database aside and start a new one")
+    reset = commands.add_parser("reset-state", help=_("move a damaged queue database aside and start a new one"))
     _add_config_options(reset)
-    reset.add_argument("--keep-offsets", action="store_true",
-                       help="carry over the recorded offsets (and any readable queued batches)")
+    reset.add_argument("--forget-offsets", action="store_true",
+                       help=_("do not carry over the recorded offsets: every file is read again from its start "
+                              "and what was delivered is counted again (only when the offsets cannot be read)"))
+    reset.add_argument("--keep-offsets", action="store_true", help=_("the default (kept for old scripts)"))
     reset.set_defaults(func=cmd_reset_state)
+
+    config = commands.add_parser("config", help=_("show the effective configuration and where each value came from"))
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True,
+                                            title=_("actions"))
+    show = config_commands.add_parser("show", help=_("every key, its value and its origin (TOML, or JSON)"))
+    _add_config_options(show)
+    show.add_argument("--json", action="store_true", help=_("print JSON"))
+    show.add_argument("paths", nargs="*", help=_("files or globs (instead of the config's [[sources]])"))
+    show.set_defaults(func=cmd_config_show)
+
+    legacy = commands.add_parser("import-legacy",
+                                 help=_("take over the old script's pending addresses and read offsets, once"))
+    _add_config_options(legacy)
+    legacy.add_argument("--pending", metavar="FILE", help=_("the old pending queue (default: legacy.pending_file)"))
+    legacy.add_argument("--offsets", metavar="FILE", help=_("the old offsets file (default: legacy.offsets_file)"))
+    legacy.set_defaults(func=cmd_import_legacy)
 
     # The collector's commands are parsed by the collector's own parser, imported only when
     # used: the agent must not pay for FastAPI and friends in memory on every start.
     collector = commands.add_parser("collector", add_help=False,
-                                    help="the collector service: serve, token add | list | revoke")
+                                    help=_("the collector service: serve, token add | list | revoke"))
     collector.add_argument("collector_args", nargs=argparse.REMAINDER)
     collector.set_defaults(func=cmd_collector)
     return parser
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
+    """The collector lives in the `[collector]` extra: an agent-only install says how to add it."""
     try:
         from remote_uploader.collector.cli import main as collector_main
     except ImportError as exc:
-        raise RemoteUploaderError(
-            f"the collector needs its dependencies ({exc.name}): pip install remote-uploader"
-        ) from exc
+        if not (exc.name or "").startswith(("fastapi", "uvicorn", "msgspec", "starlette", "pydantic")):
+            raise
+        raise RemoteUploaderError(Message(
+            "the collector needs the [collector] extra, which is not installed ({module} is missing): "
+            "pip install 'remote-uploader[collector]' (from a checkout: pip install '.[collector]')",
+            module=exc.name)) from None
     return collector_main(args.collector_args)
 
 
 def load_config(args: argparse.Namespace) -> Config:
+    return resolve_config(args).config
+
+
+def resolve_config(args: argparse.Namespace) -> Effective:
     overrides: dict[str, Any] = parse_set_option(args.settings)
     for key, value in (
         ("agent.state_dir", args.state_dir),
@@ -124,7 +192,7 @@ def load_config(args: argparse.Namespace) -> Config:
     if getattr(args, "max_retry_time", None) is not None:
         overrides["server.max_retry_time"] = args.max_retry_time
     paths = getattr(args, "paths", None) or None
-    return load(args.config, overrides=overrides, profile=args.profile, sources=paths)
+    return resolve(args.config, overrides=overrides, profile=args.profile, sources=paths)
 
 
 def configure_logging(config: Config, args: argparse.Namespace, *, to_file: bool) -> None:
@@ -133,7 +201,7 @@ def configure_logging(config: Config, args: argparse.Namespace, *, to_file: bool
     root.setLevel(logging.DEBUG)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    console = logging.StreamHandler(sys.stderr)
+    console = logging.StreamHandler(sys.stderr)  # -q: errors only
     console.setLevel(logging.ERROR if args.quiet else
                      [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
@@ -187,20 +255,35 @@ def _agent_setup(args: argparse.Namespace) -> Config:
     return config
 
 
+def _legacy_hint(config: Config) -> None:
+    """Once, forever and test: say so when the old script's files wait to be imported."""
+    from remote_uploader.agent.legacy import legacy_hint
+
+    hint = legacy_hint(config)
+    if hint is not None:
+        warn(f"{_('note')}: {hint.translated()}")
+
+
 def cmd_once(args: argparse.Namespace) -> int:
-    from remote_uploader.agent.runner import run_once
+    from remote_uploader.agent.runner import EXIT_OK, run_once
 
     config = _agent_setup(args)
     if not config.sources:
         raise RemoteUploaderError(_("no sources configured: add [[sources]] paths to the config or name files"))
-    result = run_once(config, say=say, progress=_progress_line if sys.stderr.isatty() and not args.quiet else None)
-    say(result.message)
+    _legacy_hint(config)
+    progress = _progress_line if sys.stderr.isatty() and not args.quiet else None
+    result = run_once(config, say=(lambda line: None) if args.quiet else say, progress=progress)
+    if not args.quiet:
+        say(result.message)
+    elif result.exit_code != EXIT_OK:  # -q: errors only, and this is one
+        warn(result.message)
     return result.exit_code
 
 
 def _progress_line(text: str) -> None:
     """Rewrites one line of the terminal (stderr): a progress bar that scrolls nothing away."""
-    print(f"\r{text}\033[K", end="", file=sys.stderr, flush=True)
+    ending = "\n" if text.endswith("\n") else ""  # the last frame ends the line, after clearing its rest
+    print(f"\r{text.rstrip()}\033[K{ending}", end="", file=sys.stderr, flush=True)
 
 
 def cmd_forever(args: argparse.Namespace) -> int:
@@ -209,7 +292,8 @@ def cmd_forever(args: argparse.Namespace) -> int:
     config = _agent_setup(args)
     if not config.sources:
         raise RemoteUploaderError(_("no sources configured: add [[sources]] paths to the config or name files"))
-    return run_forever(config, say=say, reload=lambda: load_config(args))
+    _legacy_hint(config)
+    return run_forever(config, say=(lambda line: None) if args.quiet else say, reload=lambda: load_config(args))
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -217,6 +301,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     config = load_config(args)
     setup(args.lang or config.agent.lang)
+    _legacy_hint(config)
     failed = 0
     for check in run_checks(config):
         mark = "OK  " if check.ok else "FAIL"
@@ -226,25 +311,46 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    """Counts of the files that can be read; exit 5 naming each that cannot (as `once` does)."""
     from remote_uploader.agent.extract import build_extractor
     from remote_uploader.agent.runner import count_files
-    from remote_uploader.errors import ConfigError, SourceError
+    from remote_uploader.errors import ConfigError
 
+    setup(args.lang or "")
     try:
         extractor = build_extractor(regex=args.regex, exclude=args.exclude, engine=args.engine)
     except ValueError as exc:
         raise ConfigError("--regex" if args.regex and "regex" in str(exc).lower() else "--exclude", str(exc)) from exc
-    for path in args.files:
-        if not os.path.isfile(path):
-            raise SourceError(path, "not a regular file")
-    counts, lines, nbytes = count_files(args.files, extractor, 4 * 1024 * 1024)
+    problems: list[SourceError] = []
+    counts, lines, nbytes = count_files(args.files, extractor, 4 * 1024 * 1024, problems)
+    for problem in problems:
+        warn(_("Cannot read {path}: {reason}").format(path=problem.path, reason=translate_known(problem.reason)))
+    code = SourceError.exit_code if problems else 0
     if args.json:
         say(json.dumps({"counts": counts, "lines": lines, "bytes": nbytes}, sort_keys=True))
-        return 0
+        return code
     for ip, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         say(f"{count:>10}  {ip}")
     say(_("{ips} distinct addresses, {occurrences} occurrences in {lines} lines ({nbytes} bytes)").format(
         ips=len(counts), occurrences=sum(counts.values()), lines=lines, nbytes=nbytes))
+    return code
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from remote_uploader.config_show import to_json, to_toml
+
+    effective = resolve_config(args)
+    say(to_json(effective) if args.json else to_toml(effective).rstrip("\n"))
+    return 0
+
+
+def cmd_import_legacy(args: argparse.Namespace) -> int:
+    from remote_uploader.agent.legacy import import_legacy
+
+    config = _agent_setup(args)
+    report = import_legacy(config, args.pending, args.offsets)
+    for line in report.lines:
+        say(line)
     return 0
 
 
@@ -278,26 +384,45 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 def cmd_reset_state(args: argparse.Namespace) -> int:
     from remote_uploader.agent.recovery import reset_state
 
+    if args.forget_offsets and args.keep_offsets:
+        raise RemoteUploaderError(_("--forget-offsets and --keep-offsets contradict each other"))
     config = _agent_setup(args)
-    for line in reset_state(config.agent.state_dir, keep_offsets=args.keep_offsets):
+    for line in reset_state(config.agent.state_dir, keep_offsets=not args.forget_offsets):
         say(line)
     return 0
 
 
+def _lang_in(arguments: list[str]) -> str:
+    """--lang from anywhere on the command line, before parsing: the help must be in it too."""
+    for index, argument in enumerate(arguments):
+        if argument == "--":
+            break
+        if argument == "--lang" and index + 1 < len(arguments):
+            return arguments[index + 1]
+        if argument.startswith("--lang="):
+            return argument.split("=", 1)[1]
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
-        args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
-    else:
-        args = parser.parse_args(arguments)
-    setup(getattr(args, "lang", None) or "")  # --lang or the locale, until a config says otherwise
-    func: Callable[[argparse.Namespace], int] = args.func
+    lang = _lang_in(arguments) if arguments[:1] != ["collector"] else ""
+    setup(lang if lang in ("en", "zh") else "")  # --lang or the locale, until a config says otherwise
     try:
+        parser = build_parser()
+        if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
+            args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
+        else:
+            args = parser.parse_args(arguments)
+            args.lang = getattr(args, "lang", None) or lang or None
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except RemoteUploaderError as exc:
         print(f"remote-uploader: {_('error')}: {exc.translated()}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. `--help | head -1`: the reader has all it wanted
+        _stdout_gone()
+        return 0
     except KeyboardInterrupt:
         return 130
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from remote_uploader.errors import ConfigError
+from remote_uploader.errors import ConfigError, ConfigFileError
 from remote_uploader.i18n import Message
 
 ENV_PREFIX = "REMOTE_UPLOADER_"
@@ -75,6 +75,8 @@ DEFAULTS: dict[str, Any] = {
     "read.rotate_grace": 5.0,
     "read.skip_compressed": True,
     "shutdown.drain_timeout": 5.0,
+    "legacy.pending_file": "/tmp/pending_upload_queue.json",
+    "legacy.offsets_file": "/tmp/file_offsets.json",
 }
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -181,6 +183,14 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
+class LegacyConfig:
+    """Where the old script kept its pending queue and offsets (`import-legacy` and its hint)."""
+
+    pending_file: str = DEFAULTS["legacy.pending_file"]
+    offsets_file: str = DEFAULTS["legacy.offsets_file"]
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig
     server: ServerConfig
@@ -190,6 +200,21 @@ class Config:
     shutdown: ShutdownConfig
     sources: tuple[SourceConfig, ...]
     origin: str = ""  # the file it came from, for messages
+    legacy: LegacyConfig = field(default_factory=LegacyConfig)
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The configuration and, for every key, where its value came from (`config show`).
+
+    `origins[key]` is ``default``, ``profile NAME``, the config file's path, the environment
+    variable's name, or ``command line``; `sources_origin` likewise for `[[sources]]`.
+    """
+
+    config: Config
+    values: dict[str, Any]
+    origins: dict[str, str]
+    sources_origin: str
 
 
 # --- value parsing -----------------------------------------------------------------------------
@@ -341,6 +366,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "read.rotate_grace": _positive(_as_float, allow_zero=True),
     "read.skip_compressed": _as_bool,
     "shutdown.drain_timeout": _positive(_as_float, allow_zero=True),
+    "legacy.pending_file": _as_str,
+    "legacy.offsets_file": _as_str,
 }
 KNOWN_KEYS = set(PARSERS)
 
@@ -354,7 +381,7 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
-            raise ConfigError("config", Message("file {path} does not exist or is not a regular file", path=path))
+            raise ConfigFileError(path, Message("does not exist or is not a regular file"))
         return path
     for candidate in SEARCH_PATH:
         path = candidate.expanduser()
@@ -368,11 +395,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
-        problem = Message("{path} is not valid TOML: {error}", path=path, error=exc)
-        raise ConfigError("config", problem, str(path)) from exc
+        raise ConfigFileError(path, Message("not valid TOML: {error}", error=exc)) from exc
     except OSError as exc:
-        problem = Message("cannot read {path}: {error}", path=path, error=exc.strerror)
-        raise ConfigError("config", problem, str(path)) from exc
+        raise ConfigFileError(path, Message("cannot read it: {error}", error=exc.strerror)) from exc
 
 
 def flatten_file(data: Mapping[str, Any], origin: str) -> tuple[dict[str, Any], list[Any]]:
@@ -433,6 +458,18 @@ def load(
     sources: list[str] | None = None,
 ) -> Config:
     """Build the effective configuration. `overrides` are command-line values by dotted key."""
+    return resolve(path, env=env, overrides=overrides, profile=profile, sources=sources).config
+
+
+def resolve(
+    path: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    profile: str | None = None,
+    sources: list[str] | None = None,
+) -> Effective:
+    """`load()`, keeping where each value came from."""
     env = os.environ if env is None else env
     file_path = find_config_file(path, env)
     origin = str(file_path) if file_path else ""
@@ -442,6 +479,8 @@ def load(
     chosen_profile = profile or (env_values.get("agent.profile") or (None, ""))[0]
     chosen_profile = chosen_profile or file_values.get("agent.profile") or "default"
     chosen_profile = _checked("agent.profile", chosen_profile, origin)
+    profile_origin = ("command line" if profile else env_values["agent.profile"][1] if "agent.profile" in env_values
+                      else origin if "agent.profile" in file_values else "default")
 
     raw: dict[str, tuple[Any, str]] = {key: (value, "default") for key, value in DEFAULTS.items()}
     raw.update({key: (value, f"profile {chosen_profile}") for key, value in PROFILES[chosen_profile].items()})
@@ -451,7 +490,11 @@ def load(
 
     values = {key: (_checked(key, value, where) if value is not None else None) for key, (value, where) in raw.items()}
     source_list = _cli_sources(sources) if sources else _parse_sources(raw_sources, origin)
-    return _assemble(values, source_list, chosen_profile, origin)
+    origins = {key: where for key, (_value, where) in raw.items()}
+    origins["agent.profile"] = profile_origin
+    values["agent.profile"] = chosen_profile
+    return Effective(_assemble(values, source_list, chosen_profile, origin), values, origins,
+                     "command line" if sources else origin if raw_sources else "default")
 
 
 def _checked(key: str, value: Any, origin: str) -> Any:
@@ -590,6 +633,7 @@ def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile
         shutdown=ShutdownConfig(drain_timeout=values["shutdown.drain_timeout"]),
         sources=sources,
         origin=origin,
+        legacy=LegacyConfig(pending_file=values["legacy.pending_file"], offsets_file=values["legacy.offsets_file"]),
     )
 
 

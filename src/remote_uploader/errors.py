@@ -2,14 +2,20 @@
 
     RemoteUploaderError                 base; `exit_code` is what the CLI exits with
     ├── ConfigError                     a key in the config file, the environment or a flag is invalid
+    │   └── ConfigFileError             the config file itself is missing or unreadable
     ├── StateError                      the state directory or queue database cannot be used
     │   ├── StateLockedError            another agent holds the state directory lock
     │   └── CorruptStateError           the queue database is damaged or from a future schema
     ├── QueueFullError                  the queue reached its byte limit (reading pauses; never raised to users)
-    ├── SourceError                     a log file cannot be read (reported, the other sources go on)
+    ├── SourceError                     a log file cannot be read (reported, the other sources go on; exit 5)
+    ├── LegacyImportError               the old script's files are in a shape the import does not understand
     └── DeliveryError                   the collector did not take a batch
         ├── RetryableDeliveryError      network error, timeout, 408, 429, 5xx: try again later
         └── PermanentDeliveryError      another 4xx: the batch goes to the dead-letter table
+
+Exit codes: 0 done; 1 other errors; 2 configuration; 3 not delivered (data safely queued); 4 the
+state directory; 5 a source could not be read (everything readable was delivered; `once` and
+`extract`).
 
 The CLI boundary turns each into one sentence and an exit code; nothing below it prints. A
 message built from an `i18n.Message` is shown translated there (`translated()`) and stays
@@ -46,6 +52,16 @@ class ConfigError(RemoteUploaderError):
             super().__init__(Message("config key {key}: {reason}", key=key, reason=reason))
 
 
+class ConfigFileError(ConfigError):
+    """The config file named by -c or $REMOTE_UPLOADER_CONFIG: named as a file, not as a key."""
+
+    def __init__(self, path: object, reason: str | Message) -> None:
+        RemoteUploaderError.__init__(self, Message("config file {path}: {reason}", path=path, reason=reason))
+        self.key = "config"
+        self.reason = str(reason)
+        self.origin = str(path)
+
+
 class StateError(RemoteUploaderError):
     exit_code = 4
 
@@ -63,10 +79,18 @@ class QueueFullError(RemoteUploaderError):
 
 
 class SourceError(RemoteUploaderError):
-    def __init__(self, path: str, reason: str) -> None:
+    exit_code = 5
+
+    def __init__(self, path: str, reason: str | Message) -> None:
         self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        self.reason = str(reason)
+        super().__init__(Message("cannot read {path}: {reason}", path=path, reason=reason))
+
+
+class LegacyImportError(RemoteUploaderError):
+    """The old script's pending queue or offsets file could not be taken over; nothing was changed."""
+
+    exit_code = 2
 
 
 class DeliveryError(RemoteUploaderError):

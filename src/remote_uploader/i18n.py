@@ -42,6 +42,16 @@ def _(message: str) -> str:
     return _translation.gettext(message)
 
 
+def translate_known(text: str) -> str:
+    """A fixed English phrase chosen at run time (an OS error's text, a source problem, a status
+    word), in the user's language when the catalog has it, else as it is.
+
+    These phrases stay plain strings where they are made, because they are also log values and
+    dictionary keys; they are translated only where a person reads them.
+    """
+    return _translation.gettext(text) if text else text
+
+
 class Message:
     """An English template and its values, kept apart until the text is shown.
 

@@ -128,7 +128,18 @@ def test_standalone_module_runs(tmp_path: Path) -> None:
 
 
 def _commands() -> list[list[str]]:
-    return [["serve"], ["token", "add"], ["token", "list"], ["token", "revoke"]]
+    return [
+        ["serve"],
+        ["token", "add"],
+        ["token", "list"],
+        ["token", "revoke"],
+        ["bouncer", "add"],
+        ["bouncer", "list"],
+        ["bouncer", "revoke"],
+        ["decision", "add"],
+        ["decision", "delete"],
+        ["decision", "list"],
+    ]
 
 
 @pytest.mark.parametrize("command", _commands(), ids=" ".join)

@@ -66,7 +66,8 @@ def test_a_worker_returns_the_batch_encoded_for_the_storage(parser: BatchParser)
     expected = parse_batch(payload)
     assert isinstance(parsed, type(expected))
     assert isinstance(parsed.deltas, EncodedDeltas)
-    assert parsed.deltas == bulk.encode("postgres-copy", expected.deltas)
+    assert parsed.deltas == bulk.encode("postgres-copy", expected.deltas, expected.buckets)
+    assert parsed.buckets == ()  # carried by the encoded form
     assert (parsed.agent, parsed.batch_id, parsed.sent_at, parsed.records) == (
         expected.agent,
         expected.batch_id,
@@ -122,13 +123,14 @@ def test_workers_name_every_error_as_the_server_process_would(parser: BatchParse
 
 def test_a_dead_worker_costs_no_batch(parser: BatchParser) -> None:
     payload = body()
-    expected = bulk.encode("postgres-copy", parse_batch(payload).deltas)
+    plain = parse_batch(payload)
+    expected = bulk.encode("postgres-copy", plain.deltas, plain.buckets)
     parse(parser, payload)
     (pid,) = parser.worker_pids()
     os.kill(pid, signal.SIGKILL)
     wait_until_gone([pid])
     again = parse(parser, payload)  # the broken pool is noticed: parsed in this process instead
-    assert bulk.encoded(again.deltas, "postgres-copy") == expected
+    assert bulk.encoded(again.deltas, "postgres-copy", again.buckets) == expected
     third = parse(parser, payload)  # a new pool
     assert third.deltas == expected
     assert parser.worker_pids() and pid not in parser.worker_pids()

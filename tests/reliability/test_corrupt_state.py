@@ -83,9 +83,9 @@ def test_damaged_queue_is_refused_clearly_and_recovered_by_the_documented_comman
     assert _batch_requests(receiver) == batches_before, "a damaged queue must not send anything"
     assert _digest(db) == damaged, "the damaged file is evidence: never rewritten by the agent"
 
-    # The documented recovery: keep the offsets where they can be read.
+    # The documented recovery: plain `reset-state` keeps the offsets where they can be read.
     started = time.monotonic()
-    kept = run(config, "reset-state", "--keep-offsets")
+    kept = run(config, "reset-state")
     assert kept.returncode == 0, kept.stdout + kept.stderr
     if kind == "future-schema":  # the offsets are readable: exact
         assert "recovered 1 rows of files" in kept.stdout
@@ -100,7 +100,7 @@ def test_damaged_queue_is_refused_clearly_and_recovered_by_the_documented_comman
     record(Row(f"state/{kind}", f"queue database {kind.replace('-', ' ')}",
                f"queue.db {kind.replace('-', ' ')} between runs; `once` run {REFUSALS - 1} times, `forever` and "
                "`test` once: each refused with the recovery command, nothing sent, file untouched; then "
-               "`reset-state --keep-offsets` as documented (offsets from the database, or else from "
+               "`reset-state` as documented (offsets from the database, or else from "
                "delivered.json); recovery = reset-state + `once`", REFUSALS, lost, doubled, recovery))
     assert (lost, doubled) == (0, 0)
     assert Counter(receiver.counts()) == delivered + fresh

@@ -20,10 +20,11 @@ from remote_uploader.agent.source import BlockReader, expand_sources, fingerprin
 from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock
 from remote_uploader.config import Config
 from remote_uploader.errors import DeliveryError, RemoteUploaderError, StateError
-from remote_uploader.i18n import _
+from remote_uploader.i18n import _, translate_known
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_IPS = 5
+GONE = "gone"  # status of a record whose content can no longer be found on disk
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,8 @@ def check_sources(config: Config) -> list[Check]:
     if not config.sources:
         return [Check(_("sources"), False, _("no [[sources]] configured"))]
     files, problems = expand_sources(config.sources, skip_compressed=config.read.skip_compressed)
-    checks = [Check(problem.path, False, problem.reason) for problem in problems]
-    matched = {pattern for source in config.sources for pattern in source.paths}
-    if not files and not problems:
-        checks.append(Check(_("sources"), False, _("no file matches {patterns}").format(
-            patterns=", ".join(sorted(matched)))))
+    # One line per problem, a glob that matches nothing among them (not only when all globs do).
+    checks = [Check(problem.path, False, translate_known(problem.reason)) for problem in problems]
     for found in files:
         checks.append(_sample(found.path, config, found.source_index))
     return checks
@@ -213,8 +211,14 @@ def collect_status(config: Config) -> dict[str, Any]:
         files = []
         for state in spool.files():
             path, size = where_now(state)
-            behind = max(0, size - state.offset) if size is not None else None
-            item = {"path": path, "offset": state.offset, "size": size, "behind": behind, "status": state.status}
+            if size is None:
+                # Its content is nowhere on disk any more (compressed into a .gz, deleted after a
+                # rotation): nothing is left to read, so nothing is behind. The agent forgets such
+                # records after a day (a file system may only have been unmounted).
+                item = {"path": path, "offset": state.offset, "size": None, "behind": 0, "status": GONE}
+            else:
+                item = {"path": path, "offset": state.offset, "size": size, "behind": max(0, size - state.offset),
+                        "status": state.status}
             if path != state.path:
                 item["recorded_path"] = state.path
             files.append(item)
@@ -279,10 +283,13 @@ def render_status(report: dict[str, Any]) -> list[str]:
     lines = [_("State directory: {path} ({running})").format(
         path=report["state_dir"], running=_("agent running") if report["agent_running"] else _("agent not running"))]
     for item in report["files"]:
-        size = "?" if item["size"] is None else item["size"]
-        behind = "?" if item["behind"] is None else item["behind"]
+        if item["status"] == GONE:
+            lines.append(_("  {path}: offset {offset}; no longer on disk (compressed or deleted after a rotation), "
+                           "nothing left to read").format(path=item["path"], offset=item["offset"]))
+            continue
         lines.append(_("  {path}: offset {offset} of {size} bytes, {behind} bytes behind ({status})").format(
-            path=item["path"], offset=item["offset"], size=size, behind=behind, status=item["status"]))
+            path=item["path"], offset=item["offset"], size=item["size"], behind=item["behind"],
+            status=translate_known(item["status"])))
     queue = report["queue"]
     age = queue["oldest_age_seconds"]
     lines.append(_("Queue: {batches} batches, {records} records, {mb:.2f} MB on disk, oldest {age}").format(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("after_seal", "after_post", "before_ack", "after_ack")
+POINTS = ("after_seal", "after_post", "before_ack", "after_ack", "during_import", "after_import")
 
 
 def _parse(spec: str) -> dict[str, int]:

@@ -4,16 +4,18 @@ The agent never deletes or rewrites a damaged queue by itself (that would hide a
 refuses to start and names this command. Here the damaged file is moved aside (kept for
 inspection), a new queue is created, and whatever can still be read is carried over.
 
-With --keep-offsets and a `files` table that reads whole (a future schema, damage elsewhere),
-files resume where they were and the queued batches are carried over: nothing delivered is sent
-twice, but queued batches that can no longer be read are lost; the command says how many.
+Keeping the offsets is the default because it is the safe choice. When the database's `files`
+table reads whole (a future schema, damage elsewhere), files resume where they were and the
+queued batches are carried over: nothing delivered is sent twice, but queued batches that can
+no longer be read are lost, and the command says how many.
 
 When the offsets in the database cannot be read (a truncated, zero-filled or overwritten file),
-or --keep-offsets is not given, files resume from delivered.json (`spool.Delivered`): each file's
-row as of the newest batch the collector acknowledged with all before it. Nothing delivered is
-read again, and the batches that were only queued are not carried over: their lines lie after
-those rows and are read again (issue 9, hole 10). Only without a readable delivered.json does
---keep-offsets refuse (nothing is moved) and a plain reset read every file from its start.
+files resume from delivered.json (`spool.Delivered`): each file's row as of the newest batch the
+collector acknowledged with all before it. Nothing delivered is read again, and the batches that
+were only queued are not carried over: their lines lie after those rows and are read again
+(issue 9, hole 10). Only without a readable delivered.json too is there no exact recovery: then
+nothing is moved and the command refuses, and the operator chooses the re-read of every file
+explicitly (--forget-offsets: what was delivered is counted again), or restores a backup.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ def reset_state(state_dir: Path, *, keep_offsets: bool) -> list[str]:
 def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
     """Move the damaged queue aside and start a new one, resuming each file as exactly as can be.
 
-    The offsets come from, in this order: the old database's `files` table (with --keep-offsets,
-    when it reads whole), carried over with its queued batches, which cover the bytes after those
-    offsets; else delivered.json, without the queued batches (the bytes after its rows are read
-    again, so carrying them would count them twice); else nowhere: every file from its start.
+    The offsets come from, in this order: the old database's `files` table (when it reads whole),
+    carried over with its queued batches, which cover the bytes after those offsets; else
+    delivered.json, without the queued batches (the bytes after its rows are read again, so
+    carrying them would count them twice); else, only with `keep_offsets` False
+    (--forget-offsets), nowhere: every file from its start.
     Dead letters are carried over whenever they can be read (delivered.json counts them as settled).
     A new queue is a new producer (a fresh random id) whose batch numbers start at 1, so
     delivered.json is rewritten to hold the rows it starts from, under number 0.
@@ -51,13 +54,15 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
         return [f"no queue database at {db}; nothing to reset"]
     delivered = _delivered_rows(state_dir)
     unreadable = _unreadable_offsets(db)
-    source = "queue" if keep_offsets and unreadable is None else ("delivered" if delivered is not None else None)
+    source: str | None = None
+    if keep_offsets:
+        source = "queue" if unreadable is None else "delivered" if delivered is not None else None
     if keep_offsets and source is None:
         raise CorruptStateError(
             f"the recorded offsets cannot be read from {db} ({unreadable}), and there is no readable "
             f"{DELIVERED_NAME}; nothing was changed. There is no exact recovery without them: "
-            "`remote-uploader reset-state` (without --keep-offsets) reads every file again from its start, so "
-            "what was already delivered is counted again; or restore the state directory from a backup"
+            "`remote-uploader reset-state --forget-offsets` reads every file again from its start, so what was "
+            "already delivered is counted again; or restore the state directory from a backup"
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = state_dir / f"{DB_NAME}.damaged-{stamp}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,17 +23,18 @@ from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import BlockReader, Chunk, expand_sources
+from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, BlockReader, Chunk, expand_sources
 from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
-from remote_uploader.errors import RemoteUploaderError, StateError
-from remote_uploader.i18n import _
+from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
+from remote_uploader.i18n import _, translate_known
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 3
+EXIT_SOURCE = SourceError.exit_code  # 5: a source could not be read; everything readable was delivered
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 
@@ -80,6 +82,7 @@ class Agent:
         self.batch = Batch(time.time())
         self.queued_estimate = 0
         self.stop_reason = ""
+        self.source_problems: dict[str, str] = {}  # path or pattern -> reason (English), for the exit code
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -122,8 +125,9 @@ class Agent:
 
     def _source_problem(self, path: str, reason: str) -> None:
         self.stats.source_errors += 1
+        self.source_problems[path] = reason
         log.error("event=source_error path=%s reason=%r", path, reason)
-        self.say(_("Cannot read {path}: {reason}").format(path=path, reason=reason))
+        self.say(_("Cannot read {path}: {reason}").format(path=path, reason=translate_known(reason)))
 
     def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
         """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
@@ -218,17 +222,25 @@ class Agent:
         Exit 3 when the collector stays unreachable for `max_retry_time`: what was read is queued.
         """
         budget = self.config.server.max_retry_time if max_retry_time is None else max_retry_time
+        self.uploader.give_up_after = budget
         self.recover()
         self.uploader.start()
         watchdog = threading.Thread(target=self._give_up_when_failing, args=(budget,), daemon=True)
         watchdog.start()
+        reading_done = threading.Event()
+        shower: threading.Thread | None = None
         if progress is not None:
-            threading.Thread(target=self._show_progress, args=(progress,), daemon=True).start()
+            shower = threading.Thread(target=self._show_progress, args=(progress, reading_done), daemon=True)
+            shower.start()
         try:
             self.read_all(take_partial_after=self.config.read.partial_line_idle)
             self.seal_now()
         except StopReading:
             pass
+        finally:
+            reading_done.set()
+            if shower is not None:
+                shower.join()  # its last frame ends its line before anything else is printed
         self.wake.set()
         while not self.stop.is_set():
             if self.uploader.idle.wait(0.2) and self.spool.next_batch() is None:
@@ -241,19 +253,27 @@ class Agent:
 
         read_pass(self)
 
-    def _show_progress(self, show: Callable[[str], None]) -> None:
-        """A progress line (bytes read of the backlog at start) while reading large files."""
+    def _show_progress(self, show: Callable[[str], None], reading_done: threading.Event) -> None:
+        """A progress line (bytes read of the backlog at start) while reading large files.
+
+        Frames rewrite one line; once reading is over (or stopped), one last frame shows where
+        it ended (100% when everything was read) and ends the line, so that what is printed
+        next starts on a line of its own.
+        """
         files, _problems = expand_sources(self.config.sources, skip_compressed=self.config.read.skip_compressed)
         offsets = {state.path: state.offset for state in self.spool.files()}
         total = sum(max(0, f.size - offsets.get(f.path, 0)) for f in files)
         if total < PROGRESS_MIN_BYTES:
             return
-        done = 0
-        while done < total and not self.stop.wait(0.5):
+
+        def frame() -> str:
             done = min(self.stats.bytes_read, total)
-            line = _("Reading: {done:.0f} of {total:.0f} MB ({pct:.0f}%)").format(
+            return _("Reading: {done:.0f} of {total:.0f} MB ({pct:.0f}%)").format(
                 done=done / 1e6, total=total / 1e6, pct=100 * done / total)
-            show(line + ("\n" if done >= total else ""))
+
+        while not reading_done.wait(0.5):
+            show(frame())
+        show(frame() + "\n")
 
     def _give_up_when_failing(self, budget: float) -> None:
         while not self.stop.wait(0.2):
@@ -267,6 +287,11 @@ class Agent:
     def _result(self) -> RunResult:
         queue = self.spool.stats()
         if queue.batches == 0 and not self.stop_reason:
+            if self.source_problems:
+                return RunResult(EXIT_SOURCE, _("Delivered what could be read, but {n} sources could not be "
+                                                "read: {paths}").format(n=len(self.source_problems),
+                                                                         paths=", ".join(self.source_problems)),
+                                 self.stats)
             return RunResult(EXIT_OK, _("All data delivered"), self.stats)
         reason = self.stop_reason or "stopped"
         if reason.startswith("signal"):
@@ -318,13 +343,27 @@ def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
         agent.close()
 
 
-def count_files(paths: list[str], extractor: Extractor, block_size: int) -> tuple[dict[str, int], int, int]:
-    """Per-IP counts of whole files, touching no state: what `once` would send for them."""
+def count_files(paths: list[str], extractor: Extractor, block_size: int,
+                problems: list[SourceError] | None = None) -> tuple[dict[str, int], int, int]:
+    """Per-IP counts of whole files, touching no state: what `once` would send for them.
+
+    A file that cannot be read is a SourceError: raised, or, with `problems`, added to it while
+    the other files are counted (as `once` delivers the others).
+    """
     totals: dict[str, int] = {}
     lines = nbytes = 0
     for path in paths:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block the open
+        except OSError as exc:
+            unopened = SourceError(path, exc.strerror or str(exc))
+            if problems is None:
+                raise unopened from exc
+            problems.append(unopened)
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise SourceError(path, NOT_REGULAR if not stat.S_ISDIR(os.fstat(fd).st_mode) else A_DIRECTORY)
             reader = BlockReader(fd, 0, block_size, extractor.context)
             while (chunk := reader.next_chunk() or reader.take_partial()) is not None:
                 if chunk.scan:
@@ -332,6 +371,15 @@ def count_files(paths: list[str], extractor: Extractor, block_size: int) -> tupl
                         totals[ip] = totals.get(ip, 0) + count
                 lines += chunk.lines()
                 nbytes += chunk.nbytes
+        except SourceError as refused:
+            if problems is None:
+                raise
+            problems.append(refused)
+        except OSError as exc:  # e.g. EIO halfway: what was counted of it stays counted, as in `once`
+            failed = SourceError(path, exc.strerror or str(exc))
+            if problems is None:
+                raise failed from exc
+            problems.append(failed)
         finally:
             os.close(fd)
     return totals, lines, nbytes

@@ -323,6 +323,9 @@ class Uploader(threading.Thread):
         self.fatal: BaseException | None = None
         self.disk_full = False
         self.disk_full_said = -DISK_FULL_SAY_EVERY  # monotonic time it was last said
+        # `once`: seconds of failing after which the run gives up (None: never). A retry that would
+        # come later is not announced as one; the log says when the run gives up instead.
+        self.give_up_after: float | None = None
 
     def run(self) -> None:
         try:
@@ -440,12 +443,17 @@ class Uploader(threading.Thread):
             self.failing_since = now
         retry_after = [exc.retry_after for _, exc in failures if exc.retry_after is not None]
         delay = self.backoff.next_delay(max(retry_after) if retry_after else None)
+        remaining = None if self.give_up_after is None else max(0.0, self.give_up_after - (now - self.failing_since))
         for queued, exc in failures:
             self.stats.batches_failed += 1
             self.last_error = str(exc)
             level = logging.ERROR if isinstance(exc, ConfigRefusedError | NotACollectorError) else logging.WARNING
-            log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=%.2fs reason=%r",
-                    queued.batch_id, exc.status, delay, str(exc))
+            if remaining is not None and delay >= remaining:
+                log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=none giving_up_in=%.2fs "
+                        "reason=%r", queued.batch_id, exc.status, remaining, str(exc))
+            else:
+                log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=%.2fs reason=%r",
+                        queued.batch_id, exc.status, delay, str(exc))
             try:
                 self.spool.note_failure(queued.seq, str(exc))
                 self.spool.set_kv("last_upload", json.dumps({"at": time.time(), "ok": False, "error": str(exc)}))

@@ -72,6 +72,15 @@ class SourceFile:
     mtime: float
 
 
+# Source problems, in English (they are log values); `i18n.translate_known` shows them translated.
+NO_MATCH = "no file matches this pattern"
+ONLY_COMPRESSED = "matches only compressed files, which are skipped (read.skip_compressed)"
+A_DIRECTORY = "skipped: a directory"
+NOT_REGULAR = "skipped: not a regular file (FIFO, socket or device)"
+LINK_LOOP = "symbolic link loop"
+DANGLING_LINK = "dangling symbolic link"
+
+
 @dataclass(frozen=True)
 class SourceProblem:
     path: str
@@ -85,7 +94,8 @@ def expand_sources(
 
     A file matched twice (two globs, or a symlink to a matched file) would otherwise be read
     twice and every address in it counted twice. Directories, FIFOs, sockets, dangling links and
-    link loops are reported, not read: reading a FIFO would block the agent forever.
+    link loops are reported, not read: reading a FIFO would block the agent forever. So is a glob
+    that matches nothing: a typo in a pattern must not look like a quiet log to a cron job.
     """
     files: list[SourceFile] = []
     problems: list[SourceProblem] = []
@@ -93,6 +103,10 @@ def expand_sources(
     for index, source in enumerate(sources):
         for pattern in source.paths:
             matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+            if not matches:
+                problems.append(SourceProblem(pattern, NO_MATCH))
+            elif skip_compressed and all(path.endswith(COMPRESSED_SUFFIXES) for path in matches):
+                problems.append(SourceProblem(pattern, ONLY_COMPRESSED))
             for path in matches:
                 if skip_compressed and path.endswith(COMPRESSED_SUFFIXES):
                     continue
@@ -107,14 +121,13 @@ def _stat_source(path: str, index: int, problems: list[SourceProblem]) -> Source
     try:
         st = os.stat(path)
     except OSError as exc:
-        reason = "symbolic link loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        reason = LINK_LOOP if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         if exc.errno == errno.ENOENT and os.path.islink(path):
-            reason = "dangling symbolic link"
+            reason = DANGLING_LINK
         problems.append(SourceProblem(path, reason))
         return None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, socket or device)"
-        problems.append(SourceProblem(path, f"skipped: {kind}"))
+        problems.append(SourceProblem(path, A_DIRECTORY if stat.S_ISDIR(st.st_mode) else NOT_REGULAR))
         return None
     return SourceFile(path, index, st.st_dev, st.st_ino, st.st_size, st.st_mtime)
 

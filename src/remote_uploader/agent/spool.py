@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.source import FileIdentity
 from remote_uploader.errors import CorruptStateError, StateError, StateLockedError
 from remote_uploader.i18n import Message
@@ -53,7 +54,7 @@ LOCK_NAME = "agent.lock"
 DELIVERED_NAME = "delivered.json"
 
 RECOVERY_HINT = Message(
-    "move it aside and start again: `remote-uploader reset-state --keep-offsets` keeps the recorded "
+    "move it aside and start again: `remote-uploader reset-state` keeps the recorded "
     "offsets where they can still be read (see docs/reliability.md, 'Corrupt state')"
 )
 
@@ -570,6 +571,23 @@ class Spool:
     def queued_bytes(self) -> int:
         return int(self._query("SELECT total(length(body)) FROM batches")[0][0])
 
+    def import_legacy(self, marker: str, value: str, batches: Sequence[SealedBatch],
+                      files: Sequence[tuple[str, FileIdentity, int]]) -> ImportOutcome:
+        """Queue the old script's pending batches, record its offsets and the import's `marker`, in
+        one transaction; or, if an import was recorded before, change nothing.
+
+        Crash argument, line by line:
+        - before BEGIN, or anywhere before COMMIT (the `during_import` crash point is there):
+          nothing changed, no marker; importing again does it all. No loss, no double.
+        - COMMIT is atomic and durable: after it, batches, offsets and marker are all on disk; an
+          import again finds the marker and stores nothing. No loss, no double.
+        - the batch ids are fixed by the files' digest, so even a batch that reached the collector
+          by some other path is a duplicate there.
+        A file the agent already has a record of keeps that record (its offset is the agent's own).
+        """
+        with self.transaction() as conn:
+            return _import_legacy(conn, marker, value, batches, files)
+
     def stats(self) -> QueueStats:
         batches, records, occurrences, nbytes, oldest = self._query(
             "SELECT count(*), total(records), total(occurrences), total(length(body)), min(created) FROM batches"
@@ -664,6 +682,43 @@ class Delivered:
             raise DiskFullError(Message("cannot write {path} ({error})", path=self.path,
                                         error=exc.strerror or exc)) from exc
         self._entries = entries
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    """`Spool.import_legacy`: `already` is the marker found for these very files, `other` one for
+    other files (nothing was stored in either case); `skipped` the paths the agent already follows."""
+
+    already: str | None = None
+    other: str | None = None
+    skipped: tuple[str, ...] = ()
+
+
+def _import_legacy(conn: sqlite3.Connection, marker: str, value: str, batches: Sequence[SealedBatch],
+                   files: Sequence[tuple[str, FileIdentity, int]]) -> ImportOutcome:
+    """The body of `Spool.import_legacy`'s transaction (see there for the crash argument)."""
+    for key, found in conn.execute("SELECT key, value FROM kv WHERE key LIKE 'legacy_import:%'"):
+        return ImportOutcome(already=str(found)) if key == marker else ImportOutcome(other=str(found))
+    conn.executemany(
+        "INSERT OR IGNORE INTO batches (batch_id, created, records, occurrences, encoding, body) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(b.batch_id, b.created, b.records, b.occurrences, b.encoding, b.body) for b in batches],
+    )
+    crash_point("during_import")
+    skipped = []
+    now = time.time()
+    for path, identity, offset in files:
+        if conn.execute("SELECT 1 FROM files WHERE (dev = ? AND ino = ?) OR path = ?",
+                        (identity.dev, identity.ino, path)).fetchone():
+            skipped.append(path)
+            continue
+        conn.execute(
+            "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?)",
+            (path, path, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, now),
+        )
+    conn.execute("INSERT INTO kv (key, value) VALUES (?, ?)", (marker, value))
+    return ImportOutcome(skipped=tuple(skipped))
 
 
 def _file_state(row: Any) -> FileState:

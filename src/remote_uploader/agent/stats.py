@@ -63,7 +63,9 @@ def render_block(stats: Stats, queue: QueueStats) -> list[str]:
     lines = [
         _("Pending IPs: {memory} in memory, {queued} queued ({batches} batches)").format(
             memory=stats.memory_ips, queued=queue.records, batches=queue.batches),
-        _("Persistent queue size: {size:.2f} MB").format(size=queue.disk_bytes / 1e6),
+        # What is queued (the request bodies), not the database files: SQLite's WAL keeps its size
+        # after the batches in it were acknowledged, which read as "4 MB queued" with nothing queued.
+        _("Persistent queue size: {size:.2f} MB").format(size=queue.body_bytes / 1e6),
         _("Read: {mb:.1f} MB, {lines} lines, {ips} IP occurrences ({rate:.1f} MB/s)").format(
             mb=mb, lines=stats.lines, ips=stats.occurrences, rate=mb / elapsed),
         _("Sent: {batches} batches, {records} records ({failed} failed attempts, {dead} dead letters)").format(

@@ -640,9 +640,12 @@ class Tailer:
                 if self.source_index(t.name) is None:
                     continue  # no longer configured: not followed
                 try:
-                    size = os.fstat(t.fd).st_size if t.fd is not None else os.stat(t.path).st_size
+                    st = os.fstat(t.fd) if t.fd is not None else os.stat(t.path)
                 except OSError:
                     continue
+                if (st.st_dev, st.st_ino) != t.key:
+                    continue  # its path holds another file now (its content was compressed away): nothing to read
+                size = st.st_size
                 pos = max(t.pos, self.agent.batch.offsets.get(t.fid, 0))
                 result.append(Lag(t.path, max(0, size - pos), t.status, t.fd is not None))
             known = {t.key for t in self.tracked.values()} | set(self.ignored_copies)

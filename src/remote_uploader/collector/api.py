@@ -71,6 +71,11 @@ def current_principal(
 Who = Annotated[Principal, Depends(current_principal)]
 
 
+# A route whose openapi_extra holds this ignores query parameters it does not know: the CrowdSec
+# routes, because CrowdSec does and bouncers newer than this collector may send more.
+IGNORES_UNKNOWN_QUERY = {"x-unknown-query-parameters": "ignored"}
+
+
 def reject_unknown_query(request: Request) -> None:
     """Read endpoints refuse query parameters they do not know.
 
@@ -82,7 +87,7 @@ def reject_unknown_query(request: Request) -> None:
         return  # probes (health, metrics) must not fail on a load balancer's cache-buster
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if dependant is None or (getattr(route, "openapi_extra", None) or {}).get("x-unknown-query-parameters"):
         return
     known = {field.alias for field in dependant.query_params}
     for name in request.query_params:

@@ -23,13 +23,16 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from remote_uploader import __version__
-from remote_uploader.collector import routes
+from remote_uploader.collector import lapi_routes, routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
-from remote_uploader.collector.auth import Principal, authenticate
+from remote_uploader.collector.auth import Principal, authenticate, authenticate_bouncer
 from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
+from remote_uploader.collector.decisions import api as decisions_api
+from remote_uploader.collector.decisions.engine import DecisionEngine
 from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
 from remote_uploader.collector.logs import AccessLog, fields
 from remote_uploader.collector.metrics import Metrics
@@ -49,7 +52,21 @@ class Collector:
         self.settings = settings
         self.storage = storage
         self.metrics = metrics
-        self.parser = BatchParser(settings.parse_workers, storage.bulk_form)
+        self.parser = BatchParser(
+            settings.parse_workers, storage.bulk_form, bucket=settings.bucket, addresses=bool(settings.rules)
+        )
+        self.decisions = DecisionEngine(
+            storage,
+            settings.rules,
+            settings.allowlist,
+            decision_interval=settings.decision_interval,
+            rollup_interval=settings.rollup_interval,
+            retentions=(
+                timedelta(seconds=settings.bucket_retention),
+                timedelta(seconds=settings.hour_retention),
+                timedelta(seconds=settings.day_retention),
+            ),
+        )
         self.retry_after = {"Retry-After": str(settings.retry_after)}
         self._slots = asyncio.Semaphore(settings.max_concurrent_batches)
         self._stop = threading.Event()
@@ -62,6 +79,8 @@ class Collector:
             raise ApiError(401, "authorization", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         found = authenticate(self.storage, credentials.credentials)
         if found is None:
+            if authenticate_bouncer(self.storage, credentials.credentials) is not None:
+                raise ApiError(403, "authorization", "a bouncer key may only pull decisions (GET /v1/decisions/stream)")
             raise ApiError(401, "authorization", "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
         request.state.principal = found.name
         return found
@@ -104,6 +123,7 @@ class Collector:
         if new:
             self.metrics.batches.labels("accepted").inc()
             self.metrics.records.inc(batch.records)
+            self.decisions.submit(batch.counted_addresses())
         else:
             self.metrics.batches.labels("duplicate").inc()
         return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new, agent=batch.agent)
@@ -143,9 +163,11 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         collector.start_pruner()
+        collector.decisions.start()
         try:
             yield
         finally:
+            collector.decisions.stop()
             collector.stop_pruner()
             collector.parser.close()
             if close_storage:
@@ -182,6 +204,8 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         return await collector.receive_batch(request, who)
 
     routes.add_read_routes(app, collector)
+    lapi_routes.add_lapi_routes(app, collector)
+    decisions_api.add_routes(app, collector)
 
     @app.get("/metrics", include_in_schema=False)
     def get_metrics() -> Response:
@@ -232,7 +256,17 @@ def _install_error_handlers(app: FastAPI, collector: Collector) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         field = {404: "path", 405: "method"}.get(exc.status_code, "request")
-        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only; a path served by
+            # several routes (GET, POST and DELETE /v1/rules/decisions) allows all of theirs.
+            allowed = set()
+            for route in request.app.routes:
+                if route.matches(request.scope)[0] == Match.PARTIAL:
+                    allowed |= set(getattr(route, "methods", None) or ())
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return error_response(exc.status_code, [{"field": field, "error": str(exc.detail)}], headers)
 
     @app.exception_handler(StorageUnavailable)
     async def unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:

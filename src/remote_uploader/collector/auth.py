@@ -8,6 +8,10 @@ fast the hash is. A stolen database therefore yields no usable token.
 
 Roles: an `agent` token may send batches (as the agent of the same name) and read; a `read`
 token may only read (for firewalls pulling blocklists, dashboards).
+
+Bouncer keys (`rub_` prefix) are a third kind, kept in their own table: CrowdSec bouncers send
+them in `X-Api-Key` to pull decisions, and they can do nothing else; tokens cannot pull
+decisions. Made, hashed and compared the same way.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from remote_uploader.collector.errors import TokenError
-from remote_uploader.collector.storage.base import Role, Storage
+from remote_uploader.collector.errors import BouncerError, TokenError
+from remote_uploader.collector.storage.base import BouncerInfo, Role, Storage
 from remote_uploader.protocol import MAX_AGENT_LEN
 
 PREFIX = "ru_"
+BOUNCER_PREFIX = "rub_"
 MAX_TOKEN_LEN = 512  # anything longer is not one of ours; do not even hash it
 # Token names are agent ids (host names by default): printable ASCII without spaces or slashes.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+-]*")
@@ -78,3 +83,28 @@ def authenticate(storage: Storage, token: str) -> Principal | None:
     if not hmac.compare_digest(stored.encode(), presented.encode()):
         return None
     return Principal(name, role)
+
+
+def create_bouncer_key(storage: Storage, name: str, *, replace: bool = False) -> str:
+    """Store the hash of a new bouncer key for `name` and return the key (shown to the user once)."""
+    try:
+        check_name(name)
+    except TokenError as exc:
+        raise BouncerError(name, exc.reason) from None
+    key = BOUNCER_PREFIX + secrets.token_urlsafe(32)
+    storage.add_bouncer(name, hash_token(key), replace=replace)
+    return key
+
+
+def authenticate_bouncer(storage: Storage, key: str) -> BouncerInfo | None:
+    """The bouncer a presented key belongs to, or None (see `authenticate` on timing)."""
+    if not key or len(key) > MAX_TOKEN_LEN:
+        return None
+    presented = hash_token(key)
+    found = storage.find_bouncer(presented)
+    if found is None:
+        return None
+    bouncer, stored = found
+    if not hmac.compare_digest(stored.encode(), presented.encode()):
+        return None
+    return bouncer

@@ -30,6 +30,7 @@ from typing import Annotated, Any
 import msgspec
 
 from remote_uploader.collector.storage.base import Batch, IpDelta, to_micros
+from remote_uploader.collector.storage.model import MAX_LABEL, BucketDelta
 from remote_uploader.protocol import (
     MAX_AGENT_LEN,
     MAX_BATCH_ID_LEN,
@@ -156,11 +157,15 @@ def decode_body(payload: bytes | bytearray) -> Any:
         raise BatchInvalid([FieldError("body", f"not valid JSON: {exc}")]) from None
 
 
-def validate_batch(document: Any) -> Batch:
-    """Validate a decoded batch; raise `BatchInvalid` listing what is wrong."""
+DEFAULT_BUCKET = 60  # seconds per time bucket (collector setting `bucket`)
+
+
+def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET) -> Batch:
+    """Validate a decoded batch; raise `BatchInvalid` listing what is wrong. `bucket`: seconds
+    per time bucket for the batch's bucket deltas (0: none)."""
     errors = _Errors()
     try:
-        batch = _validate(document, errors)
+        batch = _validate(document, errors, bucket)
     except _TooManyErrors:
         errors.items.append(FieldError("body", f"more than {MAX_ERRORS} errors; the rest are not listed"))
         batch = None
@@ -169,7 +174,7 @@ def validate_batch(document: Any) -> Batch:
     return batch
 
 
-def parse_batch(payload: bytes | bytearray, agent: str | None = None) -> Batch:
+def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET) -> Batch:
     """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong.
 
     With `agent` (the token's name), a body that names another agent raises `AgentMismatch`
@@ -183,13 +188,13 @@ def parse_batch(payload: bytes | bytearray, agent: str | None = None) -> Batch:
     """
     if payload.isascii():
         try:
-            return _parse_fast(payload, agent)
+            return _parse_fast(payload, agent, bucket)
         except (_Slow, msgspec.DecodeError, RecursionError):
             pass  # not in the agent's exact shape: the full path decides, and names every problem
-    return parse_full(payload, agent)
+    return parse_full(payload, agent, bucket)
 
 
-def parse_full(payload: bytes | bytearray, agent: str | None = None) -> Batch:
+def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET) -> Batch:
     """The full path alone: decode, check the agent's name, validate, naming every problem.
 
     What `parse_batch` falls back to; the fast path must agree with it on every body it takes.
@@ -199,10 +204,10 @@ def parse_full(payload: bytes | bytearray, agent: str | None = None) -> Batch:
         named = document.get("agent")
         if isinstance(named, str) and named != agent:
             raise AgentMismatch(named, agent)
-    return validate_batch(document)
+    return validate_batch(document, bucket)
 
 
-def _validate(document: Any, errors: _Errors) -> Batch | None:
+def _validate(document: Any, errors: _Errors, bucket: int) -> Batch | None:
     if not isinstance(document, dict):
         errors.add("body", "must be a JSON object")
         return None
@@ -230,7 +235,8 @@ def _validate(document: Any, errors: _Errors) -> Batch | None:
     if errors.items or not isinstance(records, list):
         return None
     assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
-    return Batch(agent, batch_id, sent_at, len(records), _aggregate(records, errors), producer, seq, part)
+    deltas, buckets = _aggregate(records, errors, bucket)
+    return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, producer=producer, seq=seq, part=part)
 
 
 def _identity(document: dict[str, Any], errors: _Errors) -> tuple[str | None, int, str]:
@@ -258,7 +264,13 @@ def _identity_problem(producer: object, seq: object, part: object) -> tuple[str,
     return None
 
 
-def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
+def _bucket_deltas(cells: dict[tuple[bytes, int, str], int]) -> list[BucketDelta]:
+    return [_new_tuple(BucketDelta, (key, start, source, total)) for (key, start, source), total in cells.items()]
+
+
+def _aggregate(
+    records: list[Any], errors: _Errors, bucket: int = DEFAULT_BUCKET
+) -> tuple[list[IpDelta], list[BucketDelta]]:
     """Validate every record and merge records of one address (several sources) into one delta.
 
     The fast path takes a record whose fields are all well-formed in the form the agent sends
@@ -269,6 +281,8 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
     # The agent stamps records with read times, and a batch holds few distinct ones: parse each
     # text once. Only texts that passed the fast checks below are cached.
     times: dict[str, int] = {}
+    cells: dict[tuple[bytes, int, str], int] = {}
+    per_bucket = bucket * 1_000_000
     packed, new = _packed_canonical, _new_tuple
     for index, record in enumerate(records):
         try:
@@ -298,6 +312,7 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
             if checked is None:
                 continue
             ip, key, count, first, last = checked
+            source = record["source"]
         if errors.items:
             continue  # the batch is rejected; keep validating only to list the errors
         entry = merged.get(ip)
@@ -305,7 +320,10 @@ def _aggregate(records: list[Any], errors: _Errors) -> list[IpDelta]:
             merged[ip] = new(IpDelta, (ip, key, count, first, last))
         else:
             merged[ip] = _merged(entry, count, first, last)
-    return _in_order(merged)
+        if per_bucket:
+            cell = (key, last // per_bucket * bucket, source[:MAX_LABEL])
+            cells[cell] = cells.get(cell, 0) + count
+    return _in_order(merged), _bucket_deltas(cells)
 
 
 # tuple.__new__(IpDelta, fields) builds the NamedTuple in C; IpDelta(...) would run its
@@ -416,7 +434,7 @@ class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _decode_wire = msgspec.json.Decoder(_WireBatch).decode
 
 
-def _parse_fast(payload: bytes | bytearray, agent: str | None) -> Batch:
+def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int = DEFAULT_BUCKET) -> Batch:
     """The agent's exact shape, all valid; `_Slow` (or a msgspec error) for anything else."""
     document = _decode_wire(payload)
     producer = document.producer
@@ -431,14 +449,20 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None) -> Batch:
     records = document.records
     if isinstance(sent_at, str) or len(records) > MAX_RECORDS_PER_BATCH:
         raise _Slow
-    return Batch(document.agent, document.batch_id, sent_at, len(records), _merge_fast(records), producer,
-                 document.seq or 0, document.part)
+    deltas, buckets = _merge_fast(records, bucket)
+    return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets, producer=producer,
+                 seq=document.seq or 0, part=document.part)
 
 
-def _merge_fast(records: list[_WireRecord]) -> list[IpDelta]:
-    """`_aggregate` for typed records that must all be valid: the first doubt raises `_Slow`."""
+def _merge_fast(records: list[_WireRecord], bucket: int = DEFAULT_BUCKET) -> tuple[list[IpDelta], list[BucketDelta]]:
+    """`_aggregate` for typed records that must all be valid: the first doubt raises `_Slow`.
+
+    Besides the per-address deltas, the per (address, bucket, source) cells of the time
+    buckets: the bucket of a record is the one holding its `last_seen`."""
     merged: dict[str, IpDelta] = {}
     times: dict[str, int] = {}
+    cells: dict[tuple[bytes, int, str], int] = {}
+    per_bucket = bucket * 1_000_000
     packed, new = _packed_canonical, _new_tuple
     try:
         for record in records:
@@ -454,14 +478,18 @@ def _merge_fast(records: list[_WireRecord]) -> list[IpDelta]:
                 last = _fast_time(last_text, times)
             if last < first:
                 raise _Slow
+            count = record.count
             entry = merged.get(ip)
             if entry is None:
-                merged[ip] = new(IpDelta, (ip, key, record.count, first, last))
+                merged[ip] = new(IpDelta, (ip, key, count, first, last))
             else:
-                merged[ip] = _merged(entry, record.count, first, last)
+                merged[ip] = _merged(entry, count, first, last)
+            if per_bucket:
+                cell = (key, last // per_bucket * bucket, record.source[:MAX_LABEL])
+                cells[cell] = cells.get(cell, 0) + count
     except (OSError, ValueError):  # inet_pton refused the text; fromisoformat refused a time
         raise _Slow from None
-    return _in_order(merged)
+    return _in_order(merged), _bucket_deltas(cells)
 
 
 def _check_record(index: int, record: Any, errors: _Errors) -> tuple[str, bytes, int, int, int] | None:

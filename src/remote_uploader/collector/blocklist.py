@@ -106,6 +106,28 @@ def select(rows: Iterable[BlocklistRow], allowlist: Sequence[Network], include_p
     ]
 
 
+Rank = Literal["count", "last_seen"]
+
+
+def cap(rows: Sequence[BlocklistRow], max_entries: int, rank: Rank) -> list[BlocklistRow]:
+    """The `max_entries` rows ranked first (most counted, or most recently seen; then by
+    address), back in numeric order: for appliances that take lists of limited size."""
+    if len(rows) <= max_entries:
+        return list(rows)
+    if rank == "count":
+        ranked = sorted(rows, key=lambda row: (-row.count, len(row.key), row.key))
+    else:
+        ranked = sorted(rows, key=lambda row: (-row.last_seen.timestamp(), len(row.key), row.key))
+    return sorted(ranked[:max_entries], key=lambda row: (len(row.key), row.key))
+
+
+def split(rows: Sequence[BlocklistRow], part_size: int, part: int) -> tuple[list[BlocklistRow], int]:
+    """Part `part` (1-based) of the rows cut into parts of `part_size`, and how many parts."""
+    parts = max(1, -(-len(rows) // part_size))
+    start = (part - 1) * part_size
+    return list(rows[start : start + part_size]), parts
+
+
 def render(blocklist: Blocklist, fmt: Format, name: str) -> str:
     if fmt == "json":
         return render_json(blocklist)

@@ -4,6 +4,10 @@
     collector token add NAME [--read-only] [--replace] [--db URL | -c FILE]
     collector token list [--json] [--db URL | -c FILE]
     collector token revoke NAME [--db URL | -c FILE]
+    collector bouncer add NAME [--replace] [--db URL | -c FILE]
+    collector bouncer list [--json] [--db URL | -c FILE]
+    collector bouncer revoke NAME [--db URL | -c FILE]
+    collector decision add VALUE --duration DUR [--reason TEXT] | delete VALUE | list  (decisions/cli.py)
 
 `register(subparsers)` adds the `collector` command to the main command line; `main(argv)` runs
 the same commands standalone (`python -m remote_uploader.collector.cli serve ...`). Each command
@@ -26,7 +30,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader.collector import logs, settings
-from remote_uploader.collector.auth import create_token
+from remote_uploader.collector.auth import create_bouncer_key, create_token
+from remote_uploader.collector.decisions import cli as decisions_cli
+from remote_uploader.collector.errors import CollectorError
 from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
@@ -58,15 +64,29 @@ def _load(args: argparse.Namespace, **flags: object) -> settings.CollectorSettin
     return settings.load(args.collector_config, {"db": args.db, **flags})
 
 
+def _create_dir(args: argparse.Namespace, config: settings.CollectorSettings) -> bool:
+    """A database in the default place gets its directory made; one the operator named must be in
+    an existing directory unless --create-dir says to make it (a typo is not a new database)."""
+    return bool(args.create_dir) or config.db == settings.default_db_url()
+
+
 def _open(args: argparse.Namespace) -> Storage:
+    return _open_with_settings(args)[1]
+
+
+def _open_with_settings(args: argparse.Namespace) -> tuple[settings.CollectorSettings, Storage]:
     config = _load(args)
-    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2)
+    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=2, create_dir=_create_dir(args, config))
     try:
         storage.migrate()
     except BaseException:
         storage.close()
         raise
-    return storage
+    return config, storage
+
+
+def _with_database(command: Callable[[argparse.Namespace, Any], int]) -> Command:
+    return _boundary(lambda args: command(args, _open_with_settings))
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -105,9 +125,15 @@ def check_tls(cert: str, key: str) -> None:
 
 @_boundary
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from remote_uploader.collector.app import create_app
+        from remote_uploader.collector.app import create_app
+    except ImportError as exc:  # an agent-only install (`pip install .`): say which extra serves
+        raise CollectorError(
+            f"the collector service needs the [collector] extra, which is not installed ({exc.name} is "
+            "missing): pip install 'remote-uploader[collector]' (from a checkout: pip install '.[collector]')"
+        ) from None
 
     config = _load(
         args,
@@ -124,7 +150,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
     if config.tls_cert:
         check_tls(config.tls_cert, config.tls_key)
-    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size)
+    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size,
+                           create_dir=_create_dir(args, config))
     try:
         version = storage.migrate()
         sock = bind(config.host, config.port)
@@ -213,6 +240,68 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bouncer keys -----------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_bouncer_add(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        key = create_bouncer_key(storage, args.name, replace=args.replace)
+    finally:
+        storage.close()
+    print(f"Created a bouncer key for {args.name!r}: put it in the bouncer's api_key. It is shown only now.")
+    print(key)
+    return 0
+
+
+@_boundary
+def cmd_bouncer_list(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        bouncers = storage.list_bouncers()
+    finally:
+        storage.close()
+
+    def when(moment: Any) -> str:
+        return format_time(moment) if moment is not None else "-"
+
+    if args.json:
+        document = [
+            {
+                "name": b.name,
+                "created_at": format_time(b.created_at),
+                "last_pull_at": None if b.last_pull_at is None else format_time(b.last_pull_at),
+                "user_agent": b.user_agent,
+            }
+            for b in bouncers
+        ]
+        print(json.dumps(document, indent=2))
+        return 0
+    if not bouncers:
+        print("No bouncers. Create a key with: remote-uploader collector bouncer add NAME")
+        return 0
+    width = max(len("NAME"), *(len(b.name) for b in bouncers))
+    print(f"{'NAME':<{width}}  {'CREATED':<27}  {'LAST PULL':<27}  USER AGENT")
+    for b in bouncers:
+        print(f"{b.name:<{width}}  {when(b.created_at):<27}  {when(b.last_pull_at):<27}  {b.user_agent or '-'}")
+    return 0
+
+
+@_boundary
+def cmd_bouncer_revoke(args: argparse.Namespace) -> int:
+    storage = _open(args)
+    try:
+        revoked = storage.revoke_bouncer(args.name)
+    finally:
+        storage.close()
+    if not revoked:
+        print(f"remote-uploader collector: error: no bouncer named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"Revoked the key of bouncer {args.name!r}; its pulls are refused from now on.")
+    return 0
+
+
 # -- the parser -------------------------------------------------------------------------------
 
 
@@ -229,6 +318,11 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="sqlite:///PATH or postgresql://USER@HOST/DB "
         "(default: sqlite in the state directory, or the config file's db)",
+    )
+    parser.add_argument(
+        "--create-dir",
+        action="store_true",
+        help="create the directory of a SQLite --db that does not exist yet (0700)",
     )
 
 
@@ -278,6 +372,34 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("name", metavar="NAME")
     _database_options(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    bouncer = commands.add_parser(
+        "bouncer",
+        help="manage CrowdSec bouncer keys",
+        description="Manage the keys that CrowdSec bouncers send in X-Api-Key to pull decisions "
+        "(see docs/decisions.md).",
+    )
+    bouncers = bouncer.add_subparsers(dest="bouncer_command", metavar="ACTION", required=True)
+    badd = bouncers.add_parser(
+        "add",
+        help="create a bouncer key; prints it once, on the last line",
+        description="Create a key for bouncer NAME. Only a hash is stored; the key is printed once, "
+        "alone on the last line. It may pull decisions and nothing else.",
+    )
+    badd.add_argument("name", metavar="NAME")
+    badd.add_argument("--replace", action="store_true", help="replace an existing key of NAME")
+    _database_options(badd)
+    badd.set_defaults(func=cmd_bouncer_add)
+    blist = bouncers.add_parser("list", help="list bouncers and their last pulls (never the keys)")
+    blist.add_argument("--json", action="store_true", help="print JSON")
+    _database_options(blist)
+    blist.set_defaults(func=cmd_bouncer_list)
+    brevoke = bouncers.add_parser("revoke", help="delete the key of bouncer NAME")
+    brevoke.add_argument("name", metavar="NAME")
+    _database_options(brevoke)
+    brevoke.set_defaults(func=cmd_bouncer_revoke)
+
+    decisions_cli.add_commands(commands, _database_options, _with_database)
 
 
 def register(subparsers: Any) -> None:

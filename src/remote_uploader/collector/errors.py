@@ -6,6 +6,8 @@
         │   ├── SchemaError             the database schema is newer than this program
         │   └── StorageUnavailable      the database is down, locked or overloaded: HTTP 503 + Retry-After
         ├── TokenError                  `token add` / `token revoke` could not do what was asked
+        ├── BouncerError                `bouncer add` could not do what was asked
+        ├── BadInputError               a command's argument is invalid (names it: --duration, VALUE)
         └── BadUrlError                 a `--db` URL names no backend we have
 
 Configuration errors are `remote_uploader.errors.ConfigError` (they name the TOML key).
@@ -42,6 +44,13 @@ class TokenError(CollectorError):
         super().__init__(f"token {name!r}: {reason}")
 
 
+class BouncerError(CollectorError):
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"bouncer {name!r}: {reason}")
+
+
 class BadUrlError(CollectorError):
     exit_code = 2
 
@@ -49,3 +58,12 @@ class BadUrlError(CollectorError):
         self.url = url
         self.reason = reason
         super().__init__(f"database URL {url!r}: {reason}")
+
+
+class BadInputError(CollectorError):
+    exit_code = 2
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")

@@ -44,7 +44,9 @@ logger = logging.getLogger(__name__)
 WORKER_MIN_BYTES = 1 << 20  # about 7,000 records
 
 
-def parse_and_encode(payload: bytes | bytearray, agent: str, form: BulkForm | None) -> Batch:
+def parse_and_encode(
+    payload: bytes | bytearray, agent: str, form: BulkForm | None, bucket: int = 60, addresses: bool = False
+) -> Batch:
     """`parse_batch`, with the deltas encoded in `form` (what a worker process runs).
 
     The cyclic garbage collector is off meanwhile: a batch makes a hundred thousand objects and
@@ -52,9 +54,11 @@ def parse_and_encode(payload: bytes | bytearray, agent: str, form: BulkForm | No
     """
     gc.disable()
     try:
-        batch = parse_batch(payload, agent)
+        batch = parse_batch(payload, agent, bucket)
         if form is not None:
-            batch = dataclasses.replace(batch, deltas=bulk.encoded(batch.deltas, form))
+            kept = tuple(batch.counted_addresses()) if addresses else ()
+            encoded = bulk.encoded(batch.deltas, form, batch.buckets)
+            batch = dataclasses.replace(batch, deltas=encoded, buckets=(), addresses=kept)
         return batch
     finally:
         gc.enable()
@@ -81,8 +85,18 @@ def _exit_with_parent(sentinel: int) -> None:
 class BatchParser:
     """Parses bodies for one collector; `workers` = 0 parses every body in a thread."""
 
-    def __init__(self, workers: int, form: BulkForm | None, *, min_bytes: int = WORKER_MIN_BYTES) -> None:
+    def __init__(
+        self,
+        workers: int,
+        form: BulkForm | None,
+        *,
+        min_bytes: int = WORKER_MIN_BYTES,
+        bucket: int = 60,
+        addresses: bool = False,
+    ) -> None:
         self.workers = workers
+        self.bucket = bucket  # seconds per time bucket; 0: no buckets
+        self.addresses = addresses  # send back the addresses (rules need them) with encoded deltas
         self.form = form
         self.min_bytes = min_bytes
         self._pool: ProcessPoolExecutor | None = None
@@ -94,14 +108,14 @@ class BatchParser:
             pool = self._get_pool()
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    pool, parse_and_encode, payload, agent, self.form
+                    pool, parse_and_encode, payload, agent, self.form, self.bucket, self.addresses
                 )
             except (BrokenProcessPool, OSError) as exc:  # a worker died, or none could be started
                 logger.warning(
                     "parsing worker lost; parsing in the server process", extra=fields(error=type(exc).__name__)
                 )
                 self._discard(pool)
-        return await run_in_threadpool(parse_batch, payload, agent)
+        return await run_in_threadpool(parse_batch, payload, agent, self.bucket)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         with self._lock:

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from remote_uploader import __version__
 from remote_uploader.collector import blocklist
 from remote_uploader.collector.api import ApiError, Who, bad_request, errors
-from remote_uploader.collector.batch import check_text, check_time
+from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.errors import StorageError
 from remote_uploader.collector.models import (
     AgentCountOut,
@@ -33,6 +33,7 @@ from remote_uploader.collector.models import (
     WhoAmI,
 )
 from remote_uploader.collector.storage.base import IpQuery, IpSummary, SortKey, to_micros
+from remote_uploader.collector.timeparse import DurationError, parse_moment
 from remote_uploader.protocol import HEALTH_PATH, MAX_AGENT_LEN, WHOAMI_PATH, canonical_ip, format_time
 
 if TYPE_CHECKING:
@@ -41,18 +42,23 @@ if TYPE_CHECKING:
 MAX_QUERY_COUNT = 2**62  # any larger min_count matches nothing anyway, and fits every database
 
 Since = Annotated[
-    str | None, Query(max_length=64, description="only addresses last seen at or after this RFC 3339 time")
+    str | None,
+    Query(
+        max_length=64,
+        description="only addresses last seen at or after this RFC 3339 time, or this long ago (15m, 1h, 7d)",
+    ),
 ]
 MinCount = Annotated[int, Query(ge=1, le=MAX_QUERY_COUNT, description="only addresses counted at least this often")]
 
 
 def _since(value: str | None) -> datetime | None:
+    """RFC 3339, or a duration meaning that long before now (`since=1h`)."""
     if value is None:
         return None
-    moment = check_time(value)
-    if isinstance(moment, str):
-        raise bad_request("query.since", moment)
-    return moment
+    try:
+        return parse_moment(value)
+    except DurationError as exc:
+        raise bad_request("query.since", str(exc)) from None
 
 
 def encode_cursor(sort: SortKey, row: IpSummary) -> str:
@@ -219,6 +225,14 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
         name: Annotated[
             str, Query(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,23}$", description="nftables table / ipset set prefix")
         ] = "remote_uploader",
+        max_entries: Annotated[
+            int | None, Query(ge=1, le=2**31, description="at most this many entries, ranked by `rank`")
+        ] = None,
+        rank: Annotated[
+            Literal["count", "last_seen"], Query(description="what max_entries keeps: most counted or most recent")
+        ] = "count",
+        part_size: Annotated[int | None, Query(ge=1, le=2**31, description="parts of this size")] = None,
+        part: Annotated[int | None, Query(ge=1, le=2**31, description="which part (1-based) of part_size")] = None,
     ) -> Response:
         moment = _since(since)
         version = int(family) if family else None
@@ -230,6 +244,19 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
             "include_private": str(include_private).lower(),
         }
         chosen = blocklist.select(rows, collector.settings.allowlist, include_private)
+        if max_entries is not None:
+            filters["max_entries"] = str(max_entries)
+            filters["rank"] = rank
+            chosen = blocklist.cap(chosen, max_entries, rank)
+        if part is not None and part_size is None:
+            raise bad_request("query.part", "needs part_size")
+        if part_size is not None:
+            if format in ("nft", "ipset"):
+                raise bad_request("query.part_size", "parts are for txt and json lists; nft and ipset load any size")
+            chosen, parts = blocklist.split(chosen, part_size, part or 1)
+            if (part or 1) > parts:
+                raise ApiError(404, "query.part", f"there are {parts} parts")
+            filters["part"] = f"{part or 1}/{parts}"
         document = blocklist.Blocklist(datetime.now(UTC), filters, chosen)
         media = "application/json" if format == "json" else "text/plain; charset=utf-8"
         return Response(blocklist.render(document, format, name), media_type=media)

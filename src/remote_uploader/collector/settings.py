@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from remote_uploader.collector.timeparse import DurationError, parse_duration
 from remote_uploader.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -56,6 +57,15 @@ class CollectorSettings:
     graceful_timeout: float = 10.0
     tls_cert: str = ""  # PEM certificate chain; with tls_key, serve HTTPS
     tls_key: str = ""
+    # Time buckets and decisions (docs/decisions.md). Durations in seconds.
+    bucket: int = 60  # seconds per time bucket
+    bucket_retention: float = 2 * 86400.0  # then folded into hours
+    hour_retention: float = 30 * 86400.0  # then folded into days
+    day_retention: float = 400 * 86400.0  # then deleted
+    rollup_interval: float = 300.0
+    decision_interval: float = 1.0  # expiry timer; batches are evaluated as they come
+    # `[[rules]]` tables of the same file (decisions/rules.py), not settable from the environment.
+    rules: tuple[Any, ...] = ()
 
 
 # --- value parsers: (value, key, origin) -> typed value, or ConfigError ---------------------------
@@ -119,6 +129,23 @@ def _networks(value: object, key: str, origin: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _duration(value: object, key: str, origin: str) -> float:
+    """A duration: `30s`, `15m`, `4h`, `7d`, combinations; a plain number is seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _seconds(value, key, origin)
+    try:
+        return parse_duration(value).total_seconds()
+    except DurationError as exc:
+        raise _fail(key, origin, str(exc)) from None
+
+
+def _bucket(value: object, key: str, origin: str) -> int:
+    seconds = _duration(value, key, origin)
+    if seconds != int(seconds) or not 1 <= seconds <= 86400 or 86400 % seconds:
+        raise _fail(key, origin, f"{value!r} must be whole seconds that divide a day (10s, 1m, 5m, 1h...)")
+    return int(seconds)
+
+
 PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "db": _text,
     "host": _text,
@@ -137,8 +164,14 @@ PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "graceful_timeout": _seconds,
     "tls_cert": _text,
     "tls_key": _text,
+    "bucket": _bucket,
+    "bucket_retention": _duration,
+    "hour_retention": _duration,
+    "day_retention": _duration,
+    "rollup_interval": _duration,
+    "decision_interval": _duration,
 }
-assert set(PARSERS) == {f.name for f in fields(CollectorSettings)}
+assert set(PARSERS) | {"rules"} == {f.name for f in fields(CollectorSettings)}
 
 
 def _from_environment(key: str, text: str, origin: str) -> object:
@@ -151,6 +184,8 @@ def _from_environment(key: str, text: str, origin: str) -> object:
         if text.lower() in ("0", "false", "no", "off"):
             return False
         raise _fail(key, origin, f"{text!r} is not true or false")
+    if PARSERS[key] in (_duration, _bucket):
+        return _number_or_text(text)
     try:
         if isinstance(default, int):
             return int(text)
@@ -161,6 +196,13 @@ def _from_environment(key: str, text: str, origin: str) -> object:
     if isinstance(default, tuple):
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
+
+
+def _number_or_text(text: str) -> object:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def load(
@@ -175,6 +217,7 @@ def load(
     values: dict[str, Any] = {}
     if path is not None:
         values.update(_read_file(Path(path)))
+        values["rules"] = _read_rules(Path(path))
     env = os.environ if environ is None else environ
     for key, parse in PARSERS.items():
         name = ENV_PREFIX + key.upper()
@@ -189,6 +232,10 @@ def load(
     settings = replace(CollectorSettings(), **values)
     if not settings.db:
         settings = replace(settings, db=default_db_url())
+    if not settings.bucket_retention < settings.hour_retention < settings.day_retention:
+        raise ConfigError(
+            "collector.hour_retention", "retentions must grow: bucket_retention < hour_retention < day_retention"
+        )
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("collector.tls_key", "tls_cert and tls_key go together: set both or neither")
     return settings
@@ -214,3 +261,11 @@ def _read_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"collector.{key}", "unknown key", origin)
         values[key] = PARSERS[key](value, key, origin)
     return values
+
+
+def _read_rules(path: Path) -> tuple[Any, ...]:
+    from remote_uploader.collector.decisions.rules import parse_rules
+
+    with path.open("rb") as handle:
+        document = tomllib.load(handle)
+    return parse_rules(document.get("rules"), str(path))

@@ -24,13 +24,14 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
-def open_storage(url: str, *, timeout: float = 5.0, pool_size: int = 10) -> Storage:
-    """Open (but do not migrate) the database named by `url`."""
+def open_storage(url: str, *, timeout: float = 5.0, pool_size: int = 10, create_dir: bool = True) -> Storage:
+    """Open (but do not migrate) the database named by `url`; `create_dir`: a SQLite file's missing
+    directory is created (else refused)."""
     path = sqlite_path(url)
     if path is not None:
         from remote_uploader.collector.storage.sqlite import SqliteStorage
 
-        return SqliteStorage(path, timeout=timeout)
+        return SqliteStorage(path, timeout=timeout, create_dir=create_dir)
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from remote_uploader.collector.storage.postgres import PostgresStorage

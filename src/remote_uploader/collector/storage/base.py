@@ -21,6 +21,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
 
+from remote_uploader.collector.storage.model import (
+    BucketDelta,
+    Decision,
+    DecisionDetail,
+    DecisionQuery,
+    NewDecision,
+    RollupResult,
+    SeriesPoint,
+    WindowCount,
+    WindowQuery,
+)
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -63,6 +75,9 @@ class EncodedDeltas:
     form: BulkForm
     count: int  # how many deltas
     data: bytes
+    # postgres-copy only: the bucket deltas as COPY text (the sqlite image holds them as a table)
+    bucket_data: bytes = b""
+    buckets: int = 0  # how many bucket deltas
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +94,23 @@ class Batch:
     sent_at: datetime
     records: int  # records as sent (before merging the same address from several sources)
     deltas: Sequence[IpDelta] | EncodedDeltas
+    # Per (address, bucket, source): what the time buckets take. Empty when `deltas` is encoded
+    # (the encoded form carries them) or when a caller stores totals only.
+    buckets: Sequence[BucketDelta] = ()
+    # The batch's addresses when `deltas` is encoded and the collector has rules to apply
+    # (decisions/engine.py); with plain deltas they are the deltas' `ip`s.
+    addresses: tuple[str, ...] = ()
     # The delivery identity (protocol.py): with a producer, the batch is recognised by
     # (producer, seq, part) at any age (storage/producers.py); without one (an agent from before
     # it), by (agent, batch_id), remembered for retention_days.
     producer: str | None = None
     seq: int = 0
     part: str = ""
+
+    def counted_addresses(self) -> Sequence[str]:
+        if isinstance(self.deltas, EncodedDeltas):
+            return self.addresses
+        return [delta.ip for delta in self.deltas]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +153,17 @@ class TokenInfo:
     name: str
     role: Role
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BouncerInfo:
+    """A bouncer key's name and where its next decision delta starts (never the key itself)."""
+
+    name: str
+    created_at: datetime
+    last_seq: int | None  # the decision change sequence its last complete pull ended at; None: never pulled
+    last_pull_at: datetime | None
+    user_agent: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +235,28 @@ class Storage(abc.ABC):
     def revoke_token(self, name: str) -> bool:
         """Delete the token of `name`; False if there was none."""
 
+    # -- bouncer keys (the CrowdSec-compatible decision stream) --------------------------------
+
+    @abc.abstractmethod
+    def add_bouncer(self, name: str, key_hash: str, *, replace: bool = False) -> None:
+        """Store a bouncer key's hash under `name`; `BouncerError` if the name exists and not `replace`
+        (replacing starts the new key from scratch: its first pull is a full one)."""
+
+    @abc.abstractmethod
+    def find_bouncer(self, key_hash: str) -> tuple[BouncerInfo, str] | None:
+        """The bouncer whose key has this hash, with the stored hash; or None."""
+
+    @abc.abstractmethod
+    def list_bouncers(self) -> list[BouncerInfo]: ...
+
+    @abc.abstractmethod
+    def revoke_bouncer(self, name: str) -> bool:
+        """Delete the key of `name`; False if there was none."""
+
+    @abc.abstractmethod
+    def record_pull(self, name: str, seq: int, at: datetime, user_agent: str | None) -> None:
+        """Remember that `name` has every decision change up to `seq`, as of `at`."""
+
     # -- ingest -------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -241,3 +300,77 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:
         """Addresses with total >= min_count (and last_seen >= since), in numeric order."""
+
+    # -- time buckets (see model.py) ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def window_counts(self, query: WindowQuery) -> list[WindowCount]:
+        """Per address, the occurrences in the buckets overlapping [since, until] (all levels),
+        with the filters of `query`; addresses under `min_count` left out. Numeric order, or most
+        counted first when `limit` is set."""
+
+    @abc.abstractmethod
+    def window_series(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        ip: str | None = None,
+        network: Network | None = None,
+        agents: tuple[str, ...] | None = None,
+        sources: tuple[str, ...] | None = None,
+    ) -> list[SeriesPoint]:
+        """Occurrences per bucket (summed over the addresses that match), oldest first; rows of
+        the hour and day levels come as one point of their length."""
+
+    @abc.abstractmethod
+    def list_labels(self, kind: Literal["agent", "source"]) -> list[str]:
+        """The agent names or source labels that have buckets, sorted."""
+
+    @abc.abstractmethod
+    def rollup(
+        self, now: datetime, bucket_retention: timedelta, hour_retention: timedelta, day_retention: timedelta
+    ) -> RollupResult:
+        """Fold bucket rows older than `bucket_retention` into hour rows, hour rows older than
+        `hour_retention` into day rows, delete day rows older than `day_retention`. Each fold
+        adds and deletes in one transaction (in chunks), so no occurrence is lost or counted
+        twice if the process dies between chunks."""
+
+    # -- decisions (see model.py) -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_decisions(
+        self, decisions: Sequence[NewDecision], now: datetime, *, replace: bool = False
+    ) -> list[tuple[Decision, bool]]:
+        """Store decisions in one transaction, each with the next change sequence. Where the
+        value already has an active decision (state active, until > now): without `replace`
+        that one is returned with False and nothing is stored; with `replace` it is ended
+        (state deleted) and the new one stored. Returns (decision, created) in input order."""
+
+    @abc.abstractmethod
+    def delete_decisions(
+        self, now: datetime, *, value: str | None = None, decision_id: int | None = None
+    ) -> list[Decision]:
+        """End (state deleted) the active decisions of `value`, or the one with `decision_id`;
+        returns them as they are now. Empty if there were none."""
+
+    @abc.abstractmethod
+    def expire_decisions(self, now: datetime, limit: int = 10000) -> list[Decision]:
+        """Mark active decisions whose `until` is at or before `now` expired (a change, with its
+        sequence, so that streams send them as deleted); at most `limit` per call."""
+
+    @abc.abstractmethod
+    def list_decisions(self, query: DecisionQuery) -> list[Decision]: ...
+
+    @abc.abstractmethod
+    def get_decision(self, decision_id: int) -> DecisionDetail | None:
+        """A decision with what explains it: the rule's details and the addresses it counted."""
+
+    @abc.abstractmethod
+    def decision_seq(self) -> int:
+        """The newest change sequence (0 before the first decision)."""
+
+    @abc.abstractmethod
+    def recent_decisions(self, values: Sequence[str], since: datetime) -> list[Decision]:
+        """Decisions (any state) for these values created at or after `since`, oldest first:
+        what escalation counts and what tells a rule where the previous decision ended."""

@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, IpDelta
+from remote_uploader.collector.storage.model import BucketDelta
 
 # `Connection.serialize` needs SQLite's deserialize API: built in since 3.36, optional before.
 HAS_SQLITE_IMAGE = hasattr(sqlite3.Connection, "serialize")
@@ -29,42 +30,74 @@ SQLITE_DELTAS = (
     "CREATE TABLE deltas (ip TEXT NOT NULL, ipkey BLOB NOT NULL, "
     "total INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL)"
 )
+# The time buckets' deltas: the source by its index in `sources` (a batch has few sources).
+SQLITE_BUCKETS = (
+    "CREATE TABLE bdeltas (ipkey BLOB NOT NULL, bucket INTEGER NOT NULL, src INTEGER NOT NULL, "
+    "total INTEGER NOT NULL)"
+)
+SQLITE_SOURCES = "CREATE TABLE sources (idx INTEGER PRIMARY KEY, name TEXT NOT NULL)"
 # Rows per INSERT: one statement binding many rows is about twice as fast as executemany, which
 # pays a statement step and reset per row; past a few hundred rows there is nothing left to gain.
 ROWS_PER_INSERT = 500
 
 
-def encode(form: BulkForm, deltas: Sequence[IpDelta]) -> EncodedDeltas:
+def encode(form: BulkForm, deltas: Sequence[IpDelta], buckets: Sequence[BucketDelta] = ()) -> EncodedDeltas:
     if form == "sqlite-image":
-        return EncodedDeltas(form, len(deltas), sqlite_image(deltas))
+        return EncodedDeltas(form, len(deltas), sqlite_image(deltas, buckets), buckets=len(buckets))
     if form == "postgres-copy":
-        return EncodedDeltas(form, len(deltas), postgres_copy(deltas))
+        return EncodedDeltas(form, len(deltas), postgres_copy(deltas), postgres_bucket_copy(buckets), len(buckets))
     raise ValueError(f"unknown bulk form {form!r}")
 
 
-def encoded(deltas: Sequence[IpDelta] | EncodedDeltas, form: BulkForm) -> EncodedDeltas:
+def encoded(
+    deltas: Sequence[IpDelta] | EncodedDeltas, form: BulkForm, buckets: Sequence[BucketDelta] = ()
+) -> EncodedDeltas:
     """`deltas` in `form`: as they are if already encoded so, else encoded now."""
     if isinstance(deltas, EncodedDeltas):
         if deltas.form != form:
             raise TypeError(f"deltas encoded as {deltas.form}, not {form}")
         return deltas
-    return encode(form, deltas)
+    return encode(form, deltas, buckets)
 
 
-def sqlite_image(deltas: Sequence[IpDelta]) -> bytes:
-    """A SQLite database (the bytes of its file) with the deltas in table `deltas`, in order."""
+def source_indexes(buckets: Sequence[BucketDelta]) -> tuple[list[tuple[int, str]], list[tuple[bytes, int, int, int]]]:
+    """(sources as (index, name), bucket rows with the source's index instead of its name)."""
+    index: dict[str, int] = {}
+    rows = []
+    for key, bucket, source, total in buckets:
+        number = index.get(source)
+        if number is None:
+            number = index[source] = len(index)
+        rows.append((key, bucket, number, total))
+    return [(number, name) for name, number in index.items()], rows
+
+
+def _insert_many(conn: sqlite3.Connection, table: str, width: int, rows: Sequence[Sequence[object]]) -> None:
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    one = "(" + ",".join(["?"] * width) + ")"
+    if full:
+        many = f"INSERT INTO {table} VALUES " + ",".join([one] * ROWS_PER_INSERT)
+        flat = list(itertools.chain.from_iterable(rows[:full]))
+        step = width * ROWS_PER_INSERT
+        for start in range(0, len(flat), step):
+            conn.execute(many, flat[start : start + step])
+    conn.executemany(f"INSERT INTO {table} VALUES {one}", rows[full:])
+
+
+def sqlite_image(deltas: Sequence[IpDelta], buckets: Sequence[BucketDelta] = ()) -> bytes:
+    """A SQLite database (the bytes of its file) with the deltas in table `deltas`, in order,
+    and the bucket deltas in `bdeltas` with their sources in `sources`."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.execute(SQLITE_DELTAS)
+        conn.execute(SQLITE_BUCKETS)
+        conn.execute(SQLITE_SOURCES)
         conn.execute("BEGIN")
-        full = len(deltas) - len(deltas) % ROWS_PER_INSERT
-        if full:
-            many = "INSERT INTO deltas VALUES " + ",".join(["(?,?,?,?,?)"] * ROWS_PER_INSERT)
-            flat = list(itertools.chain.from_iterable(deltas[:full]))
-            step = 5 * ROWS_PER_INSERT
-            for start in range(0, len(flat), step):
-                conn.execute(many, flat[start : start + step])
-        conn.executemany("INSERT INTO deltas VALUES (?, ?, ?, ?, ?)", deltas[full:])
+        _insert_many(conn, "deltas", 5, deltas)
+        if buckets:
+            sources, rows = source_indexes(buckets)
+            conn.executemany("INSERT INTO sources VALUES (?, ?)", sources)
+            _insert_many(conn, "bdeltas", 4, rows)
         conn.execute("COMMIT")
         return conn.serialize()
     finally:
@@ -83,3 +116,16 @@ def postgres_copy(deltas: Sequence[IpDelta]) -> bytes:
     if text.count("\n") != rows or text.count("\t") != 4 * rows or text.count("\\") != 2 * rows or "\r" in text:
         raise ValueError("an address contains a tab, a line break or a backslash")
     return text.encode()
+
+
+def postgres_bucket_copy(buckets: Sequence[BucketDelta]) -> bytes:
+    """The bucket deltas as `COPY bdeltas (ipkey, bucket, source, total) FROM STDIN` text.
+
+    A source is checked text without control characters (so no tab or line break); its
+    backslashes are doubled, COPY's one escape left."""
+    parts = []
+    for key, bucket, source, total in buckets:
+        if "\t" in source or "\n" in source or "\r" in source:
+            raise ValueError("a source contains a tab or a line break")
+        parts.append(f"\\\\x{key.hex()}\t{bucket:d}\t{source.replace(chr(92), chr(92) * 2)}\t{total:d}\n")
+    return "".join(parts).encode()

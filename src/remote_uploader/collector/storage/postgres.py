@@ -30,10 +30,12 @@ from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
+from remote_uploader.collector.storage.sql_windows import saturating_add
 
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x72752D636F6C  # any constant; pg_advisory_xact_lock serialises migrate()
+ROLLUP_LOCK = MIGRATION_LOCK + 1  # serialises the roll-ups of several collector processes
 ATTEMPTS = 3  # a deadlock or serialisation failure is retried this many times in all
 MAX_TOTAL = 2**63 - 1
 # SQLSTATE class 40: the server rolled the transaction back and says a retry may succeed.
@@ -77,6 +79,22 @@ UPSERT_IP_AGENTS = (
     f"ON CONFLICT (ip, agent) DO UPDATE SET total = {_add('ip_agents')}, "
     "first_seen = least(ip_agents.first_seen, excluded.first_seen), "
     "last_seen = greatest(ip_agents.last_seen, excluded.last_seen)"
+)
+CREATE_BUCKETS = (
+    "CREATE TEMP TABLE IF NOT EXISTS bdeltas (ipkey BYTEA NOT NULL, bucket BIGINT NOT NULL, "
+    "source TEXT NOT NULL, total BIGINT NOT NULL) ON COMMIT DELETE ROWS"
+)
+COPY_BUCKETS = "COPY bdeltas (ipkey, bucket, source, total) FROM STDIN"
+INSERT_AGENT_LABEL = "INSERT INTO labels (kind, name) VALUES ('agent', %s) ON CONFLICT DO NOTHING"
+INSERT_SOURCE_LABELS = (
+    "INSERT INTO labels (kind, name) SELECT DISTINCT 'source', source FROM bdeltas ORDER BY 2 ON CONFLICT DO NOTHING"
+)
+UPSERT_COUNTS = (
+    "INSERT INTO counts (ipkey, bucket, agent, source, total) "
+    "SELECT b.ipkey, b.bucket, (SELECT id FROM labels WHERE kind = 'agent' AND name = %s), l.id, sum(b.total) "
+    "FROM bdeltas b JOIN labels l ON l.kind = 'source' AND l.name = b.source "
+    "GROUP BY b.ipkey, b.bucket, l.id ORDER BY b.ipkey, b.bucket, l.id "
+    f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_add('counts')}"
 )
 UPSERT_AGENT = (
     "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
@@ -157,8 +175,28 @@ class PostgresStorage(SqlStorage):
     def close(self) -> None:
         self._pool.close()
 
+    def _fold(self, source: str, target: str, unit: int, before: int) -> int:
+        """One statement: the rows deleted are exactly the rows added up. (An INSERT ... SELECT
+        then a DELETE would each see their own snapshot: a row that an ingest committed between
+        the two would be deleted without having been added.) An advisory lock keeps two
+        collector processes from folding at once."""
+        with self._write() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))
+            cur.execute(
+                f"WITH moved AS (DELETE FROM {source} WHERE bucket < %s "
+                "RETURNING ipkey, bucket, agent, source, total), "
+                f"folded AS (INSERT INTO {target} (ipkey, bucket, agent, source, total) "
+                f"SELECT ipkey, (bucket / {unit}) * {unit}, agent, source, least(sum(total), {MAX_TOTAL}) "
+                f"FROM moved GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+                f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {saturating_add(target)}) "
+                "SELECT count(*) FROM moved",
+                (before,),
+            )
+            return int(cur.fetchone()[0])
+
     def store_batch(self, batch: Batch, received_at: datetime) -> bool:
-        rows = bulk.encoded(batch.deltas, "postgres-copy")  # (unless the parser did) before a connection is taken
+        # Encoded (unless the parser did) before a connection is taken.
+        rows = bulk.encoded(batch.deltas, "postgres-copy", batch.buckets)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return self._store_batch_once(batch, rows, received_at)
@@ -181,5 +219,13 @@ class PostgresStorage(SqlStorage):
                     copy.write(rows.data)
                 cur.execute(UPSERT_IPS)
                 cur.execute(UPSERT_IP_AGENTS, (agent,))
+            if rows.buckets:
+                # The time buckets (model.py): labels first, then the counts that refer to them.
+                cur.execute(CREATE_BUCKETS)
+                with cur.copy(COPY_BUCKETS) as copy:
+                    copy.write(rows.bucket_data)
+                cur.execute(INSERT_AGENT_LABEL, (agent,))
+                cur.execute(INSERT_SOURCE_LABELS)
+                cur.execute(UPSERT_COUNTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

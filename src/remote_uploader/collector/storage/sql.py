@@ -14,11 +14,12 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from remote_uploader.collector.errors import SchemaError, TokenError
+from remote_uploader.collector.errors import BouncerError, SchemaError, TokenError
 from remote_uploader.collector.storage.base import (
     AgentCount,
     AgentStats,
     BlocklistRow,
+    BouncerInfo,
     IpDetail,
     IpQuery,
     IpSummary,
@@ -31,6 +32,8 @@ from remote_uploader.collector.storage.base import (
 )
 from remote_uploader.collector.storage.migrations import Migration
 from remote_uploader.collector.storage.producers import ProducerState
+from remote_uploader.collector.storage.sql_decisions import DecisionsSql
+from remote_uploader.collector.storage.sql_windows import WindowsSql
 
 
 class Cursor(Protocol):
@@ -48,7 +51,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-class SqlStorage(Storage):
+class SqlStorage(WindowsSql, DecisionsSql, Storage):
     placeholder = "?"
     migrations: tuple[Migration, ...] = ()
     lock_row = ""  # PostgreSQL: " FOR UPDATE" (SQLite's BEGIN IMMEDIATE already serialises writers)
@@ -132,6 +135,66 @@ class SqlStorage(Storage):
         with self._write() as cur:
             cur.execute(self._sql("DELETE FROM tokens WHERE name = ?"), (name,))
             return cur.rowcount > 0
+
+    # -- bouncer keys -----------------------------------------------------------------------
+
+    def add_bouncer(self, name: str, key_hash: str, *, replace: bool = False) -> None:
+        now = self._time_param(datetime.now(UTC))
+        with self._write() as cur:
+            cur.execute(self._sql("SELECT 1 FROM bouncers WHERE name = ?"), (name,))
+            if cur.fetchone() is not None and not replace:
+                raise BouncerError(name, "a bouncer with this name exists; revoke it first or use --replace")
+            cur.execute(self._sql("DELETE FROM bouncers WHERE name = ?"), (name,))
+            cur.execute(
+                self._sql("INSERT INTO bouncers (name, key_hash, created_at) VALUES (?, ?, ?)"),
+                (name, key_hash, now),
+            )
+
+    _BOUNCER_COLUMNS = "name, created_at, last_seq, last_pull_at, user_agent"
+
+    def _bouncer(self, row: Sequence[Any]) -> BouncerInfo:
+        name, created, seq, pulled, agent = row
+        return BouncerInfo(
+            name=name,
+            created_at=self._time_value(created),
+            last_seq=None if seq is None else int(seq),
+            last_pull_at=None if pulled is None else self._time_value(pulled),
+            user_agent=agent,
+        )
+
+    def find_bouncer(self, key_hash: str) -> tuple[BouncerInfo, str] | None:
+        with self._read() as cur:
+            cur.execute(
+                self._sql(f"SELECT {self._BOUNCER_COLUMNS}, key_hash FROM bouncers WHERE key_hash = ?"), (key_hash,)
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return self._bouncer(row[:5]), str(row[5])
+
+    def list_bouncers(self) -> list[BouncerInfo]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {self._BOUNCER_COLUMNS} FROM bouncers ORDER BY name")
+            rows = cur.fetchall()
+        return [self._bouncer(row) for row in rows]
+
+    def revoke_bouncer(self, name: str) -> bool:
+        with self._write() as cur:
+            cur.execute(self._sql("DELETE FROM bouncers WHERE name = ?"), (name,))
+            return cur.rowcount > 0
+
+    def record_pull(self, name: str, seq: int, at: datetime, user_agent: str | None) -> None:
+        # The sequence only moves forward: a slow pull that finishes after a newer one must not
+        # send the key back to changes it already has (it would get them twice, harmlessly, but
+        # never skip any either way).
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    "UPDATE bouncers SET last_seq = ?, last_pull_at = ?, user_agent = ? "
+                    "WHERE name = ? AND (last_seq IS NULL OR last_seq <= ?)"
+                ),
+                (seq, self._time_param(at), user_agent, name, seq),
+            )
 
     # -- batch ids --------------------------------------------------------------------------
 

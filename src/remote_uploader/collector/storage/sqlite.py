@@ -11,6 +11,7 @@ it, `StorageUnavailable`, which the HTTP layer answers with 503 and Retry-After.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -49,6 +50,22 @@ _ADD = f"CASE WHEN total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} ELSE to
 ATTACH_STAGING = "ATTACH DATABASE ':memory:' AS staging"
 CREATE_DELTAS = bulk.SQLITE_DELTAS.replace("CREATE TABLE deltas", "CREATE TABLE IF NOT EXISTS staging.deltas")
 INSERT_DELTA = "INSERT INTO staging.deltas VALUES (?, ?, ?, ?, ?)"
+CREATE_BUCKETS = bulk.SQLITE_BUCKETS.replace("CREATE TABLE bdeltas", "CREATE TABLE IF NOT EXISTS staging.bdeltas")
+CREATE_SOURCES = bulk.SQLITE_SOURCES.replace("CREATE TABLE sources", "CREATE TABLE IF NOT EXISTS staging.sources")
+INSERT_BUCKET = "INSERT INTO staging.bdeltas VALUES (?, ?, ?, ?)"
+INSERT_SOURCE = "INSERT INTO staging.sources VALUES (?, ?)"
+INSERT_AGENT_LABEL = "INSERT INTO labels (kind, name) VALUES ('agent', ?) ON CONFLICT DO NOTHING"
+INSERT_SOURCE_LABELS = (
+    "INSERT INTO labels (kind, name) SELECT 'source', name FROM staging.sources WHERE true ON CONFLICT DO NOTHING"
+)
+
+UPSERT_COUNTS = (
+    "INSERT INTO counts (ipkey, bucket, agent, source, total) "
+    "SELECT b.ipkey, b.bucket, (SELECT id FROM labels WHERE kind = 'agent' AND name = ?), l.id, b.total "
+    "FROM staging.bdeltas b JOIN staging.sources s ON s.idx = b.src "
+    "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true "
+    f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_ADD}"
+)
 UPSERT_IPS = (
     "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
     "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen "
@@ -75,7 +92,9 @@ class SqliteStorage(SqlStorage):
     migrations = MIGRATIONS
     bulk_form: BulkForm | None = "sqlite-image" if bulk.HAS_SQLITE_IMAGE else None
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 5.0, create_dir: bool = True) -> None:
+        """`create_dir=False` (the CLI, for a path the operator typed): a missing directory is an
+        error, not a new empty database that turns a typo into every agent being refused."""
         self.path = str(path)
         self.url = "sqlite://" + self.path
         self._timeout = timeout
@@ -85,7 +104,29 @@ class SqliteStorage(SqlStorage):
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._prepare_file(create_dir)
+
+    def _prepare_file(self, create_dir: bool) -> None:
+        """The directory exists (or may be made: 0700), and the database file is private (0600):
+        it holds token hashes and every agent's data."""
+        directory = Path(self.path).parent
+        if not directory.is_dir():
+            if not create_dir:
+                raise StorageError(f"the directory of {self.path} does not exist ({directory}); check the path, "
+                                   "or pass --create-dir to create it")
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Only a file that does not exist yet is opened here: closing any descriptor of a database
+        # file drops every POSIX lock this process holds on it, so opening and closing an existing
+        # one while another SqliteStorage of this process has it open (a test, `token add` in the
+        # server's process) corrupts that one's view of the WAL ("disk I/O error", stale reads).
+        if os.path.exists(self.path):
+            return
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass  # made meanwhile by another process
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -130,6 +171,8 @@ class SqliteStorage(SqlStorage):
                 self._writer.execute("PRAGMA cache_size=-65536")  # 64 MiB: the upserts walk the whole index
                 self._writer.execute(ATTACH_STAGING)
                 self._writer.execute(CREATE_DELTAS)
+                self._writer.execute(CREATE_BUCKETS)
+                self._writer.execute(CREATE_SOURCES)
             if staging is not None:
                 try:
                     self._writer.deserialize(staging, name="staging")
@@ -166,7 +209,7 @@ class SqliteStorage(SqlStorage):
         agent = batch.agent
         deltas = batch.deltas
         # The image is made (if the parser has not made it) before the write lock is taken.
-        image = bulk.encoded(deltas, "sqlite-image").data if self.bulk_form else None
+        image = bulk.encoded(deltas, "sqlite-image", batch.buckets).data if self.bulk_form else None
         with self._write(staging=image) as cur:
             if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
@@ -174,8 +217,17 @@ class SqliteStorage(SqlStorage):
             if image is None:
                 assert not isinstance(deltas, EncodedDeltas)
                 cur.execute("DELETE FROM staging.deltas")
+                cur.execute("DELETE FROM staging.bdeltas")
+                cur.execute("DELETE FROM staging.sources")
                 cur.executemany(INSERT_DELTA, deltas)
+                sources, rows = bulk.source_indexes(batch.buckets)
+                cur.executemany(INSERT_SOURCE, sources)
+                cur.executemany(INSERT_BUCKET, rows)
             cur.execute(UPSERT_IPS)
             cur.execute(UPSERT_IP_AGENTS, (agent,))
+            # The time buckets (model.py): labels first, then the counts that refer to them.
+            cur.execute(INSERT_AGENT_LABEL, (agent,))
+            cur.execute(INSERT_SOURCE_LABELS)
+            cur.execute(UPSERT_COUNTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -58,6 +58,100 @@ MIGRATIONS: tuple[Migration, ...] = (
     (
         2,
         (
+            # Time buckets (model.py): bucket = start in seconds since the epoch; agent and source
+            # are label ids. Address first: a window for one address is one range of the key.
+            """CREATE TABLE counts (
+                ipkey BLOB NOT NULL,
+                bucket INTEGER NOT NULL,
+                agent INTEGER NOT NULL,
+                source INTEGER NOT NULL,
+                total INTEGER NOT NULL,
+                PRIMARY KEY (ipkey, bucket, agent, source)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE counts_hour (
+                ipkey BLOB NOT NULL,
+                bucket INTEGER NOT NULL,
+                agent INTEGER NOT NULL,
+                source INTEGER NOT NULL,
+                total INTEGER NOT NULL,
+                PRIMARY KEY (ipkey, bucket, agent, source)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE counts_day (
+                ipkey BLOB NOT NULL,
+                bucket INTEGER NOT NULL,
+                agent INTEGER NOT NULL,
+                source INTEGER NOT NULL,
+                total INTEGER NOT NULL,
+                PRIMARY KEY (ipkey, bucket, agent, source)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE labels (
+                id INTEGER PRIMARY KEY,
+                kind TEXT NOT NULL CHECK (kind IN ('agent', 'source')),
+                name TEXT NOT NULL,
+                UNIQUE (kind, name)
+            )""",
+            # One row per sequence; decision writers update it first, so they take its row lock
+            # in turn and sequence numbers are committed in order (model.py).
+            """CREATE TABLE sequences (
+                name TEXT PRIMARY KEY,
+                value INTEGER NOT NULL
+            )""",
+            "INSERT INTO sequences (name, value) VALUES ('decisions', 0)",
+            # value: canonical address or CIDR; (family, lo, hi): its first and last packed
+            # address, for "which decisions hold this address". details: the rule's JSON.
+            """CREATE TABLE decisions (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                value TEXT NOT NULL,
+                scope TEXT NOT NULL CHECK (scope IN ('Ip', 'Range')),
+                family SMALLINT NOT NULL,
+                lo BLOB NOT NULL,
+                hi BLOB NOT NULL,
+                type TEXT NOT NULL,
+                origin TEXT NOT NULL,
+                scenario TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                details TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                until INTEGER NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('active', 'deleted', 'expired')),
+                ended_at INTEGER,
+                created_seq INTEGER NOT NULL,
+                ended_seq INTEGER
+            )""",
+            "CREATE INDEX decisions_created_seq ON decisions (created_seq)",
+            "CREATE INDEX decisions_ended_seq ON decisions (ended_seq)",
+            "CREATE INDEX decisions_value ON decisions (value, created_at)",
+            "CREATE INDEX decisions_active_until ON decisions (until) WHERE state = 'active'",
+            "CREATE INDEX decisions_active_range ON decisions (family, lo) WHERE state = 'active'",
+            """CREATE TABLE decision_evidence (
+                decision_id INTEGER NOT NULL,
+                ip TEXT NOT NULL,
+                total INTEGER NOT NULL,
+                first_bucket INTEGER NOT NULL,
+                last_bucket INTEGER NOT NULL,
+                PRIMARY KEY (decision_id, ip)
+            ) WITHOUT ROWID""",
+        ),
+    ),
+    # Bouncer keys (CrowdSec-compatible decision stream, collector/lapi_routes.py): only the hash of
+    # a key is kept; last_seq and last_pull_at are where the key's next delta starts (NULL: it
+    # never pulled), written only after a pull was answered in full.
+    (
+        3,
+        (
+            """CREATE TABLE bouncers (
+                name TEXT PRIMARY KEY,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_at INTEGER NOT NULL,
+                last_seq INTEGER,
+                last_pull_at INTEGER,
+                user_agent TEXT
+            )""",
+        ),
+    ),
+    (
+        4,
+        (
             # One row per producer (agent state directory): see storage/producers.py.
             """CREATE TABLE producers (
                 producer TEXT PRIMARY KEY,

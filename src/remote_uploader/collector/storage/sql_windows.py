@@ -1,0 +1,234 @@
+"""Time buckets in SQL, shared by SQLite and PostgreSQL (mixed into `SqlStorage`).
+
+Three tables of one shape: `counts` (the bucket level), `counts_hour`, `counts_day`. Rows move
+down a level by `rollup` (added to the coarser row and deleted in one transaction), so an
+occurrence is in exactly one table and a window is the sum of the three.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from remote_uploader.collector.batch import ip_key
+from remote_uploader.collector.storage.model import (
+    Network,
+    RollupResult,
+    SeriesPoint,
+    WindowCount,
+    WindowQuery,
+)
+
+MAX_TOTAL = 2**63 - 1
+KEYS_PER_QUERY = 2000  # addresses bound per query: under every backend's parameter limit
+HOUR = 3600
+DAY = 86400
+
+
+def _seconds(moment: datetime) -> int:
+    return int(moment.timestamp() // 1)
+
+
+def _moment(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def ip_text(key: bytes) -> str:
+    """The canonical text of a packed address."""
+    import ipaddress
+
+    if len(key) == 4:
+        return str(ipaddress.IPv4Address(key))
+    return str(ipaddress.IPv6Address(key))
+
+
+class WindowsSql:
+    """Needs `_read`, `_write`, `_sql` and `bucket_seconds` from the class it is mixed into."""
+
+    bucket_seconds: int = 60
+
+    if TYPE_CHECKING:
+
+        def _read(self) -> Any: ...
+
+        def _write(self) -> Any: ...
+
+        def _sql(self, sql: str) -> str: ...
+
+    # -- filters ------------------------------------------------------------------------------
+
+    def _label_ids(self, cur: Any, kind: str, names: Sequence[str], patterns: bool) -> list[int]:
+        cur.execute(self._sql("SELECT id, name FROM labels WHERE kind = ?"), (kind,))
+        rows = cur.fetchall()
+        if patterns:
+            return [int(i) for i, name in rows if any(fnmatch.fnmatchcase(name, p) for p in names)]
+        wanted = set(names)
+        return [int(i) for i, name in rows if name in wanted]
+
+    def _filters(
+        self,
+        cur: Any,
+        agents: Sequence[str] | None,
+        sources: Sequence[str] | None,
+        network: Network | None,
+    ) -> tuple[str, list[Any]] | None:
+        """SQL conditions and parameters; None when the filters cannot match anything."""
+        where: list[str] = []
+        params: list[Any] = []
+        if agents is not None:
+            ids = self._label_ids(cur, "agent", agents, patterns=False)
+            if not ids:
+                return None
+            where.append(f"agent IN ({','.join('?' * len(ids))})")
+            params += ids
+        if sources is not None:
+            ids = self._label_ids(cur, "source", sources, patterns=True)
+            if not ids:
+                return None
+            where.append(f"source IN ({','.join('?' * len(ids))})")
+            params += ids
+        if network is not None:
+            where.append("ipkey BETWEEN ? AND ? AND length(ipkey) = ?")
+            params += [
+                network.network_address.packed,
+                network.broadcast_address.packed,
+                4 if network.version == 4 else 16,
+            ]
+        return "".join(f" AND {w}" for w in where), params
+
+    def _levels(self, since: datetime, until: datetime | None) -> list[tuple[str, int, list[Any]]]:
+        """(table, bucket length, [lowest start, (highest start)]) for the buckets overlapping the window."""
+        out = []
+        start = _seconds(since)
+        for table, length in (("counts", self.bucket_seconds), ("counts_hour", HOUR), ("counts_day", DAY)):
+            bounds: list[Any] = [start - length + 1]
+            out.append((table, length, bounds))
+            if until is not None:
+                bounds.append(_seconds(until))
+        return out
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def window_counts(self, query: WindowQuery) -> list[WindowCount]:
+        with self._read() as cur:
+            filters = self._filters(cur, query.agents, query.sources, query.network)
+            if filters is None:
+                return []
+            conditions, params = filters
+            key_sets: list[list[bytes] | None] = [None]
+            if query.ips is not None:
+                keys = sorted({ip_key(ip) for ip in query.ips})
+                key_sets = [keys[i : i + KEYS_PER_QUERY] for i in range(0, len(keys), KEYS_PER_QUERY)]
+            found: list[WindowCount] = []
+            for chunk in key_sets:
+                parts = []
+                bound: list[Any] = []
+                for table, _, bounds in self._levels(query.since, query.until):
+                    sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
+                    if len(bounds) > 1:
+                        sql += " AND bucket <= ?"
+                    sql += conditions
+                    bound += bounds + params
+                    if chunk is not None:
+                        sql += f" AND ipkey IN ({','.join('?' * len(chunk))})"
+                        bound += chunk
+                    parts.append(sql)
+                sql = (
+                    "SELECT ipkey, sum(total), min(bucket), max(bucket) FROM ("
+                    + " UNION ALL ".join(parts)
+                    + ") w GROUP BY ipkey HAVING sum(total) >= ?"
+                )
+                bound.append(query.min_count)
+                if query.limit is not None:
+                    sql += " ORDER BY sum(total) DESC, ipkey LIMIT ?"
+                    bound.append(query.limit)
+                cur.execute(self._sql(sql), bound)
+                for key, total, first, last in cur.fetchall():
+                    key = bytes(key)
+                    found.append(
+                        WindowCount(ip_text(key), key, min(int(total), MAX_TOTAL), _moment(first), _moment(last))
+                    )
+        if query.limit is not None:
+            found.sort(key=lambda row: (-row.count, len(row.key), row.key))
+            return found[: query.limit]
+        found.sort(key=lambda row: (len(row.key), row.key))
+        return found
+
+    def window_series(
+        self,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        ip: str | None = None,
+        network: Network | None = None,
+        agents: tuple[str, ...] | None = None,
+        sources: tuple[str, ...] | None = None,
+    ) -> list[SeriesPoint]:
+        with self._read() as cur:
+            filters = self._filters(cur, agents, sources, network)
+            if filters is None:
+                return []
+            conditions, params = filters
+            if ip is not None:
+                conditions += " AND ipkey = ?"
+                params = [*params, ip_key(ip)]
+            points: list[SeriesPoint] = []
+            for table, length, bounds in self._levels(since, until):
+                sql = f"SELECT bucket, sum(total) FROM {table} WHERE bucket >= ?"
+                if len(bounds) > 1:
+                    sql += " AND bucket <= ?"
+                cur.execute(self._sql(sql + conditions + " GROUP BY bucket"), [*bounds, *params])
+                points += [SeriesPoint(_moment(b), length, min(int(t), MAX_TOTAL)) for b, t in cur.fetchall()]
+        points.sort(key=lambda p: (p.start, -p.seconds))
+        return points
+
+    def list_labels(self, kind: Literal["agent", "source"]) -> list[str]:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT name FROM labels WHERE kind = ? ORDER BY name"), (kind,))
+            return [str(name) for (name,) in cur.fetchall()]
+
+    # -- roll-up and expiry -------------------------------------------------------------------
+
+    def rollup(
+        self, now: datetime, bucket_retention: timedelta, hour_retention: timedelta, day_retention: timedelta
+    ) -> RollupResult:
+        def floor(moment: datetime, unit: int) -> int:
+            seconds = _seconds(moment)
+            return seconds - seconds % unit
+
+        to_hour = self._fold("counts", "counts_hour", HOUR, floor(now - bucket_retention, HOUR))
+        to_day = self._fold("counts_hour", "counts_day", DAY, floor(now - hour_retention, DAY))
+        with self._write() as cur:
+            cur.execute(self._sql("DELETE FROM counts_day WHERE bucket < ?"), (floor(now - day_retention, DAY),))
+            dropped = cur.rowcount
+        return RollupResult(to_hour, to_day, dropped)
+
+    def _fold(self, source: str, target: str, unit: int, before: int) -> int:
+        """Add the rows of `source` that start before `before` into `target` rows of `unit`
+        seconds, and delete them, in one transaction: if it dies half-way, nothing moved.
+
+        SQLite runs this whole transaction alone (one writer), so the rows summed are the rows
+        deleted. PostgreSQL overrides it with one DELETE ... RETURNING statement for that."""
+        with self._write() as cur:
+            cur.execute(
+                self._sql(
+                    f"INSERT INTO {target} (ipkey, bucket, agent, source, total) "
+                    f"SELECT ipkey, (bucket / {unit}) * {unit}, agent, source, "
+                    f"CASE WHEN sum(total) > {MAX_TOTAL} THEN {MAX_TOTAL} ELSE sum(total) END "
+                    f"FROM {source} WHERE bucket < ? GROUP BY ipkey, (bucket / {unit}) * {unit}, agent, source "
+                    f"ORDER BY 1, 2, 3, 4 ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = "
+                    + saturating_add(target)
+                ),
+                (before,),
+            )
+            cur.execute(self._sql(f"DELETE FROM {source} WHERE bucket < ?"), (before,))
+            return int(cur.rowcount)
+
+
+def saturating_add(table: str) -> str:
+    return (
+        f"CASE WHEN {table}.total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} "
+        f"ELSE {table}.total + excluded.total END"
+    )

@@ -1,0 +1,275 @@
+"""The Storage contract for time buckets and decisions: every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import threading
+from datetime import timedelta
+
+from remote_uploader.collector.batch import parse_batch
+from remote_uploader.collector.storage import bulk
+from remote_uploader.collector.storage.base import Batch, Storage
+from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowQuery
+from tests.collector.util import T0, at, record, wire_batch
+
+MINUTE = 60
+
+
+def hits(agent: str, batch_id: str, *records: dict[str, object]) -> Batch:
+    """A batch as the collector parses it (with its bucket deltas)."""
+    return parse_batch(json.dumps(wire_batch(agent, batch_id, list(records))).encode(), agent)
+
+
+def window(storage: Storage, since: float, until: float | None = None, **filters: object) -> dict[str, int]:
+    query = WindowQuery(since=at(since), until=None if until is None else at(until), **filters)  # type: ignore[arg-type]
+    return {row.ip: row.count for row in storage.window_counts(query)}
+
+
+# -- buckets ----------------------------------------------------------------------------------
+
+
+def test_counts_land_in_the_bucket_of_their_last_seen(storage: Storage) -> None:
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 3, 10, 50), record("198.51.100.1", 2, 70, 70)), at(0))
+    storage.store_batch(hits("a", "2", record("198.51.100.1", 4, 130, 130)), at(0))
+    assert window(storage, 0) == {"198.51.100.1": 9}
+    # [60, 200] overlaps the buckets starting at 60 and 120 only.
+    assert window(storage, 60) == {"198.51.100.1": 6}
+    assert window(storage, 121) == {"198.51.100.1": 4}
+    assert window(storage, 0, 59) == {"198.51.100.1": 3}
+    series = storage.window_series(at(0))
+    assert [(p.start, p.seconds, p.count) for p in series] == [(at(0), 60, 3), (at(60), 60, 2), (at(120), 60, 4)]
+
+
+def test_a_window_is_rounded_outward_to_whole_buckets(storage: Storage) -> None:
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 1, 5)), at(0))
+    # since 59 s: the bucket [0, 60) overlaps it; since 60 s: it does not.
+    assert window(storage, 59) == {"198.51.100.1": 1}
+    assert window(storage, 60) == {}
+
+
+def test_window_counts_filter_by_agent_source_network_address_and_count(storage: Storage) -> None:
+    storage.store_batch(
+        hits(
+            "web-1",
+            "1",
+            record("198.51.100.1", 5, source="/var/log/nginx/access.log"),
+            record("198.51.100.1", 2, source="/var/log/auth.log"),
+            record("198.51.100.2", 1, source="/var/log/auth.log"),
+            record("2001:db8::1", 7, source="/var/log/auth.log"),
+        ),
+        at(0),
+    )
+    storage.store_batch(hits("web-2", "1", record("198.51.100.1", 10, source="/var/log/auth.log")), at(0))
+    assert window(storage, 0) == {"198.51.100.1": 17, "198.51.100.2": 1, "2001:db8::1": 7}
+    assert window(storage, 0, agents=("web-1",)) == {"198.51.100.1": 7, "198.51.100.2": 1, "2001:db8::1": 7}
+    assert window(storage, 0, agents=("nobody",)) == {}
+    assert window(storage, 0, sources=("*/auth.log",)) == {"198.51.100.1": 12, "198.51.100.2": 1, "2001:db8::1": 7}
+    assert window(storage, 0, sources=("/var/log/nginx/*",), agents=("web-2",)) == {}
+    assert window(storage, 0, network=ipaddress.ip_network("198.51.100.0/31")) == {"198.51.100.1": 17}
+    assert window(storage, 0, network=ipaddress.ip_network("2001:db8::/64")) == {"2001:db8::1": 7}
+    assert window(storage, 0, ips=("198.51.100.2", "2001:db8::1", "192.0.2.9")) == {"198.51.100.2": 1, "2001:db8::1": 7}
+    assert window(storage, 0, min_count=7) == {"198.51.100.1": 17, "2001:db8::1": 7}
+    top = storage.window_counts(WindowQuery(since=at(0), limit=2))
+    assert [(r.ip, r.count) for r in top] == [("198.51.100.1", 17), ("2001:db8::1", 7)]
+    assert storage.list_labels("agent") == ["web-1", "web-2"]
+    assert storage.list_labels("source") == ["/var/log/auth.log", "/var/log/nginx/access.log"]
+
+
+def test_an_ipv4_network_never_matches_ipv6_keys_with_the_same_leading_bytes(storage: Storage) -> None:
+    # 2001:db8:: starts with the bytes of 32.1.13.184.
+    storage.store_batch(hits("a", "1", record("2001:db8::1", 3), record("32.1.13.184", 1)), at(0))
+    assert window(storage, 0, network=ipaddress.ip_network("32.1.13.0/24")) == {"32.1.13.184": 1}
+
+
+def test_a_replayed_batch_adds_nothing_to_the_buckets(storage: Storage) -> None:
+    batch = hits("a", "1", record("198.51.100.1", 3))
+    assert storage.store_batch(batch, at(0)) is True
+    assert storage.store_batch(batch, at(1)) is False
+    assert window(storage, 0) == {"198.51.100.1": 3}
+
+
+def test_buckets_encoded_beforehand_store_like_plain_ones(storage: Storage) -> None:
+    assert storage.bulk_form is not None
+    plain = hits("a", "1", record("198.51.100.1", 3, source="/a\\b"), record("2001:db8::1", 2, 70))
+    encoded = dataclasses.replace(plain, deltas=bulk.encode(storage.bulk_form, plain.deltas, plain.buckets), buckets=())
+    storage.store_batch(encoded, at(0))
+    assert window(storage, 0) == {"198.51.100.1": 3, "2001:db8::1": 2}
+    assert window(storage, 0, sources=("/a\\b",)) == {"198.51.100.1": 3}
+
+
+def test_rollup_moves_old_buckets_to_hours_and_days_without_changing_totals(storage: Storage) -> None:
+    for number, seconds in enumerate([0, 30, 90, 3600 + 5, 86400 + 10]):
+        storage.store_batch(hits("a", str(number), record("198.51.100.1", 1, seconds)), at(0))
+    storage.store_batch(hits("a", "x", record("198.51.100.2", 1, 3 * 86400)), at(0))
+    before = window(storage, -86400)
+    now = at(3 * 86400 + 100)
+    result = storage.rollup(now, timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert result.to_hour == 4  # bucket rows of 12:00 (two hits), 12:01, 13:00 and the next day
+    assert result.to_day == 3  # hour rows of the first day (12:00, 13:00) and of the second
+    assert window(storage, -86400) == before == {"198.51.100.1": 5, "198.51.100.2": 1}
+    # T0 is 12:00: the first three hits are one hour row now, so a window from 12:01 sees them all.
+    assert window(storage, 61) == {"198.51.100.1": 5, "198.51.100.2": 1}
+    assert [(p.seconds, p.count) for p in storage.window_series(at(0), at(86400 * 2))][:2] == [(86400, 4), (86400, 1)]
+    result = storage.rollup(at(400 * 86400), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert result.dropped >= 1
+    assert window(storage, -86400) == {}
+
+
+def test_rollup_adds_late_rows_to_an_hour_already_folded(storage: Storage) -> None:
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 2, 10)), at(0))
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    storage.store_batch(hits("a", "2", record("198.51.100.1", 3, 20)), at(0))  # late: same hour
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert window(storage, 0) == {"198.51.100.1": 5}
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+
+def ban(value: str, seconds: float = 3600, **fields: object) -> NewDecision:
+    scope = "Range" if "/" in value else "Ip"
+    return NewDecision(value=value, scope=scope, until=at(seconds), **fields)  # type: ignore[arg-type]
+
+
+def test_decisions_are_stored_with_increasing_sequence_numbers(storage: Storage) -> None:
+    assert storage.decision_seq() == 0
+    [(first, made1)], [(second, made2)] = (
+        storage.add_decisions([ban("198.51.100.1", reason="brute force")], at(0)),
+        storage.add_decisions([ban("198.51.100.0/24", scenario="sshd")], at(1)),
+    )
+    assert made1 and made2
+    assert (first.value, first.scope, first.type, first.state, first.reason) == (
+        "198.51.100.1",
+        "Ip",
+        "ban",
+        "active",
+        "brute force",
+    )
+    assert (second.scope, second.scenario, second.origin) == ("Range", "sshd", "remote-uploader")
+    assert first.created_seq < second.created_seq == storage.decision_seq()
+    assert first.until == at(3600) and first.created_at == at(0)
+    listed = storage.list_decisions(DecisionQuery())
+    assert [d.value for d in listed] == ["198.51.100.1", "198.51.100.0/24"]
+    assert listed[0] == first
+
+
+def test_a_value_with_an_active_decision_keeps_it_unless_replaced(storage: Storage) -> None:
+    [(first, _)] = storage.add_decisions([ban("198.51.100.1")], at(0))
+    [(again, made)] = storage.add_decisions([ban("198.51.100.1", 7200)], at(10))
+    assert (made, again.id) == (False, first.id)
+    [(replaced, made)] = storage.add_decisions([ban("198.51.100.1", 7200)], at(20), replace=True)
+    assert made and replaced.id != first.id
+    active = storage.list_decisions(DecisionQuery(value="198.51.100.1"))
+    assert [d.id for d in active] == [replaced.id]
+    ended = storage.list_decisions(DecisionQuery(active=False))
+    assert [(d.id, d.state, d.ended_at) for d in ended] == [(first.id, "deleted", at(20))]
+
+
+def test_deleting_and_expiring_end_decisions_with_a_new_sequence(storage: Storage) -> None:
+    storage.add_decisions([ban("198.51.100.1", 100), ban("198.51.100.2", 5000), ban("2001:db8::/64", 5000)], at(0))
+    seq = storage.decision_seq()
+    deleted = storage.delete_decisions(at(10), value="198.51.100.2")
+    assert [(d.value, d.state, d.ended_seq) for d in deleted] == [("198.51.100.2", "deleted", seq + 1)]
+    assert storage.delete_decisions(at(10), value="198.51.100.2") == []
+    assert storage.expire_decisions(at(99)) == []
+    expired = storage.expire_decisions(at(100))
+    assert [(d.value, d.state, d.ended_seq) for d in expired] == [("198.51.100.1", "expired", seq + 2)]
+    (range_decision,) = storage.list_decisions(DecisionQuery())
+    assert [d.value for d in storage.delete_decisions(at(11), decision_id=range_decision.id)] == ["2001:db8::/64"]
+    assert storage.list_decisions(DecisionQuery()) == []
+
+
+def test_active_now_leaves_out_decisions_past_their_until(storage: Storage) -> None:
+    storage.add_decisions([ban("198.51.100.1", 100), ban("198.51.100.2", 500)], at(0))
+    assert [d.value for d in storage.list_decisions(DecisionQuery(now=at(200)))] == ["198.51.100.2"]
+    # Past its until, a value gets a new decision; the old one is marked expired on the way.
+    [(_, made)] = storage.add_decisions([ban("198.51.100.1", 900)], at(200))
+    assert made
+    assert [d.state for d in storage.list_decisions(DecisionQuery(active=None, value="198.51.100.1"))] == [
+        "expired",
+        "active",
+    ]
+
+
+def test_changes_since_a_sequence_are_new_and_deleted_decisions(storage: Storage) -> None:
+    storage.add_decisions([ban("198.51.100.1"), ban("198.51.100.2")], at(0))
+    seen = storage.decision_seq()
+    storage.add_decisions([ban("198.51.100.3")], at(1))
+    storage.delete_decisions(at(2), value="198.51.100.1")
+    storage.add_decisions([ban("198.51.100.4")], at(3))
+    storage.delete_decisions(at(4), value="198.51.100.4")  # made and ended after `seen`: in neither
+    now = storage.decision_seq()
+    new = storage.list_decisions(DecisionQuery(as_of_seq=now, new_after_seq=seen))
+    gone = storage.list_decisions(DecisionQuery(as_of_seq=now, ended_after_seq=seen))
+    assert [d.value for d in new] == ["198.51.100.3"]
+    assert [d.value for d in gone] == ["198.51.100.1"]
+    # The state as of `seen` is still readable: what a consumer paging through it would get.
+    assert [d.value for d in storage.list_decisions(DecisionQuery(as_of_seq=seen))] == ["198.51.100.1", "198.51.100.2"]
+    everything = storage.list_decisions(DecisionQuery(as_of_seq=now, new_after_seq=0))
+    assert [d.value for d in everything] == ["198.51.100.2", "198.51.100.3"]
+
+
+def test_decisions_page_by_id_and_filter(storage: Storage) -> None:
+    storage.add_decisions([ban(f"198.51.100.{n}", scenario="a" if n % 2 else "b") for n in range(1, 8)], at(0))
+    storage.add_decisions([ban("203.0.113.0/24", origin="cscli")], at(0))
+    first = storage.list_decisions(DecisionQuery(limit=3))
+    rest = storage.list_decisions(DecisionQuery(after_id=first[-1].id))
+    assert len(first) == 3 and len(rest) == 5
+    assert len(storage.list_decisions(DecisionQuery(scenarios=("a",)))) == 4
+    assert [d.value for d in storage.list_decisions(DecisionQuery(origins=("cscli",)))] == ["203.0.113.0/24"]
+    assert [d.value for d in storage.list_decisions(DecisionQuery(scopes=("Range",)))] == ["203.0.113.0/24"]
+    assert [d.value for d in storage.list_decisions(DecisionQuery(contains="203.0.113.77"))] == ["203.0.113.0/24"]
+    assert [d.value for d in storage.list_decisions(DecisionQuery(contains="198.51.100.3"))] == ["198.51.100.3"]
+    assert storage.list_decisions(DecisionQuery(contains="2001:db8::1")) == []
+
+
+def test_a_decision_explains_itself(storage: Storage) -> None:
+    evidence = (Evidence("198.51.100.7", 12, at(0), at(540)), Evidence("198.51.100.9", 30, at(60), at(60)))
+    [(made, _)] = storage.add_decisions(
+        [ban("198.51.100.0/24", scenario="scan-24", details={"rule": "scan-24", "window": "10m"}, evidence=evidence)],
+        at(600),
+    )
+    detail = storage.get_decision(made.id)
+    assert detail is not None
+    assert detail.decision == made
+    assert detail.details == {"rule": "scan-24", "window": "10m"}
+    assert detail.evidence == [evidence[1], evidence[0]]
+    assert storage.get_decision(made.id + 100) is None
+
+
+def test_recent_decisions_are_what_escalation_counts(storage: Storage) -> None:
+    storage.add_decisions([ban("198.51.100.1", 10)], at(0))
+    storage.add_decisions([ban("198.51.100.1", 100)], at(50))
+    storage.add_decisions([ban("198.51.100.2", 100)], at(50))
+    found = storage.recent_decisions(["198.51.100.1"], at(0))
+    assert [(d.created_at, d.state) for d in found] == [(at(0), "expired"), (at(50), "active")]
+    assert [d.created_at for d in storage.recent_decisions(["198.51.100.1", "x"], at(1))] == [at(50)]
+
+
+def test_racing_decision_writers_get_distinct_consecutive_sequences(storage: Storage) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def write(worker: int) -> None:
+        start.wait()
+        try:
+            for n in range(5):
+                storage.add_decisions([ban(f"10.{worker}.0.{n}")], at(0))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    seqs = sorted(d.created_seq for d in storage.list_decisions(DecisionQuery()))
+    assert seqs == list(range(1, 21)) and storage.decision_seq() == 20
+
+
+def test_t0_is_the_start_of_a_bucket() -> None:
+    """The tests above place hits by seconds after T0; they assume T0 starts an hour."""
+    assert T0.minute == T0.second == T0.microsecond == 0
