@@ -6,6 +6,7 @@ and nothing listens anywhere but 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -101,6 +102,20 @@ def main() -> int:
         print("\n== blocklist for a firewall (GET /v1/blocklist?format=txt&min_count=20)")
         print(get(f"{url}/v1/blocklist?format=txt&min_count=20", token).decode().rstrip())
         print(f"\nThe collector's log is in {WORK / 'collector.log'}; the agent's state in {WORK / 'agent-state'}.")
+        read = subprocess.run(cli("collector", "token", "add", "demo-viewer", "--read-only", "--db", db),
+                              check=True, capture_output=True, text=True)
+        read_token_file = WORK / "read-token"
+        read_token_file.write_text(read.stdout.strip().splitlines()[-1] + "\n")
+        read_token_file.chmod(0o600)
+        if sys.stdin.isatty():
+            print(f"\n== dashboard: sign in with the read token in {read_token_file}; Ctrl+C stops the collector")
+            print(f"Dashboard: {url}/", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                collector.wait()
+        else:
+            print(f"\n== dashboard (read token in {read_token_file}; "
+                  "the collector stops now, as nobody is at a terminal)")
+            print(f"Dashboard: {url}/", flush=True)
         return 0
     finally:
         collector.send_signal(signal.SIGTERM)

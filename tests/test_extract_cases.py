@@ -61,6 +61,12 @@ CASES_TABLE = [
     (32, "64:ff9b::192.0.2.1", {"64:ff9b::c000:201": 1}),
     (33, "Chrome/120.0.6099.129", {}),
     (34, "1.2.3.4 1.2.3.4", {"1.2.3.4": 2}),
+    (35, 'RemoteAddress="IPV4/UDP/203.0.113.99/5070"', {"203.0.113.99": 1}),  # Asterisk security log
+    (35, 'RemoteAddress="IPV4/UDP/141.255.164.106/5084"', {"141.255.164.106": 1}),
+    (36, "from ::FFFF:198.51.100.61: Invalid", {"198.51.100.61": 1}),  # ejabberd
+    (36, "authentication for test@example.ch from ::FFFF:192.0.2.3: Invalid", {"192.0.2.3": 1}),
+    (37, "haproxy[911]: 2001:db8:4::17:50122 [02/Mar/2015:10:00:00.000]", {"2001:db8:4::17": 1}),
+    (37, "haproxy[760]: 2001:db8::1234:58430 [14/Nov/2015:12:00:00.000]", {"2001:db8::1234": 1}),
 ]
 
 # Cases the table does not settle, decided in docs/extraction.md.
@@ -94,6 +100,15 @@ OUR_CASES = [
     ("an IPv6 CIDR suffix", "route 2001:db8::/32 via", {"2001:db8::": 1}),
     ("syslog times and pids", "Oct 11 22:14:15 web sshd[4242]: from 1.2.3.4", {"1.2.3.4": 1}),
     ("timestamps with milliseconds", "2024-01-01T12:34:56.789Z 12:00:00.123", {}),
+    ("an address between `/` after a word is a path segment, not a version", "/ban/1.2.3.4/ IPV6/x/5.6.7.8/",
+     {"1.2.3.4": 1, "5.6.7.8": 1}),
+    ("a product version is still one before a space or the end", "Chrome/1.2.3.4 x Chrome/5.6.7.8", {}),
+    ("a colon ends a plain IPv6 address too", "from 2001:db8::7: Invalid", {"2001:db8::7": 1}),
+    ("a label, an address and a colon", "src:1.2.3.4: x", {"1.2.3.4": 1}),
+    ("a 5-digit group after eight groups is a port", "1:2:3:4:5:6:7:8:50122 x", {"1:2:3:4:5:6:7:8": 1}),
+    ("a 4-digit group after an address is a group, not a port", "2001:db8::17:5012 x", {"2001:db8::17:5012": 1}),
+    ("a 5-digit port after a mapped address", "::ffff:1.2.3.4:50122 x", {"1.2.3.4": 1}),
+    ("two colons then a 5-digit group is no port", "2001:db8::50122 x", {}),
 ]
 
 

@@ -6,12 +6,15 @@
 - The stdlib and hyperscan engines give identical counts, on random text, binary junk, and every
   generated benchmark workload.
 - Whatever the bytes, a scan returns canonical addresses and positive counts, and never raises.
+- A file written in pieces cut at any byte, read after each piece (nothing counted that a later
+  byte could change), gives the counts of reading it whole.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,7 @@ from remote_uploader.agent.extract import (
     last_cut,
     scan_bytes,
 )
+from remote_uploader.agent.source import BlockReader
 from remote_uploader.protocol import is_canonical_ip
 from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN, needs_hyperscan
 
@@ -36,6 +40,7 @@ FRAGMENTS = [
     b"ab:", b"c:", b"12:34:56", b"12.5:", b"Chrome/", b"v", b"libfoo-", b"http://", b"[", b"]:443",
     b":8080", b"/8", b"-", b".", b":", b"%", b"_", b"\\n", b"\\", b"n", b"x", b"F", b"\xc3\xa9",
     b"\xff", b"\x00", b" ", b"\n", b",", b'"', b"=", b"@",
+    b"UDP/", b"/", b":50122", b"::FFFF:", b": ",
 ]
 hexish = st.text("0123456789.:abcf", max_size=6).map(str.encode)
 pieces = st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=3), hexish)
@@ -163,3 +168,63 @@ def test_each_workload_scans_to_its_expected_counts_in_any_block_size(
     assert scan_bytes(extractor, path.read_bytes()) == expected
     assert read_like_the_reader(extractor, path, 4096) == expected
     assert read_like_the_reader(extractor, path, 100) == expected  # shorter than a line: cut at separators
+
+
+# --- a file that grows while it is read (issue 9, hole 5; extraction-cases row 38) ---------------
+
+
+def read_while_growing(extractor: Extractor, path: Path, pieces: list[bytes], block_size: int = 1024) -> dict[str, int]:
+    """Counts of a file written in `pieces`, read after each write as `forever` reads a live file
+    whose writer paused (nothing may be counted that the next byte could change), then once more
+    when it can no longer grow (rotated away, deleted)."""
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    total: dict[str, int] = {}
+
+    def drain(can_grow: bool) -> None:
+        while True:
+            chunk = reader.next_chunk()
+            if chunk is None and reader.pending:
+                chunk = reader.take_partial(whole=not can_grow)
+            if chunk is None:
+                return
+            if chunk.scan:
+                for ip, n in extractor.scan(chunk.buf, chunk.start, chunk.end).items():
+                    total[ip] = total.get(ip, 0) + n
+
+    try:
+        reader = BlockReader(fd, 0, block_size, extractor.context)
+        for piece in pieces:
+            with path.open("ab") as handle:
+                handle.write(piece)
+            drain(can_grow=True)
+        drain(can_grow=False)
+    finally:
+        os.close(fd)
+    return total
+
+
+def _split(data: bytes, picks: list[int]) -> list[bytes]:
+    edges = [0, *sorted({p % (len(data) + 1) for p in picks}), len(data)]
+    return [data[lo:hi] for lo, hi in itertools.pairwise(edges)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=any_bytes, picks=st.lists(st.integers(min_value=0, max_value=10**6), max_size=6))
+def test_a_file_written_in_pieces_cut_at_any_byte_counts_as_if_read_whole(
+        extractor: Extractor, tmp_path_factory: pytest.TempPathFactory, data: bytes, picks: list[int]) -> None:
+    path = tmp_path_factory.mktemp("grow") / "app.log"
+    assert read_while_growing(extractor, path, _split(data, picks)) == scan_bytes(extractor, data)
+
+
+LINE = b"a 192.0.2.1 client=10.0.0.123 [2001:db8::1]:443 via ::FFFF:198.51.100.61: x/203.0.113.9/5070\n"
+
+
+def test_a_line_cut_at_every_byte_counts_each_address_once_when_complete(
+        extractor: Extractor, tmp_path: Path) -> None:
+    """Row 38: `client=10.0.0.1`, then `23 GET /`, counts 10.0.0.123, never 10.0.0.1."""
+    whole = scan_bytes(extractor, LINE)
+    assert whole == {"192.0.2.1": 1, "10.0.0.123": 1, "2001:db8::1": 1, "198.51.100.61": 1, "203.0.113.9": 1}
+    for cut in range(len(LINE) + 1):
+        got = read_while_growing(extractor, tmp_path / f"cut{cut}.log", [LINE[:cut], LINE[cut:]])
+        assert got == whole, f"cut after {LINE[:cut]!r}"

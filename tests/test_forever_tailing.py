@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,44 @@ def test_rotated_names_are_the_usual_logrotate_suffixes(tmp_path: Path) -> None:
     found = {Path(p).name for p in rotated_names([str(tmp_path / "access.log")])}
     assert found == {"access.log.1", "access.log.12", "access.log-20261128", "access.log-2026-11-28.1",
                      "access.log-20261128-1764300000"}
+
+
+def _bytes_read(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return -1
+    found = [line for line in text.splitlines() if line.startswith("remote_uploader_bytes_read_total ")]
+    return float(found[0].split()[1]) if found else -1
+
+
+def test_a_writer_flushing_mid_address_is_counted_once_complete(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """stdio block buffering cuts lines anywhere: `client 10.0.0.` now, `123 GET /` later."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "app.log"
+    log.write_bytes(b"start 192.0.2.9 ok\nclient 10.0.0.")
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)],
+                          read={**READ, "partial_line_idle": 0.2}, batching={"max_batch_age": 0.1},
+                          agent={"metrics_listen": f"127.0.0.1:{port}"})
+    agent = start_agent("forever", "-c", str(config))
+    try:
+        # The complete part of the unfinished line ("client ") is taken once the file is idle.
+        assert receiver.wait_for_total(1, timeout=30)
+        complete = len(b"start 192.0.2.9 ok\nclient ")
+        deadline = time.monotonic() + 30
+        while _bytes_read(port) < complete and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _bytes_read(port) >= complete
+        with log.open("ab") as handle:
+            handle.write(b"123 GET /\n")
+        assert receiver.wait_for_total(2, timeout=30)
+        time.sleep(0.3)  # room for a wrong count to arrive
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    assert receiver.counts() == {"192.0.2.9": 1, "10.0.0.123": 1}

@@ -198,3 +198,28 @@ def test_unterminated_final_line_of_a_busy_file_is_held_back(tmp_path: Path, rec
     assert run_agent("once", "-c", str(config)).returncode == 0
     # The completed line is "client 198.51.100.2 half-written 198.51.100.3": both count, once.
     assert receiver.counts() == {"198.51.100.1": 1, "198.51.100.2": 1, "198.51.100.3": 1}
+
+
+def test_an_address_at_the_end_of_an_idle_file_waits_for_the_byte_after_it(  # type: ignore[no-untyped-def]
+        tmp_path: Path, receiver) -> None:
+    """Row 38 of extraction-cases.md, at every cut of a line: one file per cut, each written up to
+    its cut and left idle, read by `once`; then completed and read again. Every address counts
+    once, as written, in every file (10.0.0.123, never 10.0.0.1 or nothing)."""
+    line = b"a 192.0.2.1 client=10.0.0.123 [2001:db8::1]:443 ::ffff:198.51.100.61 x\n"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for cut in range(len(line)):
+        path = logs / f"cut{cut:03d}.log"
+        path.write_bytes(b"file %03d\n" % cut + line[:cut])  # distinct heads: no file is a copy of another
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # idle for long: older than partial_line_idle
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(logs / "*.log")])
+    first = run_agent("once", "-c", str(config))
+    assert first.returncode == 0, first.stderr[-3000:]
+    for cut in range(len(line)):
+        with (logs / f"cut{cut:03d}.log").open("ab") as handle:
+            handle.write(line[cut:])
+    second = run_agent("once", "-c", str(config))
+    assert second.returncode == 0, second.stderr[-3000:]
+    n = len(line)
+    assert receiver.counts() == {"192.0.2.1": n, "10.0.0.123": n, "2001:db8::1": n, "198.51.100.61": n}

@@ -262,6 +262,9 @@ def run_style(tmp: Path, receiver: Any, rotate: Callable[[Writer, Runner], None]
     writer = Writer(log, seed=len(rotate.__name__))
     writer.burst(50)
     with running(tmp, receiver, [str(log) + ("*" if glob_all else "")]) as runner:
+        # Rotations before the agent's first look are history to it (rotated files older than its
+        # first pass are not read): start writing and rotating once it has read the file.
+        runner.wait_for(sum(writer.counts.values()))
         writer.start()
         for _ in range(rotations):
             time.sleep(every)

@@ -24,11 +24,15 @@ def test_two_or_more_rotations_while_stopped_lose_and_double_nothing(tmp_path: P
     writer.keep = 16  # no rotated file is deleted before the agent is back: a SIGKILL loses what was
     writer.burst(50)  # read but not sealed, and a file deleted meanwhile cannot be read again
     with running(tmp_path, receiver, [str(log)]) as runner:
+        runner.wait_for(sum(writer.counts.values()))  # rotations before its first look are history to it
         writer.start()
         for round_ in range(3):
             time.sleep(0.4)
             rotate(writer, runner)  # one rotation while it runs
             time.sleep(0.3)
+            # Stopped once it has caught up, so it is running: a SIGTERM that arrives while the
+            # interpreter is still starting (a loaded machine) kills it before it has handlers.
+            runner.wait_for(sum(writer.counts.values()))
             runner.stop(signum)
             for _ in range(2 + round_):  # two or more while it is stopped, the writer going on
                 time.sleep(0.25)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader import __version__
-from remote_uploader.config import PROFILES, Config, Effective, parse_set_option, resolve
+from remote_uploader.config import PROFILES, Config, Effective, load, parse_set_option, resolve
 from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
 from remote_uploader.i18n import Message, _, setup, translate_known
 
@@ -80,6 +80,18 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
 
 
+def _add_query_options(parser: argparse.ArgumentParser) -> None:
+    """Where the collector is and how to sign: the agent's [server] settings, as for `once`."""
+    group = parser.add_argument_group("connection (default: the agent's config and environment)")
+    group.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: search path)")
+    group.add_argument("--url", help="the collector's URL (server.url)")
+    group.add_argument("--token-file", help="a file holding the token (server.token_file)")
+    group.add_argument("--lang", choices=["en", "zh"], help="language of messages")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--json", dest="format", action="store_const", const="json", help="print a JSON array")
+    shape.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV with a header")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; its help is in the language `i18n.setup` chose before it was built."""
     parser = Parser(
@@ -135,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--keep-offsets", action="store_true", help=_("the default (kept for old scripts)"))
     reset.set_defaults(func=cmd_reset_state)
 
+    ips = commands.add_parser("ips", help="addresses a collector counted (what the dashboard's table shows)")
+    _add_query_options(ips)
+    ips.add_argument("--since", metavar="TIME",
+                     help="counts of this window: 15m, 1h, 7d or an RFC 3339 time (default: all-time totals)")
+    ips.add_argument("--min-count", type=int, metavar="N", help="only addresses counted at least N times")
+    ips.add_argument("--source", metavar="S", help="only this source (a log path; glob patterns allowed)")
+    ips.add_argument("--agent", metavar="A", help="only this agent's addresses, with its own counts")
+    ips.add_argument("--cidr", metavar="C", help="only addresses in this network")
+    ips.add_argument("--sort", choices=["count", "last_seen"], default="count", help="descending (default count)")
+    ips.add_argument("--limit", type=int, default=100, metavar="N", help="at most N addresses (default 100)")
+    ips.set_defaults(func=cmd_ips)
+
+    decisions = commands.add_parser("decisions", help="a collector's decisions (bans), with why")
+    _add_query_options(decisions)
+    decisions.add_argument("--all", action="store_true", help="also the ended ones (expired or deleted)")
+    decisions.set_defaults(func=cmd_decisions)
+
     config = commands.add_parser("config", help=_("show the effective configuration and where each value came from"))
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True,
                                             title=_("actions"))
@@ -172,6 +201,47 @@ def cmd_collector(args: argparse.Namespace) -> int:
             "pip install 'remote-uploader[collector]' (from a checkout: pip install '.[collector]')",
             module=exc.name)) from None
     return collector_main(args.collector_args)
+
+
+def _query_client(args: argparse.Namespace) -> Any:
+    from remote_uploader.query import Client
+
+    overrides = {key: value for key, value in (("server.url", args.url), ("server.token_file", args.token_file))
+                 if value is not None}
+    config = load(args.config, overrides=overrides)
+    setup(args.lang or config.agent.lang)
+    return Client(config.server)
+
+
+def _query_format(args: argparse.Namespace) -> str:
+    return args.format or ("table" if sys.stdout.isatty() else "json")
+
+
+def cmd_ips(args: argparse.Namespace) -> int:
+    from remote_uploader.query import IpFilters, fetch_ips, render
+
+    if args.limit < 1 or (args.min_count is not None and args.min_count < 1):
+        raise RemoteUploaderError("--limit and --min-count must be at least 1")
+    filters = IpFilters(args.since, args.min_count, args.source, args.agent, args.cidr, args.sort, args.limit)
+    client = _query_client(args)
+    try:
+        rows, columns = fetch_ips(client, filters)
+    finally:
+        client.close()
+    say(render(rows, columns, _query_format(args)))
+    return 0
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    from remote_uploader.query import DECISION_COLUMNS, fetch_decisions, render
+
+    client = _query_client(args)
+    try:
+        rows = fetch_decisions(client, include_ended=args.all)
+    finally:
+        client.close()
+    say(render(rows, DECISION_COLUMNS, _query_format(args)))
+    return 0
 
 
 def load_config(args: argparse.Namespace) -> Config:

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import pickle
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 
 from remote_uploader.collector import batch as batch_module
 from remote_uploader.collector.batch import (
-    EARLIEST,
-    LATEST,
+    FUTURE_SKEW,
     MAX_COUNT,
     MAX_ERRORS,
     AgentMismatch,
@@ -36,9 +35,12 @@ from remote_uploader.protocol import (
 )
 from tests.collector.util import record, wire_batch
 
+#: The arrival time the tests parse at: both paths must clamp against the same clock.
+NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 
-def parse(document: object) -> object:
-    return parse_batch(json.dumps(document).encode())
+
+def parse(document: object, now: datetime = NOW) -> object:
+    return parse_batch(json.dumps(document).encode(), now=now)
 
 
 def errors_of(document: object) -> list[tuple[str, str]]:
@@ -73,7 +75,7 @@ def test_each_bad_record_field_is_named_with_its_index() -> None:
         {**record("203.0.113.4"), "first_seen": "yesterday"},
         {**record("203.0.113.5"), "last_seen": "2024-05-01T12:00:00"},
         {**record("203.0.113.6"), "source": 7},
-        {**record("203.0.113.7", first=10, last=5)},
+        {**record("203.0.113.7", first=10, last=5)},  # times are clamped, never a reason to refuse
         "not an object",
     ]
     assert errors_of(wire_batch("a", "b", records)) == [
@@ -82,7 +84,6 @@ def test_each_bad_record_field_is_named_with_its_index() -> None:
         ("records[3].first_seen", "not an RFC 3339 time with a UTC offset"),
         ("records[4].last_seen", "not an RFC 3339 time with a UTC offset"),
         ("records[5].source", "must be a string"),
-        ("records[6].last_seen", "is before first_seen"),
         ("records[7]", "must be a JSON object"),
     ]
 
@@ -134,7 +135,7 @@ def test_missing_fields_are_each_reported() -> None:
         ({**wire_batch("a", "b", []), "batch_id": 12}, "batch_id"),
         ({**wire_batch("a", "b", []), "batch_id": "nul\x00"}, "batch_id"),
         ({**wire_batch("a", "b", []), "sent_at": "0001-01-01T00:00:00+01:00"}, "sent_at"),
-        ({**wire_batch("a", "b", []), "sent_at": "1969-12-31T23:59:59Z"}, "sent_at"),
+        ({**wire_batch("a", "b", []), "sent_at": "1969-12-31T23:59:59"}, "sent_at"),  # no offset
         ({**wire_batch("a", "b", []), "records": {}}, "records"),
     ],
 )
@@ -196,11 +197,13 @@ def test_the_fast_time_path_agrees_with_protocol_parse_time(text: str) -> None:
         expected = None
     document = wire_batch("a", "b", [{**record("192.0.2.1"), "first_seen": text, "last_seen": text}])
     try:
-        parsed = parse_batch(json.dumps(document).encode())
+        parsed = parse_batch(json.dumps(document).encode(), now=NOW)
     except BatchInvalid:
-        assert expected is None or not EARLIEST <= expected <= LATEST
+        assert expected is None
         return
-    assert expected is not None and parsed.deltas[0].first_us == to_micros(expected)
+    assert expected is not None
+    clamped = NOW if expected > NOW + FUTURE_SKEW else max(expected, datetime(1970, 1, 1, tzinfo=UTC))
+    assert parsed.deltas[0].first_us == to_micros(clamped)
 
 
 # -- the fast path and the full path ----------------------------------------------------------
@@ -209,7 +212,7 @@ def test_the_fast_time_path_agrees_with_protocol_parse_time(text: str) -> None:
 def full_path(body: bytes, agent: str | None = None) -> object:
     """What the full path alone makes of a body: a Batch, or the exception it raises."""
     try:
-        return parse_full(body, agent)
+        return parse_full(body, agent, now=NOW)
     except (BatchInvalid, AgentMismatch) as exc:
         return exc
 
@@ -224,7 +227,7 @@ def outcome(result: object) -> object:
 
 def both_paths(body: bytes, agent: str | None = None) -> tuple[object, object]:
     try:
-        fast: object = parse_batch(body, agent)
+        fast: object = parse_batch(body, agent, now=NOW)
     except (BatchInvalid, AgentMismatch) as exc:
         fast = exc
     return outcome(fast), outcome(full_path(body, agent))
@@ -327,6 +330,45 @@ HEAD = b'{"agent":"a","batch_id":"b","sent_at":"2024-01-01T00:00:00Z","records":
 def test_bodies_the_standard_library_reads_differently_go_to_the_full_path(body: bytes) -> None:
     fast, full = both_paths(body, "a")
     assert fast == full
+
+
+def _times(batch: object) -> list[tuple[str, datetime, datetime]]:
+    return [(d.ip, from_micros(d.first_us), from_micros(d.last_us)) for d in batch.deltas]  # type: ignore[attr-defined]
+
+
+def at(seconds: float) -> str:
+    return format_time(NOW + timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize("path", ["fast", "full"])
+def test_a_last_seen_before_first_seen_is_swapped_and_counted_not_refused(path: str) -> None:
+    """An old agent whose clock went back inside a batch wrote this: it must be deliverable."""
+    records = [{**record("192.0.2.1"), "first_seen": at(-10), "last_seen": at(-10.5)},
+               {**record("192.0.2.2"), "first_seen": at(-20), "last_seen": at(-15)}]
+    body = json.dumps(wire_batch("a", "b", records)).encode()
+    parsed = parse_batch(body, "a", now=NOW) if path == "fast" else parse_full(body, "a", now=NOW)
+    assert _times(parsed) == [("192.0.2.1", NOW - timedelta(seconds=10.5), NOW - timedelta(seconds=10)),
+                              ("192.0.2.2", NOW - timedelta(seconds=20), NOW - timedelta(seconds=15))]
+    assert parsed.clamped == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", ["fast", "full"])
+def test_times_beyond_the_allowed_skew_are_clamped_to_the_arrival_time_and_counted(path: str) -> None:
+    skew = FUTURE_SKEW.total_seconds()
+    records = [{**record("192.0.2.1"), "first_seen": at(-5), "last_seen": at(skew - 1)},  # within: kept
+               {**record("192.0.2.2"), "first_seen": at(-5), "last_seen": at(skew + 1)},
+               {**record("192.0.2.3"), "first_seen": "9999-12-31T23:59:59Z", "last_seen": "9999-12-31T23:59:59Z"},
+               {**record("192.0.2.4"), "first_seen": "1969-12-31T23:00:00Z", "last_seen": at(0)}]
+    document = {**wire_batch("a", "b", records), "sent_at": at(86400)}
+    body = json.dumps(document).encode()
+    parsed = parse_batch(body, "a", now=NOW) if path == "fast" else parse_full(body, "a", now=NOW)
+    five = timedelta(seconds=5)
+    assert _times(parsed) == [("192.0.2.1", NOW - five, NOW + timedelta(seconds=skew - 1)),
+                              ("192.0.2.2", NOW - five, NOW),
+                              ("192.0.2.3", NOW, NOW),
+                              ("192.0.2.4", datetime(1970, 1, 1, tzinfo=UTC), NOW)]
+    assert parsed.sent_at == NOW  # type: ignore[attr-defined]
+    assert parsed.clamped == 1 + 2 + 1 + 1  # type: ignore[attr-defined]
 
 
 def test_the_agents_batches_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:

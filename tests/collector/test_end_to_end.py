@@ -122,3 +122,21 @@ def test_the_test_command_says_when_the_token_belongs_to_another_agent(collector
     assert result.returncode == 0, result.stdout
     assert "token accepted" in result.stdout
     assert collector.counts() == {}  # the check stores nothing
+
+
+def test_a_max_memory_ips_above_the_collectors_batch_limit_still_delivers_everything(
+    collector: CollectorProcess, tmp_path: Path
+) -> None:
+    """A batch of more records than the collector takes would be refused (400) at every retry:
+    the agent never seals one, whatever `max_memory_ips` says."""
+    addresses = [f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}" for n in range(1, 120_001)]
+    (tmp_path / "a.log").write_text("".join(f"{ip} x\n" for ip in addresses))
+    config = write_config(
+        tmp_path / "agent.toml", url=collector.url, token=collector.token, state_dir=tmp_path / "state",
+        sources=["a.log"],  # a short source: the batch stays under the collector's body limit
+        batching={"max_memory_ips": 200_000, "force_upload_threshold": 200_000, "min_upload_batch": 200_000},
+        server={"timeout": 120.0},
+    )
+    result = run_agent("once", "-c", str(config), timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert collector.counts() == dict.fromkeys(addresses, 1)

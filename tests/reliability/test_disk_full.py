@@ -115,3 +115,40 @@ def test_uploader_keeps_sending_after_a_full_disk_refused_an_acknowledgement(tmp
         spool.close()
     assert uploader.fatal is None
     assert sink.sent == ["b-1"] * 3  # resent until the ack could be recorded; the collector saw duplicates
+
+
+@pytest.mark.skipif(SKIP is not None, reason=f"full-disk scenario skipped: {SKIP}")
+def test_forever_keeps_running_when_a_new_file_appears_on_a_full_state_disk(tmp_path: Path,
+                                                                              receiver: Receiver) -> None:
+    """Registering a new file writes the state directory too (outside the seal): it must wait for
+    space like the seal does, not end `forever`."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    expected = write_access_log(logs / "a.log", 200, seed=11)
+    with small_filesystem(tmp_path / "state", "3m") as state:
+        config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
+                              sources=[str(logs / "*.log")], read={"poll_interval": 0.1},
+                              batching={"max_batch_age": 0.2})
+        agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+        assert receiver.wait_for_total(sum(expected.values()), timeout=60)
+
+        filler = fill(state)
+        expected += write_access_log(logs / "b.log", 300, seed=12)  # a new file: a new record to write
+        expected += write_access_log(logs / "a.log", 100, seed=13, append=True)
+        assert wait_until(lambda: "event=disk_full" in agent.stderr() or not agent.alive(), timeout=30)
+        time.sleep(2.0)
+        alive = agent.alive()
+        filler.unlink()
+        back = time.monotonic()
+        arrived = receiver.wait_for_total(sum(expected.values()), timeout=120)
+        recovery = time.monotonic() - back
+        code = agent.stop()
+        errors = agent.stderr()
+    lost, doubled = tally(expected, receiver.counts())
+    record(Row("disk/full-new-file", "state directory disk full as a new file appears",
+               "the state directory (a 3 MiB tmpfs) filled up, then a new log file appears in the glob (a new "
+               "record to write) while the old one grows; space given back after 2+ s; recovery = space back "
+               "to exact counts", 1, lost, doubled, recovery if arrived else None))
+    assert alive, "forever must keep running on a full state disk: " + errors[-2000:]
+    assert arrived and code == 0, errors[-2000:]
+    assert Counter(receiver.counts()) == expected

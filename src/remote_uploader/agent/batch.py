@@ -10,12 +10,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from remote_uploader.agent.clock import wall
 from remote_uploader.config import BatchingConfig
 from remote_uploader.protocol import (
     MAX_BATCH_ID_LEN,
@@ -34,11 +34,15 @@ if TYPE_CHECKING:
 class Batch:
     """The in-memory batch: per source, a count per address, and the offsets it covers.
 
-    `first_seen` and `last_seen` are read times: when the agent read the first and the last bytes
-    this batch covers (a batch lives about `max_batch_age` while busy). Every record of a batch
-    carries that span; the collector keeps the earliest and the latest over all batches. Keeping
-    one span per batch, not one per record, makes merging a chunk's counts a C-level dict update
-    and sealing a string join: the main process does almost no work per address.
+    `first_seen` and `last_seen` are read times (`clock.wall()`): when the agent read the first and
+    the last bytes this batch covers (a batch lives about `max_batch_age` while busy). Every record
+    of a batch carries that span; the collector keeps the earliest and the latest over all batches.
+    Keeping one span per batch, not one per record, makes merging a chunk's counts a C-level dict
+    update and sealing a string join: the main process does almost no work per address.
+
+    `last_seen` never goes back: a wall clock stepped backwards (NTP, an operator) inside an open
+    batch would otherwise seal `last_seen < first_seen`, a batch the collector refused for ever.
+    `created` is `time.monotonic()` (the batch's age for the seal policy), which no step moves.
     """
 
     created: float
@@ -64,10 +68,11 @@ class Batch:
         before = len(known)
         known.update(counts)
         self.size += len(known) - before
+        if not self.occurrences:
+            self.first_seen = self.last_seen = now
+        elif now > self.last_seen:
+            self.last_seen = now
         self.occurrences += sum(counts.values())
-        if not self.first_seen:
-            self.first_seen = now
-        self.last_seen = now
 
     def new_keys(self, source: str, counts: Mapping[str, int]) -> int:
         """How many records `counts` would add (to keep the batch under max_memory_ips)."""
@@ -83,8 +88,12 @@ class Batch:
     def empty(self) -> bool:
         return not self.size and not self.offsets
 
+    def _span(self) -> tuple[str, str]:
+        first = wire_time(self.first_seen)
+        return format_timestamp(first), format_timestamp(max(first, wire_time(self.last_seen)))
+
     def to_records(self) -> list[Record]:
-        first, last = format_timestamp(self.first_seen), format_timestamp(self.last_seen)
+        first, last = self._span()
         return [Record(ip, n, first, last, source) for source, known in self.counts.items() for ip, n in known.items()]
 
     def records_json(self) -> bytes:
@@ -93,7 +102,7 @@ class Batch:
         Addresses are canonical (no character needs escaping); the times and the source are the
         same for every record of a source, so that tail is encoded once per source.
         """
-        first, last = format_timestamp(self.first_seen), format_timestamp(self.last_seen)
+        first, last = self._span()
         parts = []
         for source, known in self.counts.items():
             tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(source)}}}'
@@ -140,6 +149,16 @@ class SealPolicy:
         return age >= self.max_batch_age and size >= self.min_upload_batch
 
 
+#: The latest time a batch may carry: 9999-12-31T00:00:00Z, the end of the protocol's range.
+LATEST_WIRE_TIME = 253402214400.0
+
+
+def wire_time(seconds: float) -> float:
+    """`seconds` within the protocol's range (1970 .. 9999-12-31): a clock set far off must not
+    make a batch that cannot be encoded (year 10000) or that the collector would refuse."""
+    return min(max(seconds, 0.0), LATEST_WIRE_TIME)
+
+
 def new_batch_id() -> str:
     """128 random bits, fixed at seal time: stored with the batch, so every retry carries the same id.
 
@@ -181,7 +200,7 @@ def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, 
     if not batch.size:
         return None
     identity = (producer, seq, "") if producer is not None else None
-    return _sealed(agent, new_batch_id(), batch.records_json(), len(batch), batch.occurrences, time.time(),
+    return _sealed(agent, new_batch_id(), batch.records_json(), len(batch), batch.occurrences, wire_time(wall()),
                    compress, identity)
 
 

@@ -133,7 +133,10 @@ def _windows(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int]]:
 #     not after a hex digit or `:` (after one, the IPv6 pass owns it: `::ffff:1.2.3.4`);
 #   - B, C, D: decimal octets, no leading zero, <= 255;
 #   - on the right: no word byte, and no `.` followed by one (`1.2.3.4.5`, `4.3.2.1.in-addr`), so
-#     a sentence-final `1.2.3.4.` still counts.
+#     a sentence-final `1.2.3.4.` still counts;
+#   - or else: a letter (or `_`) and `/` before it, and `/` right after it: a path segment between
+#     slashes (Asterisk's `IPV4/UDP/203.0.113.99/5070`), where a version (`Chrome/120.0.0.0 `)
+#     would be followed by a space or the end.
 #: The bytes of a word, as the body of a regex character class.
 WORD_CLASS: Final = rb"0-9A-Za-z_\x80-\xff"
 #: The two bytes before the first octet (Q, P), in the order of the rules above.
@@ -149,10 +152,18 @@ _FIRST_OCTET: Final = (
     rb"|(?<=" + V4_BEFORE + rb"[1-9][0-9]\.)"
     rb"|(?<=" + V4_BEFORE + rb"[0-9]\.))"
 )
+#: A letter (or `_`) and `/` before the first octet: an address only with `/` right after it.
+V4_SLASHED: Final = rb"[A-Za-z_\x80-\xff]/"
+_FIRST_OCTET_SLASHED: Final = (
+    rb"(?:(?<=" + V4_SLASHED + rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9])\.)"
+    rb"|(?<=" + V4_SLASHED + rb"[1-9][0-9]\.)"
+    rb"|(?<=" + V4_SLASHED + rb"[0-9]\.))"
+)
+_REST: Final = OCTET + rb"\." + OCTET + rb"\." + OCTET
 V4_RULES: Final = (
-    rb"\.(?=[0-9]{1,3}\.[0-9]{1,3}\.[0-9])" + _FIRST_OCTET
-    + OCTET + rb"\." + OCTET + rb"\." + OCTET
-    + rb"(?![" + WORD_CLASS + rb"]|\.[" + WORD_CLASS + rb"])"
+    rb"\.(?=[0-9]{1,3}\.[0-9]{1,3}\.[0-9])(?:"
+    + _FIRST_OCTET + _REST + rb"(?![" + WORD_CLASS + rb"]|\.[" + WORD_CLASS + rb"])"
+    + rb"|" + _FIRST_OCTET_SLASHED + _REST + rb"(?=/))"
 )
 #: The scan's single group is the 15 bytes that end where the match ends: they hold the whole
 #: address (`255.255.255.255`), and one bytes object per match is half the cost of a tuple.
@@ -192,8 +203,12 @@ def _ends_word(head: bytes) -> bool:
     return p in ESCAPES and len(head) >= 2 and head[-2] == BACKSLASH
 
 
-# After the last colon before an embedded IPv4 address: the address, an optional port.
-_V4_TAIL: Final = re.compile(rb"([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?::[0-9]{1,5})?")
+# After the last colon before an embedded IPv4 address: the address, an optional port, or a colon
+# that ends it (`from ::FFFF:192.0.2.3: Invalid`).
+_V4_TAIL: Final = re.compile(rb"([0-9]{1,3}(?:\.[0-9]{1,3}){3})(?::[0-9]{0,5})?")
+# What may follow a plain IPv6 address in the run: a port of 5 digits (no hex group has 5 digits:
+# HAProxy's `2001:db8::1234:58430`), or a colon that ends it. Both only after a group.
+_V6_AFTER: Final = re.compile(rb"(?<=[0-9A-Fa-f]):(?:[0-9]{5})?\Z")
 #: Longest run after the anchor colon worth validating: `ffff:...:255.255.255.255:65535.` fits.
 MAX_V6_RUN: Final = 56
 
@@ -202,7 +217,10 @@ def _v6_text(text: bytes) -> str | None:
     """An IPv6 address, possibly ending in an embedded IPv4 address and a port (`::ffff:1.2.3.4:80`)."""
     dot = text.find(b".")
     if dot < 0:
-        return canonical_ip(text.decode("ascii"))
+        ip = canonical_ip(text.decode("ascii"))
+        if ip is None and (after := _V6_AFTER.search(text)) is not None:
+            ip = canonical_ip(text[: after.start()].decode("ascii"))
+        return ip
     colon = text.rfind(b":", 0, dot)
     tail = _V4_TAIL.fullmatch(text, colon + 1) if colon >= 0 else None
     if tail is None or not _octets_ok(tail[1]):
@@ -366,6 +384,7 @@ class RegexExtractor:
 
     name = "regex"
     context = CONTEXT
+    per_line = True  # a match needs the whole line: an unterminated one is not cut at a separator
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -417,6 +436,7 @@ class ExcludingExtractor:
         self.networks = tuple(networks)
         self.context = inner.context
         self.name = getattr(inner, "name", "custom")
+        self.per_line = getattr(inner, "per_line", False)
         self._excluded: dict[str, bool] = {}
 
     def _is_excluded(self, ip: str) -> bool:

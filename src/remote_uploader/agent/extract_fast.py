@@ -37,6 +37,7 @@ from remote_uploader.agent.extract import (
     RESOLVE_AT,
     SEPARATORS,
     V4_BEFORE,
+    V4_SLASHED,
     WORD_CLASS,
     Buffer,
     StdlibExtractor,
@@ -48,9 +49,11 @@ from remote_uploader.agent.extract import (
 
 # IPv4: the stdlib rules, with what they check before and after the address consumed instead of
 # looked at (Hyperscan has no lookbehind): 2 bytes before the first octet, 1 or 2 after the last.
+# A letter and `/` before it, `/` after it: a path segment (the two alternatives never both match).
+_QUAD = OCTET + rb"\." + OCTET + rb"\." + OCTET + rb"\." + OCTET
 V4_PATTERN: Final = (
-    V4_BEFORE + OCTET + rb"\." + OCTET + rb"\." + OCTET + rb"\." + OCTET
-    + rb"(?:[^" + WORD_CLASS + rb".]|\.[^" + WORD_CLASS + rb"])"
+    rb"(?:" + V4_BEFORE + _QUAD + rb"(?:[^" + WORD_CLASS + rb".]|\.[^" + WORD_CLASS + rb"])"
+    + rb"|" + V4_SLASHED + _QUAD + rb"/)"
 )
 #: Bytes kept per IPv4 match, ending where it ends: the longest address and 2 bytes after it.
 V4_KEY: Final = 17

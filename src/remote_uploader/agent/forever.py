@@ -29,7 +29,7 @@ from remote_uploader.agent.batch import SealPolicy
 from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.runner import Agent, StopReading, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.spool import Spool
+from remote_uploader.agent.spool import DiskFullError, Spool
 from remote_uploader.agent.stats import render_block
 from remote_uploader.agent.tail import Lag, Tailer
 from remote_uploader.config import Config
@@ -77,7 +77,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
                 tailer.poll()
                 agent.maybe_seal(caught_up=True)
                 check_every = _until_next_pass(agent, tailer, check_every)
-            except StopReading:
+            except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space
                 break
         return shutdown(agent, say)
     finally:
@@ -118,7 +118,7 @@ def _seal_due_in(agent: Agent) -> float:
     """Seconds until the in-memory batch comes of age for a caught-up reader (never 0: no spin)."""
     if agent.batch.empty:
         return float("inf")
-    return max(0.01, agent.batch.created + agent.policy.caught_up_age - time.time())
+    return max(0.01, agent.batch.created + agent.policy.caught_up_age - time.monotonic())
 
 
 # --- shutdown ----------------------------------------------------------------------------------------

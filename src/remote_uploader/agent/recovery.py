@@ -72,20 +72,20 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
             old.rename(Path(str(aside) + suffix))
     report = [f"moved the old queue database to {aside}"]
     salvaged = _salvage(aside, source == "queue")
-    dropped = len(salvaged.pop("batches", [])) if source == "delivered" else 0
+    dropped = len(salvaged.pop("batches", ([], []))[1]) if source == "delivered" else 0
     fresh = Spool(state_dir)
     try:
         with fresh.transaction() as conn:
-            for table, rows in salvaged.items():
-                if rows:
-                    marks = ", ".join("?" * len(rows[0]))
-                    conn.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)
+            for table, (columns, rows) in salvaged.items():
+                if rows:  # by column name: a database from an older agent may lack columns added since
+                    marks = ", ".join("?" * len(columns))
+                    conn.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
                 report.append(f"recovered {len(rows)} rows of {table}")
             if source == "delivered":
                 assert delivered is not None
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+                known_columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
                 for row in delivered:
-                    names = [name for name in row if name in columns]
+                    names = [name for name in row if name in known_columns]
                     conn.execute(f"INSERT OR IGNORE INTO files ({', '.join(names)}) VALUES "
                                  f"({', '.join('?' * len(names))})", [row[name] for name in names])
                 report.append(f"recovered the offsets of {len(delivered)} files from {DELIVERED_NAME} (what the "
@@ -130,9 +130,10 @@ def _unreadable_offsets(path: Path) -> str | None:
     return None
 
 
-def _salvage(path: Path, keep_offsets: bool) -> dict[str, list[tuple[object, ...]]]:
+def _salvage(path: Path, keep_offsets: bool) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
+    """Per table that reads whole: its column names and rows."""
     tables = ["batches", "dead_letters"] + (["files"] if keep_offsets else [])
-    found: dict[str, list[tuple[object, ...]]] = {}
+    found: dict[str, tuple[list[str], list[tuple[object, ...]]]] = {}
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:
@@ -140,7 +141,8 @@ def _salvage(path: Path, keep_offsets: bool) -> dict[str, list[tuple[object, ...
     try:
         for table in tables:
             try:
-                found[table] = conn.execute(f"SELECT * FROM {table}").fetchall()
+                cursor = conn.execute(f"SELECT * FROM {table}")
+                found[table] = ([str(d[0]) for d in cursor.description], cursor.fetchall())
             except sqlite3.Error:
                 continue
     finally:

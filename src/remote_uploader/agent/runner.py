@@ -16,21 +16,26 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
+from remote_uploader.agent.clock import wall
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, BlockReader, Chunk, expand_sources
-from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
+from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
 from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
 from remote_uploader.i18n import _, translate_known
+from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 3
@@ -73,13 +78,16 @@ class Agent:
         if config.agent.workers > 1:
             specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
             self.scanner = ParallelScanner(specs, self.extractors, config.agent.workers, config.read.block_size,
-                                           config.batching.max_memory_ips)
+                                           record_cap(config))
         self.sink = sink or HttpSink(config.server)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
                                  self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
-        self.batch = Batch(time.time())
+        self.batch = Batch(time.monotonic())
+        # Per file: the anchor (source.Anchor) of the last bytes counted, committed with the offset
+        # it stands at (see tail.py: the evidence that a file is still, or copied from, the record).
+        self.anchors: dict[int, Anchor] = {}
         self.queued_estimate = 0
         self.stop_reason = ""
         self.source_problems: dict[str, str] = {}  # path or pattern -> reason (English), for the exit code
@@ -131,7 +139,7 @@ class Agent:
 
     def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
         """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
-        cap = self.config.batching.max_memory_ips
+        cap = record_cap(self.config)
         for part in scan_parts(extractor, chunk.buf, chunk.start, chunk.end, chunk.end_offset, cap,
                                scan=chunk.scan, long_line=chunk.long_line):
             self.feed_part(part, fid, path)
@@ -139,11 +147,11 @@ class Agent:
     def feed_part(self, part: Part, fid: int, path: str) -> None:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
-        cap = self.config.batching.max_memory_ips
+        cap = record_cap(self.config)
         if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
             self.seal_now()
             batch = self.batch
-        batch.add(path, part.counts, time.time())
+        batch.add(path, part.counts, wall())
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
         stats.occurrences += sum(part.counts.values())
@@ -153,7 +161,7 @@ class Agent:
         stats.memory_ips = len(batch)
 
     def maybe_seal(self, *, caught_up: bool) -> None:
-        if self.policy.should_seal(self.batch, time.time(), caught_up=caught_up):
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up):
             self.seal_now()
 
     def seal_now(self) -> None:
@@ -164,25 +172,39 @@ class Agent:
         sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq)
         if sealed is not None:
             self._wait_for_queue_space()
-        self._commit_until_done(sealed, self.batch.offsets, seq)
+        offsets = self.batch.offsets
+        anchors = {fid: a for fid, a in self.anchors.items() if a.pos <= offsets.get(fid, -1)}
+        self.write_state(lambda: self.spool.commit(sealed, offsets, anchors, seq))
+        self.anchors = {fid: a for fid, a in self.anchors.items() if a.pos > offsets.get(fid, -1)}
         if sealed is not None:
             crash_point("after_seal")
             self.queued_estimate += len(sealed.body)
             self.stats.batches_sealed += 1
             self.stats.records_sealed += sealed.records
             self.wake.set()
-        self.batch = Batch(time.time())
+        self.batch = Batch(time.monotonic())
         self.stats.memory_ips = 0
 
-    def _commit_until_done(self, sealed: SealedBatch | None, offsets: dict[int, int], seq: int = 0) -> None:
-        """Commit, retrying while the disk is full; offsets never move without their batch."""
+    def note_anchor(self, fid: int, anchor: Anchor) -> None:
+        """The anchor of bytes just counted for `fid`: committed with the offset it stands at."""
+        self.anchors[fid] = anchor
+
+    def forget_file(self, fid: int) -> None:
+        self.anchors.pop(fid, None)
+
+    def write_state(self, write: Callable[[], T]) -> T:
+        """Run one write of the state directory, retrying while the disk is full (every
+        `poll_interval`, said once): the seal, and every other write of the reading thread (a new
+        record, a move, a forget, the last-seen time), so a full disk pauses reading and never
+        ends the agent. A write that fails changed nothing (one transaction), so retrying it is
+        exact. When a stop is requested meanwhile, the DiskFullError is raised."""
         warned = False
         while True:
             try:
-                self.spool.commit(sealed, offsets, seq)
+                result = write()
                 if warned:
                     log.info("event=disk_space_back")
-                return
+                return result
             except DiskFullError as exc:
                 if not warned:
                     log.error("event=disk_full reason=%r action=retrying offsets_unchanged=true", str(exc))
@@ -235,7 +257,7 @@ class Agent:
         try:
             self.read_all(take_partial_after=self.config.read.partial_line_idle)
             self.seal_now()
-        except StopReading:
+        except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space
             pass
         finally:
             reading_done.set()
@@ -308,6 +330,12 @@ class Agent:
 
     def stats_lines(self) -> list[str]:
         return render_block(self.stats, self.spool.stats())
+
+
+def record_cap(config: Config) -> int:
+    """Records a batch may hold: `max_memory_ips`, but never more than the collector accepts in
+    one batch (a larger one would be refused as invalid, at every retry)."""
+    return min(config.batching.max_memory_ips, MAX_RECORDS_PER_BATCH)
 
 
 class StopReading(Exception):

@@ -23,6 +23,7 @@ from remote_uploader.config import SourceConfig
 log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
+ANCHOR_BYTES = 1024  # hashed just before a committed offset: see Anchor
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
 
@@ -58,6 +59,33 @@ def identify(fd: int, fp_len: int = FINGERPRINT_BYTES) -> FileIdentity:
     st = os.fstat(fd)
     length, digest = fingerprint(fd, fp_len)
     return FileIdentity(st.st_dev, st.st_ino, length, digest)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A hash of the bytes just before `pos` (ANCHOR_BYTES of them, fewer near the start).
+
+    The head fingerprint alone cannot tell two files apart that start alike: a fixed header of a
+    KiB or more, or a file rewritten from the same first lines. The bytes just before the offset
+    a record has read to (its last line end) are what that record has and a look-alike does not:
+    they are hashed after each read that is counted, and stored with the offset in the seal
+    transaction. A file is the record's content (still, or copied) only if it holds both the head
+    and the anchor.
+    """
+
+    pos: int
+    length: int
+    digest: bytes
+
+    @classmethod
+    def at(cls, fd: int, pos: int) -> Anchor:
+        length = min(ANCHOR_BYTES, pos)
+        data = os.pread(fd, length, pos - length)
+        return cls(pos, len(data), blake2b(data, digest_size=16).digest())
+
+    def held_by(self, fd: int) -> bool:
+        """Does the file hold these bytes at this place? (False if it is shorter.)"""
+        return Anchor.at(fd, self.pos) == self
 
 
 @dataclass(frozen=True)
@@ -219,12 +247,26 @@ class BlockReader:
             return self._chunk(cut, long_line=True)
         return self._chunk(filled, scan=False, long_line=True)
 
-    def take_partial(self) -> Chunk | None:
-        """Hand out the held-back final line as it is (the writer is done with it, or it rotated away)."""
+    def take_partial(self, *, whole: bool = True) -> Chunk | None:
+        """Hand out the held-back final line: all of it (`whole`: the file can no longer grow, it
+        was rotated away or deleted), or only up to its last separator (a live file).
+
+        The bytes after the last separator of the data read so far could still become part of a
+        longer token when the writer goes on (`client=10.0.0.1` + `23`): counting them now would
+        count an address that is not the one written, and the offset would move past them. Up to
+        a separator nothing can change meaning, since no address contains one and no rule reads
+        across one (the cut the reader makes in lines longer than a block); the rest waits for
+        the next byte. None when nothing can be handed out.
+        """
         self._settle()
         if not self.carry:
             return None
-        return self._chunk(self.context + self.carry)
+        end = self.context + self.carry
+        if not whole:
+            end = last_cut(self.buf, self.context, end)
+            if end <= self.context:
+                return None
+        return self._chunk(end)
 
     def _chunk(self, cut: int, *, scan: bool = True, long_line: bool = False) -> Chunk:
         self._pending_cut = cut

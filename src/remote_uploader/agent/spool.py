@@ -3,7 +3,8 @@
 One SQLite database (WAL, synchronous=FULL) in the state directory holds:
 
 - ``files``: each file's identity (device, inode, fingerprint) and the offset up to which its
-  content is safe (queued or delivered);
+  content is safe (queued or delivered), with the anchor (a hash of the bytes just before it,
+  `source.Anchor`) written in the same transaction as the offset;
 - ``batches``: sealed batches, each the exact request body that will be sent, under a batch id
   fixed at seal time, so every retry is byte-identical and the collector can drop replays;
 - ``dead_letters``: batches the collector refused for good (a 4xx other than 401/403/408/413/429);
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from remote_uploader.agent.faults import crash_point
-from remote_uploader.agent.source import FileIdentity
+from remote_uploader.agent.source import Anchor, FileIdentity
 from remote_uploader.errors import CorruptStateError, StateError, StateLockedError
 from remote_uploader.i18n import Message
 
@@ -103,6 +104,15 @@ DELIVERY_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS sealed (pseq INTEGER PRIMARY KEY, files TEXT NOT NULL)",
 )
 
+# Columns added to `files` after schema version 1, by ALTER TABLE when missing (an older agent's
+# queries name their columns, so it still reads a database that has them): the anchor of the
+# committed offset (`source.Anchor`); anchor_pos 0 means none yet.
+FILE_COLUMNS_ADDED = (
+    ("anchor_pos", "INTEGER NOT NULL DEFAULT 0"),
+    ("anchor_len", "INTEGER NOT NULL DEFAULT 0"),
+    ("anchor_hash", "BLOB NOT NULL DEFAULT x''"),
+)
+
 
 @dataclass(frozen=True)
 class FileState:
@@ -112,6 +122,7 @@ class FileState:
     identity: FileIdentity
     offset: int
     status: str
+    anchor: Anchor | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +305,18 @@ class Spool:
         if missing:
             raise CorruptStateError(Message("queue database {path} lacks tables {tables}; {hint}",
                                             path=self.path, tables=sorted(missing), hint=RECOVERY_HINT))
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+        added = [(name, kind) for name, kind in FILE_COLUMNS_ADDED if name not in columns]
+        if added:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for name, kind in added:
+                    conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if not (_is_disk_full(exc) or _is_write_failure(exc)):
+                    raise
+                raise DiskFullError(Message("no space left for the queue database {path}", path=self.path)) from exc
         conn.execute("SELECT count(*) FROM batches").fetchone()
         conn.execute("BEGIN IMMEDIATE")
         for statement in DELIVERY_SCHEMA:
@@ -349,8 +372,10 @@ class Spool:
     # --- files and offsets ----------------------------------------------------------------------
 
     def files(self) -> list[FileState]:
+        columns = {row[1] for row in self._query("PRAGMA table_info(files)")}
+        anchor = ", anchor_pos, anchor_len, anchor_hash" if "anchor_pos" in columns else ""  # read-only, older
         rows = self._query(
-            "SELECT fid, path, source, dev, ino, fp_len, fp_hash, offset, status FROM files ORDER BY fid"
+            f"SELECT fid, path, source, dev, ino, fp_len, fp_hash, offset, status{anchor} FROM files ORDER BY fid"
         )
         return [_file_state(row) for row in rows]
 
@@ -394,8 +419,12 @@ class Spool:
 
     # --- the seal transaction ---------------------------------------------------------------------
 
-    def commit(self, sealed: SealedBatch | None, offsets: dict[int, int], seq: int = 0) -> None:
-        """Queue `sealed` (if any) and move each file's offset forward, in one transaction.
+    def commit(self, sealed: SealedBatch | None, offsets: dict[int, int],
+               anchors: dict[int, Anchor] | None = None, seq: int = 0) -> None:
+        """Queue `sealed` (if any) and move each file's offset forward, in one transaction, each with
+        its anchor when one is given (`anchor.pos` at or below the new offset: the evidence
+        `tail.py` needs to tell the record's content from a look-alike; without one the previous
+        anchor stays, and it stays true: bytes below an offset never change for the record).
 
         Crash argument, line by line:
         - before BEGIN, or anywhere before COMMIT: nothing changed; the bytes after the old offsets
@@ -420,9 +449,17 @@ class Spool:
                      sealed.encoding, sealed.body),
                 )
             now = time.time()
+            anchors = anchors or {}
             conn.executemany(
                 "UPDATE files SET offset = ?, updated = ? WHERE fid = ? AND offset <= ?",
-                [(offset, now, fid, offset) for fid, offset in offsets.items()],
+                [(offset, now, fid, offset) for fid, offset in offsets.items()
+                 if fid not in anchors or anchors[fid].pos > offset],
+            )
+            conn.executemany(
+                "UPDATE files SET offset = ?, updated = ?, anchor_pos = ?, anchor_len = ?, anchor_hash = ? "
+                "WHERE fid = ? AND offset <= ?",
+                [(offset, now, anchors[fid].pos, anchors[fid].length, anchors[fid].digest, fid, offset)
+                 for fid, offset in offsets.items() if fid in anchors and anchors[fid].pos <= offset],
             )
             if sealed is not None and seq:
                 conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('next_seq', ?)", (str(seq + 1),))
@@ -722,6 +759,7 @@ def _import_legacy(conn: sqlite3.Connection, marker: str, value: str, batches: S
 
 
 def _file_state(row: Any) -> FileState:
-    fid, path, source, dev, ino, fp_len, fp_hash, offset, status = row
+    fid, path, source, dev, ino, fp_len, fp_hash, offset, status = row[:9]
     identity = FileIdentity(int(dev), int(ino), int(fp_len), bytes(fp_hash))
-    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status))
+    anchor = Anchor(int(row[9]), int(row[10]), bytes(row[11])) if len(row) > 9 and row[9] else None
+    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status), anchor)

@@ -4,8 +4,11 @@
 `forever` one every `read.poll_interval` seconds (polling is the source of truth). The rules:
 
 - A *record* (a row of the spool's ``files`` table, a fid) is one stream of content: identified by
-  device + inode + a fingerprint of its first bytes, never by its path. Paths only say where the
+  device + inode + a fingerprint of its first bytes + its anchor (a hash of the bytes just before
+  the offset it has counted to, `source.Anchor`), never by its path. Paths only say where the
   content is now. A record's offset never goes back; content that is replaced gets a new record.
+  Files that start alike (a shared header, one file the start of another) are told apart by the
+  anchor and by name: a copy of a record's content is looked for only at its rotated names.
 - Files are found in two sets: the *live* files (what the globs match now) and the *rotated* files
   (the usual rotated names of a live file in its directory: ``access.log.1``,
   ``access.log-20261128``, ``access.log-2026-11-28.1``; compressed ones skipped). A live file
@@ -16,8 +19,8 @@
   deleted) until it has been idle for `read.rotate_grace` and is read to its end, its final
   unterminated line included; the new file at the live path is a new record read from 0.
 - copytruncate / truncation / replaced content / inode reuse: the record's inode is shorter than
-  the offset or no longer starts with the fingerprint. The content is looked for elsewhere by
-  fingerprint (the copy, ``access.log.1``): found, the record moves to the copy and reads on from
+  the offset or no longer holds the fingerprint and the anchor. The content is looked for at its
+  rotated names by both (the copy, ``access.log.1``): found, the record moves to the copy and reads on from
   its offset (the bytes written between our last read and the copy); not found, the unread rest
   is gone (logged) and the record is forgotten. The inode's new content is a new record from 0.
 - Bytes count only once they are known to be the record's: after each read, and before its bytes
@@ -27,12 +30,17 @@
   skip, lost. On a mismatch nothing of that read is counted and the record moves to the copy.
 - The scan a pass starts with ages while the pass reads: a copy not found in it is looked for in a
   fresh scan before the content is given up.
-- A new file that starts like a record whose content is still in place (the copy of a live file,
-  before the truncate) is not read at all: it holds the same bytes. An unknown rotated file that is
+- A new file at a rotated name of a record's that holds the record's content while the record's
+  file still holds it too (the copy of a live file, before the truncate) is not read at all: it
+  holds the same bytes. A file nobody knows at a rotated name (the globs may match it) that is
   empty, or shorter than a fingerprint and still growing, is identified at a later look: a copy
-  being written cannot be told from new content yet.
-- `read.partial_line_idle`: a live file's final line without a newline is held back until it is
-  completed or the file has been idle that long; a rotated file's is taken after the grace.
+  being written cannot be told from new content yet. Anywhere else a file is its own stream:
+  when the evidence cannot decide, read (a skipped file is lost for ever).
+- A final line without a newline: in a live file, its bytes up to its last separator are counted
+  once the file has been idle `read.partial_line_idle`; the rest (an address may be growing:
+  `client=10.0.0.1` then `23`) waits for the byte after it, however long. A rotated or deleted
+  file can no longer grow: its final line is taken whole once it has been idle `read.rotate_grace`.
+  A `regex` source matches whole lines: it takes nothing of a live file's unterminated line.
 
 Threads: `poll` runs on the reading thread only. `lag()` may be called from any thread (stats,
 metrics): it takes `lock`, which `poll` holds only while it opens or closes descriptors.
@@ -53,8 +61,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from remote_uploader.agent.source import (
+    ANCHOR_BYTES,
     COMPRESSED_SUFFIXES,
     FINGERPRINT_BYTES,
+    Anchor,
     BlockReader,
     FileIdentity,
     SourceProblem,
@@ -62,6 +72,7 @@ from remote_uploader.agent.source import (
     fingerprint,
     identify,
 )
+from remote_uploader.agent.spool import DiskFullError
 from remote_uploader.config import SourceConfig
 
 if TYPE_CHECKING:
@@ -167,6 +178,7 @@ class Tracked:
     changed_at: float = field(default_factory=time.monotonic)  # monotonic time its size last changed
     missing_since: float | None = None
     followed: int = -1  # number of the last poll that found its content in place
+    anchor: Anchor | None = None  # the bytes just before the last counted offset (None: nothing counted yet)
 
     @property
     def key(self) -> Key:
@@ -207,7 +219,8 @@ class Tailer:
         self.last_seen: float | None = float(kv[LAST_SEEN_KEY]) if LAST_SEEN_KEY in kv else None
         for state in agent.spool.files():
             self.tracked[state.fid] = Tracked(state.fid, state.source or state.path, state.path, state.identity,
-                                              state.status, pos=state.offset, live=state.status == ACTIVE)
+                                              state.status, pos=state.offset, live=state.status == ACTIVE,
+                                              anchor=state.anchor)
 
     # --- the pass ---------------------------------------------------------------------------------------
 
@@ -237,11 +250,16 @@ class Tailer:
         self._note_last_seen()
 
     def close(self) -> None:
-        """Close every descriptor (the records stay) and note when we last looked."""
+        """Close every descriptor (the records stay) and note when we last looked (not at all when
+        the disk is full at shutdown: a last-seen time older than it should be is only a wider
+        window for rotations while stopped, and rotated files we hold are known by inode)."""
         with self.lock:
             for t in self.tracked.values():
                 self._close_fd(t)
-        self._note_last_seen(force=True)
+        try:
+            self._note_last_seen(force=True)
+        except DiskFullError as exc:
+            log.warning("event=last_seen_not_written reason=%r", str(exc))
 
     # --- known content --------------------------------------------------------------------------------
 
@@ -328,18 +346,19 @@ class Tailer:
         status = COPY if t.copy else ACTIVE if live else ROTATED
         path = seen.path if seen is not None else t.path
         if (status, path) != (t.status, t.path):
-            self.agent.spool.update_file(t.fid, status=status, path=path)
+            self.agent.write_state(lambda: self.agent.spool.update_file(t.fid, status=status, path=path))
             t.status, t.path = status, path
 
     def _same_content(self, t: Tracked, fd: int) -> bool:
-        """Does the file still start with the record's fingerprint? Lengthen a short one on the way."""
+        """Is the file still the record's content (same inode, head and anchor: see `_intact`)?
+        Lengthen a short fingerprint on the way."""
         old = t.identity
-        if os.fstat(fd).st_ino != old.ino or fingerprint(fd, old.fp_len) != (old.fp_len, old.fp_hash):
+        if os.fstat(fd).st_ino != old.ino or not self._intact(t, fd):
             return False
         if old.fp_len < FINGERPRINT_BYTES:
             longer = identify(fd)
             if longer.fp_len > old.fp_len:
-                self.agent.spool.update_file(t.fid, identity=longer)
+                self.agent.write_state(lambda: self.agent.spool.update_file(t.fid, identity=longer))
                 t.identity = longer
         return True
 
@@ -356,9 +375,17 @@ class Tailer:
         the new content counted: the caller looks for the copy and reads on from our offset there)."""
         agent = self.agent
         read = agent.config.read
-        take_partial = time.time() - mtime >= (read.partial_line_idle if t.live else read.rotate_grace)
+        extractor = agent.extractors[index]
+        idle = time.time() - mtime
+        # What of a final unterminated line to take (module rules): None nothing, False the part up
+        # to its last separator (a live file), True all of it (a file that can no longer grow).
+        partial: bool | None = None
+        if not t.live:
+            partial = True if idle >= read.rotate_grace else None
+        elif idle >= read.partial_line_idle and not getattr(extractor, "per_line", False):
+            partial = False
         try:
-            intact = self._read_intact(t, fd, pos, index, agent.extractors[index], take_partial)
+            intact = self._read_intact(t, fd, pos, index, extractor, partial)
             agent.stats.files_read += 1
         except OSError as exc:
             try:
@@ -371,7 +398,7 @@ class Tailer:
         return intact
 
     def _read_intact(self, t: Tracked, fd: int, pos: int, index: int, extractor: Extractor,
-                     take_partial: bool) -> bool:
+                     partial: bool | None) -> bool:
         """Count bytes only once they are known to be the record's content: read, check, then feed.
 
         A file can be truncated and written again between two reads (copytruncate while we are
@@ -389,29 +416,57 @@ class Tailer:
             for part in scanner.scan(fd, t.path, index, pos, size):  # a part arrives after its read
                 if agent.stop.is_set():
                     return True
+                part_anchor = Anchor.at(fd, part.end_offset)  # workers' parts end at a line end
                 if not self._intact(t, fd):
                     scanner.close()  # abandon the scan: answers still in the workers' pipes are stale
                     return False
                 agent.feed_part(part, t.fid, t.name)
+                self._counted(t, part_anchor)
                 agent.maybe_seal(caught_up=False)
                 pos = part.end_offset
         reader = BlockReader(fd, pos, agent.config.read.block_size, extractor.context)
         while not agent.stop.is_set():
             chunk = reader.next_chunk()
-            if chunk is None and take_partial and reader.pending:
-                chunk = reader.take_partial()
+            if chunk is None and partial is not None and reader.pending:
+                chunk = reader.take_partial(whole=partial)
             if chunk is None:
                 break
+            # At the chunk's last line end: a final line taken unfinished may still be written into
+            # (a writer that preallocates and fills), and must not be evidence against its record.
+            newline = chunk.buf.rfind(b"\n", chunk.start, chunk.end)
+            anchor = Anchor.at(fd, chunk.end_offset - (chunk.end - newline - 1)) if newline >= 0 else None
             if not self._intact(t, fd):
                 return False
             agent.feed(chunk, t.fid, t.name, extractor)
+            if anchor is not None:
+                self._counted(t, anchor)
             agent.maybe_seal(caught_up=False)
         return True
 
+    def _counted(self, t: Tracked, anchor: Anchor) -> None:
+        """Bytes up to `anchor.pos` were counted: its anchor (read before the check that found the
+        file intact, so it is the record's bytes) is the new evidence, committed with the offset it
+        stands at or below (a line end: see `_read_intact`)."""
+        t.anchor = anchor
+        self.agent.note_anchor(t.fid, anchor)
+
     def _intact(self, t: Tracked, fd: int) -> bool:
-        """Does the file still start with the record's fingerprint (its content is still in place)?"""
+        """Does the file still hold the record's content: its head fingerprint, and the anchor
+        (the bytes just before the last counted offset)?
+
+        The head alone is shared by files that start alike (a header of 1 KiB or more): rewritten
+        under the same header, the file would pass and be read on at the old offset. The anchor is
+        what the record read last; content replaced since does not hold it there. A copy shorter
+        than the anchor (made before our last read of its original: copytruncate's window) holds
+        only the head: it was taken as the copy on that evidence, and nothing in it is read.
+        """
         length, digest = fingerprint(fd, t.identity.fp_len)
-        return (length, digest) == (t.identity.fp_len, t.identity.fp_hash)
+        if (length, digest) != (t.identity.fp_len, t.identity.fp_hash):
+            return False
+        anchor = t.anchor
+        if anchor is None or (t.copy and os.fstat(fd).st_size < anchor.pos):
+            return True
+        return anchor.held_by(fd)
 
     def _maybe_let_go(self, t: Tracked, now: float) -> None:
         """Close a rotated file once read to its end and idle for the grace (the record stays: a
@@ -453,31 +508,78 @@ class Tailer:
 
     def _move(self, t: Tracked, seen: Seen, identity: FileIdentity, found: Scan) -> None:
         """The record's content is now `seen` (a copy): read on from the record's offset there."""
-        self.agent.spool.update_file(t.fid, identity=identity, path=seen.path, status=COPY)
+        self.agent.write_state(lambda: self.agent.spool.update_file(t.fid, identity=identity, path=seen.path,
+                                                                    status=COPY))
         t.identity, t.path, t.status, t.live = identity, seen.path, COPY, False
         t.rotated_at, t.size, t.followed, t.missing_since = time.monotonic(), -1, -1, None
         self._follow(t, found)
 
     def _find_copy(self, t: Tracked, found: Scan) -> tuple[Seen, FileIdentity] | None:
-        """A file elsewhere that starts with the record's fingerprint.
+        """A file at a rotated name of the record's that holds the record's content (`_holds`).
 
-        A file whose inode a record verified in this pass holds that record's content; any other
-        may be the copy, even at an inode a stale record still names (file systems reuse inodes)."""
+        A file whose inode a record verified in this pass, and that still holds that record's
+        content, is that record's; any other may be the copy, even at an inode a stale record still
+        names. File systems reuse inodes: between two passes logrotate deletes the oldest rotation
+        and creates the copy, which may get the deleted file's inode number, verified for its
+        record earlier in the pass (`follow_growth` looks for copies between passes). Skipped on
+        that stale verification, the copy was not found, the record forgotten, and the copy read
+        from 0 at the next pass as a rotation nobody knew: counted twice."""
         if t.identity.fp_len == 0:
             return None
-        verified = {other.key for other in self.tracked.values() if other.followed == self.polls}
+        verified = {other.key: other for other in self.tracked.values()
+                    if other.followed == self.polls and other is not t}
         for seen in found.files.values():
-            if seen.key == t.key or seen.key in verified or seen.size < t.identity.fp_len:
+            if seen.key == t.key or seen.size < t.identity.fp_len or not is_rotation_of(seen.path, t.name):
                 continue
             fd = self._open(seen.path, seen.key)
             if fd is None:
                 continue
             try:
-                if fingerprint(fd, t.identity.fp_len) == (t.identity.fp_len, t.identity.fp_hash):
+                other = verified.get(seen.key)
+                if other is not None and self._intact(other, fd):
+                    continue
+                if self._holds(fd, t, in_place=False):
                     return seen, identify(fd, t.identity.fp_len)
             finally:
                 os.close(fd)
         return None
+
+    def _holds(self, fd: int, t: Tracked, *, in_place: bool) -> bool:
+        """Is the file at `fd` (at a rotated name of the record's) a copy of record `t`'s content?
+
+        The evidence: the record's head fingerprint, and its anchor (the bytes just before what it
+        has counted) at the same place. A copy shorter than the anchor was made before our last
+        read of the original. While the original still holds the record's content (`in_place`,
+        and still intact now), the copy must be the start of it: its first and last bytes are
+        compared with the original's. Once the original has lost it (truncated since: the copy was
+        made in copytruncate's window), the head is all the evidence left, and the file is taken
+        for the copy: reading a real copy from 0 would count it twice.
+        """
+        head = t.identity
+        if head.fp_len == 0 or fingerprint(fd, head.fp_len) != (head.fp_len, head.fp_hash):
+            return False
+        size = os.fstat(fd).st_size
+        if t.anchor is not None and size >= t.anchor.pos:
+            return t.anchor.held_by(fd)
+        return self._starts(t, fd, size) if in_place else True
+
+    def _starts(self, t: Tracked, fd: int, size: int) -> bool:
+        """Is the file at `fd` (`size` bytes) the start of record `t`'s file, or has that file lost
+        the record's content since it was last verified (then nothing can be compared: True)?"""
+        original = t.fd if t.fd is not None else self._open(t.path, t.key)
+        if original is None:
+            return True
+        try:
+            if not self._intact(t, original):
+                return True
+            if os.fstat(original).st_size < size:
+                return False
+            last = min(ANCHOR_BYTES, size)
+            return all(os.pread(fd, n, at) == os.pread(original, n, at)
+                       for n, at in ((min(FINGERPRINT_BYTES, size), 0), (last, size - last)))
+        finally:
+            if original != t.fd:
+                os.close(original)
 
     def _missing(self, t: Tracked, now: float) -> None:
         if t.missing_since is None:
@@ -499,7 +601,7 @@ class Tailer:
                 self.recheck[seen.key] = -1
             return
         identity = identify(fd)
-        owner = self._content_owner(fd, identity)
+        owner = self._copy_owner(seen.path, fd, identity)
         if owner is not None and owner.followed == self.polls:
             os.close(fd)  # a copy of content still in place (copytruncate, before the truncate): same bytes
             if seen.key not in self.ignored_copies:
@@ -512,26 +614,27 @@ class Tailer:
             log.info("event=content_moved path=%s now_at=%s offset=%d", owner.name, seen.path, owner.pos)
             self._move(owner, seen, moved, found)
             return
+        if not seen.live and seen.mtime < since and seen.key not in self.recheck:
+            os.close(fd)  # an old rotation, from before the agent looked: not ours
+            return
+        size = os.fstat(fd).st_size
+        if (not seen.live or self._may_be_a_copy(seen.path)) and (size == 0 or (
+                identity.fp_len < FINGERPRINT_BYTES and self.recheck.get(seen.key) != size and not self.single_pass)):
+            # Too short to tell whether it is the copy of a record (copytruncate's copy is empty
+            # for a moment, then written): taken as new now, a copy would be read from 0 again.
+            # Identified once it has bytes and its size held still between two looks. (A file at a
+            # live name no rotation produces is never a copy: it is read at once.)
+            self.recheck[seen.key] = size
+            os.close(fd)
+            return
+        self.recheck.pop(seen.key, None)
         if not seen.live:
-            if seen.mtime < since and seen.key not in self.recheck:
-                os.close(fd)  # an old rotation, from before the agent looked: not ours
-                return
-            size = os.fstat(fd).st_size
-            if size == 0 or (identity.fp_len < FINGERPRINT_BYTES and self.recheck.get(seen.key) != size
-                             and not self.single_pass):
-                # Too short to tell whether it is the copy of a record (copytruncate's copy is empty
-                # for a moment, then written): taken as new now, a copy would be read from 0 again.
-                # Identified once it has bytes and its size held still between two looks.
-                self.recheck[seen.key] = size
-                os.close(fd)
-                return
-            self.recheck.pop(seen.key, None)
             log.info("event=rotated_unseen path=%s size=%d action=read_from_start", seen.path, seen.size)
         name = seen.path if seen.live else _live_name(seen.path)
-        fid = self.agent.spool.register_file(seen.path, name, identity)
+        fid = self.agent.write_state(lambda: self.agent.spool.register_file(seen.path, name, identity))
         t = Tracked(fid, name, seen.path, identity, ACTIVE, live=seen.live)
         if not seen.live:
-            self.agent.spool.update_file(fid, status=ROTATED)
+            self.agent.write_state(lambda: self.agent.spool.update_file(fid, status=ROTATED))
             t.status, t.rotated_at = ROTATED, time.monotonic()
         with self.lock:
             t.fd = fd
@@ -539,20 +642,37 @@ class Tailer:
         log.info("event=file_new path=%s fid=%d size=%d", seen.path, fid, seen.size)
         self._follow(t, found)
 
-    def _content_owner(self, fd: int, identity: FileIdentity) -> Tracked | None:
-        """The record whose fingerprint this file starts with, if any (empty starts match nothing)."""
+    def _copy_owner(self, path: str, fd: int, identity: FileIdentity) -> Tracked | None:
+        """The record this file is a copy of, if any: only a record whose name `path` is a rotated
+        name of (`access.log.1` for `access.log`) can have a copy there, and only on the evidence
+        of `_holds`. A file that merely starts like another (a copy of its first line, an
+        identical file at another name, a shared header) is not a copy: it is read, since a file
+        wrongly skipped is lost for ever."""
         if identity.fp_len == 0:
             return None
-        by_length: dict[int, tuple[int, bytes]] = {}
-        for t in self.tracked.values():
-            length = t.identity.fp_len
-            if length == 0 or length > identity.fp_len:
+        size = os.fstat(fd).st_size
+        for t in self._rotated_from(path):
+            if t.identity.fp_len == 0:
                 continue
-            if length not in by_length:
-                by_length[length] = fingerprint(fd, length)
-            if by_length[length] == (length, t.identity.fp_hash):
+            in_place = t.followed == self.polls
+            if t.identity.fp_len <= identity.fp_len:
+                # Content that moved here (its record's file is gone) must reach the record's anchor:
+                # a shorter file that shares the head is a look-alike as likely as a copy; read it.
+                reaches = in_place or t.anchor is None or size >= t.anchor.pos
+                if reaches and self._holds(fd, t, in_place=in_place):
+                    return t
+            elif in_place and self._starts(t, fd, size):  # shorter than the record's fingerprint
                 return t
         return None
+
+    def _may_be_a_copy(self, path: str) -> bool:
+        """Is `path` a rotated name of a record's (where a copy of its content could be made)?"""
+        return bool(self._rotated_from(path))
+
+    def _rotated_from(self, path: str) -> list[Tracked]:
+        """The records `path` is a rotated name of (one set lookup per record, not a match)."""
+        bases = rotation_bases(path)
+        return [t for t in self.tracked.values() if t.name in bases] if bases else []
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
@@ -596,7 +716,8 @@ class Tailer:
         with self.lock:
             self._close_fd(t)
             self.tracked.pop(t.fid, None)
-        self.agent.spool.forget_files([t.fid])
+        self.agent.forget_file(t.fid)
+        self.agent.write_state(lambda: self.agent.spool.forget_files([t.fid]))
         log.info("event=file_forgotten path=%s fid=%d reason=%r", t.path, t.fid, why)
 
     def _report(self, problems: list[SourceProblem]) -> None:
@@ -621,7 +742,7 @@ class Tailer:
     def _note_last_seen(self, *, force: bool = False) -> None:
         now = time.time()
         if force or now - self.last_seen_written >= LAST_SEEN_EVERY:
-            self.agent.spool.set_kv(LAST_SEEN_KEY, repr(now))
+            self.agent.write_state(lambda: self.agent.spool.set_kv(LAST_SEEN_KEY, repr(now)))
             self.last_seen_written = now
 
     # --- for stats and metrics (any thread) ----------------------------------------------------------------------
@@ -651,6 +772,23 @@ class Tailer:
             known = {t.key for t in self.tracked.values()} | set(self.ignored_copies)
         result += [Lag(f.path, f.size, ACTIVE, False) for f in matched if (f.dev, f.ino) not in known]
         return result
+
+
+def is_rotation_of(path: str, name: str) -> bool:
+    """Could a rotation of the log `name` produce `path`? Same directory, `name` then a rotation
+    suffix (``.1``, ``-20261202``, ``-2026-12-02.1``), maybe compressed (``.1.gz``)."""
+    return name in rotation_bases(path)
+
+
+def rotation_bases(path: str) -> set[str]:
+    """Every log name a rotation of which `path` could be: ``x.log.1.2`` -> ``x.log``, ``x.log.1``."""
+    directory, entry = os.path.split(path)
+    for suffix in COMPRESSED_SUFFIXES:
+        if entry.endswith(suffix):
+            entry = entry[: -len(suffix)]
+            break
+    return {os.path.join(directory, entry[:i]) for i in range(1, len(entry))
+            if entry[i] in ".-" and ROTATED_SUFFIX.fullmatch(entry, i)}
 
 
 def _live_name(path: str) -> str:

@@ -71,6 +71,9 @@ class Collector:
         self._slots = asyncio.Semaphore(settings.max_concurrent_batches)
         self._stop = threading.Event()
         self._pruner: threading.Thread | None = None
+        # Agent name -> the version its User-Agent header named, as this process last saw it (for
+        # the dashboard's Agents page; not stored: a restart forgets it until the next batch).
+        self.agent_versions: dict[str, str] = {}
 
     # -- auth ---------------------------------------------------------------------------------
 
@@ -91,6 +94,7 @@ class Collector:
         if who.role != "agent":
             raise ApiError(403, "authorization", "this token may only read")
         gzip = check_headers(request.headers, self.settings.max_body)
+        self._note_version(who.name, request.headers.get("user-agent", ""))
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
             # semaphore is granted can lose the permit; Semaphore.acquire gives it back when
@@ -115,6 +119,12 @@ class Collector:
         finally:
             self._slots.release()
 
+    def _note_version(self, agent: str, user_agent: str) -> None:
+        product, _, version = user_agent.partition(" ")[0].partition("/")
+        known = agent in self.agent_versions or len(self.agent_versions) < 100_000  # bounded memory
+        if product == "remote-uploader" and 0 < len(version) <= 32 and version.isprintable() and known:
+            self.agent_versions[agent] = version
+
     def _store(self, batch: Batch, state: Any) -> BatchAccepted:
         state.batch_id = batch.batch_id
         state.records = batch.records
@@ -124,6 +134,12 @@ class Collector:
             self.metrics.batches.labels("accepted").inc()
             self.metrics.records.inc(batch.records)
             self.decisions.submit(batch.counted_addresses())
+            if batch.clamped:
+                # The agent's clock is off (or was stepped back inside a batch): say so, count it,
+                # and store the batch with its times clamped rather than refuse it for ever.
+                self.metrics.clamped_times.inc(batch.clamped)
+                logger.warning("times clamped", extra=fields(agent=batch.agent, batch_id=batch.batch_id,
+                                                              fields=batch.clamped))
         else:
             self.metrics.batches.labels("duplicate").inc()
         return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new, agent=batch.agent)
@@ -206,6 +222,10 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
     routes.add_read_routes(app, collector)
     lapi_routes.add_lapi_routes(app, collector)
     decisions_api.add_routes(app, collector)
+    if settings.dashboard:
+        from remote_uploader.collector.dashboard import add_dashboard
+
+        add_dashboard(app, collector)
 
     @app.get("/metrics", include_in_schema=False)
     def get_metrics() -> Response:

@@ -1,7 +1,15 @@
 """A protocol v1 batch body -> a validated, aggregated `Batch`, or every reason it is not one.
 
 Validation is all-or-nothing: one bad field rejects the batch (400) and nothing of it is stored,
-because the agent sends a rejected batch to its dead-letter table as a whole. Each error names
+because the agent sends a rejected batch to its dead-letter table as a whole.
+
+Times are not a reason to reject a batch the agent wrote: an agent's clock can be stepped (NTP,
+an operator, a dead RTC battery) and a batch refused for its times would be refused for ever,
+however often it is requeued. So a time later than the arrival time plus `FUTURE_SKEW` is set to
+the arrival time, one before 1970 to 1970, and a record whose `last_seen` is before its
+`first_seen` (an old agent wrote that when its clock went back inside a batch) has the two
+swapped. `Batch.clamped` counts the time fields changed (a metric and a log line at ingest); only
+a text that is no RFC 3339 time at all is an error. Each error names
 the field as a path (`records[3].ip`) so that an operator can find it in the dead letter.
 
 This is the per-record hot path of ingest (up to 100,000 records per request), so it has two
@@ -23,13 +31,14 @@ import json
 import operator
 import re
 import socket
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
 
-from remote_uploader.collector.storage.base import Batch, IpDelta, to_micros
+from remote_uploader.collector.storage.base import Batch, IpDelta, from_micros, to_micros
 from remote_uploader.collector.storage.model import MAX_LABEL, BucketDelta
 from remote_uploader.protocol import (
     MAX_AGENT_LEN,
@@ -49,6 +58,8 @@ MAX_COUNT = 2**40
 MAX_ERRORS = 100  # a body with a million bad fields gets a bounded answer
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+#: How far ahead of the collector's clock a batch's times may be before they are clamped.
+FUTURE_SKEW = timedelta(minutes=5)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
@@ -126,15 +137,50 @@ def check_text(value: object, limit: int, *, empty: bool = False) -> str | None:
 
 def check_time(value: object) -> datetime | str:
     """The parsed time, or the reason `value` is not an RFC 3339 time with an offset."""
+    moment = parse_any_time(value)
+    if isinstance(moment, datetime) and not EARLIEST <= moment <= LATEST:
+        return "outside 1970-01-01 .. 9999-12-31"
+    return moment
+
+
+def parse_any_time(value: object) -> datetime | str:
+    """The parsed time, whatever its year, or the reason `value` is not an RFC 3339 time."""
     if not isinstance(value, str):
         return "must be an RFC 3339 string"
     try:
-        moment = parse_time(value)
+        return parse_time(value)
     except (ValueError, OverflowError):
         return "not an RFC 3339 time with a UTC offset"
-    if not EARLIEST <= moment <= LATEST:
-        return "outside 1970-01-01 .. 9999-12-31"
-    return moment
+
+
+class Clamp:
+    """Bounds for the times of one batch, and how many time fields were changed to fit them.
+
+    `now` is the arrival time; a time after `now + FUTURE_SKEW` becomes `now` (the agent cannot
+    have read a line after the collector received it), a time before 1970 becomes 1970.
+    """
+
+    def __init__(self, now: datetime | None = None) -> None:
+        arrival = now if now is not None else datetime.fromtimestamp(time.time(), UTC)
+        self.now = to_micros(arrival)
+        self.latest = to_micros(arrival + FUTURE_SKEW)
+        self.changed = 0
+
+    def micros(self, value: int) -> int:
+        """`value` (microseconds) within bounds; the caller counts a change in `changed`."""
+        if value > self.latest:
+            return self.now
+        return value if value >= 0 else 0
+
+    def fits(self, value: int) -> bool:
+        return 0 <= value <= self.latest
+
+    def moment(self, moment: datetime) -> tuple[datetime, int]:
+        """A parsed time within bounds, and 1 if it was changed."""
+        micros = to_micros(moment)
+        if self.fits(micros):
+            return moment, 0
+        return from_micros(self.micros(micros)), 1
 
 
 class _Errors:
@@ -160,12 +206,13 @@ def decode_body(payload: bytes | bytearray) -> Any:
 DEFAULT_BUCKET = 60  # seconds per time bucket (collector setting `bucket`)
 
 
-def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET) -> Batch:
+def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET, now: datetime | None = None) -> Batch:
     """Validate a decoded batch; raise `BatchInvalid` listing what is wrong. `bucket`: seconds
-    per time bucket for the batch's bucket deltas (0: none)."""
+    per time bucket for the batch's bucket deltas (0: none). Times are clamped (module
+    docstring) against `now`, the arrival time (default: the clock now)."""
     errors = _Errors()
     try:
-        batch = _validate(document, errors, bucket)
+        batch = _validate(document, errors, bucket, Clamp(now))
     except _TooManyErrors:
         errors.items.append(FieldError("body", f"more than {MAX_ERRORS} errors; the rest are not listed"))
         batch = None
@@ -174,7 +221,8 @@ def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET) -> Batch:
     return batch
 
 
-def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET) -> Batch:
+def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
+                now: datetime | None = None) -> Batch:
     """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong.
 
     With `agent` (the token's name), a body that names another agent raises `AgentMismatch`
@@ -186,15 +234,18 @@ def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: in
     under the token's name (the caller replaces it), so batches queued before the agent id, the
     token or its name changed are neither stranded nor doubled (issue 9, hole 9).
     """
+    if now is None:
+        now = datetime.fromtimestamp(time.time(), UTC)
     if payload.isascii():
         try:
-            return _parse_fast(payload, agent, bucket)
+            return _parse_fast(payload, agent, bucket, Clamp(now))
         except (_Slow, msgspec.DecodeError, RecursionError):
             pass  # not in the agent's exact shape: the full path decides, and names every problem
-    return parse_full(payload, agent, bucket)
+    return parse_full(payload, agent, bucket, now)
 
 
-def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET) -> Batch:
+def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
+               now: datetime | None = None) -> Batch:
     """The full path alone: decode, check the agent's name, validate, naming every problem.
 
     What `parse_batch` falls back to; the fast path must agree with it on every body it takes.
@@ -204,10 +255,10 @@ def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int
         named = document.get("agent")
         if isinstance(named, str) and named != agent:
             raise AgentMismatch(named, agent)
-    return validate_batch(document, bucket)
+    return validate_batch(document, bucket, now)
 
 
-def _validate(document: Any, errors: _Errors, bucket: int) -> Batch | None:
+def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> Batch | None:
     if not isinstance(document, dict):
         errors.add("body", "must be a JSON object")
         return None
@@ -222,7 +273,7 @@ def _validate(document: Any, errors: _Errors, bucket: int) -> Batch | None:
         errors.add("batch_id", problem)
     sent_at: datetime | str = "missing"
     if "sent_at" in document:
-        sent_at = check_time(document["sent_at"])
+        sent_at = parse_any_time(document["sent_at"])
         if isinstance(sent_at, str):
             errors.add("sent_at", sent_at)
     records = document.get("records")
@@ -235,8 +286,10 @@ def _validate(document: Any, errors: _Errors, bucket: int) -> Batch | None:
     if errors.items or not isinstance(records, list):
         return None
     assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
-    deltas, buckets = _aggregate(records, errors, bucket)
-    return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, producer=producer, seq=seq, part=part)
+    sent_at, changed = clamp.moment(sent_at)
+    deltas, buckets = _aggregate(records, errors, bucket, clamp)
+    return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed,
+                 producer=producer, seq=seq, part=part)
 
 
 def _identity(document: dict[str, Any], errors: _Errors) -> tuple[str | None, int, str]:
@@ -269,7 +322,7 @@ def _bucket_deltas(cells: dict[tuple[bytes, int, str], int]) -> list[BucketDelta
 
 
 def _aggregate(
-    records: list[Any], errors: _Errors, bucket: int = DEFAULT_BUCKET
+    records: list[Any], errors: _Errors, bucket: int, clamp: Clamp
 ) -> tuple[list[IpDelta], list[BucketDelta]]:
     """Validate every record and merge records of one address (several sources) into one delta.
 
@@ -283,6 +336,7 @@ def _aggregate(
     times: dict[str, int] = {}
     cells: dict[tuple[bytes, int, str], int] = {}
     per_bucket = bucket * 1_000_000
+    moved: set[str] = set()  # time texts whose value was clamped
     packed, new = _packed_canonical, _new_tuple
     for index, record in enumerate(records):
         try:
@@ -301,14 +355,17 @@ def _aggregate(
                 raise _Slow
             first = times.get(first_text)
             if first is None:
-                first = _fast_time(first_text, times)
+                first = _fast_time(first_text, times, clamp, moved)
             last = times.get(last_text)
             if last is None:
-                last = _fast_time(last_text, times)
+                last = _fast_time(last_text, times, clamp, moved)
+            if moved:
+                clamp.changed += (first_text in moved) + (last_text in moved)
             if last < first:
-                raise _Slow
+                first, last = last, first
+                clamp.changed += 1
         except (_Slow, KeyError, TypeError, ValueError, OSError):
-            checked = _check_record(index, record, errors)
+            checked = _check_record(index, record, errors, clamp)
             if checked is None:
                 continue
             ip, key, count, first, last = checked
@@ -359,15 +416,17 @@ class _Slow(Exception):
     pass
 
 
-def _fast_time(text: Any, cache: dict[str, int]) -> int:
-    """A `format_time`-style text (ending in Z, within range) as microseconds, cached; else _Slow."""
+def _fast_time(text: Any, cache: dict[str, int], clamp: Clamp, moved: set[str]) -> int:
+    """A `format_time`-style text (ending in Z) as clamped microseconds, cached; else _Slow.
+    A text whose value was clamped goes into `moved` (the caller counts the fields)."""
     if type(text) is not str or text[-1:] != "Z":
         raise _Slow
     # Python 3.11 reads a trailing Z as UTC, so this equals protocol.parse_time here.
-    moment = datetime.fromisoformat(text)
-    if not EARLIEST <= moment <= LATEST:
-        raise _Slow
-    micros = cache[text] = to_micros(moment)
+    micros = to_micros(datetime.fromisoformat(text))
+    if not clamp.fits(micros):
+        micros = clamp.micros(micros)
+        moved.add(text)
+    cache[text] = micros
     return micros
 
 
@@ -434,7 +493,7 @@ class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _decode_wire = msgspec.json.Decoder(_WireBatch).decode
 
 
-def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int = DEFAULT_BUCKET) -> Batch:
+def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clamp: Clamp) -> Batch:
     """The agent's exact shape, all valid; `_Slow` (or a msgspec error) for anything else."""
     document = _decode_wire(payload)
     producer = document.producer
@@ -445,24 +504,28 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int = DEF
     if (producer is not None or document.seq is not None or document.part) and _identity_problem(
             producer, document.seq, document.part):
         raise _Slow
-    sent_at = check_time(document.sent_at)
+    sent_at = parse_any_time(document.sent_at)
     records = document.records
     if isinstance(sent_at, str) or len(records) > MAX_RECORDS_PER_BATCH:
         raise _Slow
-    deltas, buckets = _merge_fast(records, bucket)
-    return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets, producer=producer,
-                 seq=document.seq or 0, part=document.part)
+    sent_at, changed = clamp.moment(sent_at)
+    deltas, buckets = _merge_fast(records, bucket, clamp)
+    return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets,
+                 clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part)
 
 
-def _merge_fast(records: list[_WireRecord], bucket: int = DEFAULT_BUCKET) -> tuple[list[IpDelta], list[BucketDelta]]:
+def _merge_fast(
+    records: list[_WireRecord], bucket: int, clamp: Clamp
+) -> tuple[list[IpDelta], list[BucketDelta]]:
     """`_aggregate` for typed records that must all be valid: the first doubt raises `_Slow`.
 
     Besides the per-address deltas, the per (address, bucket, source) cells of the time
-    buckets: the bucket of a record is the one holding its `last_seen`."""
+    buckets: the bucket of a record is the one holding its (clamped) `last_seen`."""
     merged: dict[str, IpDelta] = {}
     times: dict[str, int] = {}
     cells: dict[tuple[bytes, int, str], int] = {}
     per_bucket = bucket * 1_000_000
+    moved: set[str] = set()  # time texts whose value was clamped: rare, counted after the loop
     packed, new = _packed_canonical, _new_tuple
     try:
         for record in records:
@@ -471,13 +534,14 @@ def _merge_fast(records: list[_WireRecord], bucket: int = DEFAULT_BUCKET) -> tup
             first_text = record.first_seen
             first = times.get(first_text)
             if first is None:
-                first = _fast_time(first_text, times)
+                first = _fast_time(first_text, times, clamp, moved)
             last_text = record.last_seen
             last = times.get(last_text)
             if last is None:
-                last = _fast_time(last_text, times)
+                last = _fast_time(last_text, times, clamp, moved)
             if last < first:
-                raise _Slow
+                first, last = last, first
+                clamp.changed += 1
             count = record.count
             entry = merged.get(ip)
             if entry is None:
@@ -489,10 +553,13 @@ def _merge_fast(records: list[_WireRecord], bucket: int = DEFAULT_BUCKET) -> tup
                 cells[cell] = cells.get(cell, 0) + count
     except (OSError, ValueError):  # inet_pton refused the text; fromisoformat refused a time
         raise _Slow from None
+    if moved:
+        clamp.changed += sum((r.first_seen in moved) + (r.last_seen in moved) for r in records)
     return _in_order(merged), _bucket_deltas(cells)
 
 
-def _check_record(index: int, record: Any, errors: _Errors) -> tuple[str, bytes, int, int, int] | None:
+def _check_record(index: int, record: Any, errors: _Errors,
+                  clamp: Clamp) -> tuple[str, bytes, int, int, int] | None:
     """The slow path: full checks, each failure reported under its field path."""
     where = f"records[{index}]"
     if not isinstance(record, dict):
@@ -508,19 +575,22 @@ def _check_record(index: int, record: Any, errors: _Errors) -> tuple[str, bytes,
     count = record.get("count")
     if "count" in record and (type(count) is not int or not 1 <= count <= MAX_COUNT):
         errors.add(f"{where}.count", f"must be an integer in 1..{MAX_COUNT}")
-    times: list[datetime] = []
+    times: list[int] = []
     for name in ("first_seen", "last_seen"):
         if name in record:
-            moment = check_time(record[name])
+            moment = parse_any_time(record[name])
             if isinstance(moment, str):
                 errors.add(f"{where}.{name}", moment)
             else:
-                times.append(moment)
-    if len(times) == 2 and times[1] < times[0]:
-        errors.add(f"{where}.last_seen", "is before first_seen")
+                times.append(to_micros(moment))
     if "source" in record and (problem := check_text(record["source"], MAX_SOURCE_LEN, empty=True)):
         errors.add(f"{where}.source", problem)
     if len(errors.items) > before:
         return None
     assert isinstance(ip, str) and isinstance(count, int)
-    return ip, ip_key(ip), count, to_micros(times[0]), to_micros(times[1])
+    first, last = (clamp.micros(t) for t in times)
+    clamp.changed += sum(not clamp.fits(t) for t in times)
+    if last < first:
+        first, last = last, first
+        clamp.changed += 1
+    return ip, ip_key(ip), count, first, last

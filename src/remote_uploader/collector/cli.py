@@ -143,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         retention_days=args.retention_days,
         log_format=args.log_format,
         access_log=False if args.no_access_log else None,
+        dashboard=False if args.no_dashboard else None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         parse_workers=args.parse_workers,
@@ -164,6 +165,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme = "https" if config.tls_cert else "http"
     tune_gc()
     logger.info("collector listening", extra=fields(url=f"{scheme}://{shown}:{port}", db=storage.url, schema=version))
+    if config.dashboard:
+        logger.info("dashboard", extra=fields(url=f"{scheme}://{shown}:{port}/", anonymous=config.dashboard_anonymous))
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -348,6 +351,7 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--log-format", choices=["text", "json"], help="key=value text (default) or JSON lines")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument("--no-dashboard", action="store_true", help="do not serve the web pages at /")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     serve.set_defaults(func=cmd_serve)
 

@@ -25,6 +25,12 @@ class Metrics:
         for result in ("accepted", "duplicate", "rejected"):
             self.batches.labels(result)
         self.records = Counter("collector_records", "Records in accepted batches.", registry=self.registry)
+        self.clamped_times = Counter(
+            "collector_clamped_times",
+            "Time fields of accepted batches changed to fit: later than arrival plus the allowed skew "
+            "(set to the arrival time), before 1970, or a last_seen before its first_seen (swapped).",
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "collector_request_duration_seconds",
             "HTTP request latency by route template, method and status.",

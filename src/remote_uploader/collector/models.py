@@ -36,7 +36,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         },
         "count": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
         "first_seen": {"type": "string", "description": _TIME},
-        "last_seen": {"type": "string", "description": _TIME + "; not before first_seen"},
+        "last_seen": {"type": "string", "description": _TIME + "; one before first_seen is swapped with it"},
         "source": {"type": "string", "maxLength": MAX_SOURCE_LEN},
     },
 }

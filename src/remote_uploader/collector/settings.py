@@ -57,6 +57,11 @@ class CollectorSettings:
     graceful_timeout: float = 10.0
     tls_cert: str = ""  # PEM certificate chain; with tls_key, serve HTTPS
     tls_key: str = ""
+    dashboard: bool = True  # the web pages at / (read-only; sign in with a read token)
+    dashboard_anonymous: bool = False  # pages without signing in: only on a trusted network
+    session_hours: float = 12.0  # a dashboard session lasts this long (and ends when its token is revoked)
+    agent_silent_after: float = 900.0  # seconds without a batch before an agent is shown silent
+    agent_lag_warn: float = 60.0  # seconds between sealing and arrival of the last batch that show "lagging"
     # Time buckets and decisions (docs/decisions.md). Durations in seconds.
     bucket: int = 60  # seconds per time bucket
     bucket_retention: float = 2 * 86400.0  # then folded into hours
@@ -164,6 +169,11 @@ PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "graceful_timeout": _seconds,
     "tls_cert": _text,
     "tls_key": _text,
+    "dashboard": _bool,
+    "dashboard_anonymous": _bool,
+    "session_hours": _seconds,
+    "agent_silent_after": _seconds,
+    "agent_lag_warn": _seconds,
     "bucket": _bucket,
     "bucket_retention": _duration,
     "hour_retention": _duration,

@@ -32,6 +32,7 @@ from remote_uploader.collector.storage.model import (
     WindowCount,
     WindowQuery,
 )
+from remote_uploader.collector.storage.sql_dashboard import MinutePoint
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -111,6 +112,7 @@ class Batch:
         if isinstance(self.deltas, EncodedDeltas):
             return self.addresses
         return [delta.ip for delta in self.deltas]
+    clamped: int = 0  # time fields the collector changed to fit its bounds (see collector/batch.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +231,10 @@ class Storage(abc.ABC):
         """(name, role, stored hash) of the token with this hash, or None."""
 
     @abc.abstractmethod
+    def token_by_name(self, name: str) -> tuple[Role, str] | None:
+        """(role, stored hash) of the token named `name`, or None (dashboard sessions are keyed on it)."""
+
+    @abc.abstractmethod
     def list_tokens(self) -> list[TokenInfo]: ...
 
     @abc.abstractmethod
@@ -296,6 +302,38 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list_agents(self) -> list[AgentStats]: ...
+
+    # -- dashboard (sql_dashboard.py) ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def minute_series(self, since: datetime, until: datetime | None = None) -> list[MinutePoint]:
+        """Occurrences and distinct addresses per bucket of every level in [since, until], oldest
+        first (rolled-up periods come as one point of their length)."""
+
+    @abc.abstractmethod
+    def ip_sources(self, ip: str, since: datetime) -> list[tuple[str, int]]:
+        """(source label, occurrences) of one address in the buckets since `since`, most first."""
+
+    @abc.abstractmethod
+    def agent_sources(self, since: datetime) -> list[tuple[str, str, int]]:
+        """(agent, source label, occurrences) in the buckets since `since`, by agent, most first."""
+
+    @abc.abstractmethod
+    def count_active_decisions(self, now: datetime) -> int: ...
+
+    @abc.abstractmethod
+    def active_by_rule(self, now: datetime) -> list[tuple[str, int]]:
+        """(rule, active decisions) for every rule with one, most first."""
+
+    @abc.abstractmethod
+    def recent_ended_decisions(self, limit: int, scenario: str | None = None) -> list[Decision]:
+        """The newest expired or deleted decisions (of one rule), newest first."""
+
+    @abc.abstractmethod
+    def ingest_minutes(self, since: datetime) -> list[tuple[datetime, int, int]]:
+        """(minute, batches, records) received per minute since `since`, oldest first; minutes
+        without a batch are left out. From the remembered batch ids, so as far back as
+        `retention_days`."""
 
     @abc.abstractmethod
     def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:

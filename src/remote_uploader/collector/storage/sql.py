@@ -32,6 +32,7 @@ from remote_uploader.collector.storage.base import (
 )
 from remote_uploader.collector.storage.migrations import Migration
 from remote_uploader.collector.storage.producers import ProducerState
+from remote_uploader.collector.storage.sql_dashboard import DashboardSql
 from remote_uploader.collector.storage.sql_decisions import DecisionsSql
 from remote_uploader.collector.storage.sql_windows import WindowsSql
 
@@ -51,7 +52,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-class SqlStorage(WindowsSql, DecisionsSql, Storage):
+class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
     placeholder = "?"
     migrations: tuple[Migration, ...] = ()
     lock_row = ""  # PostgreSQL: " FOR UPDATE" (SQLite's BEGIN IMMEDIATE already serialises writers)
@@ -124,6 +125,12 @@ class SqlStorage(WindowsSql, DecisionsSql, Storage):
         if row is None:
             return None
         return str(row[0]), cast(Role, row[1]), str(row[2])
+
+    def token_by_name(self, name: str) -> tuple[Role, str] | None:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT role, token_hash FROM tokens WHERE name = ?"), (name,))
+            row = cur.fetchone()
+        return None if row is None else (cast(Role, row[0]), str(row[1]))
 
     def list_tokens(self) -> list[TokenInfo]:
         with self._read() as cur:
@@ -341,6 +348,17 @@ class SqlStorage(WindowsSql, DecisionsSql, Storage):
             )
             for name, first, last, batches, duplicates, records, batch_id, sent in rows
         ]
+
+    def ingest_minutes(self, since: datetime) -> list[tuple[datetime, int, int]]:
+        # Integer division of microseconds by a minute, in both SQLite and PostgreSQL (bigint).
+        sql = (
+            "SELECT received_at / 60000000 AS minute, count(*), sum(records) FROM batches "
+            "WHERE received_at >= ? GROUP BY minute ORDER BY minute"
+        )
+        with self._read() as cur:
+            cur.execute(self._sql(sql), (self._time_param(since),))
+            rows = cur.fetchall()
+        return [(from_micros(int(minute) * 60_000_000), int(n), int(records)) for minute, n, records in rows]
 
     def blocklist_rows(self, min_count: int, since: datetime | None, family: int | None) -> list[BlocklistRow]:
         where = ["total >= ?"]

@@ -1,0 +1,239 @@
+"""Dashboard pages on a big store: median answer time of each page (not a test).
+
+    nice -n 10 python bench/bench_dashboard.py [--addresses 1000000] [--rows 10000000] [--runs 5]
+                                              [--db PATH] [--reuse]
+
+Builds a SQLite collector database with bulk SQL (INSERT ... SELECT over a generated sequence;
+the packed address comes from a registered SQL function): `--addresses` addresses in `ips`
+and `ip_agents` (20 agents), `--rows` rows in the minute buckets (`counts`), spread over the
+last 48 hours and 5 sources, and 10,000 decisions (half of them ended). Then starts
+`collector serve` on it, signs in with a read token and times each page over HTTP on
+127.0.0.1: the first request (which computes what the dashboard then reuses for 30 s to 10 min:
+the overview's chart, the top-addresses table), then `--runs` more, and prints the first, the
+median and the spread.
+`--reuse` keeps a database built before (`--db`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from remote_uploader.collector.auth import create_token  # noqa: E402
+from remote_uploader.collector.storage.sqlite import SqliteStorage  # noqa: E402
+
+AGENTS = 20
+SOURCES = ("/var/log/nginx/access.log", "/var/log/auth.log", "/var/log/mail.log", "/var/log/app.log",
+           "/var/log/vpn.log")
+DECISIONS = 10_000
+# Not in the schema (its cost to ingest: docs/benchmarks.md); `--index` adds it to the big store.
+INDEX = "CREATE INDEX IF NOT EXISTS dashboard_counts_bucket ON counts"
+PAGES = (
+    ("overview, 1h", "/"),
+    ("overview, 24h", "/?window=24h"),
+    ("overview, 7d", "/?window=7d"),
+    ("top addresses, 1h", "/ips?since=1h"),
+    ("top addresses, 24h", "/ips?since=24h"),
+    ("top addresses, 1h, source", "/ips?since=1h&source=%2Fvar%2Flog%2Fauth.log"),
+    ("top addresses, 24h, /16", "/ips?since=24h&cidr=10.0.0.0%2F20"),
+    ("top addresses, 1h, by last seen", "/ips?since=1h&sort=last_seen"),
+    ("address", "/ips/10.0.1.1"),
+    ("agents", "/agents"),
+    ("decisions", "/decisions"),
+    ("decision", "/decisions/42"),
+)
+
+
+def build(path: Path, addresses: int, rows: int) -> None:
+    storage = SqliteStorage(path)
+    storage.migrate()
+    storage.close()
+    now = int(time.time()) // 60 * 60
+    now_us = now * 1_000_000
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.create_function("ipkey", 1, lambda n: (0x0A000000 + n).to_bytes(4, "big"), deterministic=True)
+    conn.create_function(
+        "iptext", 1, lambda n: ".".join(str(b) for b in (0x0A000000 + n).to_bytes(4, "big")), deterministic=True
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-262144")
+    per_address = max(1, rows // addresses)
+    started = time.monotonic()
+    conn.execute("BEGIN")
+    for i in range(AGENTS):
+        conn.execute("INSERT INTO agents VALUES (?, ?, ?, 100, 0, 100000, 'b', ?)",
+                     (f"agent-{i:02d}", now_us - 7 * 86400 * 10**6, now_us - (i == 3) * 3600 * 10**6, now_us))
+        conn.execute("INSERT INTO labels (kind, name) VALUES ('agent', ?)", (f"agent-{i:02d}",))
+    for source in SOURCES:
+        conn.execute("INSERT INTO labels (kind, name) VALUES ('source', ?)", (source,))
+    conn.execute("CREATE TEMP TABLE seq AS WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s "
+                 f"WHERE n < {addresses}) SELECT n FROM s")
+    # Addresses: counts heavy-tailed by address number, last seen within two days.
+    conn.execute(
+        "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
+        f"SELECT iptext(n), ipkey(n), 4, 1 + 1000000 / n, {now_us} - 7 * 86400000000, "
+        f"{now_us} - (n * 7919 % 172800) * 1000000 FROM seq ORDER BY iptext(n)"
+    )
+    conn.execute(
+        "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
+        f"SELECT iptext(n), 'agent-' || printf('%02d', n % {AGENTS}), 1 + 1000000 / n, "
+        f"{now_us} - 7 * 86400000000, {now_us} - (n * 7919 % 172800) * 1000000 FROM seq ORDER BY iptext(n)"
+    )
+    print(f"  addresses: {time.monotonic() - started:.0f} s", flush=True)
+    # Buckets: `per_address` rows each, minutes spread over the last 48 hours, agent and source
+    # ids from the labels table (agents first: ids 1..AGENTS, sources after).
+    conn.execute(f"CREATE TEMP TABLE k AS WITH RECURSIVE s(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM s "
+                 f"WHERE k < {per_address - 1}) SELECT k FROM s")
+    conn.execute(
+        "INSERT OR IGNORE INTO counts (ipkey, bucket, agent, source, total) "
+        f"SELECT ipkey(n), {now} - ((n * 7919 + k * 104729) % 2880) * 60, 1 + (n + k) % {AGENTS}, "
+        f"{AGENTS + 1} + (n * 31 + k) % {len(SOURCES)}, 1 + (1000000 / n) / {per_address} "
+        "FROM seq, k ORDER BY 1, 2"
+    )
+    print(f"  buckets: {time.monotonic() - started:.0f} s", flush=True)
+    conn.execute("UPDATE sequences SET value = ? WHERE name = 'decisions'", (DECISIONS,))
+    conn.execute(
+        "INSERT INTO decisions (id, value, scope, family, lo, hi, type, origin, scenario, reason, details, "
+        "created_at, until, state, ended_at, created_seq, ended_seq) "
+        f"SELECT n, iptext(n), 'Ip', 4, ipkey(n), ipkey(n), 'ban', 'remote-uploader', "
+        "CASE n % 3 WHEN 0 THEN 'sshd-bruteforce' WHEN 1 THEN 'web-scanner' ELSE 'subnet-24' END, "
+        "'crossed the threshold', '{\"window\": \"10m\", \"min_count\": 20}', "
+        f"{now_us} - n * 1000000, {now_us} + (CASE WHEN n % 2 = 0 THEN 4 ELSE -4 END) * 3600000000, "
+        "CASE WHEN n % 2 = 0 THEN 'active' ELSE 'expired' END, "
+        f"CASE WHEN n % 2 = 0 THEN NULL ELSE {now_us} END, n, CASE WHEN n % 2 = 0 THEN NULL ELSE {DECISIONS} + n END "
+        f"FROM seq WHERE n <= {DECISIONS}"
+    )
+    conn.execute(
+        "INSERT INTO decision_evidence (decision_id, ip, total, first_bucket, last_bucket) "
+        f"SELECT n, iptext(n), 25, {now} - 600, {now} FROM seq WHERE n <= {DECISIONS}"
+    )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
+    conn.close()
+
+
+def index_cost(batches: int, records: int, runs: int) -> None:
+    """Ingest without and with an index of the buckets by time, alternating, same workload."""
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_collector import make_bodies
+    from remote_uploader.collector.batch import parse_batch
+    from remote_uploader.collector.storage import bulk
+
+    bodies = make_bodies(batches, records, 500_000)
+    variants = {
+        "without the index": None,
+        "counts (bucket)": f"{INDEX} (bucket)",
+        "counts (bucket, ipkey, total)": f"{INDEX} (bucket, ipkey, total)",
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
+        for run in range(runs):
+            for name, ddl in variants.items():
+                storage = SqliteStorage(Path(tmp) / f"{run}-{list(variants).index(name)}.db")
+                storage.migrate()
+                if ddl:
+                    with storage._write() as cur:
+                        cur.execute(ddl)
+                spent = 0.0
+                for body in bodies:
+                    batch = parse_batch(body, "test-agent", 60)
+                    encoded = bulk.encode("sqlite-image", batch.deltas, batch.buckets)
+                    batch = type(batch)(batch.agent, batch.batch_id, batch.sent_at, batch.records, encoded)
+                    started = time.perf_counter()
+                    storage.store_batch(batch, datetime.now(UTC))
+                    spent += time.perf_counter() - started
+                storage.close()
+                seconds[name].append(spent)
+    total = batches * records
+    print(f"ingest (store only), SQLite, {batches} x {records:,} records, medians of {runs} runs:")
+    for name, spent in seconds.items():
+        print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s")
+
+
+def serve(db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "remote_uploader.collector.cli", "serve", "--db", f"sqlite://{db}", "--port", "0",
+         "--parse-workers", "0", "--no-access-log"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 900  # the first start migrates (builds indexes)
+    while time.monotonic() < deadline:
+        found = re.search(rb'msg="collector listening" url=(\S+)', log.read_bytes())
+        if found:
+            return process, found.group(1).decode()
+        if process.poll() is not None:
+            raise SystemExit(log.read_text())
+        time.sleep(0.2)
+    raise SystemExit("the collector did not start")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addresses", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--db", type=Path)
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--index", action="store_true", help="add an index of the buckets by time to the store")
+    parser.add_argument("--index-cost", action="store_true", help="only: ingest with and without that index")
+    parser.add_argument("--batches", type=int, default=4, help="with --index-cost: batches of 100,000 records")
+    args = parser.parse_args()
+    if args.index_cost:
+        index_cost(args.batches, 100_000, args.runs)
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="ru-bench-dash-"))
+    db = args.db or work / "collector.db"
+    if not (args.reuse and db.exists()):
+        print(f"building {db}: {args.addresses:,} addresses, {args.rows:,} bucket rows", flush=True)
+        build(db, args.addresses, args.rows)
+    if args.index:
+        conn = sqlite3.connect(db)
+        conn.execute(f"{INDEX} (bucket, ipkey, total)")
+        conn.close()
+    storage = SqliteStorage(db)
+    token = create_token(storage, f"bench-{datetime.now(UTC):%H%M%S}", "read")
+    with storage._read() as cur:  # a benchmark reads the sizes directly
+        cur.execute("SELECT (SELECT count(*) FROM ips), (SELECT count(*) FROM counts)")
+        sizes = cur.fetchone()
+    storage.close()
+    print(f"store: {sizes[0]:,} addresses, {sizes[1]:,} bucket rows, {db.stat().st_size / 2**30:.2f} GiB")
+    process, url = serve(db, work / "collector.log")
+    try:
+        signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
+        client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
+        print(f"{'page':34} {'first ms':>9} {'median ms':>10} {'min':>8} {'max':>8}")
+        for name, path in PAGES:
+            started = time.perf_counter()
+            assert client.get(path).status_code == 200, path  # the first request (and a check)
+            first = (time.perf_counter() - started) * 1000
+            times = []
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                response = client.get(path)
+                times.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200
+            print(f"{name:34} {first:>9.0f} {statistics.median(times):>10.0f} {min(times):>8.0f} {max(times):>8.0f}",
+                  flush=True)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
