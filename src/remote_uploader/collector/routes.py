@@ -26,6 +26,7 @@ from remote_uploader.collector.models import (
     AgentCountOut,
     AgentList,
     AgentOut,
+    ErrorOut,
     Health,
     IpDetailOut,
     IpOut,
@@ -211,6 +212,7 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
                 "content": {"text/plain": {"schema": {"type": "string"}}, "application/json": {"schema": {}}},
             },
             **errors(400, 401, 503),
+            404: {"model": ErrorOut, "description": "`part` is past the last part"},
         },
     )
     def get_blocklist(
