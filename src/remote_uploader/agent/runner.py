@@ -69,6 +69,7 @@ class Agent:
         try:
             self.spool = Spool(config.agent.state_dir)
             self.upload_spool = Spool(config.agent.state_dir)
+            self.producer = self.spool.producer()
         except BaseException:
             self.lock.release()
             raise
@@ -175,12 +176,13 @@ class Agent:
         """Queue the in-memory batch and move its offsets, durably, in one transaction."""
         if self.batch.empty:
             return
-        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress)
+        seq = self.spool.next_seq()
+        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq)
         if sealed is not None:
             self._wait_for_queue_space()
         offsets = self.batch.offsets
         anchors = {fid: a for fid, a in self.anchors.items() if a.pos <= offsets.get(fid, -1)}
-        self.write_state(lambda: self.spool.commit(sealed, offsets, anchors))
+        self.write_state(lambda: self.spool.commit(sealed, offsets, anchors, seq))
         self.anchors = {fid: a for fid, a in self.anchors.items() if a.pos > offsets.get(fid, -1)}
         if sealed is not None:
             crash_point("after_seal")
