@@ -59,6 +59,8 @@ class Agent:
         self.say = say
         self.stop = threading.Event()
         self.wake = threading.Event()
+        # Wakes `forever`'s reading loop: a file event, a stop, the uploader falling idle.
+        self.nudge = threading.Event()
         self.stats = Stats(max_memory_ips=config.batching.max_memory_ips)
         self.policy = SealPolicy.from_config(config.batching)
         prepare_state_dir(config.agent.state_dir)
@@ -83,7 +85,8 @@ class Agent:
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
-                                 self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
+                                 self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency,
+                                 on_idle=self.nudge)
         self.batch = Batch(time.monotonic())
         # Per file: the anchor (source.Anchor) of the last bytes counted, committed with the offset
         # it stands at (see tail.py: the evidence that a file is still, or copied from, the record).
@@ -97,6 +100,7 @@ class Agent:
     def close(self) -> None:
         self.stop.set()
         self.wake.set()
+        self.nudge.set()
         if self.scanner is not None:
             self.scanner.close()
         if self.uploader.is_alive():
@@ -120,6 +124,7 @@ class Agent:
         self.stop_reason = reason
         self.stop.set()
         self.wake.set()
+        self.nudge.set()
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -161,7 +166,10 @@ class Agent:
         stats.memory_ips = len(batch)
 
     def maybe_seal(self, *, caught_up: bool) -> None:
-        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up):
+        """Seal if the policy says so; a caught-up reader seals at once while the uploader is idle
+        (nothing queued, nothing in flight): low load gets latency, high load larger batches."""
+        free = caught_up and self.uploader.idle.is_set() and self.uploader.is_alive()
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free):
             self.seal_now()
 
     def seal_now(self) -> None:
