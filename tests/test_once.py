@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.agent import run_agent, start_agent, write_access_log, write_config
+from tests.helpers.agent import run_agent, start_agent, wait_for, write_access_log, write_config
 
 
 @pytest.fixture
@@ -141,21 +141,23 @@ def test_wrong_token_keeps_data_queued(setup, receiver, tmp_path: Path) -> None:
 
 
 def test_a_second_agent_on_the_same_state_dir_is_refused(setup, receiver) -> None:  # type: ignore[no-untyped-def]
-    config, _, _ = setup
-    receiver.delay_next(50, 0.2)
-    first = start_agent("once", "-c", str(config))
+    config, expected, _ = setup
+    # The first agent must still hold the state directory when the second starts, however long
+    # that start takes on a loaded machine: every upload fails until the test says otherwise,
+    # and its retry budget outlasts any start-up (a few delayed uploads did not: the first was
+    # done, its lock free, before a slow second agent got to it).
+    receiver.fail_next(100_000, 503)
+    first = start_agent("once", "-c", str(config), "--max-retry-time", "600")
     try:
-        import time
-
-        deadline = time.monotonic() + 20
-        while not receiver.requests() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_for(receiver.requests, timeout=60), "the first agent never sent anything"
         second = run_agent("once", "-c", str(config))
-        assert second.returncode == 4
+        assert second.returncode == 4, second.stderr
         assert "another agent" in second.stderr
     finally:
+        receiver.clear_faults()  # the first agent delivers and exits
         first.communicate(timeout=120)
     assert first.returncode == 0
+    assert receiver.counts() == dict(expected)
 
 
 def test_state_files_are_private(setup, receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.agent import run_agent
+from remote_uploader.agent.runner import Agent
+from remote_uploader.agent.sink import Delivered
+from remote_uploader.agent.tail import LAST_SEEN_KEY, Tailer
+from remote_uploader.config import load
+from tests.helpers.agent import run_agent, write_access_log
 from tests.test_rotation import Runner, Writer, compare, copytruncate, rename_create, running, settle
 
 
@@ -27,6 +31,7 @@ def test_two_or_more_rotations_while_stopped_lose_and_double_nothing(tmp_path: P
         runner.wait_for(sum(writer.counts.values()))  # rotations before its first look are history to it
         writer.start()
         for round_ in range(3):
+            wait_following(tmp_path, starts=round_ + 1)  # rotations are the agent's to follow from its first look
             time.sleep(0.4)
             rotate(writer, runner)  # one rotation while it runs
             time.sleep(0.3)
@@ -39,6 +44,7 @@ def test_two_or_more_rotations_while_stopped_lose_and_double_nothing(tmp_path: P
                 rotate(writer, runner)
             time.sleep(0.2)
             runner.start()
+        wait_following(tmp_path, starts=4)
         time.sleep(0.5)
         written = writer.finish()
         received = settle(runner, written)
@@ -75,6 +81,20 @@ def test_inode_reused_while_stopped_is_new_content(tmp_path: Path, receiver) -> 
     assert row["lost"] == 0 and row["doubled"] == 0, row
 
 
+def wait_following(tmp_path: Path, starts: int) -> None:
+    """Wait for the agent's readiness point (`event=following`: its first whole pass) of its
+    `starts`-th start. An agent stopped before it has ever looked at the files has no claim on
+    what is rotated away meanwhile (docs/forever.md, Restarts): a fixed sleep instead would, on a
+    loaded machine, stop it before that and count those rotations as lost."""
+    agent_log = tmp_path / "state" / "agent.log"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if agent_log.exists() and agent_log.read_text().count("event=following ") >= starts:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the agent's start {starts} never logged event=following")
+
+
 def _create_with_inode(directory: Path, inode: int, tries: int = 200) -> Path:
     """A new file that got `inode` back from the file system, if it gives it within `tries` files."""
     made = []
@@ -109,3 +129,57 @@ def test_once_reads_the_rest_of_the_rotated_file_and_the_rotations_in_between(tm
         os.close(writer.fd)
     row = compare("once_after_three_rotations", writer.counts, receiver.counts())
     assert row["lost"] == 0 and row["doubled"] == 0, row
+
+
+class _NoSink:
+    """Nothing is uploaded in the in-process test: it looks at the records."""
+
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        raise AssertionError("not started")
+
+    def health(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_agent_stopped_before_its_first_pass_still_reads_what_was_rotated_while_it_was_stopped(
+        tmp_path: Path) -> None:
+    """A start that is stopped before it has looked (SIGTERM during start-up) must not note "looked
+    now": the file rotated while the agent was stopped would look older than that to the next start."""
+    live = tmp_path / "app.log"
+    write_access_log(live, 200, seed=1)
+    (tmp_path / "token").write_text("t\n")
+    config = load(None, env={}, sources=[str(live)], overrides={
+        "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
+        "server.token_file": str(tmp_path / "token")})
+
+    def start() -> tuple[Agent, Tailer]:
+        agent = Agent(config, sink=_NoSink())
+        return agent, Tailer(agent)
+
+    agent, tailer = start()  # a whole pass, an hour ago
+    tailer.poll()
+    tailer.close()
+    agent.spool.set_kv(LAST_SEEN_KEY, repr(time.time() - 3600))
+    agent.close()
+    live.rename(tmp_path / "app.log.1")  # stopped: rotated twice; the middle one it never saw live
+    write_access_log(live, 300, seed=2)
+    half_an_hour_ago = time.time() - 1800
+    os.utime(live, (half_an_hour_ago, half_an_hour_ago))
+    (tmp_path / "app.log.1").rename(tmp_path / "app.log.2")
+    live.rename(tmp_path / "app.log.1")
+    write_access_log(live, 100, seed=3)
+
+    agent, tailer = start()  # stopped during start-up: no pass
+    tailer.close()
+    agent.close()
+
+    agent, tailer = start()
+    try:
+        tailer.poll()
+        assert str(tmp_path / "app.log.1") in {state.path for state in agent.spool.files()}
+    finally:
+        tailer.close()
+        agent.close()

@@ -1,7 +1,16 @@
 """`python -m remote_uploader` is the same as the `remote-uploader` command."""
 
+import sys
+
+from remote_uploader.agent.signals import hold_early
+
+# Before the imports below take their time: a SIGTERM during start-up stops the agent cleanly
+# (cli.main holds the signals too, whatever the order of the options, and releases them).
+# Guarded: worker processes started with "spawn" import this module again as __mp_main__.
+if __name__ == "__main__" and sys.argv[1:2] in (["once"], ["forever"]):
+    hold_early()
+
 from remote_uploader.cli import main
 
-# Guarded: worker processes started with "spawn" import this module again as __mp_main__.
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader import __version__
+from remote_uploader.agent.signals import hold_early, release_early
 from remote_uploader.config import PROFILES, Config, Effective, load, parse_set_option, resolve
 from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
 from remote_uploader.i18n import Message, _, setup, translate_known
@@ -474,8 +475,30 @@ def _lang_in(arguments: list[str]) -> str:
     return ""
 
 
+def _command_in(arguments: list[str]) -> str:
+    """The subcommand's name, before parsing: the first argument that is not an option (or --lang's value)."""
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--lang":
+            skip = True
+        elif not argument.startswith("-"):
+            return argument
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if _command_in(arguments) in ("once", "forever"):
+        hold_early()  # a SIGTERM during start-up stops the agent cleanly (agent/signals.py)
+    try:
+        return _main(arguments)
+    finally:
+        release_early()  # if the command ended before its SignalWatcher adopted the held signals
+
+
+def _main(arguments: list[str]) -> int:
     lang = _lang_in(arguments) if arguments[:1] != ["collector"] else ""
     setup(lang if lang in ("en", "zh") else "")  # --lang or the locale, until a config says otherwise
     try:

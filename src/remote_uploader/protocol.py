@@ -16,11 +16,18 @@ from typing import Any
 PROTOCOL_VERSION = 1
 BATCHES_PATH = "/v1/batches"
 HEALTH_PATH = "/v1/health"
+WHOAMI_PATH = "/v1/whoami"
 
 MAX_AGENT_LEN = 128
 MAX_BATCH_ID_LEN = 128
 MAX_SOURCE_LEN = 4096
 MAX_RECORDS_PER_BATCH = 100_000
+# Delivery identity (docs/protocol.md, "Idempotency"): a producer is one agent state directory,
+# named by random hex; its sealed batches are numbered 1, 2, 3... (`seq`); the parts of a batch
+# split after a 413 keep its number and add a path of halves (`part`: "0", "1", "01"...).
+PRODUCER_LEN = (16, 64)  # hex digits
+MAX_SEQ = 2**53 - 1  # exact in every JSON implementation and in a 64-bit column
+MAX_PART_LEN = 64  # halvings: far more than 100,000 records can take
 
 
 def canonical_ip(text: str) -> str | None:
@@ -97,11 +104,18 @@ def decode_records(payload: bytes) -> list[Record]:
     return [Record(**item) for item in json.loads(payload)]
 
 
-def encode_batch(agent: str, batch_id: str, sent_at: str, records_json: bytes) -> bytes:
+def encode_batch(agent: str, batch_id: str, sent_at: str, records_json: bytes, producer: str | None = None,
+                 seq: int | None = None, part: str = "") -> bytes:
     """The POST body of protocol v1, built around an already-encoded records array.
 
     The queue stores the records array encoded once at seal time; sending only wraps it,
-    so a retry sends byte-identical records under the same batch id.
+    so a retry sends byte-identical records under the same batch id. `producer`, `seq` and
+    `part` are the batch's delivery identity (absent in batches of agents before it).
     """
-    head = json.dumps({"agent": agent, "batch_id": batch_id, "sent_at": sent_at}, separators=(",", ":"))
+    fields: dict[str, object] = {"agent": agent, "batch_id": batch_id, "sent_at": sent_at}
+    if producer is not None and seq is not None:
+        fields.update(producer=producer, seq=seq)
+        if part:
+            fields["part"] = part
+    head = json.dumps(fields, separators=(",", ":"))
     return head[:-1].encode() + b',"records":' + records_json + b"}"

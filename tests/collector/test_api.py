@@ -23,9 +23,11 @@ def test_a_batch_is_counted_once_and_its_replay_answers_duplicate(collector_any:
         "test-agent", "b-1", [record("203.0.113.7", 3), record("2001:db8::1", 2), record("203.0.113.7", 1)]
     )
     first = c.post_batch(batch)
-    assert (first.status_code, first.json()) == (200, {"batch_id": "b-1", "accepted": 3, "duplicate": False})
+    assert (first.status_code, first.json()) == (200, {"batch_id": "b-1", "accepted": 3, "duplicate": False,
+                                                       "agent": "test-agent"})
     replay = c.post_batch(batch, compress=False)
-    assert (replay.status_code, replay.json()) == (200, {"batch_id": "b-1", "accepted": 3, "duplicate": True})
+    assert (replay.status_code, replay.json()) == (200, {"batch_id": "b-1", "accepted": 3, "duplicate": True,
+                                                        "agent": "test-agent"})
     assert c.counts() == {"203.0.113.7": 4, "2001:db8::1": 2}
     (agent,) = c.get("/v1/agents").json()["items"]
     assert (agent["agent"], agent["batches"], agent["duplicates"], agent["records"]) == ("test-agent", 1, 1, 3)
@@ -257,7 +259,7 @@ def test_a_locked_database_answers_503_with_retry_after_then_recovers(
     finally:
         holder.rollback()
         holder.close()
-    assert c.post_batch(batch).json() == {"batch_id": "l-1", "accepted": 1, "duplicate": False}
+    assert c.post_batch(batch).json() == {"batch_id": "l-1", "accepted": 1, "duplicate": False, "agent": "test-agent"}
     assert c.counts() == {"203.0.113.7": 3}
     assert 'collector_storage_errors_total{kind="unavailable"}' in httpx.get(c.url + "/metrics").text
 

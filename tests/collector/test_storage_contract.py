@@ -11,7 +11,7 @@ import pytest
 
 from remote_uploader.collector.errors import SchemaError, StorageUnavailable, TokenError
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import IpQuery, Storage, to_micros
+from remote_uploader.collector.storage.base import Batch, IpQuery, Storage, to_micros
 from remote_uploader.collector.storage.postgres import PostgresStorage
 from remote_uploader.collector.storage.sqlite import SqliteStorage
 from tests.collector.util import T0, at, batch, delta
@@ -311,3 +311,71 @@ def test_a_big_batch_is_staged_and_counted_exactly(storage: Storage) -> None:
     assert storage.store_batch(batch("web-1", "big-2", *deltas[::2]), at(1)) is True
     expected = {d.ip: d.total * (2 if n % 2 == 0 else 1) for n, d in enumerate(deltas)}
     assert totals(storage) == expected
+
+
+# -- delivery identity: (producer, seq, part) --------------------------------------------------
+
+PRODUCER = "a1" * 16
+
+
+def identified(seq: int, part: str = "", ip: str = "192.0.2.1", agent: str = "web-1", count: int = 1) -> Batch:
+    return dataclasses.replace(batch(agent, f"id-{seq}-{part}", delta(ip, count)), producer=PRODUCER, seq=seq,
+                               part=part)
+
+
+def test_a_replay_is_recognised_after_every_batch_id_was_pruned(storage: Storage) -> None:
+    for seq in (1, 2, 3):
+        assert storage.store_batch(identified(seq), at(0)) is True
+    storage.prune_batches(at(10**9))
+    assert [storage.store_batch(identified(seq), at(1)) for seq in (1, 2, 3)] == [False, False, False]
+    assert totals(storage) == {"192.0.2.1": 3}
+
+
+def test_parts_of_a_stored_batch_and_parts_of_stored_parts_are_duplicates(storage: Storage) -> None:
+    assert storage.store_batch(identified(1), at(0)) is True
+    assert storage.store_batch(identified(1, "0"), at(1)) is False
+    assert storage.store_batch(identified(1, "11"), at(1)) is False
+    assert storage.store_batch(identified(2, "1"), at(2)) is True
+    assert storage.store_batch(identified(2, "10"), at(2)) is False  # a descendant of a stored part
+    assert storage.store_batch(identified(2, ""), at(2)) is False  # the whole, after one of its parts
+    assert storage.store_batch(identified(2, "0"), at(2)) is True
+    assert totals(storage) == {"192.0.2.1": 3}
+    assert storage.producer_state(PRODUCER) == (2, 0), "both batches settled: nothing kept above the watermark"
+
+
+def test_a_producer_keeps_a_watermark_and_only_the_gaps_above_it(storage: Storage) -> None:
+    order = [2, 1, 4, 3, 6, 5, *range(8, 200)]  # out of order, and 7 never arrives (a dead letter)
+    for seq in order:
+        assert storage.store_batch(identified(seq), at(0)) is True
+    assert storage.producer_state(PRODUCER) == (6, 1), "one range above the gap at 7"
+    assert storage.store_batch(identified(7), at(1)) is True  # the dead letter, requeued
+    assert storage.producer_state(PRODUCER) == (199, 0)
+    assert totals(storage) == {"192.0.2.1": 199}
+    assert storage.producer_state("b2" * 16) is None
+
+
+def test_a_batch_with_a_producer_is_recognised_whatever_agent_name_it_is_sent_under(storage: Storage) -> None:
+    assert storage.store_batch(identified(1, agent="web-1"), at(0)) is True
+    assert storage.store_batch(identified(1, agent="renamed"), at(1)) is False
+    assert totals(storage) == {"192.0.2.1": 1}
+
+
+def test_racing_parts_and_replays_of_one_producer_count_each_record_once(storage: Storage) -> None:
+    # Batch `seq` holds 4 occurrences of 192.0.2.<seq>: a half holds 2, a quarter 1.
+    arrivals = [identified(seq, part, ip=f"192.0.2.{seq}", count=4 >> len(part))
+                for seq in range(1, 9) for part in ("", "0", "1", "00", "01")] * 2
+    barrier = threading.Barrier(4)
+
+    def send(items: list[Batch]) -> None:
+        barrier.wait()
+        for item in items:
+            storage.store_batch(item, at(0))
+
+    threads = [threading.Thread(target=send, args=(arrivals[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Whichever came first, whole or parts, every batch is counted exactly once, never more.
+    assert totals(storage) == {f"192.0.2.{seq}": 4 for seq in range(1, 9)}
+    assert storage.producer_state(PRODUCER) == (8, 0)

@@ -17,6 +17,15 @@ from tests.reliability.harness import AgentProcess, Row, record, rotate, run, sc
 
 MAX_QUEUE = 24 * 1024
 BACKOFF_CAP = 0.5
+BEHIND = 64 * 1024  # bytes the reader must have fallen behind the writer while paused
+
+
+def _paused_and_behind(agent_log: Path) -> tuple[bool, int]:
+    """From the agent's log: did the queue fill and reading pause; the most it fell behind."""
+    text = agent_log.read_text()
+    paused = "event=queue_full" in text and "paused=True" in text
+    behind = max((int(n) for n in re.findall(r"event=stats .* bytes_behind=([0-9]+)", text)), default=0)
+    return paused, behind
 
 
 @pytest.mark.parametrize("outage", scales(8.0, 180.0))
@@ -43,7 +52,12 @@ def test_long_outage_fills_the_queue_pauses_reading_and_delivers_everything_afte
     rotations = 0
     seed = 10
     max_queued = 0
-    while time.monotonic() - down < outage:
+    # At least `outage` seconds, and until the agent has shown what the test is about (queue full,
+    # reading paused, behind the writer): how much a loaded machine writes and reads in a fixed
+    # time varies, so the time alone did not always fill the queue. Bounded: a queue that never
+    # fills fails below.
+    paused, behind, shown = False, 0, False
+    while (elapsed := time.monotonic() - down) < outage or (not shown and elapsed < outage + 120):
         seed += 1
         expected += write_access_log(live, 400, seed=seed, distinct=3000, append=True)
         if seed % 5 == 0:
@@ -51,9 +65,9 @@ def test_long_outage_fills_the_queue_pauses_reading_and_delivers_everything_afte
             rotations += 1
         max_queued = max(max_queued, status(config)["queue"]["body_bytes"])
         time.sleep(0.5)
-    log_text = (tmp_path / "state" / "agent.log").read_text()
-    paused = "event=queue_full" in log_text and "paused=True" in log_text
-    behind = max((int(n) for n in re.findall(r"event=stats .* bytes_behind=([0-9]+)", log_text)), default=0)
+        paused, behind = _paused_and_behind(tmp_path / "state" / "agent.log")
+        shown = paused and behind > BEHIND
+    lasted = time.monotonic() - down
 
     receiver.start()
     back = time.monotonic()
@@ -62,13 +76,13 @@ def test_long_outage_fills_the_queue_pauses_reading_and_delivers_everything_afte
     assert agent.stop() == 0, agent.stderr()[-3000:]
     lost, doubled = tally(expected, receiver.counts())
     record(Row("outage/long", "collector away for a long time",
-               f"collector unreachable for {outage:.0f} s while the log grows ({seed - 10} appends) and rotates "
+               f"collector unreachable for {lasted:.0f} s while the log grows ({seed - 10} appends) and rotates "
                f"({rotations} renames); queue.max_bytes {MAX_QUEUE // 1024} KiB, server.backoff_cap {BACKOFF_CAP} s; "
                "recovery = collector back to exact counts", 1, lost, doubled, recovery if arrived else None,
                long=outage > 60))
     assert paused, "the queue never reached queue.max_bytes: make the outage write more"
     assert max_queued <= MAX_QUEUE + 16 * 1024, "the queue grew past its limit by more than one batch"
-    assert behind > 64 * 1024, "reading should have paused behind the writer (the files are the buffer)"
+    assert behind > BEHIND, "reading should have paused behind the writer (the files are the buffer)"
     assert arrived, f"{receiver.total()} of {sum(expected.values())} arrived"
     assert (lost, doubled) == (0, 0)
 

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from remote_uploader.agent.clock import wall
 from remote_uploader.config import BatchingConfig
-from remote_uploader.protocol import MAX_BATCH_ID_LEN, Record, encode_batch, encode_records, format_timestamp
+from remote_uploader.protocol import (
+    MAX_BATCH_ID_LEN,
+    MAX_PART_LEN,
+    Record,
+    encode_batch,
+    encode_records,
+    format_timestamp,
+)
 
 if TYPE_CHECKING:
     from remote_uploader.agent.spool import QueuedBatch, SealedBatch
@@ -161,17 +168,22 @@ def new_batch_id() -> str:
 
 
 def encode_sealed(agent: str, batch_id: str, records: Sequence[Record], created: float,
-                  compress: bool) -> SealedBatch:
+                  compress: bool, identity: Identity | None = None) -> SealedBatch:
     """The complete request body, built once; `sent_at` is the seal time so retries are byte-identical."""
     return _sealed(agent, batch_id, encode_records(list(records)), len(records),
-                   sum(r.count for r in records), created, compress)
+                   sum(r.count for r in records), created, compress, identity)
+
+
+# (producer, seq, part): the batch's delivery identity, docs/protocol.md "Idempotency".
+Identity = tuple[str, int, str]
 
 
 def _sealed(agent: str, batch_id: str, records_json: bytes, records: int, occurrences: int, created: float,
-            compress: bool) -> SealedBatch:
+            compress: bool, identity: Identity | None = None) -> SealedBatch:
     from remote_uploader.agent.spool import SealedBatch
 
-    body = encode_batch(agent, batch_id, format_timestamp(created), records_json)
+    producer, seq, part = identity if identity is not None else (None, None, "")
+    body = encode_batch(agent, batch_id, format_timestamp(created), records_json, producer, seq, part)
     encoding = "identity"
     if compress:
         body = gzip.compress(body, compresslevel=1, mtime=0)
@@ -179,12 +191,17 @@ def _sealed(agent: str, batch_id: str, records_json: bytes, records: int, occurr
     return SealedBatch(batch_id, created, records, occurrences, encoding, body)
 
 
-def seal(batch: Batch, agent: str, compress: bool) -> SealedBatch | None:
-    """The batch as a queue entry, or None when it covers bytes but holds no address."""
+def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, seq: int = 0) -> SealedBatch | None:
+    """The batch as a queue entry, or None when it covers bytes but holds no address.
+
+    `producer` and `seq` (the spool's, `Spool.producer` and `Spool.next_seq`) give the batch the
+    identity by which the collector recognises it at any age, whole or split.
+    """
     if not batch.size:
         return None
+    identity = (producer, seq, "") if producer is not None else None
     return _sealed(agent, new_batch_id(), batch.records_json(), len(batch), batch.occurrences, wire_time(wall()),
-                   compress)
+                   compress, identity)
 
 
 def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
@@ -193,18 +210,33 @@ def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
     return document
 
 
+def identity_of(document: Mapping[str, Any]) -> Identity | None:
+    """The (producer, seq, part) a queued body carries, or None for a batch sealed before them."""
+    producer, seq = document.get("producer"), document.get("seq")
+    if isinstance(producer, str) and isinstance(seq, int):
+        return producer, seq, str(document.get("part", ""))
+    return None
+
+
 def split_queued(queued: QueuedBatch, agent: str) -> list[SealedBatch]:
     """Halves of a batch the collector found too large, with ids derived from the parent's.
 
     Derived ids (`<parent>.0`, `<parent>.1`) are stable: if the agent dies after storing the
     halves, the same halves are sent again under the same ids, and the collector drops replays.
+    The halves keep the parent's producer and seq and add one step to its part path, so a
+    collector that stored the parent (the answer was lost, then the limit shrank) recognises
+    them as parts of it and counts nothing twice (issue 9, hole 6).
     """
-    records = [Record(**item) for item in decode_body(queued.body, queued.encoding)["records"]]
-    if len(records) < 2 or len(queued.batch_id) + 2 > MAX_BATCH_ID_LEN:
+    document = decode_body(queued.body, queued.encoding)
+    records = [Record(**item) for item in document["records"]]
+    identity = identity_of(document)
+    if len(records) < 2 or len(queued.batch_id) + 2 > MAX_BATCH_ID_LEN or (
+            identity is not None and len(identity[2]) >= MAX_PART_LEN):
         return []
     middle = len(records) // 2
     compress = queued.encoding == "gzip"
     return [
-        encode_sealed(agent, f"{queued.batch_id}.{index}", part, queued.created, compress)
+        encode_sealed(agent, f"{queued.batch_id}.{index}", part, queued.created,
+                      compress, None if identity is None else (identity[0], identity[1], identity[2] + str(index)))
         for index, part in enumerate((records[:middle], records[middle:]))
     ]

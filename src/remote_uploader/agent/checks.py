@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from remote_uploader.agent.batch import decode_body, identity_of
 from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.sink import AuthRefusedError, HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
@@ -103,11 +104,14 @@ def check_state_dir(config: Config) -> Check:
 
 
 def check_server(config: Config) -> Check:
-    """Reachable (GET /v1/health) and the token accepted for this agent.
+    """Reachable (GET /v1/health), the token accepted, and what `once` will send accepted too.
 
-    The probe is a POST of `{"agent": <id>}` and nothing else: the collector checks the token,
-    then the agent name against the token's name (403), and only then the body (400). So 400
-    means "token accepted for this agent", and nothing is ever stored by the check.
+    GET /v1/whoami names the token: batches with a producer (every batch this agent seals) are
+    counted under that name, whatever agent they name, so the line says so for the queued ones.
+    A collector without /v1/whoami (older than this agent) refuses any batch whose agent is not
+    the token's name; then each agent name found in the queue is probed with a POST of
+    `{"agent": name}` and nothing else: 403 is a mismatch, 400 "token accepted for this agent",
+    and nothing is ever stored by the check.
     """
     sink = HttpSink(config.server)
     name = _("server {url}").format(url=config.server.url)
@@ -115,22 +119,85 @@ def check_server(config: Config) -> Check:
         health = sink.health()
         if not config.server.token:
             return Check(name, False, _("reachable, but no token configured (server.token or token_file)"))
-        try:
-            sink.send("remote-uploader-test", json.dumps({"agent": config.agent.id}).encode(), "identity")
-        except AuthRefusedError as exc:
-            if exc.status == 403:
-                return Check(name, False, _("reachable, but the token is not for agent {agent} (HTTP 403); "
-                                            "agent.id must match the token's name").format(agent=config.agent.id))
-            return Check(name, False, _("reachable, but the token was refused"))
-        except DeliveryError as exc:
-            if exc.status not in (400, 422):
-                return Check(name, False, exc.translated())
-        return Check(name, True, _("reachable (health: {status}), token accepted").format(
-            status=health.get("status", health.get("http_status"))))
+        reachable = _("reachable (health: {status})").format(status=health.get("status", health.get("http_status")))
+        queued = _queued_agents(config)
+        status, answer, payload = sink.whoami()
+        if status == 200 and isinstance(answer.get("name"), str):
+            return _check_named(name, reachable, str(answer["name"]), answer.get("role"), queued, config)
+        if status in (401, 403):
+            return Check(name, False, _("reachable, but the token was refused: {reason}").format(
+                reason=payload[:200].decode("utf-8", "replace").strip()))
+        return _check_by_probe(sink, name, reachable, queued, config)
     except DeliveryError as exc:
         return Check(name, False, exc.translated())
     finally:
         sink.close()
+
+
+def _check_named(name: str, reachable: str, token_name: str, role: object, queued: dict[tuple[str, bool], int],
+                 config: Config) -> Check:
+    if role != "agent":
+        return Check(name, False, _("{reachable}, but the token {token} may only read").format(
+            reachable=reachable, token=token_name))
+    stranded = {agent: n for (agent, identified), n in queued.items() if not identified and agent != token_name}
+    if stranded:
+        return Check(name, False, _(
+            "{reachable}; {n} queued batches from an older agent name agent {agents}, which this token ({token}) "
+            "may not send: use a token named so until they are delivered").format(
+            reachable=reachable, n=sum(stranded.values()), agents=", ".join(sorted(stranded)), token=token_name))
+    detail = _("{reachable}, token accepted: batches are counted under {token}").format(
+        reachable=reachable, token=token_name)
+    renamed = {agent: n for (agent, identified), n in queued.items() if identified and agent != token_name}
+    if renamed:
+        detail += _("; {n} queued batches sealed as {agents} will be counted under {token}").format(
+            n=sum(renamed.values()), agents=", ".join(sorted(renamed)), token=token_name)
+    if config.agent.id != token_name:  # delivered all the same, but surely not what was meant
+        return Check(name, False, _(
+            "{reachable}, but the token is not for agent {agent}: its name is {token}, and batches are counted "
+            "under it; agent.id must match the token's name").format(
+            reachable=reachable, agent=config.agent.id, token=token_name))
+    return Check(name, True, detail)
+
+
+def _check_by_probe(sink: HttpSink, name: str, reachable: str, queued: dict[tuple[str, bool], int],
+                    config: Config) -> Check:
+    """An older collector: every agent name that `once` will send must be the token's name."""
+    agents = sorted({config.agent.id} | {agent for agent, _identified in queued})
+    for agent in agents:
+        try:
+            sink.send("remote-uploader-test", json.dumps({"agent": agent}).encode(), "identity")
+        except AuthRefusedError as exc:
+            if exc.status == 403:
+                return Check(name, False, _("reachable, but the token is not for agent {agent} (HTTP 403); "
+                                            "agent.id must match the token's name").format(agent=agent))
+            return Check(name, False, _("reachable, but the token was refused"))
+        except DeliveryError as exc:
+            if exc.status not in (400, 422):
+                return Check(name, False, exc.translated())
+    return Check(name, True, _("{reachable}, token accepted").format(reachable=reachable))
+
+
+def _queued_agents(config: Config) -> dict[tuple[str, bool], int]:
+    """(agent named, has a producer) -> queued batches: what `once` will send, by name."""
+    found: dict[tuple[str, bool], int] = {}
+    if not (config.agent.state_dir / DB_NAME).exists():
+        return found
+    try:
+        spool = Spool(config.agent.state_dir, readonly=True)
+    except StateError:
+        return found  # check_state_dir says what is wrong with the queue
+    try:
+        bodies = spool.queued_bodies()
+    finally:
+        spool.close()
+    for body, encoding in bodies:
+        try:
+            document = decode_body(body, encoding)
+        except (OSError, ValueError, EOFError):
+            continue
+        key = (str(document.get("agent")), identity_of(document) is not None)
+        found[key] = found.get(key, 0) + 1
+    return found
 
 
 def collect_status(config: Config) -> dict[str, Any]:

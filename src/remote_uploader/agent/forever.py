@@ -78,6 +78,11 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
                 apply_reload(agent, reload, say)
             try:
                 tailer.poll()
+                if tailer.polls == 1 and not agent.stop.is_set():
+                    # The first whole pass: from here on, what reaches a followed file (or is rotated
+                    # away from it while the agent is stopped) is the agent's to deliver. Before it,
+                    # rotated files are history it never looked at (docs/forever.md, Restarts).
+                    log.info("event=following files=%d", len(tailer.tracked))
                 agent.maybe_seal(caught_up=True)
                 check_every = _until_next_pass(agent, tailer, check_every)
             except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space

@@ -2,19 +2,20 @@
 
 The agent never deletes or rewrites a damaged queue by itself (that would hide a loss): it
 refuses to start and names this command. Here the damaged file is moved aside (kept for
-inspection), a new queue is created, and whatever can still be read is carried over: queued
-and dead-lettered batches always (they are data), and the recorded offsets unless
---forget-offsets is given.
+inspection), a new queue is created, and whatever can still be read is carried over.
 
-Keeping the offsets is the default because it is the safe choice: files resume where they
-were, so nothing delivered is sent twice (batches that were queued and can no longer be read
-are lost, and the command names them). Forgetting them reads every file from the start: nothing
-is lost, but what was already delivered is counted again, so it takes an explicit flag.
+Keeping the offsets is the default because it is the safe choice. When the database's `files`
+table reads whole (a future schema, damage elsewhere), files resume where they were and the
+queued batches are carried over: nothing delivered is sent twice, but queued batches that can
+no longer be read are lost, and the command says how many.
 
-When the offsets themselves cannot be read (a truncated, zero-filled or overwritten file),
-nothing is moved and the command refuses: carrying on would silently re-read every file from its
-start, which is exactly the re-send the default avoids. The operator then chooses that re-read
-explicitly (--forget-offsets), or restores a backup.
+When the offsets in the database cannot be read (a truncated, zero-filled or overwritten file),
+files resume from delivered.json (`spool.Delivered`): each file's row as of the newest batch the
+collector acknowledged with all before it. Nothing delivered is read again, and the batches that
+were only queued are not carried over: their lines lie after those rows and are read again
+(issue 9, hole 10). Only without a readable delivered.json too is there no exact recovery: then
+nothing is moved and the command refuses, and the operator chooses the re-read of every file
+explicitly (--forget-offsets: what was delivered is counted again), or restores a backup.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from remote_uploader.agent.spool import DB_NAME, Spool, StateLock
+from remote_uploader.agent.spool import DB_NAME, DELIVERED_NAME, Delivered, Spool, StateLock
 from remote_uploader.errors import CorruptStateError
 
 
@@ -37,26 +38,41 @@ def reset_state(state_dir: Path, *, keep_offsets: bool) -> list[str]:
 
 
 def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
+    """Move the damaged queue aside and start a new one, resuming each file as exactly as can be.
+
+    The offsets come from, in this order: the old database's `files` table (when it reads whole),
+    carried over with its queued batches, which cover the bytes after those offsets; else
+    delivered.json, without the queued batches (the bytes after its rows are read again, so
+    carrying them would count them twice); else, only with `keep_offsets` False
+    (--forget-offsets), nowhere: every file from its start.
+    Dead letters are carried over whenever they can be read (delivered.json counts them as settled).
+    A new queue is a new producer (a fresh random id) whose batch numbers start at 1, so
+    delivered.json is rewritten to hold the rows it starts from, under number 0.
+    """
     db = state_dir / DB_NAME
     if not db.exists():
         return [f"no queue database at {db}; nothing to reset"]
+    delivered = _delivered_rows(state_dir)
+    unreadable = _unreadable_offsets(db)
+    source: str | None = None
     if keep_offsets:
-        unreadable = _unreadable_offsets(db)
-        if unreadable is not None:
-            raise CorruptStateError(
-                f"the recorded offsets cannot be read from {db} ({unreadable}); nothing was changed. "
-                "There is no exact recovery without them: `remote-uploader reset-state --forget-offsets` "
-                "reads every file again from its start, so what was already delivered is counted again; "
-                "or restore the state directory from a backup"
-            )
+        source = "queue" if unreadable is None else "delivered" if delivered is not None else None
+    if keep_offsets and source is None:
+        raise CorruptStateError(
+            f"the recorded offsets cannot be read from {db} ({unreadable}), and there is no readable "
+            f"{DELIVERED_NAME}; nothing was changed. There is no exact recovery without them: "
+            "`remote-uploader reset-state --forget-offsets` reads every file again from its start, so what was "
+            "already delivered is counted again; or restore the state directory from a backup"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = state_dir / f"{DB_NAME}.damaged-{stamp}"
     for suffix in ("", "-wal", "-shm"):
-        source = Path(str(db) + suffix)
-        if source.exists():
-            source.rename(Path(str(aside) + suffix))
+        old = Path(str(db) + suffix)
+        if old.exists():
+            old.rename(Path(str(aside) + suffix))
     report = [f"moved the old queue database to {aside}"]
-    salvaged = _salvage(aside, keep_offsets)
+    salvaged = _salvage(aside, source == "queue")
+    dropped = len(salvaged.pop("batches", ([], []))[1]) if source == "delivered" else 0
     fresh = Spool(state_dir)
     try:
         with fresh.transaction() as conn:
@@ -65,14 +81,38 @@ def _reset(state_dir: Path, keep_offsets: bool) -> list[str]:
                     marks = ", ".join("?" * len(columns))
                     conn.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
                 report.append(f"recovered {len(rows)} rows of {table}")
+            if source == "delivered":
+                assert delivered is not None
+                known_columns = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+                for row in delivered:
+                    names = [name for name in row if name in known_columns]
+                    conn.execute(f"INSERT OR IGNORE INTO files ({', '.join(names)}) VALUES "
+                                 f"({', '.join('?' * len(names))})", [row[name] for name in names])
+                report.append(f"recovered the offsets of {len(delivered)} files from {DELIVERED_NAME} (what the "
+                              "collector acknowledged): nothing delivered is read again")
+                if dropped:
+                    report.append(f"{dropped} queued batches were not carried over: their lines are read again")
+            known = {int(row[0]) for row in conn.execute("SELECT fid FROM files")}
+            fresh.delivered.restart(known)
     finally:
         fresh.close()
-    missing = [t for t in ("batches", "dead_letters") if t not in salvaged]
-    if missing:
+    missing = [t for t in ("batches", "dead_letters") if t not in salvaged and not (t == "batches" and dropped)]
+    if missing and source != "delivered":
         report.append(f"could not read {', '.join(missing)} from the old database")
-    if not keep_offsets:
+    if source is None:
         report.append("offsets were not kept: every file will be read again from its start")
     return report
+
+
+def _delivered_rows(state_dir: Path) -> list[dict[str, object]] | None:
+    """The file rows recorded in delivered.json, or None when it is absent or cannot be read."""
+    record = Delivered(state_dir / DELIVERED_NAME)
+    if not record.path.exists():
+        return None
+    try:
+        return record.rows()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _unreadable_offsets(path: Path) -> str | None:

@@ -23,7 +23,7 @@ from remote_uploader.agent.clock import wall
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
-from remote_uploader.agent.signals import SignalWatcher
+from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
 from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
@@ -68,6 +68,7 @@ class Agent:
             self.spool = Spool(config.agent.state_dir)
             try:
                 self.upload_spool = Spool(config.agent.state_dir)
+                self.producer = self.spool.producer()
             except BaseException:
                 self.spool.close()
                 raise
@@ -171,12 +172,13 @@ class Agent:
         """Queue the in-memory batch and move its offsets, durably, in one transaction."""
         if self.batch.empty:
             return
-        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress)
+        seq = self.spool.next_seq()
+        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq)
         if sealed is not None:
             self._wait_for_queue_space()
         offsets = self.batch.offsets
         anchors = {fid: a for fid, a in self.anchors.items() if a.pos <= offsets.get(fid, -1)}
-        self.write_state(lambda: self.spool.commit(sealed, offsets, anchors))
+        self.write_state(lambda: self.spool.commit(sealed, offsets, anchors, seq))
         self.anchors = {fid: a for fid, a in self.anchors.items() if a.pos > offsets.get(fid, -1)}
         if sealed is not None:
             crash_point("after_seal")
@@ -365,7 +367,14 @@ def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
     pid, the queue database's -wal/-shm, a migration), say so once and retry every
     `read.poll_interval`, as `Agent.write_state` does for every later write; a full disk is never
     a reason to exit (a restart loop, or exit 4 "damaged", would lose rotated lines meanwhile).
-    The signal number instead when SIGINT/SIGTERM came while waiting: nothing was read."""
+    The signal number instead when SIGINT/SIGTERM came while waiting: nothing was read.
+
+    Signals are watched only while waiting; on the ordinary path the early hold (signals.py) stays
+    for `stop_on_signals` to adopt, so a SIGTERM during start-up is acted on there."""
+    try:
+        return Agent(config, say=say)
+    except DiskFullError as exc:
+        first = exc
     stop = threading.Event()
     signals: list[int] = []
 
@@ -373,26 +382,24 @@ def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
         signals.append(signum)
         stop.set()
 
-    warned = False
+    log.error("event=disk_full reason=%r action=retrying phase=start", str(first))
+    say(_("Disk full: {reason}; nothing lost, retrying").format(reason=first.translated()))
     with SignalWatcher({signal.SIGINT: stopped, signal.SIGTERM: stopped}):
         while True:
+            if stop.wait(config.read.poll_interval):
+                log.info("event=signal signal=%d action=stop phase=waiting_for_disk_space", signals[0])
+                return signals[0]
             try:
                 agent = Agent(config, say=say)
-            except DiskFullError as exc:
-                if not warned:
-                    log.error("event=disk_full reason=%r action=retrying phase=start", str(exc))
-                    say(_("Disk full: {reason}; nothing lost, retrying").format(reason=exc.translated()))
-                    warned = True
-                if stop.wait(config.read.poll_interval):
-                    log.info("event=signal signal=%d action=stop phase=waiting_for_disk_space", signals[0])
-                    return signals[0]
+            except DiskFullError:
                 continue
-            if warned:
-                log.info("event=disk_space_back")
+            log.info("event=disk_space_back")
             if signals:  # the signal came while the agent was being opened
                 agent.close()
                 return signals[0]
-            return agent
+            break
+    hold_early()  # this watcher put the handlers back: hold again until stop_on_signals opens its own
+    return agent
 
 
 def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,

@@ -2,12 +2,17 @@
 
 What each answer means for a batch:
 
-    2xx                          stored (or a duplicate of one stored): acknowledge, delete from queue
+    2xx naming the batch         stored (or a duplicate of one stored): acknowledge, delete from queue
+    any other 2xx                not a collector (a welcome page, a captive portal): retried, said loudly
     network error, timeout,
     408, 429, 5xx                try again later, with backoff (Retry-After wins, capped)
     401, 403                     the token is wrong: keep everything queued, retry slowly, say so loudly
+    3xx, 404, 405, 421           server.url is wrong (a redirect, a proxy's page): as 401, never dead-lettered
     413                          split the batch in halves (each keeps a derived, stable id)
     any other 4xx                the collector will never take it: dead-letter table (`requeue` resends)
+
+Only an answer that names the batch is an acknowledgement: the acknowledgement deletes the only
+copy of the batch, so "some server said 200" must never be enough (issue 9, hole 3).
 
 Keep-alive HTTP/1.1 connections (`transport.py`: h11, and `ssl` only for an https:// collector),
 one per upload in flight (`server.upload_concurrency`, 2 by default).
@@ -42,19 +47,33 @@ from remote_uploader.errors import (
     StateError,
 )
 from remote_uploader.i18n import Message
-from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH
+from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH, WHOAMI_PATH
 
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 1024 * 1024  # the collector's answers are small JSON documents
+DISK_FULL_SAY_EVERY = 60.0  # seconds between two disk_full errors of the uploader
 
 
 class PayloadTooLargeError(DeliveryError):
     """413: the batch must be split before it can be sent."""
 
 
-class AuthRefusedError(RetryableDeliveryError):
-    """401/403: a configuration problem, not a data problem, so the data stays queued."""
+class ConfigRefusedError(RetryableDeliveryError):
+    """401/403, 3xx, 404, 405, 421: a configuration problem, not a data problem, so the data stays
+    queued (retried with the backoff) and the message says what to fix."""
+
+
+class AuthRefusedError(ConfigRefusedError):
+    """401/403: the token (or the agent name it may send) is wrong."""
+
+
+class NotACollectorError(RetryableDeliveryError):
+    """A 2xx answer that is not a collector's answer to this batch: nothing is known to be stored."""
+
+
+ANSWER_HEAD = 120  # bytes of a wrong answer shown in the message
+CONFIG_STATUSES = frozenset({404, 405, 421})
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,16 @@ class HttpSink:
         answer["http_status"] = status
         return answer
 
+    def whoami(self) -> tuple[int, dict[str, object], bytes]:
+        """GET /v1/whoami with the token: (status, the JSON answer or {}, the raw answer)."""
+        status, _, payload = self._request("GET", WHOAMI_PATH, None, {
+            "Authorization": f"Bearer {self.token}", "User-Agent": f"remote-uploader/{__version__}"})
+        try:
+            answer = json.loads(payload) if payload else {}
+        except ValueError:
+            answer = {}
+        return status, answer if isinstance(answer, dict) else {}, payload
+
     def close(self) -> None:
         """Close every connection (each opens again on its next request)."""
         with self._lock:
@@ -198,24 +227,66 @@ class HttpSink:
 def _interpret(status: int, headers: dict[str, str], payload: bytes, batch_id: str) -> Delivered:
     """Turn an answer into Delivered or the DeliveryError subclass that says what to do next."""
     if 200 <= status < 300:
-        try:
-            answer = json.loads(payload)
-            return Delivered(int(answer.get("accepted", 0)), bool(answer.get("duplicate", False)))
-        except (ValueError, AttributeError, TypeError):
-            return Delivered(0, False)  # stored: a 2xx is the acknowledgement, the body is informative
+        return _acknowledgement(status, payload, batch_id)
     detail = payload[:300].decode("utf-8", "replace").strip()
     message = (Message("collector answered {status} for batch {batch_id}: {detail}", status=status, batch_id=batch_id,
                        detail=detail) if detail else
                Message("collector answered {status} for batch {batch_id}", status=status, batch_id=batch_id))
     retry_after = parse_retry_after(headers.get("retry-after"))
     if status in (401, 403):
-        raise AuthRefusedError(Message("collector refused the token (HTTP {status}); check server.token",
-                                       status=status), status)
+        raise AuthRefusedError(Message("collector refused the token (HTTP {status}: {reason}); check server.token "
+                                       "and agent.id", status=status, reason=_reason(payload)), status)
+    if 300 <= status < 400:
+        raise ConfigRefusedError(Message(
+            "HTTP {status} from the server: a redirect to {location}, which the agent does not follow; set "
+            "server.url to the collector's own address", status=status,
+            location=headers.get("location", "?")[:200]), status)
+    if status in CONFIG_STATUSES:
+        raise ConfigRefusedError(Message(
+            "HTTP {status} for POST {path}: no remote-uploader collector answers there; check server.url "
+            "(the collector's base URL); the answer begins {head}", status=status, path=BATCHES_PATH,
+            head=_head(payload)), status)
     if status == 413:
         raise PayloadTooLargeError(message, status)
     if status in (408, 429) or status >= 500:
         raise RetryableDeliveryError(message, status, retry_after)
     raise PermanentDeliveryError(message, status)
+
+
+def _acknowledgement(status: int, payload: bytes, batch_id: str) -> Delivered:
+    """A 2xx is an acknowledgement only when it is the collector's answer about this very batch.
+
+    Deleting a batch on a bare 2xx would let any web server at a wrong URL (a welcome page, a
+    captive portal, a load balancer's default answer) swallow every batch. So the answer must
+    parse as JSON, name the batch id that was sent, and say `accepted` and `duplicate`: what
+    docs/protocol.md promises every collector answers. Anything else is retried and reported.
+    """
+    try:
+        answer = json.loads(payload)
+        if (isinstance(answer, dict) and answer.get("batch_id") == batch_id
+                and type(answer.get("accepted")) is int and type(answer.get("duplicate")) is bool):
+            return Delivered(answer["accepted"], answer["duplicate"])
+    except ValueError:
+        pass
+    raise NotACollectorError(Message(
+        "this server is not a remote-uploader collector: it answered HTTP {status} without naming batch "
+        "{batch_id}; the answer begins {head}; check server.url", status=status, batch_id=batch_id,
+        head=_head(payload)), status)
+
+
+def _head(payload: bytes) -> str:
+    """The first bytes of an answer, quoted, for a message: enough to recognise a page."""
+    text = payload[:ANSWER_HEAD].decode("utf-8", "replace")
+    return repr(text + ("..." if len(payload) > ANSWER_HEAD else "")) if payload else "(empty)"
+
+
+def _reason(payload: bytes) -> str:
+    """The collector's own words for a refusal (the first `detail` error), else the first bytes."""
+    try:
+        detail = json.loads(payload)["detail"][0]
+        return f"{detail['field']}: {detail['error']}"[:300]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return _head(payload)
 
 
 # The uploader's requests in flight: each one's answer-to-be, its batch and when it was sent.
@@ -251,6 +322,7 @@ class Uploader(threading.Thread):
         self.last_error = ""
         self.fatal: BaseException | None = None
         self.disk_full = False
+        self.disk_full_said = -DISK_FULL_SAY_EVERY  # monotonic time it was last said
         # `once`: seconds of failing after which the run gives up (None: never). A retry that would
         # come later is not announced as one; the log says when the run gives up instead.
         self.give_up_after: float | None = None
@@ -320,8 +392,13 @@ class Uploader(threading.Thread):
         still queued and is sent again later; a batch the collector already stored is then answered
         as a duplicate and counts nothing twice. Said once, then retried with the backoff.
         """
-        if not self.disk_full:
-            self.disk_full = True
+        self.disk_full = True
+        now = time.monotonic()
+        # Said once per DISK_FULL_SAY_EVERY, not once per episode: on a nearly full disk some
+        # writes pass (an acknowledgement) and others fail (delivered.json), and each passing one
+        # would otherwise start a new episode and a new error line.
+        if now - self.disk_full_said >= DISK_FULL_SAY_EVERY:
+            self.disk_full_said = now
             log.error("event=disk_full component=uploader reason=%r action=retrying batch_kept=true", str(exc))
         self.stop_event.wait(self.backoff.next_delay())
 
@@ -370,7 +447,7 @@ class Uploader(threading.Thread):
         for queued, exc in failures:
             self.stats.batches_failed += 1
             self.last_error = str(exc)
-            level = logging.ERROR if isinstance(exc, AuthRefusedError) else logging.WARNING
+            level = logging.ERROR if isinstance(exc, ConfigRefusedError | NotACollectorError) else logging.WARNING
             if remaining is not None and delay >= remaining:
                 log.log(level, "event=upload_failed batch_id=%s status=%s retry_in=none giving_up_in=%.2fs "
                         "reason=%r", queued.batch_id, exc.status, remaining, str(exc))

@@ -8,7 +8,14 @@ One SQLite database (WAL, synchronous=FULL) in the state directory holds:
 - ``batches``: sealed batches, each the exact request body that will be sent, under a batch id
   fixed at seal time, so every retry is byte-identical and the collector can drop replays;
 - ``dead_letters``: batches the collector refused for good (a 4xx other than 401/403/408/413/429);
-- ``kv``: the last upload result, for `status`.
+- ``kv``: the last upload result, for `status`; this queue's producer id and next batch number;
+- ``pending`` and ``sealed``: which queued batch belongs to which batch number, and each sealed
+  batch's file rows as the seal left them: what `delivered.json` is advanced from (below).
+
+Beside the database, ``delivered.json`` (`Delivered`) keeps each file's row as of the newest batch
+that the collector acknowledged together with every batch sealed before it: where reading
+can resume without re-reading anything delivered when the database itself is destroyed
+(`reset-state`; issue 9, hole 10).
 
 The invariant, kept by `commit()`: every byte of a file below its recorded offset is in a queued
 batch or was acknowledged by the collector; every byte above it will be read again. Sealing a
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -41,8 +49,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CACHE_KIB = 256
+WAL_CHECKPOINT_PAGES = 128
 DB_NAME = "queue.db"
 LOCK_NAME = "agent.lock"
+DELIVERED_NAME = "delivered.json"
 
 RECOVERY_HINT = Message(
     "move it aside and start again: `remote-uploader reset-state` keeps the recorded "
@@ -84,6 +94,14 @@ SCHEMA = (
         reason TEXT NOT NULL,
         dead_at REAL NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+
+# Added without a schema version: created where missing each time the queue is opened for writing,
+# ignored by agents before them (they neither read nor need them).
+DELIVERY_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS pending (batch_id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS pending_pseq ON pending(pseq)",
+    "CREATE TABLE IF NOT EXISTS sealed (pseq INTEGER PRIMARY KEY, files TEXT NOT NULL)",
 )
 
 # Columns added to `files` after schema version 1, by ALTER TABLE when missing (an older agent's
@@ -225,7 +243,13 @@ class Spool:
         self.path = state_dir / DB_NAME
         self.readonly = readonly
         self._lock = threading.Lock()
+        self._created = False
         self.conn = self._connect()
+        self.delivered = Delivered(state_dir / DELIVERED_NAME)
+        if self._created and not self.delivered.path.exists():
+            # A new queue has delivered nothing: say so, so that `reset-state` can tell "nothing
+            # acknowledged yet" (read every file from its start, exactly) from "no record".
+            self.delivered.advance([], set())
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -275,6 +299,13 @@ class Spool:
         # The agent reads each batch once and writes each once: a big page cache buys nothing
         # and costs memory twice (reader and uploader each have a connection).
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        # Checkpoint the WAL into the database every WAL_CHECKPOINT_PAGES pages (SQLite's default is
+        # 1000, 4 MiB): every transaction appends each page it touched to the WAL, and a WAL that
+        # is never checkpointed can take a small state disk whole, after which not even the
+        # checkpoint that would free it can run (found by the 3 MiB full-disk scenario once the
+        # seal and the acknowledgement touched a few more pages, for delivered.json).
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_PAGES * 4096}")
         if version == 0:
             names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             if names:
@@ -287,6 +318,7 @@ class Spool:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
+            self._created = True
         missing = {"files", "batches", "dead_letters", "kv"} - {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
@@ -306,6 +338,13 @@ class Spool:
                     raise
                 raise DiskFullError(Message("no space left for the queue database {path}", path=self.path)) from exc
         conn.execute("SELECT count(*) FROM batches").fetchone()
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in DELIVERY_SCHEMA:
+            conn.execute(statement)
+        # A random producer id per queue: a new queue (a new state directory, `reset-state`) is a
+        # new producer, so its batch numbers can start again at 1 without meeting old ones.
+        conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('producer', ?)", (os.urandom(16).hex(),))
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -401,7 +440,7 @@ class Spool:
     # --- the seal transaction ---------------------------------------------------------------------
 
     def commit(self, sealed: SealedBatch | None, offsets: dict[int, int],
-               anchors: dict[int, Anchor] | None = None) -> None:
+               anchors: dict[int, Anchor] | None = None, seq: int = 0) -> None:
         """Queue `sealed` (if any) and move each file's offset forward, in one transaction, each with
         its anchor when one is given (`anchor.pos` at or below the new offset: the evidence
         `tail.py` needs to tell the record's content from a look-alike; without one the previous
@@ -416,6 +455,10 @@ class Spool:
         - A full disk fails the transaction as a whole (ROLLBACK): the caller keeps the batch in
           memory and retries; the offsets did not move.
         The offset guard (`offset <= new`) makes a stale caller unable to move an offset backwards.
+
+        With `seq` (the batch's number, `next_seq()`), the same transaction moves `next_seq` past it,
+        records which batch carries that number (`pending`) and the file rows as they are now
+        (`sealed`): `ack` advances delivered.json from them. All of it or none of it commits.
         """
         with self.transaction() as conn:
             if sealed is not None:
@@ -438,6 +481,15 @@ class Spool:
                 [(offset, now, anchors[fid].pos, anchors[fid].length, anchors[fid].digest, fid, offset)
                  for fid, offset in offsets.items() if fid in anchors and anchors[fid].pos <= offset],
             )
+            if sealed is not None and seq:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('next_seq', ?)", (str(seq + 1),))
+                conn.execute("INSERT INTO pending (batch_id, pseq) VALUES (?, ?)", (sealed.batch_id, seq))
+                marks = ",".join("?" * len(offsets))
+                cursor = conn.execute(f"SELECT * FROM files WHERE fid IN ({marks})", tuple(offsets))
+                columns = [column[0] for column in cursor.description]
+                rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+                conn.execute("INSERT INTO sealed (pseq, files) VALUES (?, ?)", (seq, json.dumps(
+                    [{key: _jsonable(value) for key, value in row.items()} for row in rows])))
 
     # --- the upload side --------------------------------------------------------------------------
 
@@ -457,18 +509,66 @@ class Spool:
                            occurrences=int(occurrences), encoding=str(encoding), body=bytes(body),
                            seq=int(seq), attempts=int(attempts))
 
+    def producer(self) -> str:
+        """This queue's producer id (random, made when the queue was created)."""
+        return str(self._query("SELECT value FROM kv WHERE key = 'producer'")[0][0])
+
+    def next_seq(self) -> int:
+        """The number the next sealed batch gets (`commit` moves it on with the batch)."""
+        rows = self._query("SELECT value FROM kv WHERE key = 'next_seq'")
+        return int(rows[0][0]) if rows else 1
+
     def ack(self, seq: int) -> None:
-        """The collector stored it (or had it already): the only way a batch leaves the queue unsent."""
+        """The collector stored it (or had it already): the only way a batch leaves the queue unsent.
+
+        Crash argument, line by line (with `_settle`, which runs inside the same transaction):
+        - the collector's answer named the batch: it is stored there, whatever happens next;
+        - DELETE the batch and its `pending` row; every batch number below the smallest one still
+          pending is now settled, and the newest `sealed` file rows among them are written to
+          delivered.json (`Delivered.advance`: a new file, fsync, rename, fsync of the directory);
+        - a crash before the rename: delivered.json is as before (behind, never ahead) and the
+          transaction rolls back: the batch is sent again, the collector answers duplicate;
+        - a crash after the rename, before COMMIT: delivered.json already counts this batch as
+          delivered, which it is (the collector stored it); the queue still holds it and sends it
+          again: a duplicate. Then the same `sealed` rows settle again, to the same result;
+        - COMMIT: the batch and the settled `sealed` rows are gone; delivered.json matches.
+        If delivered.json cannot be written (a full disk), the transaction fails whole and the
+        uploader retries the acknowledgement later, as for any full disk.
+        So delivered.json never claims a byte that the collector has not acknowledged, and lags
+        the acknowledgements only while an older batch is still pending.
+        """
         with self.transaction() as conn:
+            pending = conn.execute("SELECT batch_id FROM batches WHERE seq = ?", (seq,)).fetchone()
             conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            if pending is not None:
+                conn.execute("DELETE FROM pending WHERE batch_id = ?", (pending[0],))
+            self._settle(conn)
+
+    def _settle(self, conn: sqlite3.Connection) -> None:
+        """Advance delivered.json over every sealed batch number below the smallest one pending."""
+        low = conn.execute("SELECT min(pseq) FROM pending").fetchone()[0]
+        where, params = ("", ()) if low is None else (" WHERE pseq < ?", (low,))
+        settled = conn.execute(f"SELECT pseq, files FROM sealed{where} ORDER BY pseq", params).fetchall()
+        if not settled:
+            return
+        known = {int(row[0]) for row in conn.execute("SELECT fid FROM files")}
+        self.delivered.advance([(int(pseq), json.loads(files)) for pseq, files in settled], known)
+        conn.execute(f"DELETE FROM sealed{where}", params)
 
     def note_failure(self, seq: int, error: str) -> None:
         with self.transaction() as conn:
             conn.execute("UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE seq = ?", (error, seq))
 
     def dead_letter(self, seq: int, status: int | None, reason: str) -> None:
-        """Move a refused batch to the dead-letter table (kept on disk; `requeue` sends it again)."""
+        """Move a refused batch to the dead-letter table (kept on disk; `requeue` sends it again).
+
+        For delivered.json a dead letter is settled: its lines are not read again after a
+        destroyed queue (they are in the dead letter, which `reset-state` carries over when it
+        can be read); a requeued dead letter keeps its producer and number, so it cannot double.
+        """
         with self.transaction() as conn:
+            conn.execute("DELETE FROM pending WHERE batch_id = (SELECT batch_id FROM batches WHERE seq = ?)", (seq,))
+            self._settle(conn)
             conn.execute(
                 "INSERT OR REPLACE INTO dead_letters (batch_id, created, records, occurrences, encoding, body, "
                 "status, reason, dead_at) SELECT batch_id, created, records, occurrences, encoding, body, ?, ?, ? "
@@ -484,12 +584,18 @@ class Spool:
         the offsets do, and those were made durable when the batch was sealed.
         """
         with self.transaction() as conn:
+            parent = conn.execute("SELECT p.batch_id, p.pseq FROM pending p JOIN batches b ON b.batch_id = p.batch_id "
+                                  "WHERE b.seq = ?", (seq,)).fetchone()
             conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             conn.executemany(
                 "INSERT INTO batches (batch_id, created, records, occurrences, encoding, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [(p.batch_id, p.created, p.records, p.occurrences, p.encoding, p.body) for p in parts],
             )
+            if parent is not None:  # the parts stand for the parent's number until all are acknowledged
+                conn.execute("DELETE FROM pending WHERE batch_id = ?", (parent[0],))
+                conn.executemany("INSERT INTO pending (batch_id, pseq) VALUES (?, ?)",
+                                 [(p.batch_id, parent[1]) for p in parts])
 
     def requeue_dead_letters(self) -> int:
         """Put every dead letter back in the queue under its own batch id (a replay is still a no-op)."""
@@ -513,6 +619,11 @@ class Spool:
 
     def get_kv(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._query("SELECT key, value FROM kv")}
+
+    def queued_bodies(self) -> list[tuple[bytes, str]]:
+        """Every queued body and its encoding, oldest first (for `test`: what `once` will send)."""
+        return [(bytes(body), str(encoding)) for body, encoding in
+                self._query("SELECT body, encoding FROM batches ORDER BY seq")]
 
     def queued_bytes(self) -> int:
         return int(self._query("SELECT total(length(body)) FROM batches")[0][0])
@@ -545,6 +656,89 @@ class Spool:
             float(oldest) if oldest is not None else None,
             int(dead), int(dead_records), disk,
         )
+
+
+def _jsonable(value: object) -> object:
+    """A column value for JSON: bytes (fingerprints) as {"hex": ...}."""
+    return {"hex": value.hex()} if isinstance(value, bytes) else value
+
+
+def _from_json(value: object) -> object:
+    return bytes.fromhex(value["hex"]) if isinstance(value, dict) else value
+
+
+class Delivered:
+    """delivered.json: per file, its row as of the newest batch settled at the collector.
+
+    The queue database holds the only copy of the offsets, so a destroyed database used to mean
+    reading every file again and counting what was delivered twice (issue 9, hole 10). This small
+    file, beside it and written by rename (so it is always one whole version), keeps what is needed
+    to resume without that: each file's row (identity, fingerprints, offset: every column, so it
+    follows the `files` table as it grows) from the `sealed` snapshot of the newest batch such that
+    it and every batch sealed before it were acknowledged (or dead-lettered). `reset-state` resumes
+    from it when the database's own offsets are gone. Kept on the uploader's connection only.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[int, tuple[int, dict[str, object]]] | None = None
+
+    def load(self) -> dict[int, tuple[int, dict[str, object]]]:
+        """fid -> (batch number, row); empty when the file is absent. Raises ValueError if damaged."""
+        if self._entries is None:
+            try:
+                document = json.loads(self.path.read_bytes())
+            except FileNotFoundError:
+                document = {"files": []}
+            self._entries = {int(item["row"]["fid"]): (int(item["pseq"]), dict(item["row"]))
+                             for item in document["files"]}
+        return self._entries
+
+    def rows(self) -> list[dict[str, object]]:
+        """The recorded rows as column -> value, ready to insert into a new `files` table."""
+        return [{key: _from_json(value) for key, value in row.items()} for _, row in self.load().values()]
+
+    def restart(self, known: set[int]) -> None:
+        """For a new queue (a new producer, numbering from 1): keep the rows of the files in `known`,
+        under number 0, so the new queue's first acknowledgements replace them."""
+        try:
+            rows = [row for _, row in self.load().values()]
+        except (OSError, ValueError, KeyError, TypeError):
+            rows = []
+        self._entries = {}
+        self.advance([(0, rows)], known)
+
+    def advance(self, settled: list[tuple[int, list[dict[str, object]]]], known: set[int]) -> None:
+        """Take the newest row per file from `settled` (batch number, rows), drop files the queue has
+        forgotten, and replace the file durably. Raises DiskFullError when it cannot be written."""
+        try:
+            entries = dict(self.load())
+        except (OSError, ValueError, KeyError, TypeError):
+            entries = {}  # a damaged delivered.json is rewritten from what the queue knows now
+        for pseq, rows in settled:
+            for row in rows:
+                fid = int(row["fid"])  # type: ignore[call-overload]
+                if fid not in entries or entries[fid][0] <= pseq:
+                    entries[fid] = (pseq, row)
+        entries = {fid: entry for fid, entry in entries.items() if fid in known}
+        document = {"version": 1, "files": [{"pseq": pseq, "row": row} for pseq, row in entries.values()]}
+        temporary = self.path.with_name(self.path.name + ".new")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(json.dumps(document, separators=(",", ":")).encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+            directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            raise DiskFullError(Message("cannot write {path} ({error})", path=self.path,
+                                        error=exc.strerror or exc)) from exc
+        self._entries = entries
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,10 @@ class Tailer:
         self.single_pass = False  # `once`: no second look (a short rotated file is taken as it is)
         self.last_seen_written = 0.0
         self.scanned = float("inf")  # when the last scan started (none yet: no rotated file is new)
+        # When the last *whole* pass started its scan: what "last looked" means. None until one ran
+        # in this process: an agent stopped during start-up, or in its first pass, has not looked,
+        # and noting "now" would hide the files rotated while it was stopped from its next start.
+        self.looked_at: float | None = None
         kv = agent.spool.get_kv()
         self.last_seen: float | None = float(kv[LAST_SEEN_KEY]) if LAST_SEEN_KEY in kv else None
         for state in agent.spool.files():
@@ -247,6 +251,7 @@ class Tailer:
                 self._discover(seen, found, since)
         for key in [key for key in self.recheck if key not in found.files or key in owned]:
             del self.recheck[key]
+        self.looked_at = self.scanned
         self._note_last_seen()
 
     def close(self) -> None:
@@ -740,9 +745,12 @@ class Tailer:
             self.agent._source_problem(path, reason)
 
     def _note_last_seen(self, *, force: bool = False) -> None:
+        if self.looked_at is None:
+            return  # no whole pass yet: the time in the database is still when we last looked
         now = time.time()
         if force or now - self.last_seen_written >= LAST_SEEN_EVERY:
-            self.agent.write_state(lambda: self.agent.spool.set_kv(LAST_SEEN_KEY, repr(now)))
+            looked_at = self.looked_at
+            self.agent.write_state(lambda: self.agent.spool.set_kv(LAST_SEEN_KEY, repr(looked_at)))
             self.last_seen_written = now
 
     # --- for stats and metrics (any thread) ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ of any kind is a 4xx; a 5xx means a bug or a broken database, never a bad reques
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -110,6 +111,10 @@ class Collector:
                 # Checked before the rest of the batch: configuration, not data (see parse_batch).
                 raise ApiError(403, "agent", str(exc)) from None
             del payload[:]  # the parsed form is all we need; give the memory back early
+            if batch.producer is not None and batch.agent != who.name:
+                # Counted under the token's name: batches queued before the agent id, the token or
+                # its name changed are delivered, not stranded (see batch.parse_batch).
+                batch = dataclasses.replace(batch, agent=who.name)
             return await run_in_threadpool(self._store, batch, request.state)
         finally:
             self._slots.release()
@@ -137,7 +142,7 @@ class Collector:
                                                               fields=batch.clamped))
         else:
             self.metrics.batches.labels("duplicate").inc()
-        return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new)
+        return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new, agent=batch.agent)
 
     # -- pruning ------------------------------------------------------------------------------
 

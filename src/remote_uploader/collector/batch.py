@@ -43,8 +43,11 @@ from remote_uploader.collector.storage.model import MAX_LABEL, BucketDelta
 from remote_uploader.protocol import (
     MAX_AGENT_LEN,
     MAX_BATCH_ID_LEN,
+    MAX_PART_LEN,
     MAX_RECORDS_PER_BATCH,
+    MAX_SEQ,
     MAX_SOURCE_LEN,
+    PRODUCER_LEN,
     is_canonical_ip,
     parse_time,
 )
@@ -59,6 +62,8 @@ LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 FUTURE_SKEW = timedelta(minutes=5)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
+_PART = re.compile(rf"[01]{{0,{MAX_PART_LEN}}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +229,10 @@ def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: in
     before anything else is checked, even if it is invalid too: a token/agent mismatch is
     configuration, which the agent keeps queued (403), not data to dead-letter (400). It also
     lets an agent's self-test POST {"agent": "its id"}: 403 mismatch, 400 accepted.
+
+    A batch with a delivery identity (`producer`) is never refused for its `agent`: it is counted
+    under the token's name (the caller replaces it), so batches queued before the agent id, the
+    token or its name changed are neither stranded nor doubled (issue 9, hole 9).
     """
     if now is None:
         now = datetime.fromtimestamp(time.time(), UTC)
@@ -242,7 +251,7 @@ def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int
     What `parse_batch` falls back to; the fast path must agree with it on every body it takes.
     """
     document = decode_body(payload)
-    if agent is not None and isinstance(document, dict):
+    if agent is not None and isinstance(document, dict) and document.get("producer") is None:
         named = document.get("agent")
         if isinstance(named, str) and named != agent:
             raise AgentMismatch(named, agent)
@@ -273,12 +282,39 @@ def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> Batc
             errors.add("records", "must be an array")
         elif len(records) > MAX_RECORDS_PER_BATCH:
             errors.add("records", f"more than {MAX_RECORDS_PER_BATCH} records")
+    producer, seq, part = _identity(document, errors)
     if errors.items or not isinstance(records, list):
         return None
     assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _aggregate(records, errors, bucket, clamp)
-    return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed)
+    return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed,
+                 producer=producer, seq=seq, part=part)
+
+
+def _identity(document: dict[str, Any], errors: _Errors) -> tuple[str | None, int, str]:
+    """The optional delivery identity: `producer` with `seq` (and `part` for a split batch's part)."""
+    producer, seq, part = document.get("producer"), document.get("seq"), document.get("part", "")
+    if producer is None:
+        for name in ("seq", "part"):
+            if name in document:
+                errors.add(name, "only with producer")
+        return None, 0, ""
+    if problem := _identity_problem(producer, seq, part):
+        errors.add(*problem)
+        return None, 0, ""
+    assert isinstance(producer, str) and isinstance(seq, int) and isinstance(part, str)
+    return producer, seq, part
+
+
+def _identity_problem(producer: object, seq: object, part: object) -> tuple[str, str] | None:
+    if not isinstance(producer, str) or not _PRODUCER.fullmatch(producer):
+        return "producer", f"must be {PRODUCER_LEN[0]} to {PRODUCER_LEN[1]} lower-case hex digits"
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
+        return "seq", f"must be an integer in 1..{MAX_SEQ} (with producer)"
+    if not isinstance(part, str) or not _PART.fullmatch(part):
+        return "part", f"must be at most {MAX_PART_LEN} characters 0 and 1"
+    return None
 
 
 def _bucket_deltas(cells: dict[tuple[bytes, int, str], int]) -> list[BucketDelta]:
@@ -444,6 +480,9 @@ class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     batch_id: str
     sent_at: str
     records: list[_WireRecord]
+    producer: str | None = None
+    seq: int | None = None
+    part: str = ""
 
 
 # Unknown fields are refused here (the full path ignores them): the fast path must never accept
@@ -457,9 +496,13 @@ _decode_wire = msgspec.json.Decoder(_WireBatch).decode
 def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clamp: Clamp) -> Batch:
     """The agent's exact shape, all valid; `_Slow` (or a msgspec error) for anything else."""
     document = _decode_wire(payload)
-    if agent is not None and document.agent != agent:
+    producer = document.producer
+    if agent is not None and document.agent != agent and producer is None:
         raise AgentMismatch(document.agent, agent)
     if check_text(document.agent, MAX_AGENT_LEN) or check_text(document.batch_id, MAX_BATCH_ID_LEN):
+        raise _Slow
+    if (producer is not None or document.seq is not None or document.part) and _identity_problem(
+            producer, document.seq, document.part):
         raise _Slow
     sent_at = parse_any_time(document.sent_at)
     records = document.records
@@ -468,7 +511,7 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clam
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _merge_fast(records, bucket, clamp)
     return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets,
-                 clamped=clamp.changed + changed)
+                 clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part)
 
 
 def _merge_fast(

@@ -12,7 +12,15 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from remote_uploader.collector.batch import MAX_COUNT
-from remote_uploader.protocol import MAX_AGENT_LEN, MAX_BATCH_ID_LEN, MAX_RECORDS_PER_BATCH, MAX_SOURCE_LEN
+from remote_uploader.protocol import (
+    MAX_AGENT_LEN,
+    MAX_BATCH_ID_LEN,
+    MAX_PART_LEN,
+    MAX_RECORDS_PER_BATCH,
+    MAX_SEQ,
+    MAX_SOURCE_LEN,
+    PRODUCER_LEN,
+)
 
 _TIME = "RFC 3339 time with a UTC offset, e.g. 2024-05-01T12:00:00.000000Z"
 
@@ -41,7 +49,8 @@ BATCH_SCHEMA: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_AGENT_LEN,
-            "description": "must equal the name of the bearer token",
+            "description": "must equal the name of the bearer token, unless the batch has a producer: "
+            "then it is counted under the token's name",
         },
         "batch_id": {
             "type": "string",
@@ -51,6 +60,18 @@ BATCH_SCHEMA: dict[str, Any] = {
         },
         "sent_at": {"type": "string", "description": _TIME},
         "records": {"type": "array", "maxItems": MAX_RECORDS_PER_BATCH, "items": RECORD_SCHEMA},
+        "producer": {
+            "type": "string",
+            "pattern": f"^[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}$",
+            "description": "the agent state directory's random id; with it the batch is recognised by "
+            "(producer, seq, part) at any age, and counted under the token's name",
+        },
+        "seq": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ, "description": "the batch's number"},
+        "part": {
+            "type": "string",
+            "pattern": f"^[01]{{0,{MAX_PART_LEN}}}$",
+            "description": "which half of a split batch: 0, 1, then 00, 01...",
+        },
     },
 }
 
@@ -67,7 +88,13 @@ class ErrorOut(BaseModel):
 class BatchAccepted(BaseModel):
     batch_id: str
     accepted: int = Field(description="records in the batch, now held by the collector")
-    duplicate: bool = Field(description="true if this batch id had been counted before; nothing was added")
+    duplicate: bool = Field(description="true if this batch had been counted before; nothing was added")
+    agent: str = Field(description="the name the batch is counted under: the token's name")
+
+
+class WhoAmI(BaseModel):
+    name: str = Field(description="the token's name: what batches sent with it are counted under")
+    role: str = Field(description="agent (may send batches) or read")
 
 
 class Health(BaseModel):

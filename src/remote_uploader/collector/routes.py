@@ -22,10 +22,20 @@ from remote_uploader.collector import blocklist
 from remote_uploader.collector.api import ApiError, Who, bad_request, errors
 from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.errors import StorageError
-from remote_uploader.collector.models import AgentCountOut, AgentList, AgentOut, Health, IpDetailOut, IpOut, IpPage
+from remote_uploader.collector.models import (
+    AgentCountOut,
+    AgentList,
+    AgentOut,
+    ErrorOut,
+    Health,
+    IpDetailOut,
+    IpOut,
+    IpPage,
+    WhoAmI,
+)
 from remote_uploader.collector.storage.base import IpQuery, IpSummary, SortKey, to_micros
 from remote_uploader.collector.timeparse import DurationError, parse_moment
-from remote_uploader.protocol import HEALTH_PATH, MAX_AGENT_LEN, canonical_ip, format_time
+from remote_uploader.protocol import HEALTH_PATH, MAX_AGENT_LEN, WHOAMI_PATH, canonical_ip, format_time
 
 if TYPE_CHECKING:
     from remote_uploader.collector.app import Collector
@@ -97,6 +107,16 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
             body = Health(status="unavailable", storage=str(exc), version=__version__)
             return JSONResponse(body.model_dump(), status_code=503, headers=collector.retry_after)
         return Health(status="ok", storage="ok", version=__version__)
+
+    @app.get(
+        WHOAMI_PATH,
+        response_model=WhoAmI,
+        summary="The name and role of the token making the request",
+        responses=errors(401),
+    )
+    def whoami(who: Who) -> WhoAmI:
+        """For the agent's `test`: batches are counted under this name (docs/protocol.md)."""
+        return WhoAmI(name=who.name, role=who.role)
 
     @app.get("/v1/ips", response_model=IpPage, summary="Addresses with their counts", responses=errors(400, 401, 503))
     def list_ips(
@@ -192,6 +212,7 @@ def add_read_routes(app: FastAPI, collector: Collector) -> None:
                 "content": {"text/plain": {"schema": {"type": "string"}}, "application/json": {"schema": {}}},
             },
             **errors(400, 401, 503),
+            404: {"model": ErrorOut, "description": "`part` is past the last part"},
         },
     )
     def get_blocklist(

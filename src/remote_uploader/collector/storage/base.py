@@ -8,6 +8,8 @@ frozen dataclass with timezone-aware UTC datetimes.
 The exactly-once rule lives in `store_batch`: the (agent, batch id) row and the counts it carries
 are written in one transaction, and the batch row is inserted with ON CONFLICT DO NOTHING. The
 unique key, not any check made before, decides which of two racing requests counts the batch.
+A batch with a delivery identity (producer, seq, part) is decided instead by its producer's row,
+read and written under a row lock in the same transaction as the counts (storage/producers.py).
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ class Batch:
     # The batch's addresses when `deltas` is encoded and the collector has rules to apply
     # (decisions/engine.py); with plain deltas they are the deltas' `ip`s.
     addresses: tuple[str, ...] = ()
+    # The delivery identity (protocol.py): with a producer, the batch is recognised by
+    # (producer, seq, part) at any age (storage/producers.py); without one (an agent from before
+    # it), by (agent, batch_id), remembered for retention_days.
+    producer: str | None = None
+    seq: int = 0
+    part: str = ""
 
     def counted_addresses(self) -> Sequence[str]:
         if isinstance(self.deltas, EncodedDeltas):
@@ -271,7 +279,14 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def prune_batches(self, received_before: datetime) -> int:
-        """Forget batch ids received before the given time; return how many were deleted."""
+        """Forget batch ids received before the given time; return how many were deleted.
+
+        Producers' rows are never pruned: they are what recognises a replay at any age, and each
+        is bounded (storage/producers.py)."""
+
+    @abc.abstractmethod
+    def producer_state(self, producer: str) -> tuple[int, int] | None:
+        """(watermark, entries kept above it) of a producer, or None if it never sent a batch."""
 
     @abc.abstractmethod
     def count_batches(self) -> int:

@@ -54,9 +54,6 @@ def _add(table: str) -> str:
     )
 
 
-INSERT_BATCH = (
-    "INSERT INTO batches (agent, batch_id, received_at, records) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
-)
 COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = greatest(last_seen, %s) WHERE name = %s"
 # A batch's deltas are COPYed into a temporary table, then each real table takes them in one
 # INSERT ... SELECT ... ON CONFLICT. COPY is several times cheaper than binding arrays as
@@ -124,6 +121,7 @@ def redact_url(url: str) -> str:
 class PostgresStorage(SqlStorage):
     placeholder = "%s"
     migrations = MIGRATIONS
+    lock_row = " FOR UPDATE"
     bulk_form: BulkForm | None = "postgres-copy"
 
     def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = 10) -> None:
@@ -212,8 +210,7 @@ class PostgresStorage(SqlStorage):
         agent = batch.agent
         now = to_micros(received_at)
         with self._write() as cur:
-            cur.execute(INSERT_BATCH, (agent, batch.batch_id, now, batch.records))
-            if cur.rowcount == 0:
+            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             if rows.count:

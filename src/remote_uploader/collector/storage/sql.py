@@ -31,6 +31,7 @@ from remote_uploader.collector.storage.base import (
     to_micros,
 )
 from remote_uploader.collector.storage.migrations import Migration
+from remote_uploader.collector.storage.producers import ProducerState
 from remote_uploader.collector.storage.sql_dashboard import DashboardSql
 from remote_uploader.collector.storage.sql_decisions import DecisionsSql
 from remote_uploader.collector.storage.sql_windows import WindowsSql
@@ -54,6 +55,7 @@ class Cursor(Protocol):
 class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
     placeholder = "?"
     migrations: tuple[Migration, ...] = ()
+    lock_row = ""  # PostgreSQL: " FOR UPDATE" (SQLite's BEGIN IMMEDIATE already serialises writers)
 
     @abc.abstractmethod
     def _read(self) -> AbstractContextManager[Cursor]: ...
@@ -221,6 +223,42 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
             deleted += count
             if count < chunk:
                 return deleted
+
+    def _claim(self, cur: Cursor, agent: str, batch_id: str, records: int, now: int, producer: str | None,
+               seq: int, part: str) -> bool:
+        """Inside the write transaction: True if this batch is new (and now recorded as stored).
+
+        Without a producer: the (agent, batch_id) row, ON CONFLICT DO NOTHING (the unique key decides
+        between racing replays). With one: the producer's row, created if absent, then read under
+        a row lock (PostgreSQL: FOR UPDATE; a second transaction for the same producer waits here
+        and then reads the first one's result), decided by `ProducerState.admit` and written back.
+        Either way the decision commits or rolls back with the counts: a crash before COMMIT leaves
+        neither, after it both.
+        """
+        if producer is None:
+            cur.execute(self._sql("INSERT INTO batches (agent, batch_id, received_at, records) VALUES (?, ?, ?, ?) "
+                                  "ON CONFLICT DO NOTHING"), (agent, batch_id, now, records))
+            return cur.rowcount > 0
+        cur.execute(self._sql("INSERT INTO producers (producer, agent, watermark, pending, updated_at) "
+                              "VALUES (?, ?, 0, '', ?) ON CONFLICT DO NOTHING"), (producer, agent, now))
+        cur.execute(self._sql("SELECT watermark, pending FROM producers WHERE producer = ?" + self.lock_row),
+                    (producer,))
+        watermark, pending = cur.fetchone()
+        state = ProducerState.load(int(watermark), str(pending))
+        if not state.admit(seq, part):
+            return False
+        cur.execute(self._sql("UPDATE producers SET agent = ?, watermark = ?, pending = ?, updated_at = ? "
+                              "WHERE producer = ?"), (agent, state.watermark, state.dump(), now, producer))
+        return True
+
+    def producer_state(self, producer: str) -> tuple[int, int] | None:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT watermark, pending FROM producers WHERE producer = ?"), (producer,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        state = ProducerState.load(int(row[0]), str(row[1]))
+        return state.watermark, state.size
 
     def count_batches(self) -> int:
         with self._read() as cur:

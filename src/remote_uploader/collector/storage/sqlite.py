@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 # records ~14 -> ~21 ms; 2,000 records the same). See docs/collector.md, "Performance".
 PAGE_SIZE = 16384
 
-INSERT_BATCH = "INSERT INTO batches (agent, batch_id, received_at, records) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = max(last_seen, ?) WHERE name = ?"
 # Totals saturate at the largest 64-bit integer instead of overflowing (SQLite would turn an
 # overflowing sum into a float).
@@ -212,8 +211,7 @@ class SqliteStorage(SqlStorage):
         # The image is made (if the parser has not made it) before the write lock is taken.
         image = bulk.encoded(deltas, "sqlite-image", batch.buckets).data if self.bulk_form else None
         with self._write(staging=image) as cur:
-            cur.execute(INSERT_BATCH, (agent, batch.batch_id, now, batch.records))
-            if cur.rowcount == 0:
+            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             if image is None:

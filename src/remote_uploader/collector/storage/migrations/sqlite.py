@@ -149,4 +149,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    (
+        4,
+        (
+            # One row per producer (agent state directory): see storage/producers.py.
+            """CREATE TABLE producers (
+                producer TEXT PRIMARY KEY,
+                agent TEXT NOT NULL,
+                watermark INTEGER NOT NULL,
+                pending TEXT NOT NULL,
+                updated_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )
