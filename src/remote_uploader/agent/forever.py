@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from remote_uploader.agent.batch import SealPolicy
 from remote_uploader.agent.extract import build_extractor
-from remote_uploader.agent.runner import Agent, StopReading, stop_on_signals
+from remote_uploader.agent.runner import Agent, StopReading, open_agent, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.spool import DiskFullError, Spool
 from remote_uploader.agent.stats import render_block
@@ -55,7 +55,10 @@ GROWTH_CHECK_IDLE = 0.4
 
 def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: None,
                 reload: Callable[[], Config] | None = None) -> int:
-    agent = Agent(config, say=say)
+    agent = open_agent(config, say)
+    if isinstance(agent, int):  # SIGINT/SIGTERM while waiting for disk space: a clean stop
+        say(_("Stopped while waiting for disk space; nothing was read"))
+        return EXIT_OK
     reload_requested = threading.Event()
     signals = stop_on_signals(agent, {signal.SIGHUP: lambda signum: reload_requested.set()} if reload else None)
     tailer: Tailer | None = None

@@ -23,7 +23,7 @@ from remote_uploader.agent.clock import wall
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
-from remote_uploader.agent.signals import SignalWatcher
+from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
 from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
@@ -68,8 +68,12 @@ class Agent:
         self.lock.acquire()
         try:
             self.spool = Spool(config.agent.state_dir)
-            self.upload_spool = Spool(config.agent.state_dir)
-            self.producer = self.spool.producer()
+            try:
+                self.upload_spool = Spool(config.agent.state_dir)
+                self.producer = self.spool.producer()
+            except BaseException:
+                self.spool.close()
+                raise
         except BaseException:
             self.lock.release()
             raise
@@ -366,9 +370,52 @@ def stop_on_signals(agent: Agent, extra: Mapping[int, Callable[[int], None]] | N
     return SignalWatcher({signal.SIGINT: stop, signal.SIGTERM: stop, **(extra or {})})
 
 
+def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
+    """The agent, once its state directory can be written: on a full disk at start-up (the lock's
+    pid, the queue database's -wal/-shm, a migration), say so once and retry every
+    `read.poll_interval`, as `Agent.write_state` does for every later write; a full disk is never
+    a reason to exit (a restart loop, or exit 4 "damaged", would lose rotated lines meanwhile).
+    The signal number instead when SIGINT/SIGTERM came while waiting: nothing was read.
+
+    Signals are watched only while waiting; on the ordinary path the early hold (signals.py) stays
+    for `stop_on_signals` to adopt, so a SIGTERM during start-up is acted on there."""
+    try:
+        return Agent(config, say=say)
+    except DiskFullError as exc:
+        first = exc
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def stopped(signum: int) -> None:
+        signals.append(signum)
+        stop.set()
+
+    log.error("event=disk_full reason=%r action=retrying phase=start", str(first))
+    say(_("Disk full: {reason}; nothing lost, retrying").format(reason=first.translated()))
+    with SignalWatcher({signal.SIGINT: stopped, signal.SIGTERM: stopped}):
+        while True:
+            if stop.wait(config.read.poll_interval):
+                log.info("event=signal signal=%d action=stop phase=waiting_for_disk_space", signals[0])
+                return signals[0]
+            try:
+                agent = Agent(config, say=say)
+            except DiskFullError:
+                continue
+            log.info("event=disk_space_back")
+            if signals:  # the signal came while the agent was being opened
+                agent.close()
+                return signals[0]
+            break
+    hold_early()  # this watcher put the handlers back: hold again until stop_on_signals opens its own
+    return agent
+
+
 def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
              max_retry_time: float | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
-    agent = Agent(config, say=say)
+    agent = open_agent(config, say)
+    if isinstance(agent, int):  # stopped by a signal as usual: 128 + its number
+        return RunResult(128 + agent, _("Stopped while waiting for disk space; nothing was read"),
+                         Stats(max_memory_ips=config.batching.max_memory_ips))
     try:
         with stop_on_signals(agent):
             result = agent.run_once(max_retry_time=max_retry_time, progress=progress)
