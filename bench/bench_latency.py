@@ -4,6 +4,7 @@
     python -m bench.bench_latency --lines 300 --runs 3 --markdown   # medians of 3 runs, as a table row
     python -m bench.bench_latency --lines 300 --set read.poll_interval=0.2 --set batching.max_batch_age=0.2
     python -m bench.bench_latency --idle 30             # CPU of an idle `forever` (no writes) over 30 s
+    python -m bench.bench_latency --idle 30 --files 100 # the same, following 100 quiet files
 
 A real collector (SQLite) and the agent as a real process. A writer appends one line with a new
 address at random intervals (a trickle: never enough for `min_upload_batch`); a watcher asks the
@@ -49,16 +50,21 @@ def watch(collector: object, seen: dict[str, float], stop: threading.Event) -> N
                 seen.setdefault(item["ip"], now)
 
 
-def _write_config(work: Path, collector: object) -> Path:
+def _write_config(work: Path, collector: object, files: int = 1) -> Path:
+    """The agent's configuration: `access.log` (and `files - 1` quiet others, `quiet-N.log`)."""
     log = work / "access.log"
     log.write_text("")
+    quiet = [work / f"quiet-{n}.log" for n in range(files - 1)]
+    for path in quiet:
+        path.write_text("10.255.255.1 - - [28/Nov/2026:10:00:00 +0000] \"GET / HTTP/1.1\" 200 1\n")
+    paths = ", ".join(f'"{path}"' for path in [log, *quiet])
     token = work / "token"
     token.write_text(collector.token)  # type: ignore[attr-defined]
     config = work / "agent.toml"
     # the collector fixture issues its token to the agent named "test-agent"
     config.write_text(f'[agent]\nid = "test-agent"\nstate_dir = "{work / "state"}"\nstats_interval = 0\n'
                       f'[server]\nurl = "{collector.url}"\ntoken_file = "{token}"\n'  # type: ignore[attr-defined]
-                      f'[[sources]]\npaths = ["{log}"]\n')
+                      f'[[sources]]\npaths = [{paths}]\n')
     return config
 
 
@@ -115,10 +121,10 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def idle_cpu(seconds: float, settings: list[str]) -> float:
-    """CPU seconds `forever` uses over `seconds` following one file nobody writes to."""
+def idle_cpu(seconds: float, settings: list[str], files: int = 1) -> float:
+    """CPU seconds `forever` uses over `seconds` following `files` files nobody writes to."""
     with local_collector() as collector, tempfile.TemporaryDirectory(prefix="ru-idle-") as tmp:
-        config = _write_config(Path(tmp), collector)
+        config = _write_config(Path(tmp), collector, files)
         agent = _start_agent(config, settings)
         try:
             time.sleep(3.0)  # start-up (imports, first pass) is not idle
@@ -139,13 +145,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run (run k uses seed + k)")
     parser.add_argument("--markdown", action="store_true", help="end with a markdown table row of the medians")
     parser.add_argument("--idle", type=float, metavar="SECONDS", help="measure idle CPU instead of latency")
+    parser.add_argument("--files", type=int, default=1, help="--idle: how many quiet files the agent follows")
     args = parser.parse_args()
     label = ", ".join(args.settings) or "defaults (read.poll_interval=1.0, batching.max_batch_age=1.0)"
     print(f"machine: {machine()}")
     print(f"settings: {label}")
     if args.idle is not None:
-        used = [idle_cpu(args.idle, args.settings) for _ in range(args.runs)]
-        print(f"idle CPU over {args.idle:.0f} s, no writes: " + ", ".join(f"{u * 1000:.1f} ms" for u in used)
+        used = [idle_cpu(args.idle, args.settings, args.files) for _ in range(args.runs)]
+        print(f"idle CPU over {args.idle:.0f} s, {args.files} files, no writes: "
+              + ", ".join(f"{u * 1000:.1f} ms" for u in used)
               + f" (median {statistics.median(used) / args.idle * 100:.2f}% of one core)")
         return 0
     print(f"lines: {args.lines} per run, appended every 0.05-0.5 s, watcher period {WATCH_PERIOD * 1000:.0f} ms")

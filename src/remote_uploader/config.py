@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "queue.max_bytes": 512 * 1024 * 1024,
     "read.block_size": 1024 * 1024,
     "read.poll_interval": 1.0,
+    "read.watch": "auto",
     "read.partial_line_idle": 5.0,
     "read.rotate_grace": 5.0,
     "read.skip_compressed": True,
@@ -175,6 +176,7 @@ class ReadConfig:
     partial_line_idle: float
     rotate_grace: float
     skip_compressed: bool
+    watch: str = "auto"  # auto | inotify | poll: how `forever` learns of writes (agent/watch.py)
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "queue.max_bytes": _positive(parse_size),
     "read.block_size": _positive(parse_size),
     "read.poll_interval": _positive(_as_float),
+    "read.watch": _one_of("auto", "inotify", "poll"),
     "read.partial_line_idle": _positive(_as_float, allow_zero=True),
     "read.rotate_grace": _positive(_as_float, allow_zero=True),
     "read.skip_compressed": _as_bool,
@@ -629,6 +632,7 @@ def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile
             partial_line_idle=values["read.partial_line_idle"],
             rotate_grace=values["read.rotate_grace"],
             skip_compressed=values["read.skip_compressed"],
+            watch=values["read.watch"],
         ),
         shutdown=ShutdownConfig(drain_timeout=values["shutdown.drain_timeout"]),
         sources=sources,

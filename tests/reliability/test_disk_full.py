@@ -152,3 +152,57 @@ def test_forever_keeps_running_when_a_new_file_appears_on_a_full_state_disk(tmp_
     assert alive, "forever must keep running on a full state disk: " + errors[-2000:]
     assert arrived and code == 0, errors[-2000:]
     assert Counter(receiver.counts()) == expected
+
+
+@pytest.mark.skipif(SKIP is not None, reason=f"full-disk scenario skipped: {SKIP}")
+def test_forever_started_on_a_full_state_disk_waits_for_space_then_delivers_everything_once(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """Generative finding F1: opening the queue database on a full disk (a WAL database needs space
+    for its -wal and -shm files) is a full disk, not damage: no exit 4, no "run reset-state"; the
+    agent waits for space like every other disk-full write."""
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 200, seed=21)
+    with small_filesystem(tmp_path / "state", "1m") as state:
+        config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
+                              sources=[str(log)], read={"poll_interval": 0.1}, batching={"max_batch_age": 0.2})
+        first = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+        assert receiver.wait_for_total(sum(expected.values()), timeout=60)
+        assert first.stop() == 0
+
+        filler = fill(state)
+        expected += write_access_log(log, 300, seed=22, append=True)
+        agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+        said = wait_until(lambda: "Disk full" in agent.stdout() or not agent.alive(), timeout=30)
+        time.sleep(1.0)
+        alive = agent.alive()
+        filler.unlink()
+        arrived = receiver.wait_for_total(sum(expected.values()), timeout=120)
+        code = agent.stop()
+        out, errors = agent.stdout(), agent.stderr()
+    assert said and alive, f"forever must wait on a full state disk, not exit: {out[-1000:]} {errors[-2000:]}"
+    assert "damaged" not in out + errors and "reset-state" not in out + errors
+    assert out.count("Disk full") == 1, "the full disk should be said once, not on every retry"
+    assert arrived and code == 0, errors[-2000:]
+    assert Counter(receiver.counts()) == expected
+
+
+@pytest.mark.skipif(SKIP is not None, reason=f"full-disk scenario skipped: {SKIP}")
+def test_forever_whose_lock_cannot_be_written_waits_and_stops_cleanly_on_sigterm(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """A fresh state directory on a full disk: the pid cannot be written into the lock. A clear
+    disk-full message and a wait (no traceback, no exit 1); SIGTERM meanwhile is a clean stop."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 50, seed=23)
+    with small_filesystem(tmp_path / "state", "1m") as state:
+        fill(state)
+        config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
+                              sources=[str(log)], read={"poll_interval": 0.1})
+        agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+        said = wait_until(lambda: "Disk full" in agent.stdout() or not agent.alive(), timeout=30)
+        alive = agent.alive()
+        code = agent.stop()
+        out, errors = agent.stdout(), agent.stderr()
+    assert said and alive, f"forever must wait on a full state disk, not exit: {out[-1000:]} {errors[-2000:]}"
+    assert "Traceback" not in errors
+    assert code == 0, errors[-2000:]
+    assert receiver.total() == 0

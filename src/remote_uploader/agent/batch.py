@@ -115,6 +115,11 @@ class SealPolicy:
     """When the in-memory batch becomes a queued batch.
 
     - at `force_upload_threshold` records (memory pressure; upload now);
+    - adaptive: any non-empty batch at once when the reader has caught up and the uploader is
+      idle (nothing queued, nothing in flight): a line reaches the collector in milliseconds.
+      While requests are in flight, records accumulate and the next batch is larger; it is
+      sealed when the uploader falls idle (it nudges the reader) or by the rules below, which
+      stay the upper bounds;
     - at `min_upload_batch` records once `max_batch_age` has passed (real streaming: uploads start
       while reading goes on);
     - any non-empty batch once half of `max_batch_age` has passed and the reader has caught up, so
@@ -137,7 +142,7 @@ class SealPolicy:
     def from_config(cls, batching: BatchingConfig) -> SealPolicy:
         return cls(batching.force_upload_threshold, batching.min_upload_batch, batching.max_batch_age)
 
-    def should_seal(self, batch: Batch, now: float, *, caught_up: bool) -> bool:
+    def should_seal(self, batch: Batch, now: float, *, caught_up: bool, uploader_free: bool = False) -> bool:
         if batch.empty:
             return False
         size = len(batch)
@@ -145,7 +150,7 @@ class SealPolicy:
             return True
         age = now - batch.created
         if caught_up:
-            return age >= self.caught_up_age
+            return uploader_free or age >= self.caught_up_age
         return age >= self.max_batch_age and size >= self.min_upload_batch
 
 

@@ -1,12 +1,16 @@
 """`forever`: follow the configured files and ship what is appended, until a signal says stop.
 
-The reading thread polls (`read.poll_interval`, the source of truth: see tail.py for the rules);
-between two passes it looks at the size of the files it holds open several times a second
-(GROWTH_CHECK) and reads what was appended. It seals per the policy: a trickle of lines half
-`max_batch_age` after the previous seal, so it never waits for `min_upload_batch` and reaches the
-collector within about `max_batch_age`, noticing and uploading included. Other threads: the
-uploader, a stats reporter, and the optional Prometheus endpoint; none of them blocks reading,
-and reading never blocks them.
+The reading thread makes a pass (see tail.py for the rules) every `read.poll_interval`. Between
+two passes it waits on `agent.nudge`, which file events set (agent/watch.py, `read.watch`):
+a write to a file it holds open is read at once (`follow_growth`), a name created, renamed or
+deleted, or an overflow of the event queue, brings the next pass forward. Events only wake; the
+pass and `follow_growth` decide everything, as they do when polling. Without events (`read.watch
+= poll`, another platform, a directory the kernel would not watch) it looks at the size of the
+open files several times a second instead (GROWTH_CHECK). It seals per the policy: at once when
+the uploader is idle (it nudges the reader when it falls idle, so what accumulated while
+requests were in flight goes out in the next, larger batch), else half `max_batch_age` after the
+previous seal at the latest. Other threads: the uploader, the watcher, a stats reporter, and the
+optional Prometheus endpoint; none of them blocks reading, and reading never blocks them.
 
 Shutdown (SIGINT/SIGTERM): stop reading, seal the in-memory batch, upload for at most
 `shutdown.drain_timeout` seconds, exit 0; what is not sent stays queued for the next start.
@@ -27,13 +31,14 @@ from collections.abc import Callable
 
 from remote_uploader.agent.batch import SealPolicy
 from remote_uploader.agent.extract import build_extractor
-from remote_uploader.agent.runner import Agent, StopReading, stop_on_signals
+from remote_uploader.agent.runner import Agent, StopReading, open_agent, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.spool import DiskFullError, Spool
 from remote_uploader.agent.stats import render_block
 from remote_uploader.agent.tail import Lag, Tailer
+from remote_uploader.agent.watch import Watcher, WatchUnavailable
 from remote_uploader.config import Config
-from remote_uploader.errors import RemoteUploaderError
+from remote_uploader.errors import ConfigError, RemoteUploaderError
 from remote_uploader.i18n import _
 
 log = logging.getLogger(__name__)
@@ -50,15 +55,22 @@ GROWTH_CHECK_IDLE = 0.4
 
 def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: None,
                 reload: Callable[[], Config] | None = None) -> int:
-    agent = Agent(config, say=say)
+    agent = open_agent(config, say)
+    if isinstance(agent, int):  # SIGINT/SIGTERM while waiting for disk space: a clean stop
+        say(_("Stopped while waiting for disk space; nothing was read"))
+        return EXIT_OK
     reload_requested = threading.Event()
     signals = stop_on_signals(agent, {signal.SIGHUP: lambda signum: reload_requested.set()} if reload else None)
     tailer: Tailer | None = None
     reporter: StatsReporter | None = None
+    watcher: Watcher | None = None
     metrics = None
     try:
+        watcher = start_watcher(config.read.watch, agent.nudge)
         tailer = Tailer(agent)
         tailer.patience = max(config.read.rotate_grace, 2 * config.read.poll_interval)
+        if watcher is not None:
+            watcher.watch(tailer.watch_dirs())  # before the first pass: no write falls between
         if config.agent.metrics_listen:
             from remote_uploader.agent.metrics import serve_metrics
 
@@ -75,13 +87,15 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
                 apply_reload(agent, reload, say)
             try:
                 tailer.poll()
+                if watcher is not None:
+                    watcher.watch(tailer.watch_dirs())
                 if tailer.polls == 1 and not agent.stop.is_set():
                     # The first whole pass: from here on, what reaches a followed file (or is rotated
                     # away from it while the agent is stopped) is the agent's to deliver. Before it,
                     # rotated files are history it never looked at (docs/forever.md, Restarts).
                     log.info("event=following files=%d", len(tailer.tracked))
                 agent.maybe_seal(caught_up=True)
-                check_every = _until_next_pass(agent, tailer, check_every)
+                check_every = _until_next_pass(agent, tailer, check_every, watcher)
             except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space
                 break
         return shutdown(agent, say)
@@ -89,6 +103,8 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
         signals.close()
         if reporter is not None:
             reporter.stop.set()
+        if watcher is not None:
+            watcher.close()
         if tailer is not None:
             tailer.close()
         if metrics is not None:
@@ -97,21 +113,46 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
         agent.close()
 
 
-def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float) -> float:
-    """Wait `read.poll_interval` for the next pass; meanwhile read what was appended to the files
-    held open (an `fstat` each, every `check_every` seconds: see GROWTH_CHECK) and seal the batch
-    as soon as the policy says (a trickle: half `max_batch_age` after the last seal). So a line is
-    read within a fraction of a second, not one poll interval. Returns the next `check_every`."""
+def start_watcher(mode: str, wake: threading.Event) -> Watcher | None:
+    """File events for `read.watch` (auto: if the platform has them), or None: polling only."""
+    if mode == "poll":
+        return None
+    try:
+        watcher = Watcher(wake)
+    except (WatchUnavailable, OSError) as exc:
+        if mode == "inotify":
+            raise ConfigError("read.watch", f"inotify is not available here ({exc}); use auto or poll") from exc
+        log.info("event=watch_unavailable reason=%r action=polling", str(exc))
+        return None
+    watcher.start()
+    return watcher
+
+
+def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float, watcher: Watcher | None = None) -> float:
+    """Wait `read.poll_interval` for the next pass, woken by file events (`watcher`) or, without
+    them, every `check_every` seconds (GROWTH_CHECK); meanwhile read what was appended to the files
+    held open and seal the batch as soon as the policy says (at once while the uploader is idle).
+    Returns early, for a pass now, when the events say files appeared, went or were renamed, or
+    that events were lost (overflow). Returns the next `check_every`."""
     next_pass = time.monotonic() + agent.config.read.poll_interval
     while (remaining := next_pass - time.monotonic()) > 0:
-        if agent.stop.wait(min(remaining, check_every, _seal_due_in(agent))):
+        timed = watcher is None or not watcher.complete
+        agent.nudge.wait(min(remaining, check_every if timed else remaining, _seal_due_in(agent)))
+        agent.nudge.clear()  # before `take`: an event after it sets the nudge again
+        if agent.stop.is_set():
             break
         if agent.queued_estimate >= agent.config.queue.max_bytes:
             # The queue is full, or nearly: a seal would pause reading here, before the next pass
             # has found the files created meanwhile (so the stats could not show them behind).
             # Latency is moot until uploads free space; the pass reads, seals and pauses.
             continue
-        if time.monotonic() < next_pass:
+        if watcher is not None:
+            rescan, written, named = watcher.take()
+            if rescan or tailer.needs_pass(named, written):
+                break
+            if written:
+                tailer.follow_growth()
+        if timed and time.monotonic() < next_pass:
             grew = tailer.follow_growth()
             longest = max(GROWTH_CHECK, min(GROWTH_CHECK_IDLE, agent.policy.caught_up_age))
             check_every = GROWTH_CHECK if grew else min(longest, 2 * check_every)

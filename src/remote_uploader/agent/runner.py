@@ -23,7 +23,7 @@ from remote_uploader.agent.clock import wall
 from remote_uploader.agent.extract import Extractor, build_extractor
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
-from remote_uploader.agent.signals import SignalWatcher
+from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
 from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
@@ -59,6 +59,8 @@ class Agent:
         self.say = say
         self.stop = threading.Event()
         self.wake = threading.Event()
+        # Wakes `forever`'s reading loop: a file event, a stop, the uploader falling idle.
+        self.nudge = threading.Event()
         self.stats = Stats(max_memory_ips=config.batching.max_memory_ips)
         self.policy = SealPolicy.from_config(config.batching)
         prepare_state_dir(config.agent.state_dir)
@@ -66,8 +68,12 @@ class Agent:
         self.lock.acquire()
         try:
             self.spool = Spool(config.agent.state_dir)
-            self.upload_spool = Spool(config.agent.state_dir)
-            self.producer = self.spool.producer()
+            try:
+                self.upload_spool = Spool(config.agent.state_dir)
+                self.producer = self.spool.producer()
+            except BaseException:
+                self.spool.close()
+                raise
         except BaseException:
             self.lock.release()
             raise
@@ -83,7 +89,8 @@ class Agent:
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
-                                 self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency)
+                                 self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency,
+                                 on_idle=self.nudge)
         self.batch = Batch(time.monotonic())
         # Per file: the anchor (source.Anchor) of the last bytes counted, committed with the offset
         # it stands at (see tail.py: the evidence that a file is still, or copied from, the record).
@@ -97,6 +104,7 @@ class Agent:
     def close(self) -> None:
         self.stop.set()
         self.wake.set()
+        self.nudge.set()
         if self.scanner is not None:
             self.scanner.close()
         if self.uploader.is_alive():
@@ -120,6 +128,7 @@ class Agent:
         self.stop_reason = reason
         self.stop.set()
         self.wake.set()
+        self.nudge.set()
 
     # --- reading ------------------------------------------------------------------------------------
 
@@ -161,7 +170,10 @@ class Agent:
         stats.memory_ips = len(batch)
 
     def maybe_seal(self, *, caught_up: bool) -> None:
-        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up):
+        """Seal if the policy says so; a caught-up reader seals at once while the uploader is idle
+        (nothing queued, nothing in flight): low load gets latency, high load larger batches."""
+        free = caught_up and self.uploader.idle.is_set() and self.uploader.is_alive()
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free):
             self.seal_now()
 
     def seal_now(self) -> None:
@@ -358,9 +370,52 @@ def stop_on_signals(agent: Agent, extra: Mapping[int, Callable[[int], None]] | N
     return SignalWatcher({signal.SIGINT: stop, signal.SIGTERM: stop, **(extra or {})})
 
 
+def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
+    """The agent, once its state directory can be written: on a full disk at start-up (the lock's
+    pid, the queue database's -wal/-shm, a migration), say so once and retry every
+    `read.poll_interval`, as `Agent.write_state` does for every later write; a full disk is never
+    a reason to exit (a restart loop, or exit 4 "damaged", would lose rotated lines meanwhile).
+    The signal number instead when SIGINT/SIGTERM came while waiting: nothing was read.
+
+    Signals are watched only while waiting; on the ordinary path the early hold (signals.py) stays
+    for `stop_on_signals` to adopt, so a SIGTERM during start-up is acted on there."""
+    try:
+        return Agent(config, say=say)
+    except DiskFullError as exc:
+        first = exc
+    stop = threading.Event()
+    signals: list[int] = []
+
+    def stopped(signum: int) -> None:
+        signals.append(signum)
+        stop.set()
+
+    log.error("event=disk_full reason=%r action=retrying phase=start", str(first))
+    say(_("Disk full: {reason}; nothing lost, retrying").format(reason=first.translated()))
+    with SignalWatcher({signal.SIGINT: stopped, signal.SIGTERM: stopped}):
+        while True:
+            if stop.wait(config.read.poll_interval):
+                log.info("event=signal signal=%d action=stop phase=waiting_for_disk_space", signals[0])
+                return signals[0]
+            try:
+                agent = Agent(config, say=say)
+            except DiskFullError:
+                continue
+            log.info("event=disk_space_back")
+            if signals:  # the signal came while the agent was being opened
+                agent.close()
+                return signals[0]
+            break
+    hold_early()  # this watcher put the handlers back: hold again until stop_on_signals opens its own
+    return agent
+
+
 def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
              max_retry_time: float | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
-    agent = Agent(config, say=say)
+    agent = open_agent(config, say)
+    if isinstance(agent, int):  # stopped by a signal as usual: 128 + its number
+        return RunResult(128 + agent, _("Stopped while waiting for disk space; nothing was read"),
+                         Stats(max_memory_ips=config.batching.max_memory_ips))
     try:
         with stop_on_signals(agent):
             result = agent.run_once(max_retry_time=max_retry_time, progress=progress)

@@ -307,7 +307,8 @@ class Uploader(threading.Thread):
     """
 
     def __init__(self, spool: Spool, sink: Sink, backoff: Backoff, stats: Stats, agent_id: str,
-                 wake: threading.Event, stop: threading.Event, concurrency: int = 1) -> None:
+                 wake: threading.Event, stop: threading.Event, concurrency: int = 1, *,
+                 on_idle: threading.Event | None = None) -> None:
         super().__init__(name="uploader", daemon=True)
         self.spool = spool
         self.sink = sink
@@ -318,6 +319,7 @@ class Uploader(threading.Thread):
         self.stop_event = stop
         self.concurrency = concurrency
         self.idle = threading.Event()  # set while the queue is empty
+        self.on_idle = on_idle  # set each time it falls idle: the reader seals what accumulated meanwhile
         self.failing_since: float | None = None
         self.last_error = ""
         self.fatal: BaseException | None = None
@@ -346,7 +348,10 @@ class Uploader(threading.Thread):
             if not in_flight:
                 if self.stop_event.is_set():
                     return
-                self.idle.set()
+                if not self.idle.is_set():
+                    self.idle.set()
+                    if self.on_idle is not None:
+                        self.on_idle.set()
                 self.failing_since = None
                 self.wake.wait(0.5)
                 self.wake.clear()

@@ -180,8 +180,16 @@ class StateLock:
                 "another agent (pid {pid}) is using the state directory {path}; "
                 "stop it first, or give this one its own agent.state_dir", pid=holder, path=self.path.parent,
             )) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Like every other write of the state directory on a full disk: the caller waits for
+            # space (runner.open_agent) rather than exiting with a traceback.
+            raise DiskFullError(Message("no space left to write the state lock {path}", path=self.path)) from exc
         self._fd = fd
 
     def is_held_elsewhere(self) -> bool:
@@ -253,12 +261,24 @@ class Spool:
                                    check_same_thread=False)
         else:
             if not self.path.exists():
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                try:
+                    os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    raise DiskFullError(Message("no space left for the queue database {path}",
+                                                path=self.path)) from exc
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         try:
             self._check_and_migrate(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            # Opening a WAL database writes its -wal and -shm files: on a full disk that fails with
+            # SQLITE_FULL or SQLITE_IOERR, which is a full disk (the caller waits for space), not
+            # damage (exit 4 and "reset-state" would keep the service down and invite a re-read).
+            classified = self._classify(exc)
+            if isinstance(classified, DiskFullError):
+                raise classified from exc
             raise self._damaged(exc) from exc
         return conn
 

@@ -695,6 +695,40 @@ class Tailer:
         bases = rotation_bases(path)
         return [t for t in self.tracked.values() if t.name in bases] if bases else []
 
+    # --- what file events mean (forever, agent/watch.py) -----------------------------------------------------
+
+    def watch_dirs(self) -> set[str]:
+        """The directories whose events concern us: each configured path's or glob's (globbed if
+        its directory has wildcards), and each followed file's (rotated names live beside it)."""
+        dirs: set[str] = set()
+        for source in self.agent.config.sources:
+            for pattern in source.paths:
+                directory = os.path.dirname(os.path.expanduser(pattern)) or "."
+                dirs.update(glob.glob(directory) if glob.has_magic(directory) else [directory])
+        # Every record's (even one no longer configured: a spare watch is harmless, while
+        # `source_index` per record, a match against every pattern, cost more than the pass).
+        dirs.update(os.path.dirname(t.path) or "." for t in self.tracked.values())
+        return dirs
+
+    def needs_pass(self, named: Iterable[str], written: Iterable[str]) -> bool:
+        """Do these file events call for a pass, or does reading the open files' growth cover them?
+
+        A name created, renamed or deleted that a glob matches, or that is a record's file or a
+        rotated name of one, may be a rotation or a new file: only a pass decides. A write to such
+        a path that no open descriptor covers (a file closed after CLOSE_INACTIVE, or not taken up
+        yet) too. Everything else in a watched directory (other logs in /var/log) is not ours."""
+        # Events name absolute paths (the watched directory's); configured paths may be relative.
+        absolute = os.path.abspath
+        open_paths = {absolute(t.path) for t in self.tracked.values() if t.fd is not None}
+        names = {absolute(n) for t in self.tracked.values() for n in (t.name, t.path)}
+        patterns = [absolute(os.path.expanduser(p)) for s in self.agent.config.sources for p in s.paths]
+
+        def ours(path: str) -> bool:
+            return (path in names or bool(rotation_bases(path) & names)
+                    or any(fnmatch.fnmatchcase(path, p) if glob.has_magic(p) else path == p for p in patterns))
+
+        return any(ours(path) for path in named) or any(path not in open_paths and ours(path) for path in written)
+
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
     def _scan(self) -> Scan:
