@@ -574,7 +574,7 @@ class Tailer:
         content? Then it is no copy of that content (a copy never holds more than its original,
         which only grows while in place): it is another file that starts the same way, such as the
         rotation of a file we never saw whose header is longer than a fingerprint and so matches
-        the head and anchor of a new file holding only that header (generative seed 7001)."""
+        the head and anchor of a new file holding only that header (generative finding F3, seed 7001)."""
         original = t.fd if t.fd is not None else self._open(t.path, t.key)
         if original is None:
             return False
