@@ -558,15 +558,31 @@ class Tailer:
         and still intact now), the copy must be the start of it: its first and last bytes are
         compared with the original's. Once the original has lost it (truncated since: the copy was
         made in copytruncate's window), the head is all the evidence left, and the file is taken
-        for the copy: reading a real copy from 0 would count it twice.
+        for the copy: reading a real copy from 0 would count it twice. A file longer than the
+        original still in place is never its copy (`_outgrows`).
         """
         head = t.identity
         if head.fp_len == 0 or fingerprint(fd, head.fp_len) != (head.fp_len, head.fp_hash):
             return False
         size = os.fstat(fd).st_size
         if t.anchor is not None and size >= t.anchor.pos:
-            return t.anchor.held_by(fd)
+            return t.anchor.held_by(fd) and not (in_place and self._outgrows(t, size))
         return self._starts(t, fd, size) if in_place else True
+
+    def _outgrows(self, t: Tracked, size: int) -> bool:
+        """Is a file of `size` bytes longer than record `t`'s file, which still holds the record's
+        content? Then it is no copy of that content (a copy never holds more than its original,
+        which only grows while in place): it is another file that starts the same way, such as the
+        rotation of a file we never saw whose header is longer than a fingerprint and so matches
+        the head and anchor of a new file holding only that header (generative finding F3, seed 7001)."""
+        original = t.fd if t.fd is not None else self._open(t.path, t.key)
+        if original is None:
+            return False
+        try:
+            return self._intact(t, original) and os.fstat(original).st_size < size
+        finally:
+            if original != t.fd:
+                os.close(original)
 
     def _starts(self, t: Tracked, fd: int, size: int) -> bool:
         """Is the file at `fd` (`size` bytes) the start of record `t`'s file, or has that file lost
