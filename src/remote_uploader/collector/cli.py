@@ -18,6 +18,7 @@ code of the error (2 configuration, 4 storage, 1 otherwise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import json
@@ -26,7 +27,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from remote_uploader.collector import logs, settings
@@ -70,8 +71,14 @@ def _create_dir(args: argparse.Namespace, config: settings.CollectorSettings) ->
     return bool(args.create_dir) or config.db == settings.default_db_url()
 
 
-def _open(args: argparse.Namespace) -> Storage:
-    return _open_with_settings(args)[1]
+@contextlib.contextmanager
+def _open(args: argparse.Namespace) -> Iterator[Storage]:
+    """The configured storage, migrated, for one command; closed however the command ends."""
+    storage = _open_with_settings(args)[1]
+    try:
+        yield storage
+    finally:
+        storage.close()
 
 
 def _open_with_settings(args: argparse.Namespace) -> tuple[settings.CollectorSettings, Storage]:
@@ -197,11 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @_boundary
 def cmd_token_add(args: argparse.Namespace) -> int:
-    storage = _open(args)
-    try:
+    with _open(args) as storage:
         token = create_token(storage, args.name, "read" if args.read_only else "agent", replace=args.replace)
-    finally:
-        storage.close()
     kind = "a read-only" if args.read_only else "an agent"
     print(f"Created {kind} token for {args.name!r}. It is shown only now; store it safely.")
     print(token)
@@ -210,11 +214,8 @@ def cmd_token_add(args: argparse.Namespace) -> int:
 
 @_boundary
 def cmd_token_list(args: argparse.Namespace) -> int:
-    storage = _open(args)
-    try:
+    with _open(args) as storage:
         tokens = storage.list_tokens()
-    finally:
-        storage.close()
     if args.json:
         document = [{"name": t.name, "role": t.role, "created_at": format_time(t.created_at)} for t in tokens]
         print(json.dumps(document, indent=2))
@@ -231,11 +232,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 @_boundary
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    storage = _open(args)
-    try:
+    with _open(args) as storage:
         revoked = storage.revoke_token(args.name)
-    finally:
-        storage.close()
     if not revoked:
         print(f"remote-uploader collector: error: no token named {args.name!r}", file=sys.stderr)
         return 1
@@ -248,11 +246,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 @_boundary
 def cmd_bouncer_add(args: argparse.Namespace) -> int:
-    storage = _open(args)
-    try:
+    with _open(args) as storage:
         key = create_bouncer_key(storage, args.name, replace=args.replace)
-    finally:
-        storage.close()
     print(f"Created a bouncer key for {args.name!r}: put it in the bouncer's api_key. It is shown only now.")
     print(key)
     return 0
@@ -260,11 +255,8 @@ def cmd_bouncer_add(args: argparse.Namespace) -> int:
 
 @_boundary
 def cmd_bouncer_list(args: argparse.Namespace) -> int:
-    storage = _open(args)
-    try:
+    with _open(args) as storage:
         bouncers = storage.list_bouncers()
-    finally:
-        storage.close()
 
     def when(moment: Any) -> str:
         return format_time(moment) if moment is not None else "-"
@@ -293,11 +285,8 @@ def cmd_bouncer_list(args: argparse.Namespace) -> int:
 
 @_boundary
 def cmd_bouncer_revoke(args: argparse.Namespace) -> int:
-    storage = _open(args)
-    try:
+    with _open(args) as storage:
         revoked = storage.revoke_bouncer(args.name)
-    finally:
-        storage.close()
     if not revoked:
         print(f"remote-uploader collector: error: no bouncer named {args.name!r}", file=sys.stderr)
         return 1
