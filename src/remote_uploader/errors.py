@@ -6,7 +6,6 @@
     ├── StateError                      the state directory or queue database cannot be used
     │   ├── StateLockedError            another agent holds the state directory lock
     │   └── CorruptStateError           the queue database is damaged or from a future schema
-    ├── QueueFullError                  the queue reached its byte limit (reading pauses; never raised to users)
     ├── SourceError                     a log file cannot be read (reported, the other sources go on; exit 5)
     ├── LegacyImportError               the old script's files are in a shape the import does not understand
     └── DeliveryError                   the collector did not take a batch
@@ -71,10 +70,6 @@ class StateLockedError(StateError):
 
 
 class CorruptStateError(StateError):
-    pass
-
-
-class QueueFullError(RemoteUploaderError):
     pass
 
 

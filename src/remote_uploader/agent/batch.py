@@ -92,10 +92,6 @@ class Batch:
         first = wire_time(self.first_seen)
         return format_timestamp(first), format_timestamp(max(first, wire_time(self.last_seen)))
 
-    def to_records(self) -> list[Record]:
-        first, last = self._span()
-        return [Record(ip, n, first, last, source) for source, known in self.counts.items() for ip, n in known.items()]
-
     def records_json(self) -> bytes:
         """The records array as protocol JSON, built directly: sealing is on the hot path.
 

@@ -52,6 +52,7 @@ def check_sources(config: Config) -> list[Check]:
     # One line per problem, a glob that matches nothing among them (not only when all globs do).
     checks = [Check(problem.path, False, translate_known(problem.reason)) for problem in problems]
     for found in files:
+        assert found.source_index is not None  # a glob match: it has its source
         checks.append(_sample(found.path, config, found.source_index))
     return checks
 

@@ -36,13 +36,6 @@ class FileIdentity:
     fp_len: int
     fp_hash: bytes
 
-    def same_file(self, other: FileIdentity) -> bool:
-        """Same inode and the shorter fingerprint is a prefix-match of the longer one's content."""
-        return self.dev == other.dev and self.ino == other.ino and self.same_content_start(other)
-
-    def same_content_start(self, other: FileIdentity) -> bool:
-        return self.fp_len == other.fp_len and self.fp_hash == other.fp_hash
-
 
 def fingerprint(fd: int, length: int = FINGERPRINT_BYTES) -> tuple[int, bytes]:
     """Hash of the first `length` bytes (fewer if the file is shorter): (bytes hashed, digest).
@@ -90,14 +83,24 @@ class Anchor:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A regular file matched by a source's globs."""
+    """A regular file found by a look at the sources: matched by a source's globs (`source_index`
+    says which), or at a rotated name beside a matched file (`tail.scan`: no source, None)."""
 
     path: str
-    source_index: int
+    source_index: int | None
     dev: int
     ino: int
     size: int
     mtime: float
+
+    @property
+    def live(self) -> bool:
+        """At a path the globs match (else: a rotated name of a live file)."""
+        return self.source_index is not None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.dev, self.ino
 
 
 # Source problems, in English (they are log values); `i18n.translate_known` shows them translated.
