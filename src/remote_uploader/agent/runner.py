@@ -222,12 +222,12 @@ class Agent:
         """A Read into the batch: extract a chunk (in parts that each fit under the cap), or take
         the workers' part; note its anchor; seal if the policy says so (reading is not caught up)."""
         if read.part is not None:
-            self._add(read.part, read.fid, read.stream)
+            self.feed_part(read.part, read.fid, read.stream)
         elif read.chunk is not None:
             chunk = read.chunk
             for part in scan_parts(self.pipeline.extractors[read.source], chunk.buf, chunk.start, chunk.end,
                                    chunk.end_offset, self.pipeline.cap, scan=chunk.scan, long_line=chunk.long_line):
-                self._add(part, read.fid, read.stream)
+                self.feed_part(part, read.fid, read.stream)
         if read.anchor is not None:
             self.anchors[read.fid] = read.anchor  # committed with the offset it stands at
         self.maybe_seal(caught_up=False)
@@ -238,7 +238,7 @@ class Agent:
         log.error("event=source_error path=%s reason=%r", path, reason)
         self.say(_("Cannot read {path}: {reason}").format(path=path, reason=translate_known(reason)))
 
-    def _add(self, part: Part, fid: int, stream: str) -> None:
+    def feed_part(self, part: Part, fid: int, stream: str) -> None:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
         cap = self.pipeline.cap
