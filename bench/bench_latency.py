@@ -240,7 +240,8 @@ def idle_cpu(seconds: float, settings: list[str], files: int = 1, src: str | Non
 
 def _trees(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     """(label, source tree) of each agent measured: this tree, then every --src, run by run."""
-    return [("this tree", None)] + [(f"--src {src}", src) for src in args.src]
+    mine: list[tuple[str, str | None]] = [] if args.only_src else [("this tree", None)]
+    return mine + [(f"--src {src}", src) for src in args.src]
 
 
 def main() -> int:
@@ -260,6 +261,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=0.1, help="--copytruncate: seconds from copy to truncate")
     parser.add_argument("--src", action="append", default=[], metavar="TREE",
                         help="also measure the agent of another checkout (its src/), alternating run by run")
+    parser.add_argument("--only-src", action="store_true", help="measure only the --src checkouts")
     args = parser.parse_args()
     label = ", ".join(args.settings) or "defaults"
     print(f"machine: {machine()}")

@@ -67,7 +67,7 @@ def _sample(path: str, config: Config, source_index: int) -> Check:
     try:
         size = os.fstat(fd).st_size
         reader = BlockReader(fd, 0, SAMPLE_BYTES, extractor.context)
-        chunk = reader.next_chunk() or reader.take_partial()
+        chunk = next(reader.chunks(partial=True), None)
         counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk and chunk.scan else {}
         lines = chunk.lines() if chunk else 0
     except OSError as exc:

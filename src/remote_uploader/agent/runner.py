@@ -536,7 +536,7 @@ def count_files(paths: list[str], extractor: Extractor, block_size: int,
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise SourceError(path, NOT_REGULAR if not stat.S_ISDIR(os.fstat(fd).st_mode) else A_DIRECTORY)
             reader = BlockReader(fd, 0, block_size, extractor.context)
-            while (chunk := reader.next_chunk() or reader.take_partial()) is not None:
+            for chunk in reader.chunks(partial=True):
                 if chunk.scan:
                     for ip, count in extractor.scan(chunk.buf, chunk.start, chunk.end).items():
                         totals[ip] = totals.get(ip, 0) + count

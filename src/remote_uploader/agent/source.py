@@ -281,6 +281,17 @@ class BlockReader:
         """Bytes read but not yet handed out (an incomplete final line)."""
         return self.context + self.carry - self._consumed()
 
-    def chunks(self) -> Iterator[Chunk]:
-        while (chunk := self.next_chunk()) is not None:
+    def chunks(self, partial: bool | None = None) -> Iterator[Chunk]:
+        """The one read loop (the follower, `extract`'s whole-file count, `check`'s sample): every
+        run of whole lines to the current end of the file, then, per `partial`, its final
+        unterminated line: all of it (True: the file can no longer grow, or a whole-file count),
+        up to its last separator (False: a live file idle long enough; see `take_partial`), or
+        nothing (None: it waits for its end). A chunk is a view of the reader's buffer, valid
+        until the next one is asked for."""
+        while True:
+            chunk = self.next_chunk()
+            if chunk is None and partial is not None and self.pending:
+                chunk = self.take_partial(whole=partial)
+            if chunk is None:
+                return
             yield chunk

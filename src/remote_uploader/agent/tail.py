@@ -521,11 +521,9 @@ class Tailer:
                 yield Read(t.fid, t.stream, index, part.end_offset, part=part, anchor=part_anchor)
                 self._counted(t, part_anchor, part.end_offset)
                 pos = part.end_offset
-        reader = BlockReader(fd, pos, agent.pipeline.config.read.block_size, extractor.context)
+        chunks = BlockReader(fd, pos, agent.pipeline.config.read.block_size, extractor.context).chunks(partial)
         while not agent.stop.is_set():
-            chunk = reader.next_chunk()
-            if chunk is None and partial is not None and reader.pending:
-                chunk = reader.take_partial(whole=partial)
+            chunk = next(chunks, None)
             if chunk is None:
                 break
             # At the chunk's last line end: a final line taken unfinished may still be written into
