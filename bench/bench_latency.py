@@ -152,6 +152,24 @@ def run(lines: int, settings: list[str], seed: int, src: str | None = None, rate
         return [seen[ip] - at for ip, at in appended.items()]
 
 
+def _settled(collector: object, quiet: float = 3.0, limit: float = 120.0) -> None:
+    """Wait until the collector's database has not changed for `quiet` seconds (or `limit`): a
+    loaded machine may deliver the last lines seconds late, and they are not lost."""
+    database = collector.db_url.removeprefix("sqlite:///")  # type: ignore[attr-defined]
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        last, since, deadline = -1, time.monotonic(), time.monotonic() + limit
+        while time.monotonic() < deadline:
+            total = connection.execute("SELECT coalesce(sum(total), 0) FROM ips").fetchone()[0]
+            if total != last:
+                last, since = total, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.2)
+    finally:
+        connection.close()
+
+
 def copytruncate(settings: list[str], src: str | None, seconds: float, window: float,
                  rate: float = 200.0, every: float = 2.0) -> tuple[int, int, int, int, int]:
     """logrotate's copytruncate under a writer of `rate` lines a second, every `every` seconds:
@@ -201,7 +219,7 @@ def copytruncate(settings: list[str], src: str | None, seconds: float, window: f
             time.sleep(1.0)
             stop.set()
             writer.join()
-            time.sleep(3.0)  # the rest of the lines delivered
+            _settled(collector)  # everything the agent read is delivered before it is stopped
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.communicate(timeout=60)
