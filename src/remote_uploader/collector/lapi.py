@@ -34,7 +34,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from remote_uploader.collector.api import ApiError
+from remote_uploader.errors import ApiError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
