@@ -63,7 +63,7 @@ from remote_uploader.i18n import Message, _
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
-EXIT_NOT_DELIVERED = 3
+EXIT_UNDELIVERED = 3
 EXIT_STATE = 4
 EXIT_SOURCE = 5
 EXIT_INTERRUPTED = 130
@@ -145,7 +145,7 @@ class LegacyImportError(RemoteUploaderError):
 class DeliveryError(RemoteUploaderError):
     """`status` is the collector's answer (None: no answer, e.g. a network error)."""
 
-    exit_code = EXIT_NOT_DELIVERED
+    exit_code = EXIT_UNDELIVERED
 
     def __init__(self, message: str | Message, status: int | None = None, retry_after: float | None = None) -> None:
         self.status = status
@@ -181,7 +181,7 @@ class PermanentDeliveryError(DeliveryError):
 class QueryError(RemoteUploaderError):
     """The collector could not be asked, or refused the question (its reason is in the message)."""
 
-    exit_code = EXIT_NOT_DELIVERED
+    exit_code = EXIT_UNDELIVERED
 
 
 # -- the protocol, as the collector enforces it ----------------------------------------------

@@ -39,6 +39,10 @@ FUTURE_SKEW = timedelta(minutes=5)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# An address range as both sides parse it (`ipaddress.ip_network`): allowlists, CIDR filters.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 def canonical_ip(text: str) -> str | None:
     """Return the canonical spelling of an address, or None if `text` is not one we count.
 

@@ -29,7 +29,14 @@ from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, Block
 from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
-from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
+from remote_uploader.errors import (
+    EXIT_OK,
+    EXIT_SOURCE,
+    EXIT_UNDELIVERED,
+    RemoteUploaderError,
+    SourceError,
+    StateError,
+)
 from remote_uploader.i18n import _, translate_known
 from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
@@ -37,9 +44,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-EXIT_OK = 0
-EXIT_UNDELIVERED = 3
-EXIT_SOURCE = SourceError.exit_code  # 5: a source could not be read; everything readable was delivered
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from remote_uploader import __version__
-from remote_uploader.collector.logs import AccessLog, fields
+from remote_uploader.collector.logs import AccessLog
 from remote_uploader.collector.metrics import Metrics
 from remote_uploader.collector.routers import blocklists, decisions, deps, ingest, lapi, metrics, reads
 from remote_uploader.collector.service import Collector
@@ -38,6 +38,7 @@ from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import RequestError, StorageError
+from remote_uploader.logs import fields
 from remote_uploader.protocol import BATCHES_PATH
 
 logger = logging.getLogger(__name__)
@@ -84,14 +85,17 @@ def create_app(settings: CollectorSettings, storage: Storage | None = None, *, c
     app.state.collector = collector
     for handled in (RequestError, StorageError, RequestValidationError, StarletteHTTPException):
         app.add_exception_handler(handled, answer_error)
-    for router in (ingest.router, reads.router, blocklists.router, lapi.router, decisions.router):
-        app.include_router(router)
+    routers = [ingest.router, reads.router, blocklists.router, lapi.router, decisions.router]
     if settings.dashboard:
         from remote_uploader.collector.routers import dashboard
 
         app.state.dashboard = dashboard.Dashboard(collector)
-        app.include_router(dashboard.router)
-    app.include_router(metrics.router)
+        routers.append(dashboard.router)
+    routers.append(metrics.router)
+    for router in routers:
+        app.include_router(router)
+    # Every route served, for the Allow header of a 405 (FastAPI keeps included routers whole).
+    app.state.routes = [route for router in routers for route in router.routes]
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(AccessLog, metrics=collector.metrics, enabled=settings.access_log)
     return app
@@ -141,7 +145,7 @@ def _answer(request: Request, exc: Exception) -> tuple[int, list[dict[str, str]]
         # Starlette names the methods of the first route of the path only; a path served by
         # several routes (GET, POST and DELETE /v1/rules/decisions) allows all of theirs.
         allowed = set()
-        for route in request.app.routes:
+        for route in request.app.state.routes:
             if route.matches(request.scope)[0] == Match.PARTIAL:
                 allowed |= set(getattr(route, "methods", None) or ())
         if allowed:

@@ -26,7 +26,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from remote_uploader.collector import logs, settings
+from remote_uploader import logs
+from remote_uploader.collector import settings
 from remote_uploader.collector.auth import create_bouncer_key, create_token
 from remote_uploader.collector.decisions import cli as decisions_cli
 from remote_uploader.collector.server import serve

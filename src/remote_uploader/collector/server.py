@@ -13,10 +13,10 @@ import signal
 import socket
 import ssl
 
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.errors import EXIT_OK, CollectorError, ConfigError
+from remote_uploader.logs import fields
 
 logger = logging.getLogger(__name__)
 

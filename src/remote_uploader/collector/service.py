@@ -14,12 +14,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 from remote_uploader.collector.decisions.engine import DecisionEngine
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.metrics import Metrics
 from remote_uploader.collector.parsing import BatchParser
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import CollectorError
+from remote_uploader.logs import fields
 
 logger = logging.getLogger(__name__)
 

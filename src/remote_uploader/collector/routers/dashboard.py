@@ -25,8 +25,8 @@ from remote_uploader.collector.auth import Principal
 from remote_uploader.collector.dashboard import session, views
 from remote_uploader.collector.dashboard.cache import TtlCache
 from remote_uploader.collector.dashboard.render import SECURITY_HEADERS, Pages, static_file
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.service import Collector
+from remote_uploader.logs import fields
 from remote_uploader.protocol import canonical_ip
 
 logger = logging.getLogger(__name__)

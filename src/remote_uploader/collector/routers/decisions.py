@@ -26,10 +26,10 @@ from pydantic import BaseModel, Field
 from remote_uploader.collector.decisions.engine import DecisionRefused, add_manual, delete_value
 from remote_uploader.collector.decisions.values import ValueRejected, decision_value
 from remote_uploader.collector.routers.deps import Service, Who, bad_request, errors, moment
-from remote_uploader.collector.storage.model import Decision, DecisionQuery, Network, WindowQuery
+from remote_uploader.collector.storage.model import Decision, DecisionQuery, WindowQuery
 from remote_uploader.collector.timeparse import DurationError, parse_duration
 from remote_uploader.errors import ApiError
-from remote_uploader.protocol import canonical_ip, check_text, format_time
+from remote_uploader.protocol import Network, canonical_ip, check_text, format_time
 
 router = APIRouter()
 

@@ -19,12 +19,12 @@ from starlette.concurrency import run_in_threadpool
 
 from remote_uploader.collector.auth import Principal
 from remote_uploader.collector.body import check_headers, read_body
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
 from remote_uploader.collector.routers.deps import Service, Who, errors
 from remote_uploader.collector.service import Collector
 from remote_uploader.collector.storage.base import Batch
 from remote_uploader.errors import ApiError
+from remote_uploader.logs import fields
 from remote_uploader.protocol import BATCHES_PATH
 
 logger = logging.getLogger(__name__)

@@ -35,13 +35,14 @@ from remote_uploader.collector.lapi import (
     parse_network,
     parse_scopes,
 )
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.routers.deps import IGNORES_UNKNOWN_QUERY, Service, errors
 from remote_uploader.collector.service import Collector
-from remote_uploader.collector.storage.base import BouncerInfo, Network, Storage
+from remote_uploader.collector.storage.base import BouncerInfo, Storage
 from remote_uploader.collector.storage.model import Decision, DecisionQuery
 from remote_uploader.collector.timeparse import go_duration
 from remote_uploader.errors import ApiError, CollectorError
+from remote_uploader.logs import fields
+from remote_uploader.protocol import Network
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ one consistent picture.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from remote_uploader.protocol import Network
+
 Scope = Literal["Ip", "Range"]
 DecisionState = Literal["active", "deleted", "expired"]
 Level = Literal["bucket", "hour", "day"]
