@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +65,13 @@ def canonical_ip(text: str) -> str | None:
     if addr.is_unspecified:
         return None
     return str(addr)
+
+
+def ip_key(ip: str) -> bytes:
+    """The packed form of a canonical address: 4 bytes for IPv4, 16 for IPv6."""
+    if ":" in ip:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    return socket.inet_aton(ip)
 
 
 def is_canonical_ip(text: str) -> bool:

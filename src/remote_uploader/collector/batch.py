@@ -52,6 +52,7 @@ from remote_uploader.protocol import (
     PRODUCER_LEN,
     check_ip,
     check_text,
+    ip_key,
     is_canonical_ip,
     parse_any_time,
 )
@@ -64,13 +65,6 @@ _PART = re.compile(rf"[01]{{0,{MAX_PART_LEN}}}")
 
 class _TooManyErrors(Exception):
     pass
-
-
-def ip_key(ip: str) -> bytes:
-    """The packed form of a canonical address: 4 bytes for IPv4, 16 for IPv6."""
-    if ":" in ip:
-        return socket.inet_pton(socket.AF_INET6, ip)
-    return socket.inet_aton(ip)
 
 
 class Clamp:

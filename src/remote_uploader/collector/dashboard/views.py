@@ -16,8 +16,14 @@ from remote_uploader.collector.dashboard import charts
 from remote_uploader.collector.dashboard.cache import TtlCache
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import AgentStats, Storage
-from remote_uploader.collector.storage.model import MAX_LABEL, Decision, DecisionQuery, WindowCount, WindowQuery
-from remote_uploader.collector.storage.sql_dashboard import MinutePoint
+from remote_uploader.collector.storage.model import (
+    MAX_LABEL,
+    Decision,
+    DecisionQuery,
+    MinutePoint,
+    WindowCount,
+    WindowQuery,
+)
 from remote_uploader.collector.timeparse import DurationError, parse_moment
 from remote_uploader.protocol import MAX_AGENT_LEN, check_text
 

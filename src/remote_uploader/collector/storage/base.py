@@ -25,13 +25,13 @@ from remote_uploader.collector.storage.model import (
     Decision,
     DecisionDetail,
     DecisionQuery,
+    MinutePoint,
     NewDecision,
     RollupResult,
     SeriesPoint,
     WindowCount,
     WindowQuery,
 )
-from remote_uploader.collector.storage.sql_dashboard import MinutePoint
 from remote_uploader.protocol import Network
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -158,3 +158,13 @@ class DecisionQuery:
     scenarios: tuple[str, ...] | None = None
     after_id: int = 0
     limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MinutePoint:
+    """One bucket of the overview chart: occurrences and distinct addresses counted in it."""
+
+    start: datetime
+    seconds: int  # the bucket's length: a minute bucket, or an hour or day it was rolled up into
+    occurrences: int
+    addresses: int
