@@ -215,8 +215,8 @@ class ApiError(RequestError):
 class BodyError(ApiError):
     """The body cannot be used; `status` is the HTTP answer (400, 413, 415)."""
 
-    def __init__(self, status: int, field: str, message: str) -> None:
-        super().__init__(status, field, message)
+    def __init__(self, status: int, field: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, field, message, headers)
         self.message = message
         self.args = (message,)
 

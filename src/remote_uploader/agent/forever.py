@@ -33,12 +33,12 @@ from remote_uploader.agent.batch import SealPolicy
 from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.runner import Agent, StopReading, open_agent, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.spool import DiskFullError, Spool
+from remote_uploader.agent.spool import Spool
 from remote_uploader.agent.stats import render_block
 from remote_uploader.agent.tail import Lag, Tailer
 from remote_uploader.agent.watch import Watcher, WatchUnavailable
 from remote_uploader.config import Config
-from remote_uploader.errors import EXIT_OK, ConfigError, RemoteUploaderError
+from remote_uploader.errors import EXIT_OK, ConfigError, DiskFullError, RemoteUploaderError
 from remote_uploader.i18n import _
 
 log = logging.getLogger(__name__)

@@ -26,13 +26,14 @@ from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part,
 from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
-from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.spool import Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
 from remote_uploader.errors import (
     EXIT_OK,
     EXIT_SOURCE,
     EXIT_UNDELIVERED,
+    DiskFullError,
     RemoteUploaderError,
     SourceError,
     StateError,

@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import ssl
+from typing import Any
 
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage import open_storage
@@ -25,7 +26,7 @@ def serve(settings: CollectorSettings, *, create_dir: bool = False) -> int:
     """Serve until asked to stop; 0 after a clean stop. `create_dir`: make the directory of a
     SQLite database that does not exist yet."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (here only to say which extra is missing; uvicorn_server uses it)
 
         from remote_uploader.collector.app import create_app
     except ImportError as exc:  # an agent-only install (`pip install .`): say which extra serves
@@ -52,18 +53,7 @@ def serve(settings: CollectorSettings, *, create_dir: bool = False) -> int:
     if settings.dashboard:
         logger.info("dashboard",
                     extra=fields(url=f"{scheme}://{shown}:{port}/", anonymous=settings.dashboard_anonymous))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_config=None,  # our handlers (logs.configure) format uvicorn's messages too
-            access_log=False,  # logs.AccessLog writes the access log, without tokens
-            lifespan="on",
-            timeout_graceful_shutdown=int(settings.graceful_timeout),
-            server_header=False,
-            ssl_certfile=settings.tls_cert or None,
-            ssl_keyfile=settings.tls_key or None,
-        )
-    )
+    server = uvicorn_server(app, settings)
     # uvicorn handles SIGINT/SIGTERM itself (stop accepting, finish in-flight requests, run the
     # lifespan shutdown), then re-raises the signal to the handler that was installed before it.
     # A no-op handler there makes a requested stop what it is: a clean exit 0.
@@ -75,6 +65,26 @@ def serve(settings: CollectorSettings, *, create_dir: bool = False) -> int:
             signal.signal(sig, handler)
     logger.info("collector stopped")
     return EXIT_OK
+
+
+def uvicorn_server(app: Any, settings: CollectorSettings) -> Any:
+    """The uvicorn server of `app` as `serve` runs it (tests serve the app in a thread with this
+    too, so that they run what production runs): `server.run(sockets=[...])` serves until
+    `server.should_exit`."""
+    import uvicorn
+
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_config=None,  # our handlers (logs.configure) format uvicorn's messages too
+            access_log=False,  # logs.AccessLog writes the access log, without tokens
+            lifespan="on",
+            timeout_graceful_shutdown=int(settings.graceful_timeout),
+            server_header=False,
+            ssl_certfile=settings.tls_cert or None,
+            ssl_keyfile=settings.tls_key or None,
+        )
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
