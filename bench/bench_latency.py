@@ -90,11 +90,13 @@ def _write_config(work: Path, collector: object, files: int = 1) -> Path:
 
 def _start_agent(config: Path, settings: list[str], src: str | None = None) -> subprocess.Popen[str]:
     overrides = [arg for setting in settings for arg in ("--set", setting)]
-    env = agent_env()
-    if src:  # another tree's agent (the code before a change), side by side with this one
-        env["PYTHONPATH"] = str(Path(src) / "src")
     return subprocess.Popen([sys.executable, "-m", "remote_uploader", "forever", "-c", str(config), *overrides],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _env(src: str | None) -> dict[str, str]:
+    """The agent's environment: this tree's code, or `src`'s (the code before a change, side by side)."""
+    return agent_env(src)
 
 
 def _ip(n: int) -> str:
@@ -223,6 +225,11 @@ def copytruncate(settings: list[str], src: str | None, seconds: float, window: f
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.communicate(timeout=60)
+        # What `forever` had read but not delivered when it was stopped (a loaded machine) is
+        # queued, not lost: one `once` on the same state delivers it (and reads nothing new: the
+        # files hold nothing past the offsets but what was lost for good).
+        subprocess.run([sys.executable, "-m", "remote_uploader", "once", "-c", str(config)],
+                       env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
         counts = collector.counts()  # type: ignore[attr-defined]
     lost_inside = sum(1 for ip in inside if ip not in counts)
     lost_outside = sum(1 for ip in outside if ip not in counts)
@@ -241,13 +248,26 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def _wait_until_following(log: Path, limit: float = 300.0) -> None:
+    """Until the agent's log says its first whole pass is done (`event=following`)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if log.exists() and "event=following" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"the agent did not start following within {limit:.0f} s")
+
+
 def idle_cpu(seconds: float, settings: list[str], files: int = 1, src: str | None = None) -> float:
     """CPU seconds `forever` uses over `seconds` following `files` files nobody writes to."""
     with local_collector() as collector, tempfile.TemporaryDirectory(prefix="ru-idle-") as tmp:
         config = _write_config(Path(tmp), collector, files)
         agent = _start_agent(config, settings, src)
         try:
-            time.sleep(3.0)  # start-up (imports, first pass) is not idle
+            # Start-up (imports, a record per file, the first pass) is not idle: on a loaded
+            # machine registering 100 files (a transaction each) took longer than any fixed pause.
+            _wait_until_following(Path(tmp) / "state" / "agent.log")
+            time.sleep(2.0)
             before = cpu_seconds(agent.pid)
             time.sleep(seconds)
             return cpu_seconds(agent.pid) - before
