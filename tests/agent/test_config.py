@@ -97,45 +97,12 @@ def test_sizes_accept_units(tmp_path: Path) -> None:
     assert config.read.block_size == 1024 * 1024
 
 
-def test_one_file_serves_both_halves_and_an_unknown_table_is_still_refused(tmp_path: Path) -> None:
-    from remote_uploader.collector.settings import load as load_collector
-
-    shared = ('[agent]\nid = "web-1"\n[collector]\nport = 9000\n'
-              '[[rules]]\nname = "r"\nmin_count = 5\nwindow = "10m"\nduration = "1h"\n'
-              '[[sources]]\npaths = ["/var/log/x.log"]\n')
-    assert load(write(tmp_path, shared), env={}).agent.id == "web-1"
-    assert load_collector(tmp_path / "agent.toml", environ={}).port == 9000
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, shared + "[colector]\nport = 1\n"), env={})
-    assert caught.value.key == "colector.port"
-
-
 def test_a_profile_set_with_set_is_applied_and_a_key_set_anywhere_still_wins(tmp_path: Path) -> None:
     path = write(tmp_path, "[batching]\nforce_upload_threshold = 1000\n")
     config = load(path, env={}, overrides={"agent.profile": "small-memory"})
     assert (config.agent.profile, config.batching.max_memory_ips, config.agent.engine) == ("small-memory", 5000,
                                                                                              "stdlib")
     assert config.batching.force_upload_threshold == 1000
-
-
-@pytest.mark.parametrize(("environment", "root", "expected"), [
-    ({"REMOTE_UPLOADER_STATE_DIR": "/srv/ru", "XDG_STATE_HOME": "/xdg"}, True, "/srv/ru"),
-    ({"XDG_STATE_HOME": "/xdg"}, True, "/var/lib/remote-uploader"),
-    ({"XDG_STATE_HOME": "/xdg"}, False, "/xdg/remote-uploader"),
-    ({"HOME": "/home/u"}, False, "/home/u/.local/state/remote-uploader"),
-])
-def test_both_halves_find_their_state_directory_by_one_rule(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], root: bool,
-        expected: str) -> None:
-    from remote_uploader.collector.settings import load as load_collector
-
-    for name in ("REMOTE_UPLOADER_STATE_DIR", "XDG_STATE_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("os.geteuid", lambda: 0 if root else 1000)
-    assert load(write(tmp_path, ""), env=environment).agent.state_dir == Path(expected)
-    assert load_collector(environ={}).db == f"sqlite://{expected}/collector.db"
 
 
 def test_the_agents_state_dir_key_comes_before_the_rule(tmp_path: Path) -> None:

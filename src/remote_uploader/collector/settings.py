@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from remote_uploader.collector.timeparse import DurationError, parse_duration
+from remote_uploader.durations import DurationError, parse_duration
 from remote_uploader.errors import ConfigError
 from remote_uploader.settings import Effective, Parser, Table, default_state_dir, read_toml, setting
 
