@@ -22,7 +22,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -98,14 +98,13 @@ def setting(
     """A dataclass field that is a settings key: ``port: int = setting(8080, port_number, "doc")``.
 
     `aliases` are environment variable names without the ``REMOTE_UPLOADER_`` prefix. A secret
-    field is left out of the dataclass's repr too.
+    field is left out of the dataclass's repr too. The key's name is given by `Table`.
     """
-    spec = {"default": default, "parse": parse, "doc": doc, "shown": shown if shown is not None else _shown(default),
-            "aliases": tuple(ENV_PREFIX + alias for alias in aliases), "from_text": from_text, "secret": secret,
-            "flag": flag, "factory": factory}
+    key = Key("", default, parse, doc, _shown(default) if shown is None else shown,
+              tuple(ENV_PREFIX + alias for alias in aliases), from_text, secret, flag, factory)
     if factory is not None:
-        return field(default_factory=factory, metadata={_SPEC: spec}, repr=not secret)
-    return field(default=default, metadata={_SPEC: spec}, repr=not secret)
+        return field(default_factory=factory, metadata={_SPEC: key}, repr=not secret)
+    return field(default=default, metadata={_SPEC: key}, repr=not secret)
 
 
 def _shown(default: Any) -> str:
@@ -133,7 +132,7 @@ class Table:
             for item in fields(cls):
                 if _SPEC in item.metadata:
                     name = f"{section}.{item.name}"
-                    self.keys[name] = Key(name=name, **item.metadata[_SPEC])
+                    self.keys[name] = replace(item.metadata[_SPEC], name=name)
         self.by_env = {env: key.name for key in self.keys.values() for env in (key.env, *key.aliases)}
 
     def check(self, name: str, value: Any, origin: str, *, text: bool = False) -> Any:
