@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from remote_uploader.protocol import Network
 
 #: `agent.engine`, `extract --engine`: `auto` is hyperscan when it is installed, else stdlib.
 ENGINES: Final = ("auto", "stdlib", "hyperscan")

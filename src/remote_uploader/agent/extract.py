@@ -36,8 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Final, Protocol, TypeVar
 
-from remote_uploader.filters import ENGINES, Network, compile_regex, parse_excludes
-from remote_uploader.protocol import canonical_ip
+from remote_uploader.filters import ENGINES, compile_regex, parse_excludes
+from remote_uploader.protocol import Network, canonical_ip
 
 Buffer = bytes | bytearray | memoryview
 

@@ -19,9 +19,8 @@ from typing import Any
 
 from remote_uploader.durations import DurationError, parse_duration
 from remote_uploader.errors import ConfigError
+from remote_uploader.protocol import Network
 from remote_uploader.settings import Effective, Parser, Table, default_state_dir, read_toml, setting
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MIB = 1024 * 1024
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from remote_uploader.collector.batch import check_time
 from remote_uploader.durations import MAX_DURATION, PART, UNITS, DurationError, format_duration, parse_duration
+from remote_uploader.protocol import check_time
 
 # The durations are durations.py's; imported from here too, as they always were.
 __all__ = ["MAX_DURATION", "UNITS", "DurationError", "format_duration", "go_duration", "parse_duration",
