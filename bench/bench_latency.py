@@ -228,8 +228,10 @@ def copytruncate(settings: list[str], src: str | None, seconds: float, window: f
         # What `forever` had read but not delivered when it was stopped (a loaded machine) is
         # queued, not lost: one `once` on the same state delivers it (and reads nothing new: the
         # files hold nothing past the offsets but what was lost for good).
-        subprocess.run([sys.executable, "-m", "remote_uploader", "once", "-c", str(config)],
-                       env=_env(src), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
+        final = subprocess.run([sys.executable, "-m", "remote_uploader", "once", "-c", str(config)],
+                               env=_env(src), capture_output=True, text=True, timeout=300, check=False)
+        if final.returncode != 0:  # then what it left queued counts as lost below: say so
+            print(f"warning: the final once exited {final.returncode}: {final.stderr[-500:]}", flush=True)
         counts = collector.counts()  # type: ignore[attr-defined]
     lost_inside = sum(1 for ip in inside if ip not in counts)
     lost_outside = sum(1 for ip in outside if ip not in counts)
