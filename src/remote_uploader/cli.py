@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--regex", help=_("only addresses in the named group `ip` of this regex"))
     extract.add_argument("--exclude", action="append", default=[], metavar="CIDR",
                          help=_("never count addresses in this network (repeatable)"))
-    extract.add_argument("--engine", choices=["auto", "stdlib", "hyperscan"], default="auto",
+    extract.add_argument("--engine", choices=["auto", "native", "stdlib", "hyperscan"], default="auto",
                          help=_("extraction engine"))
     extract.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     extract.set_defaults(func=cmd_extract)

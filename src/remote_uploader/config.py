@@ -338,7 +338,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "agent.id": _agent_id,
     "agent.state_dir": _as_str,
     "agent.workers": _positive(_as_int, allow_zero=True),
-    "agent.engine": _one_of("auto", "stdlib", "hyperscan"),
+    "agent.engine": _one_of("auto", "native", "stdlib", "hyperscan"),
     "agent.stats_interval": _positive(_as_float, allow_zero=True),
     "agent.log_level": _one_of("debug", "info", "warning", "error"),
     "agent.log_format": _one_of("text", "json"),
@@ -542,10 +542,10 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
 
 def _check_source_filters(source: SourceConfig, where: str, origin: str) -> None:
     """Compile the source's regex and CIDRs now so that a typo is a config error, not a runtime one."""
-    from remote_uploader.agent.extract import build_extractor
+    from remote_uploader.agent.extract import extractor_for
 
     try:
-        build_extractor(regex=source.regex, exclude=source.exclude, engine="stdlib")
+        extractor_for(source, engine="stdlib")
     except ValueError as exc:
         key = "regex" if source.regex and "regex" in str(exc).lower() else "exclude"
         raise ConfigError(f"{where}.{key}", _reason(exc), origin) from exc

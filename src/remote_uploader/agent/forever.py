@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from remote_uploader.agent.batch import SealPolicy
-from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.extract import extractor_for
 from remote_uploader.agent.runner import Agent, StopReading, open_agent, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.spool import DiskFullError, Spool
@@ -248,7 +248,7 @@ def apply_reload(agent: Agent, reload: Callable[[], Config], say: Callable[[str]
     old = agent.config
     try:
         new = reload()
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=new.agent.engine) for s in new.sources]
+        extractors = [extractor_for(s, new.agent.engine) for s in new.sources]
     except (RemoteUploaderError, ValueError) as exc:
         log.error("event=config_reload_failed reason=%r action=keeping_old_config", str(exc))
         say(_("Configuration not reloaded ({reason}); the old one stays in force").format(

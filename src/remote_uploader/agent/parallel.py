@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO
 
-from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import SEPARATORS, Extractor, extractor_for, last_cut
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
@@ -182,7 +182,7 @@ def worker_main() -> int:
     try:
         specs = read_frame(stdin)
         assert isinstance(specs, list)
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=s.engine) for s in specs]
+        extractors = [extractor_for(s, s.engine) for s in specs]
         while True:
             task = read_frame(stdin)
             assert isinstance(task, tuple)

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
-from remote_uploader.agent.extract import Extractor, build_extractor
+from remote_uploader.agent.extract import Extractor, extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher, hold_early
@@ -77,9 +77,7 @@ class Agent:
         except BaseException:
             self.lock.release()
             raise
-        self.extractors = [
-            build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine) for s in config.sources
-        ]
+        self.extractors = [extractor_for(s, config.agent.engine) for s in config.sources]
         self.scanner: ParallelScanner | None = None
         if config.agent.workers > 1:
             specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
