@@ -11,7 +11,7 @@ setup(
         Extension(
             "remote_uploader.agent._native",
             sources=["src/remote_uploader/agent/_native.c"],
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O3"],  # -O3: the newline count is vectorised
             optional=True,
         )
     ]

@@ -124,18 +124,23 @@ def local_collector() -> Iterator[object]:
             collector.stop()
 
 
-def agent_env() -> dict[str, str]:
+def agent_env(src: Path = ROOT / "src") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_UPLOADER_")}
-    env["PYTHONPATH"] = str(ROOT / "src")
+    env["PYTHONPATH"] = str(src)
     return env
 
 
-def timed_agent(args: Sequence[str]) -> tuple[float, float, float, int]:
-    """Run the agent; returns (wall seconds, CPU seconds of it and its workers, peak RSS MiB, exit code)."""
+def timed_agent(args: Sequence[str], src: Path = ROOT / "src") -> tuple[float, float, float, int]:
+    """Run the agent (the package under `src`); returns (wall seconds, CPU seconds of it and its
+    workers, peak RSS MiB, exit code).
+
+    cwd is "/": from the repository root, `-m remote_uploader` would run the compat script
+    remote_uploader.py (which first checks the installed requirements) instead of the package.
+    """
     before = os.times()
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "remote_uploader", *args], env=agent_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "remote_uploader", *args], env=agent_env(src),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
     with TreeRss(process.pid) as rss:
         _, stderr = process.communicate()
     wall = time.perf_counter() - started

@@ -26,6 +26,7 @@ from remote_uploader.agent.extract import (
     SEPARATORS,
     Extractor,
     build_extractor,
+    count_lines,
     last_cut,
     scan_bytes,
 )
@@ -275,3 +276,23 @@ def test_a_line_cut_at_every_byte_counts_each_address_once_when_complete(
     for cut in range(len(LINE) + 1):
         got = read_while_growing(extractor, tmp_path / f"cut{cut}.log", [LINE[:cut], LINE[cut:]])
         assert got == whole, f"cut after {LINE[:cut]!r}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000) | fragment_soup, a=st.integers(min_value=0), b=st.integers(min_value=0))
+def test_count_lines_counts_the_newlines_of_any_range(data: bytes, a: int, b: int) -> None:
+    lo, hi = sorted((a % (len(data) + 1), b % (len(data) + 1)))
+    assert count_lines(data, lo, hi) == count_lines(bytearray(data), lo, hi) == data.count(b"\n", lo, hi)
+
+
+@needs_native
+def test_the_native_core_refuses_a_range_outside_the_buffer_and_a_non_buffer() -> None:
+    from remote_uploader.agent import _native
+
+    for start, end in [(-1, 2), (3, 2), (0, 9)]:
+        with pytest.raises(ValueError, match="outside a buffer of 8 bytes"):
+            _native.scan(b"1.2.3.4\n", start, end)
+        with pytest.raises(ValueError, match="outside a buffer of 8 bytes"):
+            _native.count_lines(b"1.2.3.4\n", start, end)
+    with pytest.raises(TypeError):
+        _native.scan("1.2.3.4 text, not bytes", 0, 4)  # type: ignore[arg-type]

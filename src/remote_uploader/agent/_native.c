@@ -3,8 +3,9 @@
  * scan(buf, start, end) -> (v4, v6)
  *   v4: {canonical IPv4 address (str): occurrences}, every IPv4 rule applied here;
  *   v6: {candidate (bytes): occurrences}, the IPv6 candidates exactly as the stdlib engine's
- *       IPv6 pattern finds them (7 bytes ending with the anchor `:`, then the run and the byte
- *       after it), judged in Python by `extract.v6_candidate` once per distinct candidate.
+ *       IPv6 pattern finds them, reduced to what `validate_v6` reads of them: b"0" or b"1" (the
+ *       group is glued to a word), the group (hex digits before the anchor `:`), b":", the run.
+ *       Python decides each distinct one once (`extract._v6_decide`).
  *
  * This is a hand-written matcher for the two patterns of extract.py (`V4_RULES` and `_V6_SCAN`),
  * with the same anchors, lookbehinds, lookaheads and the same non-overlapping search that
@@ -23,7 +24,7 @@
 #include <string.h>
 
 #define MAX_V6_RUN 56
-#define V6_KEY_MAX (7 + MAX_V6_RUN + 1)
+#define V6_KEY_MAX (1 + 6 + 1 + MAX_V6_RUN) /* glued flag, group, `:`, run */
 
 typedef const unsigned char *bytes_t;
 
@@ -322,7 +323,7 @@ static int scan_v6(bytes_t b, Py_ssize_t start, Py_ssize_t end, v6_table *t) {
         /* ([RUN]{0,56}+[\x00-\xff]?)(?:(?<=RUN)RUN*+)? */
         Py_ssize_t k = 0;
         while (k < MAX_V6_RUN && q + k < end && is_run(b[q + k])) k++;
-        Py_ssize_t stop = q + k, after = stop;
+        Py_ssize_t anchor = i, stop = q + k, after = stop;
         if (stop < end) {
             after = stop + 1;
             if (is_run(b[stop])) {
@@ -332,8 +333,31 @@ static int scan_v6(bytes_t b, Py_ssize_t start, Py_ssize_t end, v6_table *t) {
                 continue;
             }
         }
-        if (!v6_add(t, b + i - 6, (size_t)(after - (i - 6)))) return 0;
         i = after;
+        /* validate_v6: a word byte right after the run makes it no address */
+        if (after > stop && is_word(b[stop])) continue;
+        /* ... then only three things of the 7 bytes of left context matter: the group (hex digits
+         * right before the anchor), and whether it is glued to a word (no boundary before it within
+         * the 6 bytes, a group longer than 4, or a word byte before it that is not a JSON escape).
+         * The key is "0"/"1" (glued), the group, ":", the run: one key per address and context kind. */
+        Py_ssize_t g = anchor;
+        while (g > anchor - 6 && is_hex(b[g - 1])) g--;
+        Py_ssize_t head = g - (anchor - 6);
+        int glued = head == 0 || anchor - g > 4;
+        if (!glued) {
+            unsigned char p = b[g - 1];
+            int ends_word = (!is_word(p) && p != '.') || ((p == 'n' || p == 't' || p == 'r') && head >= 2 && b[g - 2] == '\\');
+            glued = !ends_word;
+        }
+        unsigned char key[V6_KEY_MAX];
+        size_t n = 0;
+        key[n++] = glued ? '1' : '0';
+        memcpy(key + n, b + g, (size_t)(anchor - g));
+        n += (size_t)(anchor - g);
+        key[n++] = ':';
+        memcpy(key + n, b + q, (size_t)(stop - q));
+        n += (size_t)(stop - q);
+        if (!v6_add(t, key, n)) return 0;
     }
     return 1;
 }
@@ -404,7 +428,29 @@ done:
     return result;
 }
 
+/* count_lines(buf, start, end): the newlines in buf[start:end] (bytes.count(b"\n") is a plain
+ * byte loop; this one the compiler vectorises). */
+static PyObject *native_count_lines(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "y*nn:count_lines", &view, &start, &end)) return NULL;
+    if (start < 0 || start > end || end > view.len) {
+        PyErr_Format(PyExc_ValueError, "range [%zd, %zd) is outside a buffer of %zd bytes", start, end, view.len);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const unsigned char *b = view.buf;
+    size_t lines = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = start; i < end; i++) lines += b[i] == '\n';
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromSize_t(lines);
+}
+
 static PyMethodDef methods[] = {
+    {"count_lines", native_count_lines, METH_VARARGS, "count_lines(buf, start, end) -> newlines in buf[start:end]."},
     {"scan", native_scan, METH_VARARGS,
      "scan(buf, start, end) -> (IPv4 address -> count, IPv6 candidate -> count) for buf[start:end]."},
     {NULL, NULL, 0, NULL},

@@ -108,6 +108,22 @@ def last_cut(buf: Buffer, start: int, end: int) -> int:
     return start
 
 
+try:
+    from remote_uploader.agent._native import count_lines as _native_count_lines
+except ImportError:  # not built here (no compiler at install time): bytes.count does the same
+    _native_count_lines = None  # type: ignore[assignment]
+
+
+def count_lines(buf: Buffer, start: int, end: int) -> int:
+    """Newlines in buf[start:end]: the C core's vectorised count where it is built, else bytes.count.
+
+    Not an extraction rule (the answer is the same either way), so `agent.engine` does not choose it.
+    """
+    if _native_count_lines is None:
+        return buf.count(b"\n", start, end)
+    return _native_count_lines(buf, start, end)
+
+
 def _windows(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int]]:
     """Cut [start, end) after separators into pieces of about WINDOW bytes."""
     lo = start

@@ -11,9 +11,10 @@ or a callback, then `Counter`); here the scan and the counting run in C with the
 
 - IPv4: every rule of `V4_RULES` is applied in C; the keys are the canonical addresses.
 - IPv6: C finds the candidates exactly as `_V6_SCAN` does (the same anchors and lookarounds,
-  the same non-overlapping search) and counts each distinct (left context, run, byte after);
-  `v6_candidate`, the stdlib judge, decides each distinct one once (cached). The IPv6 rules
-  therefore exist once, in Python.
+  the same non-overlapping search), applies the first steps of `validate_v6` (a word byte after
+  the run; the group before the anchor and whether it is glued to a word) and counts each
+  distinct (glued, group, run); `_v6_decide`, the stdlib judge, decides each distinct one once
+  (cached). The IPv6 address rules therefore exist once, in Python.
 
 The same extraction suites run against this engine, and a differential property test checks
 native == stdlib on generated input (tests/test_extract_properties.py).
@@ -22,11 +23,13 @@ native == stdlib on generated input (tests/test_extract_properties.py).
 from __future__ import annotations
 
 from remote_uploader.agent import _native
-from remote_uploader.agent.extract import CONTEXT, BoundedCache, Buffer, _padded, v6_candidate
+from remote_uploader.agent.extract import CONTEXT, BoundedCache, Buffer, _padded, _v6_decide
 
 
 def _judge_v6(key: bytes) -> str | None:
-    return v6_candidate(key[:7], key[7:])
+    """A key of the C core: b"0"/b"1" (glued to a word), the group, b":", the run (validate_v6's inputs)."""
+    colon = key.index(b":", 1)
+    return _v6_decide(key[1:colon], key[0] == 0x31, key[colon + 1 :])
 
 
 class NativeExtractor:
