@@ -22,7 +22,7 @@ native == stdlib on generated input (tests/test_extract_properties.py).
 
 from __future__ import annotations
 
-from remote_uploader.agent import _native
+import remote_uploader.agent._native as _native
 from remote_uploader.agent.extract import CONTEXT, BoundedCache, Buffer, _padded, _v6_decide
 
 
