@@ -125,7 +125,7 @@ def test_bytes_bytearray_and_memoryview_scan_alike(extractor: Extractor, data: b
 
 
 @needs_native
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(data=any_bytes)
 def test_native_and_stdlib_agree_on_any_bytes(data: bytes) -> None:
     assert scan_bytes(NATIVE, data) == scan_bytes(STDLIB, data)
