@@ -34,6 +34,7 @@ from remote_uploader.collector.server import serve
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import CollectorError, boundary
+from remote_uploader.i18n import setup
 from remote_uploader.protocol import format_time
 
 logger = logging.getLogger(__name__)
@@ -343,6 +344,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup()  # the locale's language, as `remote-uploader collector ...` has it (no --lang here)
     parser = argparse.ArgumentParser(prog=PROG)
     add_commands(parser)
     args = parser.parse_args(argv)
