@@ -30,17 +30,17 @@ from remote_uploader.collector import lapi_routes, routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
 from remote_uploader.collector.auth import Principal, authenticate, authenticate_bouncer
 from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
-from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
+from remote_uploader.collector.body import BodyError, ClientGone, body_format, check_headers, read_body
 from remote_uploader.collector.decisions import api as decisions_api
 from remote_uploader.collector.decisions.engine import DecisionEngine
 from remote_uploader.collector.errors import CollectorError, StorageError, StorageUnavailable
 from remote_uploader.collector.logs import AccessLog, fields
 from remote_uploader.collector.metrics import Metrics
-from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
+from remote_uploader.collector.models import BATCH_SCHEMA, BATCH_SCHEMA_V2, BatchAccepted
 from remote_uploader.collector.parsing import BatchParser
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import Batch, Storage
-from remote_uploader.protocol import BATCHES_PATH
+from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, BATCHES_PATH, MEDIA_V2
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class Collector:
         if who.role != "agent":
             raise ApiError(403, "authorization", "this token may only read")
         gzip = check_headers(request.headers, self.settings.max_body)
+        form = body_format(request.headers)
         self._note_version(who.name, request.headers.get("user-agent", ""))
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
@@ -106,7 +107,7 @@ class Collector:
         try:
             payload = await read_body(request.receive, gzip=gzip, limit=self.settings.max_body)
             try:
-                batch = await self.parser.parse(payload, who.name)
+                batch = await self.parser.parse(payload, who.name, form)
             except AgentMismatch as exc:
                 # Checked before the rest of the batch: configuration, not data (see parse_batch).
                 raise ApiError(403, "agent", str(exc)) from None
@@ -211,12 +212,14 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": BATCH_SCHEMA}},
+                "content": {"application/json": {"schema": BATCH_SCHEMA},
+                            MEDIA_V2: {"schema": BATCH_SCHEMA_V2}},
                 "description": "JSON, optionally with Content-Encoding: gzip",
             }
         },
     )
-    async def post_batch(request: Request, who: Who) -> BatchAccepted:
+    async def post_batch(request: Request, response: Response, who: Who) -> BatchAccepted:
+        response.headers[ACCEPT_POST] = ACCEPTED_MEDIA  # the body formats taken (docs/protocol.md)
         return await collector.receive_batch(request, who)
 
     routes.add_read_routes(app, collector)
@@ -253,7 +256,8 @@ def _install_error_handlers(app: FastAPI, collector: Collector) -> None:
     @app.exception_handler(BodyError)
     async def body_error(request: Request, exc: BodyError) -> JSONResponse:
         rejected(request, exc.status)
-        return error_response(exc.status, [{"field": exc.field, "error": exc.message}])
+        headers = {ACCEPT_POST: ACCEPTED_MEDIA} if exc.status == 415 else None
+        return error_response(exc.status, [{"field": exc.field, "error": exc.message}], headers)
 
     @app.exception_handler(BatchInvalid)
     async def batch_invalid(request: Request, exc: BatchInvalid) -> JSONResponse:
