@@ -351,8 +351,12 @@ class _Totals:
         self.per_bucket = bucket * 1_000_000
         self.merged: dict[str, IpDelta] = {}
         self.cells: dict[tuple[bytes, int, str], int] = {}
+        # A batch's first format 2 group, taken whole: its deltas and bucket deltas as lists.
+        self.whole: tuple[list[IpDelta], list[BucketDelta]] | None = None
 
     def add(self, ip: str, key: bytes, count: int, first: int, last: int, source: str) -> None:
+        if self.whole is not None:
+            self._unfold()
         entry = self.merged.get(ip)
         if entry is None:
             self.merged[ip] = _new_tuple(IpDelta, (ip, key, count, first, last))
@@ -365,22 +369,34 @@ class _Totals:
     def add_group(self, ips: list[str], keys: list[bytes], counts: list[int], first: int, last: int,
                   source: str) -> None:
         """A format 2 group: one source and one span for all its records. The first group of a
-        batch with no address twice (the agent's every batch of one source) is taken whole by
-        C-level dict and zip calls; anything else record by record."""
-        if self.merged or len(set(ips)) != len(ips):
+        batch, with no address twice (the agent's every batch of one source), is taken whole:
+        its rows are made by `map` and `zip` in C, with no Python code run per record. Anything
+        else goes record by record."""
+        if self.whole is not None or self.merged or len(set(ips)) != len(ips):
             for ip, key, count in zip(ips, keys, counts, strict=True):
                 self.add(ip, key, count, first, last, source)
             return
-        new = _new_tuple
         # (zip with repeat() cannot be strict; the three lists have one length, checked before)
-        rows = zip(ips, keys, counts, repeat(first), repeat(last), strict=False)
-        self.merged = dict(zip(ips, [new(IpDelta, row) for row in rows], strict=True))
+        deltas = list(map(_new_tuple, repeat(IpDelta), zip(ips, keys, counts, repeat(first), repeat(last),
+                                                              strict=False)))
+        buckets: list[BucketDelta] = []
         if self.per_bucket:
             start = last // self.per_bucket * self.bucket
-            cells = zip(keys, repeat(start), repeat(source[:MAX_LABEL]), strict=False)
-            self.cells = dict(zip(cells, counts, strict=True))
+            buckets = list(map(_new_tuple, repeat(BucketDelta),
+                               zip(keys, repeat(start), repeat(source[:MAX_LABEL]), counts, strict=False)))
+        self.whole = deltas, buckets
+
+    def _unfold(self) -> None:
+        """The whole first group into the per-record dicts, for a second group to merge into."""
+        assert self.whole is not None
+        deltas, buckets = self.whole
+        self.whole = None
+        self.merged = {delta[0]: delta for delta in deltas}
+        self.cells = {(key, start, source): total for key, start, source, total in buckets}
 
     def result(self) -> tuple[list[IpDelta], list[BucketDelta]]:
+        if self.whole is not None:
+            return self.whole
         return list(self.merged.values()), _bucket_deltas(self.cells)
 
 
@@ -670,9 +686,20 @@ def _check_head(document: _Format2, errors: _Errors) -> None:
         errors.add("groups", f"more than {MAX_RECORDS_PER_BATCH} records")
 
 
+_PTON, _NTOP = socket.inet_pton, socket.inet_ntop
+
+
 def _keys(ips: list[str], group: int) -> list[bytes]:
     """The packed addresses of a group, all canonical and countable, or `BatchInvalid` naming the
     ones that are not (`groups[0].ip[7]`)."""
+    try:
+        # All IPv4 (most groups): packed and spelled back by C calls only; canonical exactly when
+        # the spelling comes back unchanged.
+        keys = list(map(_PTON, repeat(socket.AF_INET), ips))
+        if list(map(_NTOP, repeat(socket.AF_INET), keys)) == ips and "0.0.0.0" not in ips:
+            return keys
+    except (OSError, TypeError):
+        pass
     try:
         return list(map(_packed_canonical, ips))
     except (_Slow, OSError, TypeError):
