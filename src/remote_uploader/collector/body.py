@@ -17,25 +17,12 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from remote_uploader.protocol import ACCEPTED_MEDIA, MEDIA_V1, MEDIA_V2
+from remote_uploader.errors import BodyError, ClientGone
+from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, MEDIA_V1, MEDIA_V2
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around a deflate stream
 
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-
-
-class BodyError(Exception):
-    """The body cannot be used; `status` is the HTTP answer (400, 413, 415)."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        self.status = status
-        self.field = field
-        self.message = message
-        super().__init__(message)
-
-
-class ClientGone(Exception):
-    """The client disconnected before sending its whole body."""
 
 
 def body_format(headers: Mapping[str, str]) -> int:
@@ -44,7 +31,8 @@ def body_format(headers: Mapping[str, str]) -> int:
     if media == MEDIA_V2:
         return 2
     if media != MEDIA_V1:
-        raise BodyError(415, "content-type", f"unsupported media type {media!r}; send one of {ACCEPTED_MEDIA}")
+        raise BodyError(415, "content-type", f"unsupported media type {media!r}; send one of {ACCEPTED_MEDIA}",
+                        {ACCEPT_POST: ACCEPTED_MEDIA})
     return 1
 
 
