@@ -67,6 +67,22 @@ class _TooManyErrors(Exception):
     pass
 
 
+def check_source(value: object) -> str | None:
+    """None if `value` is a storable source label, else the reason. A source is the log file's
+    name as the agent knows it, and a file name may hold any character (a line break, a tab):
+    refusing one would dead-letter that file's counts for ever. So only the length and valid
+    Unicode are checked; the storage escapes what its bulk formats need (storage/bulk.py)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if len(value) > MAX_SOURCE_LEN:
+        return f"longer than {MAX_SOURCE_LEN} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode text (lone surrogate)"
+    return None
+
+
 class Clamp:
     """Bounds for the times of one batch, and how many time fields were changed to fit them.
 
@@ -429,7 +445,7 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clam
     records = document.records
     if isinstance(sent_at, str) or len(records) > MAX_RECORDS_PER_BATCH:
         raise _Slow
-    if any(check_text(source, MAX_SOURCE_LEN, empty=True) for source in {r.source for r in records}):
+    if any(check_source(source) for source in {r.source for r in records}):
         raise _Slow  # a batch has a few distinct sources: each is checked once
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _merge_fast(records, bucket, clamp)
@@ -587,7 +603,7 @@ def _check_head(document: _Format2, errors: _Errors) -> None:
     elif problem_at := _identity_problem(document.producer, document.seq, document.part):
         errors.add(*problem_at)
     for index, source in enumerate(document.sources):
-        if problem := check_text(source, MAX_SOURCE_LEN, empty=True):
+        if problem := check_source(source):
             errors.add(f"sources[{index}]", problem)
     records = 0
     for index, group in enumerate(document.groups):
@@ -657,7 +673,7 @@ def _check_record(index: int, record: Any, errors: _Errors,
                 errors.add(f"{where}.{name}", moment)
             else:
                 times.append(to_micros(moment))
-    if "source" in record and (problem := check_text(record["source"], MAX_SOURCE_LEN, empty=True)):
+    if "source" in record and (problem := check_source(record["source"])):
         errors.add(f"{where}.source", problem)
     if len(errors.items) > before:
         return None
