@@ -399,6 +399,8 @@ class Uploader(threading.Thread):
         """
         self.disk_full = True
         now = time.monotonic()
+        if self.failing_since is None:  # `once` gives up after its budget here too (a disk that stays full)
+            self.failing_since = now
         # Said once per DISK_FULL_SAY_EVERY, not once per episode: on a nearly full disk some
         # writes pass (an acknowledgement) and others fail (delivered.json), and each passing one
         # would otherwise start a new episode and a new error line.
