@@ -76,8 +76,6 @@ def test_a_queue_destroyed_after_a_sigkill_mid_delivery_is_recovered_exactly(
     assert Counter(receiver.counts()) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="documented window (docs/reliability.md, 'Corrupt state'): a batch stored "
-                   "but never acknowledged when the queue is destroyed is read again and counted twice")
 def test_a_batch_stored_but_unacknowledged_when_the_queue_is_destroyed_is_not_doubled(
         tmp_path: Path, receiver: Receiver) -> None:
     expected, config = _many_batches(tmp_path, receiver)

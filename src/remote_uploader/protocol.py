@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,9 @@ PROTOCOL_VERSION = 1
 BATCHES_PATH = "/v1/batches"
 HEALTH_PATH = "/v1/health"
 WHOAMI_PATH = "/v1/whoami"
+# The delivered byte ranges of one producer's streams (docs/protocol.md, "Streams"): what `reset-state` asks
+# after the queue database was destroyed, to skip what the collector stored but never acknowledged.
+STREAMS_PATH = "/v1/producers/{producer}/streams"
 
 MAX_AGENT_LEN = 128
 MAX_BATCH_ID_LEN = 128
@@ -28,6 +32,11 @@ MAX_RECORDS_PER_BATCH = 100_000
 PRODUCER_LEN = (16, 64)  # hex digits
 MAX_SEQ = 2**53 - 1  # exact in every JSON implementation and in a 64-bit column
 MAX_PART_LEN = 64  # halvings: far more than 100,000 records can take
+# `streams`: per file record (stream: a random id, new for each incarnation of the file's content) the
+# byte range [start, end) the batch covers; optional, only with a producer.
+STREAM_ID_LEN = (16, 64)  # hex digits
+MAX_STREAMS_PER_BATCH = 10_000
+MAX_OFFSET = 2**63 - 1
 
 
 def canonical_ip(text: str) -> str | None:
@@ -105,17 +114,21 @@ def decode_records(payload: bytes) -> list[Record]:
 
 
 def encode_batch(agent: str, batch_id: str, sent_at: str, records_json: bytes, producer: str | None = None,
-                 seq: int | None = None, part: str = "") -> bytes:
+                 seq: int | None = None, part: str = "",
+                 streams: Sequence[tuple[str, int, int]] = ()) -> bytes:
     """The POST body of protocol v1, built around an already-encoded records array.
 
     The queue stores the records array encoded once at seal time; sending only wraps it,
     so a retry sends byte-identical records under the same batch id. `producer`, `seq` and
-    `part` are the batch's delivery identity (absent in batches of agents before it).
+    `part` are the batch's delivery identity (absent in batches of agents before it); `streams`
+    (with a producer) the byte ranges of the files it covers, (stream id, start, end).
     """
     fields: dict[str, object] = {"agent": agent, "batch_id": batch_id, "sent_at": sent_at}
     if producer is not None and seq is not None:
         fields.update(producer=producer, seq=seq)
         if part:
             fields["part"] = part
+        if streams:
+            fields["streams"] = [{"id": sid, "start": start, "end": end} for sid, start, end in streams]
     head = json.dumps(fields, separators=(",", ":"))
     return head[:-1].encode() + b',"records":' + records_json + b"}"

@@ -173,22 +173,25 @@ def new_batch_id() -> str:
 
 
 def encode_sealed(agent: str, batch_id: str, records: Sequence[Record], created: float,
-                  compress: bool, identity: Identity | None = None) -> SealedBatch:
+                  compress: bool, identity: Identity | None = None, streams: Sequence[Stream] = ()) -> SealedBatch:
     """The complete request body, built once; `sent_at` is the seal time so retries are byte-identical."""
     return _sealed(agent, batch_id, encode_records(list(records)), len(records),
-                   sum(r.count for r in records), created, compress, identity)
+                   sum(r.count for r in records), created, compress, identity, streams)
 
 
 # (producer, seq, part): the batch's delivery identity, docs/protocol.md "Idempotency".
 Identity = tuple[str, int, str]
+# (stream id, start, end): the bytes of one file record a batch covers, docs/protocol.md "Streams".
+Stream = tuple[str, int, int]
 
 
 def _sealed(agent: str, batch_id: str, records_json: bytes, records: int, occurrences: int, created: float,
-            compress: bool, identity: Identity | None = None) -> SealedBatch:
+            compress: bool, identity: Identity | None = None, streams: Sequence[Stream] = ()) -> SealedBatch:
     from remote_uploader.agent.spool import SealedBatch
 
     producer, seq, part = identity if identity is not None else (None, None, "")
-    body = encode_batch(agent, batch_id, format_timestamp(created), records_json, producer, seq, part)
+    body = encode_batch(agent, batch_id, format_timestamp(created), records_json, producer, seq, part,
+                        streams if identity is not None else ())
     encoding = "identity"
     if compress:
         body = gzip.compress(body, compresslevel=1, mtime=0)
@@ -196,17 +199,20 @@ def _sealed(agent: str, batch_id: str, records_json: bytes, records: int, occurr
     return SealedBatch(batch_id, created, records, occurrences, encoding, body)
 
 
-def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, seq: int = 0) -> SealedBatch | None:
+def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, seq: int = 0,
+         streams: Sequence[Stream] = ()) -> SealedBatch | None:
     """The batch as a queue entry, or None when it covers bytes but holds no address.
 
     `producer` and `seq` (the spool's, `Spool.producer` and `Spool.next_seq`) give the batch the
-    identity by which the collector recognises it at any age, whole or split.
+    identity by which the collector recognises it at any age, whole or split; `streams`
+    (`Spool.stream_ranges`) the bytes of each file it covers, which the collector keeps so that a
+    destroyed queue can resume past them (docs/protocol.md, "Streams").
     """
     if not batch.size:
         return None
     identity = (producer, seq, "") if producer is not None else None
     return _sealed(agent, new_batch_id(), batch.records_json(), len(batch), batch.occurrences, wire_time(wall()),
-                   compress, identity)
+                   compress, identity, streams)
 
 
 def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
@@ -240,8 +246,11 @@ def split_queued(queued: QueuedBatch, agent: str) -> list[SealedBatch]:
         return []
     middle = len(records) // 2
     compress = queued.encoding == "gzip"
+    # Every part carries the whole batch's streams: the collector records them once the parts make the whole.
+    streams = [(str(s["id"]), int(s["start"]), int(s["end"])) for s in document.get("streams", ())]
     return [
         encode_sealed(agent, f"{queued.batch_id}.{index}", part, queued.created,
-                      compress, None if identity is None else (identity[0], identity[1], identity[2] + str(index)))
+                      compress, None if identity is None else (identity[0], identity[1], identity[2] + str(index)),
+                      streams)
         for index, part in enumerate((records[:middle], records[middle:]))
     ]

@@ -182,7 +182,8 @@ class Agent:
         if self.batch.empty:
             return
         seq = self.spool.next_seq()
-        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq)
+        streams = self.spool.stream_ranges(self.batch.offsets)
+        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq, streams)
         if sealed is not None:
             self._wait_for_queue_space()
         offsets = self.batch.offsets

@@ -29,7 +29,7 @@ from remote_uploader import __version__
 from remote_uploader.collector import lapi_routes, routes
 from remote_uploader.collector.api import ApiError, Who, error_response, errors, reject_unknown_query
 from remote_uploader.collector.auth import Principal, authenticate, authenticate_bouncer
-from remote_uploader.collector.batch import AgentMismatch, BatchInvalid
+from remote_uploader.collector.batch import PRODUCER_PATTERN, AgentMismatch, BatchInvalid
 from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
 from remote_uploader.collector.decisions import api as decisions_api
 from remote_uploader.collector.decisions.engine import DecisionEngine
@@ -40,7 +40,7 @@ from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
 from remote_uploader.collector.parsing import BatchParser
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import Batch, Storage
-from remote_uploader.protocol import BATCHES_PATH
+from remote_uploader.protocol import BATCHES_PATH, PRODUCER_LEN, STREAMS_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +218,25 @@ def create_app(settings: CollectorSettings, storage: Storage, *, close_storage: 
     )
     async def post_batch(request: Request, who: Who) -> BatchAccepted:
         return await collector.receive_batch(request, who)
+
+    @app.get(
+        STREAMS_PATH,
+        summary="The byte ranges of a producer's streams that stored batches covered (for `reset-state`)",
+        responses=errors(400, 401, 403, 503),
+    )
+    def producer_streams(producer: str, who: Who) -> dict[str, Any]:
+        """What `reset-state` asks after the agent's queue database was destroyed: per stream (one
+        incarnation of one file's content), the ranges [start, end) stored, so that it resumes past a
+        batch stored but never acknowledged instead of counting it twice (docs/protocol.md, "Streams").
+        Agent tokens only; the producer id is the secret (128 random bits, never shown by the API)."""
+        if who.role != "agent":
+            raise ApiError(403, "authorization", "this token may only read")
+        if not PRODUCER_PATTERN.fullmatch(producer):
+            raise ApiError(400, "path.producer",
+                           f"must be {PRODUCER_LEN[0]} to {PRODUCER_LEN[1]} lower-case hex digits")
+        found = collector.storage.producer_streams(producer)
+        return {"producer": producer,
+                "streams": {sid: [list(r) for r in ranges] for sid, ranges in sorted(found.items())}}
 
     routes.add_read_routes(app, collector)
     lapi_routes.add_lapi_routes(app, collector)

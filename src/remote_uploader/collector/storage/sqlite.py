@@ -211,7 +211,8 @@ class SqliteStorage(SqlStorage):
         # The image is made (if the parser has not made it) before the write lock is taken.
         image = bulk.encoded(deltas, "sqlite-image", batch.buckets).data if self.bulk_form else None
         with self._write(staging=image) as cur:
-            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part):
+            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
+                               batch.streams):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             if image is None:
