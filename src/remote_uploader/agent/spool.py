@@ -4,7 +4,8 @@ One SQLite database (WAL, synchronous=FULL) in the state directory holds:
 
 - ``files``: each file's identity (device, inode, fingerprint) and the offset up to which its
   content is safe (queued or delivered), with the anchor (a hash of the bytes just before it,
-  `source.Anchor`) written in the same transaction as the offset;
+  `source.Anchor`) written in the same transaction as the offset, and its stream (a random id per
+  incarnation of the file's content) with the end of the last byte range a sealed batch carried;
 - ``batches``: sealed batches, each the exact request body that will be sent, under a batch id
   fixed at seal time, so every retry is byte-identical and the collector can drop replays;
 - ``dead_letters``: batches the collector refused for good (a 4xx other than 401/403/408/413/429);
@@ -15,7 +16,9 @@ One SQLite database (WAL, synchronous=FULL) in the state directory holds:
 Beside the database, ``delivered.json`` (`Delivered`) keeps each file's row as of the newest batch
 that the collector acknowledged together with every batch sealed before it: where reading
 can resume without re-reading anything delivered when the database itself is destroyed
-(`reset-state`; issue 9, hole 10).
+(`reset-state`; issue 9, hole 10); it names this queue's producer, whose stream ranges the collector
+keeps, so that `reset-state` also skips what was stored but never acknowledged (docs/protocol.md,
+"Streams").
 
 The invariant, kept by `commit()`: every byte of a file below its recorded offset is in a queued
 batch or was acknowledged by the collector; every byte above it will be read again. Sealing a
