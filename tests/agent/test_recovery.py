@@ -23,7 +23,7 @@ def _sealed(n: int) -> SealedBatch:
 
 
 def _stream(spool: Spool, fid: int) -> str:
-    return str(spool._query("SELECT stream FROM files WHERE fid = ?", (fid,))[0][0])
+    return str(spool._query("SELECT stream_id FROM files WHERE fid = ?", (fid,))[0][0])
 
 
 def test_a_batch_range_starts_where_its_streams_last_batch_ended_so_bytes_without_addresses_are_covered(
@@ -58,23 +58,23 @@ def test_a_range_stored_for_a_previous_incarnation_of_the_file_moves_nothing(tmp
     old = _stream(spool, fid)
     spool.commit(_sealed(1), {fid: 5000}, seq=1)  # stored at the collector, say, up to 5000
     spool.update_file(fid, offset=0)  # then the same path, the same inode, new content
-    row = {"fid": fid, "stream": _stream(spool, fid), "offset": 300, "sent_end": 300}
+    row = {"fid": fid, "stream_id": _stream(spool, fid), "offset": 300, "sent_end": 300}
     assert resume_past_stored([row], {old: [(0, 5000)]}) == 0
     assert row["offset"] == 300, "5000 bytes of the old content were stored: not of these"
 
 
 def test_a_range_stored_for_another_stream_of_the_same_path_moves_nothing() -> None:
     ours, theirs = "11" * 16, "22" * 16
-    rows = [{"fid": 1, "path": "/logs/a.log", "stream": ours, "offset": 100},
-            {"fid": 2, "path": "/logs/a.log", "stream": theirs, "offset": 100}]
+    rows = [{"fid": 1, "path": "/logs/a.log", "stream_id": ours, "offset": 100},
+            {"fid": 2, "path": "/logs/a.log", "stream_id": theirs, "offset": 100}]
     assert resume_past_stored(rows, {theirs: [(0, 900)]}) == 1
     assert [row["offset"] for row in rows] == [100, 900]
 
 
 def test_a_stored_range_holding_the_offset_moves_it_to_its_end_and_one_above_a_gap_does_not() -> None:
     stream = "33" * 16
-    held = {"stream": stream, "offset": 100}
-    above_gap = {"stream": stream, "offset": 100}
+    held = {"stream_id": stream, "offset": 100}
+    above_gap = {"stream_id": stream, "offset": 100}
     assert resume_past_stored([held], {stream: [(0, 50), (80, 400), (500, 600)]}) == 1
     assert held["offset"] == 400, "stored from 80 to 400: reading resumes at 400, not at the next range"
     # 100..200 were never stored (a batch lost with the queue): read again, with what follows (a double

@@ -138,7 +138,7 @@ def resume_past_stored(rows: list[dict[str, object]], stored: dict[str, list[tup
         offset = row.get("offset")
         if not isinstance(offset, int):
             continue
-        for lo, hi in stored.get(str(row.get("stream") or ""), []):
+        for lo, hi in stored.get(str(row.get("stream_id") or ""), []):
             if lo <= offset < hi:
                 row["offset"] = row["sent_end"] = hi
                 moved += 1

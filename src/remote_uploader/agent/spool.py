@@ -109,7 +109,7 @@ DELIVERY_SCHEMA = (
 
 # Columns added to `files` after schema version 1, by ALTER TABLE when missing (an older agent's
 # queries name their columns, so it still reads a database that has them): the anchor of the
-# committed offset (`source.Anchor`); anchor_pos 0 means none yet. `stream`: a random id of this
+# committed offset (`source.Anchor`); anchor_pos 0 means none yet. `stream_id`: a random id of this
 # record's content, new whenever its offset moves back (the file was replaced: other bytes at the same
 # offsets), and `sent_end`: the end of the last byte range a sealed batch carried for it; batches
 # send (stream, sent_end, new offset) so that the collector can say, after this database was
@@ -118,7 +118,7 @@ FILE_COLUMNS_ADDED = (
     ("anchor_pos", "INTEGER NOT NULL DEFAULT 0"),
     ("anchor_len", "INTEGER NOT NULL DEFAULT 0"),
     ("anchor_hash", "BLOB NOT NULL DEFAULT x''"),
-    ("stream", "TEXT NOT NULL DEFAULT ''"),
+    ("stream_id", "TEXT NOT NULL DEFAULT ''"),
     ("sent_end", "INTEGER NOT NULL DEFAULT -1"),
 )
 NEW_STREAM_SQL = "lower(hex(randomblob(16)))"
@@ -128,7 +128,7 @@ NEW_STREAM_SQL = "lower(hex(randomblob(16)))"
 class FileState:
     fid: int
     path: str
-    source: str
+    stream: str  # the stream label its records carry (column `source`, the records' wire field)
     identity: FileIdentity
     offset: int
     status: str
@@ -350,9 +350,9 @@ class Spool:
         # A random producer id per queue: a new queue (a new state directory, `reset-state`) is a
         # new producer, so its batch numbers can start again at 1 without meeting old ones.
         conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('producer', ?)", (os.urandom(16).hex(),))
-        # Rows from before `stream` (or written by an older agent since) get one: their next batch starts
+        # Rows from before `stream_id` (or written by an older agent since) get one: their next batch starts
         # at their offset (sent_end -1).
-        conn.execute(f"UPDATE files SET stream = {NEW_STREAM_SQL} WHERE stream = ''")
+        conn.execute(f"UPDATE files SET stream_id = {NEW_STREAM_SQL} WHERE stream_id = ''")
         conn.execute("COMMIT")
         self.producer_id = str(conn.execute("SELECT value FROM kv WHERE key = 'producer'").fetchone()[0])
 
@@ -415,12 +415,12 @@ class Spool:
         rows = self._query("SELECT offset FROM files WHERE fid = ?", (fid,))
         return int(rows[0][0]) if rows else None
 
-    def register_file(self, path: str, source: str, identity: FileIdentity, offset: int = 0) -> int:
+    def register_file(self, path: str, stream: str, identity: FileIdentity, offset: int = 0) -> int:
         with self.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated, stream, "
+                "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated, stream_id, "
                 "sent_end) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
-                (path, source, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time(),
+                (path, stream, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time(),
                  os.urandom(16).hex(), offset),
             )
             assert cursor.lastrowid is not None
@@ -437,7 +437,7 @@ class Spool:
         sets: list[str] = ["updated = ?"]
         params: list[object] = [time.time()]
         if offset is not None:  # every right-hand side sees the row as it was before this UPDATE
-            sets += [f"stream = CASE WHEN ? < offset THEN {NEW_STREAM_SQL} ELSE stream END",
+            sets += [f"stream_id = CASE WHEN ? < offset THEN {NEW_STREAM_SQL} ELSE stream_id END",
                      "sent_end = CASE WHEN ? < offset THEN ? ELSE sent_end END"]
             params += [offset, offset, offset]
         if identity is not None:
@@ -519,7 +519,7 @@ class Spool:
         if not offsets:
             return []
         marks = ",".join("?" * len(offsets))
-        rows = self._query(f"SELECT fid, stream, sent_end, offset FROM files WHERE fid IN ({marks})", tuple(offsets))
+        rows = self._query(f"SELECT fid, stream_id, sent_end, offset FROM files WHERE fid IN ({marks})", tuple(offsets))
         ranges = []
         for fid, stream, sent_end, committed in rows:
             start = int(sent_end) if 0 <= int(sent_end) <= int(committed) else int(committed)
@@ -827,7 +827,7 @@ def _import_legacy(conn: sqlite3.Connection, marker: str, value: str, batches: S
 
 
 def _file_state(row: Any) -> FileState:
-    fid, path, source, dev, ino, fp_len, fp_hash, offset, status = row[:9]
+    fid, path, stream, dev, ino, fp_len, fp_hash, offset, status = row[:9]
     identity = FileIdentity(int(dev), int(ino), int(fp_len), bytes(fp_hash))
     anchor = Anchor(int(row[9]), int(row[10]), bytes(row[11])) if len(row) > 9 and row[9] else None
-    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status), anchor)
+    return FileState(int(fid), str(path), str(stream), identity, int(offset), str(status), anchor)

@@ -34,6 +34,7 @@ from remote_uploader.collector.server import serve
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import CollectorError, boundary
+from remote_uploader.i18n import setup
 from remote_uploader.protocol import format_time
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
     return serve(config, create_dir=_create_dir(args, config))
+
+
+# -- config show ------------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from remote_uploader.config_show import to_json, to_toml
+
+    effective = settings.resolve(args.collector_config, {"db": args.db})
+    print(to_json(effective) if args.json else to_toml(effective).rstrip("\n"))
+    return 0
 
 
 # -- tokens -----------------------------------------------------------------------------------
@@ -253,6 +266,21 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     serve.set_defaults(func=cmd_serve)
 
+    config = commands.add_parser("config", help="show the effective settings and where each value came from")
+    actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="every key, its value and its origin (TOML, or JSON)",
+        description="Print the settings `serve` would use: every key of the [collector] table with its value and "
+        "where it came from (default, the file, an environment variable, the command line), as TOML that -c "
+        "accepts, or as JSON.",
+    )
+    show.add_argument("-c", "--config", dest="collector_config", metavar="FILE",
+                      help="TOML file with a [collector] table")
+    show.add_argument("--db", metavar="URL", help="the database URL, as for serve")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_config_show)
+
     token = commands.add_parser("token", help="manage bearer tokens", description="Manage bearer tokens.")
     tokens = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     add = tokens.add_parser(
@@ -316,6 +344,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup()  # the locale's language, as `remote-uploader collector ...` has it (no --lang here)
     parser = argparse.ArgumentParser(prog=PROG)
     add_commands(parser)
     args = parser.parse_args(argv)
