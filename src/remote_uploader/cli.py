@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader import __version__
-from remote_uploader.agent.signals import hold_early, release_early
+from remote_uploader.agent.signals import EARLY_SIGNALS, hold_early, release_early
 from remote_uploader.config import PROFILES, Config, load, parse_set_option, resolve
 from remote_uploader.errors import EXIT_OK, RemoteUploaderError, SourceError, StateError, boundary, stdout_gone
 from remote_uploader.filters import ENGINES
@@ -446,9 +446,16 @@ def cmd_reset_state(args: argparse.Namespace) -> int:
 
     if args.forget_offsets and args.keep_offsets:
         raise RemoteUploaderError(_("--forget-offsets and --keep-offsets contradict each other"))
+    from remote_uploader.agent.sink import HttpSink
+
     config = _agent_setup(args)
-    for line in reset_state(config.agent.state_dir, keep_offsets=not args.forget_offsets):
-        say(line)
+    sink = HttpSink(config.server)
+    try:
+        for line in reset_state(config.agent.state_dir, keep_offsets=not args.forget_offsets,
+                                ask=sink.producer_streams):
+            say(line)
+    finally:
+        sink.close()
     return 0
 
 
@@ -479,8 +486,9 @@ def _command_in(arguments: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if _command_in(arguments) in ("once", "forever"):
-        hold_early()  # a SIGTERM during start-up stops the agent cleanly (agent/signals.py)
+    command = _command_in(arguments)
+    if command in EARLY_SIGNALS:
+        hold_early(EARLY_SIGNALS[command])  # a SIGTERM during start-up stops the agent cleanly (agent/signals.py)
     try:
         return _main(arguments)
     finally:

@@ -382,3 +382,36 @@ def test_too_many_batches_in_flight_get_429_with_retry_after(make_collector: Mak
         slow.close()
     assert wait_for(lambda: c.post_batch(batch).status_code == 200, timeout=30)
     assert c.counts() == {"203.0.113.7": 1}
+
+
+def test_a_producers_stream_ranges_are_served_to_agent_tokens_only(collector: CollectorProcess) -> None:
+    """What `reset-state` asks after a destroyed queue (docs/protocol.md, "Streams")."""
+    producer, stream = "ab" * 16, "cd" * 16
+    body = {**wire_batch("test-agent", "b-1", [record("203.0.113.7")]), "producer": producer, "seq": 1,
+            "streams": [{"id": stream, "start": 0, "end": 120}]}
+    assert collector.post_batch(body).status_code == 200
+    path = f"/v1/producers/{producer}/streams"
+    answer = collector.get(path)
+    assert (answer.status_code, answer.json()) == (200, {"producer": producer, "streams": {stream: [[0, 120]]}})
+    assert collector.get(path, token=collector.add_token("dashboard", read_only=True)).status_code == 403
+    assert collector.get("/v1/producers/NOT-HEX/streams").json()["detail"][0]["field"] == "path.producer"
+    assert collector.get(f"/v1/producers/{'ef' * 16}/streams").json()["streams"] == {}
+
+
+@pytest.mark.parametrize(("streams", "field"), [
+    ([{"id": "cd" * 16, "start": 10, "end": 10}], "streams[0]"),  # empty range
+    ([{"id": "CD" * 16, "start": 0, "end": 10}], "streams[0]"),  # upper-case id
+    ([{"id": "cd" * 16, "start": -1, "end": 10}], "streams[0]"),
+    ({"id": "cd" * 16}, "streams"),
+])
+def test_bad_stream_ranges_are_400_naming_the_field_and_store_nothing(
+        collector: CollectorProcess, streams: object, field: str) -> None:
+    body = {**wire_batch("test-agent", "b-1", [record("203.0.113.7")]), "producer": "ab" * 16, "seq": 1,
+            "streams": streams}
+    response = collector.post_batch(body)
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["field"] == field
+    assert collector.counts() == {}
+    without_producer = {**wire_batch("test-agent", "b-2", [record("203.0.113.7")]),
+                        "streams": [{"id": "cd" * 16, "start": 0, "end": 10}]}
+    assert collector.post_batch(without_producer).json()["detail"][0]["field"] == "streams"

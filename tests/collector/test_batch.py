@@ -416,3 +416,15 @@ def test_the_ipv6_round_trip_accepts_exactly_the_canonical_spellings(address: ip
 def test_errors_cross_process_boundaries_intact(error: Exception) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and vars(copy) == vars(error) and str(copy) == str(error)
+
+
+def test_stream_ranges_are_read_alike_by_both_paths_and_keep_the_fast_path() -> None:
+    """`streams` (docs/protocol.md, "Streams") in the agent's exact shape: the fast path takes it (a new
+    agent's every batch carries it) and reads what the full path reads."""
+    from remote_uploader.collector.batch import DEFAULT_BUCKET, Clamp, _parse_fast
+
+    streams = [{"id": "ab" * 16, "start": 0, "end": 120}, {"id": "cd" * 16, "start": 7, "end": 9}]
+    document = {**wire_batch("a", "b", [record("192.0.2.1")]), "producer": "ef" * 16, "seq": 3, "streams": streams}
+    body = json.dumps(document, separators=(",", ":")).encode()
+    fast = _parse_fast(body, "a", DEFAULT_BUCKET, Clamp(NOW))
+    assert fast.streams == parse_full(body, "a", now=NOW).streams == (("ab" * 16, 0, 120), ("cd" * 16, 7, 9))

@@ -187,3 +187,22 @@ def test_an_unknown_media_type_is_a_415_that_lists_the_formats_taken(collector: 
     answer = post(collector, b"{}", "application/vnd.remote-uploader.v9+json")
     assert answer.status_code == 415
     assert answer.headers["accept-post"] == ACCEPTED_MEDIA
+
+
+STREAM = "0123456789abcdef0123456789abcdef"
+
+
+def test_the_streams_a_format_2_body_covers_are_read_as_format_1_reads_them() -> None:
+    streams = [(STREAM, 0, 4096), ("fedcba9876543210fedcba9876543210", 10, 20)]
+    body = encode_format_2("web-1", "b-1", T0, groups_of(RECORDS), (PRODUCER, 7, ""), streams)
+    two = parse_batch(body, now=NOW, body_format=2)
+    one = parse_batch(as_format_1(body, "identity"), now=NOW)
+    assert two.streams == one.streams == tuple(streams)
+
+
+def test_streams_in_a_format_2_body_are_checked_and_named() -> None:
+    bad = v2(streams=[{"id": STREAM, "start": 5, "end": 5}, {"id": "XYZ", "start": 0, "end": 1}])
+    assert [field for field, _ in errors_of(bad)] == ["streams[0]", "streams[1]"]
+    anonymous = {k: v for k, v in v2(streams=[{"id": STREAM, "start": 0, "end": 1}]).items()
+                 if k not in ("producer", "seq")}
+    assert ("streams", "only with producer") in errors_of(anonymous)

@@ -140,3 +140,26 @@ def test_a_max_memory_ips_above_the_collectors_batch_limit_still_delivers_everyt
     result = run_agent("once", "-c", str(config), timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert collector.counts() == dict.fromkeys(addresses, 1)
+
+
+def test_a_batch_stored_but_unacknowledged_then_a_destroyed_queue_is_not_doubled_on_the_real_collector(
+        collector_any: CollectorProcess, tmp_path: Path) -> None:
+    """Hole 10's last window, end to end on both backends: the agent is killed after the collector
+    stored its 3rd batch and before the answer was recorded, the queue database is then destroyed;
+    `reset-state` asks the collector which bytes it stored and resumes past them."""
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 3000, seed=25, distinct=1500)
+    config = write_config(tmp_path / "agent.toml", url=collector_any.url, token=collector_any.token,
+                          state_dir=tmp_path / "state", sources=[str(log)], server={"upload_concurrency": 1},
+                          batching={"min_upload_batch": 10, "force_upload_threshold": 100, "max_memory_ips": 200})
+    killed = run_agent("once", "-c", str(config), env={"REMOTE_UPLOADER_CRASH_AT": "before_ack:3"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    (tmp_path / "state" / "queue.db").write_bytes(b"\0" * 4096)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "state" / f"queue.db{suffix}").unlink(missing_ok=True)
+
+    reset = run_agent("reset-state", "-c", str(config))
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert "they resume after it" in reset.stdout, reset.stdout
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert Counter(collector_any.counts()) == expected

@@ -182,14 +182,16 @@ def new_batch_id() -> str:
 
 
 def encode_sealed(agent: str, batch_id: str, records: Sequence[Record], created: float,
-                  compress: bool, identity: Identity | None = None) -> SealedBatch:
+                  compress: bool, identity: Identity | None = None, streams: Sequence[Stream] = ()) -> SealedBatch:
     """The complete request body, built once; `sent_at` is the seal time so retries are byte-identical."""
     return _sealed(agent, batch_id, groups_of(records), len(records),
-                   sum(r.count for r in records), created, compress, identity)
+                   sum(r.count for r in records), created, compress, identity, streams)
 
 
 # (producer, seq, part): the batch's delivery identity, docs/protocol.md "Idempotency".
 Identity = tuple[str, int, str]
+# (stream id, start, end): the bytes of one file record a batch covers, docs/protocol.md "Streams".
+Stream = tuple[str, int, int]
 # Format 2's group: (source, first_seen, last_seen in microseconds, addresses, their counts).
 Group = tuple[str, int, int, list[str], list[int]]
 #: How every format 2 body begins: the format is the first field, so a queued body says its own.
@@ -209,8 +211,18 @@ def groups_of(records: Sequence[Record]) -> list[Group]:
     return list(groups.values())
 
 
+def streams_json(streams: Sequence[Stream]) -> list[dict[str, object]]:
+    """The `streams` field of either format: what each file's bytes this batch covers."""
+    return [{"id": sid, "start": start, "end": end} for sid, start, end in streams]
+
+
+def streams_of(document: Mapping[str, Any]) -> list[Stream]:
+    """The `streams` a queued body carries (a split batch's parts carry the whole's)."""
+    return [(str(s["id"]), int(s["start"]), int(s["end"])) for s in document.get("streams", ())]
+
+
 def encode_format_2(agent: str, batch_id: str, sent_at: int, groups: Sequence[Group],
-                    identity: Identity | None = None) -> bytes:
+                    identity: Identity | None = None, streams: Sequence[Stream] = ()) -> bytes:
     """A format 2 body (docs/protocol.md). The arrays go through the C JSON encoder whole."""
     sources: dict[str, int] = {}
     parts = []
@@ -224,16 +236,18 @@ def encode_format_2(agent: str, batch_id: str, sent_at: int, groups: Sequence[Gr
         head.update(producer=identity[0], seq=identity[1])
         if identity[2]:
             head["part"] = identity[2]
+        if streams:
+            head["streams"] = streams_json(streams)
     head["sources"] = list(sources)
     text = dumps(head, separators=(",", ":"))[:-1] + ',"groups":[' + ",".join(parts) + "]}"
     return text.encode()
 
 
 def _sealed(agent: str, batch_id: str, groups: Sequence[Group], records: int, occurrences: int, created: float,
-            compress: bool, identity: Identity | None = None) -> SealedBatch:
+            compress: bool, identity: Identity | None = None, streams: Sequence[Stream] = ()) -> SealedBatch:
     from remote_uploader.agent.spool import SealedBatch
 
-    body = encode_format_2(agent, batch_id, timestamp_micros(created), groups, identity)
+    body = encode_format_2(agent, batch_id, timestamp_micros(created), groups, identity, streams)
     encoding = "identity"
     if compress:
         body = gzip.compress(body, compresslevel=1, mtime=0)
@@ -241,17 +255,20 @@ def _sealed(agent: str, batch_id: str, groups: Sequence[Group], records: int, oc
     return SealedBatch(batch_id, created, records, occurrences, encoding, body)
 
 
-def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, seq: int = 0) -> SealedBatch | None:
+def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, seq: int = 0,
+         streams: Sequence[Stream] = ()) -> SealedBatch | None:
     """The batch as a queue entry, or None when it covers bytes but holds no address.
 
     `producer` and `seq` (the spool's, `Spool.producer` and `Spool.next_seq`) give the batch the
-    identity by which the collector recognises it at any age, whole or split.
+    identity by which the collector recognises it at any age, whole or split; `streams`
+    (`Spool.stream_ranges`) the bytes of each file it covers, which the collector keeps so that a
+    destroyed queue can resume past them (docs/protocol.md, "Streams").
     """
     if not batch.size:
         return None
     identity = (producer, seq, "") if producer is not None else None
     return _sealed(agent, new_batch_id(), batch.groups(), len(batch), batch.occurrences, wire_time(wall()),
-                   compress, identity)
+                   compress, identity, streams)
 
 
 def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
@@ -290,7 +307,7 @@ def as_format_1(body: bytes, encoding: str) -> bytes:
     producer, seq, part = identity if identity is not None else (None, None, "")
     sent_at = format_micros(document["sent_at"])
     raw = encode_batch(document["agent"], document["batch_id"], sent_at, encode_records(records_of(document)),
-                       producer, seq, part)
+                       producer, seq, part, streams_of(document))
     return gzip.compress(raw, compresslevel=1, mtime=0) if encoding == "gzip" else raw
 
 
@@ -319,8 +336,11 @@ def split_queued(queued: QueuedBatch, agent: str) -> list[SealedBatch]:
         return []
     middle = len(records) // 2
     compress = queued.encoding == "gzip"
+    # Every part carries the whole batch's streams: the collector records them once the parts make the whole.
+    streams = streams_of(document)
     return [
         encode_sealed(agent, f"{queued.batch_id}.{index}", part, queued.created,
-                      compress, None if identity is None else (identity[0], identity[1], identity[2] + str(index)))
+                      compress, None if identity is None else (identity[0], identity[1], identity[2] + str(index)),
+                      streams)
         for index, part in enumerate((records[:middle], records[middle:]))
     ]

@@ -58,7 +58,15 @@ from remote_uploader.errors import (
     StateError,
 )
 from remote_uploader.i18n import Message
-from remote_uploader.protocol import ACCEPT_POST, BATCHES_PATH, HEALTH_PATH, MEDIA_V1, MEDIA_V2, WHOAMI_PATH
+from remote_uploader.protocol import (
+    ACCEPT_POST,
+    BATCHES_PATH,
+    HEALTH_PATH,
+    MEDIA_V1,
+    MEDIA_V2,
+    STREAMS_PATH,
+    WHOAMI_PATH,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +231,21 @@ class HttpSink:
         except ValueError:
             answer = {}
         return status, answer if isinstance(answer, dict) else {}, payload
+
+    def producer_streams(self, producer: str) -> dict[str, list[tuple[int, int]]]:
+        """GET /v1/producers/PRODUCER/streams: per stream, the byte ranges the collector stored
+        (`reset-state` after a destroyed queue). Raises DeliveryError saying why not (unreachable,
+        refused, a collector from before the field: 404)."""
+        status, _, payload = self._request("GET", STREAMS_PATH.format(producer=producer), None, {
+            "Authorization": f"Bearer {self.token}", "User-Agent": f"remote-uploader/{__version__}"})
+        try:
+            if status != 200:
+                raise ValueError(status)
+            streams = json.loads(payload)["streams"]
+            return {str(sid): [(int(lo), int(hi)) for lo, hi in ranges] for sid, ranges in streams.items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise DeliveryError(Message("the collector at {where} answered {status} for the stream ranges: {body}",
+                                        where=self.where, status=status, body=_head(payload)), status) from None
 
     def close(self) -> None:
         """Close every connection (each opens again on its next request)."""
@@ -414,6 +437,8 @@ class Uploader(threading.Thread):
         """
         self.disk_full = True
         now = time.monotonic()
+        if self.failing_since is None:  # `once` gives up after its budget here too (a disk that stays full)
+            self.failing_since = now
         # Said once per DISK_FULL_SAY_EVERY, not once per episode: on a nearly full disk some
         # writes pass (an acknowledgement) and others fail (delivered.json), and each passing one
         # would otherwise start a new episode and a new error line.

@@ -45,11 +45,14 @@ from remote_uploader.protocol import (
     MAX_AGENT_LEN,
     MAX_BATCH_ID_LEN,
     MAX_COUNT,
+    MAX_OFFSET,
     MAX_PART_LEN,
     MAX_RECORDS_PER_BATCH,
     MAX_SEQ,
     MAX_SOURCE_LEN,
+    MAX_STREAMS_PER_BATCH,
     PRODUCER_LEN,
+    STREAM_ID_LEN,
     check_ip,
     check_text,
     ip_key,
@@ -59,8 +62,9 @@ from remote_uploader.protocol import (
 
 MAX_ERRORS = 100  # a body with a million bad fields gets a bounded answer
 
-_PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
+PRODUCER_PATTERN = _PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
 _PART = re.compile(rf"[01]{{0,{MAX_PART_LEN}}}")
+_STREAM_ID = re.compile(rf"[0-9a-f]{{{STREAM_ID_LEN[0]},{STREAM_ID_LEN[1]}}}")
 
 
 class _TooManyErrors(Exception):
@@ -216,13 +220,46 @@ def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> Batc
         elif len(records) > MAX_RECORDS_PER_BATCH:
             errors.add("records", f"more than {MAX_RECORDS_PER_BATCH} records")
     producer, seq, part = _identity(document, errors)
+    streams = _streams(document, errors)
     if errors.items or not isinstance(records, list):
         return None
     assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _aggregate(records, errors, bucket, clamp)
     return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed,
-                 producer=producer, seq=seq, part=part)
+                 producer=producer, seq=seq, part=part, streams=streams if producer is not None else ())
+
+
+def _streams(document: dict[str, Any], errors: _Errors) -> tuple[tuple[str, int, int], ...]:
+    """The optional `streams`: the byte ranges [start, end) of the agent's file records that the batch
+    covers (docs/protocol.md, "Streams"), only with a producer."""
+    if "streams" not in document:
+        return ()
+    streams = document["streams"]
+    if "producer" not in document:
+        errors.add("streams", "only with producer")
+        return ()
+    if not isinstance(streams, list) or len(streams) > MAX_STREAMS_PER_BATCH:
+        errors.add("streams", f"must be an array of at most {MAX_STREAMS_PER_BATCH} streams")
+        return ()
+    found = []
+    for index, item in enumerate(streams):
+        if problem := _stream_problem(item):
+            errors.add(f"streams[{index}]", problem)
+        else:
+            found.append((item["id"], item["start"], item["end"]))
+    return tuple(found)
+
+
+def _stream_problem(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return "must be an object with id, start and end"
+    sid, start, end = item.get("id"), item.get("start"), item.get("end")
+    if not isinstance(sid, str) or not _STREAM_ID.fullmatch(sid):
+        return f"id must be {STREAM_ID_LEN[0]} to {STREAM_ID_LEN[1]} lower-case hex digits"
+    if type(start) is not int or type(end) is not int or not 0 <= start < end <= MAX_OFFSET:
+        return f"start and end must be integers with 0 <= start < end <= {MAX_OFFSET}"
+    return None
 
 
 def _identity(document: dict[str, Any], errors: _Errors) -> tuple[str | None, int, str]:
@@ -412,6 +449,12 @@ class _WireRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_LEN)]
 
 
+class _WireStream(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    id: str
+    start: int
+    end: int
+
+
 class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     agent: str
     batch_id: str
@@ -420,6 +463,7 @@ class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     producer: str | None = None
     seq: int | None = None
     part: str = ""
+    streams: list[_WireStream] | None = None
 
 
 # Unknown fields are refused here (the full path ignores them): the fast path must never accept
@@ -441,6 +485,13 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clam
     if (producer is not None or document.seq is not None or document.part) and _identity_problem(
             producer, document.seq, document.part):
         raise _Slow
+    streams: tuple[tuple[str, int, int], ...] = ()
+    if document.streams is not None:
+        if producer is None or len(document.streams) > MAX_STREAMS_PER_BATCH:
+            raise _Slow
+        streams = tuple((w.id, w.start, w.end) for w in document.streams)
+        if any(_stream_problem({"id": i, "start": a, "end": b}) for i, a, b in streams):
+            raise _Slow
     sent_at = parse_any_time(document.sent_at)
     records = document.records
     if isinstance(sent_at, str) or len(records) > MAX_RECORDS_PER_BATCH:
@@ -450,7 +501,8 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clam
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _merge_fast(records, bucket, clamp)
     return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets,
-                 clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part)
+                 clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part,
+                 streams=streams)
 
 
 def _merge_fast(records: list[_WireRecord], bucket: int, clamp: Clamp) -> tuple[list[IpDelta], list[BucketDelta]]:
@@ -507,6 +559,7 @@ class _Format2(msgspec.Struct, gc=False):
     producer: str | None = None
     seq: int | None = None
     part: str = ""
+    streams: list[Any] | None = None  # checked by `_stream_problem`, which names each bad one
 
 
 class _Named(msgspec.Struct, gc=False):
@@ -575,8 +628,10 @@ def parse_format_2(payload: bytes | bytearray, agent: str | None = None, bucket:
     sent_at = clamp.micros(document.sent_at)
     clamp.changed += sent_at != document.sent_at
     deltas, buckets = totals.result()
+    streams = tuple((s["id"], s["start"], s["end"]) for s in document.streams or ()) if producer is not None else ()
     return Batch(document.agent, document.batch_id, from_micros(sent_at), records, deltas, buckets,
-                 clamped=clamp.changed, producer=producer, seq=document.seq or 0, part=document.part)
+                 clamped=clamp.changed, producer=producer, seq=document.seq or 0, part=document.part,
+                 streams=streams)
 
 
 def _check_named(payload: bytes | bytearray, agent: str) -> None:
@@ -602,6 +657,15 @@ def _check_head(document: _Format2, errors: _Errors) -> None:
             errors.add("part", "only with producer")
     elif problem_at := _identity_problem(document.producer, document.seq, document.part):
         errors.add(*problem_at)
+    if document.streams is not None:
+        if document.producer is None:
+            errors.add("streams", "only with producer")
+        elif len(document.streams) > MAX_STREAMS_PER_BATCH:
+            errors.add("streams", f"must be an array of at most {MAX_STREAMS_PER_BATCH} streams")
+        else:
+            for index, item in enumerate(document.streams):
+                if problem := _stream_problem(item):
+                    errors.add(f"streams[{index}]", problem)
     for index, source in enumerate(document.sources):
         if problem := check_source(source):
             errors.add(f"sources[{index}]", problem)

@@ -360,6 +360,37 @@ def test_a_batch_with_a_producer_is_recognised_whatever_agent_name_it_is_sent_un
     assert totals(storage) == {"192.0.2.1": 1}
 
 
+S1, S2 = "c3" * 16, "d4" * 16  # two stream ids (docs/protocol.md, "Streams")
+
+
+def test_stream_ranges_are_kept_per_producer_and_stream_with_each_stored_batch(storage: Storage) -> None:
+    assert storage.producer_streams(PRODUCER) == {}
+    first = dataclasses.replace(identified(1), streams=((S1, 0, 100), (S2, 0, 50)))
+    assert storage.store_batch(first, at(0)) is True
+    assert storage.store_batch(dataclasses.replace(identified(3), streams=((S1, 300, 400),)), at(0)) is True
+    assert storage.store_batch(dataclasses.replace(identified(2), streams=((S1, 100, 300),)), at(0)) is True
+    # A replay is a duplicate: nothing of it is recorded, whatever ranges it claims.
+    assert storage.store_batch(dataclasses.replace(identified(1), streams=((S1, 0, 9999),)), at(1)) is False
+    # The same stream id under another producer is another stream.
+    other = dataclasses.replace(identified(1), producer="b2" * 16, streams=((S1, 5000, 6000),))
+    assert storage.store_batch(other, at(1)) is True
+    assert storage.producer_streams(PRODUCER) == {S1: [(0, 400)], S2: [(0, 50)]}
+    assert storage.producer_streams("b2" * 16) == {S1: [(5000, 6000)]}
+
+
+def test_a_stream_range_missing_below_stored_ones_stays_a_gap(storage: Storage) -> None:
+    for seq, start, end in ((1, 0, 100), (3, 200, 300), (4, 300, 350)):  # seq 2 (100..200) never stored
+        assert storage.store_batch(dataclasses.replace(identified(seq), streams=((S1, start, end),)), at(0))
+    assert storage.producer_streams(PRODUCER) == {S1: [(0, 100), (200, 350)]}
+
+
+def test_a_split_batch_records_its_ranges_only_once_its_parts_make_the_whole(storage: Storage) -> None:
+    assert storage.store_batch(dataclasses.replace(identified(1, "0"), streams=((S1, 0, 100),)), at(0)) is True
+    assert storage.producer_streams(PRODUCER) == {}, "half a batch: its ranges are not all stored"
+    assert storage.store_batch(dataclasses.replace(identified(1, "1"), streams=((S1, 0, 100),)), at(0)) is True
+    assert storage.producer_streams(PRODUCER) == {S1: [(0, 100)]}
+
+
 def test_racing_parts_and_replays_of_one_producer_count_each_record_once(storage: Storage) -> None:
     # Batch `seq` holds 4 occurrences of 192.0.2.<seq>: a half holds 2, a quarter 1.
     arrivals = [identified(seq, part, ip=f"192.0.2.{seq}", count=4 >> len(part))

@@ -106,6 +106,9 @@ class Batch:
     producer: str | None = None
     seq: int = 0
     part: str = ""
+    # With a producer: (stream id, start, end), the bytes of the agent's file records the batch covers
+    # (docs/protocol.md, "Streams"); kept once the batch is stored whole (`Storage.producer_streams`).
+    streams: tuple[tuple[str, int, int], ...] = ()
 
     def counted_addresses(self) -> Sequence[str]:
         if isinstance(self.deltas, EncodedDeltas):
@@ -286,6 +289,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def producer_state(self, producer: str) -> tuple[int, int] | None:
         """(watermark, entries kept above it) of a producer, or None if it never sent a batch."""
+
+    @abc.abstractmethod
+    def producer_streams(self, producer: str) -> dict[str, list[tuple[int, int]]]:
+        """Per stream of a producer, the byte ranges [start, end) stored, merged and sorted ({} if none)."""
 
     @abc.abstractmethod
     def count_batches(self) -> int:

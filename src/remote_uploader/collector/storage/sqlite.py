@@ -210,7 +210,8 @@ class SqliteStorage(SqlStorage):
         # directly, which costs less CPU in all than making an image here and loading it.
         image = bulk.encoded(deltas, "sqlite-image").data if isinstance(deltas, EncodedDeltas) else None
         with self._write(staging=image) as cur:
-            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part):
+            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
+                               batch.streams):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             if image is None:
