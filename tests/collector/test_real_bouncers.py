@@ -182,6 +182,9 @@ def test_the_firewall_bouncer_programs_nftables_in_a_namespace(
             )
             assert bouncer.alive(), bouncer.log()
             assert "2001:db8:1::5" not in bouncer.elements()
+            # Go's HTTP client asked for gzip by itself, and every stream answer was gzipped.
+            pulls = [line for line in collector.log().splitlines() if "path=/v1/decisions/stream" in line]
+            assert pulls and all("encoding=gzip" in line for line in pulls), pulls[:3]
         finally:
             bouncer.stop()
             collector.stop()
