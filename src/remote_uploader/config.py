@@ -108,7 +108,7 @@ ENV_ALIASES = {
     "PROFILE": "agent.profile",
 }
 
-SOURCE_KEYS = {"paths", "regex", "exclude", "name"}
+SOURCE_KEYS = {"paths", "regex", "exclude", "name", "timestamp_pattern"}
 SECRET_KEYS = {"server.token"}
 
 
@@ -125,6 +125,8 @@ class SourceConfig:
     regex: str | None = None
     exclude: tuple[str, ...] = ()
     name: str = ""
+    # The log's own time of each line (agent/timestamps.py): a preset or a strptime-like format.
+    timestamp_pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -534,7 +536,11 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
         name = item.get("name", "")
         if not isinstance(name, str):
             raise ConfigError(f"{where}.name", Message("must be a string"), origin)
-        source = SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name)
+        pattern = item.get("timestamp_pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise ConfigError(f"{where}.timestamp_pattern", Message("must be a string"), origin)
+        source = SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name,
+                              timestamp_pattern=pattern)
         _check_source_filters(source, where, origin)
         parsed.append(source)
     return tuple(parsed)
@@ -543,7 +549,13 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
 def _check_source_filters(source: SourceConfig, where: str, origin: str) -> None:
     """Compile the source's regex and CIDRs now so that a typo is a config error, not a runtime one."""
     from remote_uploader.agent.extract import build_extractor
+    from remote_uploader.agent.timestamps import PatternError, compile_pattern
 
+    if source.timestamp_pattern is not None:
+        try:
+            compile_pattern(source.timestamp_pattern)
+        except PatternError as exc:
+            raise ConfigError(f"{where}.timestamp_pattern", _reason(exc), origin) from exc
     try:
         build_extractor(regex=source.regex, exclude=source.exclude, engine="stdlib")
     except ValueError as exc:

@@ -36,7 +36,8 @@ def describe(effective: Effective) -> dict[str, Any]:
     keys = {key: {"value": _value(effective, key), "origin": _origin(effective.origins.get(key, "default"))}
             for key in sorted(KNOWN_KEYS)}
     sources = [{"paths": list(s.paths), "regex": s.regex, "exclude": list(s.exclude), "name": s.name,
-                "origin": _origin(effective.sources_origin)} for s in effective.config.sources]
+                "timestamp_pattern": s.timestamp_pattern, "origin": _origin(effective.sources_origin)}
+               for s in effective.config.sources]
     return {"config_file": effective.config.origin or None, "keys": keys, "sources": sources}
 
 
@@ -71,4 +72,6 @@ def to_toml(effective: Effective) -> str:
         if source["regex"] is not None:
             lines.append(f"regex = {_toml(source['regex'])}")
         lines += [f"exclude = {_toml(source['exclude'])}", f"name = {_toml(source['name'])}"]
+        if source["timestamp_pattern"] is not None:
+            lines.append(f"timestamp_pattern = {_toml(source['timestamp_pattern'])}")
     return "\n".join(lines) + "\n"

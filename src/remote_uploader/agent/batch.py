@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from remote_uploader.agent.clock import wall
+from remote_uploader.agent.timestamps import Minute
 from remote_uploader.config import BatchingConfig
 from remote_uploader.protocol import (
     MAX_BATCH_ID_LEN,
@@ -43,10 +44,16 @@ class Batch:
     `last_seen` never goes back: a wall clock stepped backwards (NTP, an operator) inside an open
     batch would otherwise seal `last_seen < first_seen`, a batch the collector refused for ever.
     `created` is `time.monotonic()` (the batch's age for the seal policy), which no step moves.
+
+    A source with a timestamp pattern (agent/timestamps.py) has its lines counted by their own
+    minute in `minutes` instead: one record per (source, address, minute), with the earliest
+    and latest line times of that minute as its span, so that a backlog lands in the buckets of
+    when it happened. Its lines without a time go to `counts` with the read times, as above.
     """
 
     created: float
     counts: dict[str, Counter[str]] = field(default_factory=dict)  # source -> ip -> occurrences
+    minutes: dict[str, dict[int, Minute]] = field(default_factory=dict)  # source -> minute -> cell
     offsets: dict[int, int] = field(default_factory=dict)  # file id -> offset just past the covered bytes
     occurrences: int = 0
     lines: int = 0
@@ -68,16 +75,42 @@ class Batch:
         before = len(known)
         known.update(counts)
         self.size += len(known) - before
-        if not self.occurrences:
+        if not self.first_seen:  # a wall time is never 0: nothing was added with read times yet
             self.first_seen = self.last_seen = now
         elif now > self.last_seen:
             self.last_seen = now
         self.occurrences += sum(counts.values())
 
-    def new_keys(self, source: str, counts: Mapping[str, int]) -> int:
-        """How many records `counts` would add (to keep the batch under max_memory_ips)."""
+    def add_minutes(self, source: str, minutes: Mapping[int, Minute]) -> None:
+        """Fold one chunk's counts by line minute in (a source with a timestamp pattern)."""
+        cells = self.minutes.get(source)
+        if cells is None:
+            cells = self.minutes[source] = {}
+        for minute, part in minutes.items():
+            cell = cells.get(minute)
+            if cell is None:
+                cells[minute] = Minute(dict(part.counts), part.first, part.last)
+                self.size += len(part.counts)
+            else:
+                known = cell.counts
+                before = len(known)
+                for ip, n in part.counts.items():
+                    known[ip] = known.get(ip, 0) + n
+                self.size += len(known) - before
+                cell.first, cell.last = min(cell.first, part.first), max(cell.last, part.last)
+            self.occurrences += sum(part.counts.values())
+
+    def new_keys(self, source: str, counts: Mapping[str, int],
+                 minutes: Mapping[int, Minute] | None = None) -> int:
+        """How many records `counts` (and `minutes`) would add (to keep the batch under max_memory_ips)."""
         known: Mapping[str, int] = self.counts.get(source, {})
-        return sum(1 for ip in counts if ip not in known)
+        new = sum(1 for ip in counts if ip not in known)
+        if minutes:
+            cells = self.minutes.get(source, {})
+            for minute, part in minutes.items():
+                cell = cells.get(minute)
+                new += len(part.counts) if cell is None else sum(1 for ip in part.counts if ip not in cell.counts)
+        return new
 
     def cover(self, file_id: int, end_offset: int, lines: int, nbytes: int) -> None:
         self.offsets[file_id] = end_offset
@@ -92,9 +125,23 @@ class Batch:
         first = wire_time(self.first_seen)
         return format_timestamp(first), format_timestamp(max(first, wire_time(self.last_seen)))
 
+    def _minute_spans(self) -> list[tuple[str, str, str, dict[str, int]]]:
+        """(source, first_seen, last_seen, counts) of each minute cell, in protocol form."""
+        spans = []
+        for source, cells in self.minutes.items():
+            for cell in cells.values():
+                first = wire_time(cell.first)
+                spans.append((source, format_timestamp(first), format_timestamp(max(first, wire_time(cell.last))),
+                              cell.counts))
+        return spans
+
     def to_records(self) -> list[Record]:
         first, last = self._span()
-        return [Record(ip, n, first, last, source) for source, known in self.counts.items() for ip, n in known.items()]
+        records = [Record(ip, n, first, last, source)
+                   for source, known in self.counts.items() for ip, n in known.items()]
+        records += [Record(ip, n, first, last, source)
+                    for source, first, last, known in self._minute_spans() for ip, n in known.items()]
+        return records
 
     def records_json(self) -> bytes:
         """The records array as protocol JSON, built directly: sealing is on the hot path.
@@ -107,6 +154,9 @@ class Batch:
         for source, known in self.counts.items():
             tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(source)}}}'
             parts.append(",".join([f'{{"ip":"{ip}","count":{n}{tail}' for ip, n in known.items()]))
+        for source, first, last, cell in self._minute_spans() if self.minutes else ():
+            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(source)}}}'
+            parts.append(",".join([f'{{"ip":"{ip}","count":{n}{tail}' for ip, n in cell.items()]))
         return ("[" + ",".join(part for part in parts if part) + "]").encode()
 
 

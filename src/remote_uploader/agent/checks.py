@@ -58,7 +58,8 @@ def check_sources(config: Config) -> list[Check]:
 
 def _sample(path: str, config: Config, source_index: int) -> Check:
     source = config.sources[source_index]
-    extractor = build_extractor(regex=source.regex, exclude=source.exclude, engine=config.agent.engine)
+    extractor = build_extractor(regex=source.regex, exclude=source.exclude, engine=config.agent.engine,
+                                timestamp_pattern=source.timestamp_pattern)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

@@ -457,8 +457,12 @@ class ExcludingExtractor:
         return counts
 
 
-def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto") -> Extractor:
+def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto",
+                    timestamp_pattern: str | None = None) -> Extractor:
     """The extractor for one source. Raises ValueError (naming the bad value) for a bad option.
+
+    timestamp_pattern: the source's log time (agent/timestamps.py); the extractor then also
+    counts by each line's own minute (`TimedExtractor.scan_minutes`).
 
     engine: "stdlib" (standard library only), "hyperscan" (needs `remote-uploader[fast]`), or
     "auto": hyperscan when it is installed, else stdlib. Both give identical counts.
@@ -485,7 +489,13 @@ def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), en
             extractor = StdlibExtractor()
         else:
             extractor = HyperscanExtractor()
-    return ExcludingExtractor(extractor, networks) if networks else extractor
+    if networks:
+        extractor = ExcludingExtractor(extractor, networks)
+    if timestamp_pattern is not None:
+        from remote_uploader.agent.timestamps import with_times
+
+        extractor = with_times(extractor, timestamp_pattern)
+    return extractor
 
 
 def scan_bytes(extractor: Extractor, data: bytes) -> dict[str, int]:

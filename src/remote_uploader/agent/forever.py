@@ -248,7 +248,8 @@ def apply_reload(agent: Agent, reload: Callable[[], Config], say: Callable[[str]
     old = agent.config
     try:
         new = reload()
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=new.agent.engine) for s in new.sources]
+        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=new.agent.engine,
+                                      timestamp_pattern=s.timestamp_pattern) for s in new.sources]
     except (RemoteUploaderError, ValueError) as exc:
         log.error("event=config_reload_failed reason=%r action=keeping_old_config", str(exc))
         say(_("Configuration not reloaded ({reason}); the old one stays in force").format(

@@ -78,11 +78,14 @@ class Agent:
             self.lock.release()
             raise
         self.extractors = [
-            build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine) for s in config.sources
+            build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine,
+                            timestamp_pattern=s.timestamp_pattern)
+            for s in config.sources
         ]
         self.scanner: ParallelScanner | None = None
         if config.agent.workers > 1:
-            specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
+            specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine, s.timestamp_pattern)
+                     for s in config.sources]
             self.scanner = ParallelScanner(specs, self.extractors, config.agent.workers, config.read.block_size,
                                            record_cap(config))
         self.sink = sink or HttpSink(config.server)
@@ -157,13 +160,16 @@ class Agent:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
         cap = record_cap(self.config)
-        if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
+        if len(batch) + part.records > cap and len(batch) + batch.new_keys(path, part.counts, part.minutes) > cap:
             self.seal_now()
             batch = self.batch
         batch.add(path, part.counts, wall())
+        if part.minutes is not None:
+            batch.add_minutes(path, part.minutes)
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
-        stats.occurrences += sum(part.counts.values())
+        stats.occurrences += part.occurrences
+        stats.untimed_lines += part.untimed_lines
         stats.lines += part.lines
         stats.bytes_read += part.nbytes
         stats.long_lines += int(part.long_line)
