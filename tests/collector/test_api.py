@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.collector.util import record, wire_batch
+from tests.helpers.batches import record, wire_batch
 from tests.helpers.collector_fixtures import CollectorProcess
 
 MakeCollector = Callable[..., CollectorProcess]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.collector.util import record, wire_batch
+from tests.helpers.batches import record, wire_batch
 from tests.helpers.collector_fixtures import CollectorProcess
 
 LIMIT = 1 << 20  # the module's collector takes bodies up to 1 MiB

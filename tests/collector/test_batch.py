@@ -33,7 +33,7 @@ from remote_uploader.protocol import (
     is_canonical_ip,
     parse_time,
 )
-from tests.collector.util import record, wire_batch
+from tests.helpers.batches import record, wire_batch
 
 #: The arrival time the tests parse at: both paths must clamp against the same clock.
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from remote_uploader.collector.parsing import WORKER_MIN_BYTES
-from tests.collector.senders import expected_counts
-from tests.collector.util import random_ip, random_records, wire_batch
+from tests.helpers.batches import random_ip, random_records, wire_batch
 from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.senders import expected_counts
 
 RECORDS = 12_000  # about 1.8 MB of JSON: over WORKER_MIN_BYTES
 POOL = sorted({random_ip(random.Random(f"big-{n}")) for n in range(20_000)})

@@ -16,7 +16,7 @@ from remote_uploader.collector.blocklist import (
     select,
 )
 from remote_uploader.collector.storage.base import BlocklistRow
-from tests.collector.util import T0
+from tests.helpers.batches import T0
 
 
 def row(ip: str, count: int = 1) -> BlocklistRow:

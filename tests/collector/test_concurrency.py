@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.collector.senders import expected_counts, make_batches, run_agent, sending_order
 from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.senders import expected_counts, make_batches, run_agent, sending_order
 
 AGENTS = 4
 BATCHES = 16

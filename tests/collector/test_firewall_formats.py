@@ -16,7 +16,7 @@ import pytest
 
 from remote_uploader.collector.blocklist import Blocklist, render
 from tests.collector.test_blocklist import row
-from tests.collector.util import T0
+from tests.helpers.batches import T0
 
 ADDRESSES = ["1.2.3.4", "8.8.8.8", "198.51.100.23", "2a00:1450:4001::5", "2a00::1"]
 

@@ -20,7 +20,7 @@ from remote_uploader.collector.batch import AgentMismatch, BatchInvalid, parse_b
 from remote_uploader.collector.parsing import WORKER_MIN_BYTES, BatchParser
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import EncodedDeltas, IpDelta
-from tests.collector.util import random_records, wire_batch
+from tests.helpers.batches import random_records, wire_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def test_a_sqlite_image_from_a_worker_holds_the_deltas() -> None:
         payload = body()
         parsed = parse(parser, payload)
         assert isinstance(parsed.deltas, EncodedDeltas)
-        from tests.collector.test_bulk import rows_of_image
+        from tests.collector.storage.test_bulk import rows_of_image
 
         assert [IpDelta(*row) for row in rows_of_image(parsed.deltas.data)] == parse_batch(payload).deltas
     finally:

@@ -1,7 +1,7 @@
 """Crash loops: the agent SIGKILLed again and again, at random moments and at chosen points, while the
 peer fails requests, resets connections after storing, answers slowly, and is itself killed.
 
-tests/test_crash.py already kills `once` 24 times at random and once at each crash point; these go
+tests/e2e/test_crash.py already kills `once` 24 times at random and once at each crash point; these go
 further: `forever` with growing logs, every crash point many times under faults, the collector
 stand-in killed mid-ingest, and (in the long run) hundreds of kills.
 """

@@ -16,7 +16,7 @@ Python only sees each *distinct* result once.
 Splitting: a separator byte (`SEPARATORS`) is never inside a match, and no rule looks to the right
 past one; on the left the patterns only read real bytes of the file. So cutting the input after
 any separator, and scanning the pieces with their left context, gives the same counts as one scan
-(tests/test_extract_properties.py checks it).
+(tests/agent/extract/test_properties.py checks it).
 
 Who owns what, so that nothing is counted twice: the IPv4 pass skips a dotted quad that follows
 `X:` where X is a hex digit or `:`; the IPv6 pass decides those (`::ffff:1.2.3.4` is a mapped

@@ -18,7 +18,7 @@ slices are counted with `Counter`, and each distinct one is turned into an addre
 
 Why the counts are the same: an IPv4 match of either engine is one of the other's (the stdlib
 engine skips no anchor that could start an address: a `.` inside an earlier match follows a digit
-and a `.`), and both engines take an IPv6 run from its first colon. tests/test_extract_properties.py
+and a `.`), and both engines take an IPv6 run from its first colon. tests/agent/extract/test_properties.py
 compares them on random text, binary junk and every benchmark workload.
 """
 

@@ -1,7 +1,7 @@
 """The Storage protocol: what the HTTP layer needs from a database, and nothing else.
 
 Two implementations, `sqlite.SqliteStorage` and `postgres.PostgresStorage`, pass one contract
-suite (tests/collector/test_storage_contract.py). Everything they receive is already validated
+suite (tests/collector/storage/test_contract.py). Everything they receive is already validated
 and aggregated (`Batch`), so the SQL only adds numbers; everything they return is a plain
 frozen dataclass with timezone-aware UTC datetimes.
 

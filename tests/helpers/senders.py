@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.collector.util import random_ip, random_records, wire_batch
+from tests.helpers.batches import random_ip, random_records, wire_batch
 
 POOL_SIZE = 400  # addresses shared by every agent and batch, so that they contend for rows
 

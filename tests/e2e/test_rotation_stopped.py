@@ -15,8 +15,8 @@ from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.sink import Delivered
 from remote_uploader.agent.tail import LAST_SEEN_KEY, Tailer
 from remote_uploader.config import load
+from tests.e2e.test_rotation import Runner, Writer, compare, copytruncate, rename_create, running, settle
 from tests.helpers.agent import run_agent, write_access_log
-from tests.test_rotation import Runner, Writer, compare, copytruncate, rename_create, running, settle
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

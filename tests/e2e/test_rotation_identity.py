@@ -1,6 +1,6 @@
 """Files that look alike, with real agent processes and the receiver's counts (issue 9, holes 1 and 2).
 
-`tests/agent/test_identity.py` holds the same cases step by step in process; these run them as an
+`tests/agent/tail/test_identity.py` holds the same cases step by step in process; these run them as an
 operator would meet them: `forever` on per-vhost logs that share a header, and two `once` runs around
 a rewrite of a file under a header longer than a fingerprint.
 """

@@ -13,8 +13,8 @@ from pathlib import Path
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.tail import Tailer
 from remote_uploader.config import load
+from tests.agent.tail.test_identity import NoSink as _NoSink
 from tests.helpers.agent import write_access_log
-from tests.test_rotation_stopped import _NoSink
 
 HEADER = b"#Version: 1.0\n" + b"".join(b"#Comment: " + bytes([65 + i]) * 100 + b"\n" for i in range(11))
 

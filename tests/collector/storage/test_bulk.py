@@ -8,7 +8,7 @@ import pytest
 
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import EncodedDeltas, IpDelta
-from tests.collector.util import delta
+from tests.helpers.batches import delta
 
 DELTAS = [delta("192.0.2.1", 3, 0, 5), delta("2001:db8::1", 2**40 * 100_000, 1), delta("203.0.113.9", 1, 7)]
 

@@ -13,9 +13,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.e2e.test_delivery_answers import Impostor
 from tests.helpers.agent import run_agent, write_access_log, write_config
 from tests.helpers.collector_fixtures import CollectorProcess
-from tests.test_delivery_answers import Impostor
 
 CRASH_AFTER_STORED = {"REMOTE_UPLOADER_CRASH_AT": "before_ack:1"}
 

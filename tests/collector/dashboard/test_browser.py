@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.dashboard.site import HOSTILE_AGENT, HOSTILE_IP, HOSTILE_SOURCE, LOG_COUNTS, Site, build
+from tests.helpers.dashboard_site import HOSTILE_AGENT, HOSTILE_IP, HOSTILE_SOURCE, LOG_COUNTS, Site, build
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

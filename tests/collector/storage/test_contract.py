@@ -14,7 +14,7 @@ from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, IpQuery, Storage, to_micros
 from remote_uploader.collector.storage.postgres import PostgresStorage
 from remote_uploader.collector.storage.sqlite import SqliteStorage
-from tests.collector.util import T0, at, batch, delta
+from tests.helpers.batches import T0, at, batch, delta
 
 
 def totals(storage: Storage) -> dict[str, int]:

@@ -11,8 +11,8 @@ from remote_uploader.collector.decisions.engine import DecisionEngine, DecisionR
 from remote_uploader.collector.decisions.rules import Escalation, Rule
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import DecisionQuery
-from tests.collector.test_storage_windows_contract import hits
-from tests.collector.util import at, record
+from tests.collector.storage.test_windows_contract import hits
+from tests.helpers.batches import at, record
 
 MINUTE = 60
 TEN_MINUTES = timedelta(minutes=10)

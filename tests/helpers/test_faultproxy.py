@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.receiver import Receiver
-from tests.test_receiver import make_batch
+from tests.helpers.test_receiver import make_batch
 
 
 @pytest.fixture

@@ -209,7 +209,7 @@ def _rotate_compressed(logs: Path, fresh_lines: int, seed: int):  # type: ignore
 
 
 def test_forever_reports_no_lag_for_content_compressed_away_after_rotation(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
-    from tests.test_forever import FAST_READ, _free_port, _scrape, _stop
+    from tests.e2e.test_forever import FAST_READ, _free_port, _scrape, _stop
 
     logs = tmp_path / "logs"
     logs.mkdir()

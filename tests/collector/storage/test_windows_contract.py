@@ -12,7 +12,7 @@ from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, Storage
 from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowQuery
-from tests.collector.util import T0, at, record, wire_batch
+from tests.helpers.batches import T0, at, record, wire_batch
 
 MINUTE = 60
 

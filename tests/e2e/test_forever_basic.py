@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from remote_uploader.agent.batch import Batch, SealPolicy
 from tests.helpers.agent import start_agent, write_access_log, write_config
 
 
@@ -45,15 +44,3 @@ def test_lines_appended_to_a_followed_file_are_read_between_two_passes(tmp_path:
         agent.communicate(timeout=30)
     assert agent.returncode == 0
     assert receiver.counts() == dict(expected)
-
-
-def test_a_caught_up_batch_is_sealed_at_half_its_max_age_a_busy_one_at_its_max_age() -> None:
-    policy = SealPolicy(force_upload_threshold=1000, min_upload_batch=10, max_batch_age=1.0)
-    batch = Batch(100.0)
-    batch.add("access.log", {"192.0.2.1": 1}, 100.1)
-    assert not policy.should_seal(batch, 100.4, caught_up=True)
-    assert policy.should_seal(batch, 100.5, caught_up=True)  # a trickle: within max_batch_age end to end
-    assert not policy.should_seal(batch, 101.5, caught_up=False)  # busy: waits for min_upload_batch
-    batch.add("access.log", {f"192.0.2.{n}": 1 for n in range(2, 12)}, 100.2)
-    assert not policy.should_seal(batch, 100.9, caught_up=False)
-    assert policy.should_seal(batch, 101.0, caught_up=False)
