@@ -549,12 +549,11 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
 def _check_source_filters(source: SourceConfig, where: str, origin: str) -> None:
     """Compile the source's regex and CIDRs now so that a typo is a config error, not a runtime one."""
     from remote_uploader.agent.extract import build_extractor
-    from remote_uploader.agent.timestamps import PatternError, compile_pattern
 
     if source.timestamp_pattern is not None:
         try:
-            compile_pattern(source.timestamp_pattern)
-        except PatternError as exc:
+            build_extractor(engine="stdlib", timestamp_pattern=source.timestamp_pattern)
+        except ValueError as exc:
             raise ConfigError(f"{where}.timestamp_pattern", _reason(exc), origin) from exc
     try:
         build_extractor(regex=source.regex, exclude=source.exclude, engine="stdlib")
