@@ -86,9 +86,12 @@ class TimePattern:
     _cache: dict[bytes, float | None] = field(default_factory=dict)
 
     def time_of(self, buf: bytes | bytearray | memoryview, start: int, end: int) -> float | None:
+        """The time of the line buf[start:end], or None where it has none."""
         found = self.regex.search(buf, start, min(end, start + SEARCH_BYTES))
-        if found is None:
-            return None
+        return None if found is None else self.seconds_of(found)
+
+    def seconds_of(self, found: re.Match[bytes]) -> float | None:
+        """The time a match of `regex` spells (None for an impossible date), remembered by text."""
         text = found.group()
         seconds = self._cache.get(text, -1.0)
         if seconds == -1.0:
@@ -232,14 +235,24 @@ class TimedExtractor:
         untimed: dict[str, int] = {}
         minutes: dict[int, Minute] = {}
         untimed_lines = 0
-        time_of = self.pattern.time_of
+        search, seconds_of = self.pattern.regex.search, self.pattern.seconds_of
         runs: list[tuple[int, int, int | None, float, float]] = []  # (start, end, minute, first, last)
         run_start, run_key, first, last = start, None, 0.0, 0.0
+        previous = b""  # the time text of the line before, if it had one
         pos = start
         while pos < end:
             newline = buf.find(b"\n", pos, end)
             line_end = end if newline < 0 else newline + 1
-            seconds = time_of(buf, pos, line_end)
+            found = search(buf, pos, min(line_end, pos + SEARCH_BYTES))
+            if found is not None:
+                text = found.group()
+                if text == previous:  # the same second as the line before: same run, same span
+                    pos = line_end
+                    continue
+                previous = text
+                seconds = seconds_of(found)
+            else:
+                previous, seconds = b"", None
             key = None if seconds is None else int(seconds // 60)
             if pos == start or key != run_key:
                 if pos > start:
