@@ -154,3 +154,19 @@ def test_a_dense_timed_range_is_cut_into_parts_under_the_cap() -> None:
     parts = scan_parts(extractor, bytearray(data), extractor.context, len(data), len(lines), cap=300)
     assert len(parts) > 1 and all(p.records <= 300 for p in parts)
     assert sum(p.occurrences for p in parts) == 2000 and sum(p.lines for p in parts) == 2000
+
+
+def test_the_test_command_says_how_many_lines_the_pattern_reads_and_fails_when_none(tmp_path: Path) -> None:
+    from remote_uploader.agent.checks import check_sources
+
+    log, other = tmp_path / "access.log", tmp_path / "other.log"
+    log.write_text(LOG)
+    other.write_text(LOG)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[server]\nurl = "http://127.0.0.1:9"\n[[sources]]\npaths = ["{log}"]\ntimestamp_pattern = "common"\n'
+        f'[[sources]]\npaths = ["{other}"]\ntimestamp_pattern = "syslog"\n'
+    )
+    good, bad = check_sources(load(str(config), env={}))
+    assert good.ok and "times read by timestamp_pattern in 5 of 6 lines" in good.detail
+    assert not bad.ok and "in 0 of 6 lines" in bad.detail
