@@ -23,7 +23,7 @@ import pytest
 
 from remote_uploader.collector.auth import create_bouncer_key
 from remote_uploader.collector.lapi import StreamFilter
-from remote_uploader.collector.lapi_routes import CHUNK, Encoder, Pull, wants_gzip
+from remote_uploader.collector.routers.lapi import CHUNK, Encoder, Pull, wants_gzip
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import NewDecision

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Final, Protocol, TypeVar
 
-from remote_uploader.protocol import canonical_ip
+from remote_uploader.protocol import Network, canonical_ip
 
 Buffer = bytes | bytearray | memoryview
 
@@ -413,7 +413,6 @@ def compile_regex(regex: str) -> re.Pattern[str]:
     return pattern
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_excludes(exclude: Sequence[str]) -> tuple[Network, ...]:
