@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "remote_uploader.settings",
         "remote_uploader.settings.*",
         "remote_uploader.config",
+        "remote_uploader.timepatterns",
         "remote_uploader.collector.settings",
     ),
     "agent": ("remote_uploader.agent", "remote_uploader.agent.*"),

@@ -125,7 +125,7 @@ class SourceConfig:
     regex: str | None = None
     exclude: tuple[str, ...] = ()
     name: str = ""
-    # The log's own time of each line (agent/timestamps.py): a preset or a strptime-like format.
+    # The log's own time of each line (remote_uploader/timepatterns.py): a preset or a strptime-like format.
     timestamp_pattern: str | None = None
 
 
@@ -549,11 +549,12 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
 def _check_source_filters(source: SourceConfig, where: str, origin: str) -> None:
     """Compile the source's regex and CIDRs now so that a typo is a config error, not a runtime one."""
     from remote_uploader.agent.extract import build_extractor
+    from remote_uploader.timepatterns import PatternError, compile_pattern
 
     if source.timestamp_pattern is not None:
         try:
-            build_extractor(engine="stdlib", timestamp_pattern=source.timestamp_pattern)
-        except ValueError as exc:
+            compile_pattern(source.timestamp_pattern)
+        except PatternError as exc:
             raise ConfigError(f"{where}.timestamp_pattern", _reason(exc), origin) from exc
     try:
         build_extractor(regex=source.regex, exclude=source.exclude, engine="stdlib")

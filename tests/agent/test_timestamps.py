@@ -12,9 +12,10 @@ import pytest
 from remote_uploader.agent.batch import Batch
 from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.parallel import scan_parts
-from remote_uploader.agent.timestamps import PatternError, TimedExtractor, compile_pattern
+from remote_uploader.agent.timestamps import TimedExtractor
 from remote_uploader.config import load
 from remote_uploader.errors import ConfigError
+from remote_uploader.timepatterns import PatternError, compile_pattern
 
 
 def epoch(text: str) -> float:
