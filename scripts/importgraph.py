@@ -46,6 +46,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "remote_uploader.config",
         "remote_uploader.timepatterns",
         "remote_uploader.collector.settings",
+        # what the settings read values with: the source filters (engine names, regex, CIDRs), durations,
+        # and the collector's `[[rules]]` tables (its config file's, as config.py's `[[sources]]` are the agent's)
+        "remote_uploader.filters",
+        "remote_uploader.durations",
+        "remote_uploader.collector.decisions.rules",
     ),
     "agent": ("remote_uploader.agent", "remote_uploader.agent.*"),
     "collector": ("remote_uploader.collector", "remote_uploader.collector.*"),
@@ -110,11 +115,6 @@ RULES: tuple[Rule, ...] = (
 # closes it (the import that was written late, inside a function, to get around it).
 ALLOWED: dict[tuple[str, str], str] = {
     # -- uphill edges -------------------------------------------------------------------------------
-    # config.py takes the engine names and default rules from the extractor: one settings table
-    ("remote_uploader.config", "remote_uploader.agent.extract"): "settings",
-    # the decision rules' parser and the duration parser, reached from collector/settings.py
-    ("remote_uploader.collector.settings", "remote_uploader.collector.decisions.rules"): "settings",
-    ("remote_uploader.collector.settings", "remote_uploader.collector.timeparse"): "settings",
     # -- edges that close a cycle (imported inside a function to get around it) -------------------------
     # the extractor factory imports the hyperscan engine, which builds on extract.py's pieces
     ("remote_uploader.agent.extract", "remote_uploader.agent.extract_fast"): "unassigned (lead)",

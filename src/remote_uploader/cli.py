@@ -16,10 +16,12 @@ from typing import Any
 
 from remote_uploader import __version__
 from remote_uploader.agent.signals import hold_early, release_early
-from remote_uploader.config import PROFILES, Config, Effective, load, parse_set_option, resolve
+from remote_uploader.config import PROFILES, Config, load, parse_set_option, resolve
 from remote_uploader.errors import EXIT_OK, RemoteUploaderError, SourceError, StateError, boundary, stdout_gone
+from remote_uploader.filters import ENGINES
 from remote_uploader.i18n import Message, Parser, _, setup, translate_known
 from remote_uploader.logs import JsonFormatter
+from remote_uploader.settings import Effective
 
 log = logging.getLogger("remote_uploader")
 
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--regex", help=_("only addresses in the named group `ip` of this regex"))
     extract.add_argument("--exclude", action="append", default=[], metavar="CIDR",
                          help=_("never count addresses in this network (repeatable)"))
-    extract.add_argument("--engine", choices=["auto", "stdlib", "hyperscan"], default="auto",
+    extract.add_argument("--engine", choices=ENGINES, default="auto",
                          help=_("extraction engine"))
     extract.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     extract.set_defaults(func=cmd_extract)
@@ -222,7 +224,7 @@ def load_config(args: argparse.Namespace) -> Config:
     return resolve_config(args).config
 
 
-def resolve_config(args: argparse.Namespace) -> Effective:
+def resolve_config(args: argparse.Namespace) -> Effective[Config]:
     overrides: dict[str, Any] = parse_set_option(args.settings)
     for key, value in (
         ("agent.state_dir", args.state_dir),

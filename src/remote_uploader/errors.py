@@ -98,11 +98,14 @@ class ConfigError(RemoteUploaderError):
 
 
 class ConfigFileError(ConfigError):
-    """The config file named by -c or $REMOTE_UPLOADER_CONFIG: named as a file, not as a key."""
+    """A config file (-c, $REMOTE_UPLOADER_CONFIG) is missing or unreadable: named as a file, not as a key.
 
-    def __init__(self, path: object, reason: str | Message) -> None:
+    `key` is what it is reported under: ``config`` for the agent's file, ``collector`` for the collector's.
+    """
+
+    def __init__(self, path: object, reason: str | Message, *, key: str = "config") -> None:
         RemoteUploaderError.__init__(self, Message("config file {path}: {reason}", path=path, reason=reason))
-        self.key = "config"
+        self.key = key
         self.reason = str(reason)
         self.origin = str(path)
 

@@ -111,6 +111,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, create_dir=_create_dir(args, config))
 
 
+# -- config show ------------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from remote_uploader.config_show import to_json, to_toml
+
+    effective = settings.resolve(args.collector_config, {"db": args.db})
+    print(to_json(effective) if args.json else to_toml(effective).rstrip("\n"))
+    return 0
+
+
 # -- tokens -----------------------------------------------------------------------------------
 
 
@@ -255,6 +267,23 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-dashboard", action="store_true", help=_("do not serve the web pages at /"))
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help=_("show the effective settings and where each value came from"))
+    actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help=_("every key, its value and its origin (TOML, or JSON)"),
+        description=_(
+            "Print the settings `serve` would use: every key of the [collector] table with its value and "
+            "where it came from (default, the file, an environment variable, the command line), as TOML that -c "
+            "accepts, or as JSON."
+        ),
+    )
+    show.add_argument("-c", "--config", dest="collector_config", metavar="FILE",
+                      help=_("TOML file with a [collector] table"))
+    show.add_argument("--db", metavar="URL", help=_("the database URL, as for serve"))
+    show.add_argument("--json", action="store_true", help=_("print JSON"))
+    show.set_defaults(func=cmd_config_show)
 
     token = commands.add_parser("token", help=_("manage bearer tokens"), description=_("Manage bearer tokens."))
     tokens = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
