@@ -171,3 +171,17 @@ def test_the_test_command_says_how_many_lines_the_pattern_reads_and_fails_when_n
     good, bad = check_sources(load(str(config), env={}))
     assert good.ok and "times read by timestamp_pattern in 5 of 6 lines" in good.detail
     assert not bad.ok and "in 0 of 6 lines" in bad.detail
+
+
+def test_config_show_prints_the_pattern_and_its_toml_loads_back(tmp_path: Path) -> None:
+    from remote_uploader.config import resolve
+    from remote_uploader.config_show import to_toml
+
+    config = tmp_path / "agent.toml"
+    config.write_text('[server]\nurl = "http://127.0.0.1:9"\n[[sources]]\npaths = ["/var/log/auth.log"]\n'
+                      'timestamp_pattern = "%b %e %H:%M:%S"\n')
+    shown = to_toml(resolve(str(config), env={}))
+    assert 'timestamp_pattern = "%b %e %H:%M:%S"' in shown
+    again = tmp_path / "again.toml"
+    again.write_text(shown)
+    assert load(str(again), env={}).sources[0].timestamp_pattern == "%b %e %H:%M:%S"
