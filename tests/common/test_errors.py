@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,3 +96,11 @@ def test_a_reader_that_went_away_ends_a_collector_listing_quietly(tmp_path: Path
     listing.stdout.close()  # the reader is gone before the first line
     assert listing.wait(timeout=60) == 0
     assert b"Traceback" not in listing.stderr.read()
+
+
+def test_the_standalone_collector_command_line_is_translated_too(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'collector.db'}"
+    environ = {**os.environ, "LANGUAGE": "zh_CN.UTF-8"}
+    refused = subprocess.run([sys.executable, "-m", "remote_uploader.collector.cli", "token", "revoke", "nobody",
+                              "--db", db], capture_output=True, text=True, env=environ)
+    assert (refused.returncode, refused.stderr) == (1, "remote-uploader collector: 错误: no token named 'nobody'\n")

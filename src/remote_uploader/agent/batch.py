@@ -1,4 +1,8 @@
-"""Aggregation: occurrences become per-(source, IP) records in one in-memory batch.
+"""Aggregation: occurrences become per-(stream, IP) records in one in-memory batch.
+
+The stream label is the live path a file's content was first found at (`tail.Tracked.stream`,
+the spool's `FileState.stream`); on the wire it is each record's `source` field. ("Source" in
+the agent means a configured `[[sources]]` entry.)
 
 A batch also remembers, per file, the offset just past the last byte it covers. That pairing is
 what makes offsets safe: the spool stores the records and moves the offsets in one transaction,
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """The in-memory batch: per source, a count per address, and the offsets it covers.
+    """The in-memory batch: per stream, a count per address, and the offsets it covers.
 
     `first_seen` and `last_seen` are read times (`clock.wall()`): when the agent read the first and
     the last bytes this batch covers (a batch lives about `max_batch_age` while busy). Every record
@@ -45,33 +49,33 @@ class Batch:
     batch would otherwise seal `last_seen < first_seen`, a batch the collector refused for ever.
     `created` is `time.monotonic()` (the batch's age for the seal policy), which no step moves.
 
-    A source with a timestamp pattern (agent/timestamps.py) has its lines counted by their own
-    minute in `minutes` instead: one record per (source, address, minute), with the earliest
+    A stream with a timestamp pattern (agent/timestamps.py) has its lines counted by their own
+    minute in `minutes` instead: one record per (stream, address, minute), with the earliest
     and latest line times of that minute as its span, so that a backlog lands in the buckets of
     when it happened. Its lines without a time go to `counts` with the read times, as above.
     """
 
     created: float
-    counts: dict[str, Counter[str]] = field(default_factory=dict)  # source -> ip -> occurrences
-    minutes: dict[str, dict[int, Minute]] = field(default_factory=dict)  # source -> minute -> cell
+    counts: dict[str, Counter[str]] = field(default_factory=dict)  # stream -> ip -> occurrences
+    minutes: dict[str, dict[int, Minute]] = field(default_factory=dict)  # stream -> minute -> cell
     offsets: dict[int, int] = field(default_factory=dict)  # file id -> offset just past the covered bytes
     occurrences: int = 0
     lines: int = 0
     nbytes: int = 0
     first_seen: float = 0.0
     last_seen: float = 0.0
-    size: int = 0  # records: distinct (source, ip) pairs
+    size: int = 0  # records: distinct (stream, ip) pairs
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, source: str, counts: Mapping[str, int], now: float) -> None:
+    def add(self, stream: str, counts: Mapping[str, int], now: float) -> None:
         """Fold one chunk's counts in. Work is per distinct address, never per line."""
         if not counts:
             return
-        known = self.counts.get(source)
+        known = self.counts.get(stream)
         if known is None:
-            known = self.counts[source] = Counter()
+            known = self.counts[stream] = Counter()
         before = len(known)
         known.update(counts)
         self.size += len(known) - before
@@ -81,11 +85,11 @@ class Batch:
             self.last_seen = now
         self.occurrences += sum(counts.values())
 
-    def add_minutes(self, source: str, minutes: Mapping[int, Minute]) -> None:
-        """Fold one chunk's counts by line minute in (a source with a timestamp pattern)."""
-        cells = self.minutes.get(source)
+    def add_minutes(self, stream: str, minutes: Mapping[int, Minute]) -> None:
+        """Fold one chunk's counts by line minute in (a stream with a timestamp pattern)."""
+        cells = self.minutes.get(stream)
         if cells is None:
-            cells = self.minutes[source] = {}
+            cells = self.minutes[stream] = {}
         for minute, part in minutes.items():
             cell = cells.get(minute)
             if cell is None:
@@ -100,13 +104,13 @@ class Batch:
                 cell.first, cell.last = min(cell.first, part.first), max(cell.last, part.last)
             self.occurrences += sum(part.counts.values())
 
-    def new_keys(self, source: str, counts: Mapping[str, int],
+    def new_keys(self, stream: str, counts: Mapping[str, int],
                  minutes: Mapping[int, Minute] | None = None) -> int:
         """How many records `counts` (and `minutes`) would add (to keep the batch under max_memory_ips)."""
-        known: Mapping[str, int] = self.counts.get(source, {})
+        known: Mapping[str, int] = self.counts.get(stream, {})
         new = sum(1 for ip in counts if ip not in known)
         if minutes:
-            cells = self.minutes.get(source, {})
+            cells = self.minutes.get(stream, {})
             for minute, part in minutes.items():
                 cell = cells.get(minute)
                 new += len(part.counts) if cell is None else sum(1 for ip in part.counts if ip not in cell.counts)
@@ -126,36 +130,28 @@ class Batch:
         return format_timestamp(first), format_timestamp(max(first, wire_time(self.last_seen)))
 
     def _minute_spans(self) -> list[tuple[str, str, str, dict[str, int]]]:
-        """(source, first_seen, last_seen, counts) of each minute cell, in protocol form."""
+        """(stream, first_seen, last_seen, counts) of each minute cell, in protocol form."""
         spans = []
-        for source, cells in self.minutes.items():
+        for stream, cells in self.minutes.items():
             for cell in cells.values():
                 first = wire_time(cell.first)
-                spans.append((source, format_timestamp(first), format_timestamp(max(first, wire_time(cell.last))),
+                spans.append((stream, format_timestamp(first), format_timestamp(max(first, wire_time(cell.last))),
                               cell.counts))
         return spans
-
-    def to_records(self) -> list[Record]:
-        first, last = self._span()
-        records = [Record(ip, n, first, last, source)
-                   for source, known in self.counts.items() for ip, n in known.items()]
-        records += [Record(ip, n, first, last, source)
-                    for source, first, last, known in self._minute_spans() for ip, n in known.items()]
-        return records
 
     def records_json(self) -> bytes:
         """The records array as protocol JSON, built directly: sealing is on the hot path.
 
-        Addresses are canonical (no character needs escaping); the times and the source are the
-        same for every record of a source, so that tail is encoded once per source.
+        Addresses are canonical (no character needs escaping); the times and the stream are the
+        same for every record of a stream, so that tail is encoded once per stream.
         """
         first, last = self._span()
         parts = []
-        for source, known in self.counts.items():
-            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(source)}}}'
+        for stream, known in self.counts.items():
+            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(stream)}}}'
             parts.append(",".join([f'{{"ip":"{ip}","count":{n}{tail}' for ip, n in known.items()]))
-        for source, first, last, cell in self._minute_spans() if self.minutes else ():
-            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(source)}}}'
+        for stream, first, last, cell in self._minute_spans() if self.minutes else ():
+            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(stream)}}}'
             parts.append(",".join([f'{{"ip":"{ip}","count":{n}{tail}' for ip, n in cell.items()]))
         return ("[" + ",".join(part for part in parts if part) + "]").encode()
 

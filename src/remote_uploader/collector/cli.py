@@ -355,8 +355,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # run on its own, not as `remote-uploader collector` (which chose already)
-        setup()  # the help in the locale's language, as the agent's
+    setup()  # the locale's language, as `remote-uploader collector ...` has it (no --lang here)
     parser = Parser(prog=PROG)
     add_commands(parser)
     args = parser.parse_args(argv)
