@@ -17,6 +17,8 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING, Any
 
 from remote_uploader.agent.clock import wall
@@ -77,7 +79,10 @@ class Batch:
         if known is None:
             known = self.counts[stream] = Counter()
         before = len(known)
-        known.update(counts)
+        # known[ip] += n for every ip of the chunk, with no bytecode per address: `map` over C
+        # callables and `dict.update` from pairs (Counter.update runs a Python loop: 1.5x the time).
+        keys = counts.keys()
+        dict.update(known, zip(keys, map(add, counts.values(), map(known.get, keys, repeat(0))), strict=True))
         self.size += len(known) - before
         if not self.first_seen:  # a wall time is never 0: nothing was added with read times yet
             self.first_seen = self.last_seen = now

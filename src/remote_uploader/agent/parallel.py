@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO
 
-from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import SEPARATORS, Extractor, count_lines, extractor_for, last_cut
 from remote_uploader.agent.timestamps import Minute, TimedExtractor
 
 BOUNDARY_SEARCH = 1024 * 1024
@@ -43,16 +43,15 @@ BOUNDARY_STEP = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """Counts of a run of whole lines ending at file offset `end_offset`.
-
-    For a source with a timestamp pattern, `minutes` holds the counts of the lines with a time
-    by their minute, and `counts` only those of the lines without one (`untimed_lines`)."""
+    """Counts of a run of whole lines ending at file offset `end_offset`."""
 
     counts: dict[str, int]
     lines: int
     nbytes: int
     end_offset: int
     long_line: bool = False
+    # A source with a timestamp pattern: the counts of its lines with a time, by their minute;
+    # `counts` then holds only those of the lines without one (`untimed_lines`).
     minutes: dict[int, Minute] | None = None
     untimed_lines: int = 0
 
@@ -95,10 +94,11 @@ def scan_parts(extractor: Extractor, buf: bytes | bytearray, start: int, end: in
     """
     if scan and isinstance(extractor, TimedExtractor):
         untimed, minutes, untimed_lines = extractor.scan_minutes(buf, start, end)
-        whole = Part(untimed, buf.count(b"\n", start, end), end - start, end_offset, long_line, minutes, untimed_lines)
+        whole = Part(untimed, count_lines(buf, start, end), end - start, end_offset, long_line, minutes,
+                     untimed_lines)
     else:
         counts = extractor.scan(buf, start, end) if scan else {}
-        whole = Part(counts, buf.count(b"\n", start, end), end - start, end_offset, long_line)
+        whole = Part(counts, count_lines(buf, start, end), end - start, end_offset, long_line)
     if whole.records <= cap:
         return [whole]
     pieces = -(-whole.records * 2 // cap)  # aim at half the cap per piece: one rescan, rarely two
@@ -208,8 +208,7 @@ def worker_main() -> int:
     try:
         specs = read_frame(stdin)
         assert isinstance(specs, list)
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=s.engine,
-                                      timestamp_pattern=s.timestamp_pattern) for s in specs]
+        extractors = [extractor_for(s, s.engine) for s in specs]
         while True:
             task = read_frame(stdin)
             assert isinstance(task, tuple)
