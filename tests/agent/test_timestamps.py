@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.agent.batch import Batch
-from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.extractors import build_extractor
 from remote_uploader.agent.parallel import scan_parts
 from remote_uploader.agent.timestamps import TimedExtractor
 from remote_uploader.config import load
@@ -131,14 +130,18 @@ def test_a_batch_sends_one_record_per_address_and_minute_with_the_lines_times() 
     batch.add_minutes("/var/log/nginx/access.log", part.minutes)
     batch.add_minutes("/var/log/nginx/access.log", part.minutes)  # the same again: counts add up
     assert len(batch) == 5 and batch.occurrences == 1 + 2 * 6
-    records = json.loads(batch.records_json())
-    spans = {(r["ip"], r["first_seen"], r["last_seen"]): r["count"] for r in records}
+    groups = batch.groups()
+    spans = {(ip, first, last): n for _, first, last, ips, counts in groups for ip, n in zip(ips, counts, strict=True)}
+
+    def us(text: str) -> int:
+        return int(epoch(text) * 1_000_000)
+
     assert spans == {
-        ("198.51.100.2", "2026-12-02T15:00:00.000000Z", "2026-12-02T15:00:00.000000Z"): 1,  # no time: read time
-        ("198.51.100.1", "2026-12-02T10:00:01.000000Z", "2026-12-02T10:00:59.000000Z"): 6,
-        ("192.0.2.9", "2026-12-02T10:00:01.000000Z", "2026-12-02T10:00:59.000000Z"): 2,
-        ("198.51.100.1", "2026-12-02T10:01:00.000000Z", "2026-12-02T10:01:00.000000Z"): 2,
-        ("198.51.100.3", "2026-12-02T12:30:00.000000Z", "2026-12-02T12:30:00.000000Z"): 2,
+        ("198.51.100.2", us("2026-12-02T15:00:00Z"), us("2026-12-02T15:00:00Z")): 1,  # no time: read time
+        ("198.51.100.1", us("2026-12-02T10:00:01Z"), us("2026-12-02T10:00:59Z")): 6,
+        ("192.0.2.9", us("2026-12-02T10:00:01Z"), us("2026-12-02T10:00:59Z")): 2,
+        ("198.51.100.1", us("2026-12-02T10:01:00Z"), us("2026-12-02T10:01:00Z")): 2,
+        ("198.51.100.3", us("2026-12-02T12:30:00Z"), us("2026-12-02T12:30:00Z")): 2,
     }
     assert batch.new_keys("/var/log/nginx/access.log", {}, part.minutes) == 0
 

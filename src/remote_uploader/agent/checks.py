@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remote_uploader.agent.batch import decode_body, identity_of
-from remote_uploader.agent.extract import extractor_for
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.sink import HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
 from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock

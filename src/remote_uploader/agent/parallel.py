@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO
 
-from remote_uploader.agent.extract import SEPARATORS, Extractor, count_lines, extractor_for, last_cut
+from remote_uploader.agent.extract import SEPARATORS, Extractor, count_lines, last_cut
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.timestamps import Minute, TimedExtractor
 
 BOUNDARY_SEARCH = 1024 * 1024

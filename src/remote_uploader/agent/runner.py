@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
-from remote_uploader.agent.extract import Extractor, extractor_for
+from remote_uploader.agent.extract import Extractor
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher, hold_early
