@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "remote_uploader.settings",
         "remote_uploader.settings.*",
         "remote_uploader.config",
+        "remote_uploader.timepatterns",
         "remote_uploader.collector.settings",
         # what the settings read values with: the source filters (engine names, regex, CIDRs), durations,
         # and the collector's `[[rules]]` tables (its config file's, as config.py's `[[sources]]` are the agent's)

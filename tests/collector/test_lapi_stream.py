@@ -8,8 +8,12 @@ pulls only that origin (CrowdSec's `origins` filter), with keys of its own.
 
 from __future__ import annotations
 
+import gzip
+import http.client
+import json
 import re
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +25,7 @@ import pytest
 
 from remote_uploader.collector.auth import create_bouncer_key
 from remote_uploader.collector.lapi import StreamFilter
-from remote_uploader.collector.routers.lapi import Pull
+from remote_uploader.collector.routers.lapi import CHUNK, Encoder, Pull, wants_gzip
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import NewDecision
@@ -279,6 +283,99 @@ def test_a_pull_cut_short_records_nothing_and_is_sent_again(tmp_path: Path) -> N
         assert b"198.51.100.3" in b"".join(start(False))  # still a full answer
         mark = storage.list_bouncers()[0].last_seq
         assert mark is not None and mark == storage.decision_seq()
+    finally:
+        storage.close()
+
+
+def raw_get(collector: CollectorProcess, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """A GET as a bouncer's HTTP client sends it, with exactly these headers (httpx would add its
+    own Accept-Encoding and decode the answer)."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", target, headers=headers)
+    return connection.getresponse()
+
+
+def timeless(answer: dict[str, Any]) -> dict[str, Any]:
+    """A stream answer without the durations (time left: they differ between two pulls)."""
+    return {part: [{**d, "duration": None} for d in answer[part]] for part in ("new", "deleted")}
+
+
+def test_answers_are_gzipped_for_bouncers_that_accept_gzip(collector: CollectorProcess, db: Storage) -> None:
+    decide(db, v("198.51.100.7"))
+    decide(db, v("203.0.113.0/24"))
+    target = f"/v1/decisions/stream?startup=true&origins={ORIGIN}"
+    plain = raw_get(collector, target, {"X-Api-Key": key_for(db, "fw-plain")})
+    assert plain.getheader("Content-Encoding") is None and plain.getheader("Vary") == "Accept-Encoding"
+    expected = json.loads(plain.read())
+    # Go's HTTP client sends exactly this header by itself (crowdsec-firewall-bouncer does).
+    zipped = raw_get(collector, target, {"X-Api-Key": key_for(db, "fw-go"), "Accept-Encoding": "gzip"})
+    assert zipped.status == 200 and zipped.getheader("Content-Encoding") == "gzip"
+    assert timeless(json.loads(gzip.decompress(zipped.read()))) == timeless(expected)
+    assert values(expected["new"]) == {v("198.51.100.7"), v("203.0.113.0/24")}
+    refused = raw_get(collector, target, {"X-Api-Key": key_for(db, "fw-q0"), "Accept-Encoding": "gzip;q=0, br"})
+    assert refused.getheader("Content-Encoding") is None and timeless(json.loads(refused.read())) == timeless(expected)
+
+    key = key_for(db, "live")
+    for ip, answer in ((v("198.51.100.7"), [v("198.51.100.7")]), (v("192.0.2.1"), None)):
+        live = raw_get(collector, f"/v1/decisions?ip={ip}", {"X-Api-Key": key, "Accept-Encoding": "deflate, gzip"})
+        assert live.getheader("Content-Encoding") == "gzip"
+        found = json.loads(gzip.decompress(live.read()))
+        assert (found if found is None else [d["value"] for d in found]) == answer
+    # An error stays plain JSON, whatever the client accepts.
+    denied = raw_get(collector, target, {"X-Api-Key": "rub_nope", "Accept-Encoding": "gzip"})
+    assert denied.status == 401 and "X-Api-Key" in json.loads(denied.read())["message"]
+
+
+@pytest.mark.parametrize(
+    ("header", "gzipped"),
+    [
+        ("gzip", True),
+        ("GZIP;q=0.5", True),
+        ("x-gzip", True),
+        ("br, gzip", True),
+        ("gzip;q=0", False),
+        ("*", False),
+        ("identity", False),
+        ("", False),
+        ("gzip;q=nonsense", False),
+    ],
+)
+def test_accept_encoding_is_read_as_http_means_it(header: str, gzipped: bool) -> None:
+    assert wants_gzip(header) is gzipped
+
+
+def test_a_large_pull_is_compressed_chunk_by_chunk_and_decodes_as_it_arrives(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite://{tmp_path}/c.db", pool_size=2)
+    try:
+        storage.migrate()
+        create_bouncer_key(storage, "fw-1")
+        until = datetime.now(UTC) + timedelta(hours=1)
+        news = [NewDecision(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", "Ip", until) for n in range(6000)]
+        storage.add_decisions(news, datetime.now(UTC))
+
+        def start(encoder: Encoder) -> Iterator[bytes]:
+            [bouncer] = storage.list_bouncers()
+            made = Pull(storage, bouncer, True, StreamFilter(), "test")
+            return made.body(made.first_page(), encoder)
+
+        # Cut short after its first chunk: not a whole gzip stream, and nothing recorded.
+        body = start(Encoder(gzip=True))
+        with pytest.raises(EOFError):
+            gzip.decompress(next(body))
+        body.close()
+        assert storage.list_bouncers()[0].last_seq is None
+
+        chunks = list(start(Encoder(gzip=True)))
+        assert len(chunks) >= 3  # each CHUNK of JSON went out as soon as it was compressed
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        sizes = [len(decoder.decompress(chunk)) for chunk in chunks]
+        assert all(size >= CHUNK for size in sizes[:-1])  # each chunk decodes whole on arrival
+        assert decoder.eof
+        answer = json.loads(gzip.decompress(b"".join(chunks)))
+        assert len(answer["new"]) == 6000 and answer["deleted"] == []
+        assert sum(map(len, chunks)) * 5 < sum(sizes)  # and it is worth it
+        assert storage.list_bouncers()[0].last_seq == storage.decision_seq()
     finally:
         storage.close()
 

@@ -28,6 +28,7 @@ from operator import add
 from typing import TYPE_CHECKING, Any
 
 from remote_uploader.agent.clock import wall
+from remote_uploader.agent.timestamps import Minute
 from remote_uploader.config import BatchingConfig
 from remote_uploader.protocol import (
     MAX_BATCH_ID_LEN,
@@ -58,10 +59,16 @@ class Batch:
     `last_seen` never goes back: a wall clock stepped backwards (NTP, an operator) inside an open
     batch would otherwise seal `last_seen < first_seen`, a batch the collector refused for ever.
     `created` is `time.monotonic()` (the batch's age for the seal policy), which no step moves.
+
+    A stream with a timestamp pattern (agent/timestamps.py) has its lines counted by their own
+    minute in `minutes` instead: one record per (stream, address, minute), with the earliest
+    and latest line times of that minute as its span, so that a backlog lands in the buckets of
+    when it happened. Its lines without a time go to `counts` with the read times, as above.
     """
 
     created: float
     counts: dict[str, Counter[str]] = field(default_factory=dict)  # stream -> ip -> occurrences
+    minutes: dict[str, dict[int, Minute]] = field(default_factory=dict)  # stream -> minute -> cell
     offsets: dict[int, int] = field(default_factory=dict)  # file id -> offset just past the covered bytes
     occurrences: int = 0
     lines: int = 0
@@ -86,16 +93,42 @@ class Batch:
         keys = counts.keys()
         dict.update(known, zip(keys, map(add, counts.values(), map(known.get, keys, repeat(0))), strict=True))
         self.size += len(known) - before
-        if not self.occurrences:
+        if not self.first_seen:  # a wall time is never 0: nothing was added with read times yet
             self.first_seen = self.last_seen = now
         elif now > self.last_seen:
             self.last_seen = now
         self.occurrences += sum(counts.values())
 
-    def new_keys(self, stream: str, counts: Mapping[str, int]) -> int:
-        """How many records `counts` would add (to keep the batch under max_memory_ips)."""
+    def add_minutes(self, stream: str, minutes: Mapping[int, Minute]) -> None:
+        """Fold one chunk's counts by line minute in (a stream with a timestamp pattern)."""
+        cells = self.minutes.get(stream)
+        if cells is None:
+            cells = self.minutes[stream] = {}
+        for minute, part in minutes.items():
+            cell = cells.get(minute)
+            if cell is None:
+                cells[minute] = Minute(dict(part.counts), part.first, part.last)
+                self.size += len(part.counts)
+            else:
+                known = cell.counts
+                before = len(known)
+                for ip, n in part.counts.items():
+                    known[ip] = known.get(ip, 0) + n
+                self.size += len(known) - before
+                cell.first, cell.last = min(cell.first, part.first), max(cell.last, part.last)
+            self.occurrences += sum(part.counts.values())
+
+    def new_keys(self, stream: str, counts: Mapping[str, int],
+                 minutes: Mapping[int, Minute] | None = None) -> int:
+        """How many records `counts` (and `minutes`) would add (to keep the batch under max_memory_ips)."""
         known: Mapping[str, int] = self.counts.get(stream, {})
-        return sum(1 for ip in counts if ip not in known)
+        new = sum(1 for ip in counts if ip not in known)
+        if minutes:
+            cells = self.minutes.get(stream, {})
+            for minute, part in minutes.items():
+                cell = cells.get(minute)
+                new += len(part.counts) if cell is None else sum(1 for ip in part.counts if ip not in cell.counts)
+        return new
 
     def cover(self, file_id: int, end_offset: int, lines: int, nbytes: int) -> None:
         self.offsets[file_id] = end_offset
@@ -112,11 +145,18 @@ class Batch:
         return timestamp_micros(first), timestamp_micros(max(first, wire_time(self.last_seen)))
 
     def groups(self) -> list[Group]:
-        """The records as format 2's groups: one per stream, all sharing the batch's span.
+        """The records as format 2's groups: one per stream, all sharing the batch's span, and, for
+        a stream with a timestamp pattern, one per (stream, minute) with that minute's line times.
         Sealing is on the hot path: the arrays are the counters' keys and values, as they are."""
         first, last = self._span()
-        return [(stream, first, last, list(known), list(known.values()))
-                for stream, known in self.counts.items() if known]
+        groups: list[Group] = [(stream, first, last, list(known), list(known.values()))
+                               for stream, known in self.counts.items() if known]
+        for stream, cells in self.minutes.items():
+            for cell in cells.values():
+                start = wire_time(cell.first)
+                groups.append((stream, timestamp_micros(start), timestamp_micros(max(start, wire_time(cell.last))),
+                               list(cell.counts), list(cell.counts.values())))
+        return groups
 
 
 @dataclass(frozen=True)

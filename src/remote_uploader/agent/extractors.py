@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from remote_uploader.agent.extract import ExcludingExtractor, Extractor, RegexExtractor, StdlibExtractor
+from remote_uploader.agent.timestamps import with_times
 from remote_uploader.filters import ENGINES, compile_regex, parse_excludes
 
 
@@ -45,8 +46,12 @@ def _hyperscan_engine(required: bool) -> Extractor | None:
     return HyperscanExtractor()
 
 
-def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto") -> Extractor:
-    """An extractor from its options. Raises ValueError (naming the bad value) for a bad option.
+def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto",
+                    timestamp_pattern: str | None = None) -> Extractor:
+    """timestamp_pattern: the source's log time (timepatterns.py); the extractor then also counts
+    by each line's own minute (agent/timestamps.py, `TimedExtractor.scan_minutes`).
+
+    An extractor from its options. Raises ValueError (naming the bad value) for a bad option.
 
     engine: "native" (the C core, compiled by `pip install .` where a compiler exists), "stdlib"
     (standard library only: the pure-Python path), "hyperscan" (needs `remote-uploader[fast]`), or
@@ -65,7 +70,11 @@ def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), en
         extractor = _hyperscan_engine(required=engine == "hyperscan")
     if extractor is None:
         extractor = StdlibExtractor()
-    return ExcludingExtractor(extractor, networks) if networks else extractor
+    if networks:
+        extractor = ExcludingExtractor(extractor, networks)
+    if timestamp_pattern is not None:
+        extractor = with_times(extractor, timestamp_pattern)
+    return extractor
 
 
 class SourceRules(Protocol):
@@ -77,9 +86,13 @@ class SourceRules(Protocol):
     @property
     def exclude(self) -> Sequence[str]: ...
 
+    @property
+    def timestamp_pattern(self) -> str | None: ...
+
 
 def extractor_for(source: SourceRules, engine: str = "auto") -> Extractor:
     """The one factory from a source's settings to its extractor: `once`, `forever` and its reload,
     the worker processes, `check` and the configuration's own validation all build through here,
     so a source can never be counted by different rules in two places."""
-    return build_extractor(regex=source.regex, exclude=source.exclude, engine=engine)
+    return build_extractor(regex=source.regex, exclude=source.exclude, engine=engine,
+                           timestamp_pattern=source.timestamp_pattern)

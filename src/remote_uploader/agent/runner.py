@@ -248,13 +248,16 @@ class Agent:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
         cap = self.pipeline.cap
-        if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(stream, part.counts) > cap:
+        if len(batch) + part.records > cap and len(batch) + batch.new_keys(stream, part.counts, part.minutes) > cap:
             self.seal_now()
             batch = self.batch
         batch.add(stream, part.counts, wall())
+        if part.minutes is not None:
+            batch.add_minutes(stream, part.minutes)
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
-        stats.occurrences += sum(part.counts.values())
+        stats.occurrences += part.occurrences
+        stats.untimed_lines += part.untimed_lines
         stats.lines += part.lines
         stats.bytes_read += part.nbytes
         stats.long_lines += int(part.long_line)
@@ -443,7 +446,7 @@ def _scanner(pipeline: Pipeline) -> ParallelScanner | None:
     config = pipeline.config
     if config.agent.workers <= 1:
         return None
-    specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
+    specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine, s.timestamp_pattern) for s in config.sources]
     return ParallelScanner(specs, list(pipeline.extractors), config.agent.workers, config.read.block_size,
                            pipeline.cap)
 

@@ -384,12 +384,21 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def add_decisions(
-        self, decisions: Sequence[NewDecision], now: datetime, *, replace: bool = False
+        self,
+        decisions: Sequence[NewDecision],
+        now: datetime,
+        *,
+        replace: bool = False,
+        skip_covered: bool = False,
     ) -> list[tuple[Decision, bool]]:
         """Store decisions in one transaction, each with the next change sequence. Where the
         value already has an active decision (state active, until > now): without `replace`
         that one is returned with False and nothing is stored; with `replace` it is ended
-        (state deleted) and the new one stored. Returns (decision, created) in input order."""
+        (state deleted) and the new one stored. With `skip_covered`, a value that an active
+        decision on a wider range holds whole is not stored either (that range is returned
+        with False): a firewall that blocks 203.0.113.0/24 gains nothing from 203.0.113.7,
+        and the check is made under the write lock, so collectors sharing a database agree.
+        Returns (decision, created) in input order."""
 
     @abc.abstractmethod
     def delete_decisions(
