@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
-from remote_uploader.collector.cli import tune_gc  # noqa: E402
+from remote_uploader.collector.server import tune_gc  # noqa: E402
 from remote_uploader.collector.storage import bulk, open_storage  # noqa: E402
 from remote_uploader.collector.storage.base import Batch  # noqa: E402
 from remote_uploader.protocol import format_time  # noqa: E402

@@ -35,15 +35,21 @@ SOURCE = ROOT / "src" / PACKAGE
 # The layers, as module name patterns (fnmatch; `*` also matches dots). A module belongs to every
 # layer whose pattern it matches.
 LAYERS: dict[str, tuple[str, ...]] = {
-    # What both halves build on: the wire format, the error tree, translation, the settings machinery.
+    # What both halves build on: the wire format, the error tree, translation, log formats, the settings machinery.
     "bottom": (
         "remote_uploader.protocol",
         "remote_uploader.errors",
         "remote_uploader.i18n",
+        "remote_uploader.logs",
         "remote_uploader.settings",
         "remote_uploader.settings.*",
         "remote_uploader.config",
         "remote_uploader.collector.settings",
+        # what the settings read values with: the source filters (engine names, regex, CIDRs), durations,
+        # and the collector's `[[rules]]` tables (its config file's, as config.py's `[[sources]]` are the agent's)
+        "remote_uploader.filters",
+        "remote_uploader.durations",
+        "remote_uploader.collector.decisions.rules",
     ),
     "agent": ("remote_uploader.agent", "remote_uploader.agent.*"),
     "collector": ("remote_uploader.collector", "remote_uploader.collector.*"),
@@ -56,12 +62,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # The ways into the collector: the app and its routers, request validation, the server, the CLI.
     "collector-http": (
         "remote_uploader.collector.app",
-        "remote_uploader.collector.api",
-        "remote_uploader.collector.api.*",
-        "remote_uploader.collector.routes",
-        "remote_uploader.collector.*routes",
-        "remote_uploader.collector.*.routes",
-        "remote_uploader.collector.decisions.api",
+        "remote_uploader.collector.routers",
+        "remote_uploader.collector.routers.*",
+        "remote_uploader.collector.service",
         "remote_uploader.collector.server",
         "remote_uploader.collector.cli",
     ),
@@ -74,15 +77,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # The read side: routers and helpers that serve what is stored.
     "collector-reads": (
-        "remote_uploader.collector.routes",
-        "remote_uploader.collector.lapi_routes",
         "remote_uploader.collector.dashboard.*",
-        "remote_uploader.collector.decisions.api",
-        "remote_uploader.collector.api.reads",
-        "remote_uploader.collector.api.blocklists",
-        "remote_uploader.collector.api.decisions",
-        "remote_uploader.collector.api.lapi",
-        "remote_uploader.collector.api.dashboard",
+        "remote_uploader.collector.routers.reads",
+        "remote_uploader.collector.routers.blocklists",
+        "remote_uploader.collector.routers.decisions",
+        "remote_uploader.collector.routers.lapi",
+        "remote_uploader.collector.routers.dashboard",
+        "remote_uploader.collector.routers.metrics",
     ),
 }
 
@@ -113,26 +114,9 @@ RULES: tuple[Rule, ...] = (
 # closes it (the import that was written late, inside a function, to get around it).
 ALLOWED: dict[tuple[str, str], str] = {
     # -- uphill edges -------------------------------------------------------------------------------
-    # config.py takes the engine names and default rules from the extractor: one settings table
-    ("remote_uploader.config", "remote_uploader.agent.extract"): "settings",
-    # the decision rules' parser and the duration parser, reached from collector/settings.py
-    ("remote_uploader.collector.settings", "remote_uploader.collector.decisions.rules"): "settings",
-    ("remote_uploader.collector.settings", "remote_uploader.collector.timeparse"): "settings",
-    # MAX_COUNT, a protocol constant, lives in collector/batch.py
-    ("remote_uploader.collector.models", "remote_uploader.collector.batch"): "collayout",
-    # check_text (a protocol check of text fields) lives in collector/batch.py
-    ("remote_uploader.collector.routes", "remote_uploader.collector.batch"): "collayout",
-    ("remote_uploader.collector.dashboard.views", "remote_uploader.collector.batch"): "collayout",
-    ("remote_uploader.collector.decisions.api", "remote_uploader.collector.batch"): "collayout",
-    # ip_key (the canonical address form as a sort key) lives in collector/batch.py; the one in
-    # sql_dashboard is inside a function and also closes the cycle batch -> storage.base -> sql_dashboard
-    ("remote_uploader.collector.storage.sql_windows", "remote_uploader.collector.batch"): "collayout",
-    ("remote_uploader.collector.storage.sql_dashboard", "remote_uploader.collector.batch"): "collayout",
     # -- edges that close a cycle (imported inside a function to get around it) -------------------------
     # the extractor factory imports the hyperscan engine, which builds on extract.py's pieces
     ("remote_uploader.agent.extract", "remote_uploader.agent.extract_fast"): "unassigned (lead)",
-    # storage/base.py imports sql_dashboard's MinutePoint; sql_dashboard reaches back for base's helpers
-    ("remote_uploader.collector.storage.sql_dashboard", "remote_uploader.collector.storage.base"): "collayout",
 }
 
 

@@ -16,9 +16,12 @@ from typing import Any
 
 from remote_uploader import __version__
 from remote_uploader.agent.signals import hold_early, release_early
-from remote_uploader.config import PROFILES, Config, Effective, load, parse_set_option, resolve
-from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
+from remote_uploader.config import PROFILES, Config, load, parse_set_option, resolve
+from remote_uploader.errors import EXIT_OK, RemoteUploaderError, SourceError, StateError, boundary, stdout_gone
+from remote_uploader.filters import ENGINES
 from remote_uploader.i18n import Message, _, setup, translate_known
+from remote_uploader.logs import JsonFormatter
+from remote_uploader.settings import Effective
 
 log = logging.getLogger("remote_uploader")
 
@@ -30,15 +33,7 @@ def say(line: str) -> None:
     try:
         print(line, flush=True)
     except BrokenPipeError:
-        _stdout_gone()
-
-
-def _stdout_gone() -> None:
-    """Point stdout at /dev/null: the rest of the output (and the flush at exit) goes nowhere,
-    and the command goes on to deliver what it read."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+        stdout_gone()  # the command goes on to deliver what it read
 
 
 def warn(line: str) -> None:
@@ -126,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--regex", help=_("only addresses in the named group `ip` of this regex"))
     extract.add_argument("--exclude", action="append", default=[], metavar="CIDR",
                          help=_("never count addresses in this network (repeatable)"))
-    extract.add_argument("--engine", choices=["auto", "stdlib", "hyperscan"], default="auto",
+    extract.add_argument("--engine", choices=ENGINES, default="auto",
                          help=_("extraction engine"))
     extract.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     extract.set_defaults(func=cmd_extract)
@@ -249,7 +244,7 @@ def load_config(args: argparse.Namespace) -> Config:
     return resolve_config(args).config
 
 
-def resolve_config(args: argparse.Namespace) -> Effective:
+def resolve_config(args: argparse.Namespace) -> Effective[Config]:
     overrides: dict[str, Any] = parse_set_option(args.settings)
     for key, value in (
         ("agent.state_dir", args.state_dir),
@@ -287,7 +282,7 @@ def configure_logging(config: Config, args: argparse.Namespace, *, to_file: bool
 
 def _file_formatter(kind: str) -> logging.Formatter:
     if kind == "json":
-        return JsonFormatter()
+        return JsonFormatter()  # the collector's too: one set of field names (logs.py)
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
@@ -306,12 +301,6 @@ class QuietRotatingFileHandler(logging.handlers.RotatingFileHandler):
             self._warned = True
             print(f"remote-uploader: cannot write the log file {self.baseFilename} (disk full?); "
                   "it misses lines until it can be written again", file=sys.stderr)
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname,
-                           "logger": record.name, "message": record.getMessage()})
 
 
 def _agent_setup(args: argparse.Namespace) -> Config:
@@ -336,7 +325,7 @@ def _legacy_hint(config: Config) -> None:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from remote_uploader.agent.runner import EXIT_OK, run_once
+    from remote_uploader.agent.runner import run_once
 
     config = _agent_setup(args)
     if not config.sources:
@@ -501,24 +490,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(arguments: list[str]) -> int:
     lang = _lang_in(arguments) if arguments[:1] != ["collector"] else ""
     setup(lang if lang in ("en", "zh") else "")  # --lang or the locale, until a config says otherwise
-    try:
-        parser = build_parser()
-        if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
-            args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
-        else:
-            args = parser.parse_args(arguments)
-            args.lang = getattr(args, "lang", None) or lang or None
-        func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
-    except RemoteUploaderError as exc:
-        print(f"remote-uploader: {_('error')}: {exc.translated()}", file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:  # e.g. `--help | head -1`: the reader has all it wanted
-        _stdout_gone()
-        return 0
-    except KeyboardInterrupt:
-        return 130
+    return boundary("remote-uploader", lambda: _run(arguments, lang))
 
+
+def _run(arguments: list[str], lang: str) -> int:
+    parser = build_parser()
+    if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
+        args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
+    else:
+        args = parser.parse_args(arguments)
+        args.lang = getattr(args, "lang", None) or lang or None
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
 
 if __name__ == "__main__":
     raise SystemExit(main())

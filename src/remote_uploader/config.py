@@ -1,11 +1,12 @@
-"""Configuration: one `load()` that returns frozen dataclasses, or raises ConfigError naming the key.
+"""The agent's configuration: every key declared once, below, and `load()`, which returns frozen
+dataclasses or raises ConfigError naming the key.
 
-Precedence, lowest first: built-in defaults < profile < TOML file < environment < command-line flags.
-Every key has a default in `DEFAULTS`; every key can be set from the environment as
-``REMOTE_UPLOADER_<SECTION>_<KEY>`` (upper case), and from the command line as ``--set section.key=value``.
-A few aliases keep the old script's names: ``REMOTE_UPLOADER_TOKEN``, ``REMOTE_UPLOADER_URL``,
-``REMOTE_UPLOADER_STATE_DIR``, ``REMOTE_UPLOADER_MAX_MEMORY_IPS``, ``..._FORCE_UPLOAD_THRESHOLD``,
-``..._MIN_UPLOAD_BATCH``.
+The machinery (precedence, environment names, the TOML reader, the checking) is settings.py's.
+Precedence, lowest first: built-in defaults < profile < TOML file < environment < command-line
+flags. Every key can be set from the environment as ``REMOTE_UPLOADER_<SECTION>_<KEY>`` (upper
+case), and from the command line as ``--set section.key=value``. Aliases keep the old script's
+names: ``REMOTE_UPLOADER_TOKEN``, ``REMOTE_UPLOADER_URL``, ``REMOTE_UPLOADER_STATE_DIR``,
+``..._MAX_MEMORY_IPS``, ``..._FORCE_UPLOAD_THRESHOLD``, ``..._MIN_UPLOAD_BATCH``, ``..._PROFILE``.
 
 All checking happens here, before anything runs, so a typo never surfaces an hour into a run.
 """
@@ -15,70 +16,38 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from remote_uploader.errors import ConfigError, ConfigFileError
+from remote_uploader.filters import ENGINES, compile_regex, parse_excludes
 from remote_uploader.i18n import Message
+from remote_uploader.settings import (
+    COMMAND_LINE,
+    ENV_PREFIX,
+    Effective,
+    Table,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    default_state_dir,
+    one_of,
+    parse_size,
+    positive,
+    read_toml,
+    reason,
+    setting,
+)
 
-ENV_PREFIX = "REMOTE_UPLOADER_"
 SEARCH_PATH = (
     Path("remote-uploader.toml"),
     Path("~/.config/remote-uploader/config.toml"),
     Path("/etc/remote-uploader/config.toml"),
 )
-
-
-def default_state_dir() -> Path:
-    """Not /tmp: it is wiped on reboot, and the queue must survive one."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/remote-uploader")
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "remote-uploader"
-
-
-# One table of every scalar key: dotted name -> default. `sources` is a list of tables (below).
-DEFAULTS: dict[str, Any] = {
-    "agent.id": None,  # the host name
-    "agent.state_dir": None,  # default_state_dir()
-    "agent.workers": 0,  # 0 = number of cores
-    "agent.engine": "auto",
-    "agent.stats_interval": 60.0,
-    "agent.log_level": "info",
-    "agent.log_format": "text",
-    "agent.metrics_listen": "",
-    "agent.lang": "",
-    "server.url": "http://127.0.0.1:8080",
-    "server.token": "",
-    "server.token_file": "",
-    "server.ca_file": "",
-    "server.verify_tls": True,
-    "server.timeout": 30.0,
-    "server.upload_concurrency": 2,
-    "server.compress": True,
-    "server.max_retry_time": 60.0,
-    "server.backoff_base": 0.5,
-    "server.backoff_cap": 60.0,
-    "server.retry_after_cap": 300.0,
-    "batching.max_memory_ips": 10_000,
-    "batching.force_upload_threshold": 5_000,
-    "batching.min_upload_batch": 100,
-    "batching.max_batch_age": 1.0,
-    "queue.max_bytes": 512 * 1024 * 1024,
-    "read.block_size": 1024 * 1024,
-    "read.poll_interval": 1.0,
-    "read.watch": "auto",
-    "read.partial_line_idle": 5.0,
-    "read.rotate_grace": 5.0,
-    "read.skip_compressed": True,
-    "shutdown.drain_timeout": 5.0,
-    "legacy.pending_file": "/tmp/pending_upload_queue.json",
-    "legacy.offsets_file": "/tmp/file_offsets.json",
-}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -96,20 +65,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "server.max_retry_time": 600.0,
     },
 }
-
-ENV_ALIASES = {
-    "TOKEN": "server.token",
-    "URL": "server.url",
-    "STATE_DIR": "agent.state_dir",
-    "AGENT_ID": "agent.id",
-    "MAX_MEMORY_IPS": "batching.max_memory_ips",
-    "FORCE_UPLOAD_THRESHOLD": "batching.force_upload_threshold",
-    "MIN_UPLOAD_BATCH": "batching.min_upload_batch",
-    "PROFILE": "agent.profile",
-}
-
 SOURCE_KEYS = {"paths", "regex", "exclude", "name"}
-SECRET_KEYS = {"server.token"}
+#: Top-level entries of a shared file that are not the agent's key tables: read below, or the collector's.
+NOT_KEY_TABLES = {"sources", "collector", "rules"}
 
 
 class Secret(str):
@@ -117,6 +75,38 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "Secret('***')" if self else "Secret('')"
+
+
+# --- the agent's own parsers (the common ones are settings.py's) -----------------------------------------
+
+
+def _url(value: Any) -> str:
+    text = as_str(value).rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(Message("expected an http:// or https:// URL, got {value!r}", value=value))
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(Message("bad port in {value!r}", value=value)) from exc
+    return text
+
+
+def _listen(value: Any) -> str:
+    text = as_str(value)
+    if text and not re.fullmatch(r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}", text):
+        raise ValueError(Message("expected HOST:PORT such as 127.0.0.1:9464, got {value!r}", value=value))
+    return text
+
+
+def _agent_id(value: Any) -> str:
+    text = as_str(value)
+    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,128}", text):
+        raise ValueError(Message("must be 1-128 characters of letters, digits, '.', '_' or '-'"))
+    return text
+
+
+# --- the keys: one dataclass per TOML table ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -129,67 +119,114 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    id: str
-    state_dir: Path
-    workers: int
-    engine: str
-    stats_interval: float
-    log_level: str
-    log_format: str
-    metrics_listen: str
-    lang: str
-    profile: str
+    id: str = setting(None, _agent_id, "the agent's name at the collector (letters, digits, `.`, `_`, `-`; must "
+                      "match its token's name)", shown="the host name", flag="--agent-id")
+    state_dir: Path = setting(None, as_str, "queue database, lock, log file. Not /tmp: it is wiped on reboot",
+                              shown="see [The state directory](#the-state-directory)", aliases=("STATE_DIR",),
+                              flag="--state-dir")
+    workers: int = setting(0, positive(as_int, allow_zero=True), "processes that scan a large backlog, the agent's "
+                           "own included (`2` = the agent and one worker process); `1` = everything in one process "
+                           "(smallest memory)", shown="`0` = number of cores", flag="--workers")
+    engine: str = setting("auto", one_of(*ENGINES), "extraction engine: `hyperscan` (needs `pip install "
+                          "'remote-uploader[fast]'`; ~25% less CPU, ~6 MiB more memory per process), `stdlib`, or "
+                          "`auto` (hyperscan when installed). Counts are identical")
+    stats_interval: float = setting(60.0, positive(as_float, allow_zero=True),
+                                    "seconds between stats lines in long runs (`0` = off)")
+    log_level: str = setting("info", one_of("debug", "info", "warning", "error"), "level of the log file (`debug`, "
+                             "`info`, `warning`, `error`); `-v`/`-q` change the terminal only")
+    log_format: str = setting("text", one_of("text", "json"), "`text` (key=value) or `json`")
+    metrics_listen: str = setting("", _listen, "`HOST:PORT` for a Prometheus endpoint, e.g. `127.0.0.1:9464`",
+                                  shown='`""` (off)')
+    lang: str = setting("", one_of("", "en", "zh"), "`en` or `zh` for messages at the terminal; log files stay "
+                        "English", shown='`""` (from the locale)')
+    profile: str = setting("default", one_of(*PROFILES), "see [Profiles](#profiles---profile-name-or-agentprofile)",
+                           aliases=("PROFILE",), flag="--profile")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    url: str
-    token: Secret = field(repr=False)
-    ca_file: str
-    verify_tls: bool
-    timeout: float
-    upload_concurrency: int
-    compress: bool
-    max_retry_time: float
-    backoff_base: float
-    backoff_cap: float
-    retry_after_cap: float
+    url: str = setting("http://127.0.0.1:8080", _url, "the collector", aliases=("URL",), flag="--url")
+    token: Secret = setting("", as_str, "bearer token; prefer `token_file` or `REMOTE_UPLOADER_TOKEN`",
+                            aliases=("TOKEN",), secret=True)
+    token_file: str = setting("", as_str, "file holding the token (read at start and on SIGHUP)", flag="--token-file")
+    ca_file: str = setting("", as_str, "CA bundle (PEM) to verify the collector's certificate with")
+    verify_tls: bool = setting(True, as_bool, "turn off only for testing")
+    timeout: float = setting(30.0, positive(as_float), "seconds for one request")
+    compress: bool = setting(True, as_bool, "gzip request bodies")
+    max_retry_time: float = setting(60.0, positive(as_float), "`once`: exit 3 after the collector has failed for "
+                                    "this long (data stays queued)", flag="--max-retry-time")
+    backoff_base: float = setting(0.5, positive(as_float), "first retry ceiling, seconds (exponential, full jitter)")
+    upload_concurrency: int = setting(2, positive(as_int), "uploads in flight at once, each on its own keep-alive "
+                                      "connection (the collector parses one batch while it stores another); `1` = "
+                                      "strictly one after the other")
+    backoff_cap: float = setting(60.0, positive(as_float), "largest retry ceiling, seconds")
+    retry_after_cap: float = setting(300.0, positive(as_float),
+                                     "the most a `Retry-After` answer may make the agent wait")
 
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    max_memory_ips: int
-    force_upload_threshold: int
-    min_upload_batch: int
-    max_batch_age: float
+    max_memory_ips: int = setting(10_000, positive(as_int), "`MAX_MEMORY_IPS`: upper bound; records in the "
+                                  "in-memory batch never exceed this (a chunk that would pass it seals the batch "
+                                  "first), nor 100,000, the most the collector takes in one batch, whatever the "
+                                  "setting", aliases=("MAX_MEMORY_IPS",))
+    force_upload_threshold: int = setting(5_000, positive(as_int), "`FORCE_UPLOAD_THRESHOLD`: upper bound; a batch "
+                                          "this large is sealed and uploaded at once, whatever else holds",
+                                          aliases=("FORCE_UPLOAD_THRESHOLD",))
+    min_upload_batch: int = setting(100, positive(as_int), "`MIN_UPLOAD_BATCH`: while reading a backlog, a batch is "
+                                    "sealed once it has this many records and is `max_batch_age` old",
+                                    aliases=("MIN_UPLOAD_BATCH",))
+    max_batch_age: float = setting(1.0, positive(as_float), "seconds; upper bound of a caught-up batch's wait: "
+                                   "sealed at once while the uploader is idle, else at half this age at the latest "
+                                   "(see [Batching](#batching))")
 
 
 @dataclass(frozen=True)
 class QueueConfig:
-    max_bytes: int
+    max_bytes: int = setting(512 * 1024 * 1024, positive(parse_size), "the queue's size limit; when full, reading "
+                             "pauses (the log file is the buffer) and nothing is dropped", shown="`512MiB`")
 
 
 @dataclass(frozen=True)
 class ReadConfig:
-    block_size: int
-    poll_interval: float
-    partial_line_idle: float
-    rotate_grace: float
-    skip_compressed: bool
-    watch: str = "auto"  # auto | inotify | poll: how `forever` learns of writes (agent/watch.py)
+    block_size: int = setting(1024 * 1024, positive(parse_size), "bytes read and scanned at a time; memory per "
+                              "reader and per worker (larger blocks measured no faster); 4KiB to 256MiB",
+                              shown="`1MiB`")
+    poll_interval: float = setting(1.0, positive(as_float), "`forever`: seconds between passes over the files and "
+                                   "globs (new files, rotations): the safety net under file events, and the only "
+                                   "look with `read.watch = poll`, where growth of the files already open is also "
+                                   "looked at every 0.1 s (backing off to 0.4 s while nothing grows)")
+    watch: str = setting("auto", one_of("auto", "inotify", "poll"), "`forever`: how writes are noticed. `auto`: "
+                         "inotify events where available (Linux), else polling; `inotify`: events, refuse to start "
+                         "without them; `poll`: polling only (NFS, CIFS, FUSE: file systems that deliver no events). "
+                         "See [forever.md](forever.md#how-following-works-events-and-polling)")
+    partial_line_idle: float = setting(5.0, positive(as_float, allow_zero=True), "a live file's unterminated final "
+                                       "line is counted up to its last separator once the file has not changed for "
+                                       "this long; what follows that separator (an address may still be growing: "
+                                       "`client=10.0.0.1` then `23`) waits for the byte after it, however long, or "
+                                       "until the file is rotated away or deleted (then all of it is taken after "
+                                       "`rotate_grace`). A `regex` source takes nothing of an unterminated line of a "
+                                       "live file")
+    rotate_grace: float = setting(5.0, positive(as_float, allow_zero=True), "`forever`: seconds a rotated-away file "
+                                  "stays open for late writes after it was read to its end")
+    skip_compressed: bool = setting(True, as_bool, "skip `.gz`, `.bz2`, `.xz`, `.zst`, `.zip`, `.lz4` files "
+                                    "matched by a glob")
 
 
 @dataclass(frozen=True)
 class ShutdownConfig:
-    drain_timeout: float
+    drain_timeout: float = setting(5.0, positive(as_float, allow_zero=True), "`forever`: seconds spent uploading "
+                                   "after SIGINT/SIGTERM before exiting")
 
 
 @dataclass(frozen=True)
 class LegacyConfig:
     """Where the old script kept its pending queue and offsets (`import-legacy` and its hint)."""
 
-    pending_file: str = DEFAULTS["legacy.pending_file"]
-    offsets_file: str = DEFAULTS["legacy.offsets_file"]
+    pending_file: str = setting("/tmp/pending_upload_queue.json", as_str, "the old script's pending queue: "
+                                "`import-legacy` reads it; `once`, `forever` and `test` print a hint while it exists "
+                                "and was never imported ([migration.md](migration.md))")
+    offsets_file: str = setting("/tmp/file_offsets.json", as_str, "the old script's read offsets (likewise)")
 
 
 @dataclass(frozen=True)
@@ -205,177 +242,16 @@ class Config:
     legacy: LegacyConfig = field(default_factory=LegacyConfig)
 
 
-@dataclass(frozen=True)
-class Effective:
-    """The configuration and, for every key, where its value came from (`config show`).
-
-    `origins[key]` is ``default``, ``profile NAME``, the config file's path, the environment
-    variable's name, or ``command line``; `sources_origin` likewise for `[[sources]]`.
-    """
-
-    config: Config
-    values: dict[str, Any]
-    origins: dict[str, str]
-    sources_origin: str
+TABLE = Table({"agent": AgentConfig, "server": ServerConfig, "batching": BatchingConfig, "queue": QueueConfig,
+               "read": ReadConfig, "shutdown": ShutdownConfig, "legacy": LegacyConfig})
+DEFAULTS: dict[str, Any] = {name: key.default for name, key in TABLE.keys.items()}
+PARSERS = {name: key.parse for name, key in TABLE.keys.items()}
+KNOWN_KEYS = set(TABLE.keys)
+SECRET_KEYS = {name for name, key in TABLE.keys.items() if key.secret}
+assert all(set(values) <= KNOWN_KEYS for values in PROFILES.values())
 
 
-# --- value parsing -----------------------------------------------------------------------------
-
-def _invalid(template: str, **values: object) -> ValueError:
-    """A parser's complaint about a value: English in logs, translated at the terminal (i18n.Message)."""
-    return ValueError(Message(template, **values))
-
-
-def _reason(exc: Exception) -> str | Message:
-    """What a parser or compiler said: its Message if it gave one, else its text (e.g. from `re`)."""
-    first = exc.args[0] if exc.args else None
-    return first if isinstance(first, Message) else str(exc)
-
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an int or a string such as ``512MiB``, ``4M``, ``1g``."""
-    if isinstance(value, bool):
-        raise _invalid("expected a size in bytes")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if match:
-            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-    raise _invalid("expected a size such as 512MiB, got {value!r}", value=value)
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise _invalid("expected an integer, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9_]+\s*", value):
-        return int(value.replace("_", ""))
-    raise _invalid("expected an integer, got {value!r}", value=value)
-
-
-def _as_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise _invalid("expected a number, got a boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise _invalid("expected a number, got {value!r}", value=value)
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    raise _invalid("expected true or false, got {value!r}", value=value)
-
-
-def _as_str(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    raise _invalid("expected a string, got {value!r}", value=value)
-
-
-def _positive(parse: Callable[[Any], Any], *, allow_zero: bool = False) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        number = parse(value)
-        if number < 0 or (number == 0 and not allow_zero):
-            if allow_zero:
-                raise _invalid("must be zero or more, got {number}", number=number)
-            raise _invalid("must be greater than zero, got {number}", number=number)
-        return number
-
-    return check
-
-
-def _one_of(*choices: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        text = _as_str(value).lower()
-        if text not in choices:
-            raise _invalid("must be one of {choices}, got {value!r}", choices=", ".join(choices), value=value)
-        return text
-
-    return check
-
-
-def _url(value: Any) -> str:
-    text = _as_str(value).rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise _invalid("expected an http:// or https:// URL, got {value!r}", value=value)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise _invalid("bad port in {value!r}", value=value) from exc
-    return text
-
-
-def _listen(value: Any) -> str:
-    text = _as_str(value)
-    if text and not re.fullmatch(r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}", text):
-        raise _invalid("expected HOST:PORT such as 127.0.0.1:9464, got {value!r}", value=value)
-    return text
-
-
-def _agent_id(value: Any) -> str:
-    text = _as_str(value)
-    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,128}", text):
-        raise _invalid("must be 1-128 characters of letters, digits, '.', '_' or '-'")
-    return text
-
-
-PARSERS: dict[str, Callable[[Any], Any]] = {
-    "agent.id": _agent_id,
-    "agent.state_dir": _as_str,
-    "agent.workers": _positive(_as_int, allow_zero=True),
-    "agent.engine": _one_of("auto", "stdlib", "hyperscan"),
-    "agent.stats_interval": _positive(_as_float, allow_zero=True),
-    "agent.log_level": _one_of("debug", "info", "warning", "error"),
-    "agent.log_format": _one_of("text", "json"),
-    "agent.metrics_listen": _listen,
-    "agent.lang": _one_of("", "en", "zh"),
-    "agent.profile": _one_of(*PROFILES),
-    "server.url": _url,
-    "server.token": _as_str,
-    "server.token_file": _as_str,
-    "server.ca_file": _as_str,
-    "server.verify_tls": _as_bool,
-    "server.timeout": _positive(_as_float),
-    "server.upload_concurrency": _positive(_as_int),
-    "server.compress": _as_bool,
-    "server.max_retry_time": _positive(_as_float),
-    "server.backoff_base": _positive(_as_float),
-    "server.backoff_cap": _positive(_as_float),
-    "server.retry_after_cap": _positive(_as_float),
-    "batching.max_memory_ips": _positive(_as_int),
-    "batching.force_upload_threshold": _positive(_as_int),
-    "batching.min_upload_batch": _positive(_as_int),
-    "batching.max_batch_age": _positive(_as_float),
-    "queue.max_bytes": _positive(parse_size),
-    "read.block_size": _positive(parse_size),
-    "read.poll_interval": _positive(_as_float),
-    "read.watch": _one_of("auto", "inotify", "poll"),
-    "read.partial_line_idle": _positive(_as_float, allow_zero=True),
-    "read.rotate_grace": _positive(_as_float, allow_zero=True),
-    "read.skip_compressed": _as_bool,
-    "shutdown.drain_timeout": _positive(_as_float, allow_zero=True),
-    "legacy.pending_file": _as_str,
-    "legacy.offsets_file": _as_str,
-}
-KNOWN_KEYS = set(PARSERS)
-
-
-# --- loading ---------------------------------------------------------------------------------------
+# --- loading -------------------------------------------------------------------------------------------
 
 
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
@@ -391,48 +267,6 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
         if path.is_file():
             return path
     return None
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(path, Message("not valid TOML: {error}", error=exc)) from exc
-    except OSError as exc:
-        raise ConfigFileError(path, Message("cannot read it: {error}", error=exc.strerror)) from exc
-
-
-def flatten_file(data: Mapping[str, Any], origin: str) -> tuple[dict[str, Any], list[Any]]:
-    """Split the TOML document into dotted scalar keys and the raw `sources` list; reject unknown keys."""
-    flat: dict[str, Any] = {}
-    sources: list[Any] = []
-    for section, body in data.items():
-        if section == "sources":
-            if not isinstance(body, list):
-                raise ConfigError("sources", Message("must be an array of tables ([[sources]])"), origin)
-            sources = body
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(section, Message("unknown top-level key (expected a [section])"), origin)
-        for key, value in body.items():
-            dotted = f"{section}.{key}"
-            if dotted not in KNOWN_KEYS:
-                raise ConfigError(dotted, Message("unknown key"), origin)
-            flat[dotted] = value
-    return flat, sources
-
-
-def env_overrides(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
-    """Dotted key -> (value, variable name) for every REMOTE_UPLOADER_* variable that names a key."""
-    found: dict[str, tuple[Any, str]] = {}
-    by_env_name = {ENV_PREFIX + key.replace(".", "_").upper(): key for key in KNOWN_KEYS}
-    by_env_name.update({ENV_PREFIX + alias: key for alias, key in ENV_ALIASES.items()})
-    for name, value in env.items():
-        key = by_env_name.get(name)
-        if key is not None:
-            found[key] = (value, name)
-    return found
 
 
 def parse_set_option(items: list[str]) -> dict[str, Any]:
@@ -471,47 +305,28 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
     profile: str | None = None,
     sources: list[str] | None = None,
-) -> Effective:
-    """`load()`, keeping where each value came from."""
+) -> Effective[Config]:
+    """`load()`, keeping where each value came from (`config show`)."""
     env = os.environ if env is None else env
     file_path = find_config_file(path, env)
     origin = str(file_path) if file_path else ""
-    file_values, raw_sources = flatten_file(read_toml(file_path), origin) if file_path else ({}, [])
-    env_values = env_overrides(env)
-
-    chosen_profile = profile or (env_values.get("agent.profile") or (None, ""))[0]
-    chosen_profile = chosen_profile or file_values.get("agent.profile") or "default"
-    chosen_profile = _checked("agent.profile", chosen_profile, origin)
-    profile_origin = ("command line" if profile else env_values["agent.profile"][1] if "agent.profile" in env_values
-                      else origin if "agent.profile" in file_values else "default")
-
-    raw: dict[str, tuple[Any, str]] = {key: (value, "default") for key, value in DEFAULTS.items()}
-    raw.update({key: (value, f"profile {chosen_profile}") for key, value in PROFILES[chosen_profile].items()})
-    raw.update({key: (value, origin) for key, value in file_values.items()})
-    raw.update(env_values)
-    raw.update({key: (value, "command line") for key, value in (overrides or {}).items()})
-
-    values = {key: (_checked(key, value, where) if value is not None else None) for key, (value, where) in raw.items()}
-    source_list = _cli_sources(sources) if sources else _parse_sources(raw_sources, origin)
-    origins = {key: where for key, (_value, where) in raw.items()}
-    origins["agent.profile"] = profile_origin
-    values["agent.profile"] = chosen_profile
-    return Effective(_assemble(values, source_list, chosen_profile, origin), values, origins,
-                     "command line" if sources else origin if raw_sources else "default")
+    document = read_toml(file_path) if file_path else {}
+    layers = (TABLE.from_document(document, origin, skip=NOT_KEY_TABLES), TABLE.from_env(env),
+              TABLE.from_values({**(overrides or {}), **({"agent.profile": profile} if profile else {})}))
+    chosen = TABLE.resolve(*layers)[0]["agent.profile"]  # a profile is a layer of defaults: the others win
+    values, origins = TABLE.resolve(TABLE.from_values(PROFILES[chosen], f"profile {chosen}"), *layers)
+    raw_sources = document.get("sources", [])
+    source_list = (SourceConfig(paths=tuple(sources)),) if sources else _parse_sources(raw_sources, origin)
+    config = _assemble(values, source_list, origin)
+    tables = [{"paths": list(s.paths), "regex": s.regex, "exclude": list(s.exclude), "name": s.name}
+              for s in source_list]
+    sources_origin = COMMAND_LINE if sources else origin if raw_sources else "default"
+    return Effective(config, TABLE, TABLE.used(vars(config)), origins, origin, {"sources": (tables, sources_origin)})
 
 
-def _checked(key: str, value: Any, origin: str) -> Any:
-    try:
-        return PARSERS[key](value)
-    except ValueError as exc:
-        raise ConfigError(key, _reason(exc), origin) from exc
-
-
-def _cli_sources(paths: list[str]) -> tuple[SourceConfig, ...]:
-    return (SourceConfig(paths=tuple(paths)),)
-
-
-def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, ...]:
+def _parse_sources(raw_sources: Any, origin: str) -> tuple[SourceConfig, ...]:
+    if not isinstance(raw_sources, list):
+        raise ConfigError("sources", Message("must be an array of tables ([[sources]])"), origin)
     parsed = []
     for index, item in enumerate(raw_sources):
         where = f"sources[{index}]"
@@ -534,21 +349,21 @@ def _parse_sources(raw_sources: list[Any], origin: str) -> tuple[SourceConfig, .
         name = item.get("name", "")
         if not isinstance(name, str):
             raise ConfigError(f"{where}.name", Message("must be a string"), origin)
-        source = SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name)
-        _check_source_filters(source, where, origin)
-        parsed.append(source)
+        _compile_filters(regex, exclude, where, origin)
+        parsed.append(SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name))
     return tuple(parsed)
 
 
-def _check_source_filters(source: SourceConfig, where: str, origin: str) -> None:
-    """Compile the source's regex and CIDRs now so that a typo is a config error, not a runtime one."""
-    from remote_uploader.agent.extract import build_extractor
-
+def _compile_filters(regex: str | None, exclude: list[str], where: str, origin: str) -> None:
+    """Compile a source's regex and CIDRs now so that a typo is a config error, not a runtime one."""
+    key = "regex"
     try:
-        build_extractor(regex=source.regex, exclude=source.exclude, engine="stdlib")
+        if regex is not None:
+            compile_regex(regex)
+        key = "exclude"
+        parse_excludes(exclude)
     except ValueError as exc:
-        key = "regex" if source.regex and "regex" in str(exc).lower() else "exclude"
-        raise ConfigError(f"{where}.{key}", _reason(exc), origin) from exc
+        raise ConfigError(f"{where}.{key}", reason(exc), origin) from exc
 
 
 def _read_token(values: dict[str, Any], origin: str) -> Secret:
@@ -558,8 +373,8 @@ def _read_token(values: dict[str, Any], origin: str) -> Secret:
         try:
             token = Path(token_file).expanduser().read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            problem = Message("cannot read {path}: {error}", path=token_file, error=reason)
+            error = getattr(exc, "strerror", None) or str(exc)
+            problem = Message("cannot read {path}: {error}", path=token_file, error=error)
             raise ConfigError("server.token_file", problem, origin) from exc
         if not token:
             raise ConfigError("server.token_file", Message("{path} is empty", path=token_file), origin)
@@ -568,27 +383,17 @@ def _read_token(values: dict[str, Any], origin: str) -> Secret:
     return Secret(token)
 
 
-def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile: str, origin: str) -> Config:
-    batching = BatchingConfig(
-        max_memory_ips=values["batching.max_memory_ips"],
-        force_upload_threshold=values["batching.force_upload_threshold"],
-        min_upload_batch=values["batching.min_upload_batch"],
-        max_batch_age=values["batching.max_batch_age"],
-    )
-    if batching.force_upload_threshold > batching.max_memory_ips:
-        raise ConfigError(
-            "batching.force_upload_threshold",
-            Message("({value}) must not exceed batching.max_memory_ips ({limit})",
-                    value=batching.force_upload_threshold, limit=batching.max_memory_ips),
-            origin,
-        )
-    if batching.min_upload_batch > batching.force_upload_threshold:
-        raise ConfigError(
-            "batching.min_upload_batch",
-            Message("({value}) must not exceed batching.force_upload_threshold ({limit})",
-                    value=batching.min_upload_batch, limit=batching.force_upload_threshold),
-            origin,
-        )
+def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], origin: str) -> Config:
+    """The checks that span keys, the defaults worked out at load, and the frozen Config."""
+    memory, force, minimum = (values[f"batching.{key}"] for key in ("max_memory_ips", "force_upload_threshold",
+                                                                     "min_upload_batch"))
+    if force > memory:
+        problem = Message("({value}) must not exceed batching.max_memory_ips ({limit})", value=force, limit=memory)
+        raise ConfigError("batching.force_upload_threshold", problem, origin)
+    if minimum > force:
+        problem = Message("({value}) must not exceed batching.force_upload_threshold ({limit})", value=minimum,
+                          limit=force)
+        raise ConfigError("batching.min_upload_batch", problem, origin)
     block_size = values["read.block_size"]
     if block_size < 4096 or block_size > 256 * 1024 * 1024:
         problem = Message("must be between 4KiB and 256MiB, got {size}", size=block_size)
@@ -596,49 +401,12 @@ def _assemble(values: dict[str, Any], sources: tuple[SourceConfig, ...], profile
     ca_file = values["server.ca_file"]
     if ca_file and not Path(ca_file).expanduser().is_file():
         raise ConfigError("server.ca_file", Message("{path} does not exist", path=ca_file), origin)
-    agent = AgentConfig(
-        id=values["agent.id"] or _agent_id(_host_name()),
-        state_dir=Path(values["agent.state_dir"] or default_state_dir()).expanduser(),
-        workers=values["agent.workers"] or (os.cpu_count() or 1),
-        engine=values["agent.engine"],
-        stats_interval=values["agent.stats_interval"],
-        log_level=values["agent.log_level"],
-        log_format=values["agent.log_format"],
-        metrics_listen=values["agent.metrics_listen"],
-        lang=values["agent.lang"],
-        profile=profile,
-    )
-    server = ServerConfig(
-        url=values["server.url"],
-        token=_read_token(values, origin),
-        ca_file=ca_file,
-        verify_tls=values["server.verify_tls"],
-        timeout=values["server.timeout"],
-        upload_concurrency=values["server.upload_concurrency"],
-        compress=values["server.compress"],
-        max_retry_time=values["server.max_retry_time"],
-        backoff_base=values["server.backoff_base"],
-        backoff_cap=values["server.backoff_cap"],
-        retry_after_cap=values["server.retry_after_cap"],
-    )
-    return Config(
-        agent=agent,
-        server=server,
-        batching=batching,
-        queue=QueueConfig(max_bytes=values["queue.max_bytes"]),
-        read=ReadConfig(
-            block_size=block_size,
-            poll_interval=values["read.poll_interval"],
-            partial_line_idle=values["read.partial_line_idle"],
-            rotate_grace=values["read.rotate_grace"],
-            skip_compressed=values["read.skip_compressed"],
-            watch=values["read.watch"],
-        ),
-        shutdown=ShutdownConfig(drain_timeout=values["shutdown.drain_timeout"]),
-        sources=sources,
-        origin=origin,
-        legacy=LegacyConfig(pending_file=values["legacy.pending_file"], offsets_file=values["legacy.offsets_file"]),
-    )
+    values = {**values, "agent.id": values["agent.id"] or _agent_id(_host_name()),
+              "agent.state_dir": Path(values["agent.state_dir"] or default_state_dir()).expanduser(),
+              "agent.workers": values["agent.workers"] or (os.cpu_count() or 1),
+              "server.token": _read_token(values, origin)}
+    sections = {name: cls(**TABLE.section(name, values)) for name, cls in TABLE.sections.items()}
+    return Config(sources=sources, origin=origin, **sections)
 
 
 def _host_name() -> str:

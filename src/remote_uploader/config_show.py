@@ -1,17 +1,17 @@
-"""`config show`: the effective configuration, every key with its value and where it came from.
+"""`config show` of both halves: the effective configuration, every key with its value and where it
+came from, from the one settings table (settings.py).
 
-A value is what the agent will use (the host name for an unset `agent.id`, the core count for
-`agent.workers = 0`, the resolved state directory), so what is shown is what runs. A token is
-never shown: `server.token` reads ``***`` when one is set.
+A value is what will be used (the host name for an unset `agent.id`, the core count for
+`agent.workers = 0`, the resolved state directory or database), so what is shown is what runs. A
+secret is never shown: `server.token` reads ``***`` when one is set.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from remote_uploader.config import ENV_PREFIX, KNOWN_KEYS, SECRET_KEYS, Effective
+from remote_uploader.settings import ENV_PREFIX, Effective
 
 HIDDEN = "***"
 
@@ -21,26 +21,32 @@ def _origin(where: str) -> str:
     return f"environment {where}" if where.startswith(ENV_PREFIX) else where
 
 
-def _value(effective: Effective, key: str) -> Any:
-    section, name = key.split(".", 1)
-    value = getattr(getattr(effective.config, section, None), name, effective.values.get(key))
-    if key in SECRET_KEYS:
-        return HIDDEN if value else ""
-    if isinstance(value, Path):
-        return str(value)
-    return value
+def _plain(value: Any) -> Any:
+    """JSON's and TOML's types: a path, a network or a Secret becomes its text, a tuple a list."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)
 
 
-def describe(effective: Effective) -> dict[str, Any]:
-    """{"keys": {dotted key: {"value", "origin"}}, "sources": [...], "config_file": path or null}."""
-    keys = {key: {"value": _value(effective, key), "origin": _origin(effective.origins.get(key, "default"))}
-            for key in sorted(KNOWN_KEYS)}
-    sources = [{"paths": list(s.paths), "regex": s.regex, "exclude": list(s.exclude), "name": s.name,
-                "origin": _origin(effective.sources_origin)} for s in effective.config.sources]
-    return {"config_file": effective.config.origin or None, "keys": keys, "sources": sources}
+def describe(effective: Effective[Any]) -> dict[str, Any]:
+    """{"config_file": path or null, "keys": {dotted key: {"value", "origin"}}, and each array of tables
+    (the agent's "sources"), its tables with an "origin"}."""
+    keys = {}
+    for name in sorted(effective.table.keys):
+        value = effective.values[name]
+        shown = (HIDDEN if value else "") if effective.table.keys[name].secret else _plain(value)
+        keys[name] = {"value": shown, "origin": _origin(effective.origins.get(name, "default"))}
+    arrays = {name: [{**{key: _plain(value) for key, value in item.items()}, "origin": _origin(origin)}
+                     for item in items]
+              for name, (items, origin) in effective.arrays.items()}
+    return {"config_file": effective.config_file or None, "keys": keys, **arrays}
 
 
-def to_json(effective: Effective) -> str:
+def to_json(effective: Effective[Any]) -> str:
     return json.dumps(describe(effective), indent=2, sort_keys=True)
 
 
@@ -49,12 +55,24 @@ def _toml(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(key)} = {_toml(item)}" for key, item in value.items()) + "}"
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def to_toml(effective: Effective) -> str:
+def _accepted(effective: Effective[Any], key: str, value: Any) -> bool:
+    """Whether the key takes the value back from a file; one it would refuse (the collector's unset
+    `tls_cert`, an empty string) is written as a comment, so the document stays one -c accepts."""
+    try:
+        effective.table.keys[key].parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def to_toml(effective: Effective[Any]) -> str:
     """A TOML document `-c` would accept, each line commented with where its value came from."""
     shown = describe(effective)
     where = shown["config_file"] or "none (built-in defaults)"
@@ -65,10 +83,11 @@ def to_toml(effective: Effective) -> str:
         if head != section:
             lines += ["", f"[{head}]"]
             section = head
-        lines.append(f"{name} = {_toml(item['value'])}  # {item['origin']}")
-    for source in shown["sources"]:
-        lines += ["", f"[[sources]]  # {source['origin']}", f"paths = {_toml(source['paths'])}"]
-        if source["regex"] is not None:
-            lines.append(f"regex = {_toml(source['regex'])}")
-        lines += [f"exclude = {_toml(source['exclude'])}", f"name = {_toml(source['name'])}"]
+        line = f"{name} = {_toml(item['value'])}  # {item['origin']}"
+        lines.append(line if _accepted(effective, key, item["value"]) else "# " + line)
+    for array in effective.arrays:
+        for table in shown[array]:
+            lines += ["", f"[[{array}]]  # {table['origin']}"]
+            lines += [f"{key} = {_toml(value)}" for key, value in table.items()
+                      if key != "origin" and value is not None]  # TOML has no null: an unset regex is left out
     return "\n".join(lines) + "\n"

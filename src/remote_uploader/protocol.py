@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-PROTOCOL_VERSION = 1
 BATCHES_PATH = "/v1/batches"
 HEALTH_PATH = "/v1/health"
 WHOAMI_PATH = "/v1/whoami"
@@ -28,6 +29,19 @@ MAX_RECORDS_PER_BATCH = 100_000
 PRODUCER_LEN = (16, 64)  # hex digits
 MAX_SEQ = 2**53 - 1  # exact in every JSON implementation and in a 64-bit column
 MAX_PART_LEN = 64  # halvings: far more than 100,000 records can take
+# A record's count is at most 2**40: far above any real batch, and low enough that the sum of a
+# whole batch for one address (at most 2**40 * 100,000 < 2**57) fits a 64-bit integer.
+MAX_COUNT = 2**40
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, tzinfo=UTC)
+# How far ahead of the collector's clock a batch's times may be before they are clamped.
+FUTURE_SKEW = timedelta(minutes=5)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# An address range as both sides parse it (`ipaddress.ip_network`): allowlists, CIDR filters.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def canonical_ip(text: str) -> str | None:
@@ -53,6 +67,13 @@ def canonical_ip(text: str) -> str | None:
     return str(addr)
 
 
+def ip_key(ip: str) -> bytes:
+    """The packed form of a canonical address: 4 bytes for IPv4, 16 for IPv6."""
+    if ":" in ip:
+        return socket.inet_pton(socket.AF_INET6, ip)
+    return socket.inet_aton(ip)
+
+
 def is_canonical_ip(text: str) -> bool:
     """True when `text` is a countable address already in its canonical spelling."""
     return canonical_ip(text) == text
@@ -73,6 +94,55 @@ def parse_time(text: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"time {text!r} has no UTC offset")
     return moment.astimezone(UTC)
+
+
+# -- the checks both sides make (the collector answers 400 naming the field) -----------------
+
+
+def check_ip(ip: object) -> str | None:
+    """None if `ip` is a countable address in canonical form, else the reason it is not."""
+    if not isinstance(ip, str):
+        return "must be a string"
+    if ip in ("0.0.0.0", "::"):
+        return "not a countable address (unspecified)"
+    if len(ip) > 64 or not is_canonical_ip(ip):
+        return "not a canonical IP address"
+    return None
+
+
+def check_text(value: object, limit: int, *, empty: bool = False) -> str | None:
+    """None if `value` is a storable string of at most `limit` characters, else the reason."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value and not empty:
+        return "must not be empty"
+    if len(value) > limit:
+        return f"longer than {limit} characters"
+    if _CONTROL.search(value):
+        return "contains control characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode text (lone surrogate)"
+    return None
+
+
+def check_time(value: object) -> datetime | str:
+    """The parsed time, or the reason `value` is not an RFC 3339 time with an offset."""
+    moment = parse_any_time(value)
+    if isinstance(moment, datetime) and not EARLIEST <= moment <= LATEST:
+        return "outside 1970-01-01 .. 9999-12-31"
+    return moment
+
+
+def parse_any_time(value: object) -> datetime | str:
+    """The parsed time, whatever its year, or the reason `value` is not an RFC 3339 time."""
+    if not isinstance(value, str):
+        return "must be an RFC 3339 string"
+    try:
+        return parse_time(value)
+    except (ValueError, OverflowError):
+        return "not an RFC 3339 time with a UTC offset"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +168,6 @@ class Record:
 def encode_records(records: list[Record]) -> bytes:
     """The records part of a batch, as stored in the agent's queue (compact JSON array)."""
     return json.dumps([r.to_json() for r in records], separators=(",", ":")).encode()
-
-
-def decode_records(payload: bytes) -> list[Record]:
-    return [Record(**item) for item in json.loads(payload)]
 
 
 def encode_batch(agent: str, batch_id: str, sent_at: str, records_json: bytes, producer: str | None = None,

@@ -20,16 +20,10 @@ from urllib.parse import urlencode, urlsplit
 from remote_uploader import __version__
 from remote_uploader.agent.transport import Connection, tls_context
 from remote_uploader.config import ServerConfig
-from remote_uploader.errors import RemoteUploaderError
+from remote_uploader.errors import QueryError
 
 MAX_PAGE = 10_000  # the API's largest page
 MAX_ANSWER = 64 * 1024 * 1024
-
-
-class QueryError(RemoteUploaderError):
-    """The collector could not be asked, or refused the question (its reason is in the message)."""
-
-    exit_code = 3
 
 
 @dataclass(frozen=True, slots=True)

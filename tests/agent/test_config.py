@@ -95,3 +95,20 @@ def test_sizes_accept_units(tmp_path: Path) -> None:
     config = load(write(tmp_path, '[queue]\nmax_bytes = "64MiB"\n[read]\nblock_size = "1M"\n'), env={})
     assert config.queue.max_bytes == 64 * 1024 * 1024
     assert config.read.block_size == 1024 * 1024
+
+
+def test_a_profile_set_with_set_is_applied_and_a_key_set_anywhere_still_wins(tmp_path: Path) -> None:
+    path = write(tmp_path, "[batching]\nforce_upload_threshold = 1000\n")
+    config = load(path, env={}, overrides={"agent.profile": "small-memory"})
+    assert (config.agent.profile, config.batching.max_memory_ips, config.agent.engine) == ("small-memory", 5000,
+                                                                                             "stdlib")
+    assert config.batching.force_upload_threshold == 1000
+
+
+def test_the_agents_state_dir_key_comes_before_the_rule(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[agent]\nstate_dir = "{tmp_path / "file"}"\n')
+    assert load(path, env={}).agent.state_dir == tmp_path / "file"
+    environment = {"REMOTE_UPLOADER_STATE_DIR": str(tmp_path / "env")}
+    assert load(path, env=environment).agent.state_dir == tmp_path / "env"
+    assert load(path, env=environment, overrides={"agent.state_dir": str(tmp_path / "flag")}).agent.state_dir == (
+        tmp_path / "flag")

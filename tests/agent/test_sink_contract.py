@@ -21,20 +21,18 @@ from typing import Any
 import pytest
 
 from remote_uploader.agent.batch import encode_sealed
-from remote_uploader.agent.sink import (
-    AuthRefusedError,
-    Backoff,
-    ConfigRefusedError,
-    Delivered,
-    HttpSink,
-    PayloadTooLargeError,
-    Sink,
-    Uploader,
-)
+from remote_uploader.agent.sink import Backoff, Delivered, HttpSink, Sink, Uploader
 from remote_uploader.agent.spool import SealedBatch, Spool, prepare_state_dir
 from remote_uploader.agent.stats import Stats
 from remote_uploader.config import load
-from remote_uploader.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from remote_uploader.errors import (
+    AuthRefusedError,
+    ConfigRefusedError,
+    DeliveryError,
+    PayloadTooLargeError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from remote_uploader.protocol import Record
 from tests.helpers.memory_sink import MemorySink
 from tests.helpers.receiver import Receiver

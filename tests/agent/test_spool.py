@@ -164,7 +164,8 @@ def test_a_write_refused_by_a_file_size_limit_is_retryable_not_fatal(tmp_path: P
 import resource, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / "src")!r})
 from pathlib import Path
-from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool, prepare_state_dir
+from remote_uploader.agent.spool import SealedBatch, Spool, prepare_state_dir
+from remote_uploader.errors import DiskFullError
 state = Path({str(tmp_path / "state")!r})
 prepare_state_dir(state)
 spool = Spool(state)

@@ -13,21 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from remote_uploader.collector import batch as batch_module
-from remote_uploader.collector.batch import (
-    FUTURE_SKEW,
-    MAX_COUNT,
-    MAX_ERRORS,
-    AgentMismatch,
-    BatchInvalid,
-    FieldError,
-    check_ip,
-    parse_batch,
-    parse_full,
-)
+from remote_uploader.collector.batch import MAX_ERRORS, parse_batch, parse_full
 from remote_uploader.collector.storage.base import from_micros, to_micros
+from remote_uploader.errors import AgentMismatch, BatchInvalid, FieldError
 from remote_uploader.protocol import (
+    FUTURE_SKEW,
     MAX_AGENT_LEN,
+    MAX_COUNT,
     MAX_RECORDS_PER_BATCH,
+    check_ip,
     encode_batch,
     format_time,
     is_canonical_ip,

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from remote_uploader.collector.batch import ip_key
 from remote_uploader.collector.blocklist import (
     NON_GLOBAL,
     Blocklist,
@@ -16,6 +15,7 @@ from remote_uploader.collector.blocklist import (
     select,
 )
 from remote_uploader.collector.storage.base import BlocklistRow
+from remote_uploader.protocol import ip_key
 from tests.helpers.batches import T0
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from remote_uploader.collector.body import BodyError, ClientGone, check_headers, read_body
+from remote_uploader.collector.body import check_headers, read_body
+from remote_uploader.errors import BodyError, ClientGone
 
 
 def receiver(chunks: Iterable[bytes]):  # type: ignore[no-untyped-def]

@@ -11,9 +11,9 @@ import pytest
 
 from remote_uploader.collector import cli
 from remote_uploader.collector.auth import authenticate, authenticate_bouncer, create_bouncer_key, create_token
-from remote_uploader.collector.errors import BouncerError
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
+from remote_uploader.errors import BouncerError
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

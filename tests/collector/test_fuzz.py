@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
 
-from remote_uploader.collector.batch import BatchInvalid, parse_batch
+from remote_uploader.collector.batch import parse_batch
+from remote_uploader.errors import BatchInvalid
 from remote_uploader.protocol import format_time
 from tests.helpers.collector_fixtures import CollectorProcess
 

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from remote_uploader.collector.api import ApiError
 from remote_uploader.collector.lapi import StreamFilter, decision_scope, parse_bool, parse_network
 from remote_uploader.collector.timeparse import go_duration as go_timedelta
+from remote_uploader.errors import ApiError
 
 
 def go_duration(seconds: float) -> str:

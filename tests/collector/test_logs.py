@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from remote_uploader.collector.logs import JsonFormatter, KeyValueFormatter, fields
+from remote_uploader.logs import JsonFormatter, KeyValueFormatter, fields
 
 
 def make_record(message: str, **values: object) -> logging.LogRecord:

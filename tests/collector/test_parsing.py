@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from remote_uploader.collector.batch import AgentMismatch, BatchInvalid, parse_batch
+from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.parsing import WORKER_MIN_BYTES, BatchParser
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import EncodedDeltas, IpDelta
+from remote_uploader.errors import AgentMismatch, BatchInvalid
 from tests.helpers.batches import random_records, wire_batch
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -80,3 +80,49 @@ def test_parse_workers_default_to_two_and_zero_turns_them_off(tmp_path: Path) ->
     assert load(environ={"REMOTE_UPLOADER_COLLECTOR_PARSE_WORKERS": "3"}).parse_workers == 3
     with pytest.raises(ConfigError, match=r"collector\.parse_workers"):
         load(None, {"parse_workers": -1}, environ={})
+
+
+def test_the_key_table_in_docs_collector_is_the_one_the_declarations_give() -> None:
+    """Regenerate with `python scripts/configdocs.py` after changing a key's default or doc line."""
+    from remote_uploader.collector.settings import TABLE
+    from remote_uploader.settings import markdown_table, with_generated
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "collector.md").read_text()
+    assert with_generated(text, markdown_table(TABLE, short_names=True, flags=True)) == text
+
+
+def test_a_file_that_is_not_toml_is_named_as_a_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "not toml [")
+    with pytest.raises(ConfigError, match=f"config file {path}: not valid TOML") as caught:
+        load(path, environ={})
+    assert caught.value.key == "collector"
+
+
+def test_config_show_prints_every_key_with_its_value_and_origin(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import tomllib
+
+    from remote_uploader.collector.cli import main
+    from remote_uploader.collector.settings import TABLE
+
+    path = write(tmp_path, '[collector]\nport = 9000\nallowlist = ["10.0.0.0/8"]\n'
+                 '[[rules]]\nname = "r"\nmin_count = 5\nwindow = "10m"\nduration = "1h"\n')
+    monkeypatch.setenv("REMOTE_UPLOADER_COLLECTOR_RETRY_AFTER", "5")
+    assert main(["config", "show", "-c", str(path), "--db", "sqlite:///x.db", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    keys = shown["keys"]
+    assert set(keys) == set(TABLE.keys)
+    assert keys["collector.port"] == {"value": 9000, "origin": str(path)}
+    assert keys["collector.allowlist"] == {"value": ["10.0.0.0/8"], "origin": str(path)}
+    assert keys["collector.retry_after"] == {"value": 5, "origin": "environment REMOTE_UPLOADER_COLLECTOR_RETRY_AFTER"}
+    assert keys["collector.db"] == {"value": "sqlite:///x.db", "origin": "command line"}
+    assert keys["collector.host"] == {"value": "127.0.0.1", "origin": "default"}
+    assert shown["rules"] == [{"name": "r", "min_count": 5, "window": "10m", "duration": "1h",
+                               "origin": str(path)}]
+    assert main(["config", "show", "-c", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert f"port = 9000  # {path}" in text
+    again = write(tmp_path, text)  # what it prints, -c takes back (the unset tls_cert is a comment)
+    assert load(again, environ={}).port == 9000
+    assert tomllib.loads(text)["collector"]["retry_after"] == 5

@@ -101,6 +101,24 @@ def test_every_config_key_is_in_docs_configuration() -> None:
     assert missing == []
 
 
+def test_the_key_table_in_docs_configuration_is_the_one_the_declarations_give() -> None:
+    """Regenerate with `python scripts/configdocs.py` after changing a key's default or doc line."""
+    from remote_uploader.config import TABLE
+    from remote_uploader.settings import markdown_table, with_generated
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    assert with_generated(text, markdown_table(TABLE)) == text
+
+
+def test_every_environment_alias_is_in_docs_configuration() -> None:
+    from remote_uploader.config import TABLE
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    aliases = [alias for key in TABLE.keys.values() for alias in key.aliases]
+    assert "REMOTE_UPLOADER_TOKEN" in aliases
+    assert [alias for alias in aliases if f"`{alias}`" not in text] == []
+
+
 def test_the_tree_holds_both_halves() -> None:
     """A guard for the walk itself: if it lost the collector's parser, the tests below would pass empty."""
     assert {("once",), ("ips",), ("decisions",), ("config", "show"), ("collector", "serve"),

@@ -7,9 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from remote_uploader.collector.batch import ip_key
 from remote_uploader.collector.storage.base import Batch, IpDelta, to_micros
-from remote_uploader.protocol import format_time
+from remote_uploader.protocol import format_time, ip_key
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

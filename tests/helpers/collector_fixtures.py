@@ -234,9 +234,8 @@ class CollectorThread(CollectorClient):
         self.token = token or self.add_token("test-agent")
 
     def start(self) -> None:
-        import uvicorn
-
         from remote_uploader.collector.app import create_app
+        from remote_uploader.collector.server import bind, uvicorn_server
         from remote_uploader.collector.settings import load
         from remote_uploader.collector.storage import open_storage
 
@@ -247,17 +246,15 @@ class CollectorThread(CollectorClient):
         storage = open_storage(settings.db, timeout=settings.db_timeout, pool_size=settings.pool_size)
         try:
             storage.migrate()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", self.port))
+            sock = bind(settings.host, settings.port)
         except BaseException:
             storage.close()
             raise
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            create_app(settings, storage, close_storage=True), log_config=None, access_log=False, lifespan="on",
-            timeout_graceful_shutdown=int(settings.graceful_timeout), server_header=False))
+        # The server `serve` runs (server.uvicorn_server), minus what belongs to a process: signal
+        # handlers (uvicorn installs none outside the main thread) and the garbage collector's tuning.
+        self.server = uvicorn_server(create_app(settings, storage, close_storage=True), settings)
         self.thread = threading.Thread(target=self._serve, args=(sock,), name=f"collector-{self.port}", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + START_TIMEOUT

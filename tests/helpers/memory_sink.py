@@ -18,8 +18,15 @@ import hmac
 import threading
 from dataclasses import dataclass
 
-from remote_uploader.agent.sink import AuthRefusedError, ConfigRefusedError, Delivered, PayloadTooLargeError
-from remote_uploader.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from remote_uploader.agent.sink import Delivered
+from remote_uploader.errors import (
+    AuthRefusedError,
+    ConfigRefusedError,
+    DeliveryError,
+    PayloadTooLargeError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from tests.helpers.receiver import HARD_BODY_CAP, BodyTooLarge, MemoryStore, decode_body, parse_batch
 
 

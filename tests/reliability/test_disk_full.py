@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.agent.sink import Backoff, Delivered, Uploader
-from remote_uploader.agent.spool import DiskFullError, SealedBatch, Spool
+from remote_uploader.agent.spool import SealedBatch, Spool
 from remote_uploader.agent.stats import Stats
+from remote_uploader.errors import DiskFullError
 from tests.helpers.agent import write_access_log, write_config
 from tests.helpers.receiver import Receiver
 from tests.reliability.harness import (

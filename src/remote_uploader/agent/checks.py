@@ -15,11 +15,11 @@ from typing import Any
 
 from remote_uploader.agent.batch import decode_body, identity_of
 from remote_uploader.agent.extract import build_extractor
-from remote_uploader.agent.sink import AuthRefusedError, HttpSink
+from remote_uploader.agent.sink import HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
 from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock
 from remote_uploader.config import Config
-from remote_uploader.errors import DeliveryError, RemoteUploaderError, StateError
+from remote_uploader.errors import AuthRefusedError, DeliveryError, RemoteUploaderError, StateError
 from remote_uploader.i18n import _, translate_known
 
 SAMPLE_BYTES = 64 * 1024

@@ -36,7 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Final, Protocol, TypeVar
 
-from remote_uploader.protocol import canonical_ip
+from remote_uploader.filters import ENGINES, compile_regex, parse_excludes
+from remote_uploader.protocol import Network, canonical_ip
 
 Buffer = bytes | bytearray | memoryview
 
@@ -49,7 +50,6 @@ CACHE_LIMIT: Final = 100_000
 WINDOW: Final = 256 * 1024
 #: ...and turns what it counted into addresses whenever it holds more distinct matches than this.
 RESOLVE_AT: Final = 16_384
-ENGINES: Final = ("auto", "stdlib", "hyperscan")
 
 
 class Extractor(Protocol):
@@ -400,32 +400,6 @@ class RegexExtractor:
         out: dict[str, int] = {}
         self._cache.resolve(found, normalize_capture, out)
         return out
-
-
-def compile_regex(regex: str) -> re.Pattern[str]:
-    """A user's per-source regex, checked: it must compile and have a group named `ip`."""
-    try:
-        pattern = re.compile(regex)
-    except re.error as exc:
-        raise ValueError(f"invalid regex '{regex}': {exc}") from exc
-    if "ip" not in pattern.groupindex:
-        raise ValueError(f"regex '{regex}' has no group named 'ip'; write the address part as (?P<ip>...)")
-    return pattern
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_excludes(exclude: Sequence[str]) -> tuple[Network, ...]:
-    if isinstance(exclude, str):
-        raise ValueError(f"exclude must be a list of CIDR strings, not the string {exclude!r}")
-    networks = []
-    for value in exclude:
-        try:
-            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
-        except ValueError as exc:
-            raise ValueError(f"invalid CIDR {value!r} in exclude: {exc}") from exc
-    return tuple(networks)
 
 
 class ExcludingExtractor:

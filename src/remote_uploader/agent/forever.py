@@ -33,17 +33,16 @@ from remote_uploader.agent.batch import SealPolicy
 from remote_uploader.agent.extract import build_extractor
 from remote_uploader.agent.runner import Agent, StopReading, open_agent, stop_on_signals
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.spool import DiskFullError, Spool
+from remote_uploader.agent.spool import Spool
 from remote_uploader.agent.stats import render_block
 from remote_uploader.agent.tail import Lag, Tailer
 from remote_uploader.agent.watch import Watcher, WatchUnavailable
 from remote_uploader.config import Config
-from remote_uploader.errors import ConfigError, RemoteUploaderError
+from remote_uploader.errors import EXIT_OK, ConfigError, DiskFullError, RemoteUploaderError
 from remote_uploader.i18n import _
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
 # Between passes, the sizes of the files held open are looked at every GROWTH_CHECK seconds after
 # one of them grew, twice as far apart after each look that found nothing, up to GROWTH_CHECK_IDLE
 # (or the policy's caught-up age, if shorter: a line after a quiet spell then waits no longer to be

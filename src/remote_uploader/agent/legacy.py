@@ -38,13 +38,12 @@ from remote_uploader.agent.spool import DB_NAME, SealedBatch, Spool, StateLock
 from remote_uploader.config import Config
 from remote_uploader.errors import LegacyImportError, RemoteUploaderError
 from remote_uploader.i18n import Message
-from remote_uploader.protocol import Record, canonical_ip, format_timestamp
+from remote_uploader.protocol import MAX_COUNT, Record, canonical_ip, format_timestamp
 
 log = logging.getLogger(__name__)
 
 MARKER_PREFIX = "legacy_import:"
 RECORDS_PER_BATCH = 5_000
-MAX_COUNT = 2**40  # the collector's limit for one record's count (collector/batch.py)
 MAX_FILE_BYTES = 256 * 1024 * 1024  # a pending queue larger than this is not something the old script wrote
 
 ADDRESS_KEYS = ("ip", "address", "addr")

@@ -26,10 +26,18 @@ from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part,
 from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
-from remote_uploader.agent.spool import DiskFullError, Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.spool import Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
-from remote_uploader.errors import RemoteUploaderError, SourceError, StateError
+from remote_uploader.errors import (
+    EXIT_OK,
+    EXIT_SOURCE,
+    EXIT_UNDELIVERED,
+    DiskFullError,
+    RemoteUploaderError,
+    SourceError,
+    StateError,
+)
 from remote_uploader.i18n import _, translate_known
 from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
@@ -37,9 +45,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-EXIT_OK = 0
-EXIT_UNDELIVERED = 3
-EXIT_SOURCE = SourceError.exit_code  # 5: a source could not be read; everything readable was delivered
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 
 

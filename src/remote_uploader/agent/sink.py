@@ -36,12 +36,17 @@ from urllib.parse import urlsplit
 from remote_uploader import __version__
 from remote_uploader.agent.batch import split_queued
 from remote_uploader.agent.faults import crash_point
-from remote_uploader.agent.spool import DiskFullError, QueuedBatch, Spool
+from remote_uploader.agent.spool import QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
 from remote_uploader.agent.transport import Connection, tls_context
 from remote_uploader.config import ServerConfig
 from remote_uploader.errors import (
+    AuthRefusedError,
+    ConfigRefusedError,
     DeliveryError,
+    DiskFullError,
+    NotACollectorError,
+    PayloadTooLargeError,
     PermanentDeliveryError,
     RetryableDeliveryError,
     StateError,
@@ -53,23 +58,6 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 1024 * 1024  # the collector's answers are small JSON documents
 DISK_FULL_SAY_EVERY = 60.0  # seconds between two disk_full errors of the uploader
-
-
-class PayloadTooLargeError(DeliveryError):
-    """413: the batch must be split before it can be sent."""
-
-
-class ConfigRefusedError(RetryableDeliveryError):
-    """401/403, 3xx, 404, 405, 421: a configuration problem, not a data problem, so the data stays
-    queued (retried with the backoff) and the message says what to fix."""
-
-
-class AuthRefusedError(ConfigRefusedError):
-    """401/403: the token (or the agent name it may send) is wrong."""
-
-
-class NotACollectorError(RetryableDeliveryError):
-    """A 2xx answer that is not a collector's answer to this batch: nothing is known to be stored."""
 
 
 ANSWER_HEAD = 120  # bytes of a wrong answer shown in the message

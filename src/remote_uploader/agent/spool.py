@@ -42,7 +42,7 @@ from typing import Any
 
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.source import Anchor, FileIdentity
-from remote_uploader.errors import CorruptStateError, StateError, StateLockedError
+from remote_uploader.errors import CorruptStateError, DiskFullError, StateError, StateLockedError
 from remote_uploader.i18n import Message
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,6 @@ class QueueStats:
     dead_batches: int
     dead_records: int
     disk_bytes: int
-
-
-class DiskFullError(StateError):
-    """The queue could not be written (no space left, a file-size limit, an I/O error): nothing was
-    written, nothing was lost; the caller retries with the offsets unmoved."""
 
 
 class StateLock:

@@ -72,8 +72,8 @@ from remote_uploader.agent.source import (
     fingerprint,
     identify,
 )
-from remote_uploader.agent.spool import DiskFullError
 from remote_uploader.config import SourceConfig
+from remote_uploader.errors import DiskFullError
 
 if TYPE_CHECKING:
     from remote_uploader.agent.extract import Extractor

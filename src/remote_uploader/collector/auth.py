@@ -22,8 +22,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from remote_uploader.collector.errors import BouncerError, TokenError
 from remote_uploader.collector.storage.base import BouncerInfo, Role, Storage
+from remote_uploader.errors import BouncerError, TokenError
 from remote_uploader.protocol import MAX_AGENT_LEN
 
 PREFIX = "ru_"

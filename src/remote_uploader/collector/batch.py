@@ -32,125 +32,39 @@ import operator
 import re
 import socket
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 
 from remote_uploader.collector.storage.base import Batch, IpDelta, from_micros, to_micros
 from remote_uploader.collector.storage.model import MAX_LABEL, BucketDelta
+from remote_uploader.errors import AgentMismatch, BatchInvalid, FieldError
 from remote_uploader.protocol import (
+    FUTURE_SKEW,
     MAX_AGENT_LEN,
     MAX_BATCH_ID_LEN,
+    MAX_COUNT,
     MAX_PART_LEN,
     MAX_RECORDS_PER_BATCH,
     MAX_SEQ,
     MAX_SOURCE_LEN,
     PRODUCER_LEN,
+    check_ip,
+    check_text,
+    ip_key,
     is_canonical_ip,
-    parse_time,
+    parse_any_time,
 )
 
-# A record's count is at most 2**40: far above any real batch, and low enough that the sum of a
-# whole batch for one address (at most 2**40 * 100,000 < 2**57) fits a 64-bit integer.
-MAX_COUNT = 2**40
 MAX_ERRORS = 100  # a body with a million bad fields gets a bounded answer
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 12, 31, tzinfo=UTC)
-#: How far ahead of the collector's clock a batch's times may be before they are clamped.
-FUTURE_SKEW = timedelta(minutes=5)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
 _PART = re.compile(rf"[01]{{0,{MAX_PART_LEN}}}")
 
 
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    field: str
-    error: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"field": self.field, "error": self.error}
-
-
-class BatchInvalid(Exception):
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{e.field}: {e.error}" for e in errors[:5]))
-
-    def __reduce__(self) -> tuple[type[BatchInvalid], tuple[list[FieldError]]]:
-        return BatchInvalid, (self.errors,)  # raised in a parsing worker process, re-raised here
-
-
-class AgentMismatch(Exception):
-    """The batch names another agent than the token's: configuration, not data (HTTP 403)."""
-
-    def __init__(self, agent: str, expected: str) -> None:
-        self.agent = agent
-        self.expected = expected
-        super().__init__(f"the batch's agent {agent!r} is not the token's name {expected!r}")
-
-    def __reduce__(self) -> tuple[type[AgentMismatch], tuple[str, str]]:
-        return AgentMismatch, (self.agent, self.expected)
-
-
 class _TooManyErrors(Exception):
     pass
-
-
-def ip_key(ip: str) -> bytes:
-    """The packed form of a canonical address: 4 bytes for IPv4, 16 for IPv6."""
-    if ":" in ip:
-        return socket.inet_pton(socket.AF_INET6, ip)
-    return socket.inet_aton(ip)
-
-
-def check_ip(ip: object) -> str | None:
-    """None if `ip` is a countable address in canonical form, else the reason it is not."""
-    if not isinstance(ip, str):
-        return "must be a string"
-    if ip in ("0.0.0.0", "::"):
-        return "not a countable address (unspecified)"
-    if len(ip) > 64 or not is_canonical_ip(ip):
-        return "not a canonical IP address"
-    return None
-
-
-def check_text(value: object, limit: int, *, empty: bool = False) -> str | None:
-    """None if `value` is a storable string of at most `limit` characters, else the reason."""
-    if not isinstance(value, str):
-        return "must be a string"
-    if not value and not empty:
-        return "must not be empty"
-    if len(value) > limit:
-        return f"longer than {limit} characters"
-    if _CONTROL.search(value):
-        return "contains control characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "not valid Unicode text (lone surrogate)"
-    return None
-
-
-def check_time(value: object) -> datetime | str:
-    """The parsed time, or the reason `value` is not an RFC 3339 time with an offset."""
-    moment = parse_any_time(value)
-    if isinstance(moment, datetime) and not EARLIEST <= moment <= LATEST:
-        return "outside 1970-01-01 .. 9999-12-31"
-    return moment
-
-
-def parse_any_time(value: object) -> datetime | str:
-    """The parsed time, whatever its year, or the reason `value` is not an RFC 3339 time."""
-    if not isinstance(value, str):
-        return "must be an RFC 3339 string"
-    try:
-        return parse_time(value)
-    except (ValueError, OverflowError):
-        return "not an RFC 3339 time with a UTC offset"
 
 
 class Clamp:

@@ -22,10 +22,9 @@ from datetime import datetime
 from typing import Literal
 
 from remote_uploader.collector.storage.base import BlocklistRow
-from remote_uploader.protocol import format_time
+from remote_uploader.protocol import Network, format_time
 
 Format = Literal["txt", "json", "nft", "ipset"]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # IANA IPv4/IPv6 special-purpose address registries (RFC 6890 and successors), plus multicast:
 # nothing here is a host on the public Internet that could have attacked us.

@@ -17,23 +17,11 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from remote_uploader.errors import BodyError, ClientGone
+
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around a deflate stream
 
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-
-
-class BodyError(Exception):
-    """The body cannot be used; `status` is the HTTP answer (400, 413, 415)."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        self.status = status
-        self.field = field
-        self.message = message
-        super().__init__(message)
-
-
-class ClientGone(Exception):
-    """The client disconnected before sending its whole body."""
 
 
 def check_headers(headers: Mapping[str, str], limit: int) -> bool:

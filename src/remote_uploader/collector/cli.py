@@ -11,8 +11,9 @@
 
 `register(subparsers)` adds the `collector` command to the main command line; `main(argv)` runs
 the same commands standalone (`python -m remote_uploader.collector.cli serve ...`). Each command
-parses, calls the library, renders; library errors become one sentence on stderr and the exit
-code of the error (2 configuration, 4 storage, 1 otherwise).
+parses, calls the library, renders; `serve` calls `server.serve(settings)`. Library errors go
+through the one boundary of both halves (`errors.boundary`): one translated sentence on stderr
+and the exit code of the error (2 configuration, 4 storage, 1 otherwise).
 """
 
 from __future__ import annotations
@@ -20,43 +21,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import json
 import logging
-import signal
-import socket
-import ssl
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from remote_uploader.collector import logs, settings
+from remote_uploader import logs
+from remote_uploader.collector import settings
 from remote_uploader.collector.auth import create_bouncer_key, create_token
 from remote_uploader.collector.decisions import cli as decisions_cli
-from remote_uploader.collector.errors import CollectorError
-from remote_uploader.collector.logs import fields
+from remote_uploader.collector.server import serve
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
-from remote_uploader.errors import ConfigError, RemoteUploaderError
+from remote_uploader.errors import CollectorError, boundary
+from remote_uploader.i18n import setup
 from remote_uploader.protocol import format_time
 
 logger = logging.getLogger(__name__)
+
+PROG = "remote-uploader collector"
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def _boundary(command: Command) -> Command:
-    """Turn library errors into one line on stderr and the error's exit code."""
+    """The command run inside the one CLI boundary of both halves (errors.boundary)."""
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except RemoteUploaderError as exc:
-            print(f"remote-uploader collector: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except KeyboardInterrupt:
-            return 130
+        return boundary(PROG, lambda: command(args))
 
     return run
 
@@ -99,49 +92,8 @@ def _with_database(command: Callable[[argparse.Namespace, Any], int]) -> Command
 # -- serve ------------------------------------------------------------------------------------
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port (port 0: the kernel picks a free one)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        raise ConfigError("collector.port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
-def tune_gc() -> None:
-    """Ingest makes hundreds of thousands of short-lived objects per big batch, none in cycles;
-    with the default thresholds the cyclic collector would run hundreds of times per batch
-    over every live object. Objects alive now (modules, the app) are frozen out of its scans,
-    and it runs less often: about a third less CPU per batch."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
-def check_tls(cert: str, key: str) -> None:
-    """Load the certificate and key now, so that a bad path is one clear error, not a traceback."""
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("collector.tls_cert", f"cannot load {cert} / {key}: {exc}") from None
-
-
 @_boundary
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-
-        from remote_uploader.collector.app import create_app
-    except ImportError as exc:  # an agent-only install (`pip install .`): say which extra serves
-        raise CollectorError(
-            f"the collector service needs the [collector] extra, which is not installed ({exc.name} is "
-            "missing): pip install 'remote-uploader[collector]' (from a checkout: pip install '.[collector]')"
-        ) from None
-
     config = _load(
         args,
         host=args.host,
@@ -156,46 +108,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         parse_workers=args.parse_workers,
     )
     logs.configure(getattr(logging, args.log_level.upper()), config.log_format)
-    if config.tls_cert:
-        check_tls(config.tls_cert, config.tls_key)
-    storage = open_storage(config.db, timeout=config.db_timeout, pool_size=config.pool_size,
-                           create_dir=_create_dir(args, config))
-    try:
-        version = storage.migrate()
-        sock = bind(config.host, config.port)
-    except BaseException:
-        storage.close()
-        raise
-    app = create_app(config, storage, close_storage=True)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    scheme = "https" if config.tls_cert else "http"
-    tune_gc()
-    logger.info("collector listening", extra=fields(url=f"{scheme}://{shown}:{port}", db=storage.url, schema=version))
-    if config.dashboard:
-        logger.info("dashboard", extra=fields(url=f"{scheme}://{shown}:{port}/", anonymous=config.dashboard_anonymous))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_config=None,  # our handlers (logs.configure) format uvicorn's messages too
-            access_log=False,  # logs.AccessLog writes the access log, without tokens
-            lifespan="on",
-            timeout_graceful_shutdown=int(config.graceful_timeout),
-            server_header=False,
-            ssl_certfile=config.tls_cert or None,
-            ssl_keyfile=config.tls_key or None,
-        )
-    )
-    # uvicorn handles SIGINT/SIGTERM itself (stop accepting, finish in-flight requests, run the
-    # lifespan shutdown), then re-raises the signal to the handler that was installed before it.
-    # A no-op handler there makes a requested stop what it is: a clean exit 0.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    logger.info("collector stopped")
+    return serve(config, create_dir=_create_dir(args, config))
+
+
+# -- config show ------------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from remote_uploader.config_show import to_json, to_toml
+
+    effective = settings.resolve(args.collector_config, {"db": args.db})
+    print(to_json(effective) if args.json else to_toml(effective).rstrip("\n"))
     return 0
 
 
@@ -235,8 +159,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     with _open(args) as storage:
         revoked = storage.revoke_token(args.name)
     if not revoked:
-        print(f"remote-uploader collector: error: no token named {args.name!r}", file=sys.stderr)
-        return 1
+        raise CollectorError(f"no token named {args.name!r}")
     print(f"Revoked the token of {args.name!r}; requests with it are refused from now on.")
     return 0
 
@@ -288,8 +211,7 @@ def cmd_bouncer_revoke(args: argparse.Namespace) -> int:
     with _open(args) as storage:
         revoked = storage.revoke_bouncer(args.name)
     if not revoked:
-        print(f"remote-uploader collector: error: no bouncer named {args.name!r}", file=sys.stderr)
-        return 1
+        raise CollectorError(f"no bouncer named {args.name!r}")
     print(f"Revoked the key of bouncer {args.name!r}; its pulls are refused from now on.")
     return 0
 
@@ -343,6 +265,21 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--no-dashboard", action="store_true", help="do not serve the web pages at /")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     serve.set_defaults(func=cmd_serve)
+
+    config = commands.add_parser("config", help="show the effective settings and where each value came from")
+    actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = actions.add_parser(
+        "show",
+        help="every key, its value and its origin (TOML, or JSON)",
+        description="Print the settings `serve` would use: every key of the [collector] table with its value and "
+        "where it came from (default, the file, an environment variable, the command line), as TOML that -c "
+        "accepts, or as JSON.",
+    )
+    show.add_argument("-c", "--config", dest="collector_config", metavar="FILE",
+                      help="TOML file with a [collector] table")
+    show.add_argument("--db", metavar="URL", help="the database URL, as for serve")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=cmd_config_show)
 
     token = commands.add_parser("token", help="manage bearer tokens", description="Manage bearer tokens.")
     tokens = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
@@ -407,7 +344,8 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="remote-uploader collector")
+    setup()  # the locale's language, as `remote-uploader collector ...` has it (no --lang here)
+    parser = argparse.ArgumentParser(prog=PROG)
     add_commands(parser)
     args = parser.parse_args(argv)
     result: int = args.func(args)

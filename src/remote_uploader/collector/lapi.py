@@ -34,9 +34,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from remote_uploader.collector.api import ApiError
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from remote_uploader.errors import ApiError
+from remote_uploader.protocol import Network
 
 API_KEY_HEADER = "X-Api-Key"
 MAX_USER_AGENT = 256  # stored with the key's last pull; a longer one is cut

@@ -1,6 +1,5 @@
-"""Structured logs: `key=value` text or one JSON object a line, and the access log.
+"""The collector's access log (the formatters are remote_uploader/logs.py, shared with the agent).
 
-Call sites log a short message plus fields: `logger.info("batch stored", extra=fields(agent=...))`.
 The access log records method, route, status, duration, client, agent name and sizes. It never
 records headers, so a bearer token cannot end up in a log file; the query string is logged only
 for read endpoints, whose parameters are filters.
@@ -8,14 +7,13 @@ for read endpoints, whose parameters are filters.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
 from typing import Any
 
 from remote_uploader.collector.metrics import Metrics
+from remote_uploader.logs import fields
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -24,58 +22,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_logger = logging.getLogger("remote_uploader.collector.access")
-
-
-def fields(**values: object) -> dict[str, dict[str, object]]:
-    """`extra=` for a log call: the key=value pairs to show after the message."""
-    return {"kv": values}
-
-
-def _quote(value: object) -> str:
-    text = str(value)
-    if text and not any(c in text for c in ' "=\\\n\t') and text.isprintable():
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-class KeyValueFormatter(logging.Formatter):
-    """`2024-05-01T12:00:00.123Z level=info logger=... msg="batch stored" agent=web-1 ...`"""
-
-    def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        parts = [moment, f"level={record.levelname.lower()}", f"logger={record.name}"]
-        parts.append(f"msg={_quote(record.getMessage())}")
-        for key, value in getattr(record, "kv", {}).items():
-            parts.append(f"{key}={_quote(value)}")
-        if record.exc_info:
-            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        document: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in getattr(record, "kv", {}).items():
-            document[key] = value if isinstance(value, int | float | bool | None) else str(value)
-        if record.exc_info:
-            document["exc"] = self.formatException(record.exc_info)
-        return json.dumps(document, ensure_ascii=False)
-
-
-def configure(level: int = logging.INFO, fmt: str = "text") -> None:
-    """Send logs to stderr in the chosen format. Only the command line calls this."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
 
 
 class AccessLog:

@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from remote_uploader.collector.batch import MAX_COUNT
 from remote_uploader.protocol import (
     MAX_AGENT_LEN,
     MAX_BATCH_ID_LEN,
+    MAX_COUNT,
     MAX_PART_LEN,
     MAX_RECORDS_PER_BATCH,
     MAX_SEQ,

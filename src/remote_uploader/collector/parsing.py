@@ -35,9 +35,9 @@ from multiprocessing.connection import wait
 from starlette.concurrency import run_in_threadpool
 
 from remote_uploader.collector.batch import parse_batch
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm
+from remote_uploader.logs import fields
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from remote_uploader.agent.runner import Agent
-from remote_uploader.agent.spool import DiskFullError, Spool
+from remote_uploader.agent.spool import Spool
 from remote_uploader.agent.tail import Tailer
+from remote_uploader.errors import DiskFullError
 from tests.agent.tail.test_identity import NoSink, config_for, queued_counts
 from tests.helpers.agent import write_access_log
 

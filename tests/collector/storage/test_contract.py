@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 
-from remote_uploader.collector.errors import SchemaError, StorageUnavailable, TokenError
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, IpQuery, Storage, to_micros
 from remote_uploader.collector.storage.postgres import PostgresStorage
 from remote_uploader.collector.storage.sqlite import SqliteStorage
+from remote_uploader.errors import SchemaError, StorageUnavailable, TokenError
 from tests.helpers.batches import T0, at, batch, delta
 
 

@@ -1,5 +1,4 @@
-"""The collector's web dashboard: server-rendered pages at `/` (see docs/dashboard.md)."""
+"""The collector's web dashboard: server-rendered pages at `/` (see docs/dashboard.md).
 
-from remote_uploader.collector.dashboard.routes import add_dashboard
-
-__all__ = ["add_dashboard"]
+Its router is collector/routers/dashboard.py; here are the views, templates, sessions and charts.
+"""

@@ -12,15 +12,20 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from remote_uploader.collector.batch import check_text
 from remote_uploader.collector.dashboard import charts
 from remote_uploader.collector.dashboard.cache import TtlCache
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import AgentStats, Storage
-from remote_uploader.collector.storage.model import MAX_LABEL, Decision, DecisionQuery, WindowCount, WindowQuery
-from remote_uploader.collector.storage.sql_dashboard import MinutePoint
+from remote_uploader.collector.storage.model import (
+    MAX_LABEL,
+    Decision,
+    DecisionQuery,
+    MinutePoint,
+    WindowCount,
+    WindowQuery,
+)
 from remote_uploader.collector.timeparse import DurationError, parse_moment
-from remote_uploader.protocol import MAX_AGENT_LEN
+from remote_uploader.protocol import MAX_AGENT_LEN, check_text
 
 PAGE_SIZE = 50
 CACHED_ROWS = 1000  # the top-addresses query fetches this many at once (20 pages), kept TABLE_TTL

@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from remote_uploader.collector.decisions.engine import DecisionRefused, add_manual, delete_value
-from remote_uploader.collector.errors import BadInputError
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import Decision, DecisionQuery
 from remote_uploader.collector.timeparse import DurationError, format_duration, parse_duration
+from remote_uploader.errors import BadInputError
 from remote_uploader.protocol import format_time
 
 Opener = Callable[[argparse.Namespace], tuple[CollectorSettings, Storage]]

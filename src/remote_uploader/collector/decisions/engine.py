@@ -29,19 +29,19 @@ from datetime import UTC, datetime, timedelta
 from remote_uploader.collector.blocklist import NetworkSet
 from remote_uploader.collector.decisions.rules import Rule
 from remote_uploader.collector.decisions.values import ValueRejected, decision_value, subtract
-from remote_uploader.collector.errors import CollectorError
-from remote_uploader.collector.logs import fields
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import (
     Decision,
     Evidence,
-    Network,
     NewDecision,
     RollupResult,
     WindowCount,
     WindowQuery,
 )
 from remote_uploader.collector.timeparse import format_duration
+from remote_uploader.errors import CollectorError
+from remote_uploader.logs import fields
+from remote_uploader.protocol import Network
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from remote_uploader.collector.timeparse import DurationError, format_duration, parse_duration
+from remote_uploader.durations import DurationError, format_duration, parse_duration
 from remote_uploader.errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

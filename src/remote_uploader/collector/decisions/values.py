@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from remote_uploader.collector.storage.model import Network, Scope
-from remote_uploader.protocol import canonical_ip
+from remote_uploader.collector.storage.model import Scope
+from remote_uploader.protocol import Network, canonical_ip
 
 
 class ValueRejected(ValueError):

@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-from remote_uploader.collector.errors import BadUrlError
 from remote_uploader.collector.storage.base import Storage
+from remote_uploader.errors import BadUrlError
 
 
 def sqlite_path(url: str) -> str | None:

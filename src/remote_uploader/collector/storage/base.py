@@ -15,7 +15,6 @@ read and written under a row lock in the same transaction as the counts (storage
 from __future__ import annotations
 
 import abc
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,20 +25,20 @@ from remote_uploader.collector.storage.model import (
     Decision,
     DecisionDetail,
     DecisionQuery,
+    MinutePoint,
     NewDecision,
     RollupResult,
     SeriesPoint,
     WindowCount,
     WindowQuery,
 )
-from remote_uploader.collector.storage.sql_dashboard import MinutePoint
+from remote_uploader.protocol import Network
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 SortKey = Literal["count", "last_seen"]
 Role = Literal["agent", "read"]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def to_micros(moment: datetime) -> int:

@@ -20,12 +20,12 @@ one consistent picture.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, NamedTuple
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from remote_uploader.protocol import Network
+
 Scope = Literal["Ip", "Range"]
 DecisionState = Literal["active", "deleted", "expired"]
 Level = Literal["bucket", "hour", "day"]
@@ -158,3 +158,13 @@ class DecisionQuery:
     scenarios: tuple[str, ...] | None = None
     after_id: int = 0
     limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MinutePoint:
+    """One bucket of the overview chart: occurrences and distinct addresses counted in it."""
+
+    start: datetime
+    seconds: int  # the bucket's length: a minute bucket, or an hour or day it was rolled up into
+    occurrences: int
+    addresses: int

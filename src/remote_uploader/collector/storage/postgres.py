@@ -25,12 +25,12 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from remote_uploader.collector.errors import StorageError, StorageUnavailable
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 from remote_uploader.collector.storage.sql_windows import saturating_add
+from remote_uploader.errors import StorageError, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 

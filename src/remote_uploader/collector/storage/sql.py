@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-from remote_uploader.collector.errors import BouncerError, SchemaError, TokenError
 from remote_uploader.collector.storage.base import (
     AgentCount,
     AgentStats,
@@ -35,6 +34,7 @@ from remote_uploader.collector.storage.producers import ProducerState
 from remote_uploader.collector.storage.sql_dashboard import DashboardSql
 from remote_uploader.collector.storage.sql_decisions import DecisionsSql
 from remote_uploader.collector.storage.sql_windows import WindowsSql
+from remote_uploader.errors import BouncerError, SchemaError, TokenError
 
 
 class Cursor(Protocol):

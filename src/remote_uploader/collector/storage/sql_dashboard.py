@@ -4,21 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from remote_uploader.collector.storage.model import Decision
-
-
-@dataclass(frozen=True, slots=True)
-class MinutePoint:
-    """One bucket of the overview chart: occurrences and distinct addresses counted in it."""
-
-    start: datetime
-    seconds: int  # the bucket's length: a minute bucket, or an hour or day it was rolled up into
-    occurrences: int
-    addresses: int
+from remote_uploader.collector.storage.base import to_micros
+from remote_uploader.collector.storage.model import Decision, MinutePoint
+from remote_uploader.protocol import ip_key
 
 
 class DashboardSql:
@@ -50,8 +41,6 @@ class DashboardSql:
         return points
 
     def ip_sources(self, ip: str, since: datetime) -> list[tuple[str, int]]:
-        from remote_uploader.collector.batch import ip_key
-
         parts, params = [], []
         for table, _, bounds in self._levels(since, None):
             parts.append(f"SELECT source, total FROM {table} WHERE ipkey = ? AND bucket >= ?")
@@ -79,8 +68,6 @@ class DashboardSql:
             return [(str(agent), str(source), int(total)) for agent, source, total in cur.fetchall()]
 
     def active_by_rule(self, now: datetime) -> list[tuple[str, int]]:
-        from remote_uploader.collector.storage.base import to_micros
-
         with self._read() as cur:
             cur.execute(
                 self._sql(
@@ -92,8 +79,6 @@ class DashboardSql:
             return [(str(name), int(n)) for name, n in cur.fetchall()]
 
     def count_active_decisions(self, now: datetime) -> int:
-        from remote_uploader.collector.storage.base import to_micros
-
         with self._read() as cur:
             cur.execute(
                 self._sql("SELECT count(*) FROM decisions WHERE state = 'active' AND until > ?"), (to_micros(now),)

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from remote_uploader.collector.batch import ip_key
 from remote_uploader.collector.storage.model import (
-    Network,
     RollupResult,
     SeriesPoint,
     WindowCount,
     WindowQuery,
 )
+from remote_uploader.protocol import Network, ip_key
 
 MAX_TOTAL = 2**63 - 1
 KEYS_PER_QUERY = 2000  # addresses bound per query: under every backend's parameter limit

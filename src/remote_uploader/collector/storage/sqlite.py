@@ -19,11 +19,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from remote_uploader.collector.errors import StorageError, StorageUnavailable
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.sqlite import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
+from remote_uploader.errors import StorageError, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 

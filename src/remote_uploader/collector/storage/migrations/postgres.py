@@ -133,7 +133,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
-    # Bouncer keys (CrowdSec-compatible decision stream, collector/lapi_routes.py): only the hash of
+    # Bouncer keys (CrowdSec-compatible decision stream, collector/routers/lapi.py): only the hash of
     # a key is kept; last_seq and last_pull_at are where the key's next delta starts (NULL: it
     # never pulled), written only after a pull was answered in full.
     (

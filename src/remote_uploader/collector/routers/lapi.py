@@ -1,4 +1,4 @@
-"""The CrowdSec LAPI routes: the decision stream, live lookups, usage metrics (see lapi.py).
+"""The CrowdSec LAPI routes (a router): the decision stream, live lookups, usage metrics (see lapi.py).
 
 Flat memory: a pull of any size is read in pages of `PAGE` decisions (keyset on the decision
 id) and written out page by page as it is read, so a startup pull of 300,000 decisions holds
@@ -19,16 +19,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from remote_uploader.collector.api import IGNORES_UNKNOWN_QUERY, ApiError, errors
 from remote_uploader.collector.auth import authenticate, authenticate_bouncer
-from remote_uploader.collector.errors import CollectorError
 from remote_uploader.collector.lapi import (
     API_KEY_HEADER,
     MAX_USER_AGENT,
@@ -37,13 +35,14 @@ from remote_uploader.collector.lapi import (
     parse_network,
     parse_scopes,
 )
-from remote_uploader.collector.logs import fields
-from remote_uploader.collector.storage.base import BouncerInfo, Network, Storage
+from remote_uploader.collector.routers.deps import IGNORES_UNKNOWN_QUERY, Service, errors
+from remote_uploader.collector.service import Collector
+from remote_uploader.collector.storage.base import BouncerInfo, Storage
 from remote_uploader.collector.storage.model import Decision, DecisionQuery
 from remote_uploader.collector.timeparse import go_duration
-
-if TYPE_CHECKING:
-    from remote_uploader.collector.app import Collector
+from remote_uploader.errors import ApiError, CollectorError
+from remote_uploader.logs import fields
+from remote_uploader.protocol import Network
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +54,8 @@ DECISIONS_PATH = "/v1/decisions"
 USAGE_METRICS_PATH = "/v1/usage-metrics"
 LAPI_PATHS = frozenset({STREAM_PATH, DECISIONS_PATH, USAGE_METRICS_PATH})
 MAX_METRICS_BODY = 1024 * 1024
+
+router = APIRouter()
 
 
 # -- the OpenAPI description (the handlers read the query themselves: unknown names are ignored)
@@ -303,69 +304,66 @@ def bouncer_of(collector: Collector, request: Request) -> BouncerInfo:
 # -- routes -----------------------------------------------------------------------------------
 
 
-def add_lapi_routes(app: FastAPI, collector: Collector) -> None:
-    storage = collector.storage
+@router.head(STREAM_PATH, include_in_schema=False, openapi_extra=IGNORES_UNKNOWN_QUERY)
+@router.get(
+    STREAM_PATH,
+    summary="CrowdSec decision stream (for bouncers; X-Api-Key; HEAD too)",
+    response_class=Response,
+    responses={200: STREAM_ANSWER, **errors(400, 401, 403, 503)},
+    openapi_extra={**IGNORES_UNKNOWN_QUERY, "parameters": STREAM_PARAMETERS},
+)
+async def decision_stream(request: Request, collector: Service) -> Response:
+    try:
+        started = await run_in_threadpool(_start_pull, collector, request)
+    except ApiError as exc:
+        return lapi_error(exc)
+    if started is None:
+        return Response(status_code=200)  # HEAD, a probe: nothing read, nothing recorded
+    pull, first = started
+    return StreamingResponse(pull.body(first), media_type="application/json")
 
-    @app.head(STREAM_PATH, include_in_schema=False, openapi_extra=IGNORES_UNKNOWN_QUERY)
-    @app.get(
-        STREAM_PATH,
-        summary="CrowdSec decision stream (for bouncers; X-Api-Key; HEAD too)",
-        response_class=Response,
-        responses={200: STREAM_ANSWER, **errors(400, 401, 403, 503)},
-        openapi_extra={**IGNORES_UNKNOWN_QUERY, "parameters": STREAM_PARAMETERS},
-    )
-    async def decision_stream(request: Request) -> Response:
-        try:
-            started = await run_in_threadpool(_start_pull, collector, request)
-        except ApiError as exc:
-            return lapi_error(exc)
-        if started is None:
-            return Response(status_code=200)  # HEAD, a probe: nothing read, nothing recorded
-        pull, first = started
-        return StreamingResponse(pull.body(first), media_type="application/json")
+@router.head(DECISIONS_PATH, include_in_schema=False, openapi_extra=IGNORES_UNKNOWN_QUERY)
+@router.get(
+    DECISIONS_PATH,
+    summary="CrowdSec live lookup: the decisions for ?ip= or ?range= (for bouncers; X-Api-Key; HEAD too)",
+    response_class=Response,
+    responses={200: LIVE_ANSWER, **errors(400, 401, 403, 503)},
+    openapi_extra={**IGNORES_UNKNOWN_QUERY, "parameters": LIVE_PARAMETERS},
+)
+async def decisions(request: Request, collector: Service) -> Response:
+    try:
+        await run_in_threadpool(bouncer_of, collector, request)
+        if request.method == "HEAD":
+            return Response(status_code=200)
+        lookup = Lookup.from_query(request.query_params)
+    except ApiError as exc:
+        return lapi_error(exc)
+    pages = lookup.pages(collector.storage, datetime.now(UTC))
+    first = await run_in_threadpool(_first_nonempty, pages)
+    if first is None:
+        # Exactly `null` when nothing matches: the lua bouncer compares the body to "null".
+        return Response(b"null", media_type="application/json")
+    return StreamingResponse(_array(first, pages), media_type="application/json")
 
-    @app.head(DECISIONS_PATH, include_in_schema=False, openapi_extra=IGNORES_UNKNOWN_QUERY)
-    @app.get(
-        DECISIONS_PATH,
-        summary="CrowdSec live lookup: the decisions for ?ip= or ?range= (for bouncers; X-Api-Key; HEAD too)",
-        response_class=Response,
-        responses={200: LIVE_ANSWER, **errors(400, 401, 403, 503)},
-        openapi_extra={**IGNORES_UNKNOWN_QUERY, "parameters": LIVE_PARAMETERS},
-    )
-    async def decisions(request: Request) -> Response:
-        try:
-            await run_in_threadpool(bouncer_of, collector, request)
-            if request.method == "HEAD":
-                return Response(status_code=200)
-            lookup = Lookup.from_query(request.query_params)
-        except ApiError as exc:
-            return lapi_error(exc)
-        pages = lookup.pages(storage, datetime.now(UTC))
-        first = await run_in_threadpool(_first_nonempty, pages)
-        if first is None:
-            # Exactly `null` when nothing matches: the lua bouncer compares the body to "null".
-            return Response(b"null", media_type="application/json")
-        return StreamingResponse(_array(first, pages), media_type="application/json")
-
-    @app.post(
-        USAGE_METRICS_PATH,
-        summary="CrowdSec usage metrics (accepted and dropped; X-Api-Key)",
-        status_code=201,
-        response_class=Response,
-        responses={201: {"description": "accepted"}, **errors(401, 403, 413, 503)},
-        openapi_extra={"parameters": [API_KEY_PARAMETER]},
-    )
-    async def usage_metrics(request: Request) -> Response:
-        try:
-            await run_in_threadpool(bouncer_of, collector, request)
-        except ApiError as exc:
-            return lapi_error(exc)
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > MAX_METRICS_BODY:
-                return lapi_error(ApiError(413, "body", f"larger than {MAX_METRICS_BODY} bytes"))
-        return Response(status_code=201)
+@router.post(
+    USAGE_METRICS_PATH,
+    summary="CrowdSec usage metrics (accepted and dropped; X-Api-Key)",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"description": "accepted"}, **errors(401, 403, 413, 503)},
+    openapi_extra={"parameters": [API_KEY_PARAMETER]},
+)
+async def usage_metrics(request: Request, collector: Service) -> Response:
+    try:
+        await run_in_threadpool(bouncer_of, collector, request)
+    except ApiError as exc:
+        return lapi_error(exc)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > MAX_METRICS_BODY:
+            return lapi_error(ApiError(413, "body", f"larger than {MAX_METRICS_BODY} bytes"))
+    return Response(status_code=201)
 
 
 @dataclass(frozen=True, slots=True)

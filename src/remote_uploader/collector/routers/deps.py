@@ -1,39 +1,62 @@
-"""What every route shares: the error type and body, the documented error answers, and auth."""
+"""What every router shares: the dependencies (the app's `Collector`, the bearer token's
+principal, the check of query parameters) and the documented error answers.
+
+Routers are module-level `APIRouter`s; a handler reaches the app's state through the `Service`
+dependency (never a closure over it), so a router can be read, and tested, on its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from datetime import datetime
+from typing import Annotated, Any, cast
 
-from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from remote_uploader.collector.auth import Principal
+from remote_uploader.collector.auth import Principal, authenticate, authenticate_bouncer
 from remote_uploader.collector.models import ErrorOut
+from remote_uploader.collector.service import Collector
+from remote_uploader.collector.timeparse import DurationError, parse_moment
+from remote_uploader.errors import ApiError
 from remote_uploader.protocol import HEALTH_PATH
 
-if TYPE_CHECKING:
-    from remote_uploader.collector.app import Collector
+
+async def collector_of(request: Request) -> Collector:
+    """The app's collaborators (settings, storage, metrics...), made by `create_app`.
+
+    `async` so that FastAPI calls it in the event loop, not in its thread pool."""
+    return cast(Collector, request.app.state.collector)
 
 
-class ApiError(Exception):
-    """An answer other than 2xx, with the protocol's error body."""
-
-    def __init__(self, status: int, field: str, error: str, headers: dict[str, str] | None = None) -> None:
-        self.status = status
-        self.field = field
-        self.error = error
-        self.headers = headers or {}
-        super().__init__(f"{status} {field}: {error}")
+Service = Annotated[Collector, Depends(collector_of)]
 
 
 def bad_request(field: str, error: str) -> ApiError:
     return ApiError(400, field, error)
 
 
-def error_response(status: int, errors: list[dict[str, str]], headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": errors}, status_code=status, headers=dict(headers) if headers else None)
+# -- query parameters shared by several routers --------------------------------------------
+
+MAX_QUERY_COUNT = 2**62  # any larger min_count matches nothing anyway, and fits every database
+
+Since = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="only addresses last seen at or after this RFC 3339 time, or this long ago (15m, 1h, 7d)",
+    ),
+]
+MinCount = Annotated[int, Query(ge=1, le=MAX_QUERY_COUNT, description="only addresses counted at least this often")]
+
+
+def moment(field: str, text: str | None) -> datetime | None:
+    """A query time: RFC 3339, or a duration meaning that long before now (`since=1h`)."""
+    if text is None:
+        return None
+    try:
+        return parse_moment(text)
+    except DurationError as exc:
+        raise bad_request(field, str(exc)) from None
 
 
 _MEANING = {
@@ -64,8 +87,19 @@ bearer = HTTPBearer(
 def current_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    collector = cast("Collector", request.app.state.collector)
-    return collector.principal(request, credentials)
+    """The bearer token's name and role (401 without a known token, 403 for a bouncer key).
+
+    A plain `def`: it reads the database, so FastAPI runs it in its thread pool."""
+    storage = cast(Collector, request.app.state.collector).storage
+    if credentials is None or not credentials.credentials:
+        raise ApiError(401, "authorization", "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    found = authenticate(storage, credentials.credentials)
+    if found is None:
+        if authenticate_bouncer(storage, credentials.credentials) is not None:
+            raise ApiError(403, "authorization", "a bouncer key may only pull decisions (GET /v1/decisions/stream)")
+        raise ApiError(401, "authorization", "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
+    request.state.principal = found.name
+    return found
 
 
 Who = Annotated[Principal, Depends(current_principal)]

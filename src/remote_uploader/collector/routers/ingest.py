@@ -1,0 +1,107 @@
+"""`POST /v1/batches`: an agent delivers a batch (docs/protocol.md).
+
+The body is read under the size limit (body.py), parsed and validated (parsing.py, batch.py),
+and stored with its batch id in one transaction: a batch seen before is a duplicate, answered
+200 like the first time and counted once. At most `max_concurrent_batches` are parsed and
+stored at once; the rest wait up to `db_timeout`, then get a 429 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from remote_uploader.collector.auth import Principal
+from remote_uploader.collector.body import check_headers, read_body
+from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
+from remote_uploader.collector.routers.deps import Service, Who, errors
+from remote_uploader.collector.service import Collector
+from remote_uploader.collector.storage.base import Batch
+from remote_uploader.errors import ApiError
+from remote_uploader.logs import fields
+from remote_uploader.protocol import BATCHES_PATH
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.post(
+    BATCHES_PATH,
+    response_model=BatchAccepted,
+    summary="Deliver a batch (protocol v1)",
+    responses=errors(400, 401, 403, 413, 415, 429, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BATCH_SCHEMA}},
+            "description": "JSON, optionally with Content-Encoding: gzip",
+        }
+    },
+)
+async def post_batch(request: Request, who: Who, collector: Service) -> BatchAccepted:
+    return await receive_batch(collector, request, who)
+
+
+async def receive_batch(collector: Collector, request: Request, who: Principal) -> BatchAccepted:
+    if who.role != "agent":
+        raise ApiError(403, "authorization", "this token may only read")
+    settings = collector.settings
+    gzip = check_headers(request.headers, settings.max_body)
+    _note_version(collector, who.name, request.headers.get("user-agent", ""))
+    try:
+        # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
+        # semaphore is granted can lose the permit; Semaphore.acquire gives it back when
+        # cancelled this way.
+        async with asyncio.timeout(settings.db_timeout):
+            await collector.slots.acquire()
+    except TimeoutError:
+        raise ApiError(429, "body", "too many batches in flight", collector.retry_after) from None
+    try:
+        payload = await read_body(request.receive, gzip=gzip, limit=settings.max_body)
+        # An AgentMismatch (403) is checked before the rest of the batch: configuration, not
+        # data (see batch.parse_batch).
+        batch = await collector.parser.parse(payload, who.name)
+        del payload[:]  # the parsed form is all we need; give the memory back early
+        if batch.producer is not None and batch.agent != who.name:
+            # Counted under the token's name: batches queued before the agent id, the token or
+            # its name changed are delivered, not stranded (see batch.parse_batch).
+            batch = dataclasses.replace(batch, agent=who.name)
+        return await run_in_threadpool(_store, collector, batch, request.state)
+    finally:
+        collector.slots.release()
+
+
+def _note_version(collector: Collector, agent: str, user_agent: str) -> None:
+    versions = collector.agent_versions
+    product, _, version = user_agent.partition(" ")[0].partition("/")
+    known = agent in versions or len(versions) < 100_000  # bounded memory
+    if product == "remote-uploader" and 0 < len(version) <= 32 and version.isprintable() and known:
+        versions[agent] = version
+
+
+def _store(collector: Collector, batch: Batch, state: Any) -> BatchAccepted:
+    metrics = collector.metrics
+    state.batch_id = batch.batch_id
+    state.records = batch.records
+    new = collector.storage.store_batch(batch, datetime.now(UTC))
+    state.duplicate = not new
+    if new:
+        metrics.batches.labels("accepted").inc()
+        metrics.records.inc(batch.records)
+        collector.decisions.submit(batch.counted_addresses())
+        if batch.clamped:
+            # The agent's clock is off (or was stepped back inside a batch): say so, count it,
+            # and store the batch with its times clamped rather than refuse it for ever.
+            metrics.clamped_times.inc(batch.clamped)
+            logger.warning("times clamped", extra=fields(agent=batch.agent, batch_id=batch.batch_id,
+                                                          fields=batch.clamped))
+    else:
+        metrics.batches.labels("duplicate").inc()
+    return BatchAccepted(batch_id=batch.batch_id, accepted=batch.records, duplicate=not new, agent=batch.agent)
