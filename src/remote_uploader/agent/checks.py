@@ -52,6 +52,7 @@ def check_sources(config: Config) -> list[Check]:
     # One line per problem, a glob that matches nothing among them (not only when all globs do).
     checks = [Check(problem.path, False, translate_known(problem.reason)) for problem in problems]
     for found in files:
+        assert found.source_index is not None  # a glob match: it has its source
         checks.append(_sample(found.path, config, found.source_index))
     return checks
 
@@ -66,7 +67,7 @@ def _sample(path: str, config: Config, source_index: int) -> Check:
     try:
         size = os.fstat(fd).st_size
         reader = BlockReader(fd, 0, SAMPLE_BYTES, extractor.context)
-        chunk = reader.next_chunk() or reader.take_partial()
+        chunk = next(reader.chunks(partial=True), None)
         counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk and chunk.scan else {}
         lines = chunk.lines() if chunk else 0
     except OSError as exc:

@@ -278,6 +278,13 @@ class ParallelScanner:
         assert isinstance(result, list)
         return result
 
+    def kill(self) -> None:
+        """Kill the workers at once (they hold no state): at shutdown after a stop in the middle of
+        a backlog, their answers can fill their pipes so that they never see the end of their input."""
+        for proc in self._procs:
+            with suppress(OSError):
+                proc.kill()
+
     def close(self) -> None:
         """Stop the workers and reap them, also in the middle of an abandoned scan.
 
