@@ -72,7 +72,8 @@ def shown_in_docs() -> dict[tuple[str, ...], set[str]]:
         text = doc.read_text()
         blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
         lines = [line for block in blocks for line in block.splitlines()]
-        lines += re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        lines += [" ".join(span.split()) for span in re.findall(r"`((?:[^`\n]|\n(?!\n))+)`", prose)]  # may wrap
         for line in lines:
             match = SHOWN.match(line)
             if match:

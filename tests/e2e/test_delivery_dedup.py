@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.e2e.test_delivery_answers import Impostor
 from tests.helpers.agent import run_agent, write_access_log, write_config
-from tests.helpers.collector_fixtures import CollectorThread
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 
 CRASH_AFTER_STORED = {"REMOTE_UPLOADER_CRASH_AT": "before_ack:1"}
 
@@ -46,8 +46,8 @@ def _prune_every_batch_id(collector: CollectorThread) -> None:
 
 
 def test_a_stored_batch_split_after_the_collector_lowered_its_body_limit_is_counted_once(
-        tmp_path: Path, collector_any: CollectorThread) -> None:
-    collector = collector_any
+        tmp_path: Path, collector_process_any: CollectorProcess) -> None:
+    collector = collector_process_any  # a process: the test reads its log
     config, expected = _setup(tmp_path, collector)
     _once_crashing_after_the_first_batch_is_stored(config)
     collector.stop()

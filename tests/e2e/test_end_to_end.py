@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agent import run_agent, write_access_log, write_config
-from tests.helpers.collector_fixtures import CollectorThread
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 
 SMALL_BATCHES = {"min_upload_batch": 20, "force_upload_threshold": 150, "max_memory_ips": 300}
 
@@ -39,10 +39,11 @@ def test_once_delivers_exact_counts(collector_any: CollectorThread, tmp_path: Pa
 
 
 def test_the_agent_splits_batches_that_the_collector_finds_too_large(
-    make_collector,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    collector = make_collector(config="max_body = 4096\n")
+    collector = CollectorProcess(tmp_path, f"sqlite://{tmp_path}/collector.db", ["--max-body", "4096"])
+    request.addfinalizer(collector.stop)
+    collector.start()  # a process: the test reads its log
     log = tmp_path / "access.log"
     expected = write_access_log(log, 2000, seed=3)
     result = run_agent("once", "-c", str(_config(tmp_path, collector, log)))
@@ -62,10 +63,12 @@ def test_a_wrong_token_keeps_the_data_queued_until_it_is_fixed(collector: Collec
     assert collector.counts() == dict(expected)
 
 
-@pytest.mark.parametrize("collector", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("collector_process", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
 def test_a_collector_restart_between_runs_loses_and_doubles_nothing(
-    collector: CollectorThread, tmp_path: Path
+    collector_process: CollectorProcess, tmp_path: Path
 ) -> None:
+    collector = collector_process  # a process: the test kills it
     log = tmp_path / "access.log"
     expected = write_access_log(log, 1500, seed=11)
     config = _config(tmp_path, collector, log)
