@@ -372,7 +372,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Counts of the files that can be read; exit 5 naming each that cannot (as `once` does)."""
-    from remote_uploader.agent.extract import build_extractor
+    from remote_uploader.agent.extractors import build_extractor
     from remote_uploader.agent.runner import count_files
     from remote_uploader.errors import ConfigError
 

@@ -1,5 +1,11 @@
 """The wire schema shared by the agent and the collector (protocol v1, see docs/protocol.md).
 
+Two body formats go to one endpoint, told apart by their media type: format 1 (`MEDIA_V1`, a
+record per object, RFC 3339 times) and format 2 (`MEDIA_V2`, columnar: a source table and, per
+group of records sharing a source and a time span, an array of addresses and one of counts,
+times in integer microseconds). A collector lists the formats it takes in every answer's
+`Accept-Post` header; an agent sends format 2 only to a collector that listed it.
+
 Both sides import this module so that "canonical IP", "a valid record" and "an RFC 3339 time"
 mean exactly the same thing at both ends of the wire. The agent only ever sends canonical
 addresses; the collector rejects anything else, so one address can never be stored under two keys.
@@ -18,6 +24,12 @@ from typing import Any
 BATCHES_PATH = "/v1/batches"
 HEALTH_PATH = "/v1/health"
 WHOAMI_PATH = "/v1/whoami"
+
+MEDIA_V1 = "application/json"
+MEDIA_V2 = "application/vnd.remote-uploader.v2+json"
+#: The answer header that lists the body formats a collector takes (its media types).
+ACCEPT_POST = "Accept-Post"
+ACCEPTED_MEDIA = f"{MEDIA_V1}, {MEDIA_V2}"
 
 MAX_AGENT_LEN = 128
 MAX_BATCH_ID_LEN = 128
@@ -86,6 +98,26 @@ def format_time(moment: datetime) -> str:
 
 def format_timestamp(seconds: float) -> str:
     return format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(moment: datetime) -> int:
+    """Exact integer microseconds since the epoch (format 2's times; no float rounding)."""
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def format_micros(micros: int) -> str:
+    """Format 2's integer time as format 1's text: the same instant, the same spelling."""
+    return format_time(EPOCH + timedelta(microseconds=micros))
+
+
+def timestamp_micros(seconds: float) -> int:
+    """A POSIX timestamp as format 2 writes it: rounded to the microsecond as `format_timestamp`
+    rounds it, so a batch converted from one format to the other keeps its times exactly."""
+    return to_micros(datetime.fromtimestamp(seconds, UTC))
 
 
 def parse_time(text: str) -> datetime:

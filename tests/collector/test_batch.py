@@ -47,7 +47,7 @@ def fields_of(document: object) -> list[str]:
     return [field for field, _ in errors_of(document)]
 
 
-def test_a_valid_batch_is_aggregated_per_address_in_sorted_order() -> None:
+def test_a_valid_batch_is_aggregated_per_address() -> None:
     records = [
         record("203.0.113.9", 2, first=10, last=20, source="a.log"),
         record("2001:db8::1", 1),
@@ -55,8 +55,8 @@ def test_a_valid_batch_is_aggregated_per_address_in_sorted_order() -> None:
     ]
     parsed = parse_batch(json.dumps(wire_batch("web-1", "b-1", records)).encode())
     assert (parsed.agent, parsed.batch_id, parsed.records) == ("web-1", "b-1", 3)
-    assert [(d.ip, d.total) for d in parsed.deltas] == [("2001:db8::1", 1), ("203.0.113.9", 5)]
-    merged = parsed.deltas[1]
+    assert sorted((d.ip, d.total) for d in parsed.deltas) == [("2001:db8::1", 1), ("203.0.113.9", 5)]
+    merged = next(delta for delta in parsed.deltas if delta.ip == "203.0.113.9")
     assert (from_micros(merged.first_us).second, from_micros(merged.last_us).second) == (5, 20)
     assert merged.key == bytes([203, 0, 113, 9])
 
@@ -373,7 +373,7 @@ def test_the_agents_batches_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     records = [record("203.0.113.9", 2), record("2001:db8::1"), record("203.0.113.9", 3, source="b.log")]
     body = encode_batch("web-1", "b-1", format_time(datetime(2024, 5, 1, tzinfo=UTC)), json.dumps(records).encode())
     parsed = parse_batch(body, "web-1")
-    assert [(d.ip, d.total) for d in parsed.deltas] == [("2001:db8::1", 1), ("203.0.113.9", 5)]
+    assert sorted((d.ip, d.total) for d in parsed.deltas) == [("2001:db8::1", 1), ("203.0.113.9", 5)]
     with pytest.raises(AgentMismatch):
         parse_batch(body, "web-2")
 

@@ -448,6 +448,9 @@ def peek_batch(body: bytes, encoding: str | None) -> tuple[str | None, int]:
     if not isinstance(doc, dict):
         return None, 0
     batch_id, records = doc.get("batch_id"), doc.get("records")
+    if doc.get("format") == 2:
+        with contextlib.suppress(TypeError, KeyError, AttributeError):
+            records = [ip for group in doc.get("groups") for ip in group["ip"]]
     return (batch_id if isinstance(batch_id, str) else None), (len(records) if isinstance(records, list) else 0)
 
 
@@ -469,8 +472,40 @@ def parse_batch(raw: bytes) -> Batch:
     return Batch(doc["batch_id"], [_parse_record(i, r) for i, r in enumerate(records)])
 
 
-def _parse_record(index: int, record: Any) -> tuple[str, int]:
-    where = f"records[{index}]"
+MEDIA_V2 = "application/vnd.remote-uploader.v2+json"  # restated, not imported: the oracle is independent
+
+
+def parse_batch_v2(raw: bytes) -> Batch:
+    """Check a body against format 2 (columnar), as strictly as `parse_batch` checks format 1."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != 2:
+        raise ValueError("body is not a format 2 object")
+    for key in ("agent", "batch_id"):
+        _require_str(doc, key, "body")
+    sources, groups = doc.get("sources"), doc.get("groups")
+    if type(doc.get("sent_at")) is not int or not isinstance(sources, list) or not isinstance(groups, list):
+        raise ValueError("body.sent_at, sources or groups is missing or of the wrong type")
+    records: list[tuple[str, int]] = []
+    for index, group in enumerate(groups):
+        where = f"groups[{index}]"
+        if not isinstance(group, dict) or type(group.get("source")) is not int \
+                or not 0 <= group["source"] < len(sources) or not isinstance(sources[group["source"]], str):
+            raise ValueError(f"{where}.source is not an index of sources")
+        if type(group.get("first_seen")) is not int or type(group.get("last_seen")) is not int:
+            raise ValueError(f"{where} times are not integers")
+        ips, counts = group.get("ip"), group.get("count")
+        if not isinstance(ips, list) or not isinstance(counts, list) or len(ips) != len(counts):
+            raise ValueError(f"{where}.ip and .count are not arrays of one length")
+        for n, (ip, count) in enumerate(zip(ips, counts, strict=True)):
+            records.append(_parse_record(n, {"ip": ip, "count": count}, where, times=False))
+    return Batch(doc["batch_id"], records)
+
+
+def _parse_record(index: int, record: Any, prefix: str = "records", times: bool = True) -> tuple[str, int]:
+    where = f"{prefix}[{index}]"
     if not isinstance(record, dict):
         raise ValueError(f"{where} is not an object")
     ip, count = record.get("ip"), record.get("count")
@@ -478,9 +513,10 @@ def _parse_record(index: int, record: Any) -> tuple[str, int]:
         raise ValueError(f"{where}.ip {ip!r} is not a countable address in canonical form")
     if type(count) is not int or count < 1:
         raise ValueError(f"{where}.count {count!r} is not a positive integer")
-    _require_time(record, "first_seen", where)
-    _require_time(record, "last_seen", where)
-    _require_str(record, "source", where)
+    if times:
+        _require_time(record, "first_seen", where)
+        _require_time(record, "last_seen", where)
+        _require_str(record, "source", where)
     return ip, count
 
 
@@ -692,8 +728,12 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None and not decoded and len(body) > limit:
             return 413, {"error": f"body of {len(body)} bytes is over {limit}"}, None
         cap = limit if limit is not None and decoded else HARD_BODY_CAP
+        media = (self.headers.get("Content-Type") or "application/json").split(";", 1)[0].strip().lower()
+        if media not in ("application/json", MEDIA_V2) or (media == MEDIA_V2 and not self.rx.format_2):
+            return 415, {"error": f"unsupported media type {media!r}"}, None
+        parse = parse_batch_v2 if media == MEDIA_V2 else parse_batch
         try:
-            batch = parse_batch(decode_body(body, self.headers.get("Content-Encoding"), cap))
+            batch = parse(decode_body(body, self.headers.get("Content-Encoding"), cap))
         except BodyTooLarge as exc:
             return 413, {"error": str(exc)}, None
         except ValueError as exc:
@@ -708,6 +748,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Log, then send: a client holding an answer always finds its request in the log."""
         self.rx.record(replace(entry, status=status))
         headers = {"Retry-After": format_retry_after(retry_after)} if retry_after is not None else {}
+        if self.rx.format_2:
+            headers["Accept-Post"] = f"application/json, {MEDIA_V2}"
         self._send(status, payload, headers)
 
     def _drop(self, entry: RequestLog) -> None:
@@ -841,8 +883,12 @@ class Receiver(FaultControls):
     Counts live in memory unless `state` names a SQLite file; the request log is always in memory.
     """
 
-    def __init__(self, token: str, *, host: str = "127.0.0.1", port: int = 0, state: Path | None = None) -> None:
+    def __init__(self, token: str, *, host: str = "127.0.0.1", port: int = 0, state: Path | None = None,
+                 format_2: bool = True) -> None:
+        """`format_2=False`: a collector from before body format 2 (it never lists it, and answers
+        415 to it), to test that agents still deliver everything to one."""
         self.token = token
+        self.format_2 = format_2
         self.host = host
         self.port = port
         self.store: Store = SqliteStore(state) if state is not None else MemoryStore()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from remote_uploader.agent.extract import build_extractor, scan_bytes
+from remote_uploader.agent.extract import scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from tests.reliability.generative import (
     FAMILIES,
     SUITE_FAMILIES,

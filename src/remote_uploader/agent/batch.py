@@ -7,6 +7,11 @@ the agent means a configured `[[sources]]` entry.)
 A batch also remembers, per file, the offset just past the last byte it covers. That pairing is
 what makes offsets safe: the spool stores the records and moves the offsets in one transaction,
 so the bytes a batch covers are either in the queue or will be read again, never both.
+
+A batch is sealed in body format 2 (columnar, docs/protocol.md): per source one array of
+addresses and one of counts, which costs a fraction of format 1 to write, to send and to read.
+The queue keeps the body as sealed; `as_format_1` rewrites a queued body for a collector that
+does not take format 2 (same batch id, same delivery identity, the same records).
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING, Any
 
 from remote_uploader.agent.clock import wall
@@ -27,7 +35,10 @@ from remote_uploader.protocol import (
     Record,
     encode_batch,
     encode_records,
-    format_timestamp,
+    format_micros,
+    parse_time,
+    timestamp_micros,
+    to_micros,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +81,10 @@ class Batch:
         if known is None:
             known = self.counts[stream] = Counter()
         before = len(known)
-        known.update(counts)
+        # known[ip] += n for every ip of the chunk, with no bytecode per address: `map` over C
+        # callables and `dict.update` from pairs (Counter.update runs a Python loop: 1.5x the time).
+        keys = counts.keys()
+        dict.update(known, zip(keys, map(add, counts.values(), map(known.get, keys, repeat(0))), strict=True))
         self.size += len(known) - before
         if not self.occurrences:
             self.first_seen = self.last_seen = now
@@ -92,22 +106,17 @@ class Batch:
     def empty(self) -> bool:
         return not self.size and not self.offsets
 
-    def _span(self) -> tuple[str, str]:
+    def _span(self) -> tuple[int, int]:
+        """(first, last) read times in microseconds, as format 2 writes them."""
         first = wire_time(self.first_seen)
-        return format_timestamp(first), format_timestamp(max(first, wire_time(self.last_seen)))
+        return timestamp_micros(first), timestamp_micros(max(first, wire_time(self.last_seen)))
 
-    def records_json(self) -> bytes:
-        """The records array as protocol JSON, built directly: sealing is on the hot path.
-
-        Addresses are canonical (no character needs escaping); the times and the stream are the
-        same for every record of a stream, so that tail is encoded once per stream.
-        """
+    def groups(self) -> list[Group]:
+        """The records as format 2's groups: one per stream, all sharing the batch's span.
+        Sealing is on the hot path: the arrays are the counters' keys and values, as they are."""
         first, last = self._span()
-        parts = []
-        for stream, known in self.counts.items():
-            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(stream)}}}'
-            parts.append(",".join([f'{{"ip":"{ip}","count":{n}{tail}' for ip, n in known.items()]))
-        return ("[" + ",".join(part for part in parts if part) + "]").encode()
+        return [(stream, first, last, list(known), list(known.values()))
+                for stream, known in self.counts.items() if known]
 
 
 @dataclass(frozen=True)
@@ -175,20 +184,56 @@ def new_batch_id() -> str:
 def encode_sealed(agent: str, batch_id: str, records: Sequence[Record], created: float,
                   compress: bool, identity: Identity | None = None) -> SealedBatch:
     """The complete request body, built once; `sent_at` is the seal time so retries are byte-identical."""
-    return _sealed(agent, batch_id, encode_records(list(records)), len(records),
+    return _sealed(agent, batch_id, groups_of(records), len(records),
                    sum(r.count for r in records), created, compress, identity)
 
 
 # (producer, seq, part): the batch's delivery identity, docs/protocol.md "Idempotency".
 Identity = tuple[str, int, str]
+# Format 2's group: (source, first_seen, last_seen in microseconds, addresses, their counts).
+Group = tuple[str, int, int, list[str], list[int]]
+#: How every format 2 body begins: the format is the first field, so a queued body says its own.
+FORMAT_2_HEAD = b'{"format":2,'
 
 
-def _sealed(agent: str, batch_id: str, records_json: bytes, records: int, occurrences: int, created: float,
+def groups_of(records: Sequence[Record]) -> list[Group]:
+    """Records (any times, any sources) as format 2's groups: one per (source, first, last)."""
+    groups: dict[tuple[str, int, int], Group] = {}
+    for record in records:
+        span = (record.source, to_micros(parse_time(record.first_seen)), to_micros(parse_time(record.last_seen)))
+        group = groups.get(span)
+        if group is None:
+            group = groups[span] = (*span, [], [])
+        group[3].append(record.ip)
+        group[4].append(record.count)
+    return list(groups.values())
+
+
+def encode_format_2(agent: str, batch_id: str, sent_at: int, groups: Sequence[Group],
+                    identity: Identity | None = None) -> bytes:
+    """A format 2 body (docs/protocol.md). The arrays go through the C JSON encoder whole."""
+    sources: dict[str, int] = {}
+    parts = []
+    dumps = json.dumps
+    for source, first, last, ips, counts in groups:
+        index = sources.setdefault(source, len(sources))
+        parts.append(f'{{"source":{index},"first_seen":{first:d},"last_seen":{last:d},'
+                     f'"ip":{dumps(ips, separators=(",", ":"))},"count":{dumps(counts, separators=(",", ":"))}}}')
+    head: dict[str, object] = {"format": 2, "agent": agent, "batch_id": batch_id, "sent_at": sent_at}
+    if identity is not None:
+        head.update(producer=identity[0], seq=identity[1])
+        if identity[2]:
+            head["part"] = identity[2]
+    head["sources"] = list(sources)
+    text = dumps(head, separators=(",", ":"))[:-1] + ',"groups":[' + ",".join(parts) + "]}"
+    return text.encode()
+
+
+def _sealed(agent: str, batch_id: str, groups: Sequence[Group], records: int, occurrences: int, created: float,
             compress: bool, identity: Identity | None = None) -> SealedBatch:
     from remote_uploader.agent.spool import SealedBatch
 
-    producer, seq, part = identity if identity is not None else (None, None, "")
-    body = encode_batch(agent, batch_id, format_timestamp(created), records_json, producer, seq, part)
+    body = encode_format_2(agent, batch_id, timestamp_micros(created), groups, identity)
     encoding = "identity"
     if compress:
         body = gzip.compress(body, compresslevel=1, mtime=0)
@@ -205,7 +250,7 @@ def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, 
     if not batch.size:
         return None
     identity = (producer, seq, "") if producer is not None else None
-    return _sealed(agent, new_batch_id(), batch.records_json(), len(batch), batch.occurrences, wire_time(wall()),
+    return _sealed(agent, new_batch_id(), batch.groups(), len(batch), batch.occurrences, wire_time(wall()),
                    compress, identity)
 
 
@@ -213,6 +258,40 @@ def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
     raw = gzip.decompress(body) if encoding == "gzip" else body
     document: dict[str, Any] = json.loads(raw)
     return document
+
+
+def body_format(body: bytes, encoding: str) -> int:
+    """2 for a format 2 body, else 1 (a body queued by an agent before format 2)."""
+    if encoding == "gzip":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, len(FORMAT_2_HEAD))
+        except zlib.error:
+            return 1  # not ours to judge here: sent as it is, the collector answers
+    else:
+        head = body[:len(FORMAT_2_HEAD)]
+    return 2 if head == FORMAT_2_HEAD else 1
+
+
+def records_of(document: Mapping[str, Any]) -> list[Record]:
+    """The records of a decoded body of either format (bodies this agent queued: trusted)."""
+    if document.get("format") != 2:
+        return [Record(**item) for item in document["records"]]
+    sources = document["sources"]
+    return [Record(ip, count, format_micros(group["first_seen"]), format_micros(group["last_seen"]),
+                   sources[group["source"]])
+            for group in document["groups"] for ip, count in zip(group["ip"], group["count"], strict=True)]
+
+
+def as_format_1(body: bytes, encoding: str) -> bytes:
+    """A queued format 2 body rewritten in format 1 (same batch id, identity, records, times and
+    compression), for a collector that does not take format 2."""
+    document = decode_body(body, encoding)
+    identity = identity_of(document)
+    producer, seq, part = identity if identity is not None else (None, None, "")
+    sent_at = format_micros(document["sent_at"])
+    raw = encode_batch(document["agent"], document["batch_id"], sent_at, encode_records(records_of(document)),
+                       producer, seq, part)
+    return gzip.compress(raw, compresslevel=1, mtime=0) if encoding == "gzip" else raw
 
 
 def identity_of(document: Mapping[str, Any]) -> Identity | None:
@@ -233,7 +312,7 @@ def split_queued(queued: QueuedBatch, agent: str) -> list[SealedBatch]:
     them as parts of it and counts nothing twice (issue 9, hole 6).
     """
     document = decode_body(queued.body, queued.encoding)
-    records = [Record(**item) for item in document["records"]]
+    records = records_of(document)
     identity = identity_of(document)
     if len(records) < 2 or len(queued.batch_id) + 2 > MAX_BATCH_ID_LEN or (
             identity is not None and len(identity[2]) >= MAX_PART_LEN):

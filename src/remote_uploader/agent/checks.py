@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remote_uploader.agent.batch import decode_body, identity_of
-from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.sink import HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
 from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock
@@ -59,7 +59,7 @@ def check_sources(config: Config) -> list[Check]:
 
 def _sample(path: str, config: Config, source_index: int) -> Check:
     source = config.sources[source_index]
-    extractor = build_extractor(regex=source.regex, exclude=source.exclude, engine=config.agent.engine)
+    extractor = extractor_for(source, config.agent.engine)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:

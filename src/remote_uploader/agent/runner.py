@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
-from remote_uploader.agent.extract import Extractor, build_extractor
+from remote_uploader.agent.extract import Extractor
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher, hold_early
@@ -74,8 +75,7 @@ class Pipeline:
     @classmethod
     def build(cls, config: Config) -> Pipeline:
         """The pipeline of `config`; ValueError/ConfigError when a source's rules do not compile."""
-        extractors = tuple(build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine)
-                           for s in config.sources)
+        extractors = tuple(extractor_for(s, config.agent.engine) for s in config.sources)
         return cls(config, extractors, SealPolicy.from_config(config.batching), record_cap(config))
 
 

@@ -14,18 +14,18 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from remote_uploader.collector.auth import Principal
-from remote_uploader.collector.body import check_headers, read_body
-from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
+from remote_uploader.collector.body import body_format, check_headers, read_body
+from remote_uploader.collector.models import BATCH_SCHEMA, BATCH_SCHEMA_V2, BatchAccepted
 from remote_uploader.collector.routers.deps import Service, Who, errors
 from remote_uploader.collector.service import Collector
 from remote_uploader.collector.storage.base import Batch
 from remote_uploader.errors import ApiError
 from remote_uploader.logs import fields
-from remote_uploader.protocol import BATCHES_PATH
+from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, BATCHES_PATH, MEDIA_V2
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,13 @@ router = APIRouter()
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": BATCH_SCHEMA}},
-            "description": "JSON, optionally with Content-Encoding: gzip",
+            "content": {"application/json": {"schema": BATCH_SCHEMA}, MEDIA_V2: {"schema": BATCH_SCHEMA_V2}},
+            "description": "JSON in body format 1 or 2 (docs/protocol.md), optionally with Content-Encoding: gzip",
         }
     },
 )
-async def post_batch(request: Request, who: Who, collector: Service) -> BatchAccepted:
+async def post_batch(request: Request, response: Response, who: Who, collector: Service) -> BatchAccepted:
+    response.headers[ACCEPT_POST] = ACCEPTED_MEDIA  # the body formats taken (docs/protocol.md)
     return await receive_batch(collector, request, who)
 
 
@@ -54,6 +55,7 @@ async def receive_batch(collector: Collector, request: Request, who: Principal) 
         raise ApiError(403, "authorization", "this token may only read")
     settings = collector.settings
     gzip = check_headers(request.headers, settings.max_body)
+    form = body_format(request.headers)
     _note_version(collector, who.name, request.headers.get("user-agent", ""))
     try:
         # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
@@ -67,7 +69,7 @@ async def receive_batch(collector: Collector, request: Request, who: Principal) 
         payload = await read_body(request.receive, gzip=gzip, limit=settings.max_body)
         # An AgentMismatch (403) is checked before the rest of the batch: configuration, not
         # data (see batch.parse_batch).
-        batch = await collector.parser.parse(payload, who.name)
+        batch = await collector.parser.parse(payload, who.name, form)
         del payload[:]  # the parsed form is all we need; give the memory back early
         if batch.producer is not None and batch.agent != who.name:
             # Counted under the token's name: batches queued before the agent id, the token or

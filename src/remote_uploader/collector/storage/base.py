@@ -82,11 +82,11 @@ class EncodedDeltas:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A validated batch. `deltas` has one entry per distinct address, sorted by `ip`; or the
-    same, already encoded for the storage backend (`Storage.bulk_form`).
+    """A validated batch. `deltas` has one entry per distinct address, in no particular order;
+    or the same, already encoded for the storage backend (`Storage.bulk_form`).
 
-    The sort is a lock order: two transactions that touch the same rows touch them in the same
-    order, so PostgreSQL never has to break a deadlock between two ingests.
+    The lock order (two transactions that touch the same rows touch them in the same order, so
+    PostgreSQL never has to break a deadlock between two ingests) is the upserts' ORDER BY.
     """
 
     agent: str
