@@ -27,7 +27,7 @@ from remote_uploader.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from tests.helpers.receiver import HARD_BODY_CAP, BodyTooLarge, MemoryStore, decode_body, parse_batch
+from tests.helpers.receiver import HARD_BODY_CAP, BodyTooLarge, MemoryStore, decode_body, parse_batch, parse_batch_v2
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ class MemorySink:
         if self._max_body is not None and len(body) > self._max_body:
             raise refusal(413, f"body of {len(body)} bytes is over {self._max_body}")
         try:
-            batch = parse_batch(decode_body(body, encoding, HARD_BODY_CAP))
+            raw = decode_body(body, encoding, HARD_BODY_CAP)
+            batch = (parse_batch_v2 if raw.startswith(b'{"format":2') else parse_batch)(raw)  # the body's own format
         except BodyTooLarge as exc:
             raise refusal(413, str(exc)) from exc
         except ValueError as exc:
