@@ -30,23 +30,23 @@ from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import NewDecision
 from tests.helpers.bouncers import wait_for
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 
 DURATION = re.compile(r"^-?\d+h\d+m\d+(\.\d{1,6})?s$")
 UA = {"User-Agent": "crowdsec-firewall-bouncer/v0.0.25"}
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorThread]:
     workdir = tmp_path_factory.mktemp("lapi")
-    process = CollectorProcess(workdir, f"sqlite://{workdir}/collector.db")
-    process.start()
-    yield process
-    process.stop()
+    collector = CollectorThread(workdir, f"sqlite://{workdir}/collector.db")
+    collector.start()
+    yield collector
+    collector.stop()
 
 
 @pytest.fixture
-def db(collector: CollectorProcess) -> Iterator[Storage]:
+def db(collector: CollectorThread) -> Iterator[Storage]:
     storage = open_storage(collector.db_url, pool_size=2)
     yield storage
     storage.close()
@@ -105,7 +105,7 @@ def expire(db_url: str, decision_id: int) -> None:
         connection.execute("UPDATE decisions SET until = %s WHERE id = %s", (past, decision_id))
 
 
-def pull(collector: CollectorProcess, key: str, **params: str) -> dict[str, Any]:
+def pull(collector: CollectorThread, key: str, **params: str) -> dict[str, Any]:
     params.setdefault("origins", ORIGIN)
     response = httpx.get(
         collector.url + "/v1/decisions/stream", params=params, headers={"X-Api-Key": key, **UA}, timeout=30
@@ -120,7 +120,7 @@ def values(decisions: list[dict[str, Any]] | None) -> set[str]:
 
 
 def test_startup_sends_every_active_decision_and_later_pulls_only_the_changes(
-    collector: CollectorProcess, db: Storage
+    collector: CollectorThread, db: Storage
 ) -> None:
     key = key_for(db, "fw-1")
     decide(db, v("198.51.100.7"), scenario="sshd-bruteforce")
@@ -147,7 +147,7 @@ def test_startup_sends_every_active_decision_and_later_pulls_only_the_changes(
     assert pull(collector, key) == {"new": [], "deleted": []}
 
 
-def test_each_key_has_its_own_delta(collector: CollectorProcess, db: Storage) -> None:
+def test_each_key_has_its_own_delta(collector: CollectorThread, db: Storage) -> None:
     one, two = key_for(db, "fw-1"), key_for(db, "fw-2")
     pull(collector, one, startup="true")
     decide(db, v("198.51.100.7"))
@@ -157,7 +157,7 @@ def test_each_key_has_its_own_delta(collector: CollectorProcess, db: Storage) ->
     assert pull(collector, two)["new"] == []
 
 
-def test_an_expired_decision_goes_to_deleted(collector: CollectorProcess, db: Storage) -> None:
+def test_an_expired_decision_goes_to_deleted(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     made = decide(db, v("198.51.100.7"))
     assert values(pull(collector, key, startup="true")["new"]) == {v("198.51.100.7")}
@@ -167,7 +167,7 @@ def test_an_expired_decision_goes_to_deleted(collector: CollectorProcess, db: St
     assert DURATION.match(deleted[0]["duration"]) and deleted[0]["duration"].startswith("-")
 
 
-def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorProcess, db: Storage) -> None:
+def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     old = decide(db, v("198.51.100.7"), seconds=60)
     pull(collector, key, startup="true")
@@ -183,7 +183,7 @@ def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorPr
     assert [d["id"] for d in delta["new"]] == [longer.id]
 
 
-def test_filters_apply_to_new_and_deleted(collector: CollectorProcess, db: Storage) -> None:
+def test_filters_apply_to_new_and_deleted(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     decide(db, v("198.51.100.7"), scenario="sshd-bruteforce")
     web = decide(db, v("198.51.100.8"), scenario="web-scan")
@@ -196,7 +196,7 @@ def test_filters_apply_to_new_and_deleted(collector: CollectorProcess, db: Stora
     assert pull(collector, key, startup="true", origins="CAPI")["new"] == []
 
 
-def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorProcess, db: Storage) -> None:
+def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     assert pull(collector, key, startup="true", dedup="false", whatever="1") == {"new": [], "deleted": []}
     for params, field in (({"scopes": "ip,username"}, "query.scopes"), ({"startup": "maybe"}, "query.startup")):
@@ -205,7 +205,7 @@ def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorP
         assert response.json()["detail"][0]["field"] == field and field in response.json()["message"]
 
 
-def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorProcess, db: Storage) -> None:
+def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     stream = collector.url + "/v1/decisions/stream"
     missing = httpx.get(stream)
@@ -221,7 +221,7 @@ def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorProcess, db: S
     assert httpx.get(stream, headers={"X-Api-Key": key}).status_code == 401
 
 
-def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorProcess, db: Storage) -> None:
+def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     for path in ("/v1/decisions/stream", "/v1/decisions"):
         response = httpx.head(collector.url + path, headers={"X-Api-Key": key})
@@ -231,7 +231,7 @@ def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorProc
     assert httpx.head(collector.url + "/v1/decisions/stream", headers={"X-Api-Key": "bad"}).status_code == 401
 
 
-def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: CollectorProcess, db: Storage) -> None:
+def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "nginx")
     decide(db, v("198.51.100.7"))
     ranged = decide(db, v("203.0.113.0/24"), scenario="sshd-range")
@@ -255,7 +255,7 @@ def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: Coll
     assert bad.status_code == 400 and bad.json()["detail"][0]["field"] == "query.ip"
 
 
-def test_usage_metrics_are_accepted_quietly(collector: CollectorProcess, db: Storage) -> None:
+def test_usage_metrics_are_accepted_quietly(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     body = {"remediation_components": [{"type": "crowdsec-firewall-bouncer", "metrics": []}]}
     response = httpx.post(collector.url + "/v1/usage-metrics", json=body, headers={"X-Api-Key": key})
@@ -381,7 +381,7 @@ def test_a_large_pull_is_compressed_chunk_by_chunk_and_decodes_as_it_arrives(tmp
 
 
 @pytest.mark.postgres
-def test_the_stream_works_the_same_on_postgresql(collector_pg: CollectorProcess) -> None:
+def test_the_stream_works_the_same_on_postgresql(collector_pg: CollectorThread) -> None:
     storage = open_storage(collector_pg.db_url, pool_size=2)
     try:
         key = create_bouncer_key(storage, "fw-pg")

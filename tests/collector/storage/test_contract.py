@@ -275,8 +275,18 @@ def _hold_write_lock(storage: Storage, request: pytest.FixtureRequest):  # type:
     return lambda: (other_pg.rollback(), other_pg.close())
 
 
-def test_ping_succeeds_on_a_working_database(storage: Storage) -> None:
-    storage.ping()
+def test_ping_succeeds_on_a_working_database_even_while_a_write_holds_its_lock(
+        storage: Storage, request: pytest.FixtureRequest) -> None:
+    """`ping` is the health check: a long write (an ingest, an operator's session) must not make a
+    working database look down, so it neither takes the write lock nor reads a table a write locks."""
+    assert storage.ping() is None
+    release = _hold_write_lock(storage, request)
+    try:
+        assert storage.ping() is None
+        with pytest.raises(StorageUnavailable):  # the lock is really held: a write gives up meanwhile
+            storage.store_batch(batch("a", "while-locked", delta("192.0.2.1", 1)), at(0))
+    finally:
+        release()
 
 
 def test_deltas_encoded_beforehand_store_like_plain_ones(storage: Storage) -> None:
