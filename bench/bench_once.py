@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.common import local_collector, machine, median, timed_agent, workload
@@ -28,7 +29,8 @@ def count_lines(path: Path) -> int:
     return lines
 
 
-def one_run(log: Path, expected: dict[str, int], workers: int, concurrency: int = 2) -> dict[str, float]:
+def one_run(log: Path, expected: dict[str, int], workers: int, concurrency: int = 2,
+            src: str | None = None) -> dict[str, float]:
     with local_collector() as collector, tempfile.TemporaryDirectory(prefix="ru-agent-") as tmp:
         token_file = Path(tmp) / "token"
         token_file.write_text(collector.token)  # type: ignore[attr-defined]
@@ -37,30 +39,34 @@ def one_run(log: Path, expected: dict[str, int], workers: int, concurrency: int 
             "--state-dir", str(Path(tmp) / "state"), "--agent-id", "test-agent",
             "--workers", str(workers), "--set", "agent.stats_interval=0",
             "--set", f"server.upload_concurrency={concurrency}",
-        ])
+        ], src)
         if code != 0:
             raise SystemExit(f"once exited {code}")
         got = collector.counts()  # type: ignore[attr-defined]
     return {"wall": wall, "cpu": cpu, "peak": peak, "exact": float(got == expected)}
 
 
-def throughput(kind: str, size: str, runs: int, workers_list: list[int], concurrency_list: list[int]) -> list[str]:
-    """Each setting once per round, rounds repeated `runs` times: settings compared side by side."""
+def throughput(kind: str, size: str, runs: int, workers_list: list[int], concurrency_list: list[int],
+               srcs: Sequence[str | None] = (None,)) -> list[str]:
+    """Each setting once per round, rounds repeated `runs` times: settings compared side by side
+    (and, with `srcs`, the agents of other checkouts: "" or None is this one)."""
     log, expected = workload(kind, size)
     mb, lines = log.stat().st_size / 1e6, count_lines(log)
-    settings = [(w, c) for w in workers_list for c in concurrency_list]
-    results: dict[tuple[int, int], list[dict[str, float]]] = {setting: [] for setting in settings}
+    settings = [(w, c, s or "") for s in srcs for w in workers_list for c in concurrency_list]
+    results: dict[tuple[int, int, str], list[dict[str, float]]] = {setting: [] for setting in settings}
     for _ in range(runs):
-        for workers, concurrency in settings:
-            results[(workers, concurrency)].append(one_run(log, expected, workers, concurrency))
-    rows = ["| workload | workers | uploads in flight | MB/s | lines/s | CPU s/GB | peak RSS (MiB) | counts exact |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (workers, concurrency), got in results.items():
+        for workers, concurrency, src in settings:
+            results[(workers, concurrency, src)].append(one_run(log, expected, workers, concurrency, src or None))
+    rows = ["| agent | workload | workers | uploads in flight | MB/s | lines/s | CPU s/GB | peak RSS (MiB) "
+            "| counts exact |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (workers, concurrency, src), got in results.items():
         wall = median([r["wall"] for r in got])
         cpu = median([r["cpu"] for r in got])
         peak = max(r["peak"] for r in got)
         exact = all(r["exact"] for r in got)
-        rows.append(f"| {kind} {size} | {workers} | {concurrency} | {mb / wall:.1f} | {lines / wall:,.0f} | "
+        rows.append(f"| {src or 'this tree'} | {kind} {size} | {workers} | {concurrency} | {mb / wall:.1f} | "
+                    f"{lines / wall:,.0f} | "
                     f"{cpu / (mb / 1000):.1f} | {peak:.1f} | {'yes' if exact else 'NO'} |")
         print(rows[-1], flush=True)
     return rows
@@ -92,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="2", help="server.upload_concurrency values, e.g. 1,2")
     parser.add_argument("--memory", action="store_true", help="peak RSS on 100M and 1G instead")
     parser.add_argument("--markdown", type=Path, help="write the table here as well")
+    parser.add_argument("--src", action="append", default=[], metavar="TREE",
+                        help="also run the agent of another checkout (its src/), round by round")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
     if args.memory:
         rows = memory(args.runs)
     else:
         rows = throughput(args.workload, args.size, args.runs, [int(w) for w in args.workers.split(",")],
-                          [int(c) for c in args.concurrency.split(",")])
+                          [int(c) for c in args.concurrency.split(",")], [None, *args.src])
     if args.markdown:
         args.markdown.write_text("\n".join(rows) + "\n")
     return 0

@@ -127,9 +127,11 @@ class AgentConfig:
     workers: int = setting(0, positive(as_int, allow_zero=True), "processes that scan a large backlog, the agent's "
                            "own included (`2` = the agent and one worker process); `1` = everything in one process "
                            "(smallest memory)", shown="`0` = number of cores", flag="--workers")
-    engine: str = setting("auto", one_of(*ENGINES), "extraction engine: `hyperscan` (needs `pip install "
-                          "'remote-uploader[fast]'`; ~25% less CPU, ~6 MiB more memory per process), `stdlib`, or "
-                          "`auto` (hyperscan when installed). Counts are identical")
+    engine: str = setting("auto", one_of(*ENGINES), "extraction engine: `native` (the C core `pip install .` "
+                          "builds where a compiler exists; no extra memory), `hyperscan` (needs `pip install "
+                          "'remote-uploader[fast]'`; ~6 MiB more memory per process), `stdlib` (the pure-Python "
+                          "path; set it to force that path), or `auto` (the first of native, hyperscan, stdlib "
+                          "that is installed). Counts are identical")
     stats_interval: float = setting(60.0, positive(as_float, allow_zero=True),
                                     "seconds between stats lines in long runs (`0` = off)")
     log_level: str = setting("info", one_of("debug", "info", "warning", "error"), "level of the log file (`debug`, "

@@ -9,12 +9,14 @@ pulls only that origin (CrowdSec's `origins` filter), with keys of its own.
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from remote_uploader.collector.auth import create_bouncer_key
@@ -83,6 +85,22 @@ def decide(db: Storage, value: str, seconds: float = 3600, scenario: str = "manu
     return decision.id
 
 
+def expire(db_url: str, decision_id: int) -> None:
+    """Move a decision's end into the past in the collector's own database.
+
+    Why not a decision of a second or two: on a loaded machine the pull that must see it as new
+    can come after it already ended, and the test would fail for the machine's sake. Time is moved
+    here, at the point the test chooses; the collector's own expiry then does the rest.
+    """
+    past = int((datetime.now(UTC) - timedelta(seconds=1)).timestamp() * 1_000_000)
+    if db_url.startswith("sqlite://"):
+        with sqlite3.connect(db_url.removeprefix("sqlite://")) as connection:
+            connection.execute("UPDATE decisions SET until = ? WHERE id = ?", (past, decision_id))
+        return
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        connection.execute("UPDATE decisions SET until = %s WHERE id = %s", (past, decision_id))
+
+
 def pull(collector: CollectorProcess, key: str, **params: str) -> dict[str, Any]:
     params.setdefault("origins", ORIGIN)
     response = httpx.get(
@@ -137,8 +155,9 @@ def test_each_key_has_its_own_delta(collector: CollectorProcess, db: Storage) ->
 
 def test_an_expired_decision_goes_to_deleted(collector: CollectorProcess, db: Storage) -> None:
     key = key_for(db, "fw-1")
-    decide(db, v("198.51.100.7"), seconds=1.5)
+    made = decide(db, v("198.51.100.7"))
     assert values(pull(collector, key, startup="true")["new"]) == {v("198.51.100.7")}
+    expire(collector.db_url, made)
     deleted = wait_for(lambda: pull(collector, key)["deleted"], "the expired decision in deleted")
     assert values(deleted) == {v("198.51.100.7")}
     assert DURATION.match(deleted[0]["duration"]) and deleted[0]["duration"].startswith("-")
@@ -274,9 +293,10 @@ def test_the_stream_works_the_same_on_postgresql(collector_pg: CollectorProcess)
         first = pull(collector_pg, key, startup="true")
         assert [d["id"] for d in first["new"]] == [kept, gone] and first["new"][1]["scope"] == "Range"
         storage.delete_decisions(datetime.now(UTC), decision_id=gone)
-        made = decide(storage, v("198.51.100.8"), seconds=1.5)
+        made = decide(storage, v("198.51.100.8"))
         delta = pull(collector_pg, key)
         assert [d["id"] for d in delta["deleted"]] == [gone] and [d["id"] for d in delta["new"]] == [made]
+        expire(collector_pg.db_url, made)
         expired = wait_for(lambda: pull(collector_pg, key)["deleted"], "the expired decision in deleted")
         assert [d["id"] for d in expired] == [made]
         live = httpx.get(

@@ -82,7 +82,9 @@ class ReceiverProcess(FaultControls):
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError(f"receiver process {self._proc.pid} is already running")
         command = [sys.executable, "-m", "tests.helpers.receiver", "--port", str(self.port)]
-        command += ["--token", self.token, "--state", str(self.state)]
+        # `--token=` joined: a token_urlsafe that starts with "-" is otherwise read as an option
+        # (one start in 64 failed with "argument --token: expected one argument").
+        command += [f"--token={self.token}", "--state", str(self.state)]
         if fault_plan:
             command += ["--fault-plan", json.dumps(fault_plan)]
         with open(self.stderr_path, "ab") as stderr:

@@ -1,4 +1,8 @@
-"""Aggregation: occurrences become per-(source, IP) records in one in-memory batch.
+"""Aggregation: occurrences become per-(stream, IP) records in one in-memory batch.
+
+The stream label is the live path a file's content was first found at (`tail.Tracked.stream`,
+the spool's `FileState.stream`); on the wire it is each record's `source` field. ("Source" in
+the agent means a configured `[[sources]]` entry.)
 
 A batch also remembers, per file, the offset just past the last byte it covers. That pairing is
 what makes offsets safe: the spool stores the records and moves the offsets in one transaction,
@@ -13,6 +17,8 @@ import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING, Any
 
 from remote_uploader.agent.clock import wall
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """The in-memory batch: per source, a count per address, and the offsets it covers.
+    """The in-memory batch: per stream, a count per address, and the offsets it covers.
 
     `first_seen` and `last_seen` are read times (`clock.wall()`): when the agent read the first and
     the last bytes this batch covers (a batch lives about `max_batch_age` while busy). Every record
@@ -46,27 +52,30 @@ class Batch:
     """
 
     created: float
-    counts: dict[str, Counter[str]] = field(default_factory=dict)  # source -> ip -> occurrences
+    counts: dict[str, Counter[str]] = field(default_factory=dict)  # stream -> ip -> occurrences
     offsets: dict[int, int] = field(default_factory=dict)  # file id -> offset just past the covered bytes
     occurrences: int = 0
     lines: int = 0
     nbytes: int = 0
     first_seen: float = 0.0
     last_seen: float = 0.0
-    size: int = 0  # records: distinct (source, ip) pairs
+    size: int = 0  # records: distinct (stream, ip) pairs
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, source: str, counts: Mapping[str, int], now: float) -> None:
+    def add(self, stream: str, counts: Mapping[str, int], now: float) -> None:
         """Fold one chunk's counts in. Work is per distinct address, never per line."""
         if not counts:
             return
-        known = self.counts.get(source)
+        known = self.counts.get(stream)
         if known is None:
-            known = self.counts[source] = Counter()
+            known = self.counts[stream] = Counter()
         before = len(known)
-        known.update(counts)
+        # known[ip] += n for every ip of the chunk, with no bytecode per address: `map` over C
+        # callables and `dict.update` from pairs (Counter.update runs a Python loop: 1.5x the time).
+        keys = counts.keys()
+        dict.update(known, zip(keys, map(add, counts.values(), map(known.get, keys, repeat(0))), strict=True))
         self.size += len(known) - before
         if not self.occurrences:
             self.first_seen = self.last_seen = now
@@ -74,9 +83,9 @@ class Batch:
             self.last_seen = now
         self.occurrences += sum(counts.values())
 
-    def new_keys(self, source: str, counts: Mapping[str, int]) -> int:
+    def new_keys(self, stream: str, counts: Mapping[str, int]) -> int:
         """How many records `counts` would add (to keep the batch under max_memory_ips)."""
-        known: Mapping[str, int] = self.counts.get(source, {})
+        known: Mapping[str, int] = self.counts.get(stream, {})
         return sum(1 for ip in counts if ip not in known)
 
     def cover(self, file_id: int, end_offset: int, lines: int, nbytes: int) -> None:
@@ -92,20 +101,16 @@ class Batch:
         first = wire_time(self.first_seen)
         return format_timestamp(first), format_timestamp(max(first, wire_time(self.last_seen)))
 
-    def to_records(self) -> list[Record]:
-        first, last = self._span()
-        return [Record(ip, n, first, last, source) for source, known in self.counts.items() for ip, n in known.items()]
-
     def records_json(self) -> bytes:
         """The records array as protocol JSON, built directly: sealing is on the hot path.
 
-        Addresses are canonical (no character needs escaping); the times and the source are the
-        same for every record of a source, so that tail is encoded once per source.
+        Addresses are canonical (no character needs escaping); the times and the stream are the
+        same for every record of a stream, so that tail is encoded once per stream.
         """
         first, last = self._span()
         parts = []
-        for source, known in self.counts.items():
-            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(source)}}}'
+        for stream, known in self.counts.items():
+            tail = f',"first_seen":"{first}","last_seen":"{last}","source":{json.dumps(stream)}}}'
             parts.append(",".join([f'{{"ip":"{ip}","count":{n}{tail}' for ip, n in known.items()]))
         return ("[" + ",".join(part for part in parts if part) + "]").encode()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from remote_uploader.agent.batch import decode_body, identity_of
-from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.extract import extractor_for
 from remote_uploader.agent.sink import HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
 from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock
@@ -52,13 +52,14 @@ def check_sources(config: Config) -> list[Check]:
     # One line per problem, a glob that matches nothing among them (not only when all globs do).
     checks = [Check(problem.path, False, translate_known(problem.reason)) for problem in problems]
     for found in files:
+        assert found.source_index is not None  # a glob match: it has its source
         checks.append(_sample(found.path, config, found.source_index))
     return checks
 
 
 def _sample(path: str, config: Config, source_index: int) -> Check:
     source = config.sources[source_index]
-    extractor = build_extractor(regex=source.regex, exclude=source.exclude, engine=config.agent.engine)
+    extractor = extractor_for(source, config.agent.engine)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -66,7 +67,7 @@ def _sample(path: str, config: Config, source_index: int) -> Check:
     try:
         size = os.fstat(fd).st_size
         reader = BlockReader(fd, 0, SAMPLE_BYTES, extractor.context)
-        chunk = reader.next_chunk() or reader.take_partial()
+        chunk = next(reader.chunks(partial=True), None)
         counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk and chunk.scan else {}
         lines = chunk.lines() if chunk else 0
     except OSError as exc:

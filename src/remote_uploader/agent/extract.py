@@ -108,6 +108,22 @@ def last_cut(buf: Buffer, start: int, end: int) -> int:
     return start
 
 
+try:
+    from remote_uploader.agent._native import count_lines as _native_count_lines
+except ImportError:  # not built here (no compiler at install time): bytes.count does the same
+    _native_count_lines = None  # type: ignore[assignment]
+
+
+def count_lines(buf: Buffer, start: int, end: int) -> int:
+    """Newlines in buf[start:end]: the C core's vectorised count where it is built, else bytes.count.
+
+    Not an extraction rule (the answer is the same either way), so `agent.engine` does not choose it.
+    """
+    if _native_count_lines is None:
+        return buf.count(b"\n", start, end)
+    return _native_count_lines(buf, start, end)
+
+
 def _windows(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int]]:
     """Cut [start, end) after separators into pieces of about WINDOW bytes."""
     lo = start
@@ -431,35 +447,75 @@ class ExcludingExtractor:
         return counts
 
 
-def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto") -> Extractor:
-    """The extractor for one source. Raises ValueError (naming the bad value) for a bad option.
+def _native_engine(required: bool) -> Extractor | None:
+    """The native engine, or None when it was not compiled into this installation (and not required)."""
+    try:
+        from remote_uploader.agent.extract_native import NativeExtractor
+    except ImportError as exc:
+        if exc.name != "remote_uploader.agent._native":
+            raise  # a bug of ours, not a missing optional build
+        if required:
+            raise ValueError(
+                "engine 'native' is not built in this installation: reinstall with a C compiler and the "
+                "Python headers present (pip install .), or choose 'stdlib'"
+            ) from exc
+        return None
+    return NativeExtractor()
 
-    engine: "stdlib" (standard library only), "hyperscan" (needs `remote-uploader[fast]`), or
-    "auto": hyperscan when it is installed, else stdlib. Both give identical counts.
+
+def _hyperscan_engine(required: bool) -> Extractor | None:
+    """The hyperscan engine, or None when the package is missing (and not required)."""
+    try:
+        from remote_uploader.agent.extract_fast import HyperscanExtractor
+    except ImportError as exc:
+        if exc.name != "hyperscan":
+            raise  # a bug of ours, not a missing optional package
+        if required:
+            raise ValueError(
+                "engine 'hyperscan' needs the hyperscan package: pip install 'remote-uploader[fast]'"
+            ) from exc
+        return None
+    return HyperscanExtractor()
+
+
+def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto") -> Extractor:
+    """An extractor from its options. Raises ValueError (naming the bad value) for a bad option.
+
+    engine: "native" (the C core, compiled by `pip install .` where a compiler exists), "stdlib"
+    (standard library only: the pure-Python path), "hyperscan" (needs `remote-uploader[fast]`), or
+    "auto": the first of native, hyperscan, stdlib that is installed. All give identical counts.
     With `regex`, only the addresses its group `ip` captures are counted (the engine is unused).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown extraction engine {engine!r}; choose one of {', '.join(ENGINES)}")
     networks = parse_excludes(exclude)
-    extractor: Extractor
+    extractor: Extractor | None = None
     if regex is not None:
         extractor = RegexExtractor(compile_regex(regex))
-    elif engine == "stdlib":
+    elif engine in ("auto", "native"):
+        extractor = _native_engine(required=engine == "native")
+    if extractor is None and engine in ("auto", "hyperscan"):
+        extractor = _hyperscan_engine(required=engine == "hyperscan")
+    if extractor is None:
         extractor = StdlibExtractor()
-    else:
-        try:
-            from remote_uploader.agent.extract_fast import HyperscanExtractor
-        except ImportError as exc:
-            if exc.name != "hyperscan":
-                raise  # a bug of ours, not a missing optional package
-            if engine == "hyperscan":
-                raise ValueError(
-                    "engine 'hyperscan' needs the hyperscan package: pip install 'remote-uploader[fast]'"
-                ) from exc
-            extractor = StdlibExtractor()
-        else:
-            extractor = HyperscanExtractor()
     return ExcludingExtractor(extractor, networks) if networks else extractor
+
+
+class SourceRules(Protocol):
+    """What of a source's settings decides its extractor (config.SourceConfig, parallel.ExtractorSpec)."""
+
+    @property
+    def regex(self) -> str | None: ...
+
+    @property
+    def exclude(self) -> Sequence[str]: ...
+
+
+def extractor_for(source: SourceRules, engine: str = "auto") -> Extractor:
+    """The one factory from a source's settings to its extractor: `once`, `forever` and its reload,
+    the worker processes, `check` and the configuration's own validation all build through here,
+    so a source can never be counted by different rules in two places."""
+    return build_extractor(regex=source.regex, exclude=source.exclude, engine=engine)
 
 
 def scan_bytes(extractor: Extractor, data: bytes) -> dict[str, int]:

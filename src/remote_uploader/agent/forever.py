@@ -21,7 +21,6 @@ one is refused with the reason logged, and the old one stays in force.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -29,10 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from remote_uploader.agent.batch import SealPolicy
-from remote_uploader.agent.extract import build_extractor
-from remote_uploader.agent.runner import Agent, StopReading, open_agent, stop_on_signals
-from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
+from remote_uploader.agent.runner import Agent, Pipeline, StopReading, open_agent, stop_on_signals
+from remote_uploader.agent.sink import Backoff, Sink, Uploader
 from remote_uploader.agent.spool import Spool
 from remote_uploader.agent.stats import render_block
 from remote_uploader.agent.tail import Lag, Tailer
@@ -85,7 +82,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
                 reload_requested.clear()
                 apply_reload(agent, reload, say)
             try:
-                tailer.poll()
+                agent.consume(tailer.events())
                 if watcher is not None:
                     watcher.watch(tailer.watch_dirs())
                 if tailer.polls == 1 and not agent.stop.is_set():
@@ -150,9 +147,9 @@ def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float, watcher: 
             if rescan or tailer.needs_pass(named, written):
                 break
             if written:
-                tailer.follow_growth()
+                agent.consume(tailer.growth())
         if timed and time.monotonic() < next_pass:
-            grew = tailer.follow_growth()
+            grew = agent.consume(tailer.growth())
             longest = max(GROWTH_CHECK, min(GROWTH_CHECK_IDLE, agent.policy.caught_up_age))
             check_every = GROWTH_CHECK if grew else min(longest, 2 * check_every)
         agent.maybe_seal(caught_up=True)
@@ -220,8 +217,7 @@ def _drain(agent: Agent, sink: Sink, deadline: float) -> None:
 def abort_in_flight(sink: Sink) -> None:
     """Cut an HTTP request in flight (shutting its socket down wakes the thread blocked on it).
     Sinks without a connection (tests' own) have nothing to cut."""
-    inner = getattr(sink, "inner", sink)  # the metrics wrapper times the real sink
-    abort = getattr(inner, "abort", None)
+    abort = getattr(sink, "abort", None)
     if abort is not None:
         abort()
 
@@ -230,16 +226,16 @@ def _stop_workers(agent: Agent) -> None:
     """Kill the extraction workers: they hold no state, and after a stop in the middle of a backlog
     their answers, which nobody will read, can fill their pipes so that they never see the end of
     their input (ParallelScanner.close would then wait 5 s for each)."""
-    for proc in getattr(agent.scanner, "_procs", []):
-        with contextlib.suppress(OSError):
-            proc.kill()
+    if agent.scanner is not None:
+        agent.scanner.kill()
 
 
 # --- reload ------------------------------------------------------------------------------------------
 
 
 def apply_reload(agent: Agent, reload: Callable[[], Config], say: Callable[[str], None]) -> bool:
-    """Load the configuration again and put it in force between two polls; keep the old on error.
+    """Load the configuration again, build its pipeline, and have the agent put it in force
+    between two passes; keep the old one on error (nothing is changed until the new one is whole).
 
     Sources, batching, read and shutdown settings take effect at once, server settings with the
     next request; the state directory, metrics address and worker count need a restart.
@@ -247,42 +243,21 @@ def apply_reload(agent: Agent, reload: Callable[[], Config], say: Callable[[str]
     old = agent.config
     try:
         new = reload()
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=new.agent.engine) for s in new.sources]
+        for key in ("state_dir", "metrics_listen", "workers"):
+            if getattr(new.agent, key) != getattr(old.agent, key):
+                log.warning("event=config_reload_partial key=agent.%s action=restart_to_apply", key)
+        pipeline = Pipeline.build(dataclasses.replace(new, agent=dataclasses.replace(
+            new.agent, state_dir=old.agent.state_dir, metrics_listen=old.agent.metrics_listen,
+            workers=old.agent.workers)))
     except (RemoteUploaderError, ValueError) as exc:
         log.error("event=config_reload_failed reason=%r action=keeping_old_config", str(exc))
         say(_("Configuration not reloaded ({reason}); the old one stays in force").format(
             reason=exc.translated() if isinstance(exc, RemoteUploaderError) else exc))
         return False
-    for key in ("state_dir", "metrics_listen", "workers"):
-        if getattr(new.agent, key) != getattr(old.agent, key):
-            log.warning("event=config_reload_partial key=agent.%s action=restart_to_apply", key)
-    new = dataclasses.replace(new, agent=dataclasses.replace(
-        new.agent, state_dir=old.agent.state_dir, metrics_listen=old.agent.metrics_listen,
-        workers=old.agent.workers))
-    if new.sources != old.sources and agent.scanner is not None:
-        agent.scanner.close()  # its worker processes hold the old sources' extractors
-        agent.scanner = None
-    agent.extractors = extractors
-    agent.policy = SealPolicy.from_config(new.batching)
-    agent.stats.max_memory_ips = new.batching.max_memory_ips
-    if new.server != old.server:
-        _replace_sink(agent, HttpSink(new.server))
-    agent.config = new
+    agent.reconfigure(pipeline)
     log.info("event=config_reloaded sources=%d", len(new.sources))
     say(_("Configuration reloaded: {n} sources").format(n=len(new.sources)))
     return True
-
-
-def _replace_sink(agent: Agent, sink: HttpSink) -> None:
-    current = agent.uploader.sink
-    wrapper = getattr(current, "inner", None)
-    if wrapper is not None:
-        current.inner = sink  # type: ignore[attr-defined]  # the metrics wrapper keeps timing it
-    else:
-        agent.uploader.sink = sink
-    agent.sink = sink
-    server = agent.config.server
-    agent.uploader.backoff = Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap)
 
 
 # --- stats -------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Imported only when an address is configured, so the agent needs `prometheus_client` only then.
 Values are read at scrape time from the agent's counters, a read-only connection to the queue
-database and the tailer's per-file lag; the upload latency is timed by wrapping the sink.
+database and the tailer's per-file lag; the upload latency is observed (`Stats.on_sent`), not
+timed by wrapping the sink: nothing here changes what the agent runs.
 
     remote_uploader_lines_read_total                  lines read
     remote_uploader_bytes_read_total                  bytes read
@@ -11,6 +12,8 @@ database and the tailer's per-file lag; the upload latency is timed by wrapping 
     remote_uploader_batches_sent_total                batches acknowledged by the collector
     remote_uploader_upload_failures_total             failed upload attempts (retried)
     remote_uploader_batches_dead_lettered_total       batches refused for good (dead letters)
+    remote_uploader_files_rotated_total               followed files that left their live path
+    remote_uploader_files_truncated_total             followed files that lost their content in place
     remote_uploader_queue_batches / _queue_records    what waits in the queue
     remote_uploader_queue_bytes                       queue database size on disk
     remote_uploader_memory_ips                        records in the in-memory batch
@@ -23,7 +26,6 @@ database and the tailer's per-file lag; the upload latency is timed by wrapping 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,6 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from remote_uploader.agent.sink import Delivered, Sink
 from remote_uploader.agent.spool import Spool
 from remote_uploader.errors import ConfigError
 
@@ -43,26 +44,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "remote_uploader"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class TimedSink:
-    """A Sink that times each successful send into a histogram (and otherwise just delegates)."""
-
-    def __init__(self, inner: Sink, histogram: Histogram) -> None:
-        self.inner = inner
-        self.histogram = histogram
-
-    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
-        started = time.monotonic()
-        result = self.inner.send(batch_id, body, encoding)
-        self.histogram.observe(time.monotonic() - started)
-        return result
-
-    def health(self) -> dict[str, object]:
-        return self.inner.health()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class AgentCollector(Collector):
@@ -81,6 +62,8 @@ class AgentCollector(Collector):
             ("batches_sent", stats.batches_sent, "Batches acknowledged by the collector."),
             ("upload_failures", stats.batches_failed, "Failed upload attempts (each is retried)."),
             ("batches_dead_lettered", stats.batches_dead, "Batches the collector refused for good."),
+            ("files_rotated", stats.rotations, "Followed files that left their live path (renamed or deleted)."),
+            ("files_truncated", stats.truncations, "Followed files that lost their content in place."),
         ):
             yield CounterMetricFamily(f"{PREFIX}_{name}", text, value=value)
         yield GaugeMetricFamily(f"{PREFIX}_memory_ips", "Records in the in-memory batch.", value=stats.memory_ips)
@@ -127,11 +110,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def serve_metrics(listen: str, agent: Agent, tailer: Tailer) -> MetricsServer:
-    """Serve /metrics on `listen` in a daemon thread; times uploads by wrapping the agent's sink."""
+    """Serve /metrics on `listen` in a daemon thread; the upload latency observed from the stats."""
     registry = CollectorRegistry()
     histogram = Histogram(f"{PREFIX}_upload_latency_seconds", "Round trip of successful batch uploads.",
                           buckets=LATENCY_BUCKETS, registry=registry)
-    agent.uploader.sink = TimedSink(agent.uploader.sink, histogram)
+    agent.stats.on_sent.append(histogram.observe)
     collector = AgentCollector(agent, tailer)
     registry.register(collector)
     host, port = parse_listen(listen)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO
 
-from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import SEPARATORS, Extractor, count_lines, extractor_for, last_cut
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
@@ -74,11 +74,11 @@ def scan_parts(extractor: Extractor, buf: bytes | bytearray, start: int, end: in
     """
     counts = extractor.scan(buf, start, end) if scan else {}
     if len(counts) <= cap:
-        return [Part(counts, buf.count(b"\n", start, end), end - start, end_offset, long_line)]
+        return [Part(counts, count_lines(buf, start, end), end - start, end_offset, long_line)]
     pieces = -(-len(counts) * 2 // cap)  # aim at half the cap per piece: one rescan, rarely two
     cuts = _line_cuts(buf, start, end, pieces)
     if len(cuts) < 2:
-        return [Part(counts, buf.count(b"\n", start, end), end - start, end_offset, long_line)]
+        return [Part(counts, count_lines(buf, start, end), end - start, end_offset, long_line)]
     parts: list[Part] = []
     for lo, hi in pairwise(cuts):
         parts += scan_parts(extractor, buf, lo, hi, end_offset - (end - hi), cap, scan=scan, long_line=long_line)
@@ -182,7 +182,7 @@ def worker_main() -> int:
     try:
         specs = read_frame(stdin)
         assert isinstance(specs, list)
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=s.engine) for s in specs]
+        extractors = [extractor_for(s, s.engine) for s in specs]
         while True:
             task = read_frame(stdin)
             assert isinstance(task, tuple)
@@ -277,6 +277,13 @@ class ParallelScanner:
             raise WorkerError(str(result))
         assert isinstance(result, list)
         return result
+
+    def kill(self) -> None:
+        """Kill the workers at once (they hold no state): at shutdown after a stop in the middle of
+        a backlog, their answers can fill their pipes so that they never see the end of their input."""
+        for proc in self._procs:
+            with suppress(OSError):
+                proc.kill()
 
     def close(self) -> None:
         """Stop the workers and reap them, also in the middle of an abandoned scan.

@@ -1,4 +1,11 @@
-"""`once`: wires reader -> extractor -> batch -> spool -> uploader, with signals and stats.
+"""The runner: consumes what the follower produces and drives extract -> batch -> seal -> queue,
+for `once` (one pass, then deliver) and `forever` (forever.py: passes and growth, until a signal).
+
+The source side produces (tail.py: `Read`, `Rotated`, `Truncated`, `Gone`, `Problem` events, pass
+by pass); `Agent.consume` is the one place they are acted on. The settings reading and sealing go
+by are one immutable `Pipeline`, built whole from a configuration; a reload builds a new one and
+the agent puts it in force itself (`reconfigure`), between two passes. Stats and metrics observe
+(`Stats.on_sent`, `Tailer.lag`); nothing wraps or patches a live object.
 
 Threads: the calling thread reads, extracts and seals; one `Uploader` thread sends. They share
 nothing but the queue database (each its own connection) and two events. Every guarantee comes
@@ -14,18 +21,18 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
-from remote_uploader.agent.extract import Extractor, build_extractor
+from remote_uploader.agent.extract import Extractor, extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, Chunk, expand_sources
+from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, expand_sources
 from remote_uploader.agent.spool import Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
 from remote_uploader.config import Config
@@ -41,11 +48,34 @@ from remote_uploader.errors import (
 from remote_uploader.i18n import _, translate_known
 from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
 
+if TYPE_CHECKING:
+    from remote_uploader.agent.tail import Event, Read
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What reading, extraction and sealing go by, built whole from one configuration.
+
+    Immutable: a reload builds a new one and the agent swaps it in one assignment between two
+    passes (`Agent.reconfigure`), so a pass never sees half of an old configuration and half of
+    a new one."""
+
+    config: Config
+    extractors: tuple[Extractor, ...]  # one per configured source, by index
+    policy: SealPolicy
+    cap: int  # records a batch may hold (`record_cap`)
+
+    @classmethod
+    def build(cls, config: Config) -> Pipeline:
+        """The pipeline of `config`; ValueError/ConfigError when a source's rules do not compile."""
+        extractors = tuple(extractor_for(s, config.agent.engine) for s in config.sources)
+        return cls(config, extractors, SealPolicy.from_config(config.batching), record_cap(config))
 
 
 @dataclass
@@ -60,14 +90,14 @@ class Agent:
 
     def __init__(self, config: Config, *, sink: Sink | None = None,
                  say: Callable[[str], None] = lambda line: None) -> None:
-        self.config = config
+        pipeline = Pipeline.build(config)
+        self.pipeline = pipeline
         self.say = say
         self.stop = threading.Event()
         self.wake = threading.Event()
         # Wakes `forever`'s reading loop: a file event, a stop, the uploader falling idle.
         self.nudge = threading.Event()
         self.stats = Stats(max_memory_ips=config.batching.max_memory_ips)
-        self.policy = SealPolicy.from_config(config.batching)
         prepare_state_dir(config.agent.state_dir)
         self.lock = StateLock(config.agent.state_dir)
         self.lock.acquire()
@@ -82,14 +112,7 @@ class Agent:
         except BaseException:
             self.lock.release()
             raise
-        self.extractors = [
-            build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine) for s in config.sources
-        ]
-        self.scanner: ParallelScanner | None = None
-        if config.agent.workers > 1:
-            specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
-            self.scanner = ParallelScanner(specs, self.extractors, config.agent.workers, config.read.block_size,
-                                           record_cap(config))
+        self.scanner = _scanner(pipeline)
         self.sink = sink or HttpSink(config.server)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
@@ -103,6 +126,14 @@ class Agent:
         self.queued_estimate = 0
         self.stop_reason = ""
         self.source_problems: dict[str, str] = {}  # path or pattern -> reason (English), for the exit code
+
+    @property
+    def config(self) -> Config:
+        return self.pipeline.config
+
+    @property
+    def policy(self) -> SealPolicy:
+        return self.pipeline.policy
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -135,15 +166,75 @@ class Agent:
         self.wake.set()
         self.nudge.set()
 
-    # --- reading ------------------------------------------------------------------------------------
+    def reconfigure(self, pipeline: Pipeline) -> None:
+        """Put a new pipeline in force (between two passes: `forever`'s reload). The extraction
+        workers hold the old sources' extractors: they are let go when the sources changed (the
+        next backlog starts new ones). A new server setting takes a new sink and backoff, which
+        the uploader uses from its next request on."""
+        old = self.pipeline
+        if pipeline.config.sources != old.config.sources and self.scanner is not None:
+            self.scanner.close()
+            self.scanner = _scanner(pipeline)
+        self.pipeline = pipeline
+        self.stats.max_memory_ips = pipeline.config.batching.max_memory_ips
+        if pipeline.config.server != old.config.server:
+            server = pipeline.config.server
+            self.sink = HttpSink(server)
+            self.uploader.use(self.sink, Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap))
 
-    def resume_offset(self, fid: int, committed: int) -> int:
-        """Where reading goes on: past the bytes already in the in-memory batch, if any.
+    # --- consuming what the follower produces ---------------------------------------------------------
 
-        The recorded offset only moves when a batch is sealed; bytes read since are in memory.
-        Reading from the recorded offset again would count them twice.
-        """
+    def consume(self, events: Generator[Event, None, T]) -> T:
+        """Act on each of the follower's events in order, each before the follower goes on (a
+        Read's buffer is the reader's; a Gone must be sealed before its record is deleted).
+        Returns what the follower's step returns."""
+        from remote_uploader.agent.tail import Gone, Problem, Read, Rotated, Truncated
+
+        try:
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration as done:
+                    result: T = done.value
+                    return result
+                if isinstance(event, Read):
+                    self._take(event)
+                elif isinstance(event, Gone):
+                    if event.fid in self.batch.offsets:
+                        self.seal_now()
+                    self.anchors.pop(event.fid, None)
+                elif isinstance(event, Problem):
+                    self._source_problem(event.path, event.reason)
+                elif isinstance(event, Rotated):
+                    self.stats.rotations += 1
+                elif isinstance(event, Truncated):
+                    self.stats.truncations += 1
+        finally:
+            events.close()
+
+    def offset(self, fid: int) -> int | None:
+        """Where reading of record `fid` goes on (tail.Progress): past the bytes already in the
+        in-memory batch, if any. The recorded offset only moves when a batch is sealed; bytes read
+        since are in memory, and reading from the recorded offset again would count them twice.
+        None when the record does not exist (forgotten)."""
+        committed = self.spool.file_offset(fid)
+        if committed is None:
+            return None
         return max(committed, self.batch.offsets.get(fid, committed))
+
+    def _take(self, read: Read) -> None:
+        """A Read into the batch: extract a chunk (in parts that each fit under the cap), or take
+        the workers' part; note its anchor; seal if the policy says so (reading is not caught up)."""
+        if read.part is not None:
+            self.feed_part(read.part, read.fid, read.stream)
+        elif read.chunk is not None:
+            chunk = read.chunk
+            for part in scan_parts(self.pipeline.extractors[read.source], chunk.buf, chunk.start, chunk.end,
+                                   chunk.end_offset, self.pipeline.cap, scan=chunk.scan, long_line=chunk.long_line):
+                self.feed_part(part, read.fid, read.stream)
+        if read.anchor is not None:
+            self.anchors[read.fid] = read.anchor  # committed with the offset it stands at
+        self.maybe_seal(caught_up=False)
 
     def _source_problem(self, path: str, reason: str) -> None:
         self.stats.source_errors += 1
@@ -151,21 +242,14 @@ class Agent:
         log.error("event=source_error path=%s reason=%r", path, reason)
         self.say(_("Cannot read {path}: {reason}").format(path=path, reason=translate_known(reason)))
 
-    def feed(self, chunk: Chunk, fid: int, path: str, extractor: Extractor) -> None:
-        """Extract one chunk into the batch (in parts that each fit under max_memory_ips)."""
-        cap = record_cap(self.config)
-        for part in scan_parts(extractor, chunk.buf, chunk.start, chunk.end, chunk.end_offset, cap,
-                               scan=chunk.scan, long_line=chunk.long_line):
-            self.feed_part(part, fid, path)
-
-    def feed_part(self, part: Part, fid: int, path: str) -> None:
+    def feed_part(self, part: Part, fid: int, stream: str) -> None:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
-        cap = record_cap(self.config)
-        if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(path, part.counts) > cap:
+        cap = self.pipeline.cap
+        if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(stream, part.counts) > cap:
             self.seal_now()
             batch = self.batch
-        batch.add(path, part.counts, wall())
+        batch.add(stream, part.counts, wall())
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
         stats.occurrences += sum(part.counts.values())
@@ -201,13 +285,6 @@ class Agent:
             self.wake.set()
         self.batch = Batch(time.monotonic())
         self.stats.memory_ips = 0
-
-    def note_anchor(self, fid: int, anchor: Anchor) -> None:
-        """The anchor of bytes just counted for `fid`: committed with the offset it stands at."""
-        self.anchors[fid] = anchor
-
-    def forget_file(self, fid: int) -> None:
-        self.anchors.pop(fid, None)
 
     def write_state(self, write: Callable[[], T]) -> T:
         """Run one write of the state directory, retrying while the disk is full (every
@@ -272,7 +349,7 @@ class Agent:
             shower = threading.Thread(target=self._show_progress, args=(progress, reading_done), daemon=True)
             shower.start()
         try:
-            self.read_all(take_partial_after=self.config.read.partial_line_idle)
+            self.read_all()
             self.seal_now()
         except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space
             pass
@@ -286,7 +363,7 @@ class Agent:
                 break
         return self._result()
 
-    def read_all(self, *, take_partial_after: float) -> None:
+    def read_all(self) -> None:
         """One pass over every configured file, rotated remainders included (rules: tail.py)."""
         from remote_uploader.agent.tail import read_pass
 
@@ -347,6 +424,16 @@ class Agent:
 
     def stats_lines(self) -> list[str]:
         return render_block(self.stats, self.spool.stats())
+
+
+def _scanner(pipeline: Pipeline) -> ParallelScanner | None:
+    """Extraction workers for large backlogs (`agent.workers` > 1), started on first use."""
+    config = pipeline.config
+    if config.agent.workers <= 1:
+        return None
+    specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
+    return ParallelScanner(specs, list(pipeline.extractors), config.agent.workers, config.read.block_size,
+                           pipeline.cap)
 
 
 def record_cap(config: Config) -> int:
@@ -453,7 +540,7 @@ def count_files(paths: list[str], extractor: Extractor, block_size: int,
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise SourceError(path, NOT_REGULAR if not stat.S_ISDIR(os.fstat(fd).st_mode) else A_DIRECTORY)
             reader = BlockReader(fd, 0, block_size, extractor.context)
-            while (chunk := reader.next_chunk() or reader.take_partial()) is not None:
+            for chunk in reader.chunks(partial=True):
                 if chunk.scan:
                     for ip, count in extractor.scan(chunk.buf, chunk.start, chunk.end).items():
                         totals[ip] = totals.get(ip, 0) + count

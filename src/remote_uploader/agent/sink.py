@@ -454,5 +454,11 @@ class Uploader(threading.Thread):
                 log.warning("event=bookkeeping_failed reason=%r", str(state_exc))
         self.stop_event.wait(delay)
 
+    def use(self, sink: Sink, backoff: Backoff) -> None:
+        """A new sink and backoff (a reload changed the server settings), from the next request on.
+        A request in flight finishes on the old sink (not closed here: closing would cut it; its
+        connections go with it)."""
+        self.sink, self.backoff = sink, backoff
+
     def failing_for(self) -> float:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since

@@ -36,13 +36,6 @@ class FileIdentity:
     fp_len: int
     fp_hash: bytes
 
-    def same_file(self, other: FileIdentity) -> bool:
-        """Same inode and the shorter fingerprint is a prefix-match of the longer one's content."""
-        return self.dev == other.dev and self.ino == other.ino and self.same_content_start(other)
-
-    def same_content_start(self, other: FileIdentity) -> bool:
-        return self.fp_len == other.fp_len and self.fp_hash == other.fp_hash
-
 
 def fingerprint(fd: int, length: int = FINGERPRINT_BYTES) -> tuple[int, bytes]:
     """Hash of the first `length` bytes (fewer if the file is shorter): (bytes hashed, digest).
@@ -90,14 +83,24 @@ class Anchor:
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A regular file matched by a source's globs."""
+    """A regular file found by a look at the sources: matched by a source's globs (`source_index`
+    says which), or at a rotated name beside a matched file (`tail.scan`: no source, None)."""
 
     path: str
-    source_index: int
+    source_index: int | None
     dev: int
     ino: int
     size: int
     mtime: float
+
+    @property
+    def live(self) -> bool:
+        """At a path the globs match (else: a rotated name of a live file)."""
+        return self.source_index is not None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.dev, self.ino
 
 
 # Source problems, in English (they are log values); `i18n.translate_known` shows them translated.
@@ -278,6 +281,17 @@ class BlockReader:
         """Bytes read but not yet handed out (an incomplete final line)."""
         return self.context + self.carry - self._consumed()
 
-    def chunks(self) -> Iterator[Chunk]:
-        while (chunk := self.next_chunk()) is not None:
+    def chunks(self, partial: bool | None = None) -> Iterator[Chunk]:
+        """The one read loop (the follower, `extract`'s whole-file count, `check`'s sample): every
+        run of whole lines to the current end of the file, then, per `partial`, its final
+        unterminated line: all of it (True: the file can no longer grow, or a whole-file count),
+        up to its last separator (False: a live file idle long enough; see `take_partial`), or
+        nothing (None: it waits for its end). A chunk is a view of the reader's buffer, valid
+        until the next one is asked for."""
+        while True:
+            chunk = self.next_chunk()
+            if chunk is None and partial is not None and self.pending:
+                chunk = self.take_partial(whole=partial)
+            if chunk is None:
+                return
             yield chunk

@@ -118,7 +118,7 @@ FILE_COLUMNS_ADDED = (
 class FileState:
     fid: int
     path: str
-    source: str
+    stream: str  # the stream label its records carry (column `source`, the records' wire field)
     identity: FileIdentity
     offset: int
     status: str
@@ -400,12 +400,12 @@ class Spool:
         rows = self._query("SELECT offset FROM files WHERE fid = ?", (fid,))
         return int(rows[0][0]) if rows else None
 
-    def register_file(self, path: str, source: str, identity: FileIdentity, offset: int = 0) -> int:
+    def register_file(self, path: str, stream: str, identity: FileIdentity, offset: int = 0) -> int:
         with self.transaction() as conn:
             cursor = conn.execute(
                 "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?)",
-                (path, source, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time()),
+                (path, stream, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time()),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
@@ -774,7 +774,7 @@ def _import_legacy(conn: sqlite3.Connection, marker: str, value: str, batches: S
 
 
 def _file_state(row: Any) -> FileState:
-    fid, path, source, dev, ino, fp_len, fp_hash, offset, status = row[:9]
+    fid, path, stream, dev, ino, fp_len, fp_hash, offset, status = row[:9]
     identity = FileIdentity(int(dev), int(ino), int(fp_len), bytes(fp_hash))
     anchor = Anchor(int(row[9]), int(row[10]), bytes(row[11])) if len(row) > 9 and row[9] else None
-    return FileState(int(fid), str(path), str(source), identity, int(offset), str(status), anchor)
+    return FileState(int(fid), str(path), str(stream), identity, int(offset), str(status), anchor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,14 +14,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Stats:
-    """Plain counters; written by one thread each (reader or uploader), read by anyone."""
+    """Plain counters; written by one thread each (reader or uploader), read by anyone.
+
+    Observers of uploads (the metrics' latency histogram) add themselves to `on_sent`: each is
+    called with the round trip of every acknowledged batch, in the uploader's thread."""
 
     started: float = field(default_factory=time.time)
     lines: int = 0
     bytes_read: int = 0
     occurrences: int = 0
     long_lines: int = 0
-    files_read: int = 0
+    rotations: int = 0  # followed files that left their live path
+    truncations: int = 0  # followed files that lost their content (truncated, replaced)
     source_errors: int = 0
     batches_sealed: int = 0
     records_sealed: int = 0
@@ -36,7 +41,7 @@ class Stats:
     max_memory_ips: int = 0
     paused: bool = False
     last_success: float | None = None
-    last_latency: float = 0.0
+    on_sent: list[Callable[[float], None]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def note_sent(self, queued: QueuedBatch, latency: float, *, duplicate: bool) -> None:
@@ -46,7 +51,8 @@ class Stats:
             self.occurrences_sent += queued.occurrences
             self.batches_duplicate += int(duplicate)
             self.last_success = time.time()
-            self.last_latency = latency
+        for observe in self.on_sent:
+            observe(latency)
 
     @property
     def memory_pressure(self) -> bool:
