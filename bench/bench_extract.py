@@ -33,7 +33,8 @@ from pathlib import Path
 
 from bench.common import machine as common_machine
 from bench.workloads import WORKLOADS, ensure, parse_size
-from remote_uploader.agent.extract import Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import Extractor, last_cut
+from remote_uploader.agent.extractors import build_extractor
 
 BLOCK = 4 * 1024 * 1024
 RG_PATTERN = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}"

@@ -18,7 +18,8 @@ import time
 
 from bench.common import machine, workload
 from remote_uploader.agent.batch import Batch, seal
-from remote_uploader.agent.extract import build_extractor, count_lines
+from remote_uploader.agent.extract import count_lines
+from remote_uploader.agent.extractors import build_extractor
 
 BLOCK = 1024 * 1024
 THRESHOLD = 5_000

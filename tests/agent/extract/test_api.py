@@ -14,16 +14,8 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.agent import extract
-from remote_uploader.agent.extract import (
-    CONTEXT,
-    SEPARATORS,
-    WINDOW,
-    BoundedCache,
-    build_extractor,
-    is_separator,
-    last_cut,
-    scan_bytes,
-)
+from remote_uploader.agent.extract import CONTEXT, SEPARATORS, WINDOW, BoundedCache, is_separator, last_cut, scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from remote_uploader.protocol import is_canonical_ip
 from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN, HAVE_NATIVE
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from remote_uploader.agent.extract import build_extractor, scan_bytes
+from remote_uploader.agent.extract import scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from tests.helpers.engines import ENGINES  # the optional engines are skipped, with the reason, where absent
 
 # (row of extraction-cases.md, fragment, exact counts)

@@ -21,15 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remote_uploader.agent.extract import (
-    CONTEXT,
-    SEPARATORS,
-    Extractor,
-    build_extractor,
-    count_lines,
-    last_cut,
-    scan_bytes,
-)
+from remote_uploader.agent.extract import CONTEXT, SEPARATORS, Extractor, count_lines, last_cut, scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from remote_uploader.agent.source import BlockReader
 from remote_uploader.protocol import is_canonical_ip
 from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN, HAVE_NATIVE, needs_hyperscan, needs_native

@@ -165,6 +165,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     (
         5,
         (
+            # Per (producer, stream): the byte ranges of the agent's file records that stored batches
+            # covered, as JSON [[start, end], ...] merged; written with the batch (storage/sql.py
+            # `_record_streams`), read by `reset-state` after a destroyed queue (docs/protocol.md, "Streams").
+            """CREATE TABLE producer_streams (
+                producer TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                ranges TEXT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                PRIMARY KEY (producer, stream)
+            )""",
+        ),
+    ),
+    (
+        6,
+        (
             # Per-bucket totals of each level (length 60: `counts`, 3600: `counts_hour`, 86400:
             # `counts_day`): occurrences, and distinct addresses, kept exact by every write to those
             # tables in the same transaction (sql_windows.py, "Totals"), so that the overview's
