@@ -324,7 +324,7 @@ def test_config_show_prints_every_key_with_its_value_and_origin(tmp_path: Path) 
     assert keys["server.backoff_cap"] == {"value": 60.0, "origin": "default"}
     assert keys["server.token"]["value"] == "***"
     assert shown["sources"] == [{"paths": ["/var/log/x.log"], "regex": None, "exclude": [], "name": "",
-                                 "origin": str(config)}]
+                                 "timestamp_pattern": None, "origin": str(config)}]
     text = run_agent("config", "show", *args, env=env)
     assert text.returncode == 0
     assert "s3cret-token" not in text.stdout + result.stdout
