@@ -47,13 +47,49 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "src")]
+# BENCH_SRC: another tree's src (with PYTHONPATH set to it too, for the collector processes), to
+# measure e.g. today's main side by side with format 1 bodies.
+sys.path[:0] = [str(ROOT), os.environ.get("BENCH_SRC", str(ROOT / "src"))]
 
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
 from remote_uploader.collector.server import tune_gc  # noqa: E402
 from remote_uploader.collector.storage import bulk, open_storage  # noqa: E402
 from remote_uploader.collector.storage.base import Batch  # noqa: E402
 from remote_uploader.protocol import format_time  # noqa: E402
+
+
+def make_agent_bodies(batches: int, records: int, pool_size: int, body_format: int, seed: int = 1) -> list[bytes]:
+    """Batches as the agent seals them: one source, one time span, `records` distinct addresses,
+    in body format `body_format` (the same records in either format for one seed)."""
+    from remote_uploader.protocol import Record, encode_batch, encode_records
+
+    def format_micros(micros: int) -> str:
+        return format_time(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros))
+
+    def to_micros(moment: datetime) -> int:
+        return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+    rng = random.Random(seed)
+    pool = [str(ipaddress.IPv6Address((0x2A00 << 112) | rng.getrandbits(100))) if rng.random() < 0.1
+            else str(ipaddress.IPv4Address(rng.randrange(0x01000000, 0xDF000000))) for _ in range(pool_size)]
+    start = to_micros(datetime(2024, 5, 1, tzinfo=UTC))
+    bodies = []
+    for number in range(batches):
+        first, last = start + number * 60_000_000, start + number * 60_000_000 + 999_999
+        ips = rng.sample(pool, records)
+        counts = [rng.randrange(1, 20) for _ in ips]
+        identity = ("0123456789abcdef", number + 1, "")
+        if body_format == 2:
+            from remote_uploader.agent.batch import encode_format_2
+
+            groups = [("/var/log/nginx/access.log", first, last, ips, counts)]
+            bodies.append(encode_format_2("test-agent", f"bench-{number}", first, groups, identity))
+        else:
+            rows = [Record(ip, n, format_micros(first), format_micros(last), "/var/log/nginx/access.log")
+                    for ip, n in zip(ips, counts, strict=True)]
+            bodies.append(encode_batch("test-agent", f"bench-{number}", format_micros(first), encode_records(rows),
+                                       *identity))
+    return bodies
 
 
 def make_bodies(batches: int, records: int, pool_size: int, seed: int = 1) -> list[bytes]:
@@ -149,10 +185,14 @@ def timed(records: int, run: Callable[[], object]) -> Sample:
     return Sample(records, time.perf_counter() - started, time.process_time() - cpu)
 
 
-def bench_parse(bodies: list[bytes], records: int, runs: int) -> list[Batch]:
+def bench_parse(bodies: list[bytes], records: int, runs: int, body_format: int = 1) -> list[Batch]:
     total = records * len(bodies)
-    report("parse+validate", [timed(total, lambda: [parse_batch(body) for body in bodies]) for _ in range(runs)])
-    return [parse_batch(body) for body in bodies]
+    def parse() -> list[Batch]:
+        if body_format == 1:  # as today's main takes it too
+            return [parse_batch(body) for body in bodies]
+        return [parse_batch(body, body_format=body_format) for body in bodies]
+    report(f"parse+validate (format {body_format})", [timed(total, parse) for _ in range(runs)])
+    return parse()
 
 
 def bench_encode(parsed: list[Batch], records: int, runs: int, form: bulk.BulkForm) -> list[Batch]:
@@ -182,7 +222,8 @@ def bench_storage(urls: Callable[[], str], batches: list[Batch], records: int, r
 
 
 def bench_http(
-    urls: Callable[[], str], bodies: list[bytes], records: int, workdir: Path, clients: int, workers: int, runs: int
+    urls: Callable[[], str], bodies: list[bytes], records: int, workdir: Path, clients: int, workers: int, runs: int,
+    body_format: int = 1,
 ) -> None:
     import httpx
     from tests.helpers.collector_fixtures import CollectorProcess
@@ -195,7 +236,8 @@ def bench_http(
         process.start()
         try:
             assert process.proc is not None
-            headers = {**process.headers(), "Content-Type": "application/json", "Content-Encoding": "gzip"}
+            media = "application/vnd.remote-uploader.v2+json" if body_format == 2 else "application/json"
+            headers = {**process.headers(), "Content-Type": media, "Content-Encoding": "gzip"}
 
             def send(share: list[bytes], headers: dict[str, str] = headers, expect: int = 200) -> None:
                 with httpx.Client(timeout=300) as client:
@@ -213,7 +255,10 @@ def bench_http(
             # Start the parsing workers (once per server, as a long-running collector has them):
             # the first batch, sent with another agent's token, is parsed and answered 403.
             other = {**headers, **process.headers(process.add_token("warm-up"))}
-            in_parallel([[compressed[0]]] * max(workers, 1), other, 403)
+            # (A batch with a producer is counted under any agent token's name: the warm-up of
+            # agent-like batches is an agent's self-test body instead, which starts no worker.)
+            warm = compressed[0] if b'"producer"' not in bodies[0] else gzip.compress(b'{"agent":"test-agent"}')
+            in_parallel([[warm]] * max(workers, 1), {**other, "Content-Type": "application/json"}, 403)
             shares = [compressed[n::clients] for n in range(clients)]
             before = tree_cpu(process.proc.pid)
             started = time.perf_counter()
@@ -224,7 +269,8 @@ def bench_http(
             samples.append(Sample(records * len(bodies), elapsed, used))
         finally:
             process.stop()
-    label = f"http, {clients} client{'s' if clients > 1 else ''}, {workers} worker{'s' if workers != 1 else ''}"
+    label = (f"http, format {body_format}, {clients} client{'s' if clients > 1 else ''}, "
+             f"{workers} worker{'s' if workers != 1 else ''}")
     report(label, samples)
 
 
@@ -261,7 +307,15 @@ def main() -> None:
     parser.add_argument(
         "--parse-workers", type=int, nargs="+", default=[2], metavar="N", help="`serve --parse-workers` values to run"
     )
+    parser.add_argument("--agent-like", action="store_true",
+                        help="batches as the agent seals them (one source, one span; try --records 5000)")
+    parser.add_argument("--formats", type=int, nargs="+", default=[1], choices=[1, 2],
+                        help="body formats to measure (with --agent-like: the same records in each)")
+    parser.add_argument("--http-only", action="store_true", help="only the http measurements")
     args = parser.parse_args()
+    if args.agent_like or args.formats != [1]:
+        agent_like(args)
+        return
 
     bodies = make_bodies(args.batches, args.records, args.pool)
     tune_gc()  # as `collector serve` does
@@ -295,6 +349,40 @@ def main() -> None:
                 return
             print("PostgreSQL")
             run_backend(fresh, "postgres-copy")
+
+
+def agent_like(args: argparse.Namespace) -> None:
+    """Agent-shaped batches in each body format, SQLite then PostgreSQL, format by format."""
+    tune_gc()
+    bodies = {form: make_agent_bodies(args.batches, args.records, args.pool, form) for form in args.formats}
+    print(f"{args.batches} agent-like batches of {args.records:,} records, {args.runs} run(s), "
+          f"formats {args.formats}")
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as tmp:
+        work = Path(tmp)
+        counter = iter(range(10**6))
+
+        def sqlite_urls() -> str:
+            return f"sqlite://{work}/db-{next(counter)}.db"
+
+        def run_backend(urls: Callable[[], str]) -> None:
+            for form, made in bodies.items():
+                if not args.http_only:
+                    parsed = bench_parse(made, args.records, args.runs, form)
+                    bench_storage(urls, parsed, args.records, args.runs, f"storage (format {form})")
+                for workers in args.parse_workers:
+                    for clients in sorted({1, args.clients}):
+                        bench_http(urls, made, args.records, work, clients, workers, args.runs, form)
+
+        print("SQLite")
+        run_backend(sqlite_urls)
+        if args.skip_pg:
+            return
+        with postgres(args.pg) as fresh:
+            if fresh is None:
+                print("PostgreSQL: not installed (no initdb/pg_ctl), skipped")
+                return
+            print("PostgreSQL")
+            run_backend(fresh)
 
 
 if __name__ == "__main__":

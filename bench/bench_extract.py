@@ -1,4 +1,4 @@
-"""Extraction throughput per workload: stdlib and hyperscan engines, `rg -o`, a naive per-line loop.
+"""Extraction throughput per workload: stdlib, native and hyperscan engines, `rg -o`, a naive per-line loop.
 
     python -m bench.bench_extract                      # 100 MB workloads in bench/data, 3 runs each
     python -m bench.bench_extract --size 500M --runs 5 --workloads nginx sshd
@@ -18,6 +18,7 @@ the wall-clock medians are printed too. The page cache is warmed before timing.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -32,7 +33,8 @@ from pathlib import Path
 
 from bench.common import machine as common_machine
 from bench.workloads import WORKLOADS, ensure, parse_size
-from remote_uploader.agent.extract import Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import Extractor, last_cut
+from remote_uploader.agent.extractors import build_extractor
 
 BLOCK = 4 * 1024 * 1024
 RG_PATTERN = r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}"
@@ -167,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     naive_runs = args.naive_runs or args.runs
 
     engines = ["stdlib"]
+    if importlib.util.find_spec("remote_uploader.agent._native") is not None:
+        engines.append("native")
+    else:
+        print("the native core is not built: its column is empty (pip install . with a C compiler)", file=sys.stderr)
     try:
         import hyperscan  # noqa: F401
 
@@ -201,13 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     for clock, title in (("cpu", "MB/s per core (CPU time, median)"), ("wall", "MB/s wall clock (median)")):
         print(f"**{title}**, {args.runs} runs, {fmt(args.size / 1e6, 0)} MB files, 4 MiB blocks")
         print()
-        print("| workload | stdlib | hyperscan | rg -o | naive loop | stdlib / rg | hyperscan / rg | counts exact |")
-        print("|---|---:|---:|---:|---:|---:|---:|---|")
+        print("| workload | stdlib | native | hyperscan | rg -o | naive loop | stdlib / rg | native / rg | "
+              "hyperscan / rg | counts exact |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for name, size, results in measured:
-            s, h, r, n = (results[k].mbps(size, clock) if k in results else None
-                          for k in ("stdlib", "hyperscan", "rg", "naive"))
+            s, c, h, r, n = (results[k].mbps(size, clock) if k in results else None
+                             for k in ("stdlib", "native", "hyperscan", "rg", "naive"))
             exact = "yes" if all(results[k].ok for k in engines) else "NO"
-            print(f"| {name} | {fmt(s)} | {fmt(h)} | {fmt(r)} | {fmt(n)} | {ratio(s, r)} | {ratio(h, r)} | {exact} |")
+            print(f"| {name} | {fmt(s)} | {fmt(c)} | {fmt(h)} | {fmt(r)} | {fmt(n)} | {ratio(s, r)} | {ratio(c, r)} | "
+                  f"{ratio(h, r)} | {exact} |")
         print()
     if args.json:
         rows = [{"workload": name, "bytes": size, **{k: vars(t) for k, t in results.items()}}

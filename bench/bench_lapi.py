@@ -7,7 +7,8 @@ Workload (deterministic): `--decisions` active decisions (bans of distinct addre
 IPv6, one in fifty a /24 range) stored through the storage library in a fresh SQLite database,
 served by a `collector serve` process on 127.0.0.1. Measurements:
 
-- startup pull: one `GET /v1/decisions/stream?startup=true`, read as it streams, from the
+- startup pull: one `GET /v1/decisions/stream?startup=true`, plain then gzipped (as Go's HTTP
+  client, hence the firewall bouncer, asks), read as it streams, from the
   request to the last byte, and the collector's CPU-seconds meanwhile; the collector's RSS is
   sampled every 10 ms (its whole process tree) and reported as its peak and as growth over its
   RSS just before the pull; the answer is then parsed and its decisions counted (client side,
@@ -22,6 +23,7 @@ served by a `collector serve` process on 127.0.0.1. Measurements:
 from __future__ import annotations
 
 import argparse
+import gzip
 import ipaddress
 import json
 import os
@@ -124,21 +126,22 @@ def fill(db_url: str, count: int) -> float:
     return time.perf_counter() - started
 
 
-def startup_pull(url: str, key: str, pid: int) -> dict[str, float]:
+def startup_pull(url: str, key: str, pid: int, encoding: str = "identity") -> dict[str, float]:
     baseline = sum(_rss_kib(p) for p in _tree(pid)) / 1024
     chunks = []
     cpu_before = tree_cpu(pid)
     with TreeRss(pid) as rss:
         started = time.perf_counter()
         address = url + "/v1/decisions/stream?startup=true"
-        with httpx.stream("GET", address, headers={"X-Api-Key": key}, timeout=600) as answer:
+        headers = {"X-Api-Key": key, "Accept-Encoding": encoding}
+        with httpx.stream("GET", address, headers=headers, timeout=600) as answer:
             answer.raise_for_status()
             for chunk in answer.iter_raw():
                 chunks.append(chunk)
         elapsed = time.perf_counter() - started
     cpu = tree_cpu(pid) - cpu_before
     body = b"".join(chunks)
-    answer = json.loads(body)
+    answer = json.loads(gzip.decompress(body) if encoding == "gzip" else body)
     return {
         "seconds": elapsed,
         "cpu": cpu,
@@ -234,13 +237,14 @@ def main() -> int:
         try:
             pid = collector.proc.pid  # type: ignore[union-attr]
             httpx.head(collector.url + "/v1/decisions/stream", headers={"X-Api-Key": key})
-            big = startup_pull(collector.url, key, pid)
-            print(
-                f"startup pull: {big['decisions']:,.0f} decisions, {big['bytes'] / 2**20:.1f} MiB in "
-                f"{big['seconds']:.2f} s ({big['cpu']:.2f} CPU-s of the collector); collector RSS "
-                f"{big['rss_before']:.1f} MiB before, peak {big['rss_peak']:.1f} MiB (+{big['growth']:.1f} MiB)",
-                flush=True,
-            )
+            for encoding in ("identity", "gzip"):  # gzip: what Go's HTTP client asks for by itself
+                big = startup_pull(collector.url, key, pid, encoding)
+                print(
+                    f"startup pull ({encoding}): {big['decisions']:,.0f} decisions, {big['bytes'] / 2**20:.1f} MiB "
+                    f"in {big['seconds']:.2f} s ({big['cpu']:.2f} CPU-s of the collector); collector RSS "
+                    f"{big['rss_before']:.1f} MiB before, peak {big['rss_peak']:.1f} MiB (+{big['growth']:.1f} MiB)",
+                    flush=True,
+                )
             started = time.perf_counter()
             delta = httpx.get(collector.url + "/v1/decisions/stream", headers={"X-Api-Key": key}).json()
             print(f"delta pull (nothing changed): {(time.perf_counter() - started) * 1000:.1f} ms, {delta}")

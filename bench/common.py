@@ -128,19 +128,32 @@ def local_collector() -> Iterator[object]:
             collector.stop()
 
 
-def agent_env(src: str | None = None) -> dict[str, str]:
-    """The agent's environment: this checkout's code, or `src`'s (another checkout, side by side)."""
+def agent_env(src: str | Path | None = None) -> dict[str, str]:
+    """The agent's environment: this checkout's code, or `src`'s (another checkout's root or its
+    src/ folder, side by side)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMOTE_UPLOADER_")}
-    env["PYTHONPATH"] = str(Path(src) / "src" if src else ROOT / "src")
+    env["PYTHONPATH"] = str(_src_dir(src))
     return env
 
 
-def timed_agent(args: Sequence[str], src: str | None = None) -> tuple[float, float, float, int]:
-    """Run the agent; returns (wall seconds, CPU seconds of it and its workers, peak RSS MiB, exit code)."""
+def _src_dir(src: str | Path | None) -> Path:
+    if src is None:
+        return ROOT / "src"
+    path = Path(src)
+    return path / "src" if (path / "src" / "remote_uploader").is_dir() else path
+
+
+def timed_agent(args: Sequence[str], src: str | Path | None = None) -> tuple[float, float, float, int]:
+    """Run the agent (this checkout's, or `src`'s); returns (wall seconds, CPU seconds of it and its
+    workers, peak RSS MiB, exit code).
+
+    cwd is "/": from the repository root, `-m remote_uploader` would run the compat script
+    remote_uploader.py (which first checks the installed requirements) instead of the package.
+    """
     before = os.times()
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "remote_uploader", *args], env=agent_env(src),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/")
     with TreeRss(process.pid) as rss:
         _, stderr = process.communicate()
     wall = time.perf_counter() - started

@@ -10,6 +10,12 @@ Where a test goes (the layout mirrors src/remote_uploader):
 - reliability/ for the fault and crash-loop runs scripts/reliability drives.
 - helpers/ for what tests use (receiver, fault proxy, fixtures, builders), with its own tests.
 Nothing else at this top level.
+
+Servers are real and on 127.0.0.1: the `collector` fixtures serve the collector's app with uvicorn in
+a thread of the test process (most API tests); `collector_process` runs `collector serve` as a child
+for what only a process has (signals, exit codes, its log, SIGKILL, its memory). The agent's sinks
+are checked by one contract (agent/test_sink_contract.py), the storages by another
+(collector/storage/test_contract.py).
 """
 
 pytest_plugins = ["tests.helpers.fixtures"]

@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_uploader import __version__
-from remote_uploader.agent.signals import hold_early, release_early
+from remote_uploader.agent.signals import EARLY_SIGNALS, hold_early, release_early
 from remote_uploader.config import PROFILES, Config, load, parse_set_option, resolve
 from remote_uploader.errors import EXIT_OK, RemoteUploaderError, SourceError, StateError, boundary, stdout_gone
 from remote_uploader.filters import ENGINES
-from remote_uploader.i18n import Message, _, setup, translate_known
+from remote_uploader.i18n import Message, Parser, _, setup, translate_known
 from remote_uploader.logs import JsonFormatter
 from remote_uploader.settings import Effective
 
@@ -40,26 +40,6 @@ def warn(line: str) -> None:
     print(f"remote-uploader: {line}", file=sys.stderr, flush=True)
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's own words ("usage:") in the chosen language, like the rest of the help."""
-
-    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
-        super().add_usage(usage, actions, groups, _("usage: ") if prefix is None else prefix)
-
-
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose section titles and -h/--help line are translated (subcommands too)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-        self._positionals.title = _("positional arguments")
-        self._optionals.title = _("options")
-        for action in self._actions:
-            if isinstance(action, argparse._HelpAction):
-                action.help = _("show this help message and exit")
-
-
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(_("configuration"))
     group.add_argument("-c", "--config", metavar="FILE", help=_("TOML config file (default: search path)"))
@@ -78,14 +58,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
     """Where the collector is and how to sign: the agent's [server] settings, as for `once`."""
-    group = parser.add_argument_group("connection (default: the agent's config and environment)")
-    group.add_argument("-c", "--config", metavar="FILE", help="TOML config file (default: search path)")
-    group.add_argument("--url", help="the collector's URL (server.url)")
-    group.add_argument("--token-file", help="a file holding the token (server.token_file)")
-    group.add_argument("--lang", choices=["en", "zh"], help="language of messages")
+    group = parser.add_argument_group(_("connection (default: the agent's config and environment)"))
+    group.add_argument("-c", "--config", metavar="FILE", help=_("TOML config file (default: search path)"))
+    group.add_argument("--url", help=_("the collector's URL (server.url)"))
+    group.add_argument("--token-file", help=_("a file holding the token (server.token_file)"))
+    group.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     shape = parser.add_mutually_exclusive_group()
-    shape.add_argument("--json", dest="format", action="store_const", const="json", help="print a JSON array")
-    shape.add_argument("--csv", dest="format", action="store_const", const="csv", help="print CSV with a header")
+    shape.add_argument("--json", dest="format", action="store_const", const="json", help=_("print a JSON array"))
+    shape.add_argument("--csv", dest="format", action="store_const", const="csv", help=_("print CSV with a header"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,21 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--keep-offsets", action="store_true", help=_("the default (kept for old scripts)"))
     reset.set_defaults(func=cmd_reset_state)
 
-    ips = commands.add_parser("ips", help="addresses a collector counted (what the dashboard's table shows)")
+    ips = commands.add_parser("ips", help=_("addresses a collector counted (what the dashboard's table shows)"))
     _add_query_options(ips)
     ips.add_argument("--since", metavar="TIME",
-                     help="counts of this window: 15m, 1h, 7d or an RFC 3339 time (default: all-time totals)")
-    ips.add_argument("--min-count", type=int, metavar="N", help="only addresses counted at least N times")
-    ips.add_argument("--source", metavar="S", help="only this source (a log path; glob patterns allowed)")
-    ips.add_argument("--agent", metavar="A", help="only this agent's addresses, with its own counts")
-    ips.add_argument("--cidr", metavar="C", help="only addresses in this network")
-    ips.add_argument("--sort", choices=["count", "last_seen"], default="count", help="descending (default count)")
-    ips.add_argument("--limit", type=int, default=100, metavar="N", help="at most N addresses (default 100)")
+                     help=_("counts of this window: 15m, 1h, 7d or an RFC 3339 time (default: all-time totals)"))
+    ips.add_argument("--min-count", type=int, metavar="N", help=_("only addresses counted at least N times"))
+    ips.add_argument("--source", metavar="S", help=_("only this source (a log path; glob patterns allowed)"))
+    ips.add_argument("--agent", metavar="A", help=_("only this agent's addresses, with its own counts"))
+    ips.add_argument("--cidr", metavar="C", help=_("only addresses in this network"))
+    ips.add_argument("--sort", choices=["count", "last_seen"], default="count", help=_("descending (default count)"))
+    ips.add_argument("--limit", type=int, default=100, metavar="N", help=_("at most N addresses (default 100)"))
     ips.set_defaults(func=cmd_ips)
 
-    decisions = commands.add_parser("decisions", help="a collector's decisions (bans), with why")
+    decisions = commands.add_parser("decisions", help=_("a collector's decisions (bans), with why"))
     _add_query_options(decisions)
-    decisions.add_argument("--all", action="store_true", help="also the ended ones (expired or deleted)")
+    decisions.add_argument("--all", action="store_true", help=_("also the ended ones (expired or deleted)"))
     decisions.set_defaults(func=cmd_decisions)
 
     config = commands.add_parser("config", help=_("show the effective configuration and where each value came from"))
@@ -179,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The collector's commands are parsed by the collector's own parser, imported only when
     # used: the agent must not pay for FastAPI and friends in memory on every start.
     collector = commands.add_parser("collector", add_help=False,
-                                    help=_("the collector service: serve, token add | list | revoke"))
+                                    help=_("the collector service: serve, token, bouncer, decision"))
     collector.add_argument("collector_args", nargs=argparse.REMAINDER)
     collector.set_defaults(func=cmd_collector)
     return parser
@@ -217,7 +197,7 @@ def cmd_ips(args: argparse.Namespace) -> int:
     from remote_uploader.query import IpFilters, fetch_ips, render
 
     if args.limit < 1 or (args.min_count is not None and args.min_count < 1):
-        raise RemoteUploaderError("--limit and --min-count must be at least 1")
+        raise RemoteUploaderError(Message("--limit and --min-count must be at least 1"))
     filters = IpFilters(args.since, args.min_count, args.source, args.agent, args.cidr, args.sort, args.limit)
     client = _query_client(args)
     try:
@@ -372,7 +352,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Counts of the files that can be read; exit 5 naming each that cannot (as `once` does)."""
-    from remote_uploader.agent.extract import build_extractor
+    from remote_uploader.agent.extractors import build_extractor
     from remote_uploader.agent.runner import count_files
     from remote_uploader.errors import ConfigError
 
@@ -446,9 +426,16 @@ def cmd_reset_state(args: argparse.Namespace) -> int:
 
     if args.forget_offsets and args.keep_offsets:
         raise RemoteUploaderError(_("--forget-offsets and --keep-offsets contradict each other"))
+    from remote_uploader.agent.sink import HttpSink
+
     config = _agent_setup(args)
-    for line in reset_state(config.agent.state_dir, keep_offsets=not args.forget_offsets):
-        say(line)
+    sink = HttpSink(config.server)
+    try:
+        for line in reset_state(config.agent.state_dir, keep_offsets=not args.forget_offsets,
+                                ask=sink.producer_streams):
+            say(line)
+    finally:
+        sink.close()
     return 0
 
 
@@ -479,8 +466,9 @@ def _command_in(arguments: list[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if _command_in(arguments) in ("once", "forever"):
-        hold_early()  # a SIGTERM during start-up stops the agent cleanly (agent/signals.py)
+    command = _command_in(arguments)
+    if command in EARLY_SIGNALS:
+        hold_early(EARLY_SIGNALS[command])  # a SIGTERM during start-up stops the agent cleanly (agent/signals.py)
     try:
         return _main(arguments)
     finally:

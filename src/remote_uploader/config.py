@@ -42,6 +42,7 @@ from remote_uploader.settings import (
     reason,
     setting,
 )
+from remote_uploader.timepatterns import PatternError, compile_pattern
 
 SEARCH_PATH = (
     Path("remote-uploader.toml"),
@@ -65,7 +66,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "server.max_retry_time": 600.0,
     },
 }
-SOURCE_KEYS = {"paths", "regex", "exclude", "name"}
+SOURCE_KEYS = {"paths", "regex", "exclude", "name", "timestamp_pattern"}
 #: Top-level entries of a shared file that are not the agent's key tables: read below, or the collector's.
 NOT_KEY_TABLES = {"sources", "collector", "rules"}
 
@@ -115,6 +116,8 @@ class SourceConfig:
     regex: str | None = None
     exclude: tuple[str, ...] = ()
     name: str = ""
+    # The log's own time of each line (remote_uploader/timepatterns.py): a preset or a strptime-like format.
+    timestamp_pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,11 @@ class AgentConfig:
     workers: int = setting(0, positive(as_int, allow_zero=True), "processes that scan a large backlog, the agent's "
                            "own included (`2` = the agent and one worker process); `1` = everything in one process "
                            "(smallest memory)", shown="`0` = number of cores", flag="--workers")
-    engine: str = setting("auto", one_of(*ENGINES), "extraction engine: `hyperscan` (needs `pip install "
-                          "'remote-uploader[fast]'`; ~25% less CPU, ~6 MiB more memory per process), `stdlib`, or "
-                          "`auto` (hyperscan when installed). Counts are identical")
+    engine: str = setting("auto", one_of(*ENGINES), "extraction engine: `native` (the C core `pip install .` "
+                          "builds where a compiler exists; no extra memory), `hyperscan` (needs `pip install "
+                          "'remote-uploader[fast]'`; ~6 MiB more memory per process), `stdlib` (the pure-Python "
+                          "path; set it to force that path), or `auto` (the first of native, hyperscan, stdlib "
+                          "that is installed). Counts are identical")
     stats_interval: float = setting(60.0, positive(as_float, allow_zero=True),
                                     "seconds between stats lines in long runs (`0` = off)")
     log_level: str = setting("info", one_of("debug", "info", "warning", "error"), "level of the log file (`debug`, "
@@ -319,8 +324,8 @@ def resolve(
     raw_sources = document.get("sources", [])
     source_list = (SourceConfig(paths=tuple(sources)),) if sources else _parse_sources(raw_sources, origin)
     config = _assemble(values, source_list, origin)
-    tables = [{"paths": list(s.paths), "regex": s.regex, "exclude": list(s.exclude), "name": s.name}
-              for s in source_list]
+    tables = [{"paths": list(s.paths), "regex": s.regex, "exclude": list(s.exclude), "name": s.name,
+               "timestamp_pattern": s.timestamp_pattern} for s in source_list]
     sources_origin = COMMAND_LINE if sources else origin if raw_sources else "default"
     return Effective(config, TABLE, TABLE.used(vars(config)), origins, origin, {"sources": (tables, sources_origin)})
 
@@ -350,9 +355,24 @@ def _parse_sources(raw_sources: Any, origin: str) -> tuple[SourceConfig, ...]:
         name = item.get("name", "")
         if not isinstance(name, str):
             raise ConfigError(f"{where}.name", Message("must be a string"), origin)
+        pattern = item.get("timestamp_pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise ConfigError(f"{where}.timestamp_pattern", Message("must be a string"), origin)
         _compile_filters(regex, exclude, where, origin)
-        parsed.append(SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name))
+        _compile_pattern(pattern, where, origin)
+        parsed.append(SourceConfig(paths=tuple(paths), regex=regex, exclude=tuple(exclude), name=name,
+                                   timestamp_pattern=pattern))
     return tuple(parsed)
+
+
+def _compile_pattern(pattern: str | None, where: str, origin: str) -> None:
+    """Compile a source's timestamp pattern now (timepatterns.py): a typo is a config error."""
+    if pattern is None:
+        return
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        raise ConfigError(f"{where}.timestamp_pattern", reason(exc), origin) from exc
 
 
 def _compile_filters(regex: str | None, exclude: list[str], where: str, origin: str) -> None:

@@ -15,8 +15,9 @@ from typing import Final
 
 from remote_uploader.protocol import Network
 
-#: `agent.engine`, `extract --engine`: `auto` is hyperscan when it is installed, else stdlib.
-ENGINES: Final = ("auto", "stdlib", "hyperscan")
+#: `agent.engine`, `extract --engine`: `auto` is the first of native, hyperscan, stdlib that is
+#: installed (docs/extraction.md, "Engines").
+ENGINES: Final = ("auto", "native", "stdlib", "hyperscan")
 
 
 def compile_regex(regex: str) -> re.Pattern[str]:

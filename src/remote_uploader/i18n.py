@@ -7,9 +7,11 @@ LC_MESSAGES, LANG); catalogs are shipped in the package under locale/.
 
 from __future__ import annotations
 
+import argparse
 import gettext
 import os
 from pathlib import Path
+from typing import Any
 
 DOMAIN = "remote_uploader"
 LOCALE_DIR = Path(__file__).parent / "locale"
@@ -76,3 +78,25 @@ class Message:
     def translated(self) -> str:
         values = {k: v.translated() if isinstance(v, Message) else v for k, v in self.values.items()}
         return _(self.template).format(**values)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own words ("usage:") in the chosen language, like the rest of the help."""
+
+    def add_usage(self, usage: Any, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, _("usage: ") if prefix is None else prefix)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose section titles and -h/--help line are translated (subcommands too:
+    `add_parser` makes parsers of the parent's class). The agent's and the collector's command
+    lines both use it, so every `--help` reads in the language `setup` chose."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._positionals.title = _("positional arguments")
+        self._optionals.title = _("options")
+        for action in self._actions:
+            if isinstance(action, argparse._HelpAction):
+                action.help = _("show this help message and exit")

@@ -1,5 +1,11 @@
 """The wire schema shared by the agent and the collector (protocol v1, see docs/protocol.md).
 
+Two body formats go to one endpoint, told apart by their media type: format 1 (`MEDIA_V1`, a
+record per object, RFC 3339 times) and format 2 (`MEDIA_V2`, columnar: a source table and, per
+group of records sharing a source and a time span, an array of addresses and one of counts,
+times in integer microseconds). A collector lists the formats it takes in every answer's
+`Accept-Post` header; an agent sends format 2 only to a collector that listed it.
+
 Both sides import this module so that "canonical IP", "a valid record" and "an RFC 3339 time"
 mean exactly the same thing at both ends of the wire. The agent only ever sends canonical
 addresses; the collector rejects anything else, so one address can never be stored under two keys.
@@ -11,6 +17,7 @@ import ipaddress
 import json
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +25,15 @@ from typing import Any
 BATCHES_PATH = "/v1/batches"
 HEALTH_PATH = "/v1/health"
 WHOAMI_PATH = "/v1/whoami"
+# The delivered byte ranges of one producer's streams (docs/protocol.md, "Streams"): what `reset-state` asks
+# after the queue database was destroyed, to skip what the collector stored but never acknowledged.
+STREAMS_PATH = "/v1/producers/{producer}/streams"
+
+MEDIA_V1 = "application/json"
+MEDIA_V2 = "application/vnd.remote-uploader.v2+json"
+#: The answer header that lists the body formats a collector takes (its media types).
+ACCEPT_POST = "Accept-Post"
+ACCEPTED_MEDIA = f"{MEDIA_V1}, {MEDIA_V2}"
 
 MAX_AGENT_LEN = 128
 MAX_BATCH_ID_LEN = 128
@@ -29,6 +45,11 @@ MAX_RECORDS_PER_BATCH = 100_000
 PRODUCER_LEN = (16, 64)  # hex digits
 MAX_SEQ = 2**53 - 1  # exact in every JSON implementation and in a 64-bit column
 MAX_PART_LEN = 64  # halvings: far more than 100,000 records can take
+# `streams`: per file record (stream: a random id, new for each incarnation of the file's content) the
+# byte range [start, end) the batch covers; optional, only with a producer.
+STREAM_ID_LEN = (16, 64)  # hex digits
+MAX_STREAMS_PER_BATCH = 10_000
+MAX_OFFSET = 2**63 - 1
 # A record's count is at most 2**40: far above any real batch, and low enough that the sum of a
 # whole batch for one address (at most 2**40 * 100,000 < 2**57) fits a 64-bit integer.
 MAX_COUNT = 2**40
@@ -86,6 +107,26 @@ def format_time(moment: datetime) -> str:
 
 def format_timestamp(seconds: float) -> str:
     return format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(moment: datetime) -> int:
+    """Exact integer microseconds since the epoch (format 2's times; no float rounding)."""
+    return (moment - EPOCH) // _MICROSECOND
+
+
+def format_micros(micros: int) -> str:
+    """Format 2's integer time as format 1's text: the same instant, the same spelling."""
+    return format_time(EPOCH + timedelta(microseconds=micros))
+
+
+def timestamp_micros(seconds: float) -> int:
+    """A POSIX timestamp as format 2 writes it: rounded to the microsecond as `format_timestamp`
+    rounds it, so a batch converted from one format to the other keeps its times exactly."""
+    return to_micros(datetime.fromtimestamp(seconds, UTC))
 
 
 def parse_time(text: str) -> datetime:
@@ -171,17 +212,21 @@ def encode_records(records: list[Record]) -> bytes:
 
 
 def encode_batch(agent: str, batch_id: str, sent_at: str, records_json: bytes, producer: str | None = None,
-                 seq: int | None = None, part: str = "") -> bytes:
+                 seq: int | None = None, part: str = "",
+                 streams: Sequence[tuple[str, int, int]] = ()) -> bytes:
     """The POST body of protocol v1, built around an already-encoded records array.
 
     The queue stores the records array encoded once at seal time; sending only wraps it,
     so a retry sends byte-identical records under the same batch id. `producer`, `seq` and
-    `part` are the batch's delivery identity (absent in batches of agents before it).
+    `part` are the batch's delivery identity (absent in batches of agents before it); `streams`
+    (with a producer) the byte ranges of the files it covers, (stream id, start, end).
     """
     fields: dict[str, object] = {"agent": agent, "batch_id": batch_id, "sent_at": sent_at}
     if producer is not None and seq is not None:
         fields.update(producer=producer, seq=seq)
         if part:
             fields["part"] = part
+        if streams:
+            fields["streams"] = [{"id": sid, "start": start, "end": end} for sid, start, end in streams]
     head = json.dumps(fields, separators=(",", ":"))
     return head[:-1].encode() + b',"records":' + records_json + b"}"

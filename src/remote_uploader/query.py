@@ -21,6 +21,7 @@ from remote_uploader import __version__
 from remote_uploader.agent.transport import Connection, tls_context
 from remote_uploader.config import ServerConfig
 from remote_uploader.errors import QueryError
+from remote_uploader.i18n import Message
 
 MAX_PAGE = 10_000  # the API's largest page
 MAX_ANSWER = 64 * 1024 * 1024
@@ -52,7 +53,8 @@ class Client:
     def get(self, path: str, params: dict[str, Any]) -> Any:
         target = self.prefix + path + ("?" + urlencode(params) if params else "")
         if not self.token:
-            raise QueryError(f"no token for {self.where}: set server.token_file, --token-file or REMOTE_UPLOADER_TOKEN")
+            raise QueryError(Message(
+                "no token for {where}: set server.token_file, --token-file or REMOTE_UPLOADER_TOKEN", where=self.where))
         headers = {
             "Authorization": f"Bearer {self.token}",
             "Accept": "application/json",
@@ -63,15 +65,18 @@ class Client:
             response = self.conn.read_response(MAX_ANSWER)
         except OSError as exc:
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise QueryError(f"cannot reach the collector at {self.where}: {reason}") from None
+            raise QueryError(Message("cannot reach the collector at {where}: {reason}", where=self.where,
+                                     reason=reason)) from None
         try:
             answer = json.loads(response.body) if response.body else None
         except ValueError:
             answer = None
         if response.status != 200:
-            raise QueryError(f"the collector at {self.where} answered {response.status}: {_reason(answer)}")
+            raise QueryError(Message("the collector at {where} answered {status}: {reason}", where=self.where,
+                                     status=response.status, reason=_reason(answer)))
         if answer is None:
-            raise QueryError(f"the collector at {self.where} answered with something that is not JSON")
+            raise QueryError(Message("the collector at {where} answered with something that is not JSON",
+                                     where=self.where))
         return answer
 
     def close(self) -> None:

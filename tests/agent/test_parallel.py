@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.extractors import build_extractor
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, boundary, scan_parts
 from tests.helpers.agent import write_access_log
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,32 @@ def test_sigterm_as_soon_as_forever_catches_it_stops_it_cleanly(tmp_path: Path, 
     agent = start_agent("forever", "-c", str(config))
     try:
         assert wait_for(lambda: _catches(agent.pid, signal.SIGTERM) or agent.poll() is not None, timeout=60)
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    finally:
+        kill(agent)
+    assert agent.returncode == 0, stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to see when SIGTERM is caught")
+def test_a_reload_during_forevers_start_up_does_not_stop_it(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """Generative finding F4: a SIGHUP (reload) while `forever` was still importing killed it (its
+    default action), and a death by SIGHUP is a clean stop to systemd: no restart. It is held from
+    the same early moment as SIGTERM, and its watcher reloads once open."""
+    log = tmp_path / "access.log"
+    write_access_log(log, 10)
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    agent = start_agent("forever", "-c", str(config))
+    try:
+        assert wait_for(lambda: _catches(agent.pid, signal.SIGTERM) or agent.poll() is not None, timeout=60,
+                        interval=0.001)
+        # From the earliest moment a stop is caught until the agent has delivered, a reload every 10 ms:
+        # whatever start-up is doing when one lands, none may kill it.
+        while agent.poll() is None and receiver.total() < 20:
+            agent.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        assert agent.poll() is None, f"forever died of the reload: {agent.returncode}"
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
     finally:

@@ -133,11 +133,11 @@ def test_damaged_or_future_queue_is_refused_with_the_recovery_command(tmp_path: 
     assert "reset-state" in str(caught.value)
 
 
-def test_a_sealed_batch_body_is_protocol_json_with_escaped_sources() -> None:
+def test_a_sealed_batch_body_is_format_2_json_with_escaped_sources() -> None:
     import gzip
     import json
 
-    from remote_uploader.agent.batch import Batch, seal
+    from remote_uploader.agent.batch import Batch, records_of, seal
 
     batch = Batch(created=0.0)
     batch.add('/var/log/we"ird\\name.log', {"203.0.113.7": 2, "2001:db8::1": 1}, 1_700_000_000.5)
@@ -146,7 +146,11 @@ def test_a_sealed_batch_body_is_protocol_json_with_escaped_sources() -> None:
     assert sealed is not None
     document = json.loads(gzip.decompress(sealed.body))
     assert document["agent"] == "web-1" and document["batch_id"] == sealed.batch_id
-    assert document["records"] == [
+    assert document["format"] == 2 and document["sources"] == ['/var/log/we"ird\\name.log']
+    assert document["groups"] == [{"source": 0, "first_seen": 1_700_000_000_500_000,
+                                   "last_seen": 1_700_000_001_250_000, "ip": ["203.0.113.7", "2001:db8::1"],
+                                   "count": [3, 1]}]
+    assert [record.to_json() for record in records_of(document)] == [
         {"ip": "203.0.113.7", "count": 3, "first_seen": "2023-11-14T22:13:20.500000Z",
          "last_seen": "2023-11-14T22:13:21.250000Z", "source": '/var/log/we"ird\\name.log'},
         {"ip": "2001:db8::1", "count": 1, "first_seen": "2023-11-14T22:13:20.500000Z",

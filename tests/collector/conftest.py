@@ -1,4 +1,5 @@
-"""The `storage` fixture: every contract test runs on SQLite and on a real PostgreSQL."""
+"""The `storage` fixture (every contract test runs on SQLite and on a real PostgreSQL) and
+`make_collector` (collectors in threads sharing a database)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.collector.storage.base import Storage
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -28,25 +29,24 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 
 
 @pytest.fixture
-def make_collector(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., CollectorProcess]:
-    """Start collectors with a config; several calls with one backend share one database."""
-    made: list[CollectorProcess] = []
+def make_collector(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., CollectorThread]:
+    """Start collectors (in threads) with a config; several calls with one backend share one database."""
+    made: list[CollectorThread] = []
 
-    def make(backend: str = "sqlite", config: str = "", db_url: str | None = None) -> CollectorProcess:
+    def make(backend: str = "sqlite", config: str = "", db_url: str | None = None) -> CollectorThread:
         workdir = tmp_path / f"collector-{len(made)}"
         workdir.mkdir()
         if db_url is None:
             db_url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite://{tmp_path}/shared.db"
-        extra: list[str] = []
+        path: Path | None = None
         if config:
             path = workdir / "collector.toml"
             path.write_text("[collector]\n" + config)
-            extra = ["-c", str(path)]
-        shared = next((p.token for p in made if p.db_url == db_url), None)
-        process = CollectorProcess(workdir, db_url, extra, token=shared)
-        request.addfinalizer(process.stop)
-        process.start()
-        made.append(process)
-        return process
+        shared = next((c.token for c in made if c.db_url == db_url), None)
+        collector = CollectorThread(workdir, db_url, path, token=shared)
+        request.addfinalizer(collector.stop)
+        collector.start()
+        made.append(collector)
+        return collector
 
     return make

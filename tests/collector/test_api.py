@@ -12,12 +12,12 @@ import psycopg
 import pytest
 
 from tests.helpers.batches import record, wire_batch
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 
-MakeCollector = Callable[..., CollectorProcess]
+MakeCollector = Callable[..., CollectorThread]
 
 
-def test_a_batch_is_counted_once_and_its_replay_answers_duplicate(collector_any: CollectorProcess) -> None:
+def test_a_batch_is_counted_once_and_its_replay_answers_duplicate(collector_any: CollectorThread) -> None:
     c = collector_any
     batch = wire_batch(
         "test-agent", "b-1", [record("203.0.113.7", 3), record("2001:db8::1", 2), record("203.0.113.7", 1)]
@@ -33,14 +33,14 @@ def test_a_batch_is_counted_once_and_its_replay_answers_duplicate(collector_any:
     assert (agent["agent"], agent["batches"], agent["duplicates"], agent["records"]) == ("test-agent", 1, 1, 3)
 
 
-def test_the_batch_agent_must_be_the_token_name(collector: CollectorProcess) -> None:
+def test_the_batch_agent_must_be_the_token_name(collector: CollectorThread) -> None:
     response = collector.post_batch(wire_batch("someone-else", "b-1", [record("203.0.113.7")]))
     assert response.status_code == 403
     assert response.json()["detail"][0]["field"] == "agent"
     assert collector.counts() == {}
 
 
-def test_a_name_mismatch_is_403_even_in_an_otherwise_empty_body(collector: CollectorProcess) -> None:
+def test_a_name_mismatch_is_403_even_in_an_otherwise_empty_body(collector: CollectorThread) -> None:
     # What an agent's self-test can send: 403 means "this token is not for this agent id",
     # 400 means "token and id accepted" (and nothing is stored either way).
     assert collector.post_batch({"agent": "web-7"}).status_code == 403
@@ -48,7 +48,7 @@ def test_a_name_mismatch_is_403_even_in_an_otherwise_empty_body(collector: Colle
     assert collector.post_batch({}).status_code == 400
 
 
-def test_read_only_tokens_read_but_do_not_send(collector: CollectorProcess) -> None:
+def test_read_only_tokens_read_but_do_not_send(collector: CollectorThread) -> None:
     reader = collector.add_token("dashboard", read_only=True)
     assert collector.get("/v1/ips", token=reader).status_code == 200
     response = collector.post_batch(wire_batch("dashboard", "b-1", [record("203.0.113.7")]), token=reader)
@@ -56,7 +56,7 @@ def test_read_only_tokens_read_but_do_not_send(collector: CollectorProcess) -> N
     assert collector.counts() == {}
 
 
-def test_reads_need_a_token_but_health_does_not(collector: CollectorProcess) -> None:
+def test_reads_need_a_token_but_health_does_not(collector: CollectorThread) -> None:
     for path in ("/v1/ips", "/v1/ips/192.0.2.1", "/v1/agents", "/v1/blocklist"):
         response = httpx.get(collector.url + path)
         assert response.status_code == 401, path
@@ -65,7 +65,7 @@ def test_reads_need_a_token_but_health_does_not(collector: CollectorProcess) -> 
     assert health.status_code == 200 and health.json()["storage"] == "ok"
 
 
-def test_a_revoked_token_is_refused_at_once(collector: CollectorProcess) -> None:
+def test_a_revoked_token_is_refused_at_once(collector: CollectorThread) -> None:
     from remote_uploader.collector.storage import open_storage
 
     token = collector.add_token("web-9")
@@ -78,7 +78,7 @@ def test_a_revoked_token_is_refused_at_once(collector: CollectorProcess) -> None
     assert collector.get("/v1/agents", token=token).status_code == 401
 
 
-def _load_sample(c: CollectorProcess) -> None:
+def _load_sample(c: CollectorThread) -> None:
     other = c.add_token("web-2")
     c.post_batch(
         wire_batch(
@@ -95,13 +95,13 @@ def _load_sample(c: CollectorProcess) -> None:
     c.post_batch(wire_batch("web-2", "1", [record("198.51.100.2", 1, last=20)]), token=other).raise_for_status()
 
 
-def ips(c: CollectorProcess, **params: object) -> list[str]:
+def ips(c: CollectorThread, **params: object) -> list[str]:
     response = c.get("/v1/ips", **params)
     assert response.status_code == 200, response.text
     return [item["ip"] for item in response.json()["items"]]
 
 
-def test_listing_filters_sorts_and_pages(collector_any: CollectorProcess) -> None:
+def test_listing_filters_sorts_and_pages(collector_any: CollectorThread) -> None:
     c = collector_any
     _load_sample(c)
     assert ips(c) == ["198.51.100.2", "198.51.100.1", "2001:db8::5", "203.0.113.5"]
@@ -132,20 +132,20 @@ def test_listing_filters_sorts_and_pages(collector_any: CollectorProcess) -> Non
     ],
 )
 def test_bad_query_parameters_are_400_naming_the_parameter(
-    collector: CollectorProcess, params: dict[str, object], field: str
+    collector: CollectorThread, params: dict[str, object], field: str
 ) -> None:
     response = collector.get("/v1/ips", **params)
     assert response.status_code == 400
     assert response.json()["detail"][0]["field"] == field
 
 
-def test_a_cursor_from_another_sort_order_is_refused(collector: CollectorProcess) -> None:
+def test_a_cursor_from_another_sort_order_is_refused(collector: CollectorThread) -> None:
     _load_sample(collector)
     cursor = collector.get("/v1/ips", limit=1).json()["next_cursor"]
     assert collector.get("/v1/ips", sort="last_seen", cursor=cursor).status_code == 400
 
 
-def test_one_address_with_per_agent_counts(collector_any: CollectorProcess) -> None:
+def test_one_address_with_per_agent_counts(collector_any: CollectorThread) -> None:
     c = collector_any
     _load_sample(c)
     detail = c.get("/v1/ips/198.51.100.2").json()
@@ -187,7 +187,7 @@ def test_blocklists_leave_out_private_and_allowlisted_addresses(make_collector: 
     assert c.get("/v1/blocklist", name="bad name!").status_code == 400
 
 
-def test_metrics_count_batches_by_result(collector: CollectorProcess) -> None:
+def test_metrics_count_batches_by_result(collector: CollectorThread) -> None:
     batch = wire_batch("test-agent", "m-1", [record("203.0.113.7", 2)])
     collector.post_batch(batch)
     collector.post_batch(batch)
@@ -201,7 +201,7 @@ def test_metrics_count_batches_by_result(collector: CollectorProcess) -> None:
     assert "collector_storage_errors_total" in text
 
 
-def test_openapi_documents_the_api_with_400_not_422(collector: CollectorProcess) -> None:
+def test_openapi_documents_the_api_with_400_not_422(collector: CollectorThread) -> None:
     schema = httpx.get(collector.url + "/openapi.json").json()
     assert {"/v1/batches", "/v1/health", "/v1/ips", "/v1/ips/{ip}", "/v1/agents", "/v1/blocklist"} <= set(
         schema["paths"]
@@ -212,7 +212,8 @@ def test_openapi_documents_the_api_with_400_not_422(collector: CollectorProcess)
     assert all("422" not in op["responses"] for path in schema["paths"].values() for op in path.values())
 
 
-def test_the_access_log_is_structured_and_never_contains_tokens(collector: CollectorProcess) -> None:
+def test_the_access_log_is_structured_and_never_contains_tokens(collector_process: CollectorProcess) -> None:
+    collector = collector_process
     collector.post_batch(wire_batch("test-agent", "log-1", [record("203.0.113.7")]))
     collector.get("/v1/ips", min_count=1)
     httpx.get(collector.url + "/v1/agents", headers={"Authorization": "Bearer ru_wrong-token-value"})
@@ -223,8 +224,8 @@ def test_the_access_log_is_structured_and_never_contains_tokens(collector: Colle
     assert collector.token not in log and "ru_wrong-token-value" not in log
 
 
-def test_a_restart_keeps_counts_and_remembers_batch_ids(collector_any: CollectorProcess) -> None:
-    c = collector_any
+def test_a_restart_keeps_counts_and_remembers_batch_ids(collector_process_any: CollectorProcess) -> None:
+    c = collector_process_any
     batch = wire_batch("test-agent", "r-1", [record("203.0.113.7", 3)])
     c.post_batch(batch).raise_for_status()
     assert c.stop() == 0  # SIGTERM is a clean exit
@@ -264,7 +265,7 @@ def test_a_locked_database_answers_503_with_retry_after_then_recovers(
     assert 'collector_storage_errors_total{kind="unavailable"}' in httpx.get(c.url + "/metrics").text
 
 
-def test_unknown_read_parameters_are_refused_so_typos_do_not_widen_a_blocklist(collector: CollectorProcess) -> None:
+def test_unknown_read_parameters_are_refused_so_typos_do_not_widen_a_blocklist(collector: CollectorThread) -> None:
     response = collector.get("/v1/blocklist", min_cout=100)
     assert response.status_code == 400
     assert response.json()["detail"] == [{"field": "query.min_cout", "error": "unknown parameter"}]
@@ -382,3 +383,36 @@ def test_too_many_batches_in_flight_get_429_with_retry_after(make_collector: Mak
         slow.close()
     assert wait_for(lambda: c.post_batch(batch).status_code == 200, timeout=30)
     assert c.counts() == {"203.0.113.7": 1}
+
+
+def test_a_producers_stream_ranges_are_served_to_agent_tokens_only(collector: CollectorProcess) -> None:
+    """What `reset-state` asks after a destroyed queue (docs/protocol.md, "Streams")."""
+    producer, stream = "ab" * 16, "cd" * 16
+    body = {**wire_batch("test-agent", "b-1", [record("203.0.113.7")]), "producer": producer, "seq": 1,
+            "streams": [{"id": stream, "start": 0, "end": 120}]}
+    assert collector.post_batch(body).status_code == 200
+    path = f"/v1/producers/{producer}/streams"
+    answer = collector.get(path)
+    assert (answer.status_code, answer.json()) == (200, {"producer": producer, "streams": {stream: [[0, 120]]}})
+    assert collector.get(path, token=collector.add_token("dashboard", read_only=True)).status_code == 403
+    assert collector.get("/v1/producers/NOT-HEX/streams").json()["detail"][0]["field"] == "path.producer"
+    assert collector.get(f"/v1/producers/{'ef' * 16}/streams").json()["streams"] == {}
+
+
+@pytest.mark.parametrize(("streams", "field"), [
+    ([{"id": "cd" * 16, "start": 10, "end": 10}], "streams[0]"),  # empty range
+    ([{"id": "CD" * 16, "start": 0, "end": 10}], "streams[0]"),  # upper-case id
+    ([{"id": "cd" * 16, "start": -1, "end": 10}], "streams[0]"),
+    ({"id": "cd" * 16}, "streams"),
+])
+def test_bad_stream_ranges_are_400_naming_the_field_and_store_nothing(
+        collector: CollectorProcess, streams: object, field: str) -> None:
+    body = {**wire_batch("test-agent", "b-1", [record("203.0.113.7")]), "producer": "ab" * 16, "seq": 1,
+            "streams": streams}
+    response = collector.post_batch(body)
+    assert response.status_code == 400
+    assert response.json()["detail"][0]["field"] == field
+    assert collector.counts() == {}
+    without_producer = {**wire_batch("test-agent", "b-2", [record("203.0.113.7")]),
+                        "streams": [{"id": "cd" * 16, "start": 0, "end": 10}]}
+    assert collector.post_batch(without_producer).json()["detail"][0]["field"] == "streams"

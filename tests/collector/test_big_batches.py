@@ -8,15 +8,15 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from remote_uploader.collector.parsing import WORKER_MIN_BYTES
 from tests.helpers.batches import random_ip, random_records, wire_batch
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 from tests.helpers.senders import expected_counts
 
 RECORDS = 12_000  # about 1.8 MB of JSON: over WORKER_MIN_BYTES
@@ -28,6 +28,7 @@ def big_batch(agent: str, number: int) -> dict[str, Any]:
 
 
 def spawned_workers(collector: CollectorProcess) -> int:
+    """Parsing workers the collector process spawned (so these tests run it as a process of its own)."""
     assert collector.proc is not None
     count = 0
     for entry in Path("/proc").iterdir():
@@ -41,7 +42,8 @@ def spawned_workers(collector: CollectorProcess) -> int:
     return count
 
 
-def test_big_batches_count_exactly_and_replays_count_once(collector_any: CollectorProcess) -> None:
+def test_big_batches_count_exactly_and_replays_count_once(collector_process_any: CollectorProcess) -> None:
+    collector_any = collector_process_any
     batches = [big_batch("test-agent", n) for n in range(4)]
     assert len(json.dumps(batches[0])) > WORKER_MIN_BYTES
     assert collector_any.post_batch(batches[0]).json()["duplicate"] is False
@@ -66,7 +68,7 @@ def test_big_batches_count_exactly_and_replays_count_once(collector_any: Collect
     assert spawned_workers(collector_any) >= 1
 
 
-def test_every_bad_field_of_a_big_batch_is_named_and_nothing_is_stored(collector: CollectorProcess) -> None:
+def test_every_bad_field_of_a_big_batch_is_named_and_nothing_is_stored(collector: CollectorThread) -> None:
     batch = big_batch("test-agent", 1)
     batch["records"][9000]["ip"] = "2001:DB8::1"
     batch["records"][11_999]["last_seen"] = "yesterday"
@@ -84,9 +86,11 @@ def test_every_bad_field_of_a_big_batch_is_named_and_nothing_is_stored(collector
 
 
 def test_without_workers_big_batches_are_parsed_in_the_server_process(
-    make_collector: Callable[..., CollectorProcess],
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    collector = make_collector(config="parse_workers = 0\n")
+    collector = CollectorProcess(tmp_path, f"sqlite://{tmp_path}/collector.db", ["--parse-workers", "0"])
+    request.addfinalizer(collector.stop)
+    collector.start()
     batch = big_batch("test-agent", 3)
     assert collector.post_batch(batch).status_code == 200
     assert collector.counts() == dict(expected_counts([batch]))

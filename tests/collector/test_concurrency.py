@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 from tests.helpers.senders import expected_counts, make_batches, run_agent, sending_order
 
 AGENTS = 4
@@ -24,7 +24,7 @@ def _run_agents(urls: list[str], tokens: dict[str, str]) -> list[int]:
         return [job.get(timeout=240) for job in jobs]
 
 
-def _check(reader: CollectorProcess, tokens: dict[str, str], new_per_agent: list[int], urls: int) -> None:
+def _check(reader: CollectorThread, tokens: dict[str, str], new_per_agent: list[int], urls: int) -> None:
     expected: Counter[str] = Counter()
     for agent in tokens:
         expected += expected_counts(make_batches(agent, BATCHES, RECORDS))
@@ -38,7 +38,7 @@ def _check(reader: CollectorProcess, tokens: dict[str, str], new_per_agent: list
         assert stats[agent]["records"] == BATCHES * RECORDS
 
 
-def test_agents_in_parallel_with_replays_count_exactly_once(collector_any: CollectorProcess) -> None:
+def test_agents_in_parallel_with_replays_count_exactly_once(collector_any: CollectorThread) -> None:
     tokens = {f"agent-{n}": collector_any.add_token(f"agent-{n}") for n in range(AGENTS)}
     new = _run_agents([collector_any.url], tokens)
     _check(collector_any, tokens, new, urls=1)
@@ -46,7 +46,7 @@ def test_agents_in_parallel_with_replays_count_exactly_once(collector_any: Colle
 
 @pytest.mark.postgres
 def test_two_collectors_on_one_postgres_race_on_the_same_batch_ids(
-    make_collector: Callable[..., CollectorProcess],
+    make_collector: Callable[..., CollectorThread],
 ) -> None:
     first = make_collector("postgres")
     second = make_collector("postgres", db_url=first.db_url)

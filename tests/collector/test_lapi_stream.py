@@ -8,8 +8,12 @@ pulls only that origin (CrowdSec's `origins` filter), with keys of its own.
 
 from __future__ import annotations
 
+import gzip
+import http.client
+import json
 import re
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,28 +25,28 @@ import pytest
 
 from remote_uploader.collector.auth import create_bouncer_key
 from remote_uploader.collector.lapi import StreamFilter
-from remote_uploader.collector.routers.lapi import Pull
+from remote_uploader.collector.routers.lapi import CHUNK, Encoder, Pull, wants_gzip
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import NewDecision
 from tests.helpers.bouncers import wait_for
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 
 DURATION = re.compile(r"^-?\d+h\d+m\d+(\.\d{1,6})?s$")
 UA = {"User-Agent": "crowdsec-firewall-bouncer/v0.0.25"}
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorProcess]:
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorThread]:
     workdir = tmp_path_factory.mktemp("lapi")
-    process = CollectorProcess(workdir, f"sqlite://{workdir}/collector.db")
-    process.start()
-    yield process
-    process.stop()
+    collector = CollectorThread(workdir, f"sqlite://{workdir}/collector.db")
+    collector.start()
+    yield collector
+    collector.stop()
 
 
 @pytest.fixture
-def db(collector: CollectorProcess) -> Iterator[Storage]:
+def db(collector: CollectorThread) -> Iterator[Storage]:
     storage = open_storage(collector.db_url, pool_size=2)
     yield storage
     storage.close()
@@ -101,7 +105,7 @@ def expire(db_url: str, decision_id: int) -> None:
         connection.execute("UPDATE decisions SET until = %s WHERE id = %s", (past, decision_id))
 
 
-def pull(collector: CollectorProcess, key: str, **params: str) -> dict[str, Any]:
+def pull(collector: CollectorThread, key: str, **params: str) -> dict[str, Any]:
     params.setdefault("origins", ORIGIN)
     response = httpx.get(
         collector.url + "/v1/decisions/stream", params=params, headers={"X-Api-Key": key, **UA}, timeout=30
@@ -116,7 +120,7 @@ def values(decisions: list[dict[str, Any]] | None) -> set[str]:
 
 
 def test_startup_sends_every_active_decision_and_later_pulls_only_the_changes(
-    collector: CollectorProcess, db: Storage
+    collector: CollectorThread, db: Storage
 ) -> None:
     key = key_for(db, "fw-1")
     decide(db, v("198.51.100.7"), scenario="sshd-bruteforce")
@@ -143,7 +147,7 @@ def test_startup_sends_every_active_decision_and_later_pulls_only_the_changes(
     assert pull(collector, key) == {"new": [], "deleted": []}
 
 
-def test_each_key_has_its_own_delta(collector: CollectorProcess, db: Storage) -> None:
+def test_each_key_has_its_own_delta(collector: CollectorThread, db: Storage) -> None:
     one, two = key_for(db, "fw-1"), key_for(db, "fw-2")
     pull(collector, one, startup="true")
     decide(db, v("198.51.100.7"))
@@ -153,7 +157,7 @@ def test_each_key_has_its_own_delta(collector: CollectorProcess, db: Storage) ->
     assert pull(collector, two)["new"] == []
 
 
-def test_an_expired_decision_goes_to_deleted(collector: CollectorProcess, db: Storage) -> None:
+def test_an_expired_decision_goes_to_deleted(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     made = decide(db, v("198.51.100.7"))
     assert values(pull(collector, key, startup="true")["new"]) == {v("198.51.100.7")}
@@ -163,7 +167,7 @@ def test_an_expired_decision_goes_to_deleted(collector: CollectorProcess, db: St
     assert DURATION.match(deleted[0]["duration"]) and deleted[0]["duration"].startswith("-")
 
 
-def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorProcess, db: Storage) -> None:
+def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     old = decide(db, v("198.51.100.7"), seconds=60)
     pull(collector, key, startup="true")
@@ -179,7 +183,7 @@ def test_a_replaced_decision_is_taken_back_and_sent_again(collector: CollectorPr
     assert [d["id"] for d in delta["new"]] == [longer.id]
 
 
-def test_filters_apply_to_new_and_deleted(collector: CollectorProcess, db: Storage) -> None:
+def test_filters_apply_to_new_and_deleted(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     decide(db, v("198.51.100.7"), scenario="sshd-bruteforce")
     web = decide(db, v("198.51.100.8"), scenario="web-scan")
@@ -192,7 +196,7 @@ def test_filters_apply_to_new_and_deleted(collector: CollectorProcess, db: Stora
     assert pull(collector, key, startup="true", origins="CAPI")["new"] == []
 
 
-def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorProcess, db: Storage) -> None:
+def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     assert pull(collector, key, startup="true", dedup="false", whatever="1") == {"new": [], "deleted": []}
     for params, field in (({"scopes": "ip,username"}, "query.scopes"), ({"startup": "maybe"}, "query.startup")):
@@ -201,7 +205,7 @@ def test_unknown_parameters_are_ignored_and_bad_ones_named(collector: CollectorP
         assert response.json()["detail"][0]["field"] == field and field in response.json()["message"]
 
 
-def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorProcess, db: Storage) -> None:
+def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     stream = collector.url + "/v1/decisions/stream"
     missing = httpx.get(stream)
@@ -217,7 +221,7 @@ def test_keys_tokens_and_endpoints_do_not_mix(collector: CollectorProcess, db: S
     assert httpx.get(stream, headers={"X-Api-Key": key}).status_code == 401
 
 
-def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorProcess, db: Storage) -> None:
+def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     for path in ("/v1/decisions/stream", "/v1/decisions"):
         response = httpx.head(collector.url + path, headers={"X-Api-Key": key})
@@ -227,7 +231,7 @@ def test_head_is_a_probe_that_reads_and_records_nothing(collector: CollectorProc
     assert httpx.head(collector.url + "/v1/decisions/stream", headers={"X-Api-Key": "bad"}).status_code == 401
 
 
-def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: CollectorProcess, db: Storage) -> None:
+def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "nginx")
     decide(db, v("198.51.100.7"))
     ranged = decide(db, v("203.0.113.0/24"), scenario="sshd-range")
@@ -251,7 +255,7 @@ def test_live_lookup_finds_addresses_and_ranges_and_answers_null(collector: Coll
     assert bad.status_code == 400 and bad.json()["detail"][0]["field"] == "query.ip"
 
 
-def test_usage_metrics_are_accepted_quietly(collector: CollectorProcess, db: Storage) -> None:
+def test_usage_metrics_are_accepted_quietly(collector: CollectorThread, db: Storage) -> None:
     key = key_for(db, "fw-1")
     body = {"remediation_components": [{"type": "crowdsec-firewall-bouncer", "metrics": []}]}
     response = httpx.post(collector.url + "/v1/usage-metrics", json=body, headers={"X-Api-Key": key})
@@ -283,8 +287,101 @@ def test_a_pull_cut_short_records_nothing_and_is_sent_again(tmp_path: Path) -> N
         storage.close()
 
 
+def raw_get(collector: CollectorProcess, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """A GET as a bouncer's HTTP client sends it, with exactly these headers (httpx would add its
+    own Accept-Encoding and decode the answer)."""
+    host, port = collector.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("GET", target, headers=headers)
+    return connection.getresponse()
+
+
+def timeless(answer: dict[str, Any]) -> dict[str, Any]:
+    """A stream answer without the durations (time left: they differ between two pulls)."""
+    return {part: [{**d, "duration": None} for d in answer[part]] for part in ("new", "deleted")}
+
+
+def test_answers_are_gzipped_for_bouncers_that_accept_gzip(collector: CollectorProcess, db: Storage) -> None:
+    decide(db, v("198.51.100.7"))
+    decide(db, v("203.0.113.0/24"))
+    target = f"/v1/decisions/stream?startup=true&origins={ORIGIN}"
+    plain = raw_get(collector, target, {"X-Api-Key": key_for(db, "fw-plain")})
+    assert plain.getheader("Content-Encoding") is None and plain.getheader("Vary") == "Accept-Encoding"
+    expected = json.loads(plain.read())
+    # Go's HTTP client sends exactly this header by itself (crowdsec-firewall-bouncer does).
+    zipped = raw_get(collector, target, {"X-Api-Key": key_for(db, "fw-go"), "Accept-Encoding": "gzip"})
+    assert zipped.status == 200 and zipped.getheader("Content-Encoding") == "gzip"
+    assert timeless(json.loads(gzip.decompress(zipped.read()))) == timeless(expected)
+    assert values(expected["new"]) == {v("198.51.100.7"), v("203.0.113.0/24")}
+    refused = raw_get(collector, target, {"X-Api-Key": key_for(db, "fw-q0"), "Accept-Encoding": "gzip;q=0, br"})
+    assert refused.getheader("Content-Encoding") is None and timeless(json.loads(refused.read())) == timeless(expected)
+
+    key = key_for(db, "live")
+    for ip, answer in ((v("198.51.100.7"), [v("198.51.100.7")]), (v("192.0.2.1"), None)):
+        live = raw_get(collector, f"/v1/decisions?ip={ip}", {"X-Api-Key": key, "Accept-Encoding": "deflate, gzip"})
+        assert live.getheader("Content-Encoding") == "gzip"
+        found = json.loads(gzip.decompress(live.read()))
+        assert (found if found is None else [d["value"] for d in found]) == answer
+    # An error stays plain JSON, whatever the client accepts.
+    denied = raw_get(collector, target, {"X-Api-Key": "rub_nope", "Accept-Encoding": "gzip"})
+    assert denied.status == 401 and "X-Api-Key" in json.loads(denied.read())["message"]
+
+
+@pytest.mark.parametrize(
+    ("header", "gzipped"),
+    [
+        ("gzip", True),
+        ("GZIP;q=0.5", True),
+        ("x-gzip", True),
+        ("br, gzip", True),
+        ("gzip;q=0", False),
+        ("*", False),
+        ("identity", False),
+        ("", False),
+        ("gzip;q=nonsense", False),
+    ],
+)
+def test_accept_encoding_is_read_as_http_means_it(header: str, gzipped: bool) -> None:
+    assert wants_gzip(header) is gzipped
+
+
+def test_a_large_pull_is_compressed_chunk_by_chunk_and_decodes_as_it_arrives(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite://{tmp_path}/c.db", pool_size=2)
+    try:
+        storage.migrate()
+        create_bouncer_key(storage, "fw-1")
+        until = datetime.now(UTC) + timedelta(hours=1)
+        news = [NewDecision(f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}", "Ip", until) for n in range(6000)]
+        storage.add_decisions(news, datetime.now(UTC))
+
+        def start(encoder: Encoder) -> Iterator[bytes]:
+            [bouncer] = storage.list_bouncers()
+            made = Pull(storage, bouncer, True, StreamFilter(), "test")
+            return made.body(made.first_page(), encoder)
+
+        # Cut short after its first chunk: not a whole gzip stream, and nothing recorded.
+        body = start(Encoder(gzip=True))
+        with pytest.raises(EOFError):
+            gzip.decompress(next(body))
+        body.close()
+        assert storage.list_bouncers()[0].last_seq is None
+
+        chunks = list(start(Encoder(gzip=True)))
+        assert len(chunks) >= 3  # each CHUNK of JSON went out as soon as it was compressed
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        sizes = [len(decoder.decompress(chunk)) for chunk in chunks]
+        assert all(size >= CHUNK for size in sizes[:-1])  # each chunk decodes whole on arrival
+        assert decoder.eof
+        answer = json.loads(gzip.decompress(b"".join(chunks)))
+        assert len(answer["new"]) == 6000 and answer["deleted"] == []
+        assert sum(map(len, chunks)) * 5 < sum(sizes)  # and it is worth it
+        assert storage.list_bouncers()[0].last_seq == storage.decision_seq()
+    finally:
+        storage.close()
+
+
 @pytest.mark.postgres
-def test_the_stream_works_the_same_on_postgresql(collector_pg: CollectorProcess) -> None:
+def test_the_stream_works_the_same_on_postgresql(collector_pg: CollectorThread) -> None:
     storage = open_storage(collector_pg.db_url, pool_size=2)
     try:
         key = create_bouncer_key(storage, "fw-pg")

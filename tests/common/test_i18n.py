@@ -3,11 +3,13 @@ catalog is the compiled .po, the CLI follows --lang and the locale, and log file
 
 from __future__ import annotations
 
+import argparse
 import ast
 import gettext
 import io
 import re
 import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,46 @@ def test_a_translated_message_formats_its_values_and_nested_messages() -> None:
         assert str(message) == "config key agent.idd: unknown key"  # what logs get, whatever the language
     finally:
         i18n.setup("en")
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, f"{path} {name}".strip())
+
+
+def test_the_help_of_the_query_and_collector_commands_is_translated_like_the_old_ones() -> None:
+    """Every sentence of `ips`, `decisions` and every `collector ...` help reads in Chinese
+    (option names and bare setting keys such as `agent.id` stay as they are)."""
+    from remote_uploader import i18n
+    from remote_uploader.cli import build_parser
+    from remote_uploader.collector.cli import add_commands
+
+    try:
+        i18n.setup("zh")
+        collector = i18n.Parser(prog="remote-uploader collector")
+        add_commands(collector)
+        agent = {path: p for path, p in _parsers(build_parser()) if path.split(" ")[0] in ("ips", "decisions")}
+        parsers = {**agent, **{f"collector {path}".strip(): p for path, p in _parsers(collector)}}
+        wanted = {"ips", "decisions", "collector bouncer add", "collector decision add", "collector serve"}
+        assert wanted <= set(parsers)
+        english = []
+        for path, parser in parsers.items():
+            texts = [parser.description or "", *(group.title or "" for group in parser._action_groups)]
+            texts += [action.help or "" for action in parser._actions]
+            english += [f"{path}: {text!r}" for text in texts if " " in text and not CJK.search(text)]
+        assert not english, "\n".join(english)
+    finally:
+        i18n.setup("en")
+
+
+def test_new_commands_print_their_help_in_chinese_when_asked() -> None:
+    ips = run_agent("ips", "--help", "--lang", "zh")
+    assert ips.returncode == 0 and "只列出计数至少为 N 的地址" in ips.stdout and "选项" in ips.stdout
+    bouncer = run_agent("collector", "bouncer", "add", "--help", env={"LANG": "zh_CN.UTF-8"})
+    assert bouncer.returncode == 0 and "为 bouncer NAME 创建密钥" in bouncer.stdout, bouncer.stdout
+    assert "用法" in bouncer.stdout
+    english = run_agent("collector", "decision", "add", "--help")
+    assert "Add a decision by hand" in english.stdout and not CJK.search(english.stdout)

@@ -19,7 +19,7 @@ from remote_uploader.agent.clock import ENV as CLOCK_ENV
 from remote_uploader.agent.spool import Spool, prepare_state_dir
 from remote_uploader.protocol import Record, format_time
 from tests.helpers.agent import run_agent, start_agent, wait_for, write_config
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 
 
 def _set_offset(path: Path, seconds: float) -> None:
@@ -51,13 +51,13 @@ def _dead_letters(config: Path) -> int:
     return len(dead)
 
 
-def _seen(collector: CollectorProcess, ip: str) -> tuple[datetime, datetime]:
+def _seen(collector: CollectorThread, ip: str) -> tuple[datetime, datetime]:
     item = collector.get(f"/v1/ips/{ip}").json()
     return datetime.fromisoformat(item["first_seen"]), datetime.fromisoformat(item["last_seen"])
 
 
 def test_a_clock_stepped_back_inside_an_open_batch_is_delivered_not_dead_lettered(
-        collector: CollectorProcess, tmp_path: Path) -> None:
+        collector: CollectorThread, tmp_path: Path) -> None:
     clock = tmp_path / "clock"
     _set_offset(clock, 0.0)
     log = tmp_path / "app.log"
@@ -90,7 +90,7 @@ def test_a_clock_stepped_back_inside_an_open_batch_is_delivered_not_dead_lettere
 
 
 def test_a_batch_an_old_agent_queued_with_last_seen_before_first_seen_is_delivered(
-        collector: CollectorProcess, tmp_path: Path) -> None:
+        collector: CollectorThread, tmp_path: Path) -> None:
     state = tmp_path / "state"
     prepare_state_dir(state)
     spool = Spool(state)
@@ -112,7 +112,8 @@ def test_a_batch_an_old_agent_queued_with_last_seen_before_first_seen_is_deliver
 
 
 def test_times_from_an_agent_clock_far_ahead_are_clamped_to_the_arrival_and_counted(
-        collector: CollectorProcess, tmp_path: Path) -> None:
+        collector_process: CollectorProcess, tmp_path: Path) -> None:
+    collector = collector_process  # a process: the test reads its log
     clock = tmp_path / "clock"
     _set_offset(clock, 10 * 86400.0)  # the agent's clock is ten days ahead
     log = tmp_path / "app.log"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from tests.e2e.test_delivery_answers import Impostor
 from tests.helpers.agent import run_agent, write_access_log, write_config
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 
 CRASH_AFTER_STORED = {"REMOTE_UPLOADER_CRASH_AT": "before_ack:1"}
 
 
-def _setup(tmp_path: Path, collector: CollectorProcess, lines: int = 2000) -> tuple[Path, Counter[str]]:
+def _setup(tmp_path: Path, collector: CollectorThread, lines: int = 2000) -> tuple[Path, Counter[str]]:
     log = tmp_path / "access.log"
     expected = write_access_log(log, lines, seed=7, distinct=1500)
     config = write_config(tmp_path / "agent.toml", url=collector.url, token=collector.token,
@@ -33,7 +33,7 @@ def _once_crashing_after_the_first_batch_is_stored(config: Path) -> None:
     assert crashed.returncode == -9, crashed.stdout + crashed.stderr
 
 
-def _prune_every_batch_id(collector: CollectorProcess) -> None:
+def _prune_every_batch_id(collector: CollectorThread) -> None:
     """What `retention_days` does after a month, or at once after a collector clock jump."""
     from remote_uploader.collector.storage import open_storage
 
@@ -46,8 +46,8 @@ def _prune_every_batch_id(collector: CollectorProcess) -> None:
 
 
 def test_a_stored_batch_split_after_the_collector_lowered_its_body_limit_is_counted_once(
-        tmp_path: Path, collector_any: CollectorProcess) -> None:
-    collector = collector_any
+        tmp_path: Path, collector_process_any: CollectorProcess) -> None:
+    collector = collector_process_any  # a process: the test reads its log
     config, expected = _setup(tmp_path, collector)
     _once_crashing_after_the_first_batch_is_stored(config)
     collector.stop()
@@ -62,7 +62,7 @@ def test_a_stored_batch_split_after_the_collector_lowered_its_body_limit_is_coun
 
 
 def test_a_replay_after_the_collector_pruned_its_batch_ids_is_counted_once(
-        tmp_path: Path, collector_any: CollectorProcess) -> None:
+        tmp_path: Path, collector_any: CollectorThread) -> None:
     collector = collector_any
     config, expected = _setup(tmp_path, collector)
     _once_crashing_after_the_first_batch_is_stored(config)
@@ -77,7 +77,7 @@ def test_a_replay_after_the_collector_pruned_its_batch_ids_is_counted_once(
 
 
 def test_dead_letters_requeued_long_after_they_were_stored_are_counted_once(
-        tmp_path: Path, collector: CollectorProcess) -> None:
+        tmp_path: Path, collector: CollectorThread) -> None:
     config, expected = _setup(tmp_path, collector)
     _once_crashing_after_the_first_batch_is_stored(config)
     # The stored batch's retry meets a proxy that refuses it for good: it is dead-lettered.

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.helpers.agent import run_agent, write_access_log, write_config
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 
 
 def _config(tmp_path: Path, url: str, token: str, agent_id: str) -> Path:
@@ -16,7 +16,7 @@ def _config(tmp_path: Path, url: str, token: str, agent_id: str) -> Path:
                         server={"max_retry_time": 3.0})
 
 
-def _queue_while_the_collector_is_away(tmp_path: Path, collector: CollectorProcess) -> Counter[str]:
+def _queue_while_the_collector_is_away(tmp_path: Path, collector: CollectorThread) -> Counter[str]:
     expected = write_access_log(tmp_path / "access.log", 1500, seed=11)
     collector.stop()
     away = run_agent("once", "-c", str(_config(tmp_path, collector.url, collector.token, "test-agent")))
@@ -26,7 +26,7 @@ def _queue_while_the_collector_is_away(tmp_path: Path, collector: CollectorProce
 
 
 def test_batches_queued_before_the_agent_id_and_token_changed_are_delivered_once(
-        tmp_path: Path, collector: CollectorProcess) -> None:
+        tmp_path: Path, collector: CollectorThread) -> None:
     expected = _queue_while_the_collector_is_away(tmp_path, collector)
     config = _config(tmp_path, collector.url, collector.add_token("web-2"), "web-2")
 
@@ -40,7 +40,7 @@ def test_batches_queued_before_the_agent_id_and_token_changed_are_delivered_once
 
 
 def test_a_batch_stored_before_the_token_was_renamed_is_not_counted_again(
-        tmp_path: Path, collector: CollectorProcess) -> None:
+        tmp_path: Path, collector: CollectorThread) -> None:
     expected = write_access_log(tmp_path / "access.log", 1500, seed=12)
     first = _config(tmp_path, collector.url, collector.token, "test-agent")
     crashed = run_agent("once", "-c", str(first), env={"REMOTE_UPLOADER_CRASH_AT": "before_ack:1"})
@@ -54,7 +54,7 @@ def test_a_batch_stored_before_the_token_was_renamed_is_not_counted_again(
     assert collector.counts() == dict(expected)
 
 
-def test_a_refusal_shows_the_collectors_own_reason(tmp_path: Path, collector: CollectorProcess) -> None:
+def test_a_refusal_shows_the_collectors_own_reason(tmp_path: Path, collector: CollectorThread) -> None:
     write_access_log(tmp_path / "access.log", 100, seed=13)
     config = _config(tmp_path, collector.url, collector.add_token("reader", read_only=True), "test-agent")
 

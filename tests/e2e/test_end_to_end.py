@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.agent import run_agent, write_access_log, write_config
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorProcess, CollectorThread
 
 SMALL_BATCHES = {"min_upload_batch": 20, "force_upload_threshold": 150, "max_memory_ips": 300}
 
 
-def _config(tmp_path: Path, collector: CollectorProcess, log: Path, token: str | None = None) -> Path:
+def _config(tmp_path: Path, collector: CollectorThread, log: Path, token: str | None = None) -> Path:
     return write_config(
         tmp_path / "agent.toml",
         url=collector.url,
@@ -24,7 +24,7 @@ def _config(tmp_path: Path, collector: CollectorProcess, log: Path, token: str |
     )
 
 
-def test_once_delivers_exact_counts(collector_any: CollectorProcess, tmp_path: Path) -> None:
+def test_once_delivers_exact_counts(collector_any: CollectorThread, tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     expected = write_access_log(log, 4000, seed=7)
     config = _config(tmp_path, collector_any, log)
@@ -39,10 +39,11 @@ def test_once_delivers_exact_counts(collector_any: CollectorProcess, tmp_path: P
 
 
 def test_the_agent_splits_batches_that_the_collector_finds_too_large(
-    make_collector,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    collector = make_collector(config="max_body = 4096\n")
+    collector = CollectorProcess(tmp_path, f"sqlite://{tmp_path}/collector.db", ["--max-body", "4096"])
+    request.addfinalizer(collector.stop)
+    collector.start()  # a process: the test reads its log
     log = tmp_path / "access.log"
     expected = write_access_log(log, 2000, seed=3)
     result = run_agent("once", "-c", str(_config(tmp_path, collector, log)))
@@ -51,7 +52,7 @@ def test_the_agent_splits_batches_that_the_collector_finds_too_large(
     assert "status=413" in collector.log()
 
 
-def test_a_wrong_token_keeps_the_data_queued_until_it_is_fixed(collector: CollectorProcess, tmp_path: Path) -> None:
+def test_a_wrong_token_keeps_the_data_queued_until_it_is_fixed(collector: CollectorThread, tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     expected: Counter[str] = write_access_log(log, 1000, seed=5)
     wrong = run_agent("once", "--max-retry-time", "1", "-c", str(_config(tmp_path, collector, log, "ru_wrong")))
@@ -62,10 +63,12 @@ def test_a_wrong_token_keeps_the_data_queued_until_it_is_fixed(collector: Collec
     assert collector.counts() == dict(expected)
 
 
-@pytest.mark.parametrize("collector", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize("collector_process", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
 def test_a_collector_restart_between_runs_loses_and_doubles_nothing(
-    collector: CollectorProcess, tmp_path: Path
+    collector_process: CollectorProcess, tmp_path: Path
 ) -> None:
+    collector = collector_process  # a process: the test kills it
     log = tmp_path / "access.log"
     expected = write_access_log(log, 1500, seed=11)
     config = _config(tmp_path, collector, log)
@@ -77,7 +80,7 @@ def test_a_collector_restart_between_runs_loses_and_doubles_nothing(
     assert collector.counts() == dict(expected + more)
 
 
-def test_several_real_agents_at_once_deliver_exact_counts(collector_any: CollectorProcess, tmp_path: Path) -> None:
+def test_several_real_agents_at_once_deliver_exact_counts(collector_any: CollectorThread, tmp_path: Path) -> None:
     from tests.helpers.agent import start_agent
 
     expected: Counter[str] = Counter()
@@ -125,7 +128,7 @@ def test_the_test_command_says_when_the_token_belongs_to_another_agent(collector
 
 
 def test_a_max_memory_ips_above_the_collectors_batch_limit_still_delivers_everything(
-    collector: CollectorProcess, tmp_path: Path
+    collector: CollectorThread, tmp_path: Path
 ) -> None:
     """A batch of more records than the collector takes would be refused (400) at every retry:
     the agent never seals one, whatever `max_memory_ips` says."""
@@ -140,3 +143,26 @@ def test_a_max_memory_ips_above_the_collectors_batch_limit_still_delivers_everyt
     result = run_agent("once", "-c", str(config), timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert collector.counts() == dict.fromkeys(addresses, 1)
+
+
+def test_a_batch_stored_but_unacknowledged_then_a_destroyed_queue_is_not_doubled_on_the_real_collector(
+        collector_any: CollectorProcess, tmp_path: Path) -> None:
+    """Hole 10's last window, end to end on both backends: the agent is killed after the collector
+    stored its 3rd batch and before the answer was recorded, the queue database is then destroyed;
+    `reset-state` asks the collector which bytes it stored and resumes past them."""
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 3000, seed=25, distinct=1500)
+    config = write_config(tmp_path / "agent.toml", url=collector_any.url, token=collector_any.token,
+                          state_dir=tmp_path / "state", sources=[str(log)], server={"upload_concurrency": 1},
+                          batching={"min_upload_batch": 10, "force_upload_threshold": 100, "max_memory_ips": 200})
+    killed = run_agent("once", "-c", str(config), env={"REMOTE_UPLOADER_CRASH_AT": "before_ack:3"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    (tmp_path / "state" / "queue.db").write_bytes(b"\0" * 4096)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "state" / f"queue.db{suffix}").unlink(missing_ok=True)
+
+    reset = run_agent("reset-state", "-c", str(config))
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert "they resume after it" in reset.stdout, reset.stdout
+    assert run_agent("once", "-c", str(config)).returncode == 0
+    assert Counter(collector_any.counts()) == expected

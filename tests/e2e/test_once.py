@@ -191,8 +191,10 @@ def test_unterminated_final_line_of_an_idle_file_is_taken(tmp_path: Path, receiv
 def test_unterminated_final_line_of_a_busy_file_is_held_back(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "app.log"
     log.write_text("client 198.51.100.1 ok\nclient 198.51.100.2 half-writ")
+    # "Busy" is a file written to within `partial_line_idle`: an hour here, so that the file is
+    # busy whatever the machine's load makes of the agent's start-up (5 s, the default, was not).
     config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
-                          state_dir=tmp_path / "state", sources=[str(log)])
+                          state_dir=tmp_path / "state", sources=[str(log)], read={"partial_line_idle": 3600})
     assert run_agent("once", "-c", str(config)).returncode == 0
     assert receiver.counts() == {"198.51.100.1": 1}
     with log.open("a") as handle:

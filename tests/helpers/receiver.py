@@ -80,13 +80,29 @@ class Store:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.RLock())
 
-    def apply(self, batch_id: str, records: Sequence[tuple[str, int]]) -> bool:
-        """Count a batch unless its id was seen; True when it was new. Atomic per batch."""
+    def apply(self, batch_id: str, records: Sequence[tuple[str, int]],
+              streams: Sequence[tuple[str, str, int, int]] = ()) -> bool:
+        """Count a batch unless its id was seen; True when it was new. Atomic per batch, with its
+        `streams` ranges (producer, stream, start, end), kept only for a whole batch (the protocol:
+        a split batch's ranges count once the parts make the whole; this peer, simpler and on the
+        safe side, never records them for parts)."""
         with self._cond:
-            new = self._apply(batch_id, records)
+            new = self._apply(batch_id, records, streams)
             if new:
                 self._cond.notify_all()
             return new
+
+    def streams(self, producer: str) -> dict[str, list[list[int]]]:
+        """Per stream of `producer`, its stored ranges [start, end), sorted and merged."""
+        with self._cond:
+            merged: dict[str, list[list[int]]] = {}
+            for stream, start, end in sorted(self._streams(producer)):
+                ranges = merged.setdefault(stream, [])
+                if ranges and start <= ranges[-1][1]:
+                    ranges[-1][1] = max(ranges[-1][1], end)
+                else:
+                    ranges.append([start, end])
+            return merged
 
     def counts(self) -> dict[str, int]:
         with self._cond:
@@ -114,7 +130,11 @@ class Store:
     def close(self) -> None:
         """Release resources; the base keeps nothing open."""
 
-    def _apply(self, batch_id: str, records: Sequence[tuple[str, int]]) -> bool:
+    def _apply(self, batch_id: str, records: Sequence[tuple[str, int]],
+               streams: Sequence[tuple[str, str, int, int]]) -> bool:
+        raise NotImplementedError
+
+    def _streams(self, producer: str) -> list[tuple[str, int, int]]:
         raise NotImplementedError
 
     def _counts(self) -> dict[str, int]:
@@ -135,11 +155,14 @@ class MemoryStore(Store):
         self._by_ip: dict[str, int] = {}
         self._ids: set[str] = set()
         self._sum = 0
+        self._ranges: list[tuple[str, str, int, int]] = []
 
-    def _apply(self, batch_id: str, records: Sequence[tuple[str, int]]) -> bool:
+    def _apply(self, batch_id: str, records: Sequence[tuple[str, int]],
+               streams: Sequence[tuple[str, str, int, int]]) -> bool:
         if batch_id in self._ids:
             return False
         self._ids.add(batch_id)
+        self._ranges.extend(streams)
         for ip, count in records:
             self._by_ip[ip] = self._by_ip.get(ip, 0) + count
             self._sum += count
@@ -147,6 +170,9 @@ class MemoryStore(Store):
 
     def _counts(self) -> dict[str, int]:
         return dict(self._by_ip)
+
+    def _streams(self, producer: str) -> list[tuple[str, int, int]]:
+        return [(stream, start, end) for p, stream, start, end in self._ranges if p == producer]
 
     def _total(self) -> int:
         return self._sum
@@ -161,6 +187,7 @@ class SqliteStore(Store):
     DDL = (
         "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY) WITHOUT ROWID",
         "CREATE TABLE IF NOT EXISTS counts (ip TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS streams (producer TEXT, stream TEXT, start INTEGER, end_ INTEGER)",
     )
 
     def __init__(self, path: Path) -> None:
@@ -173,8 +200,9 @@ class SqliteStore(Store):
         for statement in self.DDL:
             self._db.execute(statement)
 
-    def _apply(self, batch_id: str, records: Sequence[tuple[str, int]]) -> bool:
-        """Store the batch id and its counts in one transaction.
+    def _apply(self, batch_id: str, records: Sequence[tuple[str, int]],
+               streams: Sequence[tuple[str, str, int, int]]) -> bool:
+        """Store the batch id, its counts and its stream ranges in one transaction.
 
         Killed before COMMIT: neither is stored, the agent's retry stores both. Killed after COMMIT:
         both are stored, the retry is answered duplicate. No kill leaves a batch half-counted.
@@ -188,6 +216,7 @@ class SqliteStore(Store):
             self._db.executemany(
                 "INSERT INTO counts VALUES (?, ?) ON CONFLICT(ip) DO UPDATE SET n = n + excluded.n", records
             )
+            self._db.executemany("INSERT INTO streams VALUES (?, ?, ?, ?)", streams)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -196,6 +225,9 @@ class SqliteStore(Store):
 
     def _counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT ip, n FROM counts").fetchall())
+
+    def _streams(self, producer: str) -> list[tuple[str, int, int]]:
+        return self._db.execute("SELECT stream, start, end_ FROM streams WHERE producer = ?", (producer,)).fetchall()
 
     def _total(self) -> int:
         return int(self._db.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0])
@@ -415,6 +447,7 @@ class BodyTooLarge(ValueError):
 class Batch:
     batch_id: str
     records: list[tuple[str, int]]  # (ip, count)
+    streams: tuple[tuple[str, str, int, int], ...] = ()  # (producer, stream, start, end) of a whole batch
 
 
 def decode_body(body: bytes, encoding: str | None, cap: int) -> bytes:
@@ -448,6 +481,9 @@ def peek_batch(body: bytes, encoding: str | None) -> tuple[str | None, int]:
     if not isinstance(doc, dict):
         return None, 0
     batch_id, records = doc.get("batch_id"), doc.get("records")
+    if doc.get("format") == 2:
+        with contextlib.suppress(TypeError, KeyError, AttributeError):
+            records = [ip for group in doc.get("groups") for ip in group["ip"]]
     return (batch_id if isinstance(batch_id, str) else None), (len(records) if isinstance(records, list) else 0)
 
 
@@ -466,11 +502,57 @@ def parse_batch(raw: bytes) -> Batch:
     records = doc.get("records")
     if not isinstance(records, list):
         raise ValueError("body.records is not a list")
-    return Batch(doc["batch_id"], [_parse_record(i, r) for i, r in enumerate(records)])
+    return Batch(doc["batch_id"], [_parse_record(i, r) for i, r in enumerate(records)], _parse_streams(doc))
 
 
-def _parse_record(index: int, record: Any) -> tuple[str, int]:
-    where = f"records[{index}]"
+def _parse_streams(doc: dict[str, Any]) -> tuple[tuple[str, str, int, int], ...]:
+    """`streams` of a whole batch with a producer (docs/protocol.md, "Streams"); () for a part."""
+    producer, streams = doc.get("producer"), doc.get("streams", [])
+    if not isinstance(producer, str) or doc.get("part") or not isinstance(streams, list):
+        return ()
+    found = []
+    for index, item in enumerate(streams):
+        sid, start, end = (item.get(k) for k in ("id", "start", "end")) if isinstance(item, dict) else (None,) * 3
+        if not isinstance(sid, str) or type(start) is not int or type(end) is not int or not 0 <= start < end:
+            raise ValueError(f"streams[{index}] is not an object with an id and 0 <= start < end")
+        found.append((producer, sid, start, end))
+    return tuple(found)
+
+
+MEDIA_V2 = "application/vnd.remote-uploader.v2+json"  # restated, not imported: the oracle is independent
+
+
+def parse_batch_v2(raw: bytes) -> Batch:
+    """Check a body against format 2 (columnar), as strictly as `parse_batch` checks format 1."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != 2:
+        raise ValueError("body is not a format 2 object")
+    for key in ("agent", "batch_id"):
+        _require_str(doc, key, "body")
+    sources, groups = doc.get("sources"), doc.get("groups")
+    if type(doc.get("sent_at")) is not int or not isinstance(sources, list) or not isinstance(groups, list):
+        raise ValueError("body.sent_at, sources or groups is missing or of the wrong type")
+    records: list[tuple[str, int]] = []
+    for index, group in enumerate(groups):
+        where = f"groups[{index}]"
+        if not isinstance(group, dict) or type(group.get("source")) is not int \
+                or not 0 <= group["source"] < len(sources) or not isinstance(sources[group["source"]], str):
+            raise ValueError(f"{where}.source is not an index of sources")
+        if type(group.get("first_seen")) is not int or type(group.get("last_seen")) is not int:
+            raise ValueError(f"{where} times are not integers")
+        ips, counts = group.get("ip"), group.get("count")
+        if not isinstance(ips, list) or not isinstance(counts, list) or len(ips) != len(counts):
+            raise ValueError(f"{where}.ip and .count are not arrays of one length")
+        for n, (ip, count) in enumerate(zip(ips, counts, strict=True)):
+            records.append(_parse_record(n, {"ip": ip, "count": count}, where, times=False))
+    return Batch(doc["batch_id"], records, _parse_streams(doc))
+
+
+def _parse_record(index: int, record: Any, prefix: str = "records", times: bool = True) -> tuple[str, int]:
+    where = f"{prefix}[{index}]"
     if not isinstance(record, dict):
         raise ValueError(f"{where} is not an object")
     ip, count = record.get("ip"), record.get("count")
@@ -478,9 +560,10 @@ def _parse_record(index: int, record: Any) -> tuple[str, int]:
         raise ValueError(f"{where}.ip {ip!r} is not a countable address in canonical form")
     if type(count) is not int or count < 1:
         raise ValueError(f"{where}.count {count!r} is not a positive integer")
-    _require_time(record, "first_seen", where)
-    _require_time(record, "last_seen", where)
-    _require_str(record, "source", where)
+    if times:
+        _require_time(record, "first_seen", where)
+        _require_time(record, "last_seen", where)
+        _require_str(record, "source", where)
     return ip, count
 
 
@@ -617,6 +700,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif url.path in ("/_counts", "/_log", "/_wait"):
             self._control_get(url.path, parse_qs(url.query))
+        elif url.path.startswith("/v1/producers/") and url.path.endswith("/streams"):
+            producer = url.path[len("/v1/producers/"):-len("/streams")]
+            if not self._authorized():
+                self._send(401, {"error": "missing or bad token"})
+            else:
+                self._send(200, {"producer": producer, "streams": self.rx.store.streams(producer)})
         else:
             self._send(404, {"error": f"no route {url.path}"})
 
@@ -660,7 +749,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.stopping.is_set():
             self._drop(entry)
             return
-        new = self.rx.store.apply(batch.batch_id, batch.records)
+        new = self.rx.store.apply(batch.batch_id, batch.records, batch.streams)
         entry = replace(entry, stored=new, duplicate=not new)
         if fault and fault.after_store and not self._disrupt(entry, fault):
             return
@@ -692,8 +781,12 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is not None and not decoded and len(body) > limit:
             return 413, {"error": f"body of {len(body)} bytes is over {limit}"}, None
         cap = limit if limit is not None and decoded else HARD_BODY_CAP
+        media = (self.headers.get("Content-Type") or "application/json").split(";", 1)[0].strip().lower()
+        if media not in ("application/json", MEDIA_V2) or (media == MEDIA_V2 and not self.rx.format_2):
+            return 415, {"error": f"unsupported media type {media!r}"}, None
+        parse = parse_batch_v2 if media == MEDIA_V2 else parse_batch
         try:
-            batch = parse_batch(decode_body(body, self.headers.get("Content-Encoding"), cap))
+            batch = parse(decode_body(body, self.headers.get("Content-Encoding"), cap))
         except BodyTooLarge as exc:
             return 413, {"error": str(exc)}, None
         except ValueError as exc:
@@ -708,6 +801,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Log, then send: a client holding an answer always finds its request in the log."""
         self.rx.record(replace(entry, status=status))
         headers = {"Retry-After": format_retry_after(retry_after)} if retry_after is not None else {}
+        if self.rx.format_2:
+            headers["Accept-Post"] = f"application/json, {MEDIA_V2}"
         self._send(status, payload, headers)
 
     def _drop(self, entry: RequestLog) -> None:
@@ -841,8 +936,12 @@ class Receiver(FaultControls):
     Counts live in memory unless `state` names a SQLite file; the request log is always in memory.
     """
 
-    def __init__(self, token: str, *, host: str = "127.0.0.1", port: int = 0, state: Path | None = None) -> None:
+    def __init__(self, token: str, *, host: str = "127.0.0.1", port: int = 0, state: Path | None = None,
+                 format_2: bool = True) -> None:
+        """`format_2=False`: a collector from before body format 2 (it never lists it, and answers
+        415 to it), to test that agents still deliver everything to one."""
         self.token = token
+        self.format_2 = format_2
         self.host = host
         self.port = port
         self.store: Store = SqliteStore(state) if state is not None else MemoryStore()

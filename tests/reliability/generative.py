@@ -50,6 +50,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +64,7 @@ from remote_uploader.agent.source import fingerprint
 from tests.helpers.agent import random_ipv4, random_ipv6, write_config
 from tests.helpers.collector_fixtures import CollectorProcess
 from tests.helpers.faultproxy import FaultProxy
-from tests.reliability.harness import AgentProcess, fill, run, small_filesystem, tmpfs_unavailable_reason
+from tests.reliability.harness import AgentProcess, fill, small_filesystem, tmpfs_unavailable_reason
 
 FAMILIES: dict[str, str] = {
     "append": "appends of whole lines (always on)",
@@ -91,7 +92,7 @@ KNOWN_HOLES = {"shared": 1, "reuse": 2, "html": 3, "clock": 4, "partial": 5, "li
                "diskfull": 8}
 # What passes on main today, and so runs in the test suite (widened as the fixes are merged).
 SUITE_FAMILIES = ("append", "partial", "odd", "rename", "copytruncate", "truncate", "delete", "compress", "shared",
-                  "kill", "once", "collector", "faults", "clock")
+                  "kill", "once", "collector", "faults", "clock", "html", "limit413", "identity", "diskfull")
 
 PLAIN_FILES = ("a.log", "b.log")
 _SHORT = b"#Version: 1.0\n#Fields: date time s-ip cs-method cs-uri-stem sc-status\n"
@@ -104,6 +105,7 @@ FAULT_KINDS = ("status_500", "status_503", "status_429", "reset_before", "reset_
 DRAIN_TIMEOUT = 30.0
 STALL_TIMEOUT = 6.0  # seconds without a new count or a queued batch before the drain gives up waiting
 CATCH_UP_TIMEOUT = 5.0
+ONCE_TIMEOUT = 120.0  # `once` gives up after max_retry_time (3 s) on a full disk or an unreachable collector
 
 
 # --- schedules -----------------------------------------------------------------------------------
@@ -316,6 +318,16 @@ def judge(expected: Counter[str], window: Counter[str], got: dict[str, int], res
     result.worst = sorted(worst, key=lambda item: -abs(item[1] - item[2]))[:20]
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (its SigCgt mask in /proc; False if gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask & (1 << (signum - 1)))
+
+
 # --- running one schedule ------------------------------------------------------------------------
 
 
@@ -448,12 +460,25 @@ class World:
         self.forever_on = True
 
     def op_once(self, crash: str | None, kill_after: float | None) -> None:
+        """`once` to its end (or killed). On a state disk that stays full it must end too: it waits for
+        space only as long as its retry budget (`server.max_retry_time`, 3 s here), then exits 3 with
+        everything safe (docs/reliability.md, "Full disk"); a `once` still running after ONCE_TIMEOUT
+        is a finding (an anomaly, killed), not a crash of the checker."""
         was_on = self.forever_on
         self.op_term()
         env = self.env({"REMOTE_UPLOADER_CRASH_AT": crash} if crash else None)
         if kill_after is None:
-            result = run(self.config, "once", env=env, timeout=120)
-            code = result.returncode
+            once = AgentProcess(self.dir, "once", "-c", str(self.config), env=env).start()
+            assert once.proc is not None
+            try:
+                code = once.proc.wait(timeout=ONCE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                once.kill()
+                self.result.anomalies.append(f"once still running after {ONCE_TIMEOUT:.0f} s (crash={crash}, "
+                                             f"disk full: {self.disk_full is not None}); killed")
+                code = -9
+            if self.disk_full is not None and code == 3:
+                self.result.op_kinds["once_gave_up_disk_full"] += 1
         else:
             once = AgentProcess(self.dir, "once", "-c", str(self.config), env=env).start()
             time.sleep(kill_after)
@@ -500,6 +525,12 @@ class World:
         self.token = self.collector.add_token(self.agent_id)
         self.write_config()
         if self.forever.alive():
+            # Not before the agent handles any signal (the interpreter's own start-up comes first): from
+            # the moment it catches SIGTERM, a reload must not kill it either (finding F4).
+            deadline = time.monotonic() + 30
+            while not _catches(self.forever.pid, signal.SIGTERM) and self.forever.alive() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.002)
             os.kill(self.forever.pid, signal.SIGHUP)
 
     def op_disk(self, full: bool) -> None:

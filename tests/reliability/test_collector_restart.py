@@ -17,9 +17,9 @@ from tests.reliability.harness import AgentProcess, Row, record, scales, tally, 
 
 
 @pytest.mark.parametrize("kills", scales(6, 60))
-def test_collector_killed_and_restarted_during_ingest(tmp_path: Path, collector_any: CollectorProcess,
+def test_collector_killed_and_restarted_during_ingest(tmp_path: Path, collector_process_any: CollectorProcess,
                                                       kills: int) -> None:
-    collector = collector_any
+    collector = collector_process_any
     backend = "PostgreSQL" if collector.db_url.startswith("postgres") else "SQLite"
     log = tmp_path / "access.log"
     expected = write_access_log(log, 6000, seed=4, distinct=4000)

@@ -22,6 +22,7 @@ from tests.reliability.harness import (
     fill,
     offsets,
     record,
+    run,
     small_filesystem,
     tally,
     tmpfs_unavailable_reason,
@@ -207,3 +208,30 @@ def test_forever_whose_lock_cannot_be_written_waits_and_stops_cleanly_on_sigterm
     assert "Traceback" not in errors
     assert code == 0, errors[-2000:]
     assert receiver.total() == 0
+
+
+@pytest.mark.skipif(SKIP is not None, reason=f"full-disk scenario skipped: {SKIP}")
+@pytest.mark.parametrize("full_at", ["start", "reading"])
+def test_once_on_a_state_disk_that_stays_full_gives_up_after_its_retry_budget_and_loses_nothing(
+        tmp_path: Path, receiver: Receiver, full_at: str) -> None:
+    """`once` runs from cron or a timer: on a disk that stays full it must end, not hang (a `once`
+    of the generative checker, seed 7005, still waited after 120 s). It waits for space as long as
+    for an unreachable collector (server.max_retry_time), then exits 3 with nothing lost: the next
+    run, with space back, delivers everything once."""
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 200, seed=24)
+    with small_filesystem(tmp_path / "state", "1m") as state:
+        config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
+                              sources=[str(log)], server={"max_retry_time": 2.0}, read={"poll_interval": 0.1})
+        if full_at == "reading":  # the queue exists; new lines cannot be sealed
+            assert run(config, "once").returncode == 0
+            expected += write_access_log(log, 300, seed=25, append=True)
+        filler = fill(state)
+        gave_up = run(config, "once", timeout=120)
+        filler.unlink()
+        again = run(config, "once", timeout=120)
+    assert gave_up.returncode == 3, gave_up.stdout + gave_up.stderr
+    assert "disk full" in (gave_up.stdout + gave_up.stderr).lower()
+    assert "damaged" not in gave_up.stdout + gave_up.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert Counter(receiver.counts()) == expected

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from remote_uploader.agent.extract import build_extractor, scan_bytes
+from remote_uploader.agent.extract import scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from tests.reliability.generative import (
     FAMILIES,
     SUITE_FAMILIES,
@@ -30,8 +31,9 @@ from tests.reliability.generative import (
 from tests.reliability.harness import Row, record
 
 SCHEDULES = sorted((Path(__file__).parent / "schedules").glob("*.json"))
-SUITE_SEEDS = (207, 331, 583)  # between them every suite family (each rotation style, partial, odd, twin,
-# once, kill, fault, clock step), each schedule light on collector restarts
+SUITE_SEEDS = (831, 2768, 21, 219)  # between them every kind of op of every suite family (each rotation style,
+# partial, odd, twin, once and its crash points, kill, every fault, html, 413 limits, clock step, identity change,
+# disk full), found by a greedy cover over seeds 1-3000; each schedule has at most one collector restart
 SUITE_OPS = 18
 
 

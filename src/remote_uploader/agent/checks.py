@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from remote_uploader.agent.batch import decode_body, identity_of
-from remote_uploader.agent.extract import build_extractor
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.sink import HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
 from remote_uploader.agent.spool import DB_NAME, FileState, Spool, StateLock
+from remote_uploader.agent.timestamps import TimedExtractor
 from remote_uploader.config import Config
 from remote_uploader.errors import AuthRefusedError, DeliveryError, RemoteUploaderError, StateError
 from remote_uploader.i18n import _, translate_known
@@ -59,7 +60,7 @@ def check_sources(config: Config) -> list[Check]:
 
 def _sample(path: str, config: Config, source_index: int) -> Check:
     source = config.sources[source_index]
-    extractor = build_extractor(regex=source.regex, exclude=source.exclude, engine=config.agent.engine)
+    extractor = extractor_for(source, config.agent.engine)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -70,14 +71,23 @@ def _sample(path: str, config: Config, source_index: int) -> Check:
         chunk = next(reader.chunks(partial=True), None)
         counts = extractor.scan(chunk.buf, chunk.start, chunk.end) if chunk and chunk.scan else {}
         lines = chunk.lines() if chunk else 0
+        untimed = None
+        if isinstance(extractor, TimedExtractor) and chunk and chunk.scan:
+            untimed = extractor.scan_minutes(chunk.buf, chunk.start, chunk.end)[2]
     except OSError as exc:
         return Check(path, False, _("cannot read: {reason}").format(reason=exc.strerror))
     finally:
         os.close(fd)
     top = sorted(counts.items(), key=lambda item: -item[1])[:SAMPLE_IPS]
     found = ", ".join(f"{ip} x{n}" for ip, n in top) or _("none")
-    return Check(path, True, _("readable, {size} bytes; first {lines} lines hold {n} addresses: {found}").format(
-        size=size, lines=lines, n=len(counts), found=found))
+    text = _("readable, {size} bytes; first {lines} lines hold {n} addresses: {found}").format(
+        size=size, lines=lines, n=len(counts), found=found)
+    if untimed is None:
+        return Check(path, True, text)
+    # A pattern that finds no time in any line read is a mistake, not a quiet fallback to read times.
+    timed = lines - untimed
+    text += _("; times read by timestamp_pattern in {timed} of {lines} lines").format(timed=timed, lines=lines)
+    return Check(path, timed > 0 or lines == 0, text)
 
 
 def check_state_dir(config: Config) -> Check:

@@ -36,7 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Final, Protocol, TypeVar
 
-from remote_uploader.filters import ENGINES, compile_regex, parse_excludes
 from remote_uploader.protocol import Network, canonical_ip
 
 Buffer = bytes | bytearray | memoryview
@@ -106,6 +105,22 @@ def last_cut(buf: Buffer, start: int, end: int) -> int:
             return lo + found + 1
         hi = lo
     return start
+
+
+try:
+    from remote_uploader.agent._native import count_lines as _native_count_lines
+except ImportError:  # not built here (no compiler at install time): bytes.count does the same
+    _native_count_lines = None  # type: ignore[assignment]
+
+
+def count_lines(buf: Buffer, start: int, end: int) -> int:
+    """Newlines in buf[start:end]: the C core's vectorised count where it is built, else bytes.count.
+
+    Not an extraction rule (the answer is the same either way), so `agent.engine` does not choose it.
+    """
+    if _native_count_lines is None:
+        return buf.count(b"\n", start, end)
+    return _native_count_lines(buf, start, end)
 
 
 def _windows(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -429,37 +444,6 @@ class ExcludingExtractor:
             if hit:
                 del counts[ip]
         return counts
-
-
-def build_extractor(*, regex: str | None = None, exclude: Sequence[str] = (), engine: str = "auto") -> Extractor:
-    """The extractor for one source. Raises ValueError (naming the bad value) for a bad option.
-
-    engine: "stdlib" (standard library only), "hyperscan" (needs `remote-uploader[fast]`), or
-    "auto": hyperscan when it is installed, else stdlib. Both give identical counts.
-    With `regex`, only the addresses its group `ip` captures are counted (the engine is unused).
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown extraction engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    networks = parse_excludes(exclude)
-    extractor: Extractor
-    if regex is not None:
-        extractor = RegexExtractor(compile_regex(regex))
-    elif engine == "stdlib":
-        extractor = StdlibExtractor()
-    else:
-        try:
-            from remote_uploader.agent.extract_fast import HyperscanExtractor
-        except ImportError as exc:
-            if exc.name != "hyperscan":
-                raise  # a bug of ours, not a missing optional package
-            if engine == "hyperscan":
-                raise ValueError(
-                    "engine 'hyperscan' needs the hyperscan package: pip install 'remote-uploader[fast]'"
-                ) from exc
-            extractor = StdlibExtractor()
-        else:
-            extractor = HyperscanExtractor()
-    return ExcludingExtractor(extractor, networks) if networks else extractor
 
 
 def scan_bytes(extractor: Extractor, data: bytes) -> dict[str, int]:

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import IO
 
-from remote_uploader.agent.extract import SEPARATORS, Extractor, build_extractor, last_cut
+from remote_uploader.agent.extract import SEPARATORS, Extractor, count_lines, last_cut
+from remote_uploader.agent.extractors import extractor_for
+from remote_uploader.agent.timestamps import Minute, TimedExtractor
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
@@ -49,6 +51,24 @@ class Part:
     nbytes: int
     end_offset: int
     long_line: bool = False
+    # A source with a timestamp pattern: the counts of its lines with a time, by their minute;
+    # `counts` then holds only those of the lines without one (`untimed_lines`).
+    minutes: dict[int, Minute] | None = None
+    untimed_lines: int = 0
+
+    @property
+    def records(self) -> int:
+        """How many records it could add to an empty batch."""
+        if self.minutes is None:
+            return len(self.counts)
+        return len(self.counts) + sum(len(cell.counts) for cell in self.minutes.values())
+
+    @property
+    def occurrences(self) -> int:
+        found = sum(self.counts.values())
+        if self.minutes is not None:
+            found += sum(sum(cell.counts.values()) for cell in self.minutes.values())
+        return found
 
 
 # (source index, path to open, start, end, start is exact, cap): one range of a file to count.
@@ -62,6 +82,7 @@ class ExtractorSpec:
     regex: str | None
     exclude: tuple[str, ...]
     engine: str = "auto"
+    timestamp_pattern: str | None = None
 
 
 def scan_parts(extractor: Extractor, buf: bytes | bytearray, start: int, end: int, end_offset: int, cap: int,
@@ -72,13 +93,19 @@ def scan_parts(extractor: Extractor, buf: bytes | bytearray, start: int, end: in
     cut at line ends into enough pieces and each piece scanned again: each Part then fits in a
     batch on its own, and a batch can be sealed between two parts without splitting a range.
     """
-    counts = extractor.scan(buf, start, end) if scan else {}
-    if len(counts) <= cap:
-        return [Part(counts, buf.count(b"\n", start, end), end - start, end_offset, long_line)]
-    pieces = -(-len(counts) * 2 // cap)  # aim at half the cap per piece: one rescan, rarely two
+    if scan and isinstance(extractor, TimedExtractor):
+        untimed, minutes, untimed_lines = extractor.scan_minutes(buf, start, end)
+        whole = Part(untimed, count_lines(buf, start, end), end - start, end_offset, long_line, minutes,
+                     untimed_lines)
+    else:
+        counts = extractor.scan(buf, start, end) if scan else {}
+        whole = Part(counts, count_lines(buf, start, end), end - start, end_offset, long_line)
+    if whole.records <= cap:
+        return [whole]
+    pieces = -(-whole.records * 2 // cap)  # aim at half the cap per piece: one rescan, rarely two
     cuts = _line_cuts(buf, start, end, pieces)
     if len(cuts) < 2:
-        return [Part(counts, buf.count(b"\n", start, end), end - start, end_offset, long_line)]
+        return [whole]
     parts: list[Part] = []
     for lo, hi in pairwise(cuts):
         parts += scan_parts(extractor, buf, lo, hi, end_offset - (end - hi), cap, scan=scan, long_line=long_line)
@@ -182,7 +209,7 @@ def worker_main() -> int:
     try:
         specs = read_frame(stdin)
         assert isinstance(specs, list)
-        extractors = [build_extractor(regex=s.regex, exclude=s.exclude, engine=s.engine) for s in specs]
+        extractors = [extractor_for(s, s.engine) for s in specs]
         while True:
             task = read_frame(stdin)
             assert isinstance(task, tuple)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
-from remote_uploader.agent.extract import Extractor, build_extractor
+from remote_uploader.agent.extract import Extractor
+from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
 from remote_uploader.agent.signals import SignalWatcher, hold_early
@@ -74,8 +75,7 @@ class Pipeline:
     @classmethod
     def build(cls, config: Config) -> Pipeline:
         """The pipeline of `config`; ValueError/ConfigError when a source's rules do not compile."""
-        extractors = tuple(build_extractor(regex=s.regex, exclude=s.exclude, engine=config.agent.engine)
-                           for s in config.sources)
+        extractors = tuple(extractor_for(s, config.agent.engine) for s in config.sources)
         return cls(config, extractors, SealPolicy.from_config(config.batching), record_cap(config))
 
 
@@ -127,6 +127,7 @@ class Agent:
         self.queued_estimate = 0
         self.stop_reason = ""
         self.source_problems: dict[str, str] = {}  # path or pattern -> reason (English), for the exit code
+        self.disk_full_budget: float | None = None  # seconds `write_state` waits for space; None: for ever
 
     @property
     def config(self) -> Config:
@@ -247,13 +248,16 @@ class Agent:
         """The one place counts enter the batch: seal first if they would not fit under the cap."""
         batch = self.batch
         cap = self.pipeline.cap
-        if len(batch) + len(part.counts) > cap and len(batch) + batch.new_keys(stream, part.counts) > cap:
+        if len(batch) + part.records > cap and len(batch) + batch.new_keys(stream, part.counts, part.minutes) > cap:
             self.seal_now()
             batch = self.batch
         batch.add(stream, part.counts, wall())
+        if part.minutes is not None:
+            batch.add_minutes(stream, part.minutes)
         batch.cover(fid, part.end_offset, part.lines, part.nbytes)
         stats = self.stats
-        stats.occurrences += sum(part.counts.values())
+        stats.occurrences += part.occurrences
+        stats.untimed_lines += part.untimed_lines
         stats.lines += part.lines
         stats.bytes_read += part.nbytes
         stats.long_lines += int(part.long_line)
@@ -271,7 +275,8 @@ class Agent:
         if self.batch.empty:
             return
         seq = self.spool.next_seq()
-        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq)
+        streams = self.spool.stream_ranges(self.batch.offsets)
+        sealed = seal(self.batch, self.config.agent.id, self.config.server.compress, self.producer, seq, streams)
         if sealed is not None:
             self._wait_for_queue_space()
         offsets = self.batch.offsets
@@ -292,8 +297,12 @@ class Agent:
         `poll_interval`, said once): the seal, and every other write of the reading thread (a new
         record, a move, a forget, the last-seen time), so a full disk pauses reading and never
         ends the agent. A write that fails changed nothing (one transaction), so retrying it is
-        exact. When a stop is requested meanwhile, the DiskFullError is raised."""
+        exact. When a stop is requested meanwhile, the DiskFullError is raised; so it is when the
+        disk stays full longer than `disk_full_budget` (`once`: its retry budget, so a run from
+        cron or a timer ends with exit 3 and everything safe instead of hanging; `forever`: None,
+        it waits as long as it takes)."""
         warned = False
+        since = time.monotonic()
         while True:
             try:
                 result = write()
@@ -306,6 +315,10 @@ class Agent:
                     self.say(_("Disk full: {reason}; nothing lost, retrying").format(reason=exc.translated()))
                     warned = True
                 self.stats.paused = True
+                budget = self.disk_full_budget
+                if budget is not None and time.monotonic() - since > budget:
+                    self.request_stop(f"state disk full ({exc})")
+                    raise
                 if self.stop.wait(self.config.read.poll_interval):
                     raise
             finally:
@@ -340,6 +353,7 @@ class Agent:
         """
         budget = self.config.server.max_retry_time if max_retry_time is None else max_retry_time
         self.uploader.give_up_after = budget
+        self.disk_full_budget = budget
         self.recover()
         self.uploader.start()
         watchdog = threading.Thread(target=self._give_up_when_failing, args=(budget,), daemon=True)
@@ -395,7 +409,7 @@ class Agent:
     def _give_up_when_failing(self, budget: float) -> None:
         while not self.stop.wait(0.2):
             if self.uploader.failing_for() > budget:
-                self.request_stop("collector unreachable")
+                self.request_stop("state disk full" if self.uploader.disk_full else "collector unreachable")
                 return
             if self.uploader.fatal is not None:
                 self.request_stop(str(self.uploader.fatal))
@@ -432,7 +446,7 @@ def _scanner(pipeline: Pipeline) -> ParallelScanner | None:
     config = pipeline.config
     if config.agent.workers <= 1:
         return None
-    specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine) for s in config.sources]
+    specs = [ExtractorSpec(s.regex, s.exclude, config.agent.engine, s.timestamp_pattern) for s in config.sources]
     return ParallelScanner(specs, list(pipeline.extractors), config.agent.workers, config.read.block_size,
                            pipeline.cap)
 
@@ -463,7 +477,7 @@ def stop_on_signals(agent: Agent, extra: Mapping[int, Callable[[int], None]] | N
     return SignalWatcher({signal.SIGINT: stop, signal.SIGTERM: stop, **(extra or {})})
 
 
-def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
+def open_agent(config: Config, say: Callable[[str], None], give_up_after: float | None = None) -> Agent | int:
     """The agent, once its state directory can be written: on a full disk at start-up (the lock's
     pid, the queue database's -wal/-shm, a migration), say so once and retry every
     `read.poll_interval`, as `Agent.write_state` does for every later write; a full disk is never
@@ -471,7 +485,10 @@ def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
     The signal number instead when SIGINT/SIGTERM came while waiting: nothing was read.
 
     Signals are watched only while waiting; on the ordinary path the early hold (signals.py) stays
-    for `stop_on_signals` to adopt, so a SIGTERM during start-up is acted on there."""
+    for `stop_on_signals` to adopt, so a SIGTERM during start-up is acted on there.
+
+    With `give_up_after` (`once`: its retry budget), the DiskFullError is raised once the disk has
+    stayed full that long: a bounded run must end, with nothing read and nothing lost."""
     try:
         return Agent(config, say=say)
     except DiskFullError as exc:
@@ -483,6 +500,7 @@ def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
         signals.append(signum)
         stop.set()
 
+    since = time.monotonic()
     log.error("event=disk_full reason=%r action=retrying phase=start", str(first))
     say(_("Disk full: {reason}; nothing lost, retrying").format(reason=first.translated()))
     with SignalWatcher({signal.SIGINT: stopped, signal.SIGTERM: stopped}):
@@ -493,6 +511,9 @@ def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
             try:
                 agent = Agent(config, say=say)
             except DiskFullError:
+                if give_up_after is not None and time.monotonic() - since > give_up_after:
+                    log.error("event=disk_full action=give_up phase=start waited=%.1fs", time.monotonic() - since)
+                    raise
                 continue
             log.info("event=disk_space_back")
             if signals:  # the signal came while the agent was being opened
@@ -505,7 +526,13 @@ def open_agent(config: Config, say: Callable[[str], None]) -> Agent | int:
 
 def run_once(config: Config, *, say: Callable[[str], None] = lambda line: None,
              max_retry_time: float | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
-    agent = open_agent(config, say)
+    budget = config.server.max_retry_time if max_retry_time is None else max_retry_time
+    try:
+        agent = open_agent(config, say, give_up_after=budget)
+    except DiskFullError as exc:
+        return RunResult(EXIT_UNDELIVERED, _("Not started: {reason}; nothing was read, nothing is lost: run again "
+                                             "when there is space").format(reason=exc.translated()),
+                         Stats(max_memory_ips=config.batching.max_memory_ips))
     if isinstance(agent, int):  # stopped by a signal as usual: 128 + its number
         return RunResult(128 + agent, _("Stopped while waiting for disk space; nothing was read"),
                          Stats(max_memory_ips=config.batching.max_memory_ips))

@@ -28,6 +28,10 @@ from types import FrameType, TracebackType
 
 _END = 0  # not a signal number: written by close() to end the watcher thread
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# `forever` also holds SIGHUP (reload): its default action ends the process, and a reload sent while
+# `forever` starts (a deploy that starts then reloads; generative finding F4) must not stop the service
+# (a death by SIGHUP is a clean stop to systemd: no restart). Its watcher adopts it and reloads.
+EARLY_SIGNALS = {"once": STOP_SIGNALS, "forever": (*STOP_SIGNALS, signal.SIGHUP)}
 
 
 class _Held:

@@ -14,6 +14,12 @@ What each answer means for a batch:
 Only an answer that names the batch is an acknowledgement: the acknowledgement deletes the only
 copy of the batch, so "some server said 200" must never be enough (issue 9, hole 3).
 
+Body formats (docs/protocol.md, "Body formats"): batches are queued in format 2; they are sent
+so only to a collector whose last answer listed format 2 in `Accept-Post`, and rewritten in
+format 1 for any other (an older collector, or before the first answer). A 415 to a format 2
+body (a collector downgraded since its last answer) is answered by sending the format 1 body
+at once: nothing is dead-lettered for its format.
+
 Keep-alive HTTP/1.1 connections (`transport.py`: h11, and `ssl` only for an https:// collector),
 one per upload in flight (`server.upload_concurrency`, 2 by default).
 """
@@ -34,7 +40,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from remote_uploader import __version__
-from remote_uploader.agent.batch import split_queued
+from remote_uploader.agent.batch import as_format_1, body_format, split_queued
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.spool import QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
@@ -52,7 +58,15 @@ from remote_uploader.errors import (
     StateError,
 )
 from remote_uploader.i18n import Message
-from remote_uploader.protocol import BATCHES_PATH, HEALTH_PATH, WHOAMI_PATH
+from remote_uploader.protocol import (
+    ACCEPT_POST,
+    BATCHES_PATH,
+    HEALTH_PATH,
+    MEDIA_V1,
+    MEDIA_V2,
+    STREAMS_PATH,
+    WHOAMI_PATH,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +149,8 @@ class HttpSink:
         self._conns: list[Connection] = []  # one per request that was ever in flight at once
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
+        # Whether the collector's last answer listed format 2 (its Accept-Post header).
+        self.format_2 = False
 
     @property
     def where(self) -> str:
@@ -170,18 +186,37 @@ class HttpSink:
             return conn
 
     def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        second = body_format(body, encoding) == 2
+        if second and not self.format_2:
+            body, second = as_format_1(body, encoding), False
+        status, response_headers, payload = self._post(body, encoding, second)
+        if status == 415 and second:
+            # Format 2 was listed by the last answer but not taken now (a downgrade): format 1.
+            self.format_2 = False
+            status, response_headers, payload = self._post(as_format_1(body, encoding), encoding, False)
+        return _interpret(status, response_headers, payload, batch_id)
+
+    def _post(self, body: bytes, encoding: str, second: bool) -> tuple[int, dict[str, str], bytes]:
         headers = {
             "Authorization": f"Bearer {self.token}",
-            "Content-Type": "application/json",
+            "Content-Type": MEDIA_V2 if second else MEDIA_V1,
             "User-Agent": f"remote-uploader/{__version__}",
         }
         if encoding == "gzip":
             headers["Content-Encoding"] = "gzip"
-        status, response_headers, payload = self._request("POST", BATCHES_PATH, body, headers)
-        return _interpret(status, response_headers, payload, batch_id)
+        answer = self._request("POST", BATCHES_PATH, body, headers)
+        self._learn(answer[1])
+        return answer
+
+    def _learn(self, headers: dict[str, str]) -> None:
+        """Note whether the collector takes format 2, from any of its answers."""
+        listed = headers.get(ACCEPT_POST.lower(), "")
+        self.format_2 = MEDIA_V2 in (part.split(";", 1)[0].strip().lower() for part in listed.split(","))
 
     def health(self) -> dict[str, object]:
-        status, _, payload = self._request("GET", HEALTH_PATH, None, {"User-Agent": f"remote-uploader/{__version__}"})
+        status, headers, payload = self._request("GET", HEALTH_PATH, None,
+                                                 {"User-Agent": f"remote-uploader/{__version__}"})
+        self._learn(headers)
         try:
             answer = json.loads(payload) if payload else {}
         except ValueError:
@@ -200,6 +235,21 @@ class HttpSink:
         except ValueError:
             answer = {}
         return status, answer if isinstance(answer, dict) else {}, payload
+
+    def producer_streams(self, producer: str) -> dict[str, list[tuple[int, int]]]:
+        """GET /v1/producers/PRODUCER/streams: per stream, the byte ranges the collector stored
+        (`reset-state` after a destroyed queue). Raises DeliveryError saying why not (unreachable,
+        refused, a collector from before the field: 404)."""
+        status, _, payload = self._request("GET", STREAMS_PATH.format(producer=producer), None, {
+            "Authorization": f"Bearer {self.token}", "User-Agent": f"remote-uploader/{__version__}"})
+        try:
+            if status != 200:
+                raise ValueError(status)
+            streams = json.loads(payload)["streams"]
+            return {str(sid): [(int(lo), int(hi)) for lo, hi in ranges] for sid, ranges in streams.items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise DeliveryError(Message("the collector at {where} answered {status} for the stream ranges: {body}",
+                                        where=self.where, status=status, body=_head(payload)), status) from None
 
     def close(self) -> None:
         """Close every connection (each opens again on its next request)."""
@@ -391,6 +441,8 @@ class Uploader(threading.Thread):
         """
         self.disk_full = True
         now = time.monotonic()
+        if self.failing_since is None:  # `once` gives up after its budget here too (a disk that stays full)
+            self.failing_since = now
         # Said once per DISK_FULL_SAY_EVERY, not once per episode: on a nearly full disk some
         # writes pass (an acknowledgement) and others fail (delivered.json), and each passing one
         # would otherwise start a new episode and a new error line.

@@ -4,7 +4,8 @@ One SQLite database (WAL, synchronous=FULL) in the state directory holds:
 
 - ``files``: each file's identity (device, inode, fingerprint) and the offset up to which its
   content is safe (queued or delivered), with the anchor (a hash of the bytes just before it,
-  `source.Anchor`) written in the same transaction as the offset;
+  `source.Anchor`) written in the same transaction as the offset, and its stream (a random id per
+  incarnation of the file's content) with the end of the last byte range a sealed batch carried;
 - ``batches``: sealed batches, each the exact request body that will be sent, under a batch id
   fixed at seal time, so every retry is byte-identical and the collector can drop replays;
 - ``dead_letters``: batches the collector refused for good (a 4xx other than 401/403/408/413/429);
@@ -15,7 +16,9 @@ One SQLite database (WAL, synchronous=FULL) in the state directory holds:
 Beside the database, ``delivered.json`` (`Delivered`) keeps each file's row as of the newest batch
 that the collector acknowledged together with every batch sealed before it: where reading
 can resume without re-reading anything delivered when the database itself is destroyed
-(`reset-state`; issue 9, hole 10).
+(`reset-state`; issue 9, hole 10); it names this queue's producer, whose stream ranges the collector
+keeps, so that `reset-state` also skips what was stored but never acknowledged (docs/protocol.md,
+"Streams").
 
 The invariant, kept by `commit()`: every byte of a file below its recorded offset is in a queued
 batch or was acknowledged by the collector; every byte above it will be read again. Sealing a
@@ -106,12 +109,19 @@ DELIVERY_SCHEMA = (
 
 # Columns added to `files` after schema version 1, by ALTER TABLE when missing (an older agent's
 # queries name their columns, so it still reads a database that has them): the anchor of the
-# committed offset (`source.Anchor`); anchor_pos 0 means none yet.
+# committed offset (`source.Anchor`); anchor_pos 0 means none yet. `stream_id`: a random id of this
+# record's content, new whenever its offset moves back (the file was replaced: other bytes at the same
+# offsets), and `sent_end`: the end of the last byte range a sealed batch carried for it; batches
+# send (stream, sent_end, new offset) so that the collector can say, after this database was
+# destroyed, how far each stream was stored (docs/protocol.md, "Streams"). -1: none yet.
 FILE_COLUMNS_ADDED = (
     ("anchor_pos", "INTEGER NOT NULL DEFAULT 0"),
     ("anchor_len", "INTEGER NOT NULL DEFAULT 0"),
     ("anchor_hash", "BLOB NOT NULL DEFAULT x''"),
+    ("stream_id", "TEXT NOT NULL DEFAULT ''"),
+    ("sent_end", "INTEGER NOT NULL DEFAULT -1"),
 )
+NEW_STREAM_SQL = "lower(hex(randomblob(16)))"
 
 
 @dataclass(frozen=True)
@@ -239,8 +249,9 @@ class Spool:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._created = False
+        self.producer_id = ""  # set by _check_and_migrate (a read-only spool does not need it)
         self.conn = self._connect()
-        self.delivered = Delivered(state_dir / DELIVERED_NAME)
+        self.delivered = Delivered(state_dir / DELIVERED_NAME, self.producer_id)
         if self._created and not self.delivered.path.exists():
             # A new queue has delivered nothing: say so, so that `reset-state` can tell "nothing
             # acknowledged yet" (read every file from its start, exactly) from "no record".
@@ -339,7 +350,11 @@ class Spool:
         # A random producer id per queue: a new queue (a new state directory, `reset-state`) is a
         # new producer, so its batch numbers can start again at 1 without meeting old ones.
         conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('producer', ?)", (os.urandom(16).hex(),))
+        # Rows from before `stream_id` (or written by an older agent since) get one: their next batch starts
+        # at their offset (sent_end -1).
+        conn.execute(f"UPDATE files SET stream_id = {NEW_STREAM_SQL} WHERE stream_id = ''")
         conn.execute("COMMIT")
+        self.producer_id = str(conn.execute("SELECT value FROM kv WHERE key = 'producer'").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
@@ -403,9 +418,10 @@ class Spool:
     def register_file(self, path: str, stream: str, identity: FileIdentity, offset: int = 0) -> int:
         with self.transaction() as conn:
             cursor = conn.execute(
-                "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?)",
-                (path, stream, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time()),
+                "INSERT INTO files (path, source, dev, ino, fp_len, fp_hash, offset, status, updated, stream_id, "
+                "sent_end) VALUES (?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+                (path, stream, identity.dev, identity.ino, identity.fp_len, identity.fp_hash, offset, time.time(),
+                 os.urandom(16).hex(), offset),
             )
             assert cursor.lastrowid is not None
             return cursor.lastrowid
@@ -415,9 +431,15 @@ class Spool:
         status: str | None = None, path: str | None = None,
     ) -> None:
         """Change a file's identity, status or path. Moving an offset *backwards* (a replaced file) is
-        safe at any time: it only means re-reading; moving it forwards happens only in `commit`."""
+        safe at any time: it only means re-reading; moving it forwards happens only in `commit`.
+        Moving it backwards also starts a new stream: the bytes at those offsets are other bytes now,
+        and what the collector stored of the old ones must never move the new ones' offset."""
         sets: list[str] = ["updated = ?"]
         params: list[object] = [time.time()]
+        if offset is not None:  # every right-hand side sees the row as it was before this UPDATE
+            sets += [f"stream_id = CASE WHEN ? < offset THEN {NEW_STREAM_SQL} ELSE stream_id END",
+                     "sent_end = CASE WHEN ? < offset THEN ? ELSE sent_end END"]
+            params += [offset, offset, offset]
         if identity is not None:
             sets += ["dev = ?", "ino = ?", "fp_len = ?", "fp_hash = ?"]
             params += [identity.dev, identity.ino, identity.fp_len, identity.fp_hash]
@@ -479,12 +501,31 @@ class Spool:
             if sealed is not None and seq:
                 conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('next_seq', ?)", (str(seq + 1),))
                 conn.execute("INSERT INTO pending (batch_id, pseq) VALUES (?, ?)", (sealed.batch_id, seq))
+                # The batch carries each stream's bytes up to here (`stream_ranges`): the next one starts here.
+                conn.executemany("UPDATE files SET sent_end = offset WHERE fid = ? AND offset = ?",
+                                 [(fid, offset) for fid, offset in offsets.items()])
                 marks = ",".join("?" * len(offsets))
                 cursor = conn.execute(f"SELECT * FROM files WHERE fid IN ({marks})", tuple(offsets))
                 columns = [column[0] for column in cursor.description]
                 rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
                 conn.execute("INSERT INTO sealed (pseq, files) VALUES (?, ?)", (seq, json.dumps(
                     [{key: _jsonable(value) for key, value in row.items()} for row in rows])))
+
+    def stream_ranges(self, offsets: dict[int, int]) -> list[tuple[str, int, int]]:
+        """(stream, start, end) for a batch that moves each file in `offsets` to its new offset: from
+        the end of the last range a sealed batch carried (so bytes without an address, committed
+        without a batch, are in the next batch's range) or, without one, the committed offset.
+        Read by the reading thread, the only writer of `files`, right before its seal."""
+        if not offsets:
+            return []
+        marks = ",".join("?" * len(offsets))
+        rows = self._query(f"SELECT fid, stream_id, sent_end, offset FROM files WHERE fid IN ({marks})", tuple(offsets))
+        ranges = []
+        for fid, stream, sent_end, committed in rows:
+            start = int(sent_end) if 0 <= int(sent_end) <= int(committed) else int(committed)
+            if stream and offsets[int(fid)] > start:
+                ranges.append((str(stream), start, offsets[int(fid)]))
+        return sorted(ranges)
 
     # --- the upload side --------------------------------------------------------------------------
 
@@ -674,8 +715,9 @@ class Delivered:
     from it when the database's own offsets are gone. Kept on the uploader's connection only.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, producer: str = "") -> None:
         self.path = path
+        self.producer = producer  # written into the file: whose stream ranges `reset-state` asks the collector for
         self._entries: dict[int, tuple[int, dict[str, object]]] | None = None
 
     def load(self) -> dict[int, tuple[int, dict[str, object]]]:
@@ -689,17 +731,27 @@ class Delivered:
                              for item in document["files"]}
         return self._entries
 
+    def recorded_producer(self) -> str:
+        """The producer id this file was written under ('' for a file from before it)."""
+        document = json.loads(self.path.read_bytes())
+        producer = document.get("producer", "") if isinstance(document, dict) else ""
+        return producer if isinstance(producer, str) else ""
+
     def rows(self) -> list[dict[str, object]]:
         """The recorded rows as column -> value, ready to insert into a new `files` table."""
         return [{key: _from_json(value) for key, value in row.items()} for _, row in self.load().values()]
 
-    def restart(self, known: set[int]) -> None:
-        """For a new queue (a new producer, numbering from 1): keep the rows of the files in `known`,
-        under number 0, so the new queue's first acknowledgements replace them."""
-        try:
-            rows = [row for _, row in self.load().values()]
-        except (OSError, ValueError, KeyError, TypeError):
-            rows = []
+    def restart(self, known: set[int], rows: list[dict[str, object]] | None = None) -> None:
+        """For a new queue (a new producer, numbering from 1): keep the rows of the files in `known`
+        (`rows`, the new queue's own, else the file's), under number 0, so the new queue's first
+        acknowledgements replace them."""
+        if rows is None:
+            try:
+                rows = [row for _, row in self.load().values()]
+            except (OSError, ValueError, KeyError, TypeError):
+                rows = []
+        else:
+            rows = [{key: _jsonable(value) for key, value in row.items()} for row in rows]
         self._entries = {}
         self.advance([(0, rows)], known)
 
@@ -716,7 +768,8 @@ class Delivered:
                 if fid not in entries or entries[fid][0] <= pseq:
                     entries[fid] = (pseq, row)
         entries = {fid: entry for fid, entry in entries.items() if fid in known}
-        document = {"version": 1, "files": [{"pseq": pseq, "row": row} for pseq, row in entries.values()]}
+        document = {"version": 1, "producer": self.producer,
+                    "files": [{"pseq": pseq, "row": row} for pseq, row in entries.values()]}
         temporary = self.path.with_name(self.path.name + ".new")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -24,6 +24,7 @@ class Stats:
     bytes_read: int = 0
     occurrences: int = 0
     long_lines: int = 0
+    untimed_lines: int = 0  # lines of sources with a timestamp pattern where no time was found
     rotations: int = 0  # followed files that left their live path
     truncations: int = 0  # followed files that lost their content (truncated, replaced)
     source_errors: int = 0
@@ -80,6 +81,9 @@ def render_block(stats: Stats, queue: QueueStats) -> list[str]:
     ]
     if stats.long_lines:
         lines.append(_("Long lines scanned in pieces: {n}").format(n=stats.long_lines))
+    if stats.untimed_lines:
+        lines.append(_("Lines without a time matching their source's timestamp_pattern (read time used): {n}").format(
+            n=stats.untimed_lines))
     if stats.memory_pressure:
         lines.append(_("WARNING: memory pressure: in-memory batch near MAX_MEMORY_IPS or reading paused "
                        "because the queue is full"))

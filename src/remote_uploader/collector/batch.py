@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import functools
 import json
-import operator
 import re
 import socket
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from itertools import repeat
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -45,11 +45,14 @@ from remote_uploader.protocol import (
     MAX_AGENT_LEN,
     MAX_BATCH_ID_LEN,
     MAX_COUNT,
+    MAX_OFFSET,
     MAX_PART_LEN,
     MAX_RECORDS_PER_BATCH,
     MAX_SEQ,
     MAX_SOURCE_LEN,
+    MAX_STREAMS_PER_BATCH,
     PRODUCER_LEN,
+    STREAM_ID_LEN,
     check_ip,
     check_text,
     ip_key,
@@ -59,12 +62,29 @@ from remote_uploader.protocol import (
 
 MAX_ERRORS = 100  # a body with a million bad fields gets a bounded answer
 
-_PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
+PRODUCER_PATTERN = _PRODUCER = re.compile(rf"[0-9a-f]{{{PRODUCER_LEN[0]},{PRODUCER_LEN[1]}}}")
 _PART = re.compile(rf"[01]{{0,{MAX_PART_LEN}}}")
+_STREAM_ID = re.compile(rf"[0-9a-f]{{{STREAM_ID_LEN[0]},{STREAM_ID_LEN[1]}}}")
 
 
 class _TooManyErrors(Exception):
     pass
+
+
+def check_source(value: object) -> str | None:
+    """None if `value` is a storable source label, else the reason. A source is the log file's
+    name as the agent knows it, and a file name may hold any character (a line break, a tab):
+    refusing one would dead-letter that file's counts for ever. So only the length and valid
+    Unicode are checked; the storage escapes what its bulk formats need (storage/bulk.py)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if len(value) > MAX_SOURCE_LEN:
+        return f"longer than {MAX_SOURCE_LEN} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid Unicode text (lone surrogate)"
+    return None
 
 
 class Clamp:
@@ -136,8 +156,9 @@ def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET, now: datetime | 
 
 
 def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
-                now: datetime | None = None) -> Batch:
-    """Decode and validate a batch body; raise `BatchInvalid` listing what is wrong.
+                now: datetime | None = None, body_format: int = 1) -> Batch:
+    """Decode and validate a batch body of `body_format` (1 or 2, from its media type); raise
+    `BatchInvalid` listing what is wrong.
 
     With `agent` (the token's name), a body that names another agent raises `AgentMismatch`
     before anything else is checked, even if it is invalid too: a token/agent mismatch is
@@ -150,6 +171,8 @@ def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: in
     """
     if now is None:
         now = datetime.fromtimestamp(time.time(), UTC)
+    if body_format == 2:
+        return parse_format_2(payload, agent, bucket, now)
     if payload.isascii():
         try:
             return _parse_fast(payload, agent, bucket, Clamp(now))
@@ -197,13 +220,46 @@ def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> Batc
         elif len(records) > MAX_RECORDS_PER_BATCH:
             errors.add("records", f"more than {MAX_RECORDS_PER_BATCH} records")
     producer, seq, part = _identity(document, errors)
+    streams = _streams(document, errors)
     if errors.items or not isinstance(records, list):
         return None
     assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _aggregate(records, errors, bucket, clamp)
     return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed,
-                 producer=producer, seq=seq, part=part)
+                 producer=producer, seq=seq, part=part, streams=streams if producer is not None else ())
+
+
+def _streams(document: dict[str, Any], errors: _Errors) -> tuple[tuple[str, int, int], ...]:
+    """The optional `streams`: the byte ranges [start, end) of the agent's file records that the batch
+    covers (docs/protocol.md, "Streams"), only with a producer."""
+    if "streams" not in document:
+        return ()
+    streams = document["streams"]
+    if "producer" not in document:
+        errors.add("streams", "only with producer")
+        return ()
+    if not isinstance(streams, list) or len(streams) > MAX_STREAMS_PER_BATCH:
+        errors.add("streams", f"must be an array of at most {MAX_STREAMS_PER_BATCH} streams")
+        return ()
+    found = []
+    for index, item in enumerate(streams):
+        if problem := _stream_problem(item):
+            errors.add(f"streams[{index}]", problem)
+        else:
+            found.append((item["id"], item["start"], item["end"]))
+    return tuple(found)
+
+
+def _stream_problem(item: object) -> str | None:
+    if not isinstance(item, dict):
+        return "must be an object with id, start and end"
+    sid, start, end = item.get("id"), item.get("start"), item.get("end")
+    if not isinstance(sid, str) or not _STREAM_ID.fullmatch(sid):
+        return f"id must be {STREAM_ID_LEN[0]} to {STREAM_ID_LEN[1]} lower-case hex digits"
+    if type(start) is not int or type(end) is not int or not 0 <= start < end <= MAX_OFFSET:
+        return f"start and end must be integers with 0 <= start < end <= {MAX_OFFSET}"
+    return None
 
 
 def _identity(document: dict[str, Any], errors: _Errors) -> tuple[str | None, int, str]:
@@ -238,63 +294,77 @@ def _bucket_deltas(cells: dict[tuple[bytes, int, str], int]) -> list[BucketDelta
 def _aggregate(
     records: list[Any], errors: _Errors, bucket: int, clamp: Clamp
 ) -> tuple[list[IpDelta], list[BucketDelta]]:
-    """Validate every record and merge records of one address (several sources) into one delta.
-
-    The fast path takes a record whose fields are all well-formed in the form the agent sends
-    (`format_time` times ending in Z); anything unusual, valid or not, falls to `_check_record`,
-    which decides and names every problem. The fast path only accepts what the slow one would.
-    """
-    merged: dict[str, IpDelta] = {}
-    # The agent stamps records with read times, and a batch holds few distinct ones: parse each
-    # text once. Only texts that passed the fast checks below are cached.
-    times: dict[str, int] = {}
-    cells: dict[tuple[bytes, int, str], int] = {}
-    per_bucket = bucket * 1_000_000
-    moved: set[str] = set()  # time texts whose value was clamped
-    packed, new = _packed_canonical, _new_tuple
+    """The full path's records: each checked by `_check_record`, which names every problem, and
+    records of one address (several sources) merged into one delta. Speed is the fast paths'
+    business: a body that reaches this loop came from a foreign client or holds an error."""
+    totals = _Totals(bucket)
     for index, record in enumerate(records):
-        try:
-            ip = record["ip"]
-            count = record["count"]
-            first_text = record["first_seen"]
-            last_text = record["last_seen"]
-            source = record["source"]
-            key = packed(ip)
-            if (
-                type(count) is not int
-                or not 0 < count <= MAX_COUNT
-                or type(source) is not str
-                or len(source) > MAX_SOURCE_LEN
-            ):
-                raise _Slow
-            first = times.get(first_text)
-            if first is None:
-                first = _fast_time(first_text, times, clamp, moved)
-            last = times.get(last_text)
-            if last is None:
-                last = _fast_time(last_text, times, clamp, moved)
-            if moved:
-                clamp.changed += (first_text in moved) + (last_text in moved)
-            if last < first:
-                first, last = last, first
-                clamp.changed += 1
-        except (_Slow, KeyError, TypeError, ValueError, OSError):
-            checked = _check_record(index, record, errors, clamp)
-            if checked is None:
-                continue
-            ip, key, count, first, last = checked
-            source = record["source"]
-        if errors.items:
+        checked = _check_record(index, record, errors, clamp)
+        if checked is None or errors.items:
             continue  # the batch is rejected; keep validating only to list the errors
-        entry = merged.get(ip)
+        ip, key, count, first, last = checked
+        totals.add(ip, key, count, first, last, record["source"])
+    return totals.result()
+
+
+class _Totals:
+    """Validated records -> per-address deltas and per (address, bucket, source) cells.
+
+    The bucket of a record is the one holding its (clamped) `last_seen`; `bucket` is seconds per
+    bucket (0: no cells)."""
+
+    def __init__(self, bucket: int) -> None:
+        self.bucket = bucket
+        self.per_bucket = bucket * 1_000_000
+        self.merged: dict[str, IpDelta] = {}
+        self.cells: dict[tuple[bytes, int, str], int] = {}
+        # A batch's first format 2 group, taken whole: its deltas and bucket deltas as lists.
+        self.whole: tuple[list[IpDelta], list[BucketDelta]] | None = None
+
+    def add(self, ip: str, key: bytes, count: int, first: int, last: int, source: str) -> None:
+        if self.whole is not None:
+            self._unfold()
+        entry = self.merged.get(ip)
         if entry is None:
-            merged[ip] = new(IpDelta, (ip, key, count, first, last))
+            self.merged[ip] = _new_tuple(IpDelta, (ip, key, count, first, last))
         else:
-            merged[ip] = _merged(entry, count, first, last)
-        if per_bucket:
-            cell = (key, last // per_bucket * bucket, source[:MAX_LABEL])
-            cells[cell] = cells.get(cell, 0) + count
-    return _in_order(merged), _bucket_deltas(cells)
+            self.merged[ip] = _merged(entry, count, first, last)
+        if self.per_bucket:
+            cell = (key, last // self.per_bucket * self.bucket, source[:MAX_LABEL])
+            self.cells[cell] = self.cells.get(cell, 0) + count
+
+    def add_group(self, ips: list[str], keys: list[bytes], counts: list[int], first: int, last: int,
+                  source: str) -> None:
+        """A format 2 group: one source and one span for all its records. The first group of a
+        batch, with no address twice (the agent's every batch of one source), is taken whole:
+        its rows are made by `map` and `zip` in C, with no Python code run per record. Anything
+        else goes record by record."""
+        if self.whole is not None or self.merged or len(set(ips)) != len(ips):
+            for ip, key, count in zip(ips, keys, counts, strict=True):
+                self.add(ip, key, count, first, last, source)
+            return
+        # (zip with repeat() cannot be strict; the three lists have one length, checked before)
+        deltas = list(map(_new_tuple, repeat(IpDelta), zip(ips, keys, counts, repeat(first), repeat(last),
+                                                              strict=False)))
+        buckets: list[BucketDelta] = []
+        if self.per_bucket:
+            start = last // self.per_bucket * self.bucket
+            buckets = list(map(_new_tuple, repeat(BucketDelta),
+                               zip(keys, repeat(start), repeat(source[:MAX_LABEL]), counts, strict=False)))
+        self.whole = deltas, buckets
+
+    def _unfold(self) -> None:
+        """The whole first group into the per-record dicts, for a second group to merge into."""
+        assert self.whole is not None
+        deltas, buckets = self.whole
+        self.whole = None
+        self.merged = {delta[0]: delta for delta in deltas}
+        self.cells = {(key, start, source): total for key, start, source, total in buckets}
+
+    def result(self) -> tuple[list[IpDelta], list[BucketDelta]]:
+        if self.whole is not None:
+            return self.whole
+        return list(self.merged.values()), _bucket_deltas(self.cells)
 
 
 # tuple.__new__(IpDelta, fields) builds the NamedTuple in C; IpDelta(...) would run its
@@ -314,16 +384,6 @@ def _merged(entry: IpDelta, count: int, first: int, last: int) -> IpDelta:
             last if last > entry[4] else entry[4],
         ),
     )
-
-
-def _in_order(merged: dict[str, IpDelta]) -> list[IpDelta]:
-    """The deltas sorted by address. The values are walked in the order they were made (and lie
-    in memory), the sort moves pointers only: looking each address up in sorted order instead
-    would cost a cache miss or two per address, more than the sort itself."""
-    return sorted(merged.values(), key=_IP)
-
-
-_IP = operator.itemgetter(0)
 
 
 class _Slow(Exception):
@@ -389,6 +449,12 @@ class _WireRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_LEN)]
 
 
+class _WireStream(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    id: str
+    start: int
+    end: int
+
+
 class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     agent: str
     batch_id: str
@@ -397,6 +463,7 @@ class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     producer: str | None = None
     seq: int | None = None
     part: str = ""
+    streams: list[_WireStream] | None = None
 
 
 # Unknown fields are refused here (the full path ignores them): the fast path must never accept
@@ -418,33 +485,35 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clam
     if (producer is not None or document.seq is not None or document.part) and _identity_problem(
             producer, document.seq, document.part):
         raise _Slow
+    streams: tuple[tuple[str, int, int], ...] = ()
+    if document.streams is not None:
+        if producer is None or len(document.streams) > MAX_STREAMS_PER_BATCH:
+            raise _Slow
+        streams = tuple((w.id, w.start, w.end) for w in document.streams)
+        if any(_stream_problem({"id": i, "start": a, "end": b}) for i, a, b in streams):
+            raise _Slow
     sent_at = parse_any_time(document.sent_at)
     records = document.records
     if isinstance(sent_at, str) or len(records) > MAX_RECORDS_PER_BATCH:
         raise _Slow
+    if any(check_source(source) for source in {r.source for r in records}):
+        raise _Slow  # a batch has a few distinct sources: each is checked once
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _merge_fast(records, bucket, clamp)
     return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets,
-                 clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part)
+                 clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part,
+                 streams=streams)
 
 
-def _merge_fast(
-    records: list[_WireRecord], bucket: int, clamp: Clamp
-) -> tuple[list[IpDelta], list[BucketDelta]]:
-    """`_aggregate` for typed records that must all be valid: the first doubt raises `_Slow`.
-
-    Besides the per-address deltas, the per (address, bucket, source) cells of the time
-    buckets: the bucket of a record is the one holding its (clamped) `last_seen`."""
-    merged: dict[str, IpDelta] = {}
+def _merge_fast(records: list[_WireRecord], bucket: int, clamp: Clamp) -> tuple[list[IpDelta], list[BucketDelta]]:
+    """`_aggregate` for typed format 1 records that must all be valid: the first doubt raises `_Slow`."""
+    totals = _Totals(bucket)
     times: dict[str, int] = {}
-    cells: dict[tuple[bytes, int, str], int] = {}
-    per_bucket = bucket * 1_000_000
     moved: set[str] = set()  # time texts whose value was clamped: rare, counted after the loop
-    packed, new = _packed_canonical, _new_tuple
+    packed, add = _packed_canonical, totals.add
     try:
         for record in records:
             ip = record.ip
-            key = packed(ip)
             first_text = record.first_seen
             first = times.get(first_text)
             if first is None:
@@ -456,20 +525,191 @@ def _merge_fast(
             if last < first:
                 first, last = last, first
                 clamp.changed += 1
-            count = record.count
-            entry = merged.get(ip)
-            if entry is None:
-                merged[ip] = new(IpDelta, (ip, key, count, first, last))
-            else:
-                merged[ip] = _merged(entry, count, first, last)
-            if per_bucket:
-                cell = (key, last // per_bucket * bucket, record.source[:MAX_LABEL])
-                cells[cell] = cells.get(cell, 0) + count
+            add(ip, packed(ip), record.count, first, last, record.source)
     except (OSError, ValueError):  # inet_pton refused the text; fromisoformat refused a time
         raise _Slow from None
     if moved:
         clamp.changed += sum((r.first_seen in moved) + (r.last_seen in moved) for r in records)
-    return _in_order(merged), _bucket_deltas(cells)
+    return totals.result()
+
+
+# -- format 2 (columnar) ----------------------------------------------------------------------
+
+
+class _Group(msgspec.Struct, gc=False):
+    """Records of one source sharing one time span: addresses and counts, position by position."""
+
+    source: int
+    first_seen: int
+    last_seen: int
+    ip: list[str]
+    count: list[Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]]
+
+
+class _Format2(msgspec.Struct, gc=False):
+    """A format 2 body. Fields a collector does not know are ignored (docs/protocol.md: a field
+    that must not be ignored comes with a new format number)."""
+
+    format: Literal[2]
+    agent: str
+    batch_id: str
+    sent_at: int
+    sources: list[str]
+    groups: list[_Group]
+    producer: str | None = None
+    seq: int | None = None
+    part: str = ""
+    streams: list[Any] | None = None  # checked by `_stream_problem`, which names each bad one
+
+
+class _Named(msgspec.Struct, gc=False):
+    """What an invalid format 2 body must still be read for: whose it says it is."""
+
+    agent: Any = None
+    producer: Any = None
+
+
+_decode_format_2 = msgspec.json.Decoder(_Format2).decode
+_decode_named = msgspec.json.Decoder(_Named).decode
+_MSGSPEC_PATH = re.compile(r"^(?P<error>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _decode_error(exc: msgspec.MsgspecError) -> FieldError:
+    """msgspec's message (it names the path: `$.groups[0].count[3]`) as a field and an error."""
+    match = _MSGSPEC_PATH.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    path = (match.group("path") or "").lstrip(".")
+    error = match.group("error")
+    if isinstance(exc, msgspec.ValidationError):
+        return FieldError(path or "body", error[:1].lower() + error[1:])
+    return FieldError("body", f"not valid JSON: {error}")
+
+
+def parse_format_2(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
+                   now: datetime | None = None) -> Batch:
+    """A format 2 body -> a validated `Batch`, or `BatchInvalid` naming each field that is wrong.
+
+    One path does both jobs: msgspec decodes into typed structs (no dict per record, types and
+    count ranges checked in C) and names the field of a type error itself; the checks that
+    follow name theirs. The addresses are checked with `_packed_canonical`; only a batch with a
+    bad one pays for finding and naming it.
+    """
+    clamp = Clamp(now if now is not None else datetime.fromtimestamp(time.time(), UTC))
+    try:
+        document = _decode_format_2(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        if agent is not None:
+            _check_named(payload, agent)
+        raise BatchInvalid([_decode_error(exc)]) from None
+    except RecursionError:
+        raise BatchInvalid([FieldError("body", "not valid JSON: nested too deeply")]) from None
+    producer = document.producer
+    if agent is not None and document.agent != agent and producer is None:
+        raise AgentMismatch(document.agent, agent)
+    errors = _Errors()
+    try:
+        _check_head(document, errors)
+    except _TooManyErrors:
+        errors.items.append(FieldError("body", f"more than {MAX_ERRORS} errors; the rest are not listed"))
+    if errors.items:
+        raise BatchInvalid(errors.items)
+    totals = _Totals(bucket)
+    records = 0
+    for index, group in enumerate(document.groups):
+        first, last = clamp.micros(group.first_seen), clamp.micros(group.last_seen)
+        size = len(group.ip)
+        clamp.changed += size * ((first != group.first_seen) + (last != group.last_seen))
+        if last < first:
+            first, last = last, first
+            clamp.changed += size
+        totals.add_group(group.ip, _keys(group.ip, index), group.count, first, last,
+                         document.sources[group.source])
+        records += size
+    sent_at = clamp.micros(document.sent_at)
+    clamp.changed += sent_at != document.sent_at
+    deltas, buckets = totals.result()
+    streams = tuple((s["id"], s["start"], s["end"]) for s in document.streams or ()) if producer is not None else ()
+    return Batch(document.agent, document.batch_id, from_micros(sent_at), records, deltas, buckets,
+                 clamped=clamp.changed, producer=producer, seq=document.seq or 0, part=document.part,
+                 streams=streams)
+
+
+def _check_named(payload: bytes | bytearray, agent: str) -> None:
+    """An invalid body that names another agent (and no producer) is a 403, as in format 1."""
+    try:
+        named = _decode_named(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return
+    if isinstance(named.agent, str) and named.agent != agent and named.producer is None:
+        raise AgentMismatch(named.agent, agent)
+
+
+def _check_head(document: _Format2, errors: _Errors) -> None:
+    """Everything but the addresses: names, identity, sources, group shapes, the record count."""
+    if problem := check_text(document.agent, MAX_AGENT_LEN):
+        errors.add("agent", problem)
+    if problem := check_text(document.batch_id, MAX_BATCH_ID_LEN):
+        errors.add("batch_id", problem)
+    if document.producer is None:
+        if document.seq is not None:
+            errors.add("seq", "only with producer")
+        if document.part:
+            errors.add("part", "only with producer")
+    elif problem_at := _identity_problem(document.producer, document.seq, document.part):
+        errors.add(*problem_at)
+    if document.streams is not None:
+        if document.producer is None:
+            errors.add("streams", "only with producer")
+        elif len(document.streams) > MAX_STREAMS_PER_BATCH:
+            errors.add("streams", f"must be an array of at most {MAX_STREAMS_PER_BATCH} streams")
+        else:
+            for index, item in enumerate(document.streams):
+                if problem := _stream_problem(item):
+                    errors.add(f"streams[{index}]", problem)
+    for index, source in enumerate(document.sources):
+        if problem := check_source(source):
+            errors.add(f"sources[{index}]", problem)
+    records = 0
+    for index, group in enumerate(document.groups):
+        if not 0 <= group.source < len(document.sources):
+            errors.add(f"groups[{index}].source", f"not an index of sources (0..{len(document.sources) - 1})")
+        if len(group.count) != len(group.ip):
+            errors.add(f"groups[{index}].count", f"has {len(group.count)} entries, ip has {len(group.ip)}")
+        records += len(group.ip)
+    if records > MAX_RECORDS_PER_BATCH:
+        errors.add("groups", f"more than {MAX_RECORDS_PER_BATCH} records")
+
+
+_PTON, _NTOP = socket.inet_pton, socket.inet_ntop
+
+
+def _keys(ips: list[str], group: int) -> list[bytes]:
+    """The packed addresses of a group, all canonical and countable, or `BatchInvalid` naming the
+    ones that are not (`groups[0].ip[7]`)."""
+    try:
+        # All IPv4 (most groups): packed and spelled back by C calls only; canonical exactly when
+        # the spelling comes back unchanged.
+        keys = list(map(_PTON, repeat(socket.AF_INET), ips))
+        if list(map(_NTOP, repeat(socket.AF_INET), keys)) == ips and "0.0.0.0" not in ips:
+            return keys
+    except (OSError, TypeError):
+        pass
+    try:
+        return list(map(_packed_canonical, ips))
+    except (_Slow, OSError, TypeError):
+        pass
+    keys, errors = [], _Errors()
+    try:
+        for index, ip in enumerate(ips):
+            if problem := check_ip(ip):
+                errors.add(f"groups[{group}].ip[{index}]", problem)
+            else:
+                keys.append(ip_key(ip))
+    except _TooManyErrors:
+        errors.items.append(FieldError("body", f"more than {MAX_ERRORS} errors; the rest are not listed"))
+    if errors.items:
+        raise BatchInvalid(errors.items)
+    return keys
 
 
 def _check_record(index: int, record: Any, errors: _Errors,
@@ -497,7 +737,7 @@ def _check_record(index: int, record: Any, errors: _Errors,
                 errors.add(f"{where}.{name}", moment)
             else:
                 times.append(to_micros(moment))
-    if "source" in record and (problem := check_text(record["source"], MAX_SOURCE_LEN, empty=True)):
+    if "source" in record and (problem := check_source(record["source"])):
         errors.add(f"{where}.source", problem)
     if len(errors.items) > before:
         return None

@@ -18,17 +18,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from remote_uploader.errors import BodyError, ClientGone
+from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, MEDIA_V1, MEDIA_V2
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # a gzip header and trailer around a deflate stream
 
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
+def body_format(headers: Mapping[str, str]) -> int:
+    """The body format its media type names: 1 (application/json, the default) or 2."""
+    media = headers.get("content-type", MEDIA_V1).split(";", 1)[0].strip().lower()
+    if media == MEDIA_V2:
+        return 2
+    if media != MEDIA_V1:
+        raise BodyError(415, "content-type", f"unsupported media type {media!r}; send one of {ACCEPTED_MEDIA}",
+                        {ACCEPT_POST: ACCEPTED_MEDIA})
+    return 1
+
+
 def check_headers(headers: Mapping[str, str], limit: int) -> bool:
     """Validate Content-Type, Content-Encoding and Content-Length; return True for gzip."""
-    media = headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        raise BodyError(415, "content-type", f"unsupported media type {media!r}; send application/json")
+    body_format(headers)
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise BodyError(415, "content-encoding", f"unsupported content encoding {encoding!r}; use gzip")

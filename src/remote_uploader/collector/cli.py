@@ -34,7 +34,7 @@ from remote_uploader.collector.server import serve
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import CollectorError, boundary
-from remote_uploader.i18n import setup
+from remote_uploader.i18n import Parser, _, setup
 from remote_uploader.protocol import format_time
 
 logger = logging.getLogger(__name__)
@@ -225,18 +225,20 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         "--config",
         dest="collector_config",
         metavar="FILE",
-        help="TOML file with a [collector] table (see docs/collector.md)",
+        help=_("TOML file with a [collector] table (see docs/collector.md)"),
     )
     parser.add_argument(
         "--db",
         metavar="URL",
-        help="sqlite:///PATH or postgresql://USER@HOST/DB "
-        "(default: sqlite in the state directory, or the config file's db)",
+        help=_(
+            "sqlite:///PATH or postgresql://USER@HOST/DB "
+            "(default: sqlite in the state directory, or the config file's db)"
+        ),
     )
     parser.add_argument(
         "--create-dir",
         action="store_true",
-        help="create the directory of a SQLite --db that does not exist yet (0700)",
+        help=_("create the directory of a SQLite --db that does not exist yet (0700)"),
     )
 
 
@@ -245,86 +247,93 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="collector_command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser(
-        "serve", help="run the HTTP collector", description="Receive batches from agents and serve the API."
+        "serve", help=_("run the HTTP collector"), description=_("Receive batches from agents and serve the API.")
     )
     _database_options(serve)
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one)")
-    serve.add_argument("--max-body", type=int, metavar="BYTES", help="body limit, also after gzip (default 16 MiB)")
-    serve.add_argument("--retention-days", type=float, metavar="DAYS", help="keep batch ids this long (default 30)")
-    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain (with --tls-key)")
-    serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    serve.add_argument("--host", help=_("address to listen on (default 127.0.0.1)"))
+    serve.add_argument("--port", type=int, help=_("port to listen on (default 8080; 0 picks a free one)"))
+    serve.add_argument("--max-body", type=int, metavar="BYTES", help=_("body limit, also after gzip (default 16 MiB)"))
+    serve.add_argument("--retention-days", type=float, metavar="DAYS", help=_("keep batch ids this long (default 30)"))
+    serve.add_argument("--tls-cert", metavar="PEM", help=_("serve HTTPS with this certificate chain (with --tls-key)"))
+    serve.add_argument("--tls-key", metavar="PEM", help=_("the private key of --tls-cert"))
     serve.add_argument(
         "--parse-workers",
         type=int,
         metavar="N",
-        help="processes that parse big batches (default: 2, or 1 on a single core; 0: parse in the server process)",
+        help=_("processes that parse big batches (default: 2, or 1 on a single core; 0: parse in the server process)"),
     )
-    serve.add_argument("--log-format", choices=["text", "json"], help="key=value text (default) or JSON lines")
-    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    serve.add_argument("--no-dashboard", action="store_true", help="do not serve the web pages at /")
+    serve.add_argument("--log-format", choices=["text", "json"], help=_("key=value text (default) or JSON lines"))
+    serve.add_argument("--no-access-log", action="store_true", help=_("do not log every request"))
+    serve.add_argument("--no-dashboard", action="store_true", help=_("do not serve the web pages at /"))
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     serve.set_defaults(func=cmd_serve)
 
-    config = commands.add_parser("config", help="show the effective settings and where each value came from")
+    config = commands.add_parser("config", help=_("show the effective settings and where each value came from"))
     actions = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = actions.add_parser(
         "show",
-        help="every key, its value and its origin (TOML, or JSON)",
-        description="Print the settings `serve` would use: every key of the [collector] table with its value and "
-        "where it came from (default, the file, an environment variable, the command line), as TOML that -c "
-        "accepts, or as JSON.",
+        help=_("every key, its value and its origin (TOML, or JSON)"),
+        description=_(
+            "Print the settings `serve` would use: every key of the [collector] table with its value and "
+            "where it came from (default, the file, an environment variable, the command line), as TOML that -c "
+            "accepts, or as JSON."
+        ),
     )
     show.add_argument("-c", "--config", dest="collector_config", metavar="FILE",
-                      help="TOML file with a [collector] table")
-    show.add_argument("--db", metavar="URL", help="the database URL, as for serve")
-    show.add_argument("--json", action="store_true", help="print JSON")
+                      help=_("TOML file with a [collector] table"))
+    show.add_argument("--db", metavar="URL", help=_("the database URL, as for serve"))
+    show.add_argument("--json", action="store_true", help=_("print JSON"))
     show.set_defaults(func=cmd_config_show)
 
-    token = commands.add_parser("token", help="manage bearer tokens", description="Manage bearer tokens.")
+    token = commands.add_parser("token", help=_("manage bearer tokens"), description=_("Manage bearer tokens."))
     tokens = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     add = tokens.add_parser(
         "add",
-        help="create a token; prints it once, on the last line",
-        description="Create a token for agent NAME (its batches must carry agent=NAME). "
-        "Only a hash is stored; the token is printed once, alone on the last line.",
+        help=_("create a token; prints it once, on the last line"),
+        description=_(
+            "Create a token for agent NAME (its batches must carry agent=NAME). "
+            "Only a hash is stored; the token is printed once, alone on the last line."
+        ),
     )
     add.add_argument("name", metavar="NAME")
-    add.add_argument("--read-only", action="store_true", help="a token that may read but not send batches")
-    add.add_argument("--replace", action="store_true", help="replace an existing token of NAME")
+    add.add_argument("--read-only", action="store_true", help=_("a token that may read but not send batches"))
+    add.add_argument("--replace", action="store_true", help=_("replace an existing token of NAME"))
     _database_options(add)
     add.set_defaults(func=cmd_token_add)
-    listing = tokens.add_parser("list", help="list token names and roles (never the tokens)")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing = tokens.add_parser("list", help=_("list token names and roles (never the tokens)"))
+    listing.add_argument("--json", action="store_true", help=_("print JSON"))
     _database_options(listing)
     listing.set_defaults(func=cmd_token_list)
-    revoke = tokens.add_parser("revoke", help="delete the token of NAME")
+    revoke = tokens.add_parser("revoke", help=_("delete the token of NAME"))
     revoke.add_argument("name", metavar="NAME")
     _database_options(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
     bouncer = commands.add_parser(
         "bouncer",
-        help="manage CrowdSec bouncer keys",
-        description="Manage the keys that CrowdSec bouncers send in X-Api-Key to pull decisions "
-        "(see docs/decisions.md).",
+        help=_("manage CrowdSec bouncer keys"),
+        description=_(
+            "Manage the keys that CrowdSec bouncers send in X-Api-Key to pull decisions (see docs/decisions.md)."
+        ),
     )
     bouncers = bouncer.add_subparsers(dest="bouncer_command", metavar="ACTION", required=True)
     badd = bouncers.add_parser(
         "add",
-        help="create a bouncer key; prints it once, on the last line",
-        description="Create a key for bouncer NAME. Only a hash is stored; the key is printed once, "
-        "alone on the last line. It may pull decisions and nothing else.",
+        help=_("create a bouncer key; prints it once, on the last line"),
+        description=_(
+            "Create a key for bouncer NAME. Only a hash is stored; the key is printed once, "
+            "alone on the last line. It may pull decisions and nothing else."
+        ),
     )
     badd.add_argument("name", metavar="NAME")
-    badd.add_argument("--replace", action="store_true", help="replace an existing key of NAME")
+    badd.add_argument("--replace", action="store_true", help=_("replace an existing key of NAME"))
     _database_options(badd)
     badd.set_defaults(func=cmd_bouncer_add)
-    blist = bouncers.add_parser("list", help="list bouncers and their last pulls (never the keys)")
-    blist.add_argument("--json", action="store_true", help="print JSON")
+    blist = bouncers.add_parser("list", help=_("list bouncers and their last pulls (never the keys)"))
+    blist.add_argument("--json", action="store_true", help=_("print JSON"))
     _database_options(blist)
     blist.set_defaults(func=cmd_bouncer_list)
-    brevoke = bouncers.add_parser("revoke", help="delete the key of bouncer NAME")
+    brevoke = bouncers.add_parser("revoke", help=_("delete the key of bouncer NAME"))
     brevoke.add_argument("name", metavar="NAME")
     _database_options(brevoke)
     brevoke.set_defaults(func=cmd_bouncer_revoke)
@@ -336,16 +345,18 @@ def register(subparsers: Any) -> None:
     """Add the `collector` command to the main parser's subparsers."""
     parser = subparsers.add_parser(
         "collector",
-        help="run the central collector, manage its tokens",
-        description="The central collector: receives batches from agents (protocol v1), "
-        "serves address lists, agent statistics and blocklists.",
+        help=_("run the central collector, manage its tokens"),
+        description=_(
+            "The central collector: receives batches from agents (protocol v1), "
+            "serves address lists, agent statistics and blocklists."
+        ),
     )
     add_commands(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup()  # the locale's language, as `remote-uploader collector ...` has it (no --lang here)
-    parser = argparse.ArgumentParser(prog=PROG)
+    parser = Parser(prog=PROG)
     add_commands(parser)
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -1,8 +1,9 @@
 """The collector's access log (the formatters are remote_uploader/logs.py, shared with the agent).
 
-The access log records method, route, status, duration, client, agent name and sizes. It never
-records headers, so a bearer token cannot end up in a log file; the query string is logged only
-for read endpoints, whose parameters are filters.
+The access log records method, route, status, duration, client, agent name and sizes (the
+bytes sent, compressed when the line says `encoding=gzip`). It never records request headers,
+so a bearer token cannot end up in a log file; the query string is logged only for read
+endpoints, whose parameters are filters.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class AccessLog:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"content-encoding":
+                        scope["state"]["encoding"] = value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -76,7 +80,7 @@ class AccessLog:
             "principal": scope["state"].get("principal", "-"),
             "bytes_out": sent,
         }
-        for key in ("batch_id", "records", "duplicate"):
+        for key in ("batch_id", "records", "duplicate", "encoding"):
             if key in scope["state"]:
                 values[key] = scope["state"][key]
         access_logger.info("request", extra=fields(**values))

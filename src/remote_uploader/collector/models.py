@@ -75,6 +75,41 @@ BATCH_SCHEMA: dict[str, Any] = {
     },
 }
 
+_MICROS = "integer microseconds since 1970-01-01T00:00:00Z"
+
+#: Format 2 (media type application/vnd.remote-uploader.v2+json): docs/protocol.md, "Body formats".
+BATCH_SCHEMA_V2: dict[str, Any] = {
+    "type": "object",
+    "required": ["format", "agent", "batch_id", "sent_at", "sources", "groups"],
+    "properties": {
+        "format": {"const": 2},
+        "agent": BATCH_SCHEMA["properties"]["agent"],
+        "batch_id": BATCH_SCHEMA["properties"]["batch_id"],
+        "sent_at": {"type": "integer", "description": _MICROS},
+        "sources": {"type": "array", "items": {"type": "string", "maxLength": MAX_SOURCE_LEN},
+                    "description": "the batch's source table; groups name a source by its index"},
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "first_seen", "last_seen", "ip", "count"],
+                "properties": {
+                    "source": {"type": "integer", "minimum": 0, "description": "an index of sources"},
+                    "first_seen": {"type": "integer", "description": _MICROS},
+                    "last_seen": {"type": "integer", "description": _MICROS},
+                    "ip": {"type": "array", "items": RECORD_SCHEMA["properties"]["ip"]},
+                    "count": {"type": "array", "items": RECORD_SCHEMA["properties"]["count"],
+                              "description": "as many as ip: count[i] is the count of ip[i]"},
+                },
+            },
+            "description": f"at most {MAX_RECORDS_PER_BATCH} addresses in all groups together",
+        },
+        "producer": BATCH_SCHEMA["properties"]["producer"],
+        "seq": BATCH_SCHEMA["properties"]["seq"],
+        "part": BATCH_SCHEMA["properties"]["part"],
+    },
+}
+
 
 class FieldErrorOut(BaseModel):
     field: str = Field(description="what is wrong: a JSON path like records[3].ip, or body, query.since...")

@@ -45,7 +45,8 @@ WORKER_MIN_BYTES = 1 << 20  # about 7,000 records
 
 
 def parse_and_encode(
-    payload: bytes | bytearray, agent: str, form: BulkForm | None, bucket: int = 60, addresses: bool = False
+    payload: bytes | bytearray, agent: str, form: BulkForm | None, bucket: int = 60, addresses: bool = False,
+    body_format: int = 1,
 ) -> Batch:
     """`parse_batch`, with the deltas encoded in `form` (what a worker process runs).
 
@@ -54,7 +55,7 @@ def parse_and_encode(
     """
     gc.disable()
     try:
-        batch = parse_batch(payload, agent, bucket)
+        batch = parse_batch(payload, agent, bucket, body_format=body_format)
         if form is not None:
             kept = tuple(batch.counted_addresses()) if addresses else ()
             encoded = bulk.encoded(batch.deltas, form, batch.buckets)
@@ -102,20 +103,20 @@ class BatchParser:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    async def parse(self, payload: bytearray, agent: str) -> Batch:
+    async def parse(self, payload: bytearray, agent: str, body_format: int = 1) -> Batch:
         """The validated batch; `BatchInvalid` or `AgentMismatch` as `parse_batch` raises them."""
         if self.workers > 0 and len(payload) >= self.min_bytes:
             pool = self._get_pool()
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    pool, parse_and_encode, payload, agent, self.form, self.bucket, self.addresses
+                    pool, parse_and_encode, payload, agent, self.form, self.bucket, self.addresses, body_format
                 )
             except (BrokenProcessPool, OSError) as exc:  # a worker died, or none could be started
                 logger.warning(
                     "parsing worker lost; parsing in the server process", extra=fields(error=type(exc).__name__)
                 )
                 self._discard(pool)
-        return await run_in_threadpool(parse_batch, payload, agent, self.bucket)
+        return await run_in_threadpool(parse_batch, payload, agent, self.bucket, None, body_format)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         with self._lock:

@@ -14,18 +14,10 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.agent import extract
-from remote_uploader.agent.extract import (
-    CONTEXT,
-    SEPARATORS,
-    WINDOW,
-    BoundedCache,
-    build_extractor,
-    is_separator,
-    last_cut,
-    scan_bytes,
-)
+from remote_uploader.agent.extract import CONTEXT, SEPARATORS, WINDOW, BoundedCache, is_separator, last_cut, scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from remote_uploader.protocol import is_canonical_ip
-from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN
+from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN, HAVE_NATIVE
 
 # --- Separators and cuts -------------------------------------------------------------------------
 
@@ -176,12 +168,29 @@ def test_caches_stay_bounded_on_a_flood_of_distinct_addresses(engine: str, monke
 
 # --- Engines -------------------------------------------------------------------------------------
 
-def test_auto_picks_hyperscan_when_it_is_installed() -> None:
-    expected = "hyperscan" if HAVE_HYPERSCAN else "stdlib"
+def test_auto_picks_native_then_hyperscan_then_stdlib_as_installed() -> None:
+    expected = "native" if HAVE_NATIVE else "hyperscan" if HAVE_HYPERSCAN else "stdlib"
     assert getattr(build_extractor(), "name", None) == expected
 
 
-def test_auto_falls_back_to_stdlib_without_hyperscan(monkeypatch: pytest.MonkeyPatch) -> None:
+def _without_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine where `pip install .` found no compiler: the C module is absent."""
+    import remote_uploader.agent
+
+    monkeypatch.setitem(sys.modules, "remote_uploader.agent._native", None)  # importing it raises ImportError
+    monkeypatch.delattr(remote_uploader.agent, "_native", raising=False)
+    monkeypatch.delitem(sys.modules, "remote_uploader.agent.extract_native", raising=False)
+
+
+def test_auto_picks_hyperscan_when_the_native_core_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_native(monkeypatch)
+    assert getattr(build_extractor(engine="auto"), "name", None) == ("hyperscan" if HAVE_HYPERSCAN else "stdlib")
+    with pytest.raises(ValueError, match=r"engine 'native' is not built in this installation.*choose 'stdlib'"):
+        build_extractor(engine="native")
+
+
+def test_auto_falls_back_to_stdlib_without_native_or_hyperscan(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_native(monkeypatch)
     monkeypatch.setitem(sys.modules, "hyperscan", None)  # `import hyperscan` now raises ImportError
     monkeypatch.delitem(sys.modules, "remote_uploader.agent.extract_fast", raising=False)
     assert getattr(build_extractor(engine="auto"), "name", None) == "stdlib"
@@ -189,8 +198,13 @@ def test_auto_falls_back_to_stdlib_without_hyperscan(monkeypatch: pytest.MonkeyP
         build_extractor(engine="hyperscan")
 
 
+def test_the_stdlib_engine_is_the_pure_python_path_even_where_native_is_built() -> None:
+    assert getattr(build_extractor(engine="stdlib"), "name", None) == "stdlib"
+
+
 def test_an_unknown_engine_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown extraction engine 'pcre'; choose one of auto, stdlib, hyperscan"):
+    with pytest.raises(ValueError,
+                       match=r"unknown extraction engine 'pcre'; choose one of auto, native, stdlib, hyperscan"):
         build_extractor(engine="pcre")
 
 

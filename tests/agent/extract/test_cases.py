@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from remote_uploader.agent.extract import build_extractor, scan_bytes
-
-try:
-    import hyperscan  # noqa: F401
-
-    ENGINES = ["stdlib", "hyperscan"]
-except ImportError:  # the fast extra is optional; say so in the test report
-    ENGINES = ["stdlib", pytest.param("hyperscan", marks=pytest.mark.skip(reason="hyperscan not installed"))]
+from remote_uploader.agent.extract import scan_bytes
+from remote_uploader.agent.extractors import build_extractor
+from tests.helpers.engines import ENGINES  # the optional engines are skipped, with the reason, where absent
 
 # (row of extraction-cases.md, fragment, exact counts)
 CASES_TABLE = [

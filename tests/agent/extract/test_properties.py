@@ -3,8 +3,8 @@
 - Cutting the input after any set of separator bytes, and scanning each piece with its real left
   context (as the reader does with its blocks and long lines), gives the counts of one scan.
 - Scanning a file line by line, each line on its own, gives the counts of one scan.
-- The stdlib and hyperscan engines give identical counts, on random text, binary junk, and every
-  generated benchmark workload.
+- The stdlib, native and hyperscan engines give identical counts, on random text, binary junk,
+  long runs and lines, and every generated benchmark workload (every suite here also runs on each).
 - Whatever the bytes, a scan returns canonical addresses and positive counts, and never raises.
 - A file written in pieces cut at any byte, read after each piece (nothing counted that a later
   byte could change), gives the counts of reading it whole.
@@ -21,17 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remote_uploader.agent.extract import (
-    CONTEXT,
-    SEPARATORS,
-    Extractor,
-    build_extractor,
-    last_cut,
-    scan_bytes,
-)
+from remote_uploader.agent.extract import CONTEXT, SEPARATORS, Extractor, count_lines, last_cut, scan_bytes
+from remote_uploader.agent.extractors import build_extractor
 from remote_uploader.agent.source import BlockReader
 from remote_uploader.protocol import is_canonical_ip
-from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN, needs_hyperscan
+from tests.helpers.engines import ENGINES, HAVE_HYPERSCAN, HAVE_NATIVE, needs_hyperscan, needs_native
 
 # Pieces that make the rules work hard when glued together at random.
 FRAGMENTS = [
@@ -123,8 +117,55 @@ def test_bytes_bytearray_and_memoryview_scan_alike(extractor: Extractor, data: b
     assert extractor.scan(memoryview(buf), CONTEXT, len(buf)) == expected
 
 
+@needs_native
+@settings(max_examples=600, deadline=None)
+@given(data=any_bytes)
+def test_native_and_stdlib_agree_on_any_bytes(data: bytes) -> None:
+    assert scan_bytes(NATIVE, data) == scan_bytes(STDLIB, data)
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(data=fragment_soup, start=st.integers(min_value=0, max_value=400), end=st.integers(min_value=0, max_value=400))
+def test_native_and_stdlib_agree_on_any_range_even_one_cut_mid_word(data: bytes, start: int, end: int) -> None:
+    """Outside the reader's contract too: a range that starts or ends inside a word or an address,
+    with the left context the C core may read before it and nothing after it."""
+    buf = b"\n" * CONTEXT + data
+    lo, hi = sorted((CONTEXT + start % (len(data) + 1), CONTEXT + end % (len(data) + 1)))
+    assert NATIVE.scan(buf, lo, hi) == STDLIB.scan(buf, lo, hi)
+
+
+# Runs near the C core's limits: an IPv6 run of exactly MAX_V6_RUN bytes and one longer, octets of
+# 4 digits, dotted and colon sequences longer than any address.
+long_runs = st.lists(
+    st.one_of(
+        st.sampled_from([b"1:" * 28, b"1:" * 29, b"::" * 30, b"ffff:" * 12, b"1234.", b"1.2.3.4." * 10,
+                         b"255.255.255.255", b"::ffff:255.255.255.255:65535", b"." * 60, b":" * 60]),
+        pieces,
+    ),
+    max_size=20,
+).map(b"".join)
+
+
+@needs_native
+@settings(max_examples=400, deadline=None)
+@given(data=long_runs)
+def test_native_and_stdlib_agree_on_runs_at_and_past_the_length_limits(data: bytes) -> None:
+    assert scan_bytes(NATIVE, data) == scan_bytes(STDLIB, data)
+
+
+@needs_native
+@settings(max_examples=30, deadline=None)
+@given(seed=st.binary(min_size=1, max_size=64), repeat=st.integers(min_value=1000, max_value=40_000))
+def test_native_never_crashes_on_huge_lines_of_junk_and_nuls(seed: bytes, repeat: int) -> None:
+    """A line of up to 2.5 MB without a newline, built from junk, NULs and address pieces."""
+    data = (seed + b"\x00" + b"1.2.3.4" + b"\x00::ffff:").__mul__(repeat // 8 + 1)[: repeat * 64]
+    assert scan_bytes(NATIVE, data) == scan_bytes(STDLIB, data)
+
+
 STDLIB = build_extractor(engine="stdlib")
 HYPERSCAN = build_extractor(engine="hyperscan") if HAVE_HYPERSCAN else STDLIB
+NATIVE = build_extractor(engine="native") if HAVE_NATIVE else STDLIB
 
 
 # --- Real files: the generated workloads ---------------------------------------------------------
@@ -228,3 +269,23 @@ def test_a_line_cut_at_every_byte_counts_each_address_once_when_complete(
     for cut in range(len(LINE) + 1):
         got = read_while_growing(extractor, tmp_path / f"cut{cut}.log", [LINE[:cut], LINE[cut:]])
         assert got == whole, f"cut after {LINE[:cut]!r}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=3000) | fragment_soup, a=st.integers(min_value=0), b=st.integers(min_value=0))
+def test_count_lines_counts_the_newlines_of_any_range(data: bytes, a: int, b: int) -> None:
+    lo, hi = sorted((a % (len(data) + 1), b % (len(data) + 1)))
+    assert count_lines(data, lo, hi) == count_lines(bytearray(data), lo, hi) == data.count(b"\n", lo, hi)
+
+
+@needs_native
+def test_the_native_core_refuses_a_range_outside_the_buffer_and_a_non_buffer() -> None:
+    from remote_uploader.agent import _native
+
+    for start, end in [(-1, 2), (3, 2), (0, 9)]:
+        with pytest.raises(ValueError, match="outside a buffer of 8 bytes"):
+            _native.scan(b"1.2.3.4\n", start, end)
+        with pytest.raises(ValueError, match="outside a buffer of 8 bytes"):
+            _native.count_lines(b"1.2.3.4\n", start, end)
+    with pytest.raises(TypeError):
+        _native.scan("1.2.3.4 text, not bytes", 0, 4)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_uploader.agent.batch import decode_body
+from remote_uploader.agent.batch import decode_body, records_of
 from remote_uploader.agent.parallel import Part
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.sink import Delivered
@@ -56,8 +56,8 @@ def queued_counts(agent: Agent) -> Counter[str]:
     counts: Counter[str] = Counter()
     seq = 0
     while (batch := agent.spool.next_batch(seq)) is not None:
-        for record in decode_body(batch.body, batch.encoding)["records"]:
-            counts[record["ip"]] += record["count"]
+        for record in records_of(decode_body(batch.body, batch.encoding)):
+            counts[record.ip] += record.count
         seq = batch.seq
     return counts
 

@@ -13,7 +13,7 @@ import pytest
 
 from remote_uploader.cli import main
 from remote_uploader.protocol import format_time
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 
 
 def _record(ip: str, count: int, seen: datetime, source: str = "/var/log/auth.log") -> dict[str, object]:
@@ -21,7 +21,7 @@ def _record(ip: str, count: int, seen: datetime, source: str = "/var/log/auth.lo
     return {"ip": ip, "count": count, "first_seen": stamp, "last_seen": stamp, "source": source}
 
 
-def _feed(c: CollectorProcess) -> None:
+def _feed(c: CollectorThread) -> None:
     now = datetime.now(UTC)
     old = now - timedelta(days=3)
     records = [
@@ -36,7 +36,7 @@ def _feed(c: CollectorProcess) -> None:
 
 
 def _run(
-    c: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str, command: str = "ips"
+    c: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str], *options: str, command: str = "ips"
 ) -> tuple[int, str, str]:
     token_file = tmp_path / "token"
     token_file.write_text(c.add_token("reader", read_only=True) + "\n")
@@ -48,7 +48,7 @@ def _run(
 
 
 def test_ips_filters_by_window_count_and_range_and_sorts(
-    collector_any: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector_any: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _feed(collector_any)
     code, out, _ = _run(collector_any, tmp_path, capsys, "--json")
@@ -72,7 +72,7 @@ def test_ips_filters_by_window_count_and_range_and_sorts(
 
 
 def test_ips_pages_through_the_api_up_to_the_limit(
-    collector: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = datetime.now(UTC)
     records = [_record(f"192.0.2.{i}", i, now) for i in range(1, 30)]
@@ -87,7 +87,7 @@ def test_ips_pages_through_the_api_up_to_the_limit(
 
 
 def test_ips_prints_an_aligned_table_when_asked_for_no_format(
-    collector: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _feed(collector)
     _, out, _ = _run(collector, tmp_path, capsys)
@@ -102,7 +102,7 @@ def test_ips_prints_an_aligned_table_when_asked_for_no_format(
 
 
 def test_decisions_lists_active_ones_and_with_all_the_ended_too(
-    collector_any: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector_any: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     c = collector_any
     for value in ("203.0.113.7", "198.51.100.0/24"):
@@ -122,7 +122,7 @@ def test_decisions_lists_active_ones_and_with_all_the_ended_too(
 
 
 def test_a_bad_filter_is_refused_with_the_collector_naming_it(
-    collector: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = _run(collector, tmp_path, capsys, "--cidr", "not-a-network")
     assert code == 3
@@ -131,7 +131,7 @@ def test_a_bad_filter_is_refused_with_the_collector_naming_it(
 
 
 def test_a_wrong_token_or_an_absent_collector_is_one_clear_error(
-    collector: CollectorProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    collector: CollectorThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("ru_not-a-token")

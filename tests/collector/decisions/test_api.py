@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from remote_uploader.protocol import format_time
-from tests.helpers.collector_fixtures import CollectorProcess
+from tests.helpers.collector_fixtures import CollectorThread
 
 RULES = """allowlist = ["192.0.2.0/24"]
 decision_interval = "1s"
@@ -60,7 +60,7 @@ def wait_for(probe: Callable[[], list[dict[str, Any]]], what: str) -> list[dict[
         time.sleep(0.1)
 
 
-def decisions(collector: CollectorProcess, **params: Any) -> list[dict[str, Any]]:
+def decisions(collector: CollectorThread, **params: Any) -> list[dict[str, Any]]:
     response = collector.get("/v1/rules/decisions", **params)
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
@@ -68,7 +68,7 @@ def decisions(collector: CollectorProcess, **params: Any) -> list[dict[str, Any]
 
 
 def test_a_batch_crossing_a_rule_is_decided_explained_and_survives_a_restart(make_collector) -> None:  # type: ignore[no-untyped-def]
-    collector: CollectorProcess = make_collector(config=RULES)
+    collector: CollectorThread = make_collector(config=RULES)
     batch = now_batch("1", ("198.51.100.7", 4, "/var/log/auth.log"), ("198.51.100.8", 9, "/var/log/nginx.log"))
     assert collector.post_batch(batch).status_code == 200
     assert collector.post_batch(now_batch("2", ("198.51.100.7", 1, "/var/log/auth.log"))).status_code == 200
@@ -95,7 +95,7 @@ def test_a_batch_crossing_a_rule_is_decided_explained_and_survives_a_restart(mak
     assert not any(d["value"] == "192.0.2.9" for d in decisions(collector, state="all"))
 
 
-def test_decisions_by_hand_through_the_api(collector: CollectorProcess) -> None:
+def test_decisions_by_hand_through_the_api(collector: CollectorThread) -> None:
     made = httpx.post(
         collector.url + "/v1/rules/decisions",
         json={"value": "2001:DB8::/48", "duration": "1h30m", "reason": "abuse report"},
@@ -119,7 +119,7 @@ def test_decisions_by_hand_through_the_api(collector: CollectorProcess) -> None:
     assert again.status_code == 404
 
 
-def test_bad_input_names_the_field(collector: CollectorProcess) -> None:
+def test_bad_input_names_the_field(collector: CollectorThread) -> None:
     def post(body: dict[str, Any], token: str | None = None) -> httpx.Response:
         return httpx.post(collector.url + "/v1/rules/decisions", json=body, headers=collector.headers(token))
 
@@ -145,7 +145,7 @@ def test_bad_input_names_the_field(collector: CollectorProcess) -> None:
     assert collector.get("/v1/rules/decisions", token=reader).status_code == 200
 
 
-def test_relative_since_is_accepted_where_times_are(collector: CollectorProcess) -> None:
+def test_relative_since_is_accepted_where_times_are(collector: CollectorThread) -> None:
     collector.post_batch(now_batch("1", ("198.51.100.7", 3, "/x")))
     assert [i["ip"] for i in collector.get("/v1/ips", since="1h").json()["items"]] == ["198.51.100.7"]
     assert collector.get("/v1/ips", since="2024-01-01T00:00:00Z").json()["items"]
@@ -168,7 +168,7 @@ def test_a_bad_rule_stops_the_collector_with_the_key_named(tmp_path: Path) -> No
     assert "rules[0].window" in result.stderr and "not a duration" in result.stderr
 
 
-def test_blocklists_for_appliances_are_capped_ranked_and_split(collector: CollectorProcess) -> None:
+def test_blocklists_for_appliances_are_capped_ranked_and_split(collector: CollectorThread) -> None:
     records = [(f"198.51.100.{n}", n, "/x") for n in range(1, 11)]
     collector.post_batch(now_batch("1", *records, ("192.0.2.1", 99, "/x")))
 

@@ -163,3 +163,38 @@ def test_decisions_by_hand_replace_and_respect_the_allowlist(storage: Storage) -
     with pytest.raises(DecisionRefused, match="not an IP address"):
         add_manual(storage, allow, "192.0.2.0/33", timedelta(hours=1), "", at(0))
     assert [d.value for d in delete_value(storage, "2001:db8:0::1", at(20))] == ["2001:db8::1"]
+
+
+def test_an_address_inside_an_active_range_decision_gets_no_decision_of_its_own(storage: Storage) -> None:
+    rules = [rule(name="ssh"), rule(name="ssh-24", prefix_v4=24, min_addresses=2, duration=timedelta(minutes=30))]
+    engine = DecisionEngine(storage, rules)
+    send(storage, "1", record("203.0.113.1", 5), record("203.0.113.2", 5))
+    made = engine.evaluate(["203.0.113.1", "203.0.113.2"], at(60))
+    # The range and its addresses cross in the same round: the range rule goes first, and the
+    # addresses it covers get nothing of their own; nor does one crossing later.
+    assert [(d.value, d.scope) for d in made] == [("203.0.113.0/24", "Range")]
+    send(storage, "2", record("203.0.113.3", 5, 70))
+    assert engine.evaluate(["203.0.113.3"], at(80)) == []
+    assert ("203.0.113.3", "ssh") not in active(storage)
+    # A range made by hand covers as well, for both families.
+    add_manual(storage, [], "2001:db8:5::/48", timedelta(hours=1), "", at(80))
+    send(storage, "3", record("2001:db8:5::1", 9, 80))
+    assert engine.evaluate(["2001:db8:5::1"], at(90)) == []
+
+
+def test_when_a_range_ends_the_addresses_still_over_a_rule_get_their_own_decisions(storage: Storage) -> None:
+    clock = [at(60)]
+    engine = DecisionEngine(storage, [rule(name="ssh")], clock=lambda: clock[0])
+    add_manual(storage, [], "203.0.113.0/24", timedelta(minutes=2), "", at(0))
+    add_manual(storage, [], "198.51.100.0/24", timedelta(hours=1), "", at(0))
+    send(storage, "1", record("203.0.113.7", 6, 30), record("203.0.113.8", 2, 30), record("198.51.100.7", 6, 30))
+    engine.submit(["203.0.113.7", "203.0.113.8", "198.51.100.7"])
+    assert engine.run_once() == []  # both ranges cover them
+    # Expired: .7 still has 6 hits in the last 10 minutes, .8 only 2.
+    clock[0] = at(120)
+    assert [(d.value, d.scenario) for d in engine.run_once()] == [("203.0.113.7", "ssh")]
+    # Deleted elsewhere (the CLI, another collector): found by the change sequence, no new hit needed.
+    delete_value(storage, "198.51.100.0/24", at(125))
+    clock[0] = at(126)
+    assert [d.value for d in engine.run_once()] == ["198.51.100.7"]
+    assert engine.run_once() == []

@@ -63,3 +63,11 @@ def test_encoded_deltas_pass_through_in_their_own_form_only() -> None:
     with pytest.raises(ValueError):
         bulk.encode("csv", DELTAS)  # type: ignore[arg-type]
     assert isinstance(encoded, EncodedDeltas)
+
+
+def test_postgres_bucket_copy_escapes_a_source_with_tabs_line_breaks_and_backslashes() -> None:
+    from remote_uploader.collector.storage.model import BucketDelta
+
+    text = bulk.postgres_bucket_copy([BucketDelta(b"\xc0\x00\x02\x01", 60, "a\tb\\c\nd\re", 3)])
+    assert text == b"\\\\xc0000201\t60\ta\\tb\\\\c\\nd\\re\t3\n"
+    assert text.count(b"\t") == 3 and text.count(b"\n") == 1

@@ -275,8 +275,18 @@ def _hold_write_lock(storage: Storage, request: pytest.FixtureRequest):  # type:
     return lambda: (other_pg.rollback(), other_pg.close())
 
 
-def test_ping_succeeds_on_a_working_database(storage: Storage) -> None:
-    storage.ping()
+def test_ping_succeeds_on_a_working_database_even_while_a_write_holds_its_lock(
+        storage: Storage, request: pytest.FixtureRequest) -> None:
+    """`ping` is the health check: a long write (an ingest, an operator's session) must not make a
+    working database look down, so it neither takes the write lock nor reads a table a write locks."""
+    assert storage.ping() is None
+    release = _hold_write_lock(storage, request)
+    try:
+        assert storage.ping() is None
+        with pytest.raises(StorageUnavailable):  # the lock is really held: a write gives up meanwhile
+            storage.store_batch(batch("a", "while-locked", delta("192.0.2.1", 1)), at(0))
+    finally:
+        release()
 
 
 def test_deltas_encoded_beforehand_store_like_plain_ones(storage: Storage) -> None:
@@ -358,6 +368,37 @@ def test_a_batch_with_a_producer_is_recognised_whatever_agent_name_it_is_sent_un
     assert storage.store_batch(identified(1, agent="web-1"), at(0)) is True
     assert storage.store_batch(identified(1, agent="renamed"), at(1)) is False
     assert totals(storage) == {"192.0.2.1": 1}
+
+
+S1, S2 = "c3" * 16, "d4" * 16  # two stream ids (docs/protocol.md, "Streams")
+
+
+def test_stream_ranges_are_kept_per_producer_and_stream_with_each_stored_batch(storage: Storage) -> None:
+    assert storage.producer_streams(PRODUCER) == {}
+    first = dataclasses.replace(identified(1), streams=((S1, 0, 100), (S2, 0, 50)))
+    assert storage.store_batch(first, at(0)) is True
+    assert storage.store_batch(dataclasses.replace(identified(3), streams=((S1, 300, 400),)), at(0)) is True
+    assert storage.store_batch(dataclasses.replace(identified(2), streams=((S1, 100, 300),)), at(0)) is True
+    # A replay is a duplicate: nothing of it is recorded, whatever ranges it claims.
+    assert storage.store_batch(dataclasses.replace(identified(1), streams=((S1, 0, 9999),)), at(1)) is False
+    # The same stream id under another producer is another stream.
+    other = dataclasses.replace(identified(1), producer="b2" * 16, streams=((S1, 5000, 6000),))
+    assert storage.store_batch(other, at(1)) is True
+    assert storage.producer_streams(PRODUCER) == {S1: [(0, 400)], S2: [(0, 50)]}
+    assert storage.producer_streams("b2" * 16) == {S1: [(5000, 6000)]}
+
+
+def test_a_stream_range_missing_below_stored_ones_stays_a_gap(storage: Storage) -> None:
+    for seq, start, end in ((1, 0, 100), (3, 200, 300), (4, 300, 350)):  # seq 2 (100..200) never stored
+        assert storage.store_batch(dataclasses.replace(identified(seq), streams=((S1, start, end),)), at(0))
+    assert storage.producer_streams(PRODUCER) == {S1: [(0, 100), (200, 350)]}
+
+
+def test_a_split_batch_records_its_ranges_only_once_its_parts_make_the_whole(storage: Storage) -> None:
+    assert storage.store_batch(dataclasses.replace(identified(1, "0"), streams=((S1, 0, 100),)), at(0)) is True
+    assert storage.producer_streams(PRODUCER) == {}, "half a batch: its ranges are not all stored"
+    assert storage.store_batch(dataclasses.replace(identified(1, "1"), streams=((S1, 0, 100),)), at(0)) is True
+    assert storage.producer_streams(PRODUCER) == {S1: [(0, 100)]}
 
 
 def test_racing_parts_and_replays_of_one_producer_count_each_record_once(storage: Storage) -> None:

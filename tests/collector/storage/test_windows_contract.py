@@ -211,6 +211,45 @@ def test_changes_since_a_sequence_are_new_and_deleted_decisions(storage: Storage
     assert [d.value for d in everything] == ["198.51.100.2", "198.51.100.3"]
 
 
+def test_ended_since_a_sequence_includes_decisions_made_and_ended_after_it(storage: Storage) -> None:
+    seen = storage.decision_seq()
+    storage.add_decisions([ban("198.51.100.4"), ban("203.0.113.0/24")], at(0))
+    storage.delete_decisions(at(1), value="203.0.113.0/24")
+    now = storage.decision_seq()
+    assert storage.list_decisions(DecisionQuery(as_of_seq=now, ended_after_seq=seen)) == []  # a stream's view
+    ended = storage.list_decisions(DecisionQuery(as_of_seq=now, ended_since_seq=seen))
+    assert [(d.value, d.state) for d in ended] == [("203.0.113.0/24", "deleted")]
+
+
+def test_a_value_inside_an_active_wider_range_is_not_stored_when_covered_ones_are_skipped(storage: Storage) -> None:
+    [(wide, _)] = storage.add_decisions([ban("203.0.113.0/24", 100)], at(0))
+    made = storage.add_decisions(
+        [ban(v) for v in ("203.0.113.7", "203.0.113.128/25", "203.0.113.0/24", "198.51.100.7", "203.0.112.0/23")],
+        at(10),
+        skip_covered=True,
+    )
+    assert [(d.value, created) for d, created in made] == [
+        ("203.0.113.0/24", False),  # the /24 holds the address ...
+        ("203.0.113.0/24", False),  # ... and the /25
+        ("203.0.113.0/24", False),  # the same value: the one active decision stands
+        ("198.51.100.7", True),
+        ("203.0.112.0/23", True),  # wider than the /24: not held by it
+    ]
+    assert made[0][0].id == wide.id
+    # Without skip_covered (decisions by hand) the value is stored whatever holds it.
+    [(_, by_hand)] = storage.add_decisions([ban("203.0.113.9")], at(10))
+    assert by_hand
+    # A range past its until covers nothing, even before it is marked expired.
+    storage.delete_decisions(at(11), value="203.0.112.0/23")
+    [(_, created)] = storage.add_decisions([ban("203.0.113.8")], at(100), skip_covered=True)
+    assert created
+    # Nor does an ended one; the IPv6 family is kept apart from the IPv4 one.
+    storage.add_decisions([ban("2001:db8:1::/48")], at(100))
+    storage.delete_decisions(at(101), value="2001:db8:1::/48")
+    pairs = storage.add_decisions([ban("2001:db8:1::7"), ban("::cb00:7107")], at(102), skip_covered=True)
+    assert [created for _, created in pairs] == [True, True]
+
+
 def test_decisions_page_by_id_and_filter(storage: Storage) -> None:
     storage.add_decisions([ban(f"198.51.100.{n}", scenario="a" if n % 2 else "b") for n in range(1, 8)], at(0))
     storage.add_decisions([ban("203.0.113.0/24", origin="cscli")], at(0))

@@ -22,6 +22,7 @@ from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import Decision, DecisionQuery
 from remote_uploader.collector.timeparse import DurationError, format_duration, parse_duration
 from remote_uploader.errors import BadInputError
+from remote_uploader.i18n import _
 from remote_uploader.protocol import format_time
 
 Opener = Callable[[argparse.Namespace], tuple[CollectorSettings, Storage]]
@@ -112,25 +113,27 @@ def add_commands(
     database_options: Callable[[argparse.ArgumentParser], None],
     run: Callable[[Callable[[argparse.Namespace, Opener], int]], Callable[[argparse.Namespace], int]],
 ) -> None:
-    decision = commands.add_parser("decision", help="add, delete and list decisions", description="Decisions.")
+    decision = commands.add_parser("decision", help=_("add, delete and list decisions"), description=_("Decisions."))
     actions = decision.add_subparsers(dest="decision_command", metavar="ACTION", required=True)
     add = actions.add_parser(
         "add",
-        help="ban an address or a CIDR for a while",
-        description="Add a decision by hand (origin cscli, scenario manual); it replaces an active "
-        "decision of the same value. The allowlist is subtracted.",
+        help=_("ban an address or a CIDR for a while"),
+        description=_(
+            "Add a decision by hand (origin cscli, scenario manual); it replaces an active "
+            "decision of the same value. The allowlist is subtracted."
+        ),
     )
-    add.add_argument("value", metavar="VALUE", help="an address or a CIDR network")
-    add.add_argument("--duration", required=True, metavar="DUR", help="30s, 15m, 4h, 7d or combinations (1h30m)")
-    add.add_argument("--reason", default="", metavar="TEXT", help="why (shown with the decision)")
+    add.add_argument("value", metavar="VALUE", help=_("an address or a CIDR network"))
+    add.add_argument("--duration", required=True, metavar="DUR", help=_("30s, 15m, 4h, 7d or combinations (1h30m)"))
+    add.add_argument("--reason", default="", metavar="TEXT", help=_("why (shown with the decision)"))
     database_options(add)
     add.set_defaults(func=run(cmd_add))
-    delete = actions.add_parser("delete", help="end the active decisions of VALUE")
-    delete.add_argument("value", metavar="VALUE", help="an address or a CIDR network")
+    delete = actions.add_parser("delete", help=_("end the active decisions of VALUE"))
+    delete.add_argument("value", metavar="VALUE", help=_("an address or a CIDR network"))
     database_options(delete)
     delete.set_defaults(func=run(cmd_delete))
-    listing = actions.add_parser("list", help="list active decisions")
-    listing.add_argument("--all", action="store_true", help="also deleted and expired ones")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing = actions.add_parser("list", help=_("list active decisions"))
+    listing.add_argument("--all", action="store_true", help=_("also deleted and expired ones"))
+    listing.add_argument("--json", action="store_true", help=_("print JSON"))
     database_options(listing)
     listing.set_defaults(func=run(cmd_list))

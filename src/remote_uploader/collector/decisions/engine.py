@@ -32,6 +32,7 @@ from remote_uploader.collector.decisions.values import ValueRejected, decision_v
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.collector.storage.model import (
     Decision,
+    DecisionQuery,
     Evidence,
     NewDecision,
     RollupResult,
@@ -101,6 +102,7 @@ class DecisionEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_rollup: datetime | None = None
+        self._ended_mark: int | None = None  # change sequence up to which ended ranges were seen
         self.made = 0  # decisions made by rules (for metrics and tests)
 
     # -- the thread ---------------------------------------------------------------------------
@@ -136,22 +138,58 @@ class DecisionEngine:
 
     def run_once(self) -> list[Decision]:
         """One round: evaluate what was submitted, expire, roll up when due. Returns new decisions."""
-        with self._lock:
-            pending, self._pending = self._pending, set()
+        if self._ended_mark is None and self.rules:
+            self._ended_mark = self.storage.decision_seq()  # before expiring: this round's ends count
         now = self.clock()
+        expired = self.storage.expire_decisions(now)
+        for decision in expired:
+            logger.info("decision expired", extra=fields(id=decision.id, value=decision.value))
+        uncovered = self._uncovered(now)
+        with self._lock:
+            pending, self._pending = self._pending | uncovered, set()
         try:
             made = self.evaluate(sorted(pending), now) if pending else []
         except BaseException:
             with self._lock:
                 self._pending |= pending  # not lost: the next round tries them again
             raise
-        expired = self.storage.expire_decisions(now)
-        for decision in expired:
-            logger.info("decision expired", extra=fields(id=decision.id, value=decision.value))
         if self._last_rollup is None or now - self._last_rollup >= timedelta(seconds=self.rollup_interval):
             self._last_rollup = now
             self.rollup(now)
         return made
+
+    def _uncovered(self, now: datetime) -> set[str]:
+        """Addresses inside ranges whose decisions ended since the last round (expired, or
+        deleted by anyone: this process, the CLI, another collector on the same database).
+
+        While a range was decided, the rules made no decision of their own inside it
+        (`skip_covered`); once it ends, an address that still crosses a rule must get one
+        without waiting for its next hit. The addresses with counts in the longest window of
+        the rules are evaluated again (the rules' own thresholds then decide)."""
+        if self._ended_mark is None:
+            return set()
+        seq = self.storage.decision_seq()
+        if seq == self._ended_mark:
+            return set()
+        ended: list[Decision] = []
+        after = 0
+        while True:
+            query = DecisionQuery(as_of_seq=seq, ended_since_seq=self._ended_mark, scopes=("Range",), after_id=after)
+            page = self.storage.list_decisions(query)
+            ended += page
+            if len(page) < query.limit:
+                break
+            after = page[-1].id
+        self._ended_mark = seq
+        if not ended:
+            return set()
+        since = now - max(rule.window for rule in self.rules)
+        least = min(rule.min_count for rule in self.rules)
+        addresses: set[str] = set()
+        for decision in ended:
+            inside = WindowQuery(since, network=ipaddress.ip_network(decision.value), min_count=least)
+            addresses.update(row.ip for row in self.storage.window_counts(inside))
+        return addresses
 
     def rollup(self, now: datetime) -> RollupResult:
         result = self.storage.rollup(now, *self.retentions)
@@ -165,9 +203,12 @@ class DecisionEngine:
     # -- rules --------------------------------------------------------------------------------
 
     def evaluate(self, addresses: Sequence[str], now: datetime) -> list[Decision]:
-        """Apply every rule to these addresses (just counted); store and return new decisions."""
+        """Apply every rule to these addresses (just counted); store and return new decisions.
+
+        Range rules go first: when an address and its range cross in the same round, the range
+        is decided and the address, which it covers, is not (see `_uncovered` for its end)."""
         made: list[Decision] = []
-        for rule in self.rules:
+        for rule in sorted(self.rules, key=lambda r: not r.ranges):
             made += self._evaluate_rule(rule, addresses, now)
         return made
 
@@ -259,7 +300,7 @@ class DecisionEngine:
                     evidence=target.evidence,
                 )
             )
-        made = [decision for decision, created in self.storage.add_decisions(new, now) if created]
+        made = [decision for decision, created in self.storage.add_decisions(new, now, skip_covered=True) if created]
         for decision in made:
             self.made += 1
             logger.info(

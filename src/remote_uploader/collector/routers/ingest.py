@@ -1,4 +1,5 @@
-"""`POST /v1/batches`: an agent delivers a batch (docs/protocol.md).
+"""`POST /v1/batches`: an agent delivers a batch (docs/protocol.md); `GET /v1/producers/P/streams`: what
+it stored of each stream, for the agent's `reset-state`.
 
 The body is read under the size limit (body.py), parsed and validated (parsing.py, batch.py),
 and stored with its batch id in one transaction: a batch seen before is a duplicate, answered
@@ -14,18 +15,19 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from remote_uploader.collector.auth import Principal
-from remote_uploader.collector.body import check_headers, read_body
-from remote_uploader.collector.models import BATCH_SCHEMA, BatchAccepted
+from remote_uploader.collector.batch import PRODUCER_PATTERN
+from remote_uploader.collector.body import body_format, check_headers, read_body
+from remote_uploader.collector.models import BATCH_SCHEMA, BATCH_SCHEMA_V2, BatchAccepted
 from remote_uploader.collector.routers.deps import Service, Who, errors
 from remote_uploader.collector.service import Collector
 from remote_uploader.collector.storage.base import Batch
 from remote_uploader.errors import ApiError
 from remote_uploader.logs import fields
-from remote_uploader.protocol import BATCHES_PATH
+from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, BATCHES_PATH, MEDIA_V2, PRODUCER_LEN, STREAMS_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +42,32 @@ router = APIRouter()
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": BATCH_SCHEMA}},
-            "description": "JSON, optionally with Content-Encoding: gzip",
+            "content": {"application/json": {"schema": BATCH_SCHEMA}, MEDIA_V2: {"schema": BATCH_SCHEMA_V2}},
+            "description": "JSON in body format 1 or 2 (docs/protocol.md), optionally with Content-Encoding: gzip",
         }
     },
 )
-async def post_batch(request: Request, who: Who, collector: Service) -> BatchAccepted:
+async def post_batch(request: Request, response: Response, who: Who, collector: Service) -> BatchAccepted:
+    response.headers[ACCEPT_POST] = ACCEPTED_MEDIA  # the body formats taken (docs/protocol.md)
     return await receive_batch(collector, request, who)
+
+
+@router.get(
+    STREAMS_PATH,
+    summary="The byte ranges of a producer's streams that stored batches covered (for `reset-state`)",
+    responses=errors(400, 401, 403, 503),
+)
+def producer_streams(producer: str, who: Who, collector: Service) -> dict[str, Any]:
+    """What `reset-state` asks after the agent's queue database was destroyed: per stream (one
+    incarnation of one file's content), the ranges [start, end) stored, so that it resumes past a
+    batch stored but never acknowledged instead of counting it twice (docs/protocol.md, "Streams").
+    Agent tokens only; the producer id is the secret (128 random bits, never shown by the API)."""
+    if who.role != "agent":
+        raise ApiError(403, "authorization", "this token may only read")
+    if not PRODUCER_PATTERN.fullmatch(producer):
+        raise ApiError(400, "path.producer", f"must be {PRODUCER_LEN[0]} to {PRODUCER_LEN[1]} lower-case hex digits")
+    found = collector.storage.producer_streams(producer)
+    return {"producer": producer, "streams": {sid: [list(r) for r in ranges] for sid, ranges in sorted(found.items())}}
 
 
 async def receive_batch(collector: Collector, request: Request, who: Principal) -> BatchAccepted:
@@ -54,6 +75,7 @@ async def receive_batch(collector: Collector, request: Request, who: Principal) 
         raise ApiError(403, "authorization", "this token may only read")
     settings = collector.settings
     gzip = check_headers(request.headers, settings.max_body)
+    form = body_format(request.headers)
     _note_version(collector, who.name, request.headers.get("user-agent", ""))
     try:
         # asyncio.timeout, not wait_for: on Python 3.11 a wait_for that times out just as the
@@ -67,7 +89,7 @@ async def receive_batch(collector: Collector, request: Request, who: Principal) 
         payload = await read_body(request.receive, gzip=gzip, limit=settings.max_body)
         # An AgentMismatch (403) is checked before the rest of the batch: configuration, not
         # data (see batch.parse_batch).
-        batch = await collector.parser.parse(payload, who.name)
+        batch = await collector.parser.parse(payload, who.name, form)
         del payload[:]  # the parsed form is all we need; give the memory back early
         if batch.producer is not None and batch.agent != who.name:
             # Counted under the token's name: batches queued before the agent id, the token or

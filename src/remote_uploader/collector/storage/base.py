@@ -82,11 +82,11 @@ class EncodedDeltas:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """A validated batch. `deltas` has one entry per distinct address, sorted by `ip`; or the
-    same, already encoded for the storage backend (`Storage.bulk_form`).
+    """A validated batch. `deltas` has one entry per distinct address, in no particular order;
+    or the same, already encoded for the storage backend (`Storage.bulk_form`).
 
-    The sort is a lock order: two transactions that touch the same rows touch them in the same
-    order, so PostgreSQL never has to break a deadlock between two ingests.
+    The lock order (two transactions that touch the same rows touch them in the same order, so
+    PostgreSQL never has to break a deadlock between two ingests) is the upserts' ORDER BY.
     """
 
     agent: str
@@ -106,6 +106,9 @@ class Batch:
     producer: str | None = None
     seq: int = 0
     part: str = ""
+    # With a producer: (stream id, start, end), the bytes of the agent's file records the batch covers
+    # (docs/protocol.md, "Streams"); kept once the batch is stored whole (`Storage.producer_streams`).
+    streams: tuple[tuple[str, int, int], ...] = ()
 
     def counted_addresses(self) -> Sequence[str]:
         if isinstance(self.deltas, EncodedDeltas):
@@ -288,6 +291,10 @@ class Storage(abc.ABC):
         """(watermark, entries kept above it) of a producer, or None if it never sent a batch."""
 
     @abc.abstractmethod
+    def producer_streams(self, producer: str) -> dict[str, list[tuple[int, int]]]:
+        """Per stream of a producer, the byte ranges [start, end) stored, merged and sorted ({} if none)."""
+
+    @abc.abstractmethod
     def count_batches(self) -> int:
         """How many batch ids are remembered (for tests and metrics)."""
 
@@ -377,12 +384,21 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def add_decisions(
-        self, decisions: Sequence[NewDecision], now: datetime, *, replace: bool = False
+        self,
+        decisions: Sequence[NewDecision],
+        now: datetime,
+        *,
+        replace: bool = False,
+        skip_covered: bool = False,
     ) -> list[tuple[Decision, bool]]:
         """Store decisions in one transaction, each with the next change sequence. Where the
         value already has an active decision (state active, until > now): without `replace`
         that one is returned with False and nothing is stored; with `replace` it is ended
-        (state deleted) and the new one stored. Returns (decision, created) in input order."""
+        (state deleted) and the new one stored. With `skip_covered`, a value that an active
+        decision on a wider range holds whole is not stored either (that range is returned
+        with False): a firewall that blocks 203.0.113.0/24 gains nothing from 203.0.113.7,
+        and the check is made under the write lock, so collectors sharing a database agree.
+        Returns (decision, created) in input order."""
 
     @abc.abstractmethod
     def delete_decisions(

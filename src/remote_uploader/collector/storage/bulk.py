@@ -17,11 +17,21 @@ form is checked anyway, so that no caller can smuggle a column or a row into a C
 from __future__ import annotations
 
 import itertools
+import operator
 import sqlite3
 from collections.abc import Sequence
+from itertools import repeat
+from typing import Any, Protocol
 
 from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, IpDelta
 from remote_uploader.collector.storage.model import BucketDelta
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> Any: ...
+
 
 # `Connection.serialize` needs SQLite's deserialize API: built in since 3.36, optional before.
 HAS_SQLITE_IMAGE = hasattr(sqlite3.Connection, "serialize")
@@ -62,6 +72,10 @@ def encoded(
 
 def source_indexes(buckets: Sequence[BucketDelta]) -> tuple[list[tuple[int, str]], list[tuple[bytes, int, int, int]]]:
     """(sources as (index, name), bucket rows with the source's index instead of its name)."""
+    names = list(dict.fromkeys(map(_SOURCE, buckets)))
+    if len(names) == 1:  # the agent's batches of one source: columns by C calls, no loop in Python
+        rows = list(zip(map(_KEY, buckets), map(_BUCKET, buckets), repeat(0), map(_TOTAL, buckets), strict=False))
+        return [(0, names[0])], rows
     index: dict[str, int] = {}
     rows = []
     for key, bucket, source, total in buckets:
@@ -72,7 +86,11 @@ def source_indexes(buckets: Sequence[BucketDelta]) -> tuple[list[tuple[int, str]
     return [(number, name) for name, number in index.items()], rows
 
 
-def _insert_many(conn: sqlite3.Connection, table: str, width: int, rows: Sequence[Sequence[object]]) -> None:
+_KEY, _BUCKET, _SOURCE, _TOTAL = (operator.itemgetter(n) for n in range(4))
+
+
+def insert_many(conn: sqlite3.Connection | Cursor, table: str, width: int, rows: Sequence[Sequence[object]]) -> None:
+    """`rows` into `table`, `ROWS_PER_INSERT` rows per statement."""
     full = len(rows) - len(rows) % ROWS_PER_INSERT
     one = "(" + ",".join(["?"] * width) + ")"
     if full:
@@ -93,11 +111,11 @@ def sqlite_image(deltas: Sequence[IpDelta], buckets: Sequence[BucketDelta] = ())
         conn.execute(SQLITE_BUCKETS)
         conn.execute(SQLITE_SOURCES)
         conn.execute("BEGIN")
-        _insert_many(conn, "deltas", 5, deltas)
+        insert_many(conn, "deltas", 5, deltas)
         if buckets:
             sources, rows = source_indexes(buckets)
             conn.executemany("INSERT INTO sources VALUES (?, ?)", sources)
-            _insert_many(conn, "bdeltas", 4, rows)
+            insert_many(conn, "bdeltas", 4, rows)
         conn.execute("COMMIT")
         return conn.serialize()
     finally:
@@ -121,11 +139,14 @@ def postgres_copy(deltas: Sequence[IpDelta]) -> bytes:
 def postgres_bucket_copy(buckets: Sequence[BucketDelta]) -> bytes:
     """The bucket deltas as `COPY bdeltas (ipkey, bucket, source, total) FROM STDIN` text.
 
-    A source is checked text without control characters (so no tab or line break); its
-    backslashes are doubled, COPY's one escape left."""
+    A source may hold any character (collector/batch.py, `check_source`): backslash, tab, line
+    feed and carriage return are written as COPY's escapes, so each delta is one line of four
+    fields whatever its source."""
     parts = []
     for key, bucket, source, total in buckets:
-        if "\t" in source or "\n" in source or "\r" in source:
-            raise ValueError("a source contains a tab or a line break")
-        parts.append(f"\\\\x{key.hex()}\t{bucket:d}\t{source.replace(chr(92), chr(92) * 2)}\t{total:d}\n")
+        label = source.translate(_COPY_ESCAPES)
+        parts.append(f"\\\\x{key.hex()}\t{bucket:d}\t{label}\t{total:d}\n")
     return "".join(parts).encode()
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

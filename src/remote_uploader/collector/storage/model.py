@@ -142,7 +142,9 @@ class DecisionQuery:
 
     `as_of_seq` with `new_after_seq`: decisions created in (new_after_seq, as_of_seq] and still
     active at as_of_seq (a stream's "new"). With `ended_after_seq`: decisions ended in
-    (ended_after_seq, as_of_seq] that were created at or before ended_after_seq (its "deleted").
+    (ended_after_seq, as_of_seq] that were created at or before ended_after_seq (its "deleted");
+    with `ended_since_seq`: every decision ended in (ended_since_seq, as_of_seq], whenever made
+    (what the decision engine re-examines).
     Without `as_of_seq`, `active` means active now (state active and until > `now`).
     """
 
@@ -151,6 +153,7 @@ class DecisionQuery:
     as_of_seq: int | None = None
     new_after_seq: int | None = None
     ended_after_seq: int | None = None
+    ended_since_seq: int | None = None
     value: str | None = None  # exactly this value
     contains: str | None = None  # decisions whose address or range holds this address
     scopes: tuple[str, ...] | None = None

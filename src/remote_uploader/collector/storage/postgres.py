@@ -210,7 +210,8 @@ class PostgresStorage(SqlStorage):
         agent = batch.agent
         now = to_micros(received_at)
         with self._write() as cur:
-            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part):
+            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
+                               batch.streams):
                 cur.execute(COUNT_DUPLICATE, (now, agent))
                 return False
             if rows.count:

@@ -106,3 +106,19 @@ class ProducerState:
 def _covers(paths: list[str]) -> bool:
     """True when prefix-free part paths together make the whole batch (their halves add up to 1)."""
     return sum(1 << (PART_DEPTH - len(path)) for path in paths) == 1 << PART_DEPTH
+
+
+def merge_range(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
+    """Byte ranges [start, end) of one stream, sorted and merged where they touch or overlap.
+
+    What the collector keeps per (producer, stream) for `reset-state` (docs/protocol.md, "Streams"):
+    an agent's batches cover each file's bytes in order, so a stream's ranges merge into one, plus one
+    per batch still missing below a stored one (in flight, queued behind a failure, dead-lettered).
+    """
+    merged: list[list[int]] = []
+    for lo, hi in sorted([*ranges, [start, end]]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return merged

@@ -9,6 +9,7 @@ Only `store_batch`, where the fast bulk path differs, is written twice.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from remote_uploader.collector.storage.base import (
     to_micros,
 )
 from remote_uploader.collector.storage.migrations import Migration
-from remote_uploader.collector.storage.producers import ProducerState
+from remote_uploader.collector.storage.producers import ProducerState, merge_range
 from remote_uploader.collector.storage.sql_dashboard import DashboardSql
 from remote_uploader.collector.storage.sql_decisions import DecisionsSql
 from remote_uploader.collector.storage.sql_windows import WindowsSql
@@ -225,7 +226,7 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
                 return deleted
 
     def _claim(self, cur: Cursor, agent: str, batch_id: str, records: int, now: int, producer: str | None,
-               seq: int, part: str) -> bool:
+               seq: int, part: str, streams: Sequence[tuple[str, int, int]] = ()) -> bool:
         """Inside the write transaction: True if this batch is new (and now recorded as stored).
 
         Without a producer: the (agent, batch_id) row, ON CONFLICT DO NOTHING (the unique key decides
@@ -233,7 +234,9 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
         a row lock (PostgreSQL: FOR UPDATE; a second transaction for the same producer waits here
         and then reads the first one's result), decided by `ProducerState.admit` and written back.
         Either way the decision commits or rolls back with the counts: a crash before COMMIT leaves
-        neither, after it both.
+        neither, after it both. So do the batch's `streams` ranges, recorded once its seq is settled
+        (stored whole, or its last part): a part alone records nothing, since the ranges are the whole
+        batch's, and a destroyed queue whose batch was stored in part reads it again (docs/protocol.md).
         """
         if producer is None:
             cur.execute(self._sql("INSERT INTO batches (agent, batch_id, received_at, records) VALUES (?, ?, ?, ?) "
@@ -249,7 +252,28 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
             return False
         cur.execute(self._sql("UPDATE producers SET agent = ?, watermark = ?, pending = ?, updated_at = ? "
                               "WHERE producer = ?"), (agent, state.watermark, state.dump(), now, producer))
+        if streams and state.settled(seq):
+            self._record_streams(cur, producer, streams, now)
         return True
+
+    def _record_streams(self, cur: Cursor, producer: str, streams: Sequence[tuple[str, int, int]], now: int) -> None:
+        """Merge each range into its (producer, stream) row; the producer's row lock, held since
+        `_claim` read it, serialises every writer of these rows."""
+        for stream, start, end in sorted(streams):
+            cur.execute(self._sql("SELECT ranges FROM producer_streams WHERE producer = ? AND stream = ?"),
+                        (producer, stream))
+            row = cur.fetchone()
+            ranges = merge_range(json.loads(row[0]) if row else [], start, end)
+            cur.execute(self._sql("INSERT INTO producer_streams (producer, stream, ranges, updated_at) "
+                                  "VALUES (?, ?, ?, ?) ON CONFLICT (producer, stream) DO UPDATE "
+                                  "SET ranges = excluded.ranges, updated_at = excluded.updated_at"),
+                        (producer, stream, json.dumps(ranges, separators=(",", ":")), now))
+
+    def producer_streams(self, producer: str) -> dict[str, list[tuple[int, int]]]:
+        with self._read() as cur:
+            cur.execute(self._sql("SELECT stream, ranges FROM producer_streams WHERE producer = ?"), (producer,))
+            rows = cur.fetchall()
+        return {str(stream): [(int(lo), int(hi)) for lo, hi in json.loads(ranges)] for stream, ranges in rows}
 
     def producer_state(self, producer: str) -> tuple[int, int] | None:
         with self._read() as cur:

@@ -162,4 +162,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    (
+        5,
+        (
+            # Per (producer, stream): the byte ranges of the agent's file records that stored batches
+            # covered, as JSON [[start, end], ...] merged; written with the batch (storage/sql.py
+            # `_record_streams`), read by `reset-state` after a destroyed queue (docs/protocol.md, "Streams").
+            """CREATE TABLE producer_streams (
+                producer TEXT NOT NULL,
+                stream TEXT NOT NULL,
+                ranges TEXT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                PRIMARY KEY (producer, stream)
+            )""",
+        ),
+    ),
 )
