@@ -64,6 +64,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
         say(_("Stopped while waiting for disk space; nothing was read"))
         return EXIT_OK
     reload_requested = threading.Event()
+
     def on_hup(signum: int) -> None:
         reload_requested.set()
         agent.nudge.set()  # the reload is applied before the next pass: bring it forward
