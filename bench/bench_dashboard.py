@@ -105,6 +105,11 @@ def build(path: Path, addresses: int, rows: int) -> None:
         "FROM seq, k ORDER BY 1, 2"
     )
     print(f"  buckets: {time.monotonic() - started:.0f} s", flush=True)
+    # What ingest keeps beside the buckets (migration 6): the totals of each minute.
+    conn.execute(
+        "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+        "SELECT 60, bucket, sum(total), count(DISTINCT ipkey) FROM counts GROUP BY bucket"
+    )
     conn.execute("UPDATE sequences SET value = ? WHERE name = 'decisions'", (DECISIONS,))
     conn.execute(
         "INSERT INTO decisions (id, value, scope, family, lo, hi, type, origin, scenario, reason, details, "

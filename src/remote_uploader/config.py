@@ -159,7 +159,9 @@ class ServerConfig:
     timeout: float = setting(30.0, positive(as_float), "seconds for one request")
     compress: bool = setting(True, as_bool, "gzip request bodies")
     max_retry_time: float = setting(60.0, positive(as_float), "`once`: exit 3 after the collector has failed for "
-                                    "this long (data stays queued)", flag="--max-retry-time")
+                                    "this long (data stays queued), or the state disk has stayed full this long "
+                                    "(nothing lost; `forever` waits for space as long as it takes)",
+                                    flag="--max-retry-time")
     backoff_base: float = setting(0.5, positive(as_float), "first retry ceiling, seconds (exponential, full jitter)")
     upload_concurrency: int = setting(2, positive(as_int), "uploads in flight at once, each on its own keep-alive "
                                       "connection (the collector parses one batch while it stores another); `1` = "

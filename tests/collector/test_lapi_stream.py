@@ -287,7 +287,7 @@ def test_a_pull_cut_short_records_nothing_and_is_sent_again(tmp_path: Path) -> N
         storage.close()
 
 
-def raw_get(collector: CollectorProcess, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+def raw_get(collector: CollectorThread, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
     """A GET as a bouncer's HTTP client sends it, with exactly these headers (httpx would add its
     own Accept-Encoding and decode the answer)."""
     host, port = collector.url.removeprefix("http://").split(":")
@@ -301,7 +301,7 @@ def timeless(answer: dict[str, Any]) -> dict[str, Any]:
     return {part: [{**d, "duration": None} for d in answer[part]] for part in ("new", "deleted")}
 
 
-def test_answers_are_gzipped_for_bouncers_that_accept_gzip(collector: CollectorProcess, db: Storage) -> None:
+def test_answers_are_gzipped_for_bouncers_that_accept_gzip(collector: CollectorThread, db: Storage) -> None:
     decide(db, v("198.51.100.7"))
     decide(db, v("203.0.113.0/24"))
     target = f"/v1/decisions/stream?startup=true&origins={ORIGIN}"

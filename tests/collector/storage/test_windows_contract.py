@@ -125,6 +125,41 @@ def test_rollup_adds_late_rows_to_an_hour_already_folded(storage: Storage) -> No
     assert window(storage, 0) == {"198.51.100.1": 5}
 
 
+def series(storage: Storage, since: float) -> list[tuple[int, int, int, int]]:
+    """(seconds after T0, bucket length, occurrences, distinct addresses) of the overview's chart."""
+    return [(int((p.start - at(0)).total_seconds()), p.seconds, p.occurrences, p.addresses)
+            for p in storage.minute_series(at(since))]
+
+
+def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(storage: Storage) -> None:
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 2, 10), record("198.51.100.2", 1, 70)), at(0))
+    storage.store_batch(hits("b", "1", record("198.51.100.1", 3, 20), record("2001:db8::1", 4, 30)), at(0))
+    storage.store_batch(hits("b", "1", record("198.51.100.1", 3, 20)), at(0))  # a replay: nothing added
+    storage.store_batch(hits("a", "2", record("198.51.100.1", 1, 40)), at(0))  # same minute, same address
+    assert series(storage, -60) == [(0, 60, 10, 2), (60, 60, 1, 1)]
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert series(storage, -60) == [(0, 3600, 11, 3)]
+    storage.store_batch(hits("c", "1", record("198.51.100.2", 5, 50), record("198.51.100.9", 1, 50)), at(0))
+    assert series(storage, -60) == [(0, 3600, 11, 3), (0, 60, 6, 2)]  # late rows, not folded yet
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert series(storage, -60) == [(0, 3600, 17, 4)]  # 198.51.100.2 was in the hour already
+    storage.rollup(at(3 * 86400), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert series(storage, -86400) == [(-12 * 3600, 86400, 17, 4)]  # T0 is 12:00: the day began at 00:00
+    storage.rollup(at(400 * 86400), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    assert series(storage, -86400) == []
+
+
+def test_bucket_totals_count_an_address_once_when_agents_store_it_at_once(storage: Storage) -> None:
+    batches = [hits(f"agent-{n}", "1", *(record(f"198.51.100.{i}", 1, 10) for i in range(n, n + 40)))
+               for n in range(6)]
+    threads = [threading.Thread(target=storage.store_batch, args=(batch, at(0))) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert series(storage, -60) == [(0, 60, 6 * 40, 45)]  # 198.51.100.0 to .44
+
+
 # -- decisions --------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
-from remote_uploader.collector.storage.sql_windows import saturating_add
+from remote_uploader.collector.storage.sql_windows import fold_totals, saturating_add
 from remote_uploader.errors import StorageError, StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,18 @@ UPSERT_COUNTS = (
     "FROM bdeltas b JOIN labels l ON l.kind = 'source' AND l.name = b.source "
     "GROUP BY b.ipkey, b.bucket, l.id ORDER BY b.ipkey, b.bucket, l.id "
     f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_add('counts')}"
+)
+LOCK_TOTALS = (
+    "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+    "SELECT DISTINCT %s::bigint, bucket, 0::bigint, 0::bigint FROM bdeltas ORDER BY 2 "
+    "ON CONFLICT (length, bucket) DO UPDATE SET total = bucket_totals.total"
+)
+ADD_TOTALS = (
+    f"UPDATE bucket_totals t SET total = least(t.total::numeric + n.total, {MAX_TOTAL}), "
+    "addresses = t.addresses + n.addresses "
+    "FROM (SELECT d.bucket, sum(d.total) AS total, count(DISTINCT d.ipkey) FILTER (WHERE NOT EXISTS "
+    "(SELECT 1 FROM counts c WHERE c.ipkey = d.ipkey AND c.bucket = d.bucket)) AS addresses "
+    "FROM bdeltas d GROUP BY d.bucket) n WHERE t.length = %s AND t.bucket = n.bucket"
 )
 UPSERT_AGENT = (
     "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
@@ -182,17 +194,21 @@ class PostgresStorage(SqlStorage):
         collector processes from folding at once."""
         with self._write() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK,))
+            # One snapshot for every part: the totals see `target` as it was before the fold.
             cur.execute(
                 f"WITH moved AS (DELETE FROM {source} WHERE bucket < %s "
                 "RETURNING ipkey, bucket, agent, source, total), "
+                f"totals AS ({fold_totals('moved', target, unit, MAX_TOTAL, '%s')}), "
                 f"folded AS (INSERT INTO {target} (ipkey, bucket, agent, source, total) "
                 f"SELECT ipkey, (bucket / {unit}) * {unit}, agent, source, least(sum(total), {MAX_TOTAL}) "
                 f"FROM moved GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
                 f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {saturating_add(target)}) "
                 "SELECT count(*) FROM moved",
-                (before,),
+                (before, before),
             )
-            return int(cur.fetchone()[0])
+            moved = int(cur.fetchone()[0])
+            cur.execute("DELETE FROM bucket_totals WHERE length = %s AND bucket < %s", (self._length(source), before))
+            return moved
 
     def store_batch(self, batch: Batch, received_at: datetime) -> bool:
         # Encoded (unless the parser did) before a connection is taken.
@@ -227,6 +243,11 @@ class PostgresStorage(SqlStorage):
                     copy.write(rows.bucket_data)
                 cur.execute(INSERT_AGENT_LABEL, (agent,))
                 cur.execute(INSERT_SOURCE_LABELS)
+                # The totals (sql_windows.py): their rows locked first, in order, and only then,
+                # in a statement of its own (so a snapshot taken after any other ingest of these
+                # minutes committed), which addresses are new to a minute; then the rows.
+                cur.execute(LOCK_TOTALS, (self.bucket_seconds,))
+                cur.execute(ADD_TOTALS, (self.bucket_seconds,))
                 cur.execute(UPSERT_COUNTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -26,13 +26,15 @@ class DashboardSql:
         def _select(self, cur: Any, where: str, params: Sequence[Any], tail: str = "") -> list[Decision]: ...
 
     def minute_series(self, since: datetime, until: datetime | None = None) -> list[MinutePoint]:
+        """From the per-bucket totals kept at ingest (sql_windows.py, "Totals"): exact, and a few
+        hundred rows read instead of every bucket row of the window."""
         points: list[MinutePoint] = []
         with self._read() as cur:
-            for table, length, bounds in self._levels(since, until):
-                sql = f"SELECT bucket, sum(total), count(DISTINCT ipkey) FROM {table} WHERE bucket >= ?"
+            for _, length, bounds in self._levels(since, until):
+                sql = "SELECT bucket, total, addresses FROM bucket_totals WHERE length = ? AND bucket >= ?"
                 if len(bounds) > 1:
                     sql += " AND bucket <= ?"
-                cur.execute(self._sql(sql + " GROUP BY bucket"), bounds)
+                cur.execute(self._sql(sql), [length, *bounds])
                 points += [
                     MinutePoint(datetime.fromtimestamp(int(bucket), UTC), length, int(total), int(addresses))
                     for bucket, total, addresses in cur.fetchall()

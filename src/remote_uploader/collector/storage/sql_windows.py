@@ -3,6 +3,14 @@
 Three tables of one shape: `counts` (the bucket level), `counts_hour`, `counts_day`. Rows move
 down a level by `rollup` (added to the coarser row and deleted in one transaction), so an
 occurrence is in exactly one table and a window is the sum of the three.
+
+Totals: `bucket_totals` holds, per level and bucket, the sum of the bucket's rows and the number
+of distinct addresses among them (what the overview's chart shows), exact, written in the same
+transaction as the rows: whoever adds rows to a level adds their sum, and counts as new addresses
+the (address, bucket) pairs the level did not hold yet (a look-up of the table's key prefix,
+made before the rows go in); a fold deletes the source level's totals of what it moved; expiry
+deletes the day totals it drops. Reading them costs a few hundred rows instead of a scan of the
+buckets (docs/dashboard.md, "On a big store").
 """
 
 from __future__ import annotations
@@ -96,6 +104,9 @@ class WindowsSql:
                 4 if network.version == 4 else 16,
             ]
         return "".join(f" AND {w}" for w in where), params
+
+    def _length(self, table: str) -> int:
+        return {"counts": self.bucket_seconds, "counts_hour": HOUR, "counts_day": DAY}[table]
 
     def _levels(self, since: datetime, until: datetime | None) -> list[tuple[str, int, list[Any]]]:
         """(table, bucket length, [lowest start, (highest start)]) for the buckets overlapping the window."""
@@ -202,6 +213,8 @@ class WindowsSql:
         with self._write() as cur:
             cur.execute(self._sql("DELETE FROM counts_day WHERE bucket < ?"), (floor(now - day_retention, DAY),))
             dropped = cur.rowcount
+            cur.execute(self._sql("DELETE FROM bucket_totals WHERE length = ? AND bucket < ?"),
+                        (DAY, floor(now - day_retention, DAY)))
         return RollupResult(to_hour, to_day, dropped)
 
     def _fold(self, source: str, target: str, unit: int, before: int) -> int:
@@ -211,6 +224,9 @@ class WindowsSql:
         SQLite runs this whole transaction alone (one writer), so the rows summed are the rows
         deleted. PostgreSQL overrides it with one DELETE ... RETURNING statement for that."""
         with self._write() as cur:
+            cur.execute(self._sql(fold_totals(source, target, unit, MAX_TOTAL, "?")), (before,))
+            cur.execute(self._sql("DELETE FROM bucket_totals WHERE length = ? AND bucket < ?"),
+                        (self._length(source), before))
             cur.execute(
                 self._sql(
                     f"INSERT INTO {target} (ipkey, bucket, agent, source, total) "
@@ -230,4 +246,35 @@ def saturating_add(table: str) -> str:
     return (
         f"CASE WHEN {table}.total > {MAX_TOTAL} - excluded.total THEN {MAX_TOTAL} "
         f"ELSE {table}.total + excluded.total END"
+    )
+
+
+def add_totals(deltas: str, level: str, length: int) -> str:
+    """SQL that adds the rows of `deltas` (ipkey, bucket, total; buckets of `level`) to the
+    totals of `length`-second buckets; run before those rows are upserted into `level`."""
+    select = (
+        f"SELECT {length}, d.bucket, sum(d.total), count(DISTINCT CASE WHEN NOT EXISTS "
+        f"(SELECT 1 FROM {level} c WHERE c.ipkey = d.ipkey AND c.bucket = d.bucket) THEN d.ipkey END) "
+        f"FROM {deltas} d WHERE true GROUP BY d.bucket"
+    )
+    return (
+        "INSERT INTO bucket_totals (length, bucket, total, addresses) " + select + " "
+        "ON CONFLICT (length, bucket) DO UPDATE SET total = " + saturating_add("bucket_totals") + ", "
+        "addresses = bucket_totals.addresses + excluded.addresses"
+    )
+
+
+def fold_totals(source: str, target: str, unit: int, max_total: int, marker: str) -> str:
+    """SQL that adds the `source` rows below the bound (`marker`) to the totals of the `unit`-second
+    buckets of `target`, counting as new the (address, bucket) pairs `target` does not hold yet:
+    run before those rows are folded into `target`."""
+    return (
+        "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+        f"SELECT {unit}, (s.bucket / {unit}) * {unit}, "
+        f"CASE WHEN sum(s.total) > {max_total} THEN {max_total} ELSE sum(s.total) END, "
+        f"count(DISTINCT CASE WHEN NOT EXISTS (SELECT 1 FROM {target} t WHERE t.ipkey = s.ipkey "
+        f"AND t.bucket = (s.bucket / {unit}) * {unit}) THEN s.ipkey END) "
+        f"FROM {source} s WHERE s.bucket < {marker} GROUP BY (s.bucket / {unit}) * {unit} "
+        "ON CONFLICT (length, bucket) DO UPDATE SET total = " + saturating_add("bucket_totals") + ", "
+        "addresses = bucket_totals.addresses + excluded.addresses"
     )

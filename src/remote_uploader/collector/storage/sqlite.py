@@ -23,6 +23,7 @@ from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
 from remote_uploader.collector.storage.migrations.sqlite import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
+from remote_uploader.collector.storage.sql_windows import add_totals
 from remote_uploader.errors import StorageError, StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,7 @@ class SqliteStorage(SqlStorage):
             # The time buckets (model.py): labels first, then the counts that refer to them.
             cur.execute(INSERT_AGENT_LABEL, (agent,))
             cur.execute(INSERT_SOURCE_LABELS)
+            cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
             cur.execute(UPSERT_COUNTS, (agent,))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -177,4 +177,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    (
+        6,
+        (
+            # Per-bucket totals of each level (length 60: `counts`, 3600: `counts_hour`, 86400:
+            # `counts_day`): occurrences, and distinct addresses, kept exact by every write to those
+            # tables in the same transaction (sql_windows.py, "Totals"), so that the overview's
+            # chart reads a few hundred rows instead of scanning the buckets.
+            """CREATE TABLE bucket_totals (
+                length BIGINT NOT NULL,
+                bucket BIGINT NOT NULL,
+                total BIGINT NOT NULL,
+                addresses BIGINT NOT NULL,
+                PRIMARY KEY (length, bucket)
+            )""",
+            "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+            "SELECT 60, bucket, least(sum(total), 9223372036854775807), "
+            "count(DISTINCT ipkey) FROM counts GROUP BY bucket",
+            "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+            "SELECT 3600, bucket, least(sum(total), 9223372036854775807), "
+            "count(DISTINCT ipkey) FROM counts_hour GROUP BY bucket",
+            "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+            "SELECT 86400, bucket, least(sum(total), 9223372036854775807), "
+            "count(DISTINCT ipkey) FROM counts_day GROUP BY bucket",
+        ),
+    ),
 )
