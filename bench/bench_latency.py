@@ -203,7 +203,11 @@ def copytruncate(settings: list[str], src: str | None, seconds: float, window: f
                     n += 1
 
         try:
-            time.sleep(2.0)
+            # Not a fixed pause: on a loaded machine the agent's start-up took longer than 2 s, and a
+            # copy made before its first whole pass is history it never looked at (docs/forever.md,
+            # Restarts): 396 lines "lost outside the window" were lines 0-395, rotated away before
+            # the agent had looked at the file once.
+            _wait_until_following(work / "state" / "agent.log")
             writer = threading.Thread(target=write, daemon=True)
             writer.start()
             rotations = 0
@@ -232,7 +236,18 @@ def copytruncate(settings: list[str], src: str | None, seconds: float, window: f
                                env=_env(src), capture_output=True, text=True, timeout=300, check=False)
         if final.returncode != 0:  # then what it left queued counts as lost below: say so
             print(f"warning: the final once exited {final.returncode}: {final.stderr[-500:]}", flush=True)
+        print(f"final once: exit {final.returncode}", flush=True)
         counts = collector.counts()  # type: ignore[attr-defined]
+        lost = sorted(int(ip.split(".")[1]) * 62500 + int(ip.split(".")[2]) * 250 + int(ip.split(".")[3]) - 1
+                      for ip in outside if ip not in counts)
+        doubled_lines = sorted(ip for ip, n in counts.items() if n > 1)
+        if lost or doubled_lines:  # keep the evidence: the agent's state and log, the copies, and which lines
+            keep = Path(tempfile.mkdtemp(prefix="ru-copytruncate-kept-"))
+            shutil.copytree(work, keep / "work", dirs_exist_ok=True)
+            (keep / "lost-outside.txt").write_text("".join(f"{n}\n" for n in lost))
+            (keep / "doubled.txt").write_text("".join(f"{ip}\n" for ip in doubled_lines))
+            (keep / "final-once.txt").write_text(final.stdout + final.stderr)
+            print(f"lost outside the window: {len(lost)}, doubled {len(doubled_lines)}; kept in {keep}", flush=True)
     lost_inside = sum(1 for ip in inside if ip not in counts)
     lost_outside = sum(1 for ip in outside if ip not in counts)
     doubled = sum(1 for n in counts.values() if n > 1)
@@ -322,6 +337,9 @@ def main() -> int:
         for _ in range(args.runs):
             for name, src in trees:
                 outcomes[name].append(copytruncate(args.settings, src, args.copytruncate, args.window))
+                print(f"{name}: run: window {outcomes[name][-1][0]}, lost in window {outcomes[name][-1][1]}, "
+                      f"outside {outcomes[name][-1][2]}, lost outside {outcomes[name][-1][3]}, "
+                      f"doubled {outcomes[name][-1][4]}", flush=True)
         print(f"copytruncate every 2 s for {args.copytruncate:.0f} s, ~200 lines/s, copy -> truncate "
               f"{args.window * 1000:.0f} ms")
         print("| agent | window lines | lost in window | lines outside | lost outside | doubled |")

@@ -200,7 +200,8 @@ class ReadConfig:
                               "reader and per worker (larger blocks measured no faster); 4KiB to 256MiB",
                               shown="`1MiB`")
     poll_interval: float = setting(1.0, positive(as_float), "`forever`: seconds between passes over the files and "
-                                   "globs (new files, rotations): the safety net under file events, and the only "
+                                   "globs (new files, rotations): the safety net under file events (then every 5 s at "
+                                   "least while no file waits on a timer: every change is an event), and the only "
                                    "look with `read.watch = poll`, where growth of the files already open is also "
                                    "looked at every 0.1 s (backing off to 0.4 s while nothing grows)")
     watch: str = setting("auto", one_of("auto", "inotify", "poll"), "`forever`: how writes are noticed. `auto`: "

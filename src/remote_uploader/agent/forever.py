@@ -47,6 +47,14 @@ log = logging.getLogger(__name__)
 # each timed wake-up costs more than the looks.
 GROWTH_CHECK = 0.1
 GROWTH_CHECK_IDLE = 0.4
+# While file events cover every watched directory and no file waits on a timer (`Tailer.waiting_on_time`:
+# an unfinished line, a rotated file's grace, a missing file), the safety-net pass comes every
+# EVENTS_PASS_EVERY seconds (or `read.poll_interval`, if longer) instead of every `read.poll_interval`:
+# every write, truncation, create, rename and delete wakes the reader anyway, and the pass was
+# most of an idle agent's CPU (docs/forever.md, Idle cost). What events cannot report (writes on
+# NFS by another host, a lost event) then waits up to this long instead of a second.
+EVENTS_PASS_EVERY = 5.0
+STATS_OFF_RECHECK = 60.0
 
 
 def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: None,
@@ -56,7 +64,12 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
         say(_("Stopped while waiting for disk space; nothing was read"))
         return EXIT_OK
     reload_requested = threading.Event()
-    signals = stop_on_signals(agent, {signal.SIGHUP: lambda signum: reload_requested.set()} if reload else None)
+
+    def on_hup(signum: int) -> None:
+        reload_requested.set()
+        agent.nudge.set()  # the reload is applied before the next pass: bring it forward
+
+    signals = stop_on_signals(agent, {signal.SIGHUP: on_hup} if reload else None)
     tailer: Tailer | None = None
     reporter: StatsReporter | None = None
     watcher: Watcher | None = None
@@ -91,7 +104,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
                     # rotated files are history it never looked at (docs/forever.md, Restarts).
                     log.info("event=following files=%d", len(tailer.tracked))
                 agent.maybe_seal(caught_up=True)
-                check_every = _until_next_pass(agent, tailer, check_every, watcher)
+                check_every = _until_next_pass(agent, tailer, check_every, watcher, reload_requested)
             except (StopReading, DiskFullError):  # DiskFullError: a stop came while waiting for space
                 break
         return shutdown(agent, say)
@@ -124,18 +137,22 @@ def start_watcher(mode: str, wake: threading.Event) -> Watcher | None:
     return watcher
 
 
-def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float, watcher: Watcher | None = None) -> float:
+def _until_next_pass(agent: Agent, tailer: Tailer, check_every: float, watcher: Watcher | None = None,
+                     reload_requested: threading.Event | None = None) -> float:
     """Wait `read.poll_interval` for the next pass, woken by file events (`watcher`) or, without
     them, every `check_every` seconds (GROWTH_CHECK); meanwhile read what was appended to the files
     held open and seal the batch as soon as the policy says (at once while the uploader is idle).
     Returns early, for a pass now, when the events say files appeared, went or were renamed, or
-    that events were lost (overflow). Returns the next `check_every`."""
-    next_pass = time.monotonic() + agent.config.read.poll_interval
+    that events were lost (overflow), or for a reload (SIGHUP). Returns the next `check_every`."""
+    every = agent.config.read.poll_interval
+    if watcher is not None and watcher.complete and not tailer.waiting_on_time():
+        every = max(every, EVENTS_PASS_EVERY)
+    next_pass = time.monotonic() + every
     while (remaining := next_pass - time.monotonic()) > 0:
         timed = watcher is None or not watcher.complete
         agent.nudge.wait(min(remaining, check_every if timed else remaining, _seal_due_in(agent)))
         agent.nudge.clear()  # before `take`: an event after it sets the nudge again
-        if agent.stop.is_set():
+        if agent.stop.is_set() or (reload_requested is not None and reload_requested.is_set()):
             break
         if agent.queued_estimate >= agent.config.queue.max_bytes:
             # The queue is full, or nearly: a seal would pause reading here, before the next pass
@@ -278,7 +295,9 @@ class StatsReporter(threading.Thread):
     def run(self) -> None:
         spool: Spool | None = None
         try:
-            while not self.stop.wait(self.agent.config.agent.stats_interval or 1.0):
+            # Stats off (0): look again once a minute only, for a reload that turns them on; an
+            # idle agent's threads should not wake for nothing (docs/forever.md, Idle cost).
+            while not self.stop.wait(self.agent.config.agent.stats_interval or STATS_OFF_RECHECK):
                 if not self.agent.config.agent.stats_interval:
                     continue
                 if spool is None:

@@ -820,6 +820,20 @@ class Tailer:
 
         return any(ours(path) for path in named) or any(path not in open_paths and ours(path) for path in written)
 
+    def waiting_on_time(self) -> bool:
+        """Is there something only a pass does, and only once some time has passed? A file held
+        open with bytes past what its record counted (an unfinished last line, taken after
+        `read.partial_line_idle`), a rotated or copied file not let go yet (its grace, its final
+        line; writes to it once deleted give no event), a file to identify at the next look, a
+        problem not said yet (a missing path, after `patience`). While file events cover every
+        watched directory and this is False, events are all that can bring work (a write to a
+        closed or let-go file is an event on its directory, and calls for a pass), and the
+        safety-net pass may come less often (`forever`, EVENTS_PASS_EVERY). A record whose file
+        is missing is forgotten after FORGET_AFTER: a day, no matter a few seconds."""
+        if self.recheck or any(key not in self.said for key in self.problem_since):
+            return True
+        return any(t.fd is not None and (not t.live or t.pos < t.size) for t in self.tracked.values())
+
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
     def _scan(self) -> Scan:
