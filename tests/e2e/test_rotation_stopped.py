@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.agent.runner import Agent
-from remote_uploader.agent.sink import Delivered
 from remote_uploader.agent.tail import LAST_SEEN_KEY, Tailer
 from remote_uploader.config import load
 from tests.e2e.test_rotation import Runner, Writer, compare, copytruncate, rename_create, running, settle
-from tests.helpers.agent import run_agent, write_access_log
+from tests.helpers.agent import NoSink, run_agent, write_access_log
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -131,18 +130,6 @@ def test_once_reads_the_rest_of_the_rotated_file_and_the_rotations_in_between(tm
     assert row["lost"] == 0 and row["doubled"] == 0, row
 
 
-class _NoSink:
-    """Nothing is uploaded in the in-process test: it looks at the records."""
-
-    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
-        raise AssertionError("not started")
-
-    def health(self) -> dict[str, object]:
-        return {}
-
-    def close(self) -> None:
-        pass
-
 
 def test_an_agent_stopped_before_its_first_pass_still_reads_what_was_rotated_while_it_was_stopped(
         tmp_path: Path) -> None:
@@ -156,7 +143,7 @@ def test_an_agent_stopped_before_its_first_pass_still_reads_what_was_rotated_whi
         "server.token_file": str(tmp_path / "token")})
 
     def start() -> tuple[Agent, Tailer]:
-        agent = Agent(config, sink=_NoSink())
+        agent = Agent(config, sink=NoSink())
         return agent, Tailer(agent)
 
     agent, tailer = start()  # a whole pass, an hour ago

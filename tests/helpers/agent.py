@@ -18,6 +18,8 @@ from pathlib import Path
 
 import tomli_w
 
+from remote_uploader.agent.sink import Delivered
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -106,3 +108,16 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())  # type: ignore[operator]
+
+
+class NoSink:
+    """A sink for in-process agents whose tests read what was queued: nothing may be uploaded."""
+
+    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
+        raise AssertionError("not started")
+
+    def health(self) -> dict[str, object]:
+        return {}
+
+    def close(self) -> None:
+        pass

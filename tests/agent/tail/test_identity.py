@@ -14,26 +14,13 @@ from pathlib import Path
 
 from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.runner import Agent
-from remote_uploader.agent.sink import Delivered
 from remote_uploader.agent.tail import Tailer, is_rotation_of, read_pass
 from remote_uploader.config import Config, load
-from tests.helpers.agent import write_access_log
+from tests.helpers.agent import NoSink, write_access_log
 
 HEADER = "#Version: 1.0\n#Fields: date time s-ip cs-method cs-uri-stem c-ip sc-status\n"
 LONG_HEADER = "".join(f"# {f'header field {n:03d} ':-<70}\n" for n in range(20))  # 1.4 KiB, over a fingerprint
 
-
-class NoSink:
-    """Nothing is uploaded here: the test reads what was queued."""
-
-    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
-        raise AssertionError("not started")
-
-    def health(self) -> dict[str, object]:
-        return {}
-
-    def close(self) -> None:
-        pass
 
 
 def config_for(tmp_path: Path, *globs: Path | str, **overrides: object) -> Config:

@@ -18,23 +18,9 @@ import pytest
 from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.parallel import Part
 from remote_uploader.agent.runner import Agent
-from remote_uploader.agent.sink import Delivered
 from remote_uploader.agent.tail import Tailer
 from remote_uploader.config import load
-from tests.helpers.agent import write_access_log
-
-
-class NoSink:
-    """Nothing is uploaded here: the test reads what was queued."""
-
-    def send(self, batch_id: str, body: bytes, encoding: str) -> Delivered:
-        raise AssertionError("not started")
-
-    def health(self) -> dict[str, object]:
-        return {}
-
-    def close(self) -> None:
-        pass
+from tests.helpers.agent import NoSink, write_access_log
 
 
 class RotatedMidRead(Agent):
