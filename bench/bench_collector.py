@@ -48,8 +48,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # BENCH_SRC: another tree's src (with PYTHONPATH set to it too, for the collector processes), to
-# measure e.g. today's main side by side with format 1 bodies.
-sys.path[:0] = [str(ROOT), os.environ.get("BENCH_SRC", str(ROOT / "src"))]
+# measure e.g. today's main side by side with format 1 bodies. It comes first: ROOT holds the old
+# script remote_uploader.py, which would otherwise be found as `remote_uploader` and load ROOT's src.
+sys.path[:0] = [os.environ.get("BENCH_SRC", str(ROOT / "src")), str(ROOT)]
 
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
 from remote_uploader.collector.server import tune_gc  # noqa: E402
