@@ -101,14 +101,15 @@ STEPS = [(copy_at, truncate_at) for n, copy_at in enumerate(POINTS) for truncate
 
 @pytest.mark.parametrize(("copy_at", "truncate_at"), [*STEPS, ("empty-at-first-look", "empty-at-first-look")],
                          ids=[*(f"copy-{c}-truncate-{t}" for c, t in STEPS), "empty-at-first-look-then-read"])
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "worker-processes"])
 def test_copytruncate_during_the_first_pass_counts_no_line_twice_even_with_a_once_after(
-        tmp_path: Path, copy_at: str, truncate_at: str) -> None:
+        tmp_path: Path, copy_at: str, truncate_at: str, workers: int) -> None:
     live = tmp_path / "access.log"
     empty = copy_at.startswith("empty")
     original = write_lines(live, 0, 0 if empty else 2000)
     (tmp_path / "token").write_text("t\n")
     config = load(None, env={}, sources=[str(live)], overrides={
-        "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
+        "agent.state_dir": str(tmp_path / "state"), "agent.workers": workers, "server.url": "http://127.0.0.1:9",
         "server.token_file": str(tmp_path / "token"), "read.block_size": 16 * 1024,
         "batching.max_memory_ips": 200, "batching.force_upload_threshold": 100, "batching.min_upload_batch": 20})
     agent = AtFirstPart(config, sink=NoSink())
