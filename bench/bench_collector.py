@@ -8,7 +8,7 @@ Workload (deterministic): `--batches` batches of `--records` records (default 10
 protocol's largest batch) drawn from a pool of `--pool` addresses (10% IPv6), so that later
 batches mostly update rows that exist, as in a long-running collector. Measurements:
 
-- parse:   body bytes -> validated, aggregated Batch (batch.parse_batch), no database;
+- parse:   body bytes -> validated, aggregated ValidBatch (batch.parse_batch), no database;
 - encode:  the deltas in the backend's bulk form (storage/bulk.py), as a parsing worker does;
 - storage: Storage.store_batch of parsed batches (one transaction each), from plain deltas
            (encoding included) and from deltas encoded beforehand (what the server process does
@@ -55,7 +55,7 @@ sys.path[:0] = [os.environ.get("BENCH_SRC", str(ROOT / "src")), str(ROOT)]
 from remote_uploader.collector.batch import parse_batch  # noqa: E402
 from remote_uploader.collector.server import tune_gc  # noqa: E402
 from remote_uploader.collector.storage import bulk, open_storage  # noqa: E402
-from remote_uploader.collector.storage.base import Batch  # noqa: E402
+from remote_uploader.collector.storage.base import ValidBatch  # noqa: E402
 from remote_uploader.protocol import format_time  # noqa: E402
 
 
@@ -186,9 +186,9 @@ def timed(records: int, run: Callable[[], object]) -> Sample:
     return Sample(records, time.perf_counter() - started, time.process_time() - cpu)
 
 
-def bench_parse(bodies: list[bytes], records: int, runs: int, body_format: int = 1) -> list[Batch]:
+def bench_parse(bodies: list[bytes], records: int, runs: int, body_format: int = 1) -> list[ValidBatch]:
     total = records * len(bodies)
-    def parse() -> list[Batch]:
+    def parse() -> list[ValidBatch]:
         if body_format == 1:  # as today's main takes it too
             return [parse_batch(body) for body in bodies]
         return [parse_batch(body, body_format=body_format) for body in bodies]
@@ -196,8 +196,8 @@ def bench_parse(bodies: list[bytes], records: int, runs: int, body_format: int =
     return parse()
 
 
-def bench_encode(parsed: list[Batch], records: int, runs: int, form: bulk.BulkForm) -> list[Batch]:
-    def encode() -> list[Batch]:
+def bench_encode(parsed: list[ValidBatch], records: int, runs: int, form: bulk.BulkForm) -> list[ValidBatch]:
+    def encode() -> list[ValidBatch]:
         # The time buckets travel in the encoded form too (as a parsing worker sends them).
         return [dataclasses.replace(b, deltas=bulk.encoded(b.deltas, form, b.buckets), buckets=()) for b in parsed]
 
@@ -205,7 +205,7 @@ def bench_encode(parsed: list[Batch], records: int, runs: int, form: bulk.BulkFo
     return encode()
 
 
-def bench_storage(urls: Callable[[], str], batches: list[Batch], records: int, runs: int, label: str) -> None:
+def bench_storage(urls: Callable[[], str], batches: list[ValidBatch], records: int, runs: int, label: str) -> None:
     samples = []
     for _ in range(runs):
         storage = open_storage(urls(), timeout=60, pool_size=2)

@@ -204,7 +204,7 @@ def test_the_fast_time_path_agrees_with_protocol_parse_time(text: str) -> None:
 
 
 def full_path(body: bytes, agent: str | None = None) -> object:
-    """What the full path alone makes of a body: a Batch, or the exception it raises."""
+    """What the full path alone makes of a body: a ValidBatch, or the exception it raises."""
     try:
         return parse_full(body, agent, now=NOW)
     except (BatchInvalid, AgentMismatch) as exc:

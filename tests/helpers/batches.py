@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from remote_uploader.collector.storage.base import Batch, IpDelta, to_micros
+from remote_uploader.collector.storage.base import IpDelta, ValidBatch, to_micros
 from remote_uploader.protocol import format_time, ip_key
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -21,9 +21,9 @@ def delta(ip: str, total: int, first: float = 0, last: float | None = None) -> I
     return IpDelta(ip, ip_key(ip), total, to_micros(at(first)), to_micros(at(first if last is None else last)))
 
 
-def batch(agent: str, batch_id: str, *deltas: IpDelta, records: int | None = None) -> Batch:
+def batch(agent: str, batch_id: str, *deltas: IpDelta, records: int | None = None) -> ValidBatch:
     ordered = sorted(deltas, key=lambda d: d.ip)
-    return Batch(agent, batch_id, T0, len(ordered) if records is None else records, ordered)
+    return ValidBatch(agent, batch_id, T0, len(ordered) if records is None else records, ordered)
 
 
 def record(

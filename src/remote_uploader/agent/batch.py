@@ -311,7 +311,9 @@ def seal(batch: Batch, agent: str, compress: bool, producer: str | None = None, 
                    compress, identity, streams)
 
 
-def decode_body(body: bytes, encoding: str) -> dict[str, Any]:
+def decode_queued(body: bytes, encoding: str) -> dict[str, Any]:
+    """A body this agent queued, as a document (trusted: the collector's `decode_body` is the one
+    that checks a stranger's)."""
     raw = gzip.decompress(body) if encoding == "gzip" else body
     document: dict[str, Any] = json.loads(raw)
     return document
@@ -342,7 +344,7 @@ def records_of(document: Mapping[str, Any]) -> list[Record]:
 def as_format_1(body: bytes, encoding: str) -> bytes:
     """A queued format 2 body rewritten in format 1 (same batch id, identity, records, times and
     compression), for a collector that does not take format 2."""
-    document = decode_body(body, encoding)
+    document = decode_queued(body, encoding)
     identity = identity_of(document)
     producer, seq, part = identity if identity is not None else (None, None, "")
     sent_at = format_micros(document["sent_at"])
@@ -368,7 +370,7 @@ def split_queued(queued: QueuedBatch, agent: str) -> list[SealedBatch]:
     collector that stored the parent (the answer was lost, then the limit shrank) recognises
     them as parts of it and counts nothing twice (issue 9, hole 6).
     """
-    document = decode_body(queued.body, queued.encoding)
+    document = decode_queued(queued.body, queued.encoding)
     records = records_of(document)
     identity = identity_of(document)
     if len(records) < 2 or len(queued.batch_id) + 2 > MAX_BATCH_ID_LEN or (

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from remote_uploader.agent.batch import decode_body, identity_of
+from remote_uploader.agent.batch import decode_queued, identity_of
 from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.sink import HttpSink
 from remote_uploader.agent.source import BlockReader, expand_sources, fingerprint
@@ -203,7 +203,7 @@ def _queued_agents(config: Config) -> dict[tuple[str, bool], int]:
         spool.close()
     for body, encoding in bodies:
         try:
-            document = decode_body(body, encoding)
+            document = decode_queued(body, encoding)
         except (OSError, ValueError, EOFError):
             continue
         key = (str(document.get("agent")), identity_of(document) is not None)

@@ -1,4 +1,4 @@
-"""A protocol v1 batch body -> a validated, aggregated `Batch`, or every reason it is not one.
+"""A protocol v1 batch body -> a validated, aggregated `ValidBatch`, or every reason it is not one.
 
 Validation is all-or-nothing: one bad field rejects the batch (400) and nothing of it is stored,
 because the agent sends a rejected batch to its dead-letter table as a whole.
@@ -8,7 +8,7 @@ an operator, a dead RTC battery) and a batch refused for its times would be refu
 however often it is requeued. So a time later than the arrival time plus `FUTURE_SKEW` is set to
 the arrival time, one before 1970 to 1970, and a record whose `last_seen` is before its
 `first_seen` (an old agent wrote that when its clock went back inside a batch) has the two
-swapped. `Batch.clamped` counts the time fields changed (a metric and a log line at ingest); only
+swapped. `ValidBatch.clamped` counts the time fields changed (a metric and a log line at ingest); only
 a text that is no RFC 3339 time at all is an error. Each error names
 the field as a path (`records[3].ip`) so that an operator can find it in the dead letter.
 
@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from remote_uploader.collector.storage.base import Batch, IpDelta, from_micros, to_micros
+from remote_uploader.collector.storage.base import IpDelta, ValidBatch, from_micros, to_micros
 from remote_uploader.collector.storage.model import MAX_LABEL, BucketDelta
 from remote_uploader.errors import AgentMismatch, BatchInvalid, FieldError
 from remote_uploader.protocol import (
@@ -140,7 +140,7 @@ def decode_body(payload: bytes | bytearray) -> Any:
 DEFAULT_BUCKET = 60  # seconds per time bucket (collector setting `bucket`)
 
 
-def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET, now: datetime | None = None) -> Batch:
+def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET, now: datetime | None = None) -> ValidBatch:
     """Validate a decoded batch; raise `BatchInvalid` listing what is wrong. `bucket`: seconds
     per time bucket for the batch's bucket deltas (0: none). Times are clamped (module
     docstring) against `now`, the arrival time (default: the clock now)."""
@@ -156,7 +156,7 @@ def validate_batch(document: Any, bucket: int = DEFAULT_BUCKET, now: datetime | 
 
 
 def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
-                now: datetime | None = None, body_format: int = 1) -> Batch:
+                now: datetime | None = None, body_format: int = 1) -> ValidBatch:
     """Decode and validate a batch body of `body_format` (1 or 2, from its media type); raise
     `BatchInvalid` listing what is wrong.
 
@@ -182,7 +182,7 @@ def parse_batch(payload: bytes | bytearray, agent: str | None = None, bucket: in
 
 
 def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
-               now: datetime | None = None) -> Batch:
+               now: datetime | None = None) -> ValidBatch:
     """The full path alone: decode, check the agent's name, validate, naming every problem.
 
     What `parse_batch` falls back to; the fast path must agree with it on every body it takes.
@@ -195,7 +195,7 @@ def parse_full(payload: bytes | bytearray, agent: str | None = None, bucket: int
     return validate_batch(document, bucket, now)
 
 
-def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> Batch | None:
+def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> ValidBatch | None:
     if not isinstance(document, dict):
         errors.add("body", "must be a JSON object")
         return None
@@ -226,7 +226,7 @@ def _validate(document: Any, errors: _Errors, bucket: int, clamp: Clamp) -> Batc
     assert isinstance(agent, str) and isinstance(batch_id, str) and isinstance(sent_at, datetime)
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _aggregate(records, errors, bucket, clamp)
-    return Batch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed,
+    return ValidBatch(agent, batch_id, sent_at, len(records), deltas, buckets, clamped=clamp.changed + changed,
                  producer=producer, seq=seq, part=part, streams=streams if producer is not None else ())
 
 
@@ -474,7 +474,7 @@ class _WireBatch(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _decode_wire = msgspec.json.Decoder(_WireBatch).decode
 
 
-def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clamp: Clamp) -> Batch:
+def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clamp: Clamp) -> ValidBatch:
     """The agent's exact shape, all valid; `_Slow` (or a msgspec error) for anything else."""
     document = _decode_wire(payload)
     producer = document.producer
@@ -500,7 +500,7 @@ def _parse_fast(payload: bytes | bytearray, agent: str | None, bucket: int, clam
         raise _Slow  # a batch has a few distinct sources: each is checked once
     sent_at, changed = clamp.moment(sent_at)
     deltas, buckets = _merge_fast(records, bucket, clamp)
-    return Batch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets,
+    return ValidBatch(document.agent, document.batch_id, sent_at, len(records), deltas, buckets,
                  clamped=clamp.changed + changed, producer=producer, seq=document.seq or 0, part=document.part,
                  streams=streams)
 
@@ -586,8 +586,8 @@ def _decode_error(exc: msgspec.MsgspecError) -> FieldError:
 
 
 def parse_format_2(payload: bytes | bytearray, agent: str | None = None, bucket: int = DEFAULT_BUCKET,
-                   now: datetime | None = None) -> Batch:
-    """A format 2 body -> a validated `Batch`, or `BatchInvalid` naming each field that is wrong.
+                   now: datetime | None = None) -> ValidBatch:
+    """A format 2 body -> a validated `ValidBatch`, or `BatchInvalid` naming each field that is wrong.
 
     One path does both jobs: msgspec decodes into typed structs (no dict per record, types and
     count ranges checked in C) and names the field of a type error itself; the checks that
@@ -629,7 +629,7 @@ def parse_format_2(payload: bytes | bytearray, agent: str | None = None, bucket:
     clamp.changed += sent_at != document.sent_at
     deltas, buckets = totals.result()
     streams = tuple((s["id"], s["start"], s["end"]) for s in document.streams or ()) if producer is not None else ()
-    return Batch(document.agent, document.batch_id, from_micros(sent_at), records, deltas, buckets,
+    return ValidBatch(document.agent, document.batch_id, from_micros(sent_at), records, deltas, buckets,
                  clamped=clamp.changed, producer=producer, seq=document.seq or 0, part=document.part,
                  streams=streams)
 

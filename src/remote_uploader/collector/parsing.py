@@ -7,7 +7,7 @@ statements; so one process parses and stores one after the other. In a worker pr
 parse of one batch runs on another core while the server process stores the one before: the
 two halves of ingest, each good for about 200,000 records a second, overlap.
 
-A worker returns the `Batch` with its deltas already in the storage's bulk form
+A worker returns the `ValidBatch` with its deltas already in the storage's bulk form
 (`Storage.bulk_form`, see storage/bulk.py): a few megabytes of bytes to send back, and nothing
 per address left for the server process to do but hand them to the database.
 
@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import Batch, BulkForm
+from remote_uploader.collector.storage.base import BulkForm, ValidBatch
 from remote_uploader.logs import fields
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ WORKER_MIN_BYTES = 1 << 20  # about 7,000 records
 def parse_and_encode(
     payload: bytes | bytearray, agent: str, form: BulkForm | None, bucket: int = 60, addresses: bool = False,
     body_format: int = 1,
-) -> Batch:
+) -> ValidBatch:
     """`parse_batch`, with the deltas encoded in `form` (what a worker process runs).
 
     The cyclic garbage collector is off meanwhile: a batch makes a hundred thousand objects and
@@ -103,7 +103,7 @@ class BatchParser:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    async def parse(self, payload: bytearray, agent: str, body_format: int = 1) -> Batch:
+    async def parse(self, payload: bytearray, agent: str, body_format: int = 1) -> ValidBatch:
         """The validated batch; `BatchInvalid` or `AgentMismatch` as `parse_batch` raises them."""
         if self.workers > 0 and len(payload) >= self.min_bytes:
             pool = self._get_pool()

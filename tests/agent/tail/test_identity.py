@@ -12,7 +12,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from remote_uploader.agent.batch import decode_body, records_of
+from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.sink import Delivered
 from remote_uploader.agent.tail import Tailer, is_rotation_of, read_pass
@@ -47,7 +47,7 @@ def queued_counts(agent: Agent) -> Counter[str]:
     counts: Counter[str] = Counter()
     seq = 0
     while (batch := agent.spool.next_batch(seq)) is not None:
-        for record in records_of(decode_body(batch.body, batch.encoding)):
+        for record in records_of(decode_queued(batch.body, batch.encoding)):
             counts[record.ip] += record.count
         seq = batch.seq
     return counts

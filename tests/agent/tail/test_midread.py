@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from remote_uploader.agent.batch import decode_body, records_of
+from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.parallel import Part
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.sink import Delivered
@@ -56,7 +56,7 @@ def queued_counts(agent: Agent) -> Counter[str]:
     counts: Counter[str] = Counter()
     seq = 0
     while (batch := agent.spool.next_batch(seq)) is not None:
-        for record in records_of(decode_body(batch.body, batch.encoding)):
+        for record in records_of(decode_queued(batch.body, batch.encoding)):
             counts[record.ip] += record.count
         seq = batch.seq
     return counts

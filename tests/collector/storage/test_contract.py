@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import Batch, IpQuery, Storage, to_micros
+from remote_uploader.collector.storage.base import IpQuery, Storage, ValidBatch, to_micros
 from remote_uploader.collector.storage.postgres import PostgresStorage
 from remote_uploader.collector.storage.sqlite import SqliteStorage
 from remote_uploader.errors import SchemaError, StorageUnavailable, TokenError
@@ -328,7 +328,7 @@ def test_a_big_batch_is_staged_and_counted_exactly(storage: Storage) -> None:
 PRODUCER = "a1" * 16
 
 
-def identified(seq: int, part: str = "", ip: str = "192.0.2.1", agent: str = "web-1", count: int = 1) -> Batch:
+def identified(seq: int, part: str = "", ip: str = "192.0.2.1", agent: str = "web-1", count: int = 1) -> ValidBatch:
     return dataclasses.replace(batch(agent, f"id-{seq}-{part}", delta(ip, count)), producer=PRODUCER, seq=seq,
                                part=part)
 
@@ -402,12 +402,12 @@ def test_a_split_batch_records_its_ranges_only_once_its_parts_make_the_whole(sto
 
 
 def test_racing_parts_and_replays_of_one_producer_count_each_record_once(storage: Storage) -> None:
-    # Batch `seq` holds 4 occurrences of 192.0.2.<seq>: a half holds 2, a quarter 1.
+    # ValidBatch `seq` holds 4 occurrences of 192.0.2.<seq>: a half holds 2, a quarter 1.
     arrivals = [identified(seq, part, ip=f"192.0.2.{seq}", count=4 >> len(part))
                 for seq in range(1, 9) for part in ("", "0", "1", "00", "01")] * 2
     barrier = threading.Barrier(4)
 
-    def send(items: list[Batch]) -> None:
+    def send(items: list[ValidBatch]) -> None:
         barrier.wait()
         for item in items:
             storage.store_batch(item, at(0))

@@ -10,14 +10,14 @@ from datetime import timedelta
 
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import Batch, Storage
+from remote_uploader.collector.storage.base import Storage, ValidBatch
 from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowQuery
 from tests.helpers.batches import T0, at, record, wire_batch
 
 MINUTE = 60
 
 
-def hits(agent: str, batch_id: str, *records: dict[str, object]) -> Batch:
+def hits(agent: str, batch_id: str, *records: dict[str, object]) -> ValidBatch:
     """A batch as the collector parses it (with its bucket deltas)."""
     return parse_batch(json.dumps(wire_batch(agent, batch_id, list(records))).encode(), agent)
 

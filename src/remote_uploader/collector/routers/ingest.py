@@ -24,7 +24,7 @@ from remote_uploader.collector.body import body_format, check_headers, read_body
 from remote_uploader.collector.models import BATCH_SCHEMA, BATCH_SCHEMA_V2, BatchAccepted
 from remote_uploader.collector.routers.deps import Service, Who, errors
 from remote_uploader.collector.service import Collector
-from remote_uploader.collector.storage.base import Batch
+from remote_uploader.collector.storage.base import ValidBatch
 from remote_uploader.errors import ApiError
 from remote_uploader.logs import fields
 from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, BATCHES_PATH, MEDIA_V2, PRODUCER_LEN, STREAMS_PATH
@@ -108,7 +108,7 @@ def _note_version(collector: Collector, agent: str, user_agent: str) -> None:
         versions[agent] = version
 
 
-def _store(collector: Collector, batch: Batch, state: Any) -> BatchAccepted:
+def _store(collector: Collector, batch: ValidBatch, state: Any) -> BatchAccepted:
     metrics = collector.metrics
     state.batch_id = batch.batch_id
     state.records = batch.records

@@ -2,7 +2,7 @@
 
 Two implementations, `sqlite.SqliteStorage` and `postgres.PostgresStorage`, pass one contract
 suite (tests/collector/storage/test_contract.py). Everything they receive is already validated
-and aggregated (`Batch`), so the SQL only adds numbers; everything they return is a plain
+and aggregated (`ValidBatch`), so the SQL only adds numbers; everything they return is a plain
 frozen dataclass with timezone-aware UTC datetimes.
 
 The exactly-once rule lives in `store_batch`: the (agent, batch id) row and the counts it carries
@@ -81,8 +81,9 @@ class EncodedDeltas:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
-    """A validated batch. `deltas` has one entry per distinct address, in no particular order;
+class ValidBatch:
+    """A validated batch, as the collector stores it (the agent's `agent.batch.Batch` is the one it
+    is still filling: two things, two names). `deltas` has one entry per distinct address, in no particular order;
     or the same, already encoded for the storage backend (`Storage.bulk_form`).
 
     The lock order (two transactions that touch the same rows touch them in the same order, so
@@ -268,7 +269,7 @@ class Storage(abc.ABC):
     # -- ingest -------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+    def store_batch(self, batch: ValidBatch, received_at: datetime) -> bool:
         """Count `batch` unless its (agent, batch_id) was counted before. True if counted now.
 
         One transaction: insert the batch row ON CONFLICT DO NOTHING; if no row was inserted,

@@ -26,7 +26,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
+from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, ValidBatch, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 from remote_uploader.collector.storage.sql_windows import fold_totals, saturating_add
@@ -210,7 +210,7 @@ class PostgresStorage(SqlStorage):
             cur.execute("DELETE FROM bucket_totals WHERE length = %s AND bucket < %s", (self._length(source), before))
             return moved
 
-    def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+    def store_batch(self, batch: ValidBatch, received_at: datetime) -> bool:
         # Encoded (unless the parser did) before a connection is taken.
         rows = bulk.encoded(batch.deltas, "postgres-copy", batch.buckets)
         for attempt in range(1, ATTEMPTS + 1):
@@ -222,7 +222,7 @@ class PostgresStorage(SqlStorage):
                 logger.info("retrying batch agent=%s batch_id=%s reason=%s", batch.agent, batch.batch_id, exc)
         raise AssertionError("unreachable")
 
-    def _store_batch_once(self, batch: Batch, rows: EncodedDeltas, received_at: datetime) -> bool:
+    def _store_batch_once(self, batch: ValidBatch, rows: EncodedDeltas, received_at: datetime) -> bool:
         agent = batch.agent
         now = to_micros(received_at)
         with self._write() as cur:

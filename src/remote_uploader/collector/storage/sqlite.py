@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import Batch, BulkForm, EncodedDeltas, to_micros
+from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, ValidBatch, to_micros
 from remote_uploader.collector.storage.migrations.sqlite import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 from remote_uploader.collector.storage.sql_windows import add_totals
@@ -202,7 +202,7 @@ class SqliteStorage(SqlStorage):
         for conn in conns:
             conn.close()
 
-    def store_batch(self, batch: Batch, received_at: datetime) -> bool:
+    def store_batch(self, batch: ValidBatch, received_at: datetime) -> bool:
         now = to_micros(received_at)
         agent = batch.agent
         deltas = batch.deltas
