@@ -15,10 +15,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
+from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.sink import Delivered
+
+if TYPE_CHECKING:
+    from remote_uploader.agent.runner import Agent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +126,14 @@ class NoSink:
 
     def close(self) -> None:
         pass
+
+
+def queued_counts(agent: Agent) -> Counter[str]:
+    """Every address an in-process agent has queued so far, with its count (nothing uploaded)."""
+    counts: Counter[str] = Counter()
+    seq = 0
+    while (batch := agent.spool.next_batch(seq)) is not None:
+        for record in records_of(decode_queued(batch.body, batch.encoding)):
+            counts[record.ip] += record.count
+        seq = batch.seq
+    return counts

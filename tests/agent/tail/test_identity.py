@@ -12,11 +12,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.tail import Tailer, is_rotation_of, read_pass
 from remote_uploader.config import Config, load
-from tests.helpers.agent import NoSink, write_access_log
+from tests.helpers.agent import NoSink, queued_counts, write_access_log
 
 HEADER = "#Version: 1.0\n#Fields: date time s-ip cs-method cs-uri-stem c-ip sc-status\n"
 LONG_HEADER = "".join(f"# {f'header field {n:03d} ':-<70}\n" for n in range(20))  # 1.4 KiB, over a fingerprint
@@ -28,16 +27,6 @@ def config_for(tmp_path: Path, *globs: Path | str, **overrides: object) -> Confi
     return load(None, env={}, sources=[str(g) for g in globs], overrides={
         "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
         "server.token_file": str(tmp_path / "token"), **overrides})
-
-
-def queued_counts(agent: Agent) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    seq = 0
-    while (batch := agent.spool.next_batch(seq)) is not None:
-        for record in records_of(decode_queued(batch.body, batch.encoding)):
-            counts[record.ip] += record.count
-        seq = batch.seq
-    return counts
 
 
 def once(config: Config) -> Counter[str]:

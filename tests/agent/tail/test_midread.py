@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from remote_uploader.agent.batch import decode_queued, records_of
 from remote_uploader.agent.parallel import Part
 from remote_uploader.agent.runner import Agent
 from remote_uploader.agent.tail import Tailer
 from remote_uploader.config import load
-from tests.helpers.agent import NoSink, write_access_log
+from tests.helpers.agent import NoSink, queued_counts, write_access_log
 
 
 class RotatedMidRead(Agent):
@@ -36,16 +35,6 @@ class RotatedMidRead(Agent):
             with self.live.open("r+b") as handle:
                 handle.truncate(0)
             self.regrow = write_access_log(self.live, 3000, seed=2, distinct=300, append=True)
-
-
-def queued_counts(agent: Agent) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    seq = 0
-    while (batch := agent.spool.next_batch(seq)) is not None:
-        for record in records_of(decode_queued(batch.body, batch.encoding)):
-            counts[record.ip] += record.count
-        seq = batch.seq
-    return counts
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "worker-processes"])
