@@ -21,6 +21,7 @@ from pathlib import Path
 
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, ValidBatch, to_micros
+from remote_uploader.collector.storage.group import GroupCommit
 from remote_uploader.collector.storage.migrations.sqlite import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 from remote_uploader.collector.storage.sql_windows import add_totals
@@ -86,6 +87,13 @@ UPSERT_AGENT = (
 )
 
 
+def _alone(item: tuple[ValidBatch, datetime]) -> bool:
+    """A batch whose staged rows come as a database image: the image is loaded as schema
+    `staging` before its transaction begins (SQLite cannot load it into a schema that the open
+    transaction has read), so it takes a transaction of its own."""
+    return isinstance(item[0].deltas, EncodedDeltas)
+
+
 class SqliteStorage(SqlStorage):
     migrations = MIGRATIONS
     bulk_form: BulkForm | None = "sqlite-image" if bulk.HAS_SQLITE_IMAGE else None
@@ -101,6 +109,8 @@ class SqliteStorage(SqlStorage):
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
+        self._group: GroupCommit[tuple[ValidBatch, datetime], bool] = GroupCommit(
+            self._write_lock, timeout, self._store_group, alone=_alone, what=self.path)
         if self.path != ":memory:":
             self._prepare_file(create_dir)
 
@@ -164,22 +174,28 @@ class SqliteStorage(SqlStorage):
         if not self._write_lock.acquire(timeout=self._timeout):
             raise StorageUnavailable(f"{self.path}: busy (a write waited {self._timeout:g} s)")
         try:
-            if self._writer is None:
-                self._writer = self._connect()
-                self._writer.execute("PRAGMA cache_size=-65536")  # 64 MiB: the upserts walk the whole index
-                self._writer.execute(ATTACH_STAGING)
-                self._writer.execute(CREATE_DELTAS)
-                self._writer.execute(CREATE_BUCKETS)
-                self._writer.execute(CREATE_SOURCES)
-            if staging is not None:
-                try:
-                    self._writer.deserialize(staging, name="staging")
-                except sqlite3.Error as exc:
-                    raise StorageError(f"{self.path}: cannot load the staged deltas: {exc}") from exc
-            with self._transaction(self._writer, "BEGIN IMMEDIATE") as cur:
+            with self._locked_write(staging) as cur:
                 yield cur
         finally:
             self._write_lock.release()
+
+    @contextmanager
+    def _locked_write(self, staging: bytes | None = None) -> Iterator[Cursor]:
+        """`_write` for a caller that holds the write lock already (the group commit's leader)."""
+        if self._writer is None:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA cache_size=-65536")  # 64 MiB: the upserts walk the whole index
+            self._writer.execute(ATTACH_STAGING)
+            self._writer.execute(CREATE_DELTAS)
+            self._writer.execute(CREATE_BUCKETS)
+            self._writer.execute(CREATE_SOURCES)
+        if staging is not None:
+            try:
+                self._writer.deserialize(staging, name="staging")
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: cannot load the staged deltas: {exc}") from exc
+        with self._transaction(self._writer, "BEGIN IMMEDIATE") as cur:
+            yield cur
 
     @contextmanager
     def _read(self) -> Iterator[Cursor]:
@@ -203,33 +219,70 @@ class SqliteStorage(SqlStorage):
             conn.close()
 
     def store_batch(self, batch: ValidBatch, received_at: datetime) -> bool:
+        """Stored in the next group commit (storage/group.py): with the batches that arrive while
+        the transaction before it runs, in one transaction; answered once that one has committed."""
+        return self._group.submit((batch, received_at))
+
+    def _store_group(self, items: list[tuple[ValidBatch, datetime]]) -> list[bool | BaseException]:
+        """One transaction for the group: each batch claimed and counted as if it were alone.
+
+        Each batch runs in a savepoint of its own: one that fails (its outcome is the error, its
+        rows are rolled back) leaves the others to commit. The claim of each batch reads what the
+        batches before it in the group wrote, so a replay beside its original is a duplicate.
+        Crash argument: the batches' rows, their claims and their counts commit together or not
+        at all (one transaction), and no caller is answered before the COMMIT returned: a crash
+        before it loses only batches that nobody acknowledged, which their agents send again.
+        """
+        first = items[0][0]
+        # A batch parsed by a worker process brings its staged rows as a database image, loaded as
+        # schema `staging` before the transaction: it is always alone in its group (`_alone`).
+        image = bulk.encoded(first.deltas, "sqlite-image").data if isinstance(first.deltas, EncodedDeltas) else None
+        outcomes: list[bool | BaseException] = []
+        with self._locked_write(staging=image) as cur:
+            if len(items) == 1:
+                return [self._store_one(cur, first, items[0][1], staged=image is not None)]
+            for batch, received_at in items:
+                cur.execute("SAVEPOINT batch")
+                try:
+                    outcomes.append(self._store_one(cur, batch, received_at, staged=False))
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO batch")
+                    outcomes.append(self._translate(exc))
+                cur.execute("RELEASE batch")
+        return outcomes
+
+    def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.OperationalError):
+            return StorageUnavailable(f"{self.path}: {exc}")
+        if isinstance(exc, sqlite3.DatabaseError):
+            return StorageError(f"{self.path}: {exc}")
+        return exc
+
+    def _store_one(self, cur: Cursor, batch: ValidBatch, received_at: datetime, *, staged: bool) -> bool:
+        """One batch inside the group's transaction; `staged`: its rows are in schema `staging`
+        already (an image loaded before the transaction)."""
         now = to_micros(received_at)
         agent = batch.agent
         deltas = batch.deltas
-        # A parsing worker sends an image of the staged rows (made in its process: less work for
-        # this one while it holds the write lock); deltas parsed in this process are staged
-        # directly, which costs less CPU in all than making an image here and loading it.
-        image = bulk.encoded(deltas, "sqlite-image").data if isinstance(deltas, EncodedDeltas) else None
-        with self._write(staging=image) as cur:
-            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
-                               batch.streams):
-                cur.execute(COUNT_DUPLICATE, (now, agent))
-                return False
-            if image is None:
-                assert not isinstance(deltas, EncodedDeltas)
-                cur.execute("DELETE FROM staging.deltas")
-                cur.execute("DELETE FROM staging.bdeltas")
-                cur.execute("DELETE FROM staging.sources")
-                bulk.insert_many(cur, "staging.deltas", 5, deltas)
-                sources, rows = bulk.source_indexes(batch.buckets)
-                cur.executemany(INSERT_SOURCE, sources)
-                bulk.insert_many(cur, "staging.bdeltas", 4, rows)
-            cur.execute(UPSERT_IPS)
-            cur.execute(UPSERT_IP_AGENTS, (agent,))
-            # The time buckets (model.py): labels first, then the counts that refer to them.
-            cur.execute(INSERT_AGENT_LABEL, (agent,))
-            cur.execute(INSERT_SOURCE_LABELS)
-            cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
-            cur.execute(UPSERT_COUNTS, (agent,))
-            cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
+        if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
+                           batch.streams):
+            cur.execute(COUNT_DUPLICATE, (now, agent))
+            return False
+        if not staged:
+            assert not isinstance(deltas, EncodedDeltas)
+            cur.execute("DELETE FROM staging.deltas")
+            cur.execute("DELETE FROM staging.bdeltas")
+            cur.execute("DELETE FROM staging.sources")
+            bulk.insert_many(cur, "staging.deltas", 5, deltas, blobs=(1,))
+            sources, rows = bulk.source_indexes(batch.buckets)
+            cur.executemany(INSERT_SOURCE, sources)
+            bulk.insert_many(cur, "staging.bdeltas", 4, rows, blobs=(0,))
+        cur.execute(UPSERT_IPS)
+        cur.execute(UPSERT_IP_AGENTS, (agent,))
+        # The time buckets (model.py): labels first, then the counts that refer to them.
+        cur.execute(INSERT_AGENT_LABEL, (agent,))
+        cur.execute(INSERT_SOURCE_LABELS)
+        cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
+        cur.execute(UPSERT_COUNTS, (agent,))
+        cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True
