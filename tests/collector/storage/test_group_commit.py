@@ -111,7 +111,7 @@ def test_a_group_whose_transaction_fails_answers_every_member_with_the_error() -
     lock = threading.Lock()
     runs: list[list[int]] = []
 
-    def run(items: list[int]) -> list[int | BaseException]:
+    def run(items: list[int], more: Callable[[], list[int]]) -> list[int | BaseException]:
         runs.append(items)
         raise StorageUnavailable("disk full")
 
@@ -136,3 +136,29 @@ def test_a_group_whose_transaction_fails_answers_every_member_with_the_error() -
         thread.join()
     assert [sorted(items) for items in runs] == [[0, 1, 2]]
     assert len(errors) == 3
+
+
+def test_a_batch_queued_while_the_leader_stores_joins_its_transaction_before_the_commit() -> None:
+    """What makes groups with two agents: the second arrives while the first is being stored."""
+    lock = threading.Lock()
+    transactions: list[list[str]] = []
+    running = threading.Event()
+
+    def run(items: list[str], more: Callable[[], list[str]]) -> list[str]:
+        stored = list(items)
+        running.set()
+        assert group.wait_queued(1, timeout=60)  # the second agent's batch arrives meanwhile
+        while late := more():
+            stored += late
+        transactions.append(stored)
+        return [f"stored {item}" for item in stored]
+
+    group: GroupCommit[str, str] = GroupCommit(lock, 60, run)
+    answers: dict[str, str] = {}
+    first = threading.Thread(target=lambda: answers.update(a=group.submit("a")))
+    first.start()
+    assert running.wait(60)
+    answers["b"] = group.submit("b")
+    first.join()
+    assert transactions == [["a", "b"]]
+    assert answers == {"a": "stored a", "b": "stored b"}

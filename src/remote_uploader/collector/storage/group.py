@@ -7,8 +7,9 @@ where one after the other they write them twice and sync twice. There is one wri
 
 How: each caller queues its item and then waits for the writer's lock. Whoever gets the lock
 (the leader) takes every item queued so far, its own among them, and runs them in one
-transaction; the callers whose items it took find them done when they get the lock in turn,
-and return their outcomes. Nothing is acknowledged before its commit: `submit` returns (or
+transaction, taking in before its COMMIT the items queued while it ran (up to `limit` in all);
+the callers whose items it took find them done when they get the lock in turn, and return their
+outcomes. Nothing is acknowledged before its commit: `submit` returns (or
 raises) only once the transaction that held its item has committed (or failed). Each item keeps
 its own idempotency decision (the storage claims its batch id inside the transaction, so a
 replay queued beside its original is found a duplicate by the same rule as one that comes later).
@@ -55,8 +56,15 @@ class GroupStats:
 
 
 class GroupCommit(Generic[T, R]):
-    """Runs queued items in groups under `lock`: `run(items)` gets every item queued when a caller
-    took the lock and returns one outcome per item (a value, or the exception that item raises).
+    """Runs queued items in groups under `lock`.
+
+    `run(items, more)` gets every item queued when a caller took the lock; before it commits it
+    calls `more()`, which hands it the items queued since (none once the group holds `limit`),
+    until `more()` returns nothing; it returns one outcome per item it was given, in order (a
+    value, or the exception that item raises). Taking late arrivals before the commit is what
+    makes groups with two agents: each waits for its answer before it sends again, so a batch is
+    never queued behind a running transaction with a second one, but it often arrives while the
+    other agent's batch is being stored.
 
     `alone(item)`: items that must have a transaction of their own (they are run by their own
     caller, never taken into another's group)."""
@@ -65,15 +73,17 @@ class GroupCommit(Generic[T, R]):
         self,
         lock: threading.Lock,
         timeout: float,
-        run: Callable[[list[T]], Sequence[R | BaseException]],
+        run: Callable[[list[T], Callable[[], list[T]]], Sequence[R | BaseException]],
         *,
         alone: Callable[[T], bool] = lambda item: False,
+        limit: int = 16,
         what: str = "storage",
     ) -> None:
         self._lock = lock
         self._timeout = timeout
         self._run = run
         self._alone = alone
+        self._limit = limit
         self._what = what
         self._queued: list[_Entry[T, R]] = []
         self._changed = threading.Condition()
@@ -98,16 +108,33 @@ class GroupCommit(Generic[T, R]):
             self._lock.release()
         return entry.outcome()
 
-    def _lead(self, own: _Entry[T, R]) -> None:
+    def _take(self, own: _Entry[T, R] | None, room: int) -> list[_Entry[T, R]]:
+        """`own` (if given) and up to `room` queued items that may share a transaction."""
         with self._changed:
-            alone = self._alone
-            group = [own] if alone(own.item) else [e for e in self._queued if e is own or not alone(e.item)]
-            taken = set(map(id, group))
-            self._queued = [e for e in self._queued if id(e) not in taken]
-            for entry in group:
+            if own is not None and self._alone(own.item):
+                taken = [own]
+            else:
+                taken = [e for e in self._queued if e is own or not self._alone(e.item)][:room]
+                if own is not None and own not in taken:
+                    taken = [own, *taken[: room - 1]]
+            ids = set(map(id, taken))
+            self._queued = [e for e in self._queued if id(e) not in ids]
+            for entry in taken:
                 entry.taken = True
+            return taken
+
+    def _lead(self, own: _Entry[T, R]) -> None:
+        group = self._take(own, self._limit)
+
+        def more() -> list[T]:
+            if self._alone(own.item) or len(group) >= self._limit:
+                return []
+            late = self._take(None, self._limit - len(group))
+            group.extend(late)
+            return [entry.item for entry in late]
+
         try:
-            outcomes = list(self._run([entry.item for entry in group]))
+            outcomes = list(self._run([entry.item for entry in group], more))
             if len(outcomes) != len(group):
                 raise RuntimeError(f"group commit: {len(outcomes)} outcomes for {len(group)} items")
         except BaseException as exc:  # the transaction failed: nothing of the group is stored

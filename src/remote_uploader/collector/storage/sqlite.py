@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -223,8 +223,11 @@ class SqliteStorage(SqlStorage):
         the transaction before it runs, in one transaction; answered once that one has committed."""
         return self._group.submit((batch, received_at))
 
-    def _store_group(self, items: list[tuple[ValidBatch, datetime]]) -> list[bool | BaseException]:
-        """One transaction for the group: each batch claimed and counted as if it were alone.
+    def _store_group(
+        self, items: list[tuple[ValidBatch, datetime]], more: Callable[[], list[tuple[ValidBatch, datetime]]]
+    ) -> list[bool | BaseException]:
+        """One transaction for the group: each batch claimed and counted as if it were alone, then
+        the batches queued meanwhile (`more()`), until none came, then one COMMIT.
 
         Each batch runs in a savepoint of its own: one that fails (its outcome is the error, its
         rows are rolled back) leaves the others to commit. The claim of each batch reads what the
@@ -239,16 +242,18 @@ class SqliteStorage(SqlStorage):
         image = bulk.encoded(first.deltas, "sqlite-image").data if isinstance(first.deltas, EncodedDeltas) else None
         outcomes: list[bool | BaseException] = []
         with self._locked_write(staging=image) as cur:
-            if len(items) == 1:
-                return [self._store_one(cur, first, items[0][1], staged=image is not None)]
-            for batch, received_at in items:
-                cur.execute("SAVEPOINT batch")
-                try:
-                    outcomes.append(self._store_one(cur, batch, received_at, staged=False))
-                except Exception as exc:
-                    cur.execute("ROLLBACK TO batch")
-                    outcomes.append(self._translate(exc))
-                cur.execute("RELEASE batch")
+            if image is not None:
+                return [self._store_one(cur, first, items[0][1], staged=True)]
+            while items:
+                for batch, received_at in items:
+                    cur.execute("SAVEPOINT batch")
+                    try:
+                        outcomes.append(self._store_one(cur, batch, received_at, staged=False))
+                    except Exception as exc:  # this batch's outcome; the others go on
+                        cur.execute("ROLLBACK TO batch")
+                        outcomes.append(self._translate(exc))
+                    cur.execute("RELEASE batch")
+                items = more()
         return outcomes
 
     def _translate(self, exc: Exception) -> Exception:
