@@ -162,3 +162,23 @@ def test_a_batch_queued_while_the_leader_stores_joins_its_transaction_before_the
     first.join()
     assert transactions == [["a", "b"]]
     assert answers == {"a": "stored a", "b": "stored b"}
+
+
+def test_one_agents_addresses_write_no_ip_agents_row_until_a_second_agent_counts_them(sqlite: SqliteStorage) -> None:
+    """Migration 9 on SQLite: one B-tree row per address and batch while one agent counts it."""
+    sqlite.store_batch(batch("a", "1", delta("192.0.2.1", 5), delta("192.0.2.2", 1)), at(0))
+    sqlite.store_batch(batch("a", "2", delta("192.0.2.1", 2)), at(1))
+
+    def rows() -> tuple[list[tuple[str, str | None]], list[tuple[str, str, int]]]:
+        with sqlite._read() as cur:
+            cur.execute("SELECT ip, agent FROM ips ORDER BY ip")
+            ips = cur.fetchall()
+            cur.execute("SELECT ip, agent, total FROM ip_agents ORDER BY ip, agent")
+            return ips, cur.fetchall()
+
+    assert rows() == ([("192.0.2.1", "a"), ("192.0.2.2", "a")], [])
+    # The second agent in the same group as a batch of the first: both moves happen in order.
+    outcomes = stored_together(sqlite, [batch("b", "1", delta("192.0.2.1", 4)), batch("a", "3", delta("192.0.2.2", 1))])
+    assert outcomes == [True, True]
+    assert rows() == ([("192.0.2.1", None), ("192.0.2.2", "a")], [("192.0.2.1", "a", 7), ("192.0.2.1", "b", 4)])
+    assert totals(sqlite) == {"192.0.2.1": 11, "192.0.2.2": 2}

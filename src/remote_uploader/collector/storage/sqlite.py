@@ -65,19 +65,37 @@ UPSERT_COUNTS = (
     "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true "
     f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_ADD}"
 )
-UPSERT_IPS = (
-    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
-    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen "
-    "FROM staging.deltas WHERE true "
-    f"ON CONFLICT (ip) DO UPDATE SET total = {_ADD}, "
-    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
-)
+# An address seen by one agent only (the common case: one agent per collector, or per address)
+# keeps that agent in `ips.agent` and has no `ip_agents` row: its totals are the address's, and
+# a batch writes one B-tree row per address instead of two (migration 9). When a second agent
+# counts it, the first agent's row is written to `ip_agents` from the address's totals and
+# `ips.agent` becomes NULL; from then on both tables are written, as before. Addresses stored
+# before migration 9 have NULL and their `ip_agents` rows. The reads (sql.py) take either form.
+# Both statements run before the `ips` upsert, which they read the state of:
+# `ip_agents` gets, per staged address that has an `ips` row, this agent's delta when the address
+# is in `ip_agents` already (agent NULL) or is about to be (another sole agent), and that other
+# agent's totals in the second case (`temp.two` holds k = 0 and 1; CROSS JOIN fixes the
+# loop order: one look-up in `ips` per staged address).
 UPSERT_IP_AGENTS = (
     "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
-    "SELECT ip, ?, total, first_seen, last_seen FROM staging.deltas WHERE true "
+    "SELECT d.ip, CASE x.k WHEN 0 THEN ?1 ELSE i.agent END, CASE x.k WHEN 0 THEN d.total ELSE i.total END, "
+    "CASE x.k WHEN 0 THEN d.first_seen ELSE i.first_seen END, CASE x.k WHEN 0 THEN d.last_seen ELSE i.last_seen END "
+    "FROM staging.deltas d CROSS JOIN ips i CROSS JOIN temp.two x "
+    "WHERE i.ip = d.ip AND ((i.agent IS NULL AND x.k = 0) OR i.agent <> ?1) "
     f"ON CONFLICT (ip, agent) DO UPDATE SET total = {_ADD}, "
     "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
 )
+UPSERT_IPS = (
+    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen, agent) "
+    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen, ? "
+    "FROM staging.deltas WHERE true "
+    f"ON CONFLICT (ip) DO UPDATE SET total = {_ADD}, "
+    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), "
+    "agent = CASE WHEN agent = excluded.agent THEN agent END"
+)
+# (In schema temp, not staging: a worker's image replaces schema staging whole.)
+CREATE_TWO = "CREATE TEMP TABLE IF NOT EXISTS two (k INTEGER PRIMARY KEY)"
+FILL_TWO = "INSERT OR IGNORE INTO temp.two VALUES (0), (1)"
 UPSERT_AGENT = (
     "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
     "last_batch_sent_at) VALUES (?, ?, ?, 1, 0, ?, ?, ?) "
@@ -189,6 +207,8 @@ class SqliteStorage(SqlStorage):
             self._writer.execute(CREATE_DELTAS)
             self._writer.execute(CREATE_BUCKETS)
             self._writer.execute(CREATE_SOURCES)
+            self._writer.execute(CREATE_TWO)
+            self._writer.execute(FILL_TWO)
         if staging is not None:
             try:
                 self._writer.deserialize(staging, name="staging")
@@ -282,8 +302,8 @@ class SqliteStorage(SqlStorage):
             sources, rows = bulk.source_indexes(batch.buckets)
             cur.executemany(INSERT_SOURCE, sources)
             bulk.insert_many(cur, "staging.bdeltas", 4, rows, blobs=(0,))
-        cur.execute(UPSERT_IPS)
         cur.execute(UPSERT_IP_AGENTS, (agent,))
+        cur.execute(UPSERT_IPS, (agent,))
         # The time buckets (model.py): labels first, then the counts that refer to them.
         cur.execute(INSERT_AGENT_LABEL, (agent,))
         cur.execute(INSERT_SOURCE_LABELS)
