@@ -182,3 +182,23 @@ def test_one_agents_addresses_write_no_ip_agents_row_until_a_second_agent_counts
     assert outcomes == [True, True]
     assert rows() == ([("192.0.2.1", None), ("192.0.2.2", "a")], [("192.0.2.1", "a", 7), ("192.0.2.1", "b", 4)])
     assert totals(sqlite) == {"192.0.2.1": 11, "192.0.2.2": 2}
+
+
+def test_addresses_stored_before_migration_9_keep_their_ip_agents_rows(sqlite: SqliteStorage) -> None:
+    """A database from before: `ips.agent` NULL and one `ip_agents` row per agent (what the old
+    writes left). New batches of the same agent go on adding to `ip_agents`; a new address of it
+    takes the new form; the reads give the same numbers for both."""
+    sqlite.store_batch(batch("a", "1", delta("192.0.2.1", 5, first=10, last=20)), at(0))
+    with sqlite._write() as cur:  # as the writes before migration 9 left it
+        cur.execute("UPDATE ips SET agent = NULL")
+        cur.execute("INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
+                    "SELECT ip, 'a', total, first_seen, last_seen FROM ips")
+    sqlite.store_batch(batch("a", "2", delta("192.0.2.1", 2, first=30, last=30), delta("192.0.2.2", 1)), at(1))
+    with sqlite._read() as cur:
+        cur.execute("SELECT ip, agent, total FROM ip_agents ORDER BY ip")
+        assert cur.fetchall() == [("192.0.2.1", "a", 7)]
+    detail = sqlite.get_ip("192.0.2.1")
+    assert detail is not None and [(r.agent, r.count, r.first_seen, r.last_seen) for r in detail.by_agent] == [
+        ("a", 7, at(10), at(30))]
+    assert [(r.ip, r.count, r.agents) for r in sqlite.list_ips(IpQuery(agent="a"))] == [
+        ("192.0.2.1", 7, 1), ("192.0.2.2", 1, 1)]
