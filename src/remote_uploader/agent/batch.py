@@ -45,7 +45,7 @@ from remote_uploader.protocol import (
 try:  # ISA-L's deflate (the `fast` extra): the same gzip bytes format at about a quarter of zlib's CPU
     from isal.isal_zlib import compress as _isal_compress
 except ImportError:  # the standard library's zlib: what every installation has
-    _isal_compress = None
+    _isal_compress = None  # type: ignore[assignment]
 try:  # the native core's writers of the arrays (the same text as json.dumps, a twentieth of its CPU)
     from remote_uploader.agent._native import json_ints as _native_json_ints
     from remote_uploader.agent._native import json_strings as _native_json_strings
