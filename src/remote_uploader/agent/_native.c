@@ -345,10 +345,16 @@ static inline Py_ssize_t v6_step(bytes_t b, Py_ssize_t i, Py_ssize_t end, v6_tab
  * at or after n6 an IPv6 step, in position order. The bytes of interest are found 32 at a time
  * (SSE2, part of every x86-64; elsewhere a byte loop), which is what made this pass 2x cheaper
  * than a `memchr` per `.` and per `:` (a log has about 60 dots per KB: a call per ~16 bytes).
- * Newlines are counted in the same pass when `lines` is not NULL. */
+ * Newlines are counted in the same pass (cheaply: lane by lane), and stored when `lines` is not NULL. */
 #if defined(__SSE2__) && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 #define HAVE_SSE2_PASS 1
+
+/* The sum of the 16 byte lanes of v. */
+static inline size_t sum_lanes(__m128i v) {
+    __m128i sums = _mm_sad_epu8(v, _mm_setzero_si128());
+    return (size_t)_mm_cvtsi128_si32(sums) + (size_t)_mm_extract_epi16(sums, 4);
+}
 #endif
 
 static int scan_pass(bytes_t b, Py_ssize_t start, Py_ssize_t end, v4_table *t4, v6_table *t6, size_t *lines) {
@@ -356,6 +362,11 @@ static int scan_pass(bytes_t b, Py_ssize_t start, Py_ssize_t end, v4_table *t4, 
     size_t newlines = 0;
 #ifdef HAVE_SSE2_PASS
     const __m128i dot = _mm_set1_epi8('.'), colon = _mm_set1_epi8(':'), nl = _mm_set1_epi8('\n');
+    /* Newlines: each byte lane of `tally` counts the newlines seen in it (a compare gives -1 for a
+     * match: subtracting it adds 1), at most 2 per step, so it is summed into `newlines` (psadbw)
+     * every 127 steps, before a lane could pass 255. No popcount: SSE2 has none. */
+    __m128i tally = _mm_setzero_si128();
+    int steps = 0;
     for (; i + 32 <= end; i += 32) {
         __m128i lo = _mm_loadu_si128((const __m128i *)(b + i));
         __m128i hi = _mm_loadu_si128((const __m128i *)(b + i + 16));
@@ -363,9 +374,12 @@ static int scan_pass(bytes_t b, Py_ssize_t start, Py_ssize_t end, v4_table *t4, 
                         | (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(hi, dot)) << 16;
         uint32_t colons = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(lo, colon))
                           | (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(hi, colon)) << 16;
-        if (lines != NULL)
-            newlines += (size_t)__builtin_popcount((uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(lo, nl))
-                                                   | (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(hi, nl)) << 16);
+        tally = _mm_sub_epi8(_mm_sub_epi8(tally, _mm_cmpeq_epi8(lo, nl)), _mm_cmpeq_epi8(hi, nl));
+        if (++steps == 127) {
+            newlines += sum_lanes(tally);
+            tally = _mm_setzero_si128();
+            steps = 0;
+        }
         uint32_t todo = dots | colons;
         while (todo) {
             int k = __builtin_ctz(todo);
@@ -378,6 +392,7 @@ static int scan_pass(bytes_t b, Py_ssize_t start, Py_ssize_t end, v4_table *t4, 
             }
         }
     }
+    newlines += sum_lanes(tally);
 #endif
     for (; i < end; i++) {
         unsigned char c = b[i];
@@ -578,7 +593,49 @@ static PyObject *native_json_ints(PyObject *self, PyObject *list) {
     return text;
 }
 
+/* --- merging a chunk's counts into a batch ------------------------------------------------------ */
+
+/* add_counts(known, counts) -> (new keys, occurrences): known[k] = known.get(k, 0) + n for every
+ * k, n of counts. Batch.add's merge: per address one lookup with the key's cached hash and one
+ * store, no tuple or bound-method call per address (0.1 CPU-s per 200 MB in Python's map/zip). */
+static PyObject *native_add_counts(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *known, *counts;
+    if (!PyArg_ParseTuple(args, "O!O!:add_counts", &PyDict_Type, &known, &PyDict_Type, &counts)) return NULL;
+    if (known == counts) {
+        PyErr_SetString(PyExc_ValueError, "add_counts: a dict cannot be added to itself");
+        return NULL;
+    }
+    Py_ssize_t pos = 0, added = 0;
+    PyObject *key, *value, *total = PyLong_FromLong(0);
+    if (total == NULL) return NULL;
+    while (PyDict_Next(counts, &pos, &key, &value)) {
+        PyObject *old = PyDict_GetItemWithError(known, key); /* borrowed */
+        PyObject *sum;
+        if (old == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            added++;
+            Py_INCREF(value);
+            sum = value;
+        } else if ((sum = PyNumber_Add(old, value)) == NULL) {
+            goto fail;
+        }
+        int stored = PyDict_SetItem(known, key, sum);
+        Py_DECREF(sum);
+        if (stored < 0) goto fail;
+        PyObject *grown = PyNumber_Add(total, value);
+        if (grown == NULL) goto fail;
+        Py_SETREF(total, grown);
+    }
+    return Py_BuildValue("(nN)", added, total);
+fail:
+    Py_DECREF(total);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"add_counts", native_add_counts, METH_VARARGS,
+     "add_counts(known, counts) -> (new keys, occurrences): known[k] = known.get(k, 0) + n for every k, n of counts."},
     {"json_strings", native_json_strings, METH_O,
      "json_strings(list) -> json.dumps(list) for strings that need no escaping (compact), else None."},
     {"json_ints", native_json_ints, METH_O,
