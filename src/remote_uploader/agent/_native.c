@@ -221,8 +221,12 @@ static uint32_t v4_at(bytes_t b, Py_ssize_t i, Py_ssize_t end, Py_ssize_t *after
     return (a << 24) | (bb << 16) | (c << 8) | d;
 }
 
-/* One step of the IPv4 search at the `.` at i: where the search goes on (past a match, else
- * i + 1), or -1 when the table could not grow. */
+/* One step of the IPv4 search at the `.` at i: where the search goes on, or -1 when the table
+ * could not grow. Past a match, the search goes on after it. Past a failed try, it goes on after
+ * the run of digits and dots the `.` is in: no later `.` of that run can anchor an address, since
+ * the first octet before it is either preceded by a `.` (which no alternative of V4_BEFORE or
+ * V4_SLASHED accepts) or longer than 3 digits, or missing (`..`). (A log's versions, `120.0.0.0`,
+ * `2.1.0.3938`, are tried once instead of once per dot: a third fewer tries on nginx logs.) */
 static inline Py_ssize_t v4_step(bytes_t b, Py_ssize_t i, Py_ssize_t end, v4_table *t) {
     /* the cheap part of the pattern's lookahead first: a digit on each side */
     if (i > 0 && i + 1 < end && is_digit(b[i - 1]) && is_digit(b[i + 1])) {
@@ -230,7 +234,9 @@ static inline Py_ssize_t v4_step(bytes_t b, Py_ssize_t i, Py_ssize_t end, v4_tab
         uint32_t addr = v4_at(b, i, end, &after);
         if (addr != 0) return v4_add(t, addr) ? after : -1;
     }
-    return i + 1;
+    Py_ssize_t next = i + 1;
+    while (next < end && (is_digit(b[next]) || b[next] == '.')) next++;
+    return next;
 }
 
 /* --- IPv6: _V6_SCAN ------------------------------------------------------------------------- */
@@ -420,7 +426,10 @@ static PyObject *v4_text(uint32_t addr) {
         text[n++] = (char)('0' + o % 10);
         if (shift) text[n++] = '.';
     }
-    return PyUnicode_FromStringAndSize(text, n);
+    /* ASCII: a compact string of one byte per character, filled directly (no UTF-8 decoding) */
+    PyObject *str = PyUnicode_New(n, 127);
+    if (str != NULL) memcpy(PyUnicode_1BYTE_DATA(str), text, (size_t)n);
+    return str;
 }
 
 static int put(PyObject *dict, PyObject *key, uint32_t count) {
@@ -459,7 +468,10 @@ static PyObject *native_scan(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    if ((v4 = PyDict_New()) == NULL || (v6 = PyDict_New()) == NULL) goto done;
+    /* Sized for their entries at once: growing a dict from empty to thousands of entries cost
+     * more than filling it (half of this function's instructions, callgrind on nginx blocks). */
+    if ((v4 = _PyDict_NewPresized((Py_ssize_t)t4.used)) == NULL || (v6 = _PyDict_NewPresized((Py_ssize_t)t6.used)) == NULL)
+        goto done;
     for (size_t i = 0; i <= t4.mask; i++)
         if (t4.slots[i].addr != 0 && !put(v4, v4_text(t4.slots[i].addr), t4.slots[i].count)) goto done;
     for (size_t i = 0; i <= t6.mask; i++) {
