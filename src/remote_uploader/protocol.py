@@ -103,20 +103,22 @@ def _v6_str_ntop(addr: ipaddress.IPv6Address) -> str:
     formatting (the IPv6 judge of the agent's extraction formats each distinct candidate once: on
     the nginx workload that was 5-8% of `once`'s CPU). Both write RFC 5952's form (the first
     longest run of two or more zero groups as `::`, lowercase, no leading zeros) except where the
-    first 96 bits are zero, which inet_ntop writes with a dotted quad (`::1.2.3.4`): those go to
-    ipaddress. Used only where `_NTOP_AGREES` (checked once at import on the cases where C
+    first 80 bits are zero and the next 16 are 0 or ffff, which inet_ntop writes with a dotted quad
+    (`::1.2.3.4`, `::ffff:1.2.3.4`): those go to ipaddress. Used only where `_NTOP_AGREES` (checked once at import on the cases where C
     libraries are known to differ), so the text is always ipaddress's (tests/common/test_protocol_ip.py)."""
     packed = addr.packed
-    if packed[:12] == _ZERO_96:
+    if packed[:10] == _ZERO_80 and packed[10:12] in _DOTTED_WORD_5:
         return str(addr)
     return socket.inet_ntop(socket.AF_INET6, packed)
 
 
-_ZERO_96 = bytes(12)
+_ZERO_80 = bytes(10)
+_DOTTED_WORD_5 = (b"\0\0", b"\xff\xff")
 # Zero runs of one, two and more, first and last, ties (the first longest wins), hex case.
 _NTOP_CASES = ("1::", "::1:0:0:0:0:0", "1:0:2:0:0:3:0:0", "1:0:0:2:0:0:3:4", "1:0:1:0:1:0:1:0",
                "2001:db8:0:0:1:0:0:1", "2001:DB8::ABCD:0:0:1", "fe80::1:0:0:0", "0:1::", "1:2:3:4:5:6:7:0",
-               "1:ffff::1.2.3.4", "0:0:0:1::", "0:0:1::2", "0:0:0:0:0:1:0:0", "0:0:0:0:1:0:0:0")
+               "1:ffff::1.2.3.4", "0:0:0:1::", "0:0:1::2", "0:0:0:0:0:1:0:0", "0:0:0:0:1:0:0:0",
+               "0:0:0:0:1:ffff:1:2", "0:0:0:0:0:fffe:1:2")
 try:
     _NTOP_AGREES = all(_v6_str_ntop(ipaddress.IPv6Address(case)) == str(ipaddress.IPv6Address(case))
                        for case in _NTOP_CASES)

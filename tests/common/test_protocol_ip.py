@@ -63,3 +63,9 @@ def test_the_c_library_formatter_is_used_only_where_it_agrees_and_dotted_forms_g
     assert canonical_ip("::1.2.3.4") == "::102:304" == reference("::1.2.3.4")
     assert canonical_ip("::ffff:1.2.3.4") == "1.2.3.4"
     assert canonical_ip("1:0:0:2:0:0:0:3") == "1:0:0:2::3"
+    # the forms C libraries write with a dotted quad, whatever the last 32 bits
+    for low in (0, 1, 0x10000, 0xFFFF, 0x01020304, 0xFFFFFFFF):
+        for word_5 in (0, 1, 0xFFFE, 0xFFFF):
+            for word_4 in (0, 1):
+                addr = ipaddress.IPv6Address(word_4 << 48 | word_5 << 32 | low)
+                assert protocol._v6_str_ntop(addr) == str(addr)
