@@ -104,8 +104,9 @@ def _v6_str_ntop(addr: ipaddress.IPv6Address) -> str:
     the nginx workload that was 5-8% of `once`'s CPU). Both write RFC 5952's form (the first
     longest run of two or more zero groups as `::`, lowercase, no leading zeros) except where the
     first 80 bits are zero and the next 16 are 0 or ffff, which inet_ntop writes with a dotted quad
-    (`::1.2.3.4`, `::ffff:1.2.3.4`): those go to ipaddress. Used only where `_NTOP_AGREES` (checked once at import on the cases where C
-    libraries are known to differ), so the text is always ipaddress's (tests/common/test_protocol_ip.py)."""
+    (`::1.2.3.4`, `::ffff:1.2.3.4`): those go to ipaddress. Used only where `_NTOP_AGREES`
+    (checked once at import on the cases where C libraries are known to differ), so the text is
+    always ipaddress's (tests/common/test_protocol_ip.py)."""
     packed = addr.packed
     if packed[:10] == _ZERO_80 and packed[10:12] in _DOTTED_WORD_5:
         return str(addr)
