@@ -23,6 +23,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Private helpers of CPython used where they exist (3.11, 3.12); later versions get the public
+ * equivalents, so the optional build never fails on a newer interpreter for want of them. */
+#if PY_VERSION_HEX < 0x030D0000
+#define NEW_DICT_SIZED(n) _PyDict_NewPresized(n)
+#else
+#define NEW_DICT_SIZED(n) PyDict_New()
+#endif
+#if PY_VERSION_HEX < 0x030C0000
+#define STR_READY(s) (PyUnicode_READY(s) == 0)
+#else
+#define STR_READY(s) 1 /* every string is ready since 3.12 */
+#endif
+
 #define MAX_V6_RUN 56
 #define V6_KEY_MAX (1 + 6 + 1 + MAX_V6_RUN) /* glued flag, group, `:`, run */
 
@@ -470,7 +483,7 @@ static PyObject *native_scan(PyObject *self, PyObject *args) {
     }
     /* Sized for their entries at once: growing a dict from empty to thousands of entries cost
      * more than filling it (half of this function's instructions, callgrind on nginx blocks). */
-    if ((v4 = _PyDict_NewPresized((Py_ssize_t)t4.used)) == NULL || (v6 = _PyDict_NewPresized((Py_ssize_t)t6.used)) == NULL)
+    if ((v4 = NEW_DICT_SIZED((Py_ssize_t)t4.used)) == NULL || (v6 = NEW_DICT_SIZED((Py_ssize_t)t6.used)) == NULL)
         goto done;
     for (size_t i = 0; i <= t4.mask; i++)
         if (t4.slots[i].addr != 0 && !put(v4, v4_text(t4.slots[i].addr), t4.slots[i].count)) goto done;
@@ -542,7 +555,10 @@ static PyObject *native_json_strings(PyObject *self, PyObject *list) {
     size_t size = 2;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(list, i);
-        if (!PyUnicode_CheckExact(item) || PyUnicode_READY(item) < 0 || !PyUnicode_IS_ASCII(item)) Py_RETURN_NONE;
+        if (!PyUnicode_CheckExact(item) || !STR_READY(item) || !PyUnicode_IS_ASCII(item)) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
         const unsigned char *c = PyUnicode_1BYTE_DATA(item);
         Py_ssize_t len = PyUnicode_GET_LENGTH(item);
         for (Py_ssize_t k = 0; k < len; k++)
