@@ -17,6 +17,7 @@ noise; the table gives medians over the rounds. A variant is
   fsync off, so PostgreSQL's figures are without the cost of durable commits);
 - `sqlite-2`, `pg-2`: two agents at once (two state directories, two agent names and tokens) into
   one collector, each reading one half of the workload (cut at a line end);
+- `NAME@base`: the same with the agents of the checkout given by `--base` (e.g. main);
 - `sqlite-large`, `sqlite-f1`, `sqlite-t20k`...: `sqlite` with the `large-memory` profile
   (10,000 / 20,000), with a collector that lists only body format 1 in `Accept-Post` (the agent
   then rewrites each queued format 2 body: bench/v1only/), or with
@@ -83,17 +84,21 @@ class Variant:
     receiver: str  # rg, null, sqlite, pg
     agents: int = 1
     suffix: str = ""
+    base: bool = False  # the agents of the `--base` checkout
     runs: list[Run] = field(default_factory=list)
 
     @classmethod
     def parse(cls, name: str) -> Variant:
-        base, _, suffix = name.partition("-")
+        spec, at, tree = name.partition("@")
+        if at and tree != "base":
+            raise SystemExit(f"unknown variant {name!r} (only @base names another checkout)")
+        base, _, suffix = spec.partition("-")
         agents = 1
         if suffix.isdigit():
             agents, suffix = int(suffix), ""
         if base not in ("rg", "null", "sqlite", "pg") or suffix not in SETTINGS:
             raise SystemExit(f"unknown variant {name!r}")
-        return cls(name, base, agents, suffix)
+        return cls(name, base, agents, suffix, bool(at))
 
 
 # -- CPU of processes we did not start directly -------------------------------------------------
@@ -341,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="200M")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--variants", default="rg,null,sqlite,pg,sqlite-2,pg-2")
-    parser.add_argument("--src", help="run the agents of another checkout (its src/)")
+    parser.add_argument("--base", help="the checkout whose agents run in the variants named `...@base`, e.g. a "
+                        "`git worktree add --detach` of main: old and new code side by side, round by round")
     parser.add_argument("--profile", type=Path, help="one run per variant under py-spy; raw stacks written here")
     parser.add_argument("--markdown", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
@@ -361,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     run = run_rg(log, rg)
                 else:
-                    run = run_agents(v, log, expected, postgres, args.profile, args.src)
+                    if v.base and not args.base:
+                        raise SystemExit(f"{v.name} needs --base")
+                    run = run_agents(v, log, expected, postgres, args.profile, args.base if v.base else None)
                 v.runs.append(run)
                 print(f"  round {round_ + 1} {v.name}: {mb / run.wall:.1f} MB/s, agents {run.agent_cpu:.2f} CPU-s, "
                       f"collector {_fmt(run.receiver_cpu, '.2f')} CPU-s, PostgreSQL {_fmt(run.db_cpu, '.2f')} CPU-s, "

@@ -661,6 +661,10 @@ class Spool:
         return [(bytes(body), str(encoding)) for body, encoding in
                 self._query("SELECT body, encoding FROM batches ORDER BY seq")]
 
+    def queued_batches(self) -> int:
+        """Batches in the queue, those in flight included (the reader's seal policy asks)."""
+        return int(self._query("SELECT count(*) FROM batches")[0][0])
+
     def queued_bytes(self) -> int:
         return int(self._query("SELECT total(length(body)) FROM batches")[0][0])
 
