@@ -39,6 +39,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -347,10 +348,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--variants", default="rg,null,sqlite,pg,sqlite-2,pg-2")
     parser.add_argument("--base", help="the checkout whose agents run in the variants named `...@base`, e.g. a "
-                        "`git worktree add --detach` of main: old and new code side by side, round by round")
+                        "`git worktree add --detach` of main: old and new code side by side, round by round (its "
+                        "native core must be built there too, or it runs another engine: the bench refuses then)")
     parser.add_argument("--profile", type=Path, help="one run per variant under py-spy; raw stacks written here")
     parser.add_argument("--markdown", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end the bench through its
+    # `finally`s: collectors stopped, PostgreSQL stopped, temporary directories removed.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     variants = [Variant.parse(name) for name in args.variants.split(",")]
     log, expected = workload(args.workload, args.size)
     mb = log.stat().st_size / 1e6
@@ -369,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     if v.base and not args.base:
                         raise SystemExit(f"{v.name} needs --base")
+                    if v.base and not list((Path(args.base) / "src/remote_uploader/agent").glob("_native*.so")):
+                        raise SystemExit(f"{args.base} has no built native core: `python setup.py build_ext "
+                                         "--inplace` there (else its agents run another engine)")
                     run = run_agents(v, log, expected, postgres, args.profile, args.base if v.base else None)
                 v.runs.append(run)
                 print(f"  round {round_ + 1} {v.name}: {mb / run.wall:.1f} MB/s, agents {run.agent_cpu:.2f} CPU-s, "
