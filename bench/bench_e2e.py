@@ -4,6 +4,7 @@ SQLite and on PostgreSQL, two agents into one collector; alternating, medians, e
     python -m bench.bench_e2e --size 200M --runs 3
     python -m bench.bench_e2e --variants sqlite,sqlite-large --runs 3      # the records-per-MB lever
     python -m bench.bench_e2e --variants sqlite --profile bench/out/profile  # py-spy on both processes
+    python -m bench.profile_shares bench/out/profile/sqlite-*.txt           # their shares by stage
 
 Every round runs each variant once, in the order given, so that the variants share the machine's
 noise; the table gives medians over the rounds. A variant is
@@ -44,11 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.bench_extract import RG_PATTERN
 from bench.common import ROOT, TreeRss, agent_env, machine, median, workload
@@ -143,8 +143,7 @@ class Postgres:
         from tests.helpers.postgres import PostgresServer, find_bindir
 
         bindir = find_bindir()
-        if bindir is None:
-            raise SystemExit("PostgreSQL binaries not found (initdb, pg_ctl): the pg variants need them")
+        assert bindir is not None
         self.server = PostgresServer(bindir)
         self.server.start()
 
@@ -155,8 +154,19 @@ class Postgres:
         self.server.stop()
 
 
+@dataclass
+class Target:
+    """Where the agents send: its URL, one (token, agent name) per agent, its process (None for the
+    null sink, which runs in this process) and how to read back what it counted."""
+
+    url: str
+    agents: list[tuple[str, str]]
+    pid: int | None
+    counts: Callable[[], dict[str, int]]
+
+
 @contextmanager
-def collector(kind: str, postgres: Postgres | None, agents: int, v1_only: bool) -> Iterator[Any]:
+def collector(kind: str, postgres: Postgres | None, agents: int, v1_only: bool) -> Iterator[Target]:
     """`collector serve` (SQLite or PostgreSQL) as a child process, with one token per agent."""
     sys.path.insert(0, str(ROOT))
     from tests.helpers import collector_fixtures
@@ -171,8 +181,8 @@ def collector(kind: str, postgres: Postgres | None, agents: int, v1_only: bool) 
         else:
             db = f"sqlite:///{workdir / 'collector.db'}"
         process = CollectorProcess(workdir, db)
-        process.tokens = [process.token] + [process.add_token(f"bench-agent-{i}") for i in range(1, agents)]
-        process.names = ["test-agent"] + [f"bench-agent-{i}" for i in range(1, agents)]
+        names = ["test-agent"] + [f"bench-agent-{i}" for i in range(1, agents)]
+        tokens = [process.token] + [process.add_token(name) for name in names[1:]]
         saved = os.environ.get("PYTHONPATH")
         if v1_only:  # the same server, listing only format 1 (bench/v1only/sitecustomize.py)
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench" / "v1only"), saved]))
@@ -184,7 +194,8 @@ def collector(kind: str, postgres: Postgres | None, agents: int, v1_only: bool) 
             else:
                 os.environ["PYTHONPATH"] = saved
         try:
-            yield process
+            assert process.proc is not None
+            yield Target(process.url, list(zip(tokens, names, strict=True)), process.proc.pid, process.counts)
         finally:
             process.stop()
             if kind == "pg":
@@ -193,12 +204,10 @@ def collector(kind: str, postgres: Postgres | None, agents: int, v1_only: bool) 
 
 
 @contextmanager
-def receiver(variant: Variant, postgres: Postgres | None) -> Iterator[Any]:
+def receiver(variant: Variant, postgres: Postgres | None) -> Iterator[Target]:
     if variant.receiver == "null":
         with NullSink() as sink:
-            sink.tokens, sink.names, sink.proc = [sink.token] * variant.agents, [
-                f"bench-agent-{i}" for i in range(variant.agents)], None
-            yield sink
+            yield Target(sink.url, [(sink.token, f"bench-agent-{i}") for i in range(variant.agents)], None, sink.counts)
     else:
         with collector(variant.receiver, postgres, variant.agents, variant.suffix == "f1") as process:
             yield process
@@ -249,12 +258,12 @@ def run_agents(variant: Variant, log: Path, expected: dict[str, int], postgres: 
     with receiver(variant, postgres) as sink, tempfile.TemporaryDirectory(prefix="ru-e2e-agent-") as tmp, \
             ExitStack() as stack:
         commands = []
-        for i, (path, token, name) in enumerate(zip(files, sink.tokens, sink.names, strict=True)):
+        for i, (path, (token, name)) in enumerate(zip(files, sink.agents, strict=True)):
             token_file = Path(tmp) / f"token{i}"
             token_file.write_text(token)
             commands.append(agent_command(path.resolve(), sink.url, token_file, Path(tmp) / f"state{i}", name,
                                           variant.suffix))
-        receiver_pid = sink.proc.pid if sink.proc is not None else None
+        receiver_pid = sink.pid
         db_pid = postgres.pid() if variant.receiver == "pg" and postgres is not None else None
         receiver_before = tree_cpu(receiver_pid) if receiver_pid else 0.0
         db_before = tree_cpu(db_pid) if db_pid else 0.0
@@ -310,6 +319,11 @@ def run_agents(variant: Variant, log: Path, expected: dict[str, int], postgres: 
 # -- the table ----------------------------------------------------------------------------------
 
 
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return median(known) if known else None
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -324,10 +338,10 @@ def table(variants: Sequence[Variant], mb: float, rg_wall: float | None) -> list
             continue
         wall = median([r.wall for r in v.runs])
         cpu = median([r.agent_cpu for r in v.runs])
-        rcpu = median([r.receiver_cpu for r in v.runs]) if v.runs[0].receiver_cpu is not None else None
-        dcpu = median([r.db_cpu for r in v.runs]) if v.runs[0].db_cpu is not None else None
+        rcpu = _median([r.receiver_cpu for r in v.runs])
+        dcpu = _median([r.db_cpu for r in v.runs])
         records = median([r.records for r in v.runs])
-        rrss = max(r.receiver_rss for r in v.runs) if v.runs[0].receiver_rss is not None else None  # type: ignore[type-var]
+        rrss = max((r.receiver_rss for r in v.runs if r.receiver_rss is not None), default=None)
         stored = f"{records / wall:,.0f}" if v.receiver in ("sqlite", "pg") else "—"
         ratio = f"{wall / rg_wall:.1f}" if rg_wall else "—"
         rows.append(f"| {v.name} | {mb / wall:.1f} | {ratio} | {cpu:.2f} | {mb / cpu:.1f} | {_fmt(rcpu, '.2f')} | "
@@ -362,7 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     rg = shutil.which("rg")
     print(f"machine: {machine()}; {args.workload} {args.size} ({mb:.1f} MB, {sum(expected.values()):,} occurrences, "
           f"{len(expected):,} addresses); load {load()}", flush=True)
-    postgres = Postgres() if any(v.receiver == "pg" for v in variants) else None
+    postgres = None
+    if any(v.receiver == "pg" for v in variants):
+        sys.path.insert(0, str(ROOT))
+        from tests.helpers.postgres import find_bindir
+
+        if find_bindir() is None:
+            print("PostgreSQL binaries not found (initdb, pg_ctl): the pg variants are left out", flush=True)
+            variants = [v for v in variants if v.receiver != "pg"]
+        else:
+            postgres = Postgres()
     loads = [load()]
     try:
         for round_ in range(1 if args.profile else args.runs):
