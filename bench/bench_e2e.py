@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="one run per variant under py-spy; raw stacks written here")
     parser.add_argument("--markdown", type=Path, help="write the table here as well")
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile = args.profile.resolve()  # py-spy writes it from the agent's cwd, "/"
     # SIGTERM (and SIGINT, which a shell's background job ignores) end the bench through its
     # `finally`s: collectors stopped, PostgreSQL stopped, temporary directories removed.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
