@@ -273,7 +273,7 @@ class Agent:
         connection."""
         free = caught_up and self.uploader.idle.is_set() and self.uploader.is_alive()
         behind = (len(self.batch) >= self.policy.force_upload_threshold
-                  and self.spool.queued_batches() >= self.config.server.upload_concurrency)
+                  and self.spool.holds_batches(self.config.server.upload_concurrency))
         if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free,
                                    uploader_behind=behind):
             self.seal_now()
