@@ -179,7 +179,13 @@ class Batch:
 class SealPolicy:
     """When the in-memory batch becomes a queued batch.
 
-    - at `force_upload_threshold` records (memory pressure; upload now);
+    - at `force_upload_threshold` records (memory pressure; upload now), unless the uploader is
+      behind: while the queue already holds a batch for every upload in flight, a batch sealed
+      now would only wait behind them, so it grows instead, up to the record cap
+      (`max_memory_ips`, which the runner enforces before each chunk): a log with many distinct
+      addresses then sends fewer records per MB (each address of the larger batch once) exactly
+      when the receiver is the bottleneck. The bytes a batch covers and its offsets move in one
+      transaction whatever its size, so exactly-once does not depend on where it is cut;
     - adaptive: any non-empty batch at once when the reader has caught up and the uploader is
       idle (nothing queued, nothing in flight): a line reaches the collector in milliseconds.
       While requests are in flight, records accumulate and the next batch is larger; it is
@@ -207,11 +213,12 @@ class SealPolicy:
     def from_config(cls, batching: BatchingConfig) -> SealPolicy:
         return cls(batching.force_upload_threshold, batching.min_upload_batch, batching.max_batch_age)
 
-    def should_seal(self, batch: Batch, now: float, *, caught_up: bool, uploader_free: bool = False) -> bool:
+    def should_seal(self, batch: Batch, now: float, *, caught_up: bool, uploader_free: bool = False,
+                    uploader_behind: bool = False) -> bool:
         if batch.empty:
             return False
         size = len(batch)
-        if size >= self.force_upload_threshold:
+        if size >= self.force_upload_threshold and not uploader_behind:
             return True
         age = now - batch.created
         if caught_up:

@@ -269,9 +269,17 @@ class Agent:
 
     def maybe_seal(self, *, caught_up: bool) -> None:
         """Seal if the policy says so; a caught-up reader seals at once while the uploader is idle
-        (nothing queued, nothing in flight): low load gets latency, high load larger batches."""
+        (nothing queued, nothing in flight): low load gets latency, high load larger batches.
+
+        Past `force_upload_threshold` the queue is asked whether it already holds a batch for each
+        upload in flight (`server.upload_concurrency`): then the batch grows up to the record cap
+        (SealPolicy). Asked only then, so at most a few times per batch, by the reader's own
+        connection."""
         free = caught_up and self.uploader.idle.is_set() and self.uploader.is_alive()
-        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free):
+        behind = (len(self.batch) >= self.policy.force_upload_threshold
+                  and self.spool.holds_batches(self.config.server.upload_concurrency))
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free,
+                                   uploader_behind=behind):
             self.seal_now()
 
     def seal_now(self) -> None:
