@@ -242,7 +242,9 @@ class AgentReport:
             "version": self.version[:MAX_VERSION_LEN], "queued_batches": self.queued_batches,
             "queued_records": self.queued_records, "queued_bytes": self.queued_bytes,
             "oldest_age": None if self.oldest_age is None else round(self.oldest_age, 3),
-            "failing_for": round(self.failing_for, 3), "dead_batches": self.dead_batches,
+            # A failure under a millisecond old is still a failure: never rounded to "passing".
+            "failing_for": max(round(self.failing_for, 3), 0.001) if self.failing_for > 0 else 0,
+            "dead_batches": self.dead_batches,
         }
         sources = [[name[:MAX_SOURCE_LEN], lag] for name, lag in self.sources[:MAX_STATUS_SOURCES]]
         while True:
