@@ -6,15 +6,19 @@ is taken as before; whatever a report says is shown as text."""
 from __future__ import annotations
 
 import json
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from remote_uploader import __version__
-from remote_uploader.protocol import STATUS_HEADER, STATUS_PATH, format_time
-from tests.helpers.agent import run_agent, write_access_log, write_config
+from remote_uploader.agent.sink import HttpSink
+from remote_uploader.config import ServerConfig
+from remote_uploader.protocol import STATUS_HEADER, STATUS_PATH, AgentReport, format_time
+from tests.helpers.agent import run_agent, start_agent, wait_for, write_access_log, write_config
 from tests.helpers.collector_fixtures import CollectorThread
 from tests.helpers.faultproxy import FaultProxy
 
@@ -119,3 +123,40 @@ def test_a_heartbeat_keeps_the_latest_report_under_the_token_name(collector_any:
     assert invalid.status_code == 400 and invalid.json()["detail"][0]["field"] == "body"
     huge = httpx.post(collector_any.url + STATUS_PATH, content=b" " * 5000, headers=collector_any.headers(token))
     assert huge.status_code == 413
+
+
+def test_an_agent_with_nothing_to_send_reports_its_empty_queue_alone(
+        collector_any: CollectorThread, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 50, distinct=5)
+    config = write_config(tmp_path / "agent.toml", url=collector_any.url, token=collector_any.token,
+                          state_dir=tmp_path / "state", sources=[str(log)], read={"poll_interval": 0.1},
+                          batching={"max_batch_age": 0.2}, server={"status_every": 0.2})
+    agent = start_agent("forever", "-c", str(config))
+    try:
+        # A batch's own report always counts that batch: an empty queue can only come from a
+        # heartbeat, sent once the agent had nothing to send for `status_every`.
+        def heartbeat_seen() -> bool:
+            status = _agents(collector_any).get("test-agent", {}).get("status")
+            return isinstance(status, dict) and status["queued_batches"] == 0 and status["oldest_queued_at"] is None
+        assert wait_for(heartbeat_seen, timeout=60)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert collector_any.counts() == dict(expected)
+    status = _agents(collector_any)["test-agent"]["status"]
+    assert isinstance(status, dict)
+    assert (status["version"], status["failing_since"], status["backing_up"]) == (__version__, None, False)
+    assert "QUEUE BACKING UP" not in _agents_page(collector_any)
+
+
+def test_a_collector_before_reports_answers_the_heartbeat_404_and_the_sink_stops_asking(
+        receiver: Any) -> None:
+    sink = HttpSink(ServerConfig(url=receiver.url, token=receiver.token, timeout=10.0))
+    try:
+        assert sink.status_refused is False
+        assert sink.send_status(AgentReport(version=__version__).encode()) == 404
+        assert sink.status_refused is True
+    finally:
+        sink.close()
