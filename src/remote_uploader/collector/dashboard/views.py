@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from remote_uploader.collector.dashboard import charts
 from remote_uploader.collector.dashboard.cache import TtlCache
-from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.reports import backing_up, moment_before
+from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import AgentStats, Storage, StoredReport
 from remote_uploader.collector.storage.model import (
     MAX_LABEL,
