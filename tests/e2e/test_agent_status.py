@@ -71,7 +71,8 @@ def test_the_queue_an_agent_reported_while_refused_is_shown_once_a_batch_gets_th
     assert status["backing_up"] is True
     page = _agents_page(collector_any)
     assert "QUEUE BACKING UP" in page and "uploads failing since" in page
-    assert f"{status['queued_batches']} batches" in page
+    batches = status["queued_batches"]
+    assert f"{batches} {'batch' if batches == 1 else 'batches'}, {status['queued_records']:,} records" in page
 
 
 def test_a_batch_without_a_report_is_stored_as_before_and_shows_no_queue(collector_any: CollectorThread) -> None:

@@ -4,8 +4,9 @@ of each batch, or from a heartbeat's body, and kept as each agent's latest (stor
 A report rides on a batch but never decides its fate: an invalid one is ignored (logged), one
 that cannot be stored (a busy database) is dropped, and the batch is answered as without it. A
 batch may come every few milliseconds, so a report with a batch is written at most once per
-`WRITE_EVERY` seconds per agent and process, and at once when the agent's uploads start or
-stop failing (what the page's "queue backing up" mark needs first); a heartbeat always is.
+`WRITE_EVERY` seconds per agent and process, and at once when its "queue backing up" mark
+(`backing_up`) would change: uploads start or stop failing, the oldest batch passes
+`agent_lag_warn`, the queue drains. A heartbeat is always written.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ MAX_AGENTS = 100_000  # the throttle's memory: agents beyond it are written ever
 class Reports:
     """What the ingest and heartbeat routes hand the reports to."""
 
-    def __init__(self, storage: Storage, write_every: float = WRITE_EVERY) -> None:
+    def __init__(self, storage: Storage, lag_warn: float, write_every: float = WRITE_EVERY) -> None:
         self.storage = storage
+        self.lag_warn = lag_warn
         self.write_every = write_every
         self._lock = threading.Lock()
-        self._written: dict[str, tuple[float, bool]] = {}  # agent -> (monotonic time, failing)
+        self._written: dict[str, tuple[float, bool]] = {}  # agent -> (monotonic time, its mark then)
 
     def from_header(self, agent: str, text: str | None, received_at: datetime) -> None:
         """Keep the report a batch carried, if any, valid and due; never raises."""
@@ -61,20 +63,22 @@ class Reports:
         now = time.monotonic()
         with self._lock:
             last = self._written.get(agent)
-            if last is not None and now - last[0] < self.write_every and last[1] == (report.failing_for > 0):
+            if last is not None and now - last[0] < self.write_every and last[1] == self._mark(report):
                 return False
             self._remember(agent, report, now)
             return True
 
     def _remember(self, agent: str, report: AgentReport, now: float | None = None) -> None:
         if agent in self._written or len(self._written) < MAX_AGENTS:
-            self._written[agent] = (time.monotonic() if now is None else now, report.failing_for > 0)
+            self._written[agent] = (time.monotonic() if now is None else now, self._mark(report))
+
+    def _mark(self, report: AgentReport) -> bool:
+        return backing_up(report, self.lag_warn)
 
 
-def backing_up(stored: StoredReport, lag_warn: float) -> bool:
+def backing_up(report: AgentReport, lag_warn: float) -> bool:
     """The page's "queue backing up" mark: batches queued while uploads fail, or queued for
     longer than `agent_lag_warn` (the agent cannot send as fast as it reads)."""
-    report = stored.report
     return report.queued_batches > 0 and (report.failing_for > 0 or (report.oldest_age or 0.0) > lag_warn)
 
 

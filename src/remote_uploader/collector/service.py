@@ -56,7 +56,7 @@ class Collector:
         # the dashboard's Agents page; not stored: a restart forgets it until the next batch).
         self.agent_versions: dict[str, str] = {}
         # Agents' status reports (reports.py): with each batch, or alone as a heartbeat.
-        self.reports = Reports(storage)
+        self.reports = Reports(storage, settings.agent_lag_warn)
 
     # -- lifespan -----------------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def agent_rows(
         if report is not None:
             failing = report.report.failing_for
             row = replace(row, version=report.report.version or version, report=report,
-                          backing_up=backing_up(report, settings.agent_lag_warn),
+                          backing_up=backing_up(report.report, settings.agent_lag_warn),
                           oldest_queued=moment_before(report, report.report.oldest_age),
                           failing_since=moment_before(report, failing) if failing > 0 else None)
         rows.append(row)

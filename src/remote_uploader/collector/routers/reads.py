@@ -203,6 +203,6 @@ def _status(stored: StoredReport | None, lag_warn: float) -> AgentStatusOut | No
         oldest_queued_at=None if oldest is None else format_time(oldest),
         failing_since=None if failing is None else format_time(failing),
         dead_batches=report.dead_batches,
-        backing_up=backing_up(stored, lag_warn),
+        backing_up=backing_up(report, lag_warn),
         sources=[SourceLagOut(source=name, behind=lag) for name, lag in report.sources],
     )
