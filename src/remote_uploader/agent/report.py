@@ -10,13 +10,17 @@ queue of 100,000 batches takes a scan to count), and at once when uploads start 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from remote_uploader import __version__
 from remote_uploader.agent.spool import Spool
+from remote_uploader.errors import StateError
 from remote_uploader.protocol import MAX_STATUS_SOURCES, AgentReport
+
+log = logging.getLogger(__name__)
 
 REFRESH_EVERY = 1.0  # seconds between two reports made from the queue while nothing changed
 LAGS_EVERY = 10.0  # seconds between two looks at the files' read lag (a glob and a stat per file)
@@ -42,15 +46,27 @@ class Reporter:
         self._lags, self._lags_made = lags, -LAGS_EVERY
 
     def refresh(self, spool: Spool, failing_for: float, *, force: bool = False) -> str:
-        """Make a new report unless the last one is recent and uploads are in the same state."""
+        """Make a new report unless the last one is recent and uploads are in the same state; the
+        latest report's text."""
         now = time.monotonic()
         failing = failing_for > 0
         if not force and failing == self._failing and now - self._made < REFRESH_EVERY and self._text:
             return self._text
-        queue = spool.stats()
+        # A report is a courtesy: trouble making one (the queue database busy or failing, a file
+        # gone between a glob and its stat) keeps the last one and never stops the uploads.
+        try:
+            queue = spool.stats()
+        except (StateError, OSError) as exc:
+            log.debug("event=report_failed reason=%r", str(exc))
+            return self.text()
         if self._lags is not None and now - self._lags_made >= LAGS_EVERY:
-            behind = sorted(((path, lag) for path, lag in self._lags() if lag > 0), key=lambda item: -item[1])
-            self._sources, self._lags_made = tuple(behind[:MAX_STATUS_SOURCES]), now
+            try:
+                lags = self._lags()
+            except OSError as exc:
+                log.debug("event=report_lags_failed reason=%r", str(exc))
+            else:
+                behind = sorted(((path, lag) for path, lag in lags if lag > 0), key=lambda item: -item[1])
+                self._sources, self._lags_made = tuple(behind[:MAX_STATUS_SOURCES]), now
         report = AgentReport(
             version=__version__, queued_batches=queue.batches, queued_records=queue.records,
             queued_bytes=queue.body_bytes,
