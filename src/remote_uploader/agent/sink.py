@@ -436,13 +436,13 @@ class Uploader(threading.Thread):
         """Send the status report alone if no request went out for `status_every` seconds (so an
         agent with nothing to send is not taken for a silent one); how long to wait before the
         next look. A collector without the endpoint (404, 405) is not asked again by this sink."""
-        if self.reporter is None or not self.status_every or not isinstance(self.sink, HttpSink):
+        sink = self.sink  # read once: a reload may swap it meanwhile (`use`)
+        if self.reporter is None or not self.status_every or not isinstance(sink, HttpSink):
             return IDLE_RECHECK
         due = self.last_request + self.status_every - time.monotonic()
         if due > 0:
             return min(IDLE_RECHECK, due)
         self.last_request = time.monotonic()
-        sink = self.sink
         if sink.status_refused:
             return IDLE_RECHECK
         try:
