@@ -61,7 +61,9 @@ def test_the_queue_an_agent_reported_while_refused_is_shown_once_a_batch_gets_th
     finally:
         proxy.close()
     assert collector_any.counts() == dict(expected)
-    status = _agents(collector_any)["test-agent"]["status"]
+    agent = _agents(collector_any)["test-agent"]
+    assert agent["batches"] == 1  # one batch (a small log, one read), so its report is the last one kept
+    status = agent["status"]
     assert isinstance(status, dict)
     # The report that got through was made for the batch being sent: it was still queued, and
     # the uploads had been failing since the first 503.
