@@ -51,6 +51,8 @@ class Reports:
         try:
             self.storage.store_agent_report(agent, report, received_at)
         except StorageError as exc:  # the batch is stored: its report waits for the next one
+            with self._lock:
+                self._written.pop(agent, None)  # not written: the next one is due at once
             logger.info("agent status not stored", extra=fields(agent=agent, reason=str(exc)))
 
     def store(self, agent: str, report: AgentReport, received_at: datetime) -> None:
