@@ -169,6 +169,9 @@ class ServerConfig:
     backoff_cap: float = setting(60.0, positive(as_float), "largest retry ceiling, seconds")
     retry_after_cap: float = setting(300.0, positive(as_float),
                                      "the most a `Retry-After` answer may make the agent wait")
+    status_every: float = setting(60.0, positive(as_float, allow_zero=True),
+                                  "`forever`: seconds without a batch after which the agent sends its status alone "
+                                  "(a heartbeat: queue, version; docs/protocol.md, \"Agent status\"); `0` = never")
 
 
 @dataclass(frozen=True)

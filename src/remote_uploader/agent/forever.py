@@ -85,6 +85,8 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
 
             metrics = serve_metrics(config.agent.metrics_listen, agent, tailer)
         agent.recover()
+        follower = tailer
+        agent.reporter.watch_lags(lambda: [(item.path, item.behind) for item in follower.lag()])
         agent.uploader.start()
         say(_("Following {n} sources; stop with Ctrl-C or SIGTERM").format(n=len(config.sources)))
         check_every = GROWTH_CHECK

@@ -31,6 +31,7 @@ from remote_uploader.agent.extract import Extractor
 from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
+from remote_uploader.agent.report import Reporter
 from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
 from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, FileIdentity, expand_sources
@@ -112,12 +113,13 @@ class Agent:
             self.lock.release()
             raise
         self.scanner = _scanner(pipeline)
-        self.sink = sink or HttpSink(config.server)
+        self.reporter = Reporter()  # the status report sent with each batch (agent/report.py)
+        self.sink = sink or HttpSink(config.server, self.reporter)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
                                  self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency,
-                                 on_idle=self.nudge)
+                                 on_idle=self.nudge, reporter=self.reporter, status_every=server.status_every)
         self.batch = Batch(time.monotonic())
         # Per file: the anchor (source.Anchor) of the last bytes counted, committed with the offset
         # it stands at (see tail.py: the evidence that a file is still, or copied from, the record).
@@ -179,7 +181,7 @@ class Agent:
         self.stats.max_memory_ips = pipeline.config.batching.max_memory_ips
         if pipeline.config.server != old.config.server:
             server = pipeline.config.server
-            self.sink = HttpSink(server)
+            self.sink = HttpSink(server, self.reporter)
             self.uploader.use(self.sink, Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap))
 
     # --- consuming what the follower produces ---------------------------------------------------------

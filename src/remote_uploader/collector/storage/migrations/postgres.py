@@ -202,4 +202,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "count(DISTINCT ipkey) FROM counts_day GROUP BY bucket",
         ),
     ),
+    (
+        8,
+        (
+            # Per agent, its latest status report (docs/protocol.md, "Agent status"): what its queue
+            # held and since when its uploads failed, as it said with its last batch or heartbeat
+            # (storage/sql_agents.py). One row per agent, replaced by each report: no history.
+            # `oldest_age` and `failing_for` are seconds before `received_at`, as the agent measured.
+            """CREATE TABLE agent_reports (
+                agent TEXT PRIMARY KEY,
+                received_at BIGINT NOT NULL,
+                version TEXT NOT NULL,
+                queued_batches BIGINT NOT NULL,
+                queued_records BIGINT NOT NULL,
+                queued_bytes BIGINT NOT NULL,
+                oldest_age DOUBLE PRECISION,
+                failing_for DOUBLE PRECISION NOT NULL,
+                dead_batches BIGINT NOT NULL,
+                sources TEXT NOT NULL
+            )""",
+        ),
+    ),
 )

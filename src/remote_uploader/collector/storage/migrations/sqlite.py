@@ -202,4 +202,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "count(DISTINCT ipkey) FROM counts_day GROUP BY bucket",
         ),
     ),
+    (
+        8,
+        (
+            # Per agent, its latest status report (docs/protocol.md, "Agent status"): what its queue
+            # held and since when its uploads failed, as it said with its last batch or heartbeat
+            # (storage/sql_agents.py). One row per agent, replaced by each report: no history.
+            # `oldest_age` and `failing_for` are seconds before `received_at`, as the agent measured.
+            """CREATE TABLE agent_reports (
+                agent TEXT PRIMARY KEY,
+                received_at INTEGER NOT NULL,
+                version TEXT NOT NULL,
+                queued_batches INTEGER NOT NULL,
+                queued_records INTEGER NOT NULL,
+                queued_bytes INTEGER NOT NULL,
+                oldest_age REAL,
+                failing_for REAL NOT NULL,
+                dead_batches INTEGER NOT NULL,
+                sources TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
