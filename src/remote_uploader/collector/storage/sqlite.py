@@ -64,6 +64,14 @@ UPSERT_COUNTS = (
     "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true "
     f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_ADD}"
 )
+# The per-(agent, source) totals of the batch's buckets (sql_windows.py, "Totals"): a few rows.
+ADD_SOURCE_TOTALS = (
+    "INSERT INTO source_totals (length, bucket, agent, source, total) "
+    "SELECT ?, b.bucket, (SELECT id FROM labels WHERE kind = 'agent' AND name = ?), l.id, sum(b.total) "
+    "FROM staging.bdeltas b JOIN staging.sources s ON s.idx = b.src "
+    "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true GROUP BY b.bucket, l.id "
+    f"ON CONFLICT (length, bucket, agent, source) DO UPDATE SET total = {_ADD}"
+)
 UPSERT_IPS = (
     "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
     "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen "
@@ -231,5 +239,6 @@ class SqliteStorage(SqlStorage):
             cur.execute(INSERT_SOURCE_LABELS)
             cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
             cur.execute(UPSERT_COUNTS, (agent,))
+            cur.execute(ADD_SOURCE_TOTALS, (self.bucket_seconds, agent))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True
