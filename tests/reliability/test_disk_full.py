@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,45 +34,72 @@ from tests.reliability.harness import (
 SKIP = tmpfs_unavailable_reason()
 
 
+@dataclass
+class FullDiskRun:
+    """What a `forever` that lived through a full state disk showed: alive while full, everything
+    arrived once space came back (and how long that took), and how it stopped."""
+
+    alive: bool
+    arrived: bool
+    recovery: float | None
+    code: int
+    stdout: str
+    stderr: str
+
+
+def forever_through_a_full_disk(tmp_path: Path, receiver: Receiver, config: Path, state: Path,
+                                expected: Counter[str], while_full: Callable[[AgentProcess], Counter[str]]
+                                ) -> FullDiskRun:
+    """Starts `forever`, waits for `expected` to arrive, fills the state disk, lets `while_full`
+    write more lines (it returns them) and wait for what it must see, holds the disk full 2 s
+    more, then gives the space back and waits for every line to arrive. `expected` grows by what
+    `while_full` wrote."""
+    agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
+    assert receiver.wait_for_total(sum(expected.values()), timeout=60), agent.stderr()[-2000:]
+    filler = fill(state)
+    expected += while_full(agent)
+    time.sleep(2.0)
+    alive = agent.alive()
+    filler.unlink()
+    back = time.monotonic()
+    arrived = receiver.wait_for_total(sum(expected.values()), timeout=120)
+    recovery = time.monotonic() - back
+    code = agent.stop()
+    return FullDiskRun(alive, arrived, recovery if arrived else None, code, agent.stdout(), agent.stderr())
+
+
 @pytest.mark.skipif(SKIP is not None, reason=f"full-disk scenario skipped: {SKIP}")
 def test_full_state_disk_pauses_without_moving_offsets_and_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
     log = tmp_path / "access.log"
     expected = write_access_log(log, 1000, seed=1, distinct=800)
+    seen: dict[str, object] = {}
+
+    def while_full(agent: AgentProcess) -> Counter[str]:
+        written = write_access_log(log, 3000, seed=2, distinct=3000, append=True)
+        assert wait_until(lambda: "event=disk_full" in agent.stderr(), timeout=30), agent.stderr()[-2000:]
+        seen["before"] = offsets(config)
+        written += write_access_log(log, 1000, seed=3, distinct=3000, append=True)
+        time.sleep(2.0)
+        seen["after"] = offsets(config)
+        seen["stuck_total"] = receiver.total()
+        return written
+
     with small_filesystem(tmp_path / "state", "3m") as state:
         config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
                               sources=[str(log)], read={"poll_interval": 0.1, "block_size": "16KiB"},
                               batching={"min_upload_batch": 20, "force_upload_threshold": 100,
                                         "max_memory_ips": 200, "max_batch_age": 0.2})
-        agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
-        assert receiver.wait_for_total(sum(expected.values()), timeout=60)
-
-        filler = fill(state)
-        expected += write_access_log(log, 3000, seed=2, distinct=3000, append=True)
-        assert wait_until(lambda: "event=disk_full" in agent.stderr(), timeout=30), agent.stderr()[-2000:]
-        before = offsets(config)
-        expected += write_access_log(log, 1000, seed=3, distinct=3000, append=True)
-        time.sleep(2.0)
-        after = offsets(config)
-        stuck_total = receiver.total()
-        alive = agent.alive()
-
-        filler.unlink()
-        back = time.monotonic()
-        arrived = receiver.wait_for_total(sum(expected.values()), timeout=120)
-        recovery = time.monotonic() - back
-        code = agent.stop()
-        errors = agent.stderr()
+        result = forever_through_a_full_disk(tmp_path, receiver, config, state, expected, while_full)
     lost, doubled = tally(expected, receiver.counts())
     record(Row("disk/full", "state directory disk full",
                "the state directory (a 3 MiB tmpfs) filled up while `forever` reads new lines; space given back "
-               "after 2+ s; recovery = space back to exact counts", 1, lost, doubled,
-               recovery if arrived else None))
-    assert alive, "the agent must keep running on a full disk"
-    assert before == after, "offsets moved while nothing could be queued"
-    assert stuck_total < sum(expected.values())
-    assert "nothing lost" in agent.stdout() or "offsets_unchanged=true" in errors
-    assert errors.count("event=disk_full") <= 3, "the disk-full error should be said once, not on every retry"
-    assert arrived and code == 0
+               "after 2+ s; recovery = space back to exact counts", 1, lost, doubled, result.recovery))
+    assert result.alive, "the agent must keep running on a full disk"
+    assert seen["before"] == seen["after"], "offsets moved while nothing could be queued"
+    assert isinstance(seen["stuck_total"], int) and seen["stuck_total"] < sum(expected.values())
+    assert "nothing lost" in result.stdout or "offsets_unchanged=true" in result.stderr
+    assert result.stderr.count("event=disk_full") <= 3, "the disk-full error should be said once, not on every retry"
+    assert result.arrived and result.code == 0
     assert Counter(receiver.counts()) == expected
 
 
@@ -127,32 +156,25 @@ def test_forever_keeps_running_when_a_new_file_appears_on_a_full_state_disk(tmp_
     logs = tmp_path / "logs"
     logs.mkdir()
     expected = write_access_log(logs / "a.log", 200, seed=11)
+
+    def while_full(agent: AgentProcess) -> Counter[str]:
+        written = write_access_log(logs / "b.log", 300, seed=12)  # a new file: a new record to write
+        written += write_access_log(logs / "a.log", 100, seed=13, append=True)
+        assert wait_until(lambda: "event=disk_full" in agent.stderr() or not agent.alive(), timeout=30)
+        return written
+
     with small_filesystem(tmp_path / "state", "3m") as state:
         config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token, state_dir=state,
                               sources=[str(logs / "*.log")], read={"poll_interval": 0.1},
                               batching={"max_batch_age": 0.2})
-        agent = AgentProcess(tmp_path, "forever", "-c", str(config)).start()
-        assert receiver.wait_for_total(sum(expected.values()), timeout=60)
-
-        filler = fill(state)
-        expected += write_access_log(logs / "b.log", 300, seed=12)  # a new file: a new record to write
-        expected += write_access_log(logs / "a.log", 100, seed=13, append=True)
-        assert wait_until(lambda: "event=disk_full" in agent.stderr() or not agent.alive(), timeout=30)
-        time.sleep(2.0)
-        alive = agent.alive()
-        filler.unlink()
-        back = time.monotonic()
-        arrived = receiver.wait_for_total(sum(expected.values()), timeout=120)
-        recovery = time.monotonic() - back
-        code = agent.stop()
-        errors = agent.stderr()
+        result = forever_through_a_full_disk(tmp_path, receiver, config, state, expected, while_full)
     lost, doubled = tally(expected, receiver.counts())
     record(Row("disk/full-new-file", "state directory disk full as a new file appears",
                "the state directory (a 3 MiB tmpfs) filled up, then a new log file appears in the glob (a new "
                "record to write) while the old one grows; space given back after 2+ s; recovery = space back "
-               "to exact counts", 1, lost, doubled, recovery if arrived else None))
-    assert alive, "forever must keep running on a full state disk: " + errors[-2000:]
-    assert arrived and code == 0, errors[-2000:]
+               "to exact counts", 1, lost, doubled, result.recovery))
+    assert result.alive, "forever must keep running on a full state disk: " + result.stderr[-2000:]
+    assert result.arrived and result.code == 0, result.stderr[-2000:]
     assert Counter(receiver.counts()) == expected
 
 
