@@ -152,7 +152,8 @@ def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(stor
     storage.store_batch(hits("b", "1", record("198.51.100.1", 3, 20)), at(0))  # a replay: nothing added
     storage.store_batch(hits("a", "2", record("198.51.100.1", 1, 40, source="/other")), at(0))  # same minute
     assert series(storage, -60) == [(0, 60, 10, 2), (60, 60, 1, 1)]
-    assert storage.agent_sources(at(-60)) == [("a", "/var/log/x.log", 3), ("a", "/other", 1), ("b", "/var/log/x.log", 7)]
+    assert storage.agent_sources(at(-60)) == [
+        ("a", "/var/log/x.log", 3), ("a", "/other", 1), ("b", "/var/log/x.log", 7)]
     source_totals_match_the_buckets(storage)
     storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
     assert series(storage, -60) == [(0, 3600, 11, 3)]

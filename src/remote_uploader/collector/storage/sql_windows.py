@@ -201,7 +201,8 @@ class WindowsSql:
             marks = ",".join("?" * len(query.agents))
             source = (
                 "(SELECT a.ip, i.ipkey, i.family, sum(a.total) AS total, max(a.last_seen) AS last_seen "
-                f"FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent IN ({marks}) GROUP BY a.ip, i.ipkey, i.family)"
+                f"FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent IN ({marks}) "
+                "GROUP BY a.ip, i.ipkey, i.family)"
             )
             head: list[Any] = list(query.agents)
         else:
