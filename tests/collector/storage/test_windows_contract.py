@@ -177,6 +177,23 @@ def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(stor
     source_totals_match_the_buckets(storage)
 
 
+def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_windows_edges(storage: Storage) -> None:
+    """The look-alikes of `_top`: candidates are read by their text, rows are ranked by their key
+    (.9 before .10); a row last seen in a window's first bucket, or folded into an hour that
+    starts before the window, still counts."""
+    cast(Any, storage).top_block = 1  # blocks of 8 for a limit of 1
+    tied = [f"198.51.100.{i}" for i in range(10, 18)] + ["198.51.100.9"]  # text order: .10 ... .17, .9
+    storage.store_batch(hits("a", "1", *(record(ip, 5, 600) for ip in tied)), at(0))
+    [first] = storage.window_counts(WindowQuery(at(0), limit=1))
+    assert (first.ip, first.count) == ("198.51.100.9", 5)  # the ninth candidate, in the second block
+    storage.store_batch(hits("a", "2", record("203.0.113.1", 9, 0)), at(0))
+    edge = storage.window_counts(WindowQuery(at(59), limit=1))  # the bucket [0, 60) overlaps [59, ...)
+    assert [(row.ip, row.count) for row in edge] == [("203.0.113.1", 9)]
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    folded = storage.window_counts(WindowQuery(at(1800), limit=2))  # the hour [0, 3600) overlaps it
+    assert [(row.ip, row.count) for row in folded] == [("203.0.113.1", 9), ("198.51.100.9", 5)]
+
+
 def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Storage) -> None:
     """`window_counts` with a limit reads candidates by their bound (storage/sql_windows.py,
     `_top`), a few at a time here: it must keep exactly the rows, in the order, that adding up
