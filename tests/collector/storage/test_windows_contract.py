@@ -223,6 +223,7 @@ def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Sto
     filters: list[dict[str, Any]] = [
         {}, {"agents": ("a",)}, {"agents": ("a", "c")}, {"sources": ("/s2",)}, {"min_count": 6},
         {"network": ipaddress.ip_network("198.51.100.0/27")}, {"network": ipaddress.ip_network("2001:db8::/120")},
+        {"network": ipaddress.ip_network("198.51.96.0/19")}, {"network": ipaddress.ip_network("2001:db8::/64")},
         {"agents": ("b",), "sources": ("/s1",), "min_count": 2},
     ]
     checked = 0
@@ -235,7 +236,7 @@ def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Sto
                                         order=order, **more)  # type: ignore[arg-type]
                     assert storage.window_counts(query) == sorted(whole, key=key)[:limit], (since, more, limit, order)
                     checked += 1
-    assert checked == 5 * 8 * 4 * 2
+    assert checked == 5 * 10 * 4 * 2
 
 
 def test_bucket_totals_count_an_address_once_when_agents_store_it_at_once(storage: Storage) -> None:

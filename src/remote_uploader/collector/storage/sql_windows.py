@@ -18,7 +18,7 @@ moved with them by a fold, dropped with them by expiry.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +33,7 @@ from remote_uploader.protocol import Network, ip_key
 MAX_TOTAL = 2**63 - 1
 KEYS_PER_QUERY = 2000  # addresses bound per query: under every backend's parameter limit
 HOUR = 3600
+SMALL_NETWORK = 4096  # addresses: a window limited to a network this small is added up whole
 DAY = 86400
 
 
@@ -57,7 +58,7 @@ class WindowsSql:
     """Needs `_read`, `_write`, `_sql` and `bucket_seconds` from the class it is mixed into."""
 
     bucket_seconds: int = 60
-    top_block: int = 4096  # candidates read at first by `_top` (at least 8 times its limit); tests set less
+    top_block: int = 4096  # candidates read at first by `_top` (at least 32 times its limit); tests set less
 
     if TYPE_CHECKING:
 
@@ -129,27 +130,37 @@ class WindowsSql:
             filters = self._filters(cur, query.agents, query.sources, query.network)
             if filters is None:
                 return []
-            if query.ips is None and query.limit is not None:
+            # A small network is one short range of the buckets' key: its rows are fewer than `ips`.
+            small = query.network is not None and query.network.num_addresses <= SMALL_NETWORK
+            if query.ips is None and query.limit is not None and not small:
                 return self._top(cur, query, filters)
             keys = None if query.ips is None else sorted({ip_key(ip) for ip in query.ips})
             found = self._counts(cur, query, filters, keys, query.limit)
         if query.limit is not None:
-            return sorted(found, key=_by_count)[: query.limit]
+            return sorted(found, key=lambda row: (-row.count, len(row.key), row.key))[: query.limit]
         found.sort(key=lambda row: (len(row.key), row.key))
         return found
 
     def _counts(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]], keys: list[bytes] | None,
                 limit: int | None) -> list[WindowCount]:
         """The window's counts of `keys` (None: of every address), `limit` most counted (None: all)."""
+        return [_row(sums) for sums in self._sums(cur, query, filters, keys, limit)]
+
+    def _sums(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]], keys: list[bytes] | None,
+              limit: int | None, tables: Collection[str] | None = None) -> list[Sums]:
+        """(key, count, first bucket, last bucket) of `_counts`, from the levels in `tables` only
+        (None: all; those the caller knows hold no row of the window need not be read)."""
         conditions, params = filters
         key_sets: list[list[bytes] | None] = [None]
         if keys is not None:
             key_sets = [keys[i : i + KEYS_PER_QUERY] for i in range(0, len(keys), KEYS_PER_QUERY)]
-        found: list[WindowCount] = []
+        found: list[Sums] = []
         for chunk in key_sets:
             parts = []
             bound: list[Any] = []
             for table, _, bounds in self._levels(query.since, query.until):
+                if tables is not None and table not in tables:
+                    continue
                 sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
                 if len(bounds) > 1:
                     sql += " AND bucket <= ?"
@@ -169,11 +180,8 @@ class WindowsSql:
                 sql += " ORDER BY sum(total) DESC, ipkey LIMIT ?"
                 bound.append(limit)
             cur.execute(self._sql(sql), bound)
-            for key, total, first, last in cur.fetchall():
-                key = bytes(key)
-                found.append(
-                    WindowCount(ip_text(key), key, min(int(total), MAX_TOTAL), _moment(first), _moment(last))
-                )
+            found += [(bytes(key), min(int(total), MAX_TOTAL), int(first), int(last))
+                      for key, total, first, last in cur.fetchall()]
         return found
 
     def _top(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]]) -> list[WindowCount]:
@@ -187,16 +195,17 @@ class WindowsSql:
         coarser level or expire; `ips` rows are never deleted). So only addresses last seen at or
         after the window's lowest bucket start can have a count in it, and none can count more
         than its total. The candidates are read in the order of that bound (total, or last seen),
-        a block at a time; each block's exact counts are added up from its addresses' rows (one
-        range of the buckets' key each); the search stops when the `limit`-th best so far is
-        strictly ahead of the next candidate's bound, which no later candidate can then beat.
-        Each block is 4 times the one before, so an unlucky store costs a few reads of `ips`
-        more than the plain sum, never an unbounded number."""
+        a block at a time, and their exact counts added up from their rows (one range of the
+        buckets' key each) a part of the block at a time (`limit` candidates, then twice as many
+        each time); the search stops when the `limit`-th best so far is strictly ahead of the
+        next candidate's bound, which no later candidate can then beat. Each block is 4 times the
+        one before, so an unlucky store costs a few reads of `ips` more than the plain sum, never
+        an unbounded number."""
         assert query.limit is not None
         limit = query.limit
         by = _by_last_seen if query.order == "last_seen" else _by_count
         column = "last_seen" if query.order == "last_seen" else "total"
-        lowest = self._lowest_bucket(cur, query.since, query.until)
+        lowest, tables = self._lowest_bucket(cur, query.since, query.until)
         if query.agents is not None:
             marks = ",".join("?" * len(query.agents))
             source = (
@@ -213,9 +222,10 @@ class WindowsSql:
             network = query.network
             where += " AND c.family = ? AND c.ipkey BETWEEN ? AND ?"
             head += [network.version, network.network_address.packed, network.broadcast_address.packed]
-        best: list[WindowCount] = []
+        best: list[Sums] = []
         after: tuple[int, str] | None = None
-        block = max(8 * limit, self.top_block)
+        block = max(32 * limit, self.top_block)
+        chunk = max(limit, 1)  # candidates added up at a time, doubling: a block is rarely needed whole
         while True:
             sql = f"SELECT c.ip, c.ipkey, c.{column} FROM {source} c WHERE {where}"
             params = list(head)
@@ -224,25 +234,28 @@ class WindowsSql:
                 params += [after[0], after[0], after[1]]
             cur.execute(self._sql(sql + f" ORDER BY c.{column} DESC, c.ip LIMIT ?"), [*params, block + 1])
             rows = cur.fetchall()
-            chosen, more = rows[:block], len(rows) > block
-            if chosen:
-                keys = sorted(bytes(key) for _, key, _ in chosen)
-                best = sorted(best + self._counts(cur, query, filters, keys, None), key=by)[:limit]
-            if not more:
-                return best
-            last = chosen[-1]
+            done = 0
+            while done < min(block, len(rows)):
+                part = rows[done : min(done + chunk, block)]
+                done += len(part)
+                keys = sorted(bytes(key) for _, key, _ in part)
+                best = sorted(best + self._sums(cur, query, filters, keys, None, tables), key=by)[:limit]
+                chunk *= 2
+                if done == len(rows):
+                    return [_row(sums) for sums in best]  # no candidate left
+                bound = int(rows[done][2])  # the next candidate's: its total, or its last seen (µs)
+                if len(best) == limit and _ahead(best[-1], query.order, bound):
+                    return [_row(sums) for sums in best]
+            last = rows[block - 1]
             after = (int(last[2]), str(last[0]))
-            bound = int(rows[block][2])  # the next candidate's: its count, or its last bucket's start (µs)
-            if len(best) == limit and _ahead(best[-1], query.order, bound):
-                return best
             block *= 4
 
-    def _lowest_bucket(self, cur: Any, since: datetime, until: datetime | None) -> int:
-        """The lowest bucket start (seconds) the window can hold a row of: the bucket level's lower
-        bound, or that of a coarser level with a row in the window (as `bucket_totals`, kept exact
-        with the rows, tells), whichever is lower."""
+    def _lowest_bucket(self, cur: Any, since: datetime, until: datetime | None) -> tuple[int, set[str]]:
+        """The lowest bucket start (seconds) the window can hold a row of, and the levels that
+        can hold one: the bucket level, and each coarser level with a row in the window (as
+        `bucket_totals`, kept exact with the rows, tells); the lowest of their lower bounds."""
         levels = self._levels(since, until)
-        lowest = levels[0][2][0]
+        lowest, tables = levels[0][2][0], {levels[0][0]}
         for table, _, bounds in levels[1:]:
             sql = "SELECT 1 FROM bucket_totals WHERE length = ? AND bucket >= ?"
             if len(bounds) > 1:
@@ -250,7 +263,8 @@ class WindowsSql:
             cur.execute(self._sql(sql + " LIMIT 1"), [self._length(table), *bounds])
             if cur.fetchone() is not None:
                 lowest = min(lowest, bounds[0])
-        return int(lowest)
+                tables.add(table)
+        return int(lowest), tables
 
     def window_series(
         self,
@@ -344,20 +358,28 @@ class WindowsSql:
             return int(cur.rowcount)
 
 
-def _by_count(row: WindowCount) -> tuple[int, int, bytes]:
-    return -row.count, len(row.key), row.key
+Sums = tuple[bytes, int, int, int]  # key, count, first bucket, last bucket (seconds)
 
 
-def _by_last_seen(row: WindowCount) -> tuple[float, int, int, bytes]:
-    return -row.last_bucket.timestamp(), -row.count, len(row.key), row.key
+def _row(sums: Sums) -> WindowCount:
+    key, total, first, last = sums
+    return WindowCount(ip_text(key), key, total, _moment(first), _moment(last))
 
 
-def _ahead(row: WindowCount, order: str, bound: int) -> bool:
-    """Whether `row` ranks strictly before any address whose bound (its total, or its last seen
+def _by_count(sums: Sums) -> tuple[int, int, bytes]:
+    return -sums[1], len(sums[0]), sums[0]
+
+
+def _by_last_seen(sums: Sums) -> tuple[int, int, int, bytes]:
+    return -sums[3], -sums[1], len(sums[0]), sums[0]
+
+
+def _ahead(sums: Sums, order: str, bound: int) -> bool:
+    """Whether `sums` ranks strictly before any address whose bound (its total, or its last seen
     in µs) is `bound`: a tie could still be won by a smaller address."""
     if order == "last_seen":
-        return _seconds(row.last_bucket) * 1_000_000 > bound
-    return row.count > bound
+        return sums[3] * 1_000_000 > bound
+    return sums[1] > bound
 
 
 def saturating_add(table: str) -> str:
