@@ -135,9 +135,10 @@ class WindowsSql:
             if query.ips is None and query.limit is not None and not small:
                 return self._top(cur, query, filters)
             keys = None if query.ips is None else sorted({ip_key(ip) for ip in query.ips})
-            found = self._counts(cur, query, filters, keys, query.limit)
+            found = self._counts(cur, query, filters, keys, query.limit if query.order == "count" else None)
         if query.limit is not None:
-            return sorted(found, key=lambda row: (-row.count, len(row.key), row.key))[: query.limit]
+            by = _by_last_seen if query.order == "last_seen" else _by_count
+            return sorted(found, key=lambda row: by(_sums(row)))[: query.limit]
         found.sort(key=lambda row: (len(row.key), row.key))
         return found
 
@@ -364,6 +365,10 @@ Sums = tuple[bytes, int, int, int]  # key, count, first bucket, last bucket (sec
 def _row(sums: Sums) -> WindowCount:
     key, total, first, last = sums
     return WindowCount(ip_text(key), key, total, _moment(first), _moment(last))
+
+
+def _sums(row: WindowCount) -> Sums:
+    return row.key, row.count, _seconds(row.first_bucket), _seconds(row.last_bucket)
 
 
 def _by_count(sums: Sums) -> tuple[int, int, bytes]:
