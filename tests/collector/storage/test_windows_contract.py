@@ -181,7 +181,8 @@ def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_window
     """The look-alikes of `_top`: candidates are read by their text, rows are ranked by their key
     (.9 before .10); a row last seen in a window's first bucket, or folded into an hour that
     starts before the window, still counts."""
-    cast(Any, storage).top_block = 1  # blocks of 8 for a limit of 1
+    cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of 2 for a limit of 1
+    assert storage.window_counts(WindowQuery(at(0), limit=1)) == []  # no candidate at all
     tied = [f"198.51.100.{i}" for i in range(10, 18)] + ["198.51.100.9"]  # text order: .10 ... .17, .9
     storage.store_batch(hits("a", "1", *(record(ip, 5, 600) for ip in tied)), at(0))
     [first] = storage.window_counts(WindowQuery(at(0), limit=1))
@@ -198,7 +199,7 @@ def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Sto
     """`window_counts` with a limit reads candidates by their bound (storage/sql_windows.py,
     `_top`), a few at a time here: it must keep exactly the rows, in the order, that adding up
     the whole window and sorting gives, through ties, filters, every level and late rows."""
-    cast(Any, storage).top_block = 1  # blocks of 8 times the limit: several rounds on this data
+    cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of twice the limit: many rounds
     rng = random.Random(14)
     agents, sources = ("a", "b", "c"), ("/s1", "/s2")
     addresses = [f"198.51.100.{i}" for i in range(60)] + [f"2001:db8::{i:x}" for i in range(1, 20)]

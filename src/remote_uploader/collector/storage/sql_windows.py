@@ -58,7 +58,9 @@ class WindowsSql:
     """Needs `_read`, `_write`, `_sql` and `bucket_seconds` from the class it is mixed into."""
 
     bucket_seconds: int = 60
-    top_block: int = 4096  # candidates read at first by `_top` (at least 32 times its limit); tests set less
+    # Candidates read at first by `_top`: this many times its limit, at least `top_block` (tests set less).
+    top_factor: int = 32
+    top_block: int = 4096
 
     if TYPE_CHECKING:
 
@@ -225,7 +227,7 @@ class WindowsSql:
             head += [network.version, network.network_address.packed, network.broadcast_address.packed]
         best: list[Sums] = []
         after: tuple[int, str] | None = None
-        block = max(32 * limit, self.top_block)
+        block = max(self.top_factor * limit, self.top_block)
         chunk = max(limit, 1)  # candidates added up at a time, doubling: a block is rarely needed whole
         while True:
             sql = f"SELECT c.ip, c.ipkey, c.{column} FROM {source} c WHERE {where}"
@@ -235,6 +237,8 @@ class WindowsSql:
                 params += [after[0], after[0], after[1]]
             cur.execute(self._sql(sql + f" ORDER BY c.{column} DESC, c.ip LIMIT ?"), [*params, block + 1])
             rows = cur.fetchall()
+            if not rows:
+                return [_row(sums) for sums in best]  # no candidate at all, or none left
             done = 0
             while done < min(block, len(rows)):
                 part = rows[done : min(done + chunk, block)]
