@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -47,14 +48,17 @@ PAGES = (
     ("overview, 1h", "/"),
     ("overview, 24h", "/?window=24h"),
     ("overview, 7d", "/?window=7d"),
-    ("top addresses, 1h", "/ips?since=1h"),
-    ("top addresses, 24h", "/ips?since=24h"),
-    ("top addresses, 1h, source", "/ips?since=1h&source=%2Fvar%2Flog%2Fauth.log"),
-    ("top addresses, 24h, /16", "/ips?since=24h&cidr=10.0.0.0%2F20"),
-    ("top addresses, 1h, by last seen", "/ips?since=1h&sort=last_seen"),
-    ("top addresses, 24h, by last seen", "/ips?since=24h&sort=last_seen"),
-    ("top addresses, 24h, agent", "/ips?since=24h&agent=agent-03"),
-    ("top addresses, 15m", "/ips?since=15m"),
+    # Windows from the store's newest minute (RFC 3339 times), so that a store built a while ago
+    # (`--reuse`) still has in each window what it had when it was built.
+    ("top addresses, 1h", "/ips?since={1h}"),
+    ("top addresses, 24h", "/ips?since={24h}"),
+    ("top addresses, 1h, source", "/ips?since={1h}&source=%2Fvar%2Flog%2Fauth.log"),
+    ("top addresses, 24h, /20", "/ips?since={24h}&cidr=10.0.0.0%2F20"),
+    ("top addresses, 24h, /12", "/ips?since={24h}&cidr=10.0.0.0%2F12"),
+    ("top addresses, 1h, by last seen", "/ips?since={1h}&sort=last_seen"),
+    ("top addresses, 24h, by last seen", "/ips?since={24h}&sort=last_seen"),
+    ("top addresses, 24h, agent", "/ips?since={24h}&agent=agent-03"),
+    ("top addresses, 15m", "/ips?since={15m}"),
     ("address", "/ips/10.0.1.1"),
     ("agents", "/agents"),
     ("decisions", "/decisions"),
@@ -229,20 +233,25 @@ def main() -> int:
     storage = SqliteStorage(db)
     token = create_token(storage, f"bench-{datetime.now(UTC):%H%M%S}", "read")
     with storage._read() as cur:  # a benchmark reads the sizes directly
-        cur.execute("SELECT (SELECT count(*) FROM ips), (SELECT count(*) FROM counts)")
+        cur.execute("SELECT (SELECT count(*) FROM ips), (SELECT count(*) FROM counts), "
+                    "(SELECT max(bucket) FROM bucket_totals WHERE length = 60)")
         sizes = cur.fetchone()
+    newest = datetime.fromtimestamp(sizes[2] + 60, UTC)
+    since = {name: quote((newest - span).strftime("%Y-%m-%dT%H:%M:%SZ"))
+             for name, span in (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("24h", timedelta(days=1)))}
+    pages = [(name, path.format_map(since)) for name, path in PAGES]
     storage.close()
     print(f"store: {sizes[0]:,} addresses, {sizes[1]:,} bucket rows, {db.stat().st_size / 2**30:.2f} GiB")
     # First requests: each page's first after a start of the collector (nothing cached), over
     # `--starts` starts; repeat requests: `--runs` more after the last start's first one.
-    firsts: dict[str, list[float]] = {name: [] for name, _ in PAGES}
+    firsts: dict[str, list[float]] = {name: [] for name, _ in pages}
     repeats: dict[str, list[float]] = {}
     for start in range(args.starts):
         process, url = serve(db, work / f"collector-{start}.log")
         try:
             signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
             client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
-            for name, path in PAGES:
+            for name, path in pages:
                 started = time.perf_counter()
                 assert client.get(path).status_code == 200, path  # the first request (and a check)
                 firsts[name].append((time.perf_counter() - started) * 1000)
@@ -258,7 +267,8 @@ def main() -> int:
             process.wait(timeout=60)
     print(f"first requests: medians of {args.starts} starts; repeats: medians of {args.runs} after the last")
     print(f"{'page':34} {'first ms':>9} {'min':>6} {'max':>6} {'repeat ms':>10} {'min':>6} {'max':>6}")
-    for name, _ in PAGES:
+    print(f"windows end at the store's newest minute, {newest:%H:%M} UTC")
+    for name, _ in pages:
         first, again = firsts[name], repeats[name]
         print(f"{name:34} {statistics.median(first):>9.0f} {min(first):>6.0f} {max(first):>6.0f} "
               f"{statistics.median(again):>10.0f} {min(again):>6.0f} {max(again):>6.0f}", flush=True)
