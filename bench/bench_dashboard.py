@@ -188,10 +188,20 @@ def index_cost(batches: int, records: int, runs: int) -> None:
         print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s")
 
 
-def serve(db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+# `--collector-src`: the collector runs that tree's code (another worktree, for a side-by-side
+# run), ahead of the editable install's own finder.
+RUN_FROM = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
+    "runpy.run_module('remote_uploader.collector.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def serve(db: Path, log: Path, src: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    start = [sys.executable, "-m", "remote_uploader.collector.cli"] if src is None else [
+        sys.executable, "-c", RUN_FROM, str(src)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "remote_uploader.collector.cli", "serve", "--db", f"sqlite://{db}", "--port", "0",
-         "--parse-workers", "0", "--no-access-log"],
+        [*start, "serve", "--db", f"sqlite://{db}", "--port", "0", "--parse-workers", "0", "--no-access-log"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 900  # the first start migrates (builds indexes)
@@ -213,6 +223,7 @@ def main() -> int:
     parser.add_argument("--starts", type=int, default=3,
                         help="collector starts, each timing every page's first request")
     parser.add_argument("--db", type=Path)
+    parser.add_argument("--collector-src", type=Path, help="run the collector from this src directory")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--index", action="store_true", help="add an index of the buckets by time to the store")
     parser.add_argument("--index-cost", action="store_true", help="only: ingest with and without that index")
@@ -247,7 +258,7 @@ def main() -> int:
     firsts: dict[str, list[float]] = {name: [] for name, _ in pages}
     repeats: dict[str, list[float]] = {}
     for start in range(args.starts):
-        process, url = serve(db, work / f"collector-{start}.log")
+        process, url = serve(db, work / f"collector-{start}.log", args.collector_src)
         try:
             signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
             client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
