@@ -225,16 +225,14 @@ def top_addresses(storage: Storage, params: dict[str, str], cache: TtlCache) -> 
         sources=(_literal_pattern(source),) if source else None,
         network=network,
         min_count=min_count,
-        # One query serves the first pages (cached): most counted first, cut a little deeper.
-        limit=max(CACHED_ROWS, page * PAGE_SIZE) + 1 if sort == "count" else None,
+        # One query serves the first pages (cached): first in the sort's order, cut a little deeper.
+        limit=max(CACHED_ROWS, page * PAGE_SIZE) + 1,
+        order="last_seen" if sort == "last_seen" else "count",
     )
     key = ("top", since_text, min_count, agent, source, cidr, sort, query.limit)
 
     def compute() -> tuple[datetime, list[WindowCount]]:
-        found = storage.window_counts(query)
-        if sort == "last_seen":
-            found.sort(key=lambda row: (-row.last_bucket.timestamp(), -row.count, len(row.key), row.key))
-        return datetime.now(UTC), found
+        return datetime.now(UTC), storage.window_counts(query)
 
     (as_of, found), _ = cache.get(key, TABLE_TTL, compute)
     chosen = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
