@@ -18,6 +18,8 @@ of main: "today's main", measured in the same run.
 from __future__ import annotations
 
 import argparse
+import compileall
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -72,8 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(("main (auto)", args.main / "src", "auto"))
     settings = [(v, s, int(w)) for s in args.sinks.split(",") for w in args.workers.split(",") for v in variants]
     results: dict[tuple[str, str, int], list[dict[str, float]]] = {(v[0], s, w): [] for v, s, w in settings}
+    for _, src, _ in variants:
+        # Byte-compiled as `pip install` leaves an installed agent: with PYTHONDONTWRITEBYTECODE in
+        # the environment (as on these machines), every run would otherwise compile every module
+        # first (0.07 CPU-s of each start-up), a cost no installed agent pays.
+        compileall.compile_dir(str(src), quiet=1)
     print(f"machine: {machine()}", flush=True)
-    for _ in range(args.runs):
+    for round_ in range(args.runs):
+        print(f"round {round_ + 1}: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         for (name, src, engine), sink_kind, workers in settings:
             run = one_run(log, expected, src, engine, sink_kind, workers)
             results[(name, sink_kind, workers)].append(run)

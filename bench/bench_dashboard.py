@@ -1,16 +1,18 @@
 """Dashboard pages on a big store: median answer time of each page (not a test).
 
     nice -n 10 python bench/bench_dashboard.py [--addresses 1000000] [--rows 10000000] [--runs 5]
-                                              [--db PATH] [--reuse]
+                                              [--starts 3] [--db PATH] [--reuse]
 
 Builds a SQLite collector database with bulk SQL (INSERT ... SELECT over a generated sequence;
-the packed address comes from a registered SQL function): `--addresses` addresses in `ips`
-and `ip_agents` (20 agents), `--rows` rows in the minute buckets (`counts`), spread over the
-last 48 hours and 5 sources, and 10,000 decisions (half of them ended). Then starts
+the packed address comes from a registered SQL function): `--rows` rows in the minute buckets
+(`counts`) of `--addresses` addresses (20 agents, one per address), spread over the last 48
+hours and 5 sources; `ips` and `ip_agents` made from them as ingest makes them (totals the sum
+of the rows, last seen in the last bucket); the totals ingest keeps beside them; and 10,000
+decisions (half of them ended). Then starts
 `collector serve` on it, signs in with a read token and times each page over HTTP on
-127.0.0.1: the first request (which computes what the dashboard then reuses for 30 s to 10 min:
-the overview's chart, the top-addresses table), then `--runs` more, and prints the first, the
-median and the spread.
+127.0.0.1: the first request after a start (which computes what the dashboard then reuses for
+30 s to 10 min: the overview's chart, the top-addresses table), over `--starts` starts, then
+`--runs` more after the last start, and prints the medians and the spread of both.
 `--reuse` keeps a database built before (`--db`).
 """
 
@@ -24,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -45,11 +48,17 @@ PAGES = (
     ("overview, 1h", "/"),
     ("overview, 24h", "/?window=24h"),
     ("overview, 7d", "/?window=7d"),
-    ("top addresses, 1h", "/ips?since=1h"),
-    ("top addresses, 24h", "/ips?since=24h"),
-    ("top addresses, 1h, source", "/ips?since=1h&source=%2Fvar%2Flog%2Fauth.log"),
-    ("top addresses, 24h, /16", "/ips?since=24h&cidr=10.0.0.0%2F20"),
-    ("top addresses, 1h, by last seen", "/ips?since=1h&sort=last_seen"),
+    # Windows from the store's newest minute (RFC 3339 times), so that a store built a while ago
+    # (`--reuse`) still has in each window what it had when it was built.
+    ("top addresses, 1h", "/ips?since={1h}"),
+    ("top addresses, 24h", "/ips?since={24h}"),
+    ("top addresses, 1h, source", "/ips?since={1h}&source=%2Fvar%2Flog%2Fauth.log"),
+    ("top addresses, 24h, /20", "/ips?since={24h}&cidr=10.0.0.0%2F20"),
+    ("top addresses, 24h, /12", "/ips?since={24h}&cidr=10.0.0.0%2F12"),
+    ("top addresses, 1h, by last seen", "/ips?since={1h}&sort=last_seen"),
+    ("top addresses, 24h, by last seen", "/ips?since={24h}&sort=last_seen"),
+    ("top addresses, 24h, agent", "/ips?since={24h}&agent=agent-03"),
+    ("top addresses, 15m", "/ips?since={15m}"),
     ("address", "/ips/10.0.1.1"),
     ("agents", "/agents"),
     ("decisions", "/decisions"),
@@ -68,6 +77,7 @@ def build(path: Path, addresses: int, rows: int) -> None:
     conn.create_function(
         "iptext", 1, lambda n: ".".join(str(b) for b in (0x0A000000 + n).to_bytes(4, "big")), deterministic=True
     )
+    conn.create_function("keytext", 1, lambda key: ".".join(str(b) for b in key), deterministic=True)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-262144")
@@ -82,34 +92,42 @@ def build(path: Path, addresses: int, rows: int) -> None:
         conn.execute("INSERT INTO labels (kind, name) VALUES ('source', ?)", (source,))
     conn.execute("CREATE TEMP TABLE seq AS WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s "
                  f"WHERE n < {addresses}) SELECT n FROM s")
-    # Addresses: counts heavy-tailed by address number, last seen within two days.
-    conn.execute(
-        "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
-        f"SELECT iptext(n), ipkey(n), 4, 1 + 1000000 / n, {now_us} - 7 * 86400000000, "
-        f"{now_us} - (n * 7919 % 172800) * 1000000 FROM seq ORDER BY iptext(n)"
-    )
-    conn.execute(
-        "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
-        f"SELECT iptext(n), 'agent-' || printf('%02d', n % {AGENTS}), 1 + 1000000 / n, "
-        f"{now_us} - 7 * 86400000000, {now_us} - (n * 7919 % 172800) * 1000000 FROM seq ORDER BY iptext(n)"
-    )
-    print(f"  addresses: {time.monotonic() - started:.0f} s", flush=True)
-    # Buckets: `per_address` rows each, minutes spread over the last 48 hours, agent and source
-    # ids from the labels table (agents first: ids 1..AGENTS, sources after).
+    # Buckets: `per_address` rows each, minutes spread over the last 48 hours, counts heavy-tailed
+    # by address number, each address seen by one agent (ids 1..AGENTS: agents are labelled
+    # first, sources after) in any of the sources.
     conn.execute(f"CREATE TEMP TABLE k AS WITH RECURSIVE s(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM s "
                  f"WHERE k < {per_address - 1}) SELECT k FROM s")
     conn.execute(
         "INSERT OR IGNORE INTO counts (ipkey, bucket, agent, source, total) "
-        f"SELECT ipkey(n), {now} - ((n * 7919 + k * 104729) % 2880) * 60, 1 + (n + k) % {AGENTS}, "
+        f"SELECT ipkey(n), {now} - ((n * 7919 + k * 104729) % 2880) * 60, 1 + n % {AGENTS}, "
         f"{AGENTS + 1} + (n * 31 + k) % {len(SOURCES)}, 1 + (1000000 / n) / {per_address} "
         "FROM seq, k ORDER BY 1, 2"
     )
     print(f"  buckets: {time.monotonic() - started:.0f} s", flush=True)
-    # What ingest keeps beside the buckets (migration 6): the totals of each minute.
+    # Addresses, from their buckets as ingest writes them (same records, same transaction): the
+    # total is the sum of the rows, last seen within the last bucket, first seen in the first.
+    conn.execute(
+        "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
+        "SELECT keytext(ipkey), ipkey, 4, sum(total), min(bucket) * 1000000, max(bucket) * 1000000 + 30000000 "
+        "FROM counts GROUP BY ipkey ORDER BY 1"
+    )
+    conn.execute(
+        "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
+        "SELECT keytext(ipkey), 'agent-' || printf('%02d', agent - 1), sum(total), min(bucket) * 1000000, "
+        "max(bucket) * 1000000 + 30000000 FROM counts GROUP BY ipkey, agent ORDER BY 1, 2"
+    )
+    print(f"  addresses: {time.monotonic() - started:.0f} s", flush=True)
+    # What ingest keeps beside the buckets (migrations 6 and 7): the totals of each minute, and
+    # of each minute's (agent, source) pairs.
     conn.execute(
         "INSERT INTO bucket_totals (length, bucket, total, addresses) "
         "SELECT 60, bucket, sum(total), count(DISTINCT ipkey) FROM counts GROUP BY bucket"
     )
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'source_totals'").fetchone():
+        conn.execute(
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 60, bucket, agent, source, sum(total) FROM counts GROUP BY bucket, agent, source"
+        )
     conn.execute("UPDATE sequences SET value = ? WHERE name = 'decisions'", (DECISIONS,))
     conn.execute(
         "INSERT INTO decisions (id, value, scope, family, lo, hi, type, origin, scenario, reason, details, "
@@ -170,10 +188,20 @@ def index_cost(batches: int, records: int, runs: int) -> None:
         print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s")
 
 
-def serve(db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+# `--collector-src`: the collector runs that tree's code (another worktree, for a side-by-side
+# run), ahead of the editable install's own finder.
+RUN_FROM = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
+    "runpy.run_module('remote_uploader.collector.cli', run_name='__main__', alter_sys=True)"
+)
+
+
+def serve(db: Path, log: Path, src: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    start = [sys.executable, "-m", "remote_uploader.collector.cli"] if src is None else [
+        sys.executable, "-c", RUN_FROM, str(src)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "remote_uploader.collector.cli", "serve", "--db", f"sqlite://{db}", "--port", "0",
-         "--parse-workers", "0", "--no-access-log"],
+        [*start, "serve", "--db", f"sqlite://{db}", "--port", "0", "--parse-workers", "0", "--no-access-log"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 900  # the first start migrates (builds indexes)
@@ -192,7 +220,10 @@ def main() -> int:
     parser.add_argument("--addresses", type=int, default=1_000_000)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--starts", type=int, default=3,
+                        help="collector starts, each timing every page's first request")
     parser.add_argument("--db", type=Path)
+    parser.add_argument("--collector-src", type=Path, help="run the collector from this src directory")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--index", action="store_true", help="add an index of the buckets by time to the store")
     parser.add_argument("--index-cost", action="store_true", help="only: ingest with and without that index")
@@ -213,30 +244,45 @@ def main() -> int:
     storage = SqliteStorage(db)
     token = create_token(storage, f"bench-{datetime.now(UTC):%H%M%S}", "read")
     with storage._read() as cur:  # a benchmark reads the sizes directly
-        cur.execute("SELECT (SELECT count(*) FROM ips), (SELECT count(*) FROM counts)")
+        cur.execute("SELECT (SELECT count(*) FROM ips), (SELECT count(*) FROM counts), "
+                    "(SELECT max(bucket) FROM bucket_totals WHERE length = 60)")
         sizes = cur.fetchone()
+    newest = datetime.fromtimestamp(sizes[2] + 60, UTC)
+    since = {name: quote((newest - span).strftime("%Y-%m-%dT%H:%M:%SZ"))
+             for name, span in (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("24h", timedelta(days=1)))}
+    pages = [(name, path.format_map(since)) for name, path in PAGES]
     storage.close()
     print(f"store: {sizes[0]:,} addresses, {sizes[1]:,} bucket rows, {db.stat().st_size / 2**30:.2f} GiB")
-    process, url = serve(db, work / "collector.log")
-    try:
-        signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
-        client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
-        print(f"{'page':34} {'first ms':>9} {'median ms':>10} {'min':>8} {'max':>8}")
-        for name, path in PAGES:
-            started = time.perf_counter()
-            assert client.get(path).status_code == 200, path  # the first request (and a check)
-            first = (time.perf_counter() - started) * 1000
-            times = []
-            for _ in range(args.runs):
+    # First requests: each page's first after a start of the collector (nothing cached), over
+    # `--starts` starts; repeat requests: `--runs` more after the last start's first one.
+    firsts: dict[str, list[float]] = {name: [] for name, _ in pages}
+    repeats: dict[str, list[float]] = {}
+    for start in range(args.starts):
+        process, url = serve(db, work / f"collector-{start}.log", args.collector_src)
+        try:
+            signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
+            client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
+            for name, path in pages:
                 started = time.perf_counter()
-                response = client.get(path)
-                times.append((time.perf_counter() - started) * 1000)
-                assert response.status_code == 200
-            print(f"{name:34} {first:>9.0f} {statistics.median(times):>10.0f} {min(times):>8.0f} {max(times):>8.0f}",
-                  flush=True)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+                assert client.get(path).status_code == 200, path  # the first request (and a check)
+                firsts[name].append((time.perf_counter() - started) * 1000)
+                if start == args.starts - 1:
+                    times = repeats[name] = []
+                    for _ in range(args.runs):
+                        started = time.perf_counter()
+                        response = client.get(path)
+                        times.append((time.perf_counter() - started) * 1000)
+                        assert response.status_code == 200
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    print(f"first requests: medians of {args.starts} starts; repeats: medians of {args.runs} after the last")
+    print(f"{'page':34} {'first ms':>9} {'min':>6} {'max':>6} {'repeat ms':>10} {'min':>6} {'max':>6}")
+    print(f"windows end at the store's newest minute, {newest:%H:%M} UTC")
+    for name, _ in pages:
+        first, again = firsts[name], repeats[name]
+        print(f"{name:34} {statistics.median(first):>9.0f} {min(first):>6.0f} {max(first):>6.0f} "
+              f"{statistics.median(again):>10.0f} {min(again):>6.0f} {max(again):>6.0f}", flush=True)
     return 0
 
 

@@ -2,7 +2,10 @@
 
 It costs the agent what a real collector costs it (the request, the body, the answer) and costs
 the machine as little as a receiver can, so that `once`'s own figures show. The counts are
-summed (gunzip + JSON, per batch) only to check that the run was complete.
+summed (gunzip + JSON, per batch) only to check that the run was complete. It takes both body
+formats and lists both in `Accept-Post`, as our collector does: an agent that sends to a sink
+listing only format 1 rewrites every queued format 2 body first (agent/sink.py), a cost the
+agent does not pay with a current collector (`NullSink(formats=1)` measures it).
 
     with NullSink() as sink: ... sink.url, sink.counts()
 """
@@ -16,9 +19,12 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
+from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, MEDIA_V1
+
 
 class NullSink:
-    def __init__(self) -> None:
+    def __init__(self, formats: int = 2) -> None:
+        accept = ACCEPTED_MEDIA if formats >= 2 else MEDIA_V1
         totals: Counter[str] = Counter()
         seen: set[str] = set()
         lock = threading.Lock()
@@ -33,6 +39,7 @@ class NullSink:
                 body = json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
+                self.send_header(ACCEPT_POST, accept)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -50,9 +57,16 @@ class NullSink:
                     duplicate = batch_id in seen
                     if not duplicate:
                         seen.add(batch_id)
-                        for record in document["records"]:
-                            totals[record["ip"]] += record["count"]
-                self._answer({"batch_id": batch_id, "accepted": 0 if duplicate else len(document["records"]),
+                        records = 0
+                        if document.get("format") == 2:
+                            for group in document["groups"]:
+                                totals.update(dict(zip(group["ip"], group["count"], strict=True)))
+                                records += len(group["ip"])
+                        else:
+                            for record in document["records"]:
+                                totals[record["ip"]] += record["count"]
+                            records = len(document["records"])
+                self._answer({"batch_id": batch_id, "accepted": 0 if duplicate else records,
                               "duplicate": duplicate})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

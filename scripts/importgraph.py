@@ -53,6 +53,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "remote_uploader.collector.decisions.rules",
     ),
     "agent": ("remote_uploader.agent", "remote_uploader.agent.*"),
+    # The agent's source side (issue 11): it produces reads and events, given narrow parts (tail.Collaborators).
+    "agent-source": ("remote_uploader.agent.tail", "remote_uploader.agent.source", "remote_uploader.agent.watch"),
+    # What drives the pipeline: the runner and the loops of `once` and `forever`.
+    "agent-run": ("remote_uploader.agent.runner", "remote_uploader.agent.forever"),
     "collector": ("remote_uploader.collector", "remote_uploader.collector.*"),
     # The collector's storage and the models it stores: below every way in (HTTP, validation, CLI).
     "collector-storage": (
@@ -103,6 +107,8 @@ RULES: tuple[Rule, ...] = (
                                    "both halves build on it"),
     Rule("agent", "collector", "the agent never imports the collector (it runs without the collector extra)"),
     Rule("collector", "agent", "the collector never imports the agent's stages"),
+    Rule("agent-source", "agent-run", "the follower produces and the runner consumes: the source side is given "
+                                      "narrow parts, never the agent, and never calls into the runner"),
     Rule("collector-storage", "collector-http", "storage is below the ways in: it never imports routers or the app"),
     Rule("collector-storage", "collector-ingest", "storage is below validation: what both need is protocol"),
     Rule("collector-reads", "collector-ingest", "the read side needs nothing of ingest validation: shared checks "

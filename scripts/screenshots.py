@@ -190,6 +190,23 @@ def shoot(url: str, token: str, out: Path, detail_ip: str, decision_id: int) -> 
     return made
 
 
+def report(storage: Storage, now: datetime) -> None:
+    """Each agent's latest status report (docs/protocol.md, "Agent status"), as its last batch or
+    heartbeat said: backup-1's queue backs up (batches wait minutes), vpn-gw's last word, three
+    hours ago, was that its uploads were failing."""
+    from remote_uploader import __version__
+    from remote_uploader.protocol import AgentReport
+
+    for agent, (_, _, silent_for, queued_for) in AGENTS.items():
+        failing = 900.0 if agent == "vpn-gw" else 0.0
+        queued = 240 if agent == "backup-1" else 1 if agent != "vpn-gw" else 57
+        sources = (("/var/log/auth.log", 48_213_000),) if agent == "backup-1" else ()
+        storage.store_agent_report(agent, AgentReport(
+            version=__version__, queued_batches=queued, queued_records=queued * 812, queued_bytes=queued * 9_800,
+            oldest_age=float(queued_for if agent != "vpn-gw" else 1_000), failing_for=failing, sources=sources,
+        ), now - timedelta(seconds=silent_for))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard")
@@ -203,6 +220,7 @@ def main() -> int:
         storage.migrate()
         now = build(storage, now)
         range_decision = decide(storage, now)
+        report(storage, now)
         token = create_token(storage, "screenshots", "read")
     finally:
         storage.close()

@@ -169,6 +169,9 @@ class ServerConfig:
     backoff_cap: float = setting(60.0, positive(as_float), "largest retry ceiling, seconds")
     retry_after_cap: float = setting(300.0, positive(as_float),
                                      "the most a `Retry-After` answer may make the agent wait")
+    status_every: float = setting(60.0, positive(as_float, allow_zero=True),
+                                  "`forever`: seconds without a batch after which the agent sends its status alone "
+                                  "(a heartbeat: queue, version; docs/protocol.md, \"Agent status\"); `0` = never")
 
 
 @dataclass(frozen=True)
@@ -177,9 +180,10 @@ class BatchingConfig:
                                   "in-memory batch never exceed this (a chunk that would pass it seals the batch "
                                   "first), nor 100,000, the most the collector takes in one batch, whatever the "
                                   "setting", aliases=("MAX_MEMORY_IPS",))
-    force_upload_threshold: int = setting(5_000, positive(as_int), "`FORCE_UPLOAD_THRESHOLD`: upper bound; a batch "
-                                          "this large is sealed and uploaded at once, whatever else holds",
-                                          aliases=("FORCE_UPLOAD_THRESHOLD",))
+    force_upload_threshold: int = setting(5_000, positive(as_int), "`FORCE_UPLOAD_THRESHOLD`: a batch this large is "
+                                          "sealed and uploaded at once, unless the queue already holds a batch for "
+                                          "every upload in flight: then it grows up to `max_memory_ips` (see "
+                                          "[Batching](#batching))", aliases=("FORCE_UPLOAD_THRESHOLD",))
     min_upload_batch: int = setting(100, positive(as_int), "`MIN_UPLOAD_BATCH`: while reading a backlog, a batch is "
                                     "sealed once it has this many records and is `max_batch_age` old",
                                     aliases=("MIN_UPLOAD_BATCH",))

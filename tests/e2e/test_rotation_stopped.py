@@ -144,10 +144,10 @@ def test_an_agent_stopped_before_its_first_pass_still_reads_what_was_rotated_whi
 
     def start() -> tuple[Agent, Tailer]:
         agent = Agent(config, sink=NoSink())
-        return agent, Tailer(agent)
+        return agent, Tailer(agent.collaborators())
 
     agent, tailer = start()  # a whole pass, an hour ago
-    tailer.poll()
+    agent.consume(tailer.events())
     tailer.close()
     agent.spool.set_kv(LAST_SEEN_KEY, repr(time.time() - 3600))
     agent.close()
@@ -165,7 +165,7 @@ def test_an_agent_stopped_before_its_first_pass_still_reads_what_was_rotated_whi
 
     agent, tailer = start()
     try:
-        tailer.poll()
+        agent.consume(tailer.events())
         assert str(tmp_path / "app.log.1") in {state.path for state in agent.spool.files()}
     finally:
         tailer.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage.model import Evidence, NewDecision
 from remote_uploader.collector.storage.sqlite import SqliteStorage
-from remote_uploader.protocol import format_time
+from remote_uploader.protocol import AgentReport, format_time
 from tests.helpers.agent import run_agent, write_config
 from tests.helpers.collector_fixtures import CollectorProcess
 
@@ -19,6 +19,7 @@ HOSTILE_AGENT = '<script>alert("agent")</script> \'q\' «ü» 🚫'
 HOSTILE_DIR = '<script>alert("src")<'  # a directory name: a log path may hold any of this
 HOSTILE_IP = "198.51.100.66"
 HOSTILE_SOURCE = "/var/log/\"><img src=x onerror=alert(1)>/ünï«code» 'q'.log"
+HOSTILE_VERSION = "<img src=x onerror=alert(2)>\"'é"
 # Addresses in the agent's log, with how often each appears.
 LOG_COUNTS = {"203.0.113.7": 30, "203.0.113.9": 12, "198.51.100.23": 5, "2001:db8::5": 3}
 
@@ -81,5 +82,9 @@ def _store_hostile_batch(db: Path) -> None:
     storage = SqliteStorage(db)
     try:
         storage.store_batch(parse_batch(json.dumps(body).encode(), HOSTILE_AGENT), datetime.now(UTC))
+        # Its status report: a queue backing up (uploads failing), a hostile version and file name.
+        storage.store_agent_report(HOSTILE_AGENT, AgentReport(
+            version=HOSTILE_VERSION, queued_batches=3, queued_records=40, queued_bytes=5000, oldest_age=90.0,
+            failing_for=60.0, sources=((HOSTILE_SOURCE, 4096),)), datetime.now(UTC))
     finally:
         storage.close()

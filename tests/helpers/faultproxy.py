@@ -10,6 +10,11 @@ between it and the agent. It forwards ``POST /v1/batches`` unless a fault is due
                     cannot know that it was stored
     html_200        ``200 <html>Welcome</html>``: what a wrong URL, a captive portal or a load
                     balancer's default page answers; nothing forwarded
+    hold_after      forwarded and stored by the collector, then its answer held until `release()`:
+                    the agent waits with its batch stored and not acknowledged (`held` is set then,
+                    so a test acts at exactly that moment, e.g. stops the agent)
+    hold_before     the body is read and held until `release()`, then the connection is reset:
+                    the look-alike of hold_after where nothing was stored
     body limit      413 for a body over a limit (on the wire), which a test changes between attempts
 
 Faults are scripted (``add(kind, n)``: the next n batch requests, in call order), so a schedule that
@@ -30,7 +35,8 @@ import threading
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-KINDS = ("status_500", "status_503", "status_429", "status_413", "reset_before", "reset_after", "html_200")
+KINDS = ("status_500", "status_503", "status_429", "status_413", "reset_before", "reset_after", "html_200",
+         "hold_before", "hold_after")
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "host"})
 UPSTREAM_TIMEOUT = 60.0
 
@@ -45,6 +51,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._script: deque[list[object]] = deque()  # [kind, remaining]
         self._limit: int | None = None
+        self.held = threading.Event()  # a request is being held (hold_after: stored at the collector)
+        self._release = threading.Event()
         self._server = _Server(("127.0.0.1", 0), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -73,7 +81,17 @@ class FaultProxy:
             self._script.clear()
             self._limit = None
 
+    def release(self) -> None:
+        """Let every held request go on (and any held later: a hold is for one moment of a test)."""
+        self._release.set()
+
+    def hold(self) -> None:
+        """Called by a handler: say that a request is held, and wait for `release()`."""
+        self.held.set()
+        self._release.wait()
+
     def close(self) -> None:
+        self._release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -164,6 +182,17 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.server.proxy.forward("POST", self.path, self._headers(), body)
             self._reset()
+        elif kind == "hold_before":
+            self.server.proxy.hold()
+            self._reset()
+        elif kind == "hold_after":
+            try:
+                status, headers, data = self.server.proxy.forward("POST", self.path, self._headers(), body)
+            except OSError:
+                self._reset()
+                return
+            self.server.proxy.hold()
+            self._send(status, data, headers, None)
         else:  # html_200
             self._send(200, b"<html><body>Welcome</body></html>", [], "text/html")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -90,3 +91,33 @@ def test_a_peer_that_is_down_looks_like_a_reset(peer: Receiver) -> None:
             send(relay, make_batch("b5", {"10.0.0.5": 1}))
     finally:
         relay.close()
+
+
+def test_a_held_answer_comes_after_release_and_only_hold_after_stores(proxy: FaultProxy, peer: Receiver) -> None:
+    proxy.add("hold_after", 1)
+    proxy.add("hold_before", 1)
+    answers: list[int] = []
+    client = threading.Thread(target=lambda: answers.append(send(proxy, make_batch("b5", {"10.0.0.5": 1}))[0]))
+    client.start()
+    assert proxy.held.wait(10)
+    assert peer.counts() == {"10.0.0.5": 1} and answers == []  # stored, the answer not sent yet
+    proxy.release()
+    client.join(10)
+    assert answers == [200]
+
+    proxy.held.clear()
+    failed: list[BaseException] = []
+
+    def refused() -> None:
+        try:
+            send(proxy, make_batch("b6", {"10.0.0.6": 1}))
+        except ConnectionError as exc:
+            failed.append(exc)
+
+    client = threading.Thread(target=refused)
+    client.start()
+    assert proxy.held.wait(10)  # released already: held only for the moment of the call
+    client.join(10)
+    assert len(failed) == 1
+    assert peer.counts() == {"10.0.0.5": 1}  # nothing of the held-before batch stored
+    assert proxy.applied == {"hold_after": 1, "hold_before": 1}

@@ -47,3 +47,12 @@ class NativeExtractor:
         if v6:
             self._v6.resolve(v6, _judge_v6, out)
         return out
+
+    def scan_counting(self, buf: Buffer, start: int, end: int) -> tuple[dict[str, int], int]:
+        """`scan`, and the newlines of the range counted in the same pass over it (a Part's line
+        count, `parallel.scan_parts`): one read of each block instead of two."""
+        buf, start, end = _padded(buf, start, end, self.context)
+        out, v6, lines = _native.scan(buf, start, end, True)
+        if v6:
+            self._v6.resolve(v6, _judge_v6, out)
+        return out, lines

@@ -2,9 +2,9 @@
 
 The reading thread makes a pass (see tail.py for the rules) every `read.poll_interval`. Between
 two passes it waits on `agent.nudge`, which file events set (agent/watch.py, `read.watch`):
-a write to a file it holds open is read at once (`follow_growth`), a name created, renamed or
+a write to a file it holds open is read at once (`Tailer.growth`), a name created, renamed or
 deleted, or an overflow of the event queue, brings the next pass forward. Events only wake; the
-pass and `follow_growth` decide everything, as they do when polling. Without events (`read.watch
+pass and `growth()` decide everything, as they do when polling. Without events (`read.watch
 = poll`, another platform, a directory the kernel would not watch) it looks at the size of the
 open files several times a second instead (GROWTH_CHECK). It seals per the policy: at once when
 the uploader is idle (it nudges the reader when it falls idle, so what accumulated while
@@ -76,7 +76,7 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
     metrics = None
     try:
         watcher = start_watcher(config.read.watch, agent.nudge)
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         tailer.patience = max(config.read.rotate_grace, 2 * config.read.poll_interval)
         if watcher is not None:
             watcher.watch(tailer.watch_dirs())  # before the first pass: no write falls between
@@ -85,6 +85,8 @@ def run_forever(config: Config, *, say: Callable[[str], None] = lambda line: Non
 
             metrics = serve_metrics(config.agent.metrics_listen, agent, tailer)
         agent.recover()
+        follower = tailer
+        agent.reporter.watch_lags(lambda: [(item.path, item.behind) for item in follower.lag()])
         agent.uploader.start()
         say(_("Following {n} sources; stop with Ctrl-C or SIGTERM").format(n=len(config.sources)))
         check_every = GROWTH_CHECK

@@ -98,8 +98,14 @@ def scan_parts(extractor: Extractor, buf: bytes | bytearray, start: int, end: in
         whole = Part(untimed, count_lines(buf, start, end), end - start, end_offset, long_line, minutes,
                      untimed_lines)
     else:
-        counts = extractor.scan(buf, start, end) if scan else {}
-        whole = Part(counts, count_lines(buf, start, end), end - start, end_offset, long_line)
+        # The native engine counts the newlines in its scanning pass (NativeExtractor.scan_counting).
+        counting = getattr(extractor, "scan_counting", None) if scan else None
+        if counting is not None:
+            counts, lines = counting(buf, start, end)
+        else:
+            counts = extractor.scan(buf, start, end) if scan else {}
+            lines = count_lines(buf, start, end)
+        whole = Part(counts, lines, end - start, end_offset, long_line)
     if whole.records <= cap:
         return [whole]
     pieces = -(-whole.records * 2 // cap)  # aim at half the cap per piece: one rescan, rarely two

@@ -21,9 +21,9 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from remote_uploader.agent.batch import Batch, SealPolicy, seal
 from remote_uploader.agent.clock import wall
@@ -31,11 +31,13 @@ from remote_uploader.agent.extract import Extractor
 from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.faults import crash_point
 from remote_uploader.agent.parallel import ExtractorSpec, ParallelScanner, Part, scan_parts
+from remote_uploader.agent.report import Reporter
 from remote_uploader.agent.signals import SignalWatcher, hold_early
 from remote_uploader.agent.sink import Backoff, HttpSink, Sink, Uploader
-from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, expand_sources
-from remote_uploader.agent.spool import Spool, StateLock, prepare_state_dir
+from remote_uploader.agent.source import A_DIRECTORY, NOT_REGULAR, Anchor, BlockReader, FileIdentity, expand_sources
+from remote_uploader.agent.spool import FileState, Spool, StateLock, prepare_state_dir
 from remote_uploader.agent.stats import Stats, render_block
+from remote_uploader.agent.tail import Collaborators, Event, Gone, Problem, Read, Rotated, Tailer, Truncated
 from remote_uploader.config import Config
 from remote_uploader.errors import (
     EXIT_OK,
@@ -48,9 +50,6 @@ from remote_uploader.errors import (
 )
 from remote_uploader.i18n import _, translate_known
 from remote_uploader.protocol import MAX_RECORDS_PER_BATCH
-
-if TYPE_CHECKING:
-    from remote_uploader.agent.tail import Event, Read
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +113,13 @@ class Agent:
             self.lock.release()
             raise
         self.scanner = _scanner(pipeline)
-        self.sink = sink or HttpSink(config.server)
+        self.reporter = Reporter()  # the status report sent with each batch (agent/report.py)
+        self.sink = sink or HttpSink(config.server, self.reporter)
         server = config.server
         self.uploader = Uploader(self.upload_spool, self.sink,
                                  Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap),
                                  self.stats, config.agent.id, self.wake, self.stop, server.upload_concurrency,
-                                 on_idle=self.nudge)
+                                 on_idle=self.nudge, reporter=self.reporter, status_every=server.status_every)
         self.batch = Batch(time.monotonic())
         # Per file: the anchor (source.Anchor) of the last bytes counted, committed with the offset
         # it stands at (see tail.py: the evidence that a file is still, or copied from, the record).
@@ -181,17 +181,23 @@ class Agent:
         self.stats.max_memory_ips = pipeline.config.batching.max_memory_ips
         if pipeline.config.server != old.config.server:
             server = pipeline.config.server
-            self.sink = HttpSink(server)
+            self.sink = HttpSink(server, self.reporter)
             self.uploader.use(self.sink, Backoff(server.backoff_base, server.backoff_cap, server.retry_after_cap))
 
     # --- consuming what the follower produces ---------------------------------------------------------
+
+    def collaborators(self) -> Collaborators:
+        """What a follower of this agent's files is given (tail.Collaborators): its records in the
+        spool (each write retried while the disk is full, `write_state`), where reading goes on
+        (`offset`), the stop, and getters of the pipeline and workers in force (a reload swaps them
+        between two steps). Not the agent: the runner drives, the follower only produces."""
+        return Collaborators(registry=FollowerRecords(self.spool, self.write_state), progress=self, stop=self.stop,
+                             pipeline=lambda: self.pipeline, scanner=lambda: self.scanner)
 
     def consume(self, events: Generator[Event, None, T]) -> T:
         """Act on each of the follower's events in order, each before the follower goes on (a
         Read's buffer is the reader's; a Gone must be sealed before its record is deleted).
         Returns what the follower's step returns."""
-        from remote_uploader.agent.tail import Gone, Problem, Read, Rotated, Truncated
-
         try:
             while True:
                 try:
@@ -265,9 +271,17 @@ class Agent:
 
     def maybe_seal(self, *, caught_up: bool) -> None:
         """Seal if the policy says so; a caught-up reader seals at once while the uploader is idle
-        (nothing queued, nothing in flight): low load gets latency, high load larger batches."""
+        (nothing queued, nothing in flight): low load gets latency, high load larger batches.
+
+        Past `force_upload_threshold` the queue is asked whether it already holds a batch for each
+        upload in flight (`server.upload_concurrency`): then the batch grows up to the record cap
+        (SealPolicy). Asked only then, so at most a few times per batch, by the reader's own
+        connection."""
         free = caught_up and self.uploader.idle.is_set() and self.uploader.is_alive()
-        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free):
+        behind = (len(self.batch) >= self.policy.force_upload_threshold
+                  and self.spool.holds_batches(self.config.server.upload_concurrency))
+        if self.policy.should_seal(self.batch, time.monotonic(), caught_up=caught_up, uploader_free=free,
+                                   uploader_behind=behind):
             self.seal_now()
 
     def seal_now(self) -> None:
@@ -380,8 +394,6 @@ class Agent:
 
     def read_all(self) -> None:
         """One pass over every configured file, rotated remainders included (rules: tail.py)."""
-        from remote_uploader.agent.tail import read_pass
-
         read_pass(self)
 
     def _show_progress(self, show: Callable[[str], None], reading_done: threading.Event) -> None:
@@ -439,6 +451,52 @@ class Agent:
 
     def stats_lines(self) -> list[str]:
         return render_block(self.stats, self.spool.stats())
+
+
+def read_pass(agent: Agent) -> None:
+    """`once`: one pass of a follower over every file (rotated remainders included), consumed by
+    the agent, then let go of them all."""
+    tailer = Tailer(agent.collaborators())
+    tailer.single_pass = True
+    try:
+        agent.consume(tailer.events())
+    finally:
+        tailer.close()
+
+
+class WriteState(Protocol):
+    """`Agent.write_state`: run one write of the state directory, retried while the disk is full."""
+
+    def __call__(self, write: Callable[[], T]) -> T: ...
+
+
+class FollowerRecords:
+    """The follower's records (tail.Registry) in the agent's spool: reads as they are, each write
+    one transaction run through `write_state`, so a full disk pauses the follower as it pauses a
+    seal (and a stop while waiting raises DiskFullError out of the step) instead of ending it."""
+
+    def __init__(self, spool: Spool, write: WriteState) -> None:
+        self.spool = spool
+        self.write = write
+
+    def get_kv(self) -> dict[str, str]:
+        return self.spool.get_kv()
+
+    def files(self) -> list[FileState]:
+        return self.spool.files()
+
+    def register_file(self, path: str, stream: str, identity: FileIdentity) -> int:
+        return self.write(lambda: self.spool.register_file(path, stream, identity))
+
+    def update_file(self, fid: int, *, identity: FileIdentity | None = None, status: str | None = None,
+                    path: str | None = None) -> None:
+        self.write(lambda: self.spool.update_file(fid, identity=identity, status=status, path=path))
+
+    def forget_files(self, fids: Sequence[int]) -> None:
+        self.write(lambda: self.spool.forget_files(fids))
+
+    def set_kv(self, key: str, value: str) -> None:
+        self.write(lambda: self.spool.set_kv(key, value))
 
 
 def _scanner(pipeline: Pipeline) -> ParallelScanner | None:
@@ -588,4 +646,4 @@ def count_files(paths: list[str], extractor: Extractor, block_size: int,
     return totals, lines, nbytes
 
 
-__all__ = ["Agent", "RunResult", "StateError", "count_files", "run_once"]
+__all__ = ["Agent", "RunResult", "StateError", "count_files", "read_pass", "run_once"]

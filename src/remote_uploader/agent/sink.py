@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 from remote_uploader import __version__
 from remote_uploader.agent.batch import as_format_1, body_format, split_queued
 from remote_uploader.agent.faults import crash_point
+from remote_uploader.agent.report import Reporter
 from remote_uploader.agent.spool import QueuedBatch, Spool
 from remote_uploader.agent.stats import Stats
 from remote_uploader.agent.transport import Connection, tls_context
@@ -64,6 +65,8 @@ from remote_uploader.protocol import (
     HEALTH_PATH,
     MEDIA_V1,
     MEDIA_V2,
+    STATUS_HEADER,
+    STATUS_PATH,
     STREAMS_PATH,
     WHOAMI_PATH,
 )
@@ -137,8 +140,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class HttpSink:
     """Protocol v1 over one keep-alive HTTP(S) connection."""
 
-    def __init__(self, server: ServerConfig) -> None:
+    def __init__(self, server: ServerConfig, reporter: Reporter | None = None) -> None:
         parts = urlsplit(server.url)
+        self.reporter = reporter  # its latest report goes with every batch (the Agent-Status header)
         self.scheme = parts.scheme
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -151,6 +155,8 @@ class HttpSink:
         self._lock = threading.Lock()
         # Whether the collector's last answer listed format 2 (its Accept-Post header).
         self.format_2 = False
+        # Whether the collector answered 404/405 to a status report alone (it predates them).
+        self.status_refused = False
 
     @property
     def where(self) -> str:
@@ -204,6 +210,10 @@ class HttpSink:
         }
         if encoding == "gzip":
             headers["Content-Encoding"] = "gzip"
+        if self.reporter is not None and (report := self.reporter.text()):
+            # A header, not a body field: the queued body stays byte-identical on every retry, and
+            # every collector, old or new, on every parsing path, ignores a header it does not know.
+            headers[STATUS_HEADER] = report
         answer = self._request("POST", BATCHES_PATH, body, headers)
         self._learn(answer[1])
         return answer
@@ -225,6 +235,17 @@ class HttpSink:
             answer = {}
         answer["http_status"] = status
         return answer
+
+    def send_status(self, report: str) -> int:
+        """POST the report alone (a heartbeat: nothing was sent for a while); the answer's status.
+        404 or 405: a collector from before "Agent status" (the caller stops asking it). Raises
+        RetryableDeliveryError when the collector cannot be reached."""
+        status, _, _ = self._request("POST", STATUS_PATH, report.encode(), {
+            "Authorization": f"Bearer {self.token}", "Content-Type": MEDIA_V1,
+            "User-Agent": f"remote-uploader/{__version__}"})
+        if status in (404, 405):
+            self.status_refused = True
+        return status
 
     def whoami(self) -> tuple[int, dict[str, object], bytes]:
         """GET /v1/whoami with the token: (status, the JSON answer or {}, the raw answer)."""
@@ -350,8 +371,14 @@ class Uploader(threading.Thread):
 
     def __init__(self, spool: Spool, sink: Sink, backoff: Backoff, stats: Stats, agent_id: str,
                  wake: threading.Event, stop: threading.Event, concurrency: int = 1, *,
-                 on_idle: threading.Event | None = None) -> None:
+                 on_idle: threading.Event | None = None, reporter: Reporter | None = None,
+                 status_every: float = 0.0) -> None:
         super().__init__(name="uploader", daemon=True)
+        # The agent's status report (agent/report.py): refreshed before each batch is sent, and
+        # sent alone after `status_every` seconds without a request (0: never).
+        self.reporter = reporter
+        self.status_every = status_every
+        self.last_request = time.monotonic()
         self.spool = spool
         self.sink = sink
         self.backoff = backoff
@@ -395,7 +422,7 @@ class Uploader(threading.Thread):
                     if self.on_idle is not None:
                         self.on_idle.set()
                 self.failing_since = None
-                self.wake.wait(IDLE_RECHECK)
+                self.wake.wait(self._heartbeat())
                 self.wake.clear()
                 continue
             self.idle.clear()
@@ -404,6 +431,30 @@ class Uploader(threading.Thread):
             if failures:  # let the others be answered too, so that one backoff covers them all
                 failures += self._settle_all(list(in_flight), in_flight)
                 self._retry_later(failures)
+
+    def _heartbeat(self) -> float:
+        """Send the status report alone if no request went out for `status_every` seconds (so an
+        agent with nothing to send is not taken for a silent one); how long to wait before the
+        next look. A collector without the endpoint (404, 405) is not asked again by this sink."""
+        sink = self.sink  # read once: a reload may swap it meanwhile (`use`)
+        if self.reporter is None or not self.status_every or not isinstance(sink, HttpSink):
+            return IDLE_RECHECK
+        due = self.last_request + self.status_every - time.monotonic()
+        if due > 0:
+            return min(IDLE_RECHECK, due)
+        self.last_request = time.monotonic()
+        if sink.status_refused:
+            return IDLE_RECHECK
+        try:
+            status = sink.send_status(self.reporter.refresh(self.spool, 0.0, force=True))
+        except DeliveryError as exc:
+            log.debug("event=status_not_sent reason=%r", str(exc))
+            return min(IDLE_RECHECK, self.status_every)
+        if status in (404, 405):
+            log.info("event=status_not_taken status=%d reason=collector_before_agent_status", status)
+        elif status != 200:
+            log.debug("event=status_not_sent status=%d", status)
+        return min(IDLE_RECHECK, self.status_every)
 
     def _settle_all(self, futures: Iterable[Future[Delivered]], in_flight: InFlight) -> list[Failure]:
         """Settle each of `futures` (waiting for its answer), taking it out of `in_flight`; the failures to retry."""
@@ -415,6 +466,9 @@ class Uploader(threading.Thread):
             queued = self.spool.next_batch(exclude=[q.seq for q, _ in in_flight.values()])
             if queued is None:
                 return
+            if self.reporter is not None:
+                self.reporter.refresh(self.spool, self.failing_for())
+            self.last_request = time.monotonic()
             future = senders.submit(self.sink.send, queued.batch_id, queued.body, queued.encoding)
             in_flight[future] = (queued, time.monotonic())
 

@@ -661,6 +661,11 @@ class Spool:
         return [(bytes(body), str(encoding)) for body, encoding in
                 self._query("SELECT body, encoding FROM batches ORDER BY seq")]
 
+    def holds_batches(self, n: int) -> bool:
+        """Whether the queue holds at least `n` batches, those in flight included (the reader's
+        seal policy asks). Counts at most `n` rows: a long queue costs no more than a short one."""
+        return int(self._query("SELECT count(*) FROM (SELECT 1 FROM batches LIMIT ?)", (n,))[0][0]) >= n
+
     def queued_bytes(self) -> int:
         return int(self._query("SELECT total(length(body)) FROM batches")[0][0])
 

@@ -1,7 +1,9 @@
 """Which files to read, under which identity, from which offset: following files through rotation.
 
-`Tailer.poll()` is one pass over everything the configured globs match; `once` makes one pass,
-`forever` one every `read.poll_interval` seconds (polling is the source of truth). The rules:
+`Tailer.events()` is one pass over everything the configured globs match; the runner consumes it:
+`once` one pass, `forever` one every `read.poll_interval` seconds (polling is the source of
+truth) and `growth()` between them. The follower is given narrow parts (`Collaborators`: its
+records, where reading goes on, the stop, the configuration in force), never the agent. The rules:
 
 - A *record* (a row of the spool's ``files`` table, a fid) is one stream of content: identified by
   device + inode + a fingerprint of its first bytes + its anchor (a hash of the bytes just before
@@ -42,8 +44,8 @@
   file can no longer grow: its final line is taken whole once it has been idle `read.rotate_grace`.
   A `regex` source matches whole lines: it takes nothing of a live file's unterminated line.
 
-Threads: `poll` runs on the reading thread only. `lag()` may be called from any thread (stats,
-metrics): it takes `lock`, which `poll` holds only while it opens or closes descriptors.
+Threads: `events()` and `growth()` run on the reading thread only. `lag()` may be called from any
+thread (stats, metrics): it takes `lock`, which a step holds only while it opens or closes descriptors.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -74,13 +76,13 @@ from remote_uploader.agent.source import (
     fingerprint,
     identify,
 )
-from remote_uploader.config import SourceConfig
+from remote_uploader.config import Config, SourceConfig
 from remote_uploader.errors import DiskFullError
 
 if TYPE_CHECKING:
     from remote_uploader.agent.extract import Extractor
-    from remote_uploader.agent.parallel import Part
-    from remote_uploader.agent.runner import Agent
+    from remote_uploader.agent.parallel import ParallelScanner, Part
+    from remote_uploader.agent.spool import FileState
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,12 @@ Event = Read | Rotated | Truncated | Gone | Problem
 Events = Generator[Event, None, None]
 
 
+# --- what the follower is given ---------------------------------------------------------------------------
+# Narrow parts, not the agent: the follower reads and identifies files and keeps its records; it
+# neither drives the pipeline nor sees the batch, the queue or the uploader. The runner builds these
+# (`runner.Agent.collaborators`) and consumes what the follower yields.
+
+
 class Progress(Protocol):
     """What the consumer tells the follower: where a record's reading goes on."""
 
@@ -244,6 +252,50 @@ class Progress(Protocol):
         """The committed offset, or past the bytes of it already consumed into memory (never read
         twice); None when the record no longer exists."""
         ...
+
+
+class Registry(Protocol):
+    """The records the follower keeps: the spool's ``files`` table (where each content is, its
+    identity and status) and the last-seen time. Offsets are not written here: they move only with
+    the batch that covers them, in the consumer's transaction (`Spool.commit`). Each write is one
+    transaction, durable when it returns (retried while the disk is full: the runner's adapter)."""
+
+    def get_kv(self) -> dict[str, str]: ...
+
+    def files(self) -> list[FileState]: ...
+
+    def register_file(self, path: str, stream: str, identity: FileIdentity) -> int: ...
+
+    def update_file(self, fid: int, *, identity: FileIdentity | None = None, status: str | None = None,
+                    path: str | None = None) -> None: ...
+
+    def forget_files(self, fids: Sequence[int]) -> None: ...
+
+    def set_kv(self, key: str, value: str) -> None: ...
+
+
+class Setup(Protocol):
+    """The configuration in force (`runner.Pipeline`): the sources and reading settings, and one
+    extractor per source. A reload replaces it whole, between two steps of the follower."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def extractors(self) -> Sequence[Extractor]: ...
+
+
+@dataclass(frozen=True)
+class Collaborators:
+    """Everything the follower is given. `pipeline` and `scanner` are getters: a reload puts a new
+    pipeline (and, with new sources, new extraction workers) in force between two steps, and the
+    next step reads by it."""
+
+    registry: Registry
+    progress: Progress
+    stop: threading.Event  # set: end the step at the next file or block (nothing half counted)
+    pipeline: Callable[[], Setup]
+    scanner: Callable[[], ParallelScanner | None]  # extraction workers for large backlogs, if any
 
 
 @dataclass(frozen=True)
@@ -255,15 +307,19 @@ class Lag:
 
 
 class Tailer:
-    """The follower: follows the configured files for one agent and *produces*, pass by pass, the
-    reads and events of the module rules (`events()`, `growth()`); the agent consumes them
-    (`Agent.consume`: extract, batch, seal, queue). It owns the identity bookkeeping, the spool's
-    ``files`` table (records, where each is, its status, the last-seen time); offsets and the
-    queue are the consumer's. `poll()` and `follow_growth()` are one step each, consumed by the
-    agent it follows for."""
+    """The follower: follows the configured files and *produces*, step by step, the reads and
+    events of the module rules (`events()`: one pass; `growth()`: the open files' appends); the
+    runner consumes each step (`Agent.consume`: extract, batch, seal, queue), acting on every event
+    before the follower resumes. It owns the identity bookkeeping and its records (`Registry`:
+    where each content is, its status, the last-seen time); offsets and the queue are the
+    consumer's, and reach it only as `Progress`."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, given: Collaborators) -> None:
+        self.registry = given.registry
+        self.progress = given.progress
+        self.stop = given.stop
+        self.pipeline = given.pipeline
+        self.scanner = given.scanner
         self.lock = threading.Lock()
         self.tracked: dict[int, Tracked] = {}
         self.polls = 0
@@ -283,22 +339,14 @@ class Tailer:
         self.looked_at: float | None = None
         self.noted: list[Event] = []  # events noted where nothing yields (see `_with_notes`)
         self._matcher: tuple[object, dict[str, int], list[tuple[int, str]]] | None = None  # see source_index
-        kv = agent.spool.get_kv()
+        kv = self.registry.get_kv()
         self.last_seen: float | None = float(kv[LAST_SEEN_KEY]) if LAST_SEEN_KEY in kv else None
-        for state in agent.spool.files():
+        for state in self.registry.files():
             self.tracked[state.fid] = Tracked(state.fid, state.stream or state.path, state.path, state.identity,
                                               state.status, pos=state.offset, live=state.status == ACTIVE,
                                               anchor=state.anchor)
 
     # --- the pass ---------------------------------------------------------------------------------------
-
-    def poll(self) -> None:
-        """One pass, consumed by the agent (`once` and the tests step pass by pass)."""
-        self.agent.consume(self.events())
-
-    def follow_growth(self) -> bool:
-        """One look at the growth of the open files, consumed by the agent; True if any grew."""
-        return self.agent.consume(self.growth())
 
     def events(self) -> Events:
         """One pass: read every followed file from where it stands to its current end, and find new
@@ -323,7 +371,6 @@ class Tailer:
             yield self.noted.pop(0)
 
     def _pass(self) -> Events:
-        agent = self.agent
         self.polls += 1
         # Rotated files nobody knows are read if written since we last looked: they were at the live
         # path after our last scan (rotated twice between two polls, or while the agent was stopped).
@@ -332,13 +379,13 @@ class Tailer:
         found = self._scan()
         self._report(found.problems)
         for t in sorted(self.tracked.values(), key=lambda t: (t.live, t.fid)):  # rotated ones first
-            if agent.stop.is_set():
+            if self.stop.is_set():
                 return
             if t.fid in self.tracked:
                 yield from self._follow(t, found)
         owned = {t.key for t in self.tracked.values()}
         for key, seen in sorted(found.files.items(), key=lambda item: item[1].path):
-            if agent.stop.is_set():
+            if self.stop.is_set():
                 return
             if key not in owned and (seen.live or seen.mtime >= since or key in self.recheck):
                 yield from self._discover(seen, found, since)
@@ -418,7 +465,7 @@ class Tailer:
         """
         grew = False
         for t in list(self.tracked.values()):
-            if self.agent.stop.is_set():
+            if self.stop.is_set():
                 break
             fd = t.fd
             if fd is None or t.followed < 0 or t.fid not in self.tracked or os.fstat(fd).st_size == t.size:
@@ -445,7 +492,7 @@ class Tailer:
         status = COPY if t.copy else ACTIVE if live else ROTATED
         path = seen.path if seen is not None else t.path
         if (status, path) != (t.status, t.path):
-            self.agent.write_state(lambda: self.agent.spool.update_file(t.fid, status=status, path=path))
+            self.registry.update_file(t.fid, status=status, path=path)
             t.status, t.path = status, path
 
     def _same_content(self, t: Tracked, fd: int) -> bool:
@@ -457,13 +504,13 @@ class Tailer:
         if old.fp_len < FINGERPRINT_BYTES:
             longer = identify(fd)
             if longer.fp_len > old.fp_len:
-                self.agent.write_state(lambda: self.agent.spool.update_file(t.fid, identity=longer))
+                self.registry.update_file(t.fid, identity=longer)
                 t.identity = longer
         return True
 
     def _position(self, t: Tracked) -> int | None:
         """Committed offset, or past the bytes already consumed into memory (never read twice)."""
-        pos = self.agent.offset(t.fid)
+        pos = self.progress.offset(t.fid)
         if pos is not None:
             t.pos = pos
         return pos
@@ -471,7 +518,7 @@ class Tailer:
     def _read(self, t: Tracked, fd: int, pos: int, index: int, mtime: float) -> Generator[Event, None, bool]:
         """Read from `pos` to the end; False if the content was replaced while we read (nothing of
         the new content counted: the caller looks for the copy and reads on from our offset there)."""
-        pipeline = self.agent.pipeline
+        pipeline = self.pipeline()
         read = pipeline.config.read
         extractor = pipeline.extractors[index]
         idle = time.time() - mtime
@@ -507,12 +554,11 @@ class Tailer:
         tail block by block, with that check between reading and feeding.) Each Read is consumed
         (counted into the batch) before this resumes: the anchor then becomes the record's evidence.
         """
-        agent = self.agent
-        scanner = agent.scanner
+        scanner = self.scanner()
         size = os.fstat(fd).st_size
         if scanner is not None and scanner.worth_it(size - pos):
             for part in scanner.scan(fd, t.path, index, pos, size):  # a part arrives after its read
-                if agent.stop.is_set():
+                if self.stop.is_set():
                     return True
                 part_anchor = Anchor.at(fd, part.end_offset)  # workers' parts end at a line end
                 if not self._intact(t, fd):
@@ -521,8 +567,8 @@ class Tailer:
                 yield Read(t.fid, t.stream, index, part.end_offset, part=part, anchor=part_anchor)
                 self._counted(t, part_anchor, part.end_offset)
                 pos = part.end_offset
-        chunks = BlockReader(fd, pos, agent.pipeline.config.read.block_size, extractor.context).chunks(partial)
-        while not agent.stop.is_set():
+        chunks = BlockReader(fd, pos, self.pipeline().config.read.block_size, extractor.context).chunks(partial)
+        while not self.stop.is_set():
             chunk = next(chunks, None)
             if chunk is None:
                 break
@@ -573,7 +619,7 @@ class Tailer:
                 with self.lock:
                     self._close_fd(t)
             return
-        if idle < self.agent.pipeline.config.read.rotate_grace:
+        if idle < self.pipeline().config.read.rotate_grace:
             return
         with self.lock:
             self._close_fd(t)
@@ -604,8 +650,7 @@ class Tailer:
 
     def _move(self, t: Tracked, seen: SourceFile, identity: FileIdentity, found: Scan) -> Events:
         """The record's content is now `seen` (a copy): read on from the record's offset there."""
-        self.agent.write_state(lambda: self.agent.spool.update_file(t.fid, identity=identity, path=seen.path,
-                                                                    status=COPY))
+        self.registry.update_file(t.fid, identity=identity, path=seen.path, status=COPY)
         t.identity, t.path, t.status, t.live = identity, seen.path, COPY, False
         t.rotated_at, t.size, t.followed, t.missing_since = time.monotonic(), -1, -1, None
         yield from self._follow(t, found)
@@ -617,7 +662,7 @@ class Tailer:
         content, is that record's; any other may be the copy, even at an inode a stale record still
         names. File systems reuse inodes: between two passes logrotate deletes the oldest rotation
         and creates the copy, which may get the deleted file's inode number, verified for its
-        record earlier in the pass (`follow_growth` looks for copies between passes). Skipped on
+        record earlier in the pass (`growth()` looks for copies between passes). Skipped on
         that stale verification, the copy was not found, the record forgotten, and the copy read
         from 0 at the next pass as a rotation nobody knew: counted twice."""
         if t.identity.fp_len == 0:
@@ -743,10 +788,10 @@ class Tailer:
         if not seen.live:
             log.info("event=rotated_unseen path=%s size=%d action=read_from_start", seen.path, seen.size)
         name = seen.path if seen.live else _live_name(seen.path)
-        fid = self.agent.write_state(lambda: self.agent.spool.register_file(seen.path, name, identity))
+        fid = self.registry.register_file(seen.path, name, identity)
         t = Tracked(fid, name, seen.path, identity, ACTIVE, live=seen.live)
         if not seen.live:
-            self.agent.write_state(lambda: self.agent.spool.update_file(fid, status=ROTATED))
+            self.registry.update_file(fid, status=ROTATED)
             t.status, t.rotated_at = ROTATED, time.monotonic()
         with self.lock:
             t.fd = fd
@@ -792,7 +837,7 @@ class Tailer:
         """The directories whose events concern us: each configured path's or glob's (globbed if
         its directory has wildcards), and each followed file's (rotated names live beside it)."""
         dirs: set[str] = set()
-        for source in self.agent.pipeline.config.sources:
+        for source in self.pipeline().config.sources:
             for pattern in source.paths:
                 directory = os.path.dirname(os.path.expanduser(pattern)) or "."
                 dirs.update(glob.glob(directory) if glob.has_magic(directory) else [directory])
@@ -812,7 +857,7 @@ class Tailer:
         absolute = os.path.abspath
         open_paths = {absolute(t.path) for t in self.tracked.values() if t.fd is not None}
         names = {absolute(n) for t in self.tracked.values() for n in (t.stream, t.path)}
-        patterns = [absolute(os.path.expanduser(p)) for s in self.agent.pipeline.config.sources for p in s.paths]
+        patterns = [absolute(os.path.expanduser(p)) for s in self.pipeline().config.sources for p in s.paths]
 
         def ours(path: str) -> bool:
             return (path in names or bool(rotation_bases(path) & names)
@@ -837,7 +882,7 @@ class Tailer:
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
     def _scan(self) -> Scan:
-        return scan(self.agent.pipeline.config.sources, skip_compressed=self.agent.pipeline.config.read.skip_compressed,
+        return scan(self.pipeline().config.sources, skip_compressed=self.pipeline().config.read.skip_compressed,
                     names=[t.stream for t in self.tracked.values() if self.source_index(t.stream) is not None])
 
     def source_index(self, name: str) -> int | None:
@@ -846,7 +891,7 @@ class Tailer:
 
         Asked for every record at every pass: the patterns are expanded once per configuration
         (a pass over 100 quiet files spent two thirds of its time expanding them again)."""
-        sources = self.agent.pipeline.config.sources
+        sources = self.pipeline().config.sources
         matcher = self._matcher
         if matcher is None or matcher[0] is not sources:
             exact: dict[str, int] = {}
@@ -891,7 +936,7 @@ class Tailer:
         with self.lock:
             self._close_fd(t)
             self.tracked.pop(t.fid, None)
-        self.agent.write_state(lambda: self.agent.spool.forget_files([t.fid]))
+        self.registry.forget_files([t.fid])
         log.info("event=file_forgotten path=%s fid=%d reason=%r", t.path, t.fid, why)
 
     def _report(self, problems: list[SourceProblem]) -> None:
@@ -918,8 +963,7 @@ class Tailer:
             return  # no whole pass yet: the time in the database is still when we last looked
         now = time.time()
         if force or now - self.last_seen_written >= LAST_SEEN_EVERY:
-            looked_at = self.looked_at
-            self.agent.write_state(lambda: self.agent.spool.set_kv(LAST_SEEN_KEY, repr(looked_at)))
+            self.registry.set_kv(LAST_SEEN_KEY, repr(self.looked_at))
             self.last_seen_written = now
 
     # --- for stats and metrics (any thread) ----------------------------------------------------------------------
@@ -931,8 +975,8 @@ class Tailer:
         reading is paused (a full queue) no pass runs, and a log created by a rotation meanwhile
         is where the writer's lines pile up."""
         result: list[Lag] = []
-        matched, _problems = expand_sources(self.agent.pipeline.config.sources,
-                                            skip_compressed=self.agent.pipeline.config.read.skip_compressed)
+        matched, _problems = expand_sources(self.pipeline().config.sources,
+                                            skip_compressed=self.pipeline().config.read.skip_compressed)
         with self.lock:
             for t in list(self.tracked.values()):
                 if self.source_index(t.stream) is None:
@@ -974,12 +1018,3 @@ def _live_name(path: str) -> str:
             return os.path.join(directory, name[:i])
     return path
 
-
-def read_pass(agent: Agent) -> None:
-    """`once`: one pass over every file (rotated remainders included), then let go of them all."""
-    tailer = Tailer(agent)
-    tailer.single_pass = True
-    try:
-        agent.consume(tailer.events())
-    finally:
-        tailer.close()

@@ -2,7 +2,7 @@
 
 Events only *wake* the loop; they decide nothing. What a file is, where its content went and from
 which offset it is read stay the rules of tail.py, applied by the same pass and the same
-`follow_growth` that polling runs; so an event lost, merged or misread costs latency, never a line.
+`growth()` steps that polling runs; so an event lost, merged or misread costs latency, never a line.
 Polling stays: as the safety net (a pass every `read.poll_interval` whatever the events say), and
 as the whole mechanism where events do not work (`read.watch = poll`, no inotify on this platform
 or file system, NFS, the `fs.inotify.max_user_watches` limit reached).

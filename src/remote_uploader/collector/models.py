@@ -120,6 +120,27 @@ class ErrorOut(BaseModel):
     detail: list[FieldErrorOut]
 
 
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "version": {"type": "string", "maxLength": 64},
+        "queued_batches": {"type": "integer", "minimum": 0},
+        "queued_records": {"type": "integer", "minimum": 0},
+        "queued_bytes": {"type": "integer", "minimum": 0},
+        "oldest_age": {"type": ["number", "null"], "minimum": 0},
+        "failing_for": {"type": "number", "minimum": 0},
+        "dead_batches": {"type": "integer", "minimum": 0},
+        "sources": {"type": "array", "maxItems": 32,
+                    "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]}},
+    },
+}
+
+
+class StatusStored(BaseModel):
+    agent: str = Field(description="the name the report is kept under: the token's name")
+    stored: bool
+
+
 class BatchAccepted(BaseModel):
     batch_id: str
     accepted: int = Field(description="records in the batch, now held by the collector")
@@ -162,6 +183,26 @@ class IpDetailOut(IpOut):
     by_agent: list[AgentCountOut]
 
 
+class SourceLagOut(BaseModel):
+    source: str
+    behind: int = Field(description="bytes of the file the agent had not read yet")
+
+
+class AgentStatusOut(BaseModel):
+    """An agent's latest status report (docs/protocol.md, "Agent status")."""
+
+    reported_at: str = Field(description="when the collector received it")
+    version: str
+    queued_batches: int
+    queued_records: int
+    queued_bytes: int
+    oldest_queued_at: str | None = Field(description="when the oldest queued batch was sealed (null: queue empty)")
+    failing_since: str | None = Field(description="since when its uploads failed (null: the last one passed)")
+    dead_batches: int
+    backing_up: bool = Field(description="batches queued and uploads failing, or the oldest older than agent_lag_warn")
+    sources: list[SourceLagOut]
+
+
 class AgentOut(BaseModel):
     agent: str
     first_seen: str
@@ -171,6 +212,7 @@ class AgentOut(BaseModel):
     records: int
     last_batch_id: str
     last_batch_sent_at: str
+    status: AgentStatusOut | None = Field(None, description="its latest status report; null before the first")
 
 
 class AgentList(BaseModel):

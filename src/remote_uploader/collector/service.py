@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from remote_uploader.collector.decisions.engine import DecisionEngine
 from remote_uploader.collector.metrics import Metrics
 from remote_uploader.collector.parsing import BatchParser
+from remote_uploader.collector.reports import Reports
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import CollectorError
@@ -54,6 +55,8 @@ class Collector:
         # Agent name -> the version its User-Agent header named, as this process last saw it (for
         # the dashboard's Agents page; not stored: a restart forgets it until the next batch).
         self.agent_versions: dict[str, str] = {}
+        # Agents' status reports (reports.py): with each batch, or alone as a heartbeat.
+        self.reports = Reports(storage, settings.agent_lag_warn)
 
     # -- lifespan -----------------------------------------------------------------------------
 

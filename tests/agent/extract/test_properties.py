@@ -135,6 +135,18 @@ def test_native_and_stdlib_agree_on_any_range_even_one_cut_mid_word(data: bytes,
     assert NATIVE.scan(buf, lo, hi) == STDLIB.scan(buf, lo, hi)
 
 
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=3000) | fragment_soup, start=st.integers(min_value=0), end=st.integers(min_value=0))
+def test_native_scan_counting_gives_the_scan_and_the_line_count_of_any_range(data: bytes, start: int,
+                                                                                 end: int) -> None:
+    """The one-pass scan (counts and newlines together, what `scan_parts` uses) against the two
+    passes it replaces, on ranges of every length (the 32-byte steps and the byte loop after them)."""
+    buf = b"\n" * CONTEXT + data
+    lo, hi = sorted((CONTEXT + start % (len(data) + 1), CONTEXT + end % (len(data) + 1)))
+    assert NATIVE.scan_counting(buf, lo, hi) == (STDLIB.scan(buf, lo, hi), buf.count(b"\n", lo, hi))  # type: ignore[attr-defined]
+
+
 # Runs near the C core's limits: an IPv6 run of exactly MAX_V6_RUN bytes and one longer, octets of
 # 4 digits, dotted and colon sequences longer than any address.
 long_runs = st.lists(

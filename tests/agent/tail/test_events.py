@@ -36,7 +36,7 @@ def test_a_pass_yields_reads_that_end_at_the_files_end_and_a_problem_for_a_missi
     log.write_text("".join(LINE.format(n=n) for n in range(1, 4)))
     agent = Agent(config_for(tmp_path, log, tmp_path / "none-*.log"), sink=NoSink())
     try:
-        events = step(agent, Tailer(agent))
+        events = step(agent, Tailer(agent.collaborators()))
         reads = [e for e in events if isinstance(e, Read)]
         assert reads and reads[-1].end == log.stat().st_size
         assert {r.stream for r in reads} == {str(log)}
@@ -53,7 +53,7 @@ def test_a_rename_yields_rotated_and_the_new_file_is_read_from_its_start(tmp_pat
     log.write_text(LINE.format(n=1))
     agent = Agent(config_for(tmp_path, log), sink=NoSink())
     try:
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         first = step(agent, tailer)
         fid = next(e.fid for e in first if isinstance(e, Read))
         log.rename(tmp_path / "app.log.1")
@@ -73,7 +73,7 @@ def test_a_truncation_without_a_copy_yields_truncated_then_gone_and_the_new_cont
     log.write_text(LINE.format(n=1))
     agent = Agent(config_for(tmp_path, log), sink=NoSink())
     try:
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         fid = next(e.fid for e in step(agent, tailer) if isinstance(e, Read))
         with log.open("a") as handle:
             handle.write(LINE.format(n=2))  # never looked at: lost with the truncation, no copy holds it
@@ -93,7 +93,7 @@ def test_gone_seals_the_records_bytes_in_memory_before_the_record_is_deleted(tmp
     log.write_text(LINE.format(n=1))
     agent = Agent(config_for(tmp_path, log), sink=NoSink())
     try:
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         fid = next(e.fid for e in step(agent, tailer) if isinstance(e, Read))
         assert fid in agent.batch.offsets  # read, in memory, not sealed
         os.truncate(log, 0)
@@ -138,7 +138,7 @@ def test_a_stream_belongs_to_the_first_source_whose_path_or_glob_matches_it(tmp_
     b.write_text("")
     agent = Agent(config_for(tmp_path, tmp_path / "*.log", a), sink=NoSink())
     try:
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         assert tailer.source_index(str(a)) == 0  # the glob comes first
         assert tailer.source_index(str(b)) == 0
         assert tailer.source_index(str(tmp_path / "c.txt")) is None

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from remote_uploader.agent.parallel import Part
-from remote_uploader.agent.runner import Agent
+from remote_uploader.agent.runner import Agent, read_pass
 from remote_uploader.agent.source import SourceFile
-from remote_uploader.agent.tail import Events, Scan, Tailer, read_pass
+from remote_uploader.agent.tail import Events, Scan, Tailer
 from remote_uploader.config import load
 from tests.agent.tail.test_midread import NoSink, queued_counts
 
@@ -115,19 +115,19 @@ def test_copytruncate_during_the_first_pass_counts_no_line_twice_even_with_a_onc
     agent = AtFirstPart(config, sink=NoSink())
     rotation = Rotation(live, copy_at, truncate_at)
     try:
-        tailer = SteppedTailer(agent)
+        tailer = SteppedTailer(agent.collaborators())
         tailer.rotation = agent.rotation = rotation
         rotation.at("before-listing")
-        tailer.poll()
+        agent.consume(tailer.events())
         agent.rotation = None
         if empty:
             original = write_lines(live, 0, 2000)  # the writer starts after the agent's first look
-            assert tailer.follow_growth()
+            assert agent.consume(tailer.growth())
             rotation.at(copy_at)
         assert rotation.done
         for _ in range(3):
-            tailer.poll()
-            tailer.follow_growth()
+            agent.consume(tailer.events())
+            agent.consume(tailer.growth())
         agent.seal_now()
         tailer.close()
     finally:

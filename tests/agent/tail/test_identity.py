@@ -12,8 +12,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from remote_uploader.agent.runner import Agent
-from remote_uploader.agent.tail import Tailer, is_rotation_of, read_pass
+from remote_uploader.agent.runner import Agent, read_pass
+from remote_uploader.agent.tail import Tailer, is_rotation_of
 from remote_uploader.config import Config, load
 from tests.helpers.agent import NoSink, queued_counts, write_access_log
 
@@ -72,12 +72,12 @@ def test_per_vhost_logs_sharing_a_header_are_each_read_as_they_grow(tmp_path: Pa
     busy.write_text(HEADER)
     agent = Agent(config_for(tmp_path, tmp_path / "*.log"), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         with busy.open("a") as handle:
             handle.write(lines("192.0.2.7", 40))
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == {"192.0.2.7": 40}
@@ -92,15 +92,15 @@ def test_a_recreated_file_holding_only_its_header_is_read_once_it_grows(tmp_path
     live.write_text(HEADER)
     agent = Agent(config_for(tmp_path, live), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         live.rename(tmp_path / "app.log.1")  # rotated while quiet: it holds only the header
         live.write_text(HEADER)  # created again, header first
-        tailer.poll()
+        agent.consume(tailer.events())
         with live.open("a") as handle:
             handle.write(lines("198.51.100.9", 40))
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == {"198.51.100.9": 40}
@@ -114,12 +114,12 @@ def test_a_copy_at_a_rotated_name_is_still_not_read_while_its_original_holds_it(
     expected = write_access_log(live, 300, seed=2)
     agent = Agent(config_for(tmp_path, str(live) + "*"), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         shutil.copyfile(live, tmp_path / "app.log.1")
-        tailer.poll()
+        agent.consume(tailer.events())
         expected += write_access_log(live, 100, seed=3, append=True)
-        tailer.poll()
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == expected
@@ -150,13 +150,13 @@ def test_content_replaced_under_a_common_header_while_followed_is_not_read_at_th
     live.write_text(LONG_HEADER + lines("1.1.1.1", 100))
     agent = Agent(config_for(tmp_path, live), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         with live.open("r+") as handle:
             handle.truncate(0)
             handle.write(LONG_HEADER + lines("2.2.2.2", 300))
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == {"1.1.1.1": 100, "2.2.2.2": 300}
@@ -172,17 +172,17 @@ def test_an_empty_copy_at_a_name_the_glob_matches_is_not_taken_for_a_new_file(tm
     original = write_access_log(live, 500, seed=4)
     agent = Agent(config_for(tmp_path, str(live) + "*"), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         copy = tmp_path / "app.log.1"
         copy.touch()  # copytruncate's copier has created its file and not written yet
-        tailer.poll()
+        agent.consume(tailer.events())
         shutil.copyfile(live, copy)
         with live.open("r+b") as handle:
             handle.truncate(0)
         regrow = write_access_log(live, 200, seed=5, append=True)
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == original + regrow
@@ -195,18 +195,18 @@ def test_a_copy_caught_half_written_at_a_name_the_glob_matches_is_not_taken_for_
     original = write_access_log(live, 500, seed=6)
     agent = Agent(config_for(tmp_path, str(live) + "*"), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         copy = tmp_path / "app.log.1"
         copy.write_bytes(live.read_bytes()[:700])  # less than a fingerprint written so far
-        tailer.poll()
-        tailer.poll()  # the copier is slow: its size held still between two looks
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())  # the copier is slow: its size held still between two looks
         shutil.copyfile(live, copy)
         with live.open("r+b") as handle:
             handle.truncate(0)
         regrow = write_access_log(live, 200, seed=7, append=True)
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == original + regrow
@@ -222,21 +222,21 @@ def test_a_copy_at_an_inode_verified_earlier_in_the_pass_for_other_content_is_st
     first = write_access_log(live, 300, seed=8)
     agent = Agent(config_for(tmp_path, live, **{"read.rotate_grace": 0.0}), sink=NoSink())  # let go at once
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         shutil.copyfile(live, tmp_path / "app.log.1")  # copytruncate
         with live.open("r+b") as handle:
             handle.truncate(0)
         second = write_access_log(live, 300, seed=9, append=True)
-        tailer.poll()  # the first content moves to app.log.1, the second is a new record
-        tailer.poll()  # app.log.1 verified for the first content in this pass, and closed (read, idle)
+        agent.consume(tailer.events())  # the first content moves to app.log.1, the second is a new record
+        agent.consume(tailer.events())  # app.log.1 verified for the first content in this pass, and closed (read, idle)
         shutil.copyfile(live, tmp_path / "app.log.1")  # copytruncate again, into the same inode
         with live.open("r+b") as handle:
             handle.truncate(0)
         third = write_access_log(live, 100, seed=10, append=True)
-        tailer.follow_growth()  # between passes: the truncate is seen, the copy looked for
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.growth())  # between passes: the truncate is seen, the copy looked for
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == first + second + third
@@ -251,14 +251,14 @@ def test_a_final_line_taken_unfinished_and_then_written_into_does_not_make_the_f
     live.write_bytes(lines("192.0.2.1", 30).encode() + b"\0" * 64)
     agent = Agent(config_for(tmp_path, live, **{"read.partial_line_idle": 0.0}), sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()  # the zeros are taken as an unfinished last line
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())  # the zeros are taken as an unfinished last line
         with live.open("r+b") as handle:
             handle.seek(-64, 2)
             handle.write(b"\0" * 63 + b"\n")  # written into, in place
             handle.write(lines("192.0.2.2", 5).encode())
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == {"192.0.2.1": 30, "192.0.2.2": 5}

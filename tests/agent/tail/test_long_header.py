@@ -30,15 +30,15 @@ def test_an_unseen_rotation_sharing_a_long_header_with_the_new_file_is_read_not_
         "agent.state_dir": str(tmp_path / "state"), "agent.workers": 1, "server.url": "http://127.0.0.1:9",
         "server.token_file": str(tmp_path / "token")})
     agent = Agent(config, sink=_NoSink())
-    tailer = Tailer(agent)
+    tailer = Tailer(agent.collaborators())
     try:
-        tailer.poll()  # it has looked: nothing there yet
+        agent.consume(tailer.events())  # it has looked: nothing there yet
         live.write_bytes(HEADER)
         write_access_log(live, 85, seed=7001, append=True)  # written and rotated before its next pass
         live.rename(logs / "h3.log.1")
         live.write_bytes(HEADER)  # logrotate `create`: the new file holds only its header
-        tailer.poll()  # the new file: its record covers the header
-        tailer.poll()  # the rotated file beside it
+        agent.consume(tailer.events())  # the new file: its record covers the header
+        agent.consume(tailer.events())  # the rotated file beside it
         rotated = [t for t in tailer.tracked.values() if t.path == str(logs / "h3.log.1")]
         assert rotated, "h3.log.1 was taken for a copy of h3.log and not read"
         assert rotated[0].pos == (logs / "h3.log.1").stat().st_size

@@ -49,10 +49,10 @@ def test_content_replaced_between_two_reads_is_neither_counted_twice_nor_lost(tm
     agent = RotatedMidRead(config, sink=NoSink())
     agent.live = live
     try:
-        tailer = Tailer(agent)
-        tailer.poll()  # reads a piece, the file is replaced, the rest of the original is in app.log.1
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())  # reads a piece, the file is replaced, the rest of the original is in app.log.1
         assert agent.regrow is not None and live.stat().st_size > 16 * 1024 * 2
-        tailer.poll()
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == original + agent.regrow
@@ -72,17 +72,17 @@ def test_a_copy_being_written_is_not_taken_for_new_content(tmp_path: Path) -> No
         "server.token_file": str(tmp_path / "token")})
     agent = Agent(config, sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         copy = live.with_name("app.log.1")
         copy.touch()  # the copier has created its file and not written yet
-        tailer.poll()
+        agent.consume(tailer.events())
         shutil.copyfile(live, copy)
         with live.open("r+b") as handle:
             handle.truncate(0)
         regrow = write_access_log(live, 200, seed=4, distinct=100, append=True)
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == original + regrow
@@ -116,15 +116,15 @@ def test_a_rotated_file_renamed_before_the_pass_looked_at_it_is_still_read(tmp_p
     agent = RenamesMidRead(config, sink=NoSink())
     agent.live = live
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         # Content the agent never saw, rotated twice between two passes (app.log.1), and more lines.
         expected += write_access_log(live.with_name("app.log.1"), 300, seed=6)
         expected += write_access_log(live, 1000, seed=7, append=True)
         agent.armed = True
-        tailer.poll()  # app.log.1 is in this pass's scan, renamed before the pass gets to it
+        agent.consume(tailer.events())  # app.log.1 is in this pass's scan, renamed before the pass gets to it
         assert not agent.armed
-        tailer.poll()
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert queued_counts(agent) == expected

@@ -28,7 +28,7 @@ def test_two_copytruncates_between_two_looks_lose_nothing_written_outside_their_
     append(log, range(1, 11))
     agent = Agent(config_for(tmp_path, log), sink=NoSink())
     try:
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         step(agent, tailer)
         append(log, range(11, 21))  # not looked at yet
         shutil.copyfile(log, tmp_path / "app.log.1")

@@ -65,8 +65,8 @@ def test_a_pass_waits_for_disk_space_to_register_a_new_file_and_note_when_it_loo
     expected = write_access_log(log, 200, seed=1)
     agent, full = agent_with_full_disk(tmp_path, log, "register_file", "set_kv")
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert full.refused == ["register_file", "set_kv"]
@@ -81,18 +81,18 @@ def test_a_pass_waits_for_disk_space_to_follow_a_rotation_and_forget_replaced_co
     expected = write_access_log(log, 200, seed=2)
     agent, full = agent_with_full_disk(tmp_path, log)
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         full.full = {"update_file", "forget_files"}
         log.rename(tmp_path / "app.log.1")  # rename + create: the record's path changes (update_file)
         expected += write_access_log(log, 100, seed=3)
-        tailer.poll()
+        agent.consume(tailer.events())
         (tmp_path / "app.log.1").unlink()
         with log.open("r+") as handle:  # truncated in place, no copy anywhere: forgotten (forget_files)
             handle.truncate(0)
         expected += write_access_log(log, 50, seed=4, append=True)
-        tailer.poll()
-        tailer.poll()
+        agent.consume(tailer.events())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         assert sorted(full.refused) == ["forget_files", "update_file"]

@@ -18,7 +18,7 @@ def test_quiet_files_wait_on_nothing_but_an_unfinished_line_or_a_rotated_file_in
     log.write_text(LINE.format(n=1))
     agent = Agent(config_for(tmp_path, log, **{"read.rotate_grace": 0.3}), sink=NoSink())
     try:
-        tailer = Tailer(agent)
+        tailer = Tailer(agent.collaborators())
         assert tailer.waiting_on_time() is False  # nothing known yet: events or the first pass bring it
         step(agent, tailer)
         assert tailer.waiting_on_time() is False

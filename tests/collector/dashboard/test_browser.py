@@ -8,6 +8,7 @@ and nothing may be logged as an error.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers.dashboard_site import HOSTILE_AGENT, HOSTILE_IP, HOSTILE_SOURCE, LOG_COUNTS, Site, build
+from tests.helpers.dashboard_site import (
+    HOSTILE_AGENT,
+    HOSTILE_IP,
+    HOSTILE_SOURCE,
+    HOSTILE_VERSION,
+    LOG_COUNTS,
+    Site,
+    build,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -116,7 +125,9 @@ def test_every_page_shows_what_the_agent_sent(visit: Visit, site: Site) -> None:
     assert "test-agent" in agents and "UP" in agents
     from remote_uploader import __version__
 
-    assert __version__ in visit.page.inner_text("table.agents tr:has-text('test-agent')")
+    row = visit.page.inner_text("table.agents tr:has-text('test-agent')")
+    assert __version__ in row
+    assert re.search(r"\d+ batch(es)?, \d+ records", row) and "reported" in row  # the queue its report said
     sources = visit.page.inner_text("table.agents tr.sources:has-text('auth')")
     assert f"auth\"'é.log {sum(LOG_COUNTS.values())}" in sources  # the agent's log, with its count
 
@@ -157,6 +168,10 @@ def test_a_hostile_agent_name_is_shown_as_text(visit: Visit, site: Site) -> None
     visit.go("/agents")
     assert HOSTILE_AGENT in visit.page.inner_text("table.agents")
     assert visit.page.locator("script").count() == 0
+    hostile_row = visit.page.inner_text("table.agents tr.backing-up")
+    assert HOSTILE_VERSION in hostile_row and "QUEUE BACKING UP" in hostile_row and "3 batches" in hostile_row
+    assert visit.page.locator("img").count() == 0
+    assert HOSTILE_SOURCE in visit.page.inner_text("table.agents tr.sources:has-text('Not read yet')")
     visit.go(f"/ips/{HOSTILE_IP}")
     detail = visit.page.inner_text("main")
     assert HOSTILE_AGENT in detail and HOSTILE_SOURCE in detail

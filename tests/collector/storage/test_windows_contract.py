@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import random
 import threading
 from datetime import timedelta
+from typing import Any, cast
 
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Storage, ValidBatch
-from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowQuery
+from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowCount, WindowQuery
+from remote_uploader.collector.storage.sql import SqlStorage
 from tests.helpers.batches import T0, at, record, wire_batch
 
 MINUTE = 60
@@ -131,22 +134,110 @@ def series(storage: Storage, since: float) -> list[tuple[int, int, int, int]]:
             for p in storage.minute_series(at(since))]
 
 
+def source_totals_match_the_buckets(storage: Storage) -> None:
+    """`source_totals` holds, level by level, exactly the per-(bucket, agent, source) sums of the rows."""
+    sql = cast(SqlStorage, storage)
+    with sql._read() as cur:
+        for length, table in ((60, "counts"), (3600, "counts_hour"), (86400, "counts_day")):
+            cur.execute(f"SELECT bucket, agent, source, sum(total) FROM {table} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+            rows = [tuple(map(int, row)) for row in cur.fetchall()]
+            cur.execute(sql._sql("SELECT bucket, agent, source, total FROM source_totals WHERE length = ? "
+                                 "ORDER BY 1, 2, 3"), (length,))
+            assert [tuple(map(int, row)) for row in cur.fetchall()] == rows, table
+
+
 def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(storage: Storage) -> None:
     storage.store_batch(hits("a", "1", record("198.51.100.1", 2, 10), record("198.51.100.2", 1, 70)), at(0))
     storage.store_batch(hits("b", "1", record("198.51.100.1", 3, 20), record("2001:db8::1", 4, 30)), at(0))
     storage.store_batch(hits("b", "1", record("198.51.100.1", 3, 20)), at(0))  # a replay: nothing added
-    storage.store_batch(hits("a", "2", record("198.51.100.1", 1, 40)), at(0))  # same minute, same address
+    storage.store_batch(hits("a", "2", record("198.51.100.1", 1, 40, source="/other")), at(0))  # same minute
     assert series(storage, -60) == [(0, 60, 10, 2), (60, 60, 1, 1)]
+    assert storage.agent_sources(at(-60)) == [
+        ("a", "/var/log/x.log", 3), ("a", "/other", 1), ("b", "/var/log/x.log", 7)]
+    source_totals_match_the_buckets(storage)
     storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
     assert series(storage, -60) == [(0, 3600, 11, 3)]
+    source_totals_match_the_buckets(storage)
     storage.store_batch(hits("c", "1", record("198.51.100.2", 5, 50), record("198.51.100.9", 1, 50)), at(0))
-    assert series(storage, -60) == [(0, 3600, 11, 3), (0, 60, 6, 2)]  # late rows, not folded yet
+    storage.store_batch(hits("a", "3", record("198.51.100.2", 2, 50, source="/other")), at(0))
+    assert series(storage, -60) == [(0, 3600, 11, 3), (0, 60, 8, 2)]  # late rows, not folded yet
+    source_totals_match_the_buckets(storage)
     storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
-    assert series(storage, -60) == [(0, 3600, 17, 4)]  # 198.51.100.2 was in the hour already
+    assert series(storage, -60) == [(0, 3600, 19, 4)]  # 198.51.100.2 was in the hour already
+    assert storage.agent_sources(at(-60)) == [("a", "/other", 3), ("a", "/var/log/x.log", 3),
+                                              ("b", "/var/log/x.log", 7), ("c", "/var/log/x.log", 6)]
+    source_totals_match_the_buckets(storage)
     storage.rollup(at(3 * 86400), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
-    assert series(storage, -86400) == [(-12 * 3600, 86400, 17, 4)]  # T0 is 12:00: the day began at 00:00
+    assert series(storage, -86400) == [(-12 * 3600, 86400, 19, 4)]  # T0 is 12:00: the day began at 00:00
+    assert sum(total for _, _, total in storage.agent_sources(at(-86400))) == 19
+    source_totals_match_the_buckets(storage)
     storage.rollup(at(400 * 86400), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
     assert series(storage, -86400) == []
+    assert storage.agent_sources(at(-86400)) == []
+    source_totals_match_the_buckets(storage)
+
+
+def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_windows_edges(storage: Storage) -> None:
+    """The look-alikes of `_top`: candidates are read by their text, rows are ranked by their key
+    (.9 before .10); a row last seen in a window's first bucket, or folded into an hour that
+    starts before the window, still counts."""
+    cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of 2 for a limit of 1
+    assert storage.window_counts(WindowQuery(at(0), limit=1)) == []  # no candidate at all
+    tied = [f"198.51.100.{i}" for i in range(10, 18)] + ["198.51.100.9"]  # text order: .10 ... .17, .9
+    storage.store_batch(hits("a", "1", *(record(ip, 5, 600) for ip in tied)), at(0))
+    [first] = storage.window_counts(WindowQuery(at(0), limit=1))
+    assert (first.ip, first.count) == ("198.51.100.9", 5)  # the ninth candidate, in the second block
+    storage.store_batch(hits("a", "2", record("203.0.113.1", 9, 0)), at(0))
+    edge = storage.window_counts(WindowQuery(at(59), limit=1))  # the bucket [0, 60) overlaps [59, ...)
+    assert [(row.ip, row.count) for row in edge] == [("203.0.113.1", 9)]
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    folded = storage.window_counts(WindowQuery(at(1800), limit=2))  # the hour [0, 3600) overlaps it
+    assert [(row.ip, row.count) for row in folded] == [("203.0.113.1", 9), ("198.51.100.9", 5)]
+
+
+def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Storage) -> None:
+    """`window_counts` with a limit reads candidates by their bound (storage/sql_windows.py,
+    `_top`), a few at a time here: it must keep exactly the rows, in the order, that adding up
+    the whole window and sorting gives, through ties, filters, every level and late rows."""
+    cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of twice the limit: many rounds
+    rng = random.Random(14)
+    agents, sources = ("a", "b", "c"), ("/s1", "/s2")
+    addresses = [f"198.51.100.{i}" for i in range(60)] + [f"2001:db8::{i:x}" for i in range(1, 20)]
+    number = 0
+    for step in range(3):
+        for agent in agents:
+            records = []
+            for ip in rng.sample(addresses, 25):
+                # Small counts (ties), over three days before the rollup point and the hour after.
+                seconds = rng.choice([rng.randrange(-3 * 86400, 0), rng.randrange(0, 3600)])
+                records.append(record(ip, rng.choice([1, 1, 2, 3, 8]), seconds, source=rng.choice(sources)))
+            number += 1
+            storage.store_batch(hits(agent, str(number), *records), at(0))
+        if step == 0:
+            storage.rollup(at(-2 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    def by_count(row: WindowCount) -> tuple[Any, ...]:
+        return -row.count, len(row.key), row.key
+
+    def by_last(row: WindowCount) -> tuple[Any, ...]:
+        return -row.last_bucket.timestamp(), -row.count, len(row.key), row.key
+
+    filters: list[dict[str, Any]] = [
+        {}, {"agents": ("a",)}, {"agents": ("a", "c")}, {"sources": ("/s2",)}, {"min_count": 6},
+        {"network": ipaddress.ip_network("198.51.100.0/27")}, {"network": ipaddress.ip_network("2001:db8::/120")},
+        {"network": ipaddress.ip_network("198.51.96.0/19")}, {"network": ipaddress.ip_network("2001:db8::/64")},
+        {"agents": ("b",), "sources": ("/s1",), "min_count": 2},
+    ]
+    checked = 0
+    for since, until in ((-3 * 86400, None), (-86400 - 1800, None), (-3600, None), (-600, 1800), (1200, None)):
+        for more in filters:
+            whole = storage.window_counts(WindowQuery(at(since), None if until is None else at(until), **more))
+            for limit in (1, 3, 7, 100):
+                for order, key in (("count", by_count), ("last_seen", by_last)):
+                    query = WindowQuery(at(since), None if until is None else at(until), limit=limit,
+                                        order=order, **more)  # type: ignore[arg-type]
+                    assert storage.window_counts(query) == sorted(whole, key=key)[:limit], (since, more, limit, order)
+                    checked += 1
+    assert checked == 5 * 10 * 4 * 2
 
 
 def test_bucket_totals_count_an_address_once_when_agents_store_it_at_once(storage: Storage) -> None:

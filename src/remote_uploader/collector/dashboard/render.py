@@ -64,6 +64,16 @@ def _num(value: float) -> str:
     return f"{value:,.0f}" if isinstance(value, float) else f"{value:,}"
 
 
+def _size(value: int) -> str:
+    """Bytes, short: `512 B`, `3.4 MiB`."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{value} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 def make_environment() -> Environment:
     env = Environment(
         loader=PackageLoader("remote_uploader.collector.dashboard", "templates"),
@@ -76,6 +86,7 @@ def make_environment() -> Environment:
     env.filters["ago"] = _ago
     env.filters["num"] = _num
     env.filters["duration"] = duration
+    env.filters["size"] = _size
     return env
 
 

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from remote_uploader.collector.dashboard import charts
 from remote_uploader.collector.dashboard.cache import TtlCache
+from remote_uploader.collector.reports import backing_up, moment_before
 from remote_uploader.collector.settings import CollectorSettings
-from remote_uploader.collector.storage.base import AgentStats, Storage
+from remote_uploader.collector.storage.base import AgentStats, Storage, StoredReport
 from remote_uploader.collector.storage.model import (
     MAX_LABEL,
     Decision,
@@ -71,8 +72,12 @@ class AgentRow:
     state: AgentState
     lag: float  # seconds between sealing and arrival of its last batch
     quiet: float  # seconds since its last batch arrived
-    version: str | None = None  # from its User-Agent, as this process last saw it
+    version: str | None = None  # its report's, else its User-Agent's as this process last saw it
     sources: tuple[Any, ...] = ()  # (source, count) rows for the page's window
+    report: StoredReport | None = None  # its latest status report (docs/protocol.md, "Agent status")
+    backing_up: bool = False  # its queue is backing up (reports.backing_up)
+    oldest_queued: datetime | None = None
+    failing_since: datetime | None = None
 
 
 def agent_rows(
@@ -80,18 +85,30 @@ def agent_rows(
 ) -> list[AgentRow]:
     rows = []
     versions = versions or {}
+    reports = storage.agent_reports()
     for stats in storage.list_agents():
-        quiet = (now - stats.last_seen).total_seconds()
+        report = reports.get(stats.name)
+        # A heartbeat (a report alone) says the agent is alive with nothing to send.
+        heard = max(stats.last_seen, report.received_at) if report is not None else stats.last_seen
+        quiet = (now - heard).total_seconds()
         lag = max(0.0, (stats.last_seen - stats.last_batch_sent_at).total_seconds())
         state: AgentState = "up"
         if quiet > settings.agent_silent_after:
             state = "silent"
         elif lag > settings.agent_lag_warn:
             state = "lagging"
-        rows.append(AgentRow(stats, state, lag, quiet, versions.get(stats.name)))
-    # Trouble first: silent, then lagging, then the rest by name.
+        version = versions.get(stats.name)
+        row = AgentRow(stats, state, lag, quiet, version)
+        if report is not None:
+            failing = report.report.failing_for
+            row = replace(row, version=report.report.version or version, report=report,
+                          backing_up=backing_up(report.report, settings.agent_lag_warn),
+                          oldest_queued=moment_before(report, report.report.oldest_age),
+                          failing_since=moment_before(report, failing) if failing > 0 else None)
+        rows.append(row)
+    # Trouble first: silent, then lagging, then queues backing up, then the rest by name.
     order = {"silent": 0, "lagging": 1, "up": 2}
-    rows.sort(key=lambda row: (order[row.state], row.stats.name))
+    rows.sort(key=lambda row: (order[row.state], not row.backing_up, row.stats.name))
     return rows
 
 
@@ -208,16 +225,14 @@ def top_addresses(storage: Storage, params: dict[str, str], cache: TtlCache) -> 
         sources=(_literal_pattern(source),) if source else None,
         network=network,
         min_count=min_count,
-        # One query serves the first pages (cached): most counted first, cut a little deeper.
-        limit=max(CACHED_ROWS, page * PAGE_SIZE) + 1 if sort == "count" else None,
+        # One query serves the first pages (cached): first in the sort's order, cut a little deeper.
+        limit=max(CACHED_ROWS, page * PAGE_SIZE) + 1,
+        order="last_seen" if sort == "last_seen" else "count",
     )
     key = ("top", since_text, min_count, agent, source, cidr, sort, query.limit)
 
     def compute() -> tuple[datetime, list[WindowCount]]:
-        found = storage.window_counts(query)
-        if sort == "last_seen":
-            found.sort(key=lambda row: (-row.last_bucket.timestamp(), -row.count, len(row.key), row.key))
-        return datetime.now(UTC), found
+        return datetime.now(UTC), storage.window_counts(query)
 
     (as_of, found), _ = cache.get(key, TABLE_TTL, compute)
     chosen = found[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]

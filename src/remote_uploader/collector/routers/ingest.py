@@ -21,13 +21,24 @@ from starlette.concurrency import run_in_threadpool
 from remote_uploader.collector.auth import Principal
 from remote_uploader.collector.batch import PRODUCER_PATTERN
 from remote_uploader.collector.body import body_format, check_headers, read_body
-from remote_uploader.collector.models import BATCH_SCHEMA, BATCH_SCHEMA_V2, BatchAccepted
+from remote_uploader.collector.models import BATCH_SCHEMA, BATCH_SCHEMA_V2, STATUS_SCHEMA, BatchAccepted, StatusStored
 from remote_uploader.collector.routers.deps import Service, Who, errors
 from remote_uploader.collector.service import Collector
 from remote_uploader.collector.storage.base import ValidBatch
 from remote_uploader.errors import ApiError
 from remote_uploader.logs import fields
-from remote_uploader.protocol import ACCEPT_POST, ACCEPTED_MEDIA, BATCHES_PATH, MEDIA_V2, PRODUCER_LEN, STREAMS_PATH
+from remote_uploader.protocol import (
+    ACCEPT_POST,
+    ACCEPTED_MEDIA,
+    BATCHES_PATH,
+    MAX_STATUS_LEN,
+    MEDIA_V2,
+    PRODUCER_LEN,
+    STATUS_HEADER,
+    STATUS_PATH,
+    STREAMS_PATH,
+    parse_report,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +81,32 @@ def producer_streams(producer: str, who: Who, collector: Service) -> dict[str, A
     return {"producer": producer, "streams": {sid: [list(r) for r in ranges] for sid, ranges in sorted(found.items())}}
 
 
+@router.post(
+    STATUS_PATH,
+    response_model=StatusStored,
+    summary="An agent's status report alone: a heartbeat when it has nothing to send",
+    responses=errors(400, 401, 403, 413, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": STATUS_SCHEMA}},
+            "description": "the same JSON as the Agent-Status header of a batch (docs/protocol.md, \"Agent status\")",
+        }
+    },
+)
+async def post_status(request: Request, who: Who, collector: Service) -> StatusStored:
+    """What an agent with nothing to send says every `server.status_every` seconds, so that its
+    queue, version and liveness stay known between batches. Stored under the token's name."""
+    if who.role != "agent":
+        raise ApiError(403, "authorization", "this token may only read")
+    payload = await read_body(request.receive, gzip=False, limit=MAX_STATUS_LEN)
+    report = parse_report(bytes(payload))
+    if isinstance(report, str):
+        raise ApiError(400, "body", report)
+    await run_in_threadpool(collector.reports.store, who.name, report, datetime.now(UTC))
+    return StatusStored(agent=who.name, stored=True)
+
+
 async def receive_batch(collector: Collector, request: Request, who: Principal) -> BatchAccepted:
     if who.role != "agent":
         raise ApiError(403, "authorization", "this token may only read")
@@ -95,7 +132,8 @@ async def receive_batch(collector: Collector, request: Request, who: Principal) 
             # Counted under the token's name: batches queued before the agent id, the token or
             # its name changed are delivered, not stranded (see batch.parse_batch).
             batch = dataclasses.replace(batch, agent=who.name)
-        return await run_in_threadpool(_store, collector, batch, request.state)
+        report = request.headers.get(STATUS_HEADER)
+        return await run_in_threadpool(_store, collector, batch, request.state, report)
     finally:
         collector.slots.release()
 
@@ -108,11 +146,14 @@ def _note_version(collector: Collector, agent: str, user_agent: str) -> None:
         versions[agent] = version
 
 
-def _store(collector: Collector, batch: ValidBatch, state: Any) -> BatchAccepted:
+def _store(collector: Collector, batch: ValidBatch, state: Any, report: str | None = None) -> BatchAccepted:
     metrics = collector.metrics
     state.batch_id = batch.batch_id
     state.records = batch.records
-    new = collector.storage.store_batch(batch, datetime.now(UTC))
+    received_at = datetime.now(UTC)
+    new = collector.storage.store_batch(batch, received_at)
+    # After the batch, in a transaction of its own: a report never delays or refuses the counts.
+    collector.reports.from_header(batch.agent, report, received_at)
     state.duplicate = not new
     if new:
         metrics.batches.labels("accepted").inc()

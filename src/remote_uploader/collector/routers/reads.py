@@ -21,12 +21,15 @@ from remote_uploader.collector.models import (
     AgentCountOut,
     AgentList,
     AgentOut,
+    AgentStatusOut,
     Health,
     IpDetailOut,
     IpOut,
     IpPage,
+    SourceLagOut,
     WhoAmI,
 )
+from remote_uploader.collector.reports import backing_up, moment_before
 from remote_uploader.collector.routers.deps import (
     MAX_QUERY_COUNT,
     MinCount,
@@ -37,7 +40,7 @@ from remote_uploader.collector.routers.deps import (
     errors,
     moment,
 )
-from remote_uploader.collector.storage.base import IpQuery, IpSummary, SortKey, to_micros
+from remote_uploader.collector.storage.base import IpQuery, IpSummary, SortKey, StoredReport, to_micros
 from remote_uploader.errors import ApiError, StorageError
 from remote_uploader.protocol import HEALTH_PATH, MAX_AGENT_LEN, WHOAMI_PATH, canonical_ip, check_text, format_time
 
@@ -165,9 +168,12 @@ def get_ip(_: Who, collector: Service, ip: Annotated[str, Path(max_length=64)]) 
     responses=errors(401, 503),
 )
 def list_agents(_: Who, collector: Service) -> AgentList:
+    reports = collector.storage.agent_reports()
+    lag_warn = collector.settings.agent_lag_warn
     return AgentList(
         items=[
             AgentOut(
+                status=_status(reports.get(row.name), lag_warn),
                 agent=row.name,
                 first_seen=format_time(row.first_seen),
                 last_seen=format_time(row.last_seen),
@@ -181,3 +187,22 @@ def list_agents(_: Who, collector: Service) -> AgentList:
         ]
     )
 
+
+def _status(stored: StoredReport | None, lag_warn: float) -> AgentStatusOut | None:
+    if stored is None:
+        return None
+    report = stored.report
+    oldest = moment_before(stored, report.oldest_age)
+    failing = moment_before(stored, report.failing_for) if report.failing_for > 0 else None
+    return AgentStatusOut(
+        reported_at=format_time(stored.received_at),
+        version=report.version,
+        queued_batches=report.queued_batches,
+        queued_records=report.queued_records,
+        queued_bytes=report.queued_bytes,
+        oldest_queued_at=None if oldest is None else format_time(oldest),
+        failing_since=None if failing is None else format_time(failing),
+        dead_batches=report.dead_batches,
+        backing_up=backing_up(report, lag_warn),
+        sources=[SourceLagOut(source=name, behind=lag) for name, lag in report.sources],
+    )

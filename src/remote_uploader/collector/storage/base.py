@@ -32,7 +32,7 @@ from remote_uploader.collector.storage.model import (
     WindowCount,
     WindowQuery,
 )
-from remote_uploader.protocol import Network
+from remote_uploader.protocol import AgentReport, Network
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -151,6 +151,15 @@ class AgentStats:
     records: int  # records in the counted batches
     last_batch_id: str
     last_batch_sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """An agent's latest status report (docs/protocol.md, "Agent status") and when it arrived."""
+
+    agent: str
+    received_at: datetime
+    report: AgentReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +318,14 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list_agents(self) -> list[AgentStats]: ...
+
+    @abc.abstractmethod
+    def store_agent_report(self, agent: str, report: AgentReport, received_at: datetime) -> None:
+        """Keep `report` as the agent's latest (one row per agent; a later arrival wins)."""
+
+    @abc.abstractmethod
+    def agent_reports(self) -> dict[str, StoredReport]:
+        """Every agent's latest status report, by name."""
 
     # -- dashboard (sql_dashboard.py) ---------------------------------------------------------
 

@@ -46,6 +46,11 @@ SQLITE_BUCKETS = (
     "total INTEGER NOT NULL)"
 )
 SQLITE_SOURCES = "CREATE TABLE sources (idx INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+# The bucket deltas summed per (bucket, source index), for the per-(agent, source) totals
+# (storage/sql_windows.py, "Totals"): made with the image, so that the sort it takes is done by
+# the parsing worker rather than by the writer, under the write lock.
+SQLITE_BUCKET_SUMS = "CREATE TABLE bsums (bucket INTEGER NOT NULL, src INTEGER NOT NULL, total INTEGER NOT NULL)"
+SUM_BUCKETS = "INSERT INTO {schema}bsums SELECT bucket, src, sum(total) FROM {schema}bdeltas GROUP BY bucket, src"
 # Rows per INSERT: one statement binding many rows is about twice as fast as executemany, which
 # pays a statement step and reset per row; past a few hundred rows there is nothing left to gain.
 ROWS_PER_INSERT = 500
@@ -89,6 +94,16 @@ def source_indexes(buckets: Sequence[BucketDelta]) -> tuple[list[tuple[int, str]
 _KEY, _BUCKET, _SOURCE, _TOTAL = (operator.itemgetter(n) for n in range(4))
 
 
+def bucket_sums(rows: Sequence[tuple[bytes, int, int, int]]) -> list[tuple[int, int, int]]:
+    """(bucket, source index, total) of `source_indexes`' rows: what `SUM_BUCKETS` makes, for
+    rows staged in the writer's process (a dict here costs less than SQLite's sort of them)."""
+    sums: dict[tuple[int, int], int] = {}
+    for _, bucket, source, total in rows:
+        sums[bucket, source] = sums.get((bucket, source), 0) + total
+    return [(bucket, source, total) for (bucket, source), total in sums.items()]
+
+
+
 def insert_many(conn: sqlite3.Connection | Cursor, table: str, width: int, rows: Sequence[Sequence[object]],
                 blobs: Sequence[int] = ()) -> None:
     """`rows` into `table`, `ROWS_PER_INSERT` rows per statement.
@@ -114,18 +129,20 @@ def insert_many(conn: sqlite3.Connection | Cursor, table: str, width: int, rows:
 
 def sqlite_image(deltas: Sequence[IpDelta], buckets: Sequence[BucketDelta] = ()) -> bytes:
     """A SQLite database (the bytes of its file) with the deltas in table `deltas`, in order,
-    and the bucket deltas in `bdeltas` with their sources in `sources`."""
+    and the bucket deltas in `bdeltas` with their sources in `sources` and their sums in `bsums`."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     try:
         conn.execute(SQLITE_DELTAS)
         conn.execute(SQLITE_BUCKETS)
         conn.execute(SQLITE_SOURCES)
+        conn.execute(SQLITE_BUCKET_SUMS)
         conn.execute("BEGIN")
         insert_many(conn, "deltas", 5, deltas, blobs=(1,))
         if buckets:
             sources, rows = source_indexes(buckets)
             conn.executemany("INSERT INTO sources VALUES (?, ?)", sources)
             insert_many(conn, "bdeltas", 4, rows, blobs=(0,))
+            conn.execute(SUM_BUCKETS.format(schema=""))
         conn.execute("COMMIT")
         return conn.serialize()
     finally:

@@ -59,6 +59,9 @@ class WindowQuery:
     network: Network | None = None  # only addresses in this network
     min_count: int = 1
     limit: int | None = None  # most counted first when limited
+    # With `limit`: "last_seen" keeps the addresses whose latest bucket in the window is newest
+    # (then most counted), returned in that order.
+    order: Literal["count", "last_seen"] = "count"
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,15 @@ ADD_TOTALS = (
     "(SELECT 1 FROM counts c WHERE c.ipkey = d.ipkey AND c.bucket = d.bucket)) AS addresses "
     "FROM bdeltas d GROUP BY d.bucket) n WHERE t.length = %s AND t.bucket = n.bucket"
 )
+# The per-(agent, source) totals of the batch's buckets (sql_windows.py, "Totals"): a few rows,
+# locked in order after the minutes' `bucket_totals` rows.
+ADD_SOURCE_TOTALS = (
+    "INSERT INTO source_totals (length, bucket, agent, source, total) "
+    "SELECT %s, b.bucket, (SELECT id FROM labels WHERE kind = 'agent' AND name = %s), l.id, "
+    f"least(sum(b.total), {MAX_TOTAL}) FROM bdeltas b JOIN labels l ON l.kind = 'source' AND l.name = b.source "
+    "GROUP BY b.bucket, l.id ORDER BY 2, 4 "
+    f"ON CONFLICT (length, bucket, agent, source) DO UPDATE SET total = {_add('source_totals')}"
+)
 UPSERT_AGENT = (
     "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
     "last_batch_sent_at) VALUES (%s, %s, %s, 1, 0, %s, %s, %s) "
@@ -202,11 +211,24 @@ class PostgresStorage(SqlStorage):
                 f"folded AS (INSERT INTO {target} (ipkey, bucket, agent, source, total) "
                 f"SELECT ipkey, (bucket / {unit}) * {unit}, agent, source, least(sum(total), {MAX_TOTAL}) "
                 f"FROM moved GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
-                f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {saturating_add(target)}) "
+                f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {saturating_add(target)}), "
+                # The per-(agent, source) totals: what moved is added to the coarser level and
+                # taken off the finer one (not deleted: an ingest of a late row may have added to
+                # a finer row since this statement's snapshot; its row was not moved, so neither
+                # is its part of the total).
+                "src AS (SELECT bucket, agent, source, sum(total) AS total FROM moved GROUP BY 1, 2, 3), "
+                "src_up AS (INSERT INTO source_totals (length, bucket, agent, source, total) "
+                f"SELECT {unit}, (bucket / {unit}) * {unit}, agent, source, least(sum(total), {MAX_TOTAL}) "
+                "FROM src GROUP BY 2, 3, 4 ORDER BY 2, 3, 4 ON CONFLICT (length, bucket, agent, source) "
+                f"DO UPDATE SET total = {saturating_add('source_totals')}), "
+                "src_down AS (UPDATE source_totals t SET total = t.total - s.total FROM src s "
+                "WHERE t.length = %s AND t.bucket = s.bucket AND t.agent = s.agent AND t.source = s.source) "
                 "SELECT count(*) FROM moved",
-                (before, before),
+                (before, before, self._length(source)),
             )
             moved = int(cur.fetchone()[0])
+            cur.execute("DELETE FROM source_totals WHERE length = %s AND bucket < %s AND total = 0",
+                        (self._length(source), before))
             cur.execute("DELETE FROM bucket_totals WHERE length = %s AND bucket < %s", (self._length(source), before))
             return moved
 
@@ -249,5 +271,6 @@ class PostgresStorage(SqlStorage):
                 cur.execute(LOCK_TOTALS, (self.bucket_seconds,))
                 cur.execute(ADD_TOTALS, (self.bucket_seconds,))
                 cur.execute(UPSERT_COUNTS, (agent,))
+                cur.execute(ADD_SOURCE_TOTALS, (self.bucket_seconds, agent))
             cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -32,6 +32,7 @@ from remote_uploader.collector.storage.base import (
 )
 from remote_uploader.collector.storage.migrations import Migration
 from remote_uploader.collector.storage.producers import ProducerState, merge_range
+from remote_uploader.collector.storage.sql_agents import AgentReportsSql
 from remote_uploader.collector.storage.sql_dashboard import DashboardSql
 from remote_uploader.collector.storage.sql_decisions import DecisionsSql
 from remote_uploader.collector.storage.sql_windows import WindowsSql
@@ -53,7 +54,7 @@ class Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, Storage):
+class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, AgentReportsSql, Storage):
     placeholder = "?"
     migrations: tuple[Migration, ...] = ()
     lock_row = ""  # PostgreSQL: " FOR UPDATE" (SQLite's BEGIN IMMEDIATE already serialises writers)

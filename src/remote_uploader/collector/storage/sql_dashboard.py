@@ -56,10 +56,12 @@ class DashboardSql:
             return [(str(name), int(total)) for name, total in cur.fetchall()]
 
     def agent_sources(self, since: datetime) -> list[tuple[str, str, int]]:
+        """From the per-(agent, source) totals kept at ingest (sql_windows.py, "Totals"): exact,
+        and a few rows per bucket instead of every bucket row of the window."""
         parts, params = [], []
-        for table, _, bounds in self._levels(since, None):
-            parts.append(f"SELECT agent, source, total FROM {table} WHERE bucket >= ?")
-            params.append(bounds[0])
+        for _, length, bounds in self._levels(since, None):
+            parts.append("SELECT agent, source, total FROM source_totals WHERE length = ? AND bucket >= ?")
+            params += [length, bounds[0]]
         sql = (
             "SELECT a.name, s.name, sum(c.total) FROM (" + " UNION ALL ".join(parts) + ") c "
             "JOIN labels a ON a.id = c.agent JOIN labels s ON s.id = c.source "

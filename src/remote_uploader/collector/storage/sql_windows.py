@@ -10,13 +10,15 @@ transaction as the rows: whoever adds rows to a level adds their sum, and counts
 the (address, bucket) pairs the level did not hold yet (a look-up of the table's key prefix,
 made before the rows go in); a fold deletes the source level's totals of what it moved; expiry
 deletes the day totals it drops. Reading them costs a few hundred rows instead of a scan of the
-buckets (docs/dashboard.md, "On a big store").
+buckets (docs/dashboard.md, "On a big store"). `source_totals` holds, the same way, the sum of
+each level's bucket rows per (bucket, agent, source), for the agents page: added with the rows,
+moved with them by a fold, dropped with them by expiry.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,6 +33,7 @@ from remote_uploader.protocol import Network, ip_key
 MAX_TOTAL = 2**63 - 1
 KEYS_PER_QUERY = 2000  # addresses bound per query: under every backend's parameter limit
 HOUR = 3600
+SMALL_NETWORK = 4096  # addresses: a window limited to a network this small is added up whole
 DAY = 86400
 
 
@@ -55,6 +58,9 @@ class WindowsSql:
     """Needs `_read`, `_write`, `_sql` and `bucket_seconds` from the class it is mixed into."""
 
     bucket_seconds: int = 60
+    # Candidates read at first by `_top`: this many times its limit, at least `top_block` (tests set less).
+    top_factor: int = 32
+    top_block: int = 4096
 
     if TYPE_CHECKING:
 
@@ -126,45 +132,149 @@ class WindowsSql:
             filters = self._filters(cur, query.agents, query.sources, query.network)
             if filters is None:
                 return []
-            conditions, params = filters
-            key_sets: list[list[bytes] | None] = [None]
-            if query.ips is not None:
-                keys = sorted({ip_key(ip) for ip in query.ips})
-                key_sets = [keys[i : i + KEYS_PER_QUERY] for i in range(0, len(keys), KEYS_PER_QUERY)]
-            found: list[WindowCount] = []
-            for chunk in key_sets:
-                parts = []
-                bound: list[Any] = []
-                for table, _, bounds in self._levels(query.since, query.until):
-                    sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
-                    if len(bounds) > 1:
-                        sql += " AND bucket <= ?"
-                    sql += conditions
-                    bound += bounds + params
-                    if chunk is not None:
-                        sql += f" AND ipkey IN ({','.join('?' * len(chunk))})"
-                        bound += chunk
-                    parts.append(sql)
-                sql = (
-                    "SELECT ipkey, sum(total), min(bucket), max(bucket) FROM ("
-                    + " UNION ALL ".join(parts)
-                    + ") w GROUP BY ipkey HAVING sum(total) >= ?"
-                )
-                bound.append(query.min_count)
-                if query.limit is not None:
-                    sql += " ORDER BY sum(total) DESC, ipkey LIMIT ?"
-                    bound.append(query.limit)
-                cur.execute(self._sql(sql), bound)
-                for key, total, first, last in cur.fetchall():
-                    key = bytes(key)
-                    found.append(
-                        WindowCount(ip_text(key), key, min(int(total), MAX_TOTAL), _moment(first), _moment(last))
-                    )
+            # A small network is one short range of the buckets' key: its rows are fewer than `ips`.
+            small = query.network is not None and query.network.num_addresses <= SMALL_NETWORK
+            if query.ips is None and query.limit is not None and not small:
+                return self._top(cur, query, filters)
+            keys = None if query.ips is None else sorted({ip_key(ip) for ip in query.ips})
+            found = self._counts(cur, query, filters, keys, query.limit if query.order == "count" else None)
         if query.limit is not None:
-            found.sort(key=lambda row: (-row.count, len(row.key), row.key))
-            return found[: query.limit]
+            by = _by_last_seen if query.order == "last_seen" else _by_count
+            return sorted(found, key=lambda row: by(_sums(row)))[: query.limit]
         found.sort(key=lambda row: (len(row.key), row.key))
         return found
+
+    def _counts(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]], keys: list[bytes] | None,
+                limit: int | None) -> list[WindowCount]:
+        """The window's counts of `keys` (None: of every address), `limit` most counted (None: all)."""
+        return [_row(sums) for sums in self._sums(cur, query, filters, keys, limit)]
+
+    def _sums(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]], keys: list[bytes] | None,
+              limit: int | None, tables: Collection[str] | None = None) -> list[Sums]:
+        """(key, count, first bucket, last bucket) of `_counts`, from the levels in `tables` only
+        (None: all; those the caller knows hold no row of the window need not be read)."""
+        conditions, params = filters
+        key_sets: list[list[bytes] | None] = [None]
+        if keys is not None:
+            key_sets = [keys[i : i + KEYS_PER_QUERY] for i in range(0, len(keys), KEYS_PER_QUERY)]
+        found: list[Sums] = []
+        for chunk in key_sets:
+            parts = []
+            bound: list[Any] = []
+            for table, _, bounds in self._levels(query.since, query.until):
+                if tables is not None and table not in tables:
+                    continue
+                sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
+                if len(bounds) > 1:
+                    sql += " AND bucket <= ?"
+                sql += conditions
+                bound += bounds + params
+                if chunk is not None:
+                    sql += f" AND ipkey IN ({','.join('?' * len(chunk))})"
+                    bound += chunk
+                parts.append(sql)
+            sql = (
+                "SELECT ipkey, sum(total), min(bucket), max(bucket) FROM ("
+                + " UNION ALL ".join(parts)
+                + ") w GROUP BY ipkey HAVING sum(total) >= ?"
+            )
+            bound.append(query.min_count)
+            if limit is not None:
+                sql += " ORDER BY sum(total) DESC, ipkey LIMIT ?"
+                bound.append(limit)
+            cur.execute(self._sql(sql), bound)
+            found += [(bytes(key), min(int(total), MAX_TOTAL), int(first), int(last))
+                      for key, total, first, last in cur.fetchall()]
+        return found
+
+    def _top(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]]) -> list[WindowCount]:
+        """The `limit` first addresses of the window (most counted, or newest last bucket), exact,
+        without adding up every bucket row of the window (a threshold search).
+
+        Every bucket row of an address is bounded by its row in `ips` (or, per agent, in
+        `ip_agents`), written from the same records in the same transaction (storage/sqlite.py,
+        postgres.py `store_batch`): its bucket starts at or before the address's `last_seen`, and
+        the address's `total` is at least the sum of its bucket rows (rows only ever move to a
+        coarser level or expire; `ips` rows are never deleted). So only addresses last seen at or
+        after the window's lowest bucket start can have a count in it, and none can count more
+        than its total. The candidates are read in the order of that bound (total, or last seen),
+        a block at a time, and their exact counts added up from their rows (one range of the
+        buckets' key each) a part of the block at a time (`limit` candidates, then twice as many
+        each time); the search stops when the `limit`-th best so far is strictly ahead of the
+        next candidate's bound, which no later candidate can then beat. Each block is 4 times the
+        one before, so an unlucky store costs a few reads of `ips` more than the plain sum, never
+        an unbounded number."""
+        assert query.limit is not None
+        limit = query.limit
+        by = _by_last_seen if query.order == "last_seen" else _by_count
+        column = "last_seen" if query.order == "last_seen" else "total"
+        lowest, tables = self._lowest_bucket(cur, query.since, query.until)
+        if query.agents is not None:
+            marks = ",".join("?" * len(query.agents))
+            # An address counted by one agent only has its totals in `ips` (`ips.agent`, migration
+            # 9) and no `ip_agents` row; once a second agent counts it, `ips.agent` is NULL and
+            # every agent's totals are in `ip_agents`: never both for one agent.
+            source = (
+                "(SELECT ip, ipkey, family, sum(total) AS total, max(last_seen) AS last_seen FROM ("
+                "SELECT a.ip, i.ipkey, i.family, a.total, a.last_seen "
+                f"FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent IN ({marks}) "
+                "UNION ALL SELECT ip, ipkey, family, total, last_seen "
+                f"FROM ips WHERE agent IN ({marks})) u GROUP BY ip, ipkey, family)"
+            )
+            head: list[Any] = [*query.agents, *query.agents]
+        else:
+            source, head = "ips", []
+        where = "c.last_seen >= ? AND c.total >= ?"
+        head += [lowest * 1_000_000, query.min_count]
+        if query.network is not None:
+            network = query.network
+            where += " AND c.family = ? AND c.ipkey BETWEEN ? AND ?"
+            head += [network.version, network.network_address.packed, network.broadcast_address.packed]
+        best: list[Sums] = []
+        after: tuple[int, str] | None = None
+        block = max(self.top_factor * limit, self.top_block)
+        chunk = max(limit, 1)  # candidates added up at a time, doubling: a block is rarely needed whole
+        while True:
+            sql = f"SELECT c.ip, c.ipkey, c.{column} FROM {source} c WHERE {where}"
+            params = list(head)
+            if after is not None:
+                sql += f" AND (c.{column} < ? OR (c.{column} = ? AND c.ip > ?))"
+                params += [after[0], after[0], after[1]]
+            cur.execute(self._sql(sql + f" ORDER BY c.{column} DESC, c.ip LIMIT ?"), [*params, block + 1])
+            rows = cur.fetchall()
+            if not rows:
+                return [_row(sums) for sums in best]  # no candidate at all, or none left
+            done = 0
+            while done < min(block, len(rows)):
+                part = rows[done : min(done + chunk, block)]
+                done += len(part)
+                keys = sorted(bytes(key) for _, key, _ in part)
+                best = sorted(best + self._sums(cur, query, filters, keys, None, tables), key=by)[:limit]
+                chunk *= 2
+                if done == len(rows):
+                    return [_row(sums) for sums in best]  # no candidate left
+                bound = int(rows[done][2])  # the next candidate's: its total, or its last seen (µs)
+                if len(best) == limit and _ahead(best[-1], query.order, bound):
+                    return [_row(sums) for sums in best]
+            last = rows[block - 1]
+            after = (int(last[2]), str(last[0]))
+            block *= 4
+
+    def _lowest_bucket(self, cur: Any, since: datetime, until: datetime | None) -> tuple[int, set[str]]:
+        """The lowest bucket start (seconds) the window can hold a row of, and the levels that
+        can hold one: the bucket level, and each coarser level with a row in the window (as
+        `bucket_totals`, kept exact with the rows, tells); the lowest of their lower bounds."""
+        levels = self._levels(since, until)
+        lowest, tables = levels[0][2][0], {levels[0][0]}
+        for table, _, bounds in levels[1:]:
+            sql = "SELECT 1 FROM bucket_totals WHERE length = ? AND bucket >= ?"
+            if len(bounds) > 1:
+                sql += " AND bucket <= ?"
+            cur.execute(self._sql(sql + " LIMIT 1"), [self._length(table), *bounds])
+            if cur.fetchone() is not None:
+                lowest = min(lowest, bounds[0])
+                tables.add(table)
+        return int(lowest), tables
 
     def window_series(
         self,
@@ -213,8 +323,9 @@ class WindowsSql:
         with self._write() as cur:
             cur.execute(self._sql("DELETE FROM counts_day WHERE bucket < ?"), (floor(now - day_retention, DAY),))
             dropped = cur.rowcount
-            cur.execute(self._sql("DELETE FROM bucket_totals WHERE length = ? AND bucket < ?"),
-                        (DAY, floor(now - day_retention, DAY)))
+            for totals in ("bucket_totals", "source_totals"):
+                cur.execute(self._sql(f"DELETE FROM {totals} WHERE length = ? AND bucket < ?"),
+                            (DAY, floor(now - day_retention, DAY)))
         return RollupResult(to_hour, to_day, dropped)
 
     def _fold(self, source: str, target: str, unit: int, before: int) -> int:
@@ -226,6 +337,21 @@ class WindowsSql:
         with self._write() as cur:
             cur.execute(self._sql(fold_totals(source, target, unit, MAX_TOTAL, "?")), (before,))
             cur.execute(self._sql("DELETE FROM bucket_totals WHERE length = ? AND bucket < ?"),
+                        (self._length(source), before))
+            # One writer: the finer level's per-(agent, source) totals below `before` are exactly
+            # those of the rows moved below.
+            cur.execute(
+                self._sql(
+                    "INSERT INTO source_totals (length, bucket, agent, source, total) "
+                    f"SELECT {unit}, (bucket / {unit}) * {unit}, agent, source, "
+                    f"CASE WHEN sum(total) > {MAX_TOTAL} THEN {MAX_TOTAL} ELSE sum(total) END "
+                    "FROM source_totals WHERE length = ? AND bucket < ? GROUP BY 2, 3, 4 "
+                    "ON CONFLICT (length, bucket, agent, source) DO UPDATE SET total = "
+                    + saturating_add("source_totals")
+                ),
+                (self._length(source), before),
+            )
+            cur.execute(self._sql("DELETE FROM source_totals WHERE length = ? AND bucket < ?"),
                         (self._length(source), before))
             cur.execute(
                 self._sql(
@@ -240,6 +366,34 @@ class WindowsSql:
             )
             cur.execute(self._sql(f"DELETE FROM {source} WHERE bucket < ?"), (before,))
             return int(cur.rowcount)
+
+
+Sums = tuple[bytes, int, int, int]  # key, count, first bucket, last bucket (seconds)
+
+
+def _row(sums: Sums) -> WindowCount:
+    key, total, first, last = sums
+    return WindowCount(ip_text(key), key, total, _moment(first), _moment(last))
+
+
+def _sums(row: WindowCount) -> Sums:
+    return row.key, row.count, _seconds(row.first_bucket), _seconds(row.last_bucket)
+
+
+def _by_count(sums: Sums) -> tuple[int, int, bytes]:
+    return -sums[1], len(sums[0]), sums[0]
+
+
+def _by_last_seen(sums: Sums) -> tuple[int, int, int, bytes]:
+    return -sums[3], -sums[1], len(sums[0]), sums[0]
+
+
+def _ahead(sums: Sums, order: str, bound: int) -> bool:
+    """Whether `sums` ranks strictly before any address whose bound (its total, or its last seen
+    in µs) is `bound`: a tie could still be won by a smaller address."""
+    if order == "last_seen":
+        return sums[3] * 1_000_000 > bound
+    return sums[1] > bound
 
 
 def saturating_add(table: str) -> str:

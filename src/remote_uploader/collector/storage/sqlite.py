@@ -52,7 +52,9 @@ ATTACH_STAGING = "ATTACH DATABASE ':memory:' AS staging"
 CREATE_DELTAS = bulk.SQLITE_DELTAS.replace("CREATE TABLE deltas", "CREATE TABLE IF NOT EXISTS staging.deltas")
 CREATE_BUCKETS = bulk.SQLITE_BUCKETS.replace("CREATE TABLE bdeltas", "CREATE TABLE IF NOT EXISTS staging.bdeltas")
 CREATE_SOURCES = bulk.SQLITE_SOURCES.replace("CREATE TABLE sources", "CREATE TABLE IF NOT EXISTS staging.sources")
+CREATE_BUCKET_SUMS = bulk.SQLITE_BUCKET_SUMS.replace("CREATE TABLE bsums", "CREATE TABLE IF NOT EXISTS staging.bsums")
 INSERT_SOURCE = "INSERT INTO staging.sources VALUES (?, ?)"
+INSERT_BUCKET_SUM = "INSERT INTO staging.bsums VALUES (?, ?, ?)"
 INSERT_AGENT_LABEL = "INSERT INTO labels (kind, name) VALUES ('agent', ?) ON CONFLICT DO NOTHING"
 INSERT_SOURCE_LABELS = (
     "INSERT INTO labels (kind, name) SELECT 'source', name FROM staging.sources WHERE true ON CONFLICT DO NOTHING"
@@ -64,6 +66,15 @@ UPSERT_COUNTS = (
     "FROM staging.bdeltas b JOIN staging.sources s ON s.idx = b.src "
     "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true "
     f"ON CONFLICT (ipkey, bucket, agent, source) DO UPDATE SET total = {_ADD}"
+)
+# The per-(agent, source) totals of the batch's buckets (sql_windows.py, "Totals"): a few rows.
+# From the staged sums per (bucket, source) (bulk.py `bsums`): a few rows joined to their labels.
+ADD_SOURCE_TOTALS = (
+    "INSERT INTO source_totals (length, bucket, agent, source, total) "
+    "SELECT ?, g.bucket, (SELECT id FROM labels WHERE kind = 'agent' AND name = ?), l.id, g.total "
+    "FROM staging.bsums g JOIN staging.sources s ON s.idx = g.src "
+    "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true "
+    f"ON CONFLICT (length, bucket, agent, source) DO UPDATE SET total = {_ADD}"
 )
 # An address seen by one agent only (the common case: one agent per collector, or per address)
 # keeps that agent in `ips.agent` and has no `ip_agents` row: its totals are the address's, and
@@ -207,6 +218,7 @@ class SqliteStorage(SqlStorage):
             self._writer.execute(CREATE_DELTAS)
             self._writer.execute(CREATE_BUCKETS)
             self._writer.execute(CREATE_SOURCES)
+            self._writer.execute(CREATE_BUCKET_SUMS)
             self._writer.execute(CREATE_TWO)
             self._writer.execute(FILL_TWO)
         if staging is not None:
@@ -298,10 +310,12 @@ class SqliteStorage(SqlStorage):
             cur.execute("DELETE FROM staging.deltas")
             cur.execute("DELETE FROM staging.bdeltas")
             cur.execute("DELETE FROM staging.sources")
+            cur.execute("DELETE FROM staging.bsums")
             bulk.insert_many(cur, "staging.deltas", 5, deltas, blobs=(1,))
             sources, rows = bulk.source_indexes(batch.buckets)
             cur.executemany(INSERT_SOURCE, sources)
             bulk.insert_many(cur, "staging.bdeltas", 4, rows, blobs=(0,))
+            cur.executemany(INSERT_BUCKET_SUM, bulk.bucket_sums(rows))
         cur.execute(UPSERT_IP_AGENTS, (agent,))
         cur.execute(UPSERT_IPS, (agent,))
         # The time buckets (model.py): labels first, then the counts that refer to them.
@@ -309,5 +323,6 @@ class SqliteStorage(SqlStorage):
         cur.execute(INSERT_SOURCE_LABELS)
         cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
         cur.execute(UPSERT_COUNTS, (agent,))
+        cur.execute(ADD_SOURCE_TOTALS, (self.bucket_seconds, agent))
         cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -203,6 +203,53 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     (
+        7,
+        (
+            # Per-(agent, source) totals of each level's buckets (length as in `bucket_totals`):
+            # the occurrences of the level's rows of that agent and source, kept exact with them in
+            # the same transactions (sql_windows.py, "Totals"), so that the agents page reads a few
+            # rows per minute instead of every bucket row of its day.
+            """CREATE TABLE source_totals (
+                length BIGINT NOT NULL,
+                bucket BIGINT NOT NULL,
+                agent BIGINT NOT NULL,
+                source BIGINT NOT NULL,
+                total BIGINT NOT NULL,
+                PRIMARY KEY (length, bucket, agent, source)
+            )""",
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 60, bucket, agent, source, least(sum(total), 9223372036854775807) "
+            "FROM counts GROUP BY bucket, agent, source",
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 3600, bucket, agent, source, least(sum(total), 9223372036854775807) "
+            "FROM counts_hour GROUP BY bucket, agent, source",
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 86400, bucket, agent, source, least(sum(total), 9223372036854775807) "
+            "FROM counts_day GROUP BY bucket, agent, source",
+        ),
+    ),
+    (
+        8,
+        (
+            # Per agent, its latest status report (docs/protocol.md, "Agent status"): what its queue
+            # held and since when its uploads failed, as it said with its last batch or heartbeat
+            # (storage/sql_agents.py). One row per agent, replaced by each report: no history.
+            # `oldest_age` and `failing_for` are seconds before `received_at`, as the agent measured.
+            """CREATE TABLE agent_reports (
+                agent TEXT PRIMARY KEY,
+                received_at BIGINT NOT NULL,
+                version TEXT NOT NULL,
+                queued_batches BIGINT NOT NULL,
+                queued_records BIGINT NOT NULL,
+                queued_bytes BIGINT NOT NULL,
+                oldest_age DOUBLE PRECISION,
+                failing_for DOUBLE PRECISION NOT NULL,
+                dead_batches BIGINT NOT NULL,
+                sources TEXT NOT NULL
+            )""",
+        ),
+    ),
+    (
         9,
         (
             # An address counted by one agent only: that agent, and no `ip_agents` row (its totals are

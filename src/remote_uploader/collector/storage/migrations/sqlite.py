@@ -203,6 +203,53 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     (
+        7,
+        (
+            # Per-(agent, source) totals of each level's buckets (length as in `bucket_totals`):
+            # the occurrences of the level's rows of that agent and source, kept exact with them in
+            # the same transactions (sql_windows.py, "Totals"), so that the agents page reads a few
+            # rows per minute instead of every bucket row of its day.
+            """CREATE TABLE source_totals (
+                length INTEGER NOT NULL,
+                bucket INTEGER NOT NULL,
+                agent INTEGER NOT NULL,
+                source INTEGER NOT NULL,
+                total INTEGER NOT NULL,
+                PRIMARY KEY (length, bucket, agent, source)
+            ) WITHOUT ROWID""",
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 60, bucket, agent, source, min(sum(total), 9223372036854775807) "
+            "FROM counts GROUP BY bucket, agent, source",
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 3600, bucket, agent, source, min(sum(total), 9223372036854775807) "
+            "FROM counts_hour GROUP BY bucket, agent, source",
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 86400, bucket, agent, source, min(sum(total), 9223372036854775807) "
+            "FROM counts_day GROUP BY bucket, agent, source",
+        ),
+    ),
+    (
+        8,
+        (
+            # Per agent, its latest status report (docs/protocol.md, "Agent status"): what its queue
+            # held and since when its uploads failed, as it said with its last batch or heartbeat
+            # (storage/sql_agents.py). One row per agent, replaced by each report: no history.
+            # `oldest_age` and `failing_for` are seconds before `received_at`, as the agent measured.
+            """CREATE TABLE agent_reports (
+                agent TEXT PRIMARY KEY,
+                received_at INTEGER NOT NULL,
+                version TEXT NOT NULL,
+                queued_batches INTEGER NOT NULL,
+                queued_records INTEGER NOT NULL,
+                queued_bytes INTEGER NOT NULL,
+                oldest_age REAL,
+                failing_for REAL NOT NULL,
+                dead_batches INTEGER NOT NULL,
+                sources TEXT NOT NULL
+            )""",
+        ),
+    ),
+    (
         9,
         (
             # An address counted by one agent only: that agent, and no `ip_agents` row (its totals are
