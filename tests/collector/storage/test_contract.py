@@ -420,3 +420,41 @@ def test_racing_parts_and_replays_of_one_producer_count_each_record_once(storage
     # Whichever came first, whole or parts, every batch is counted exactly once, never more.
     assert totals(storage) == {f"192.0.2.{seq}": 4 for seq in range(1, 9)}
     assert storage.producer_state(PRODUCER) == (8, 0)
+
+
+def test_an_address_counted_by_one_agent_then_by_others_keeps_every_agents_own_totals(storage: Storage) -> None:
+    """Migration 9: an address of one agent keeps it in `ips.agent`; a second agent's batch moves
+    the first one's totals to `ip_agents`. The two agents in one batch group (SQLite) or not, the
+    reads give each agent's own numbers, before and after."""
+    storage.store_batch(batch("a", "1", delta("192.0.2.1", 5, first=10, last=20), delta("192.0.2.2", 1)), at(0))
+    storage.store_batch(batch("a", "2", delta("192.0.2.1", 2, first=30, last=31)), at(1))
+    assert [(r.ip, r.count, r.agents) for r in storage.list_ips(IpQuery(agent="a"))] == [
+        ("192.0.2.1", 7, 1), ("192.0.2.2", 1, 1)]
+    assert storage.list_ips(IpQuery(agent="b")) == []
+    storage.store_batch(batch("b", "1", delta("192.0.2.1", 4, first=5, last=6)), at(2))
+    storage.store_batch(batch("a", "3", delta("192.0.2.1", 1, first=40, last=40)), at(3))
+    storage.store_batch(batch("c", "1", delta("192.0.2.1", 1, first=50, last=50)), at(4))
+    detail = storage.get_ip("192.0.2.1")
+    assert detail is not None
+    assert (detail.summary.count, detail.summary.agents) == (13, 3)
+    assert (detail.summary.first_seen, detail.summary.last_seen) == (at(5), at(50))
+    assert [(row.agent, row.count, row.first_seen, row.last_seen) for row in detail.by_agent] == [
+        ("a", 8, at(10), at(40)), ("b", 4, at(5), at(6)), ("c", 1, at(50), at(50))]
+    only = storage.get_ip("192.0.2.2")
+    assert only is not None and [(r.agent, r.count) for r in only.by_agent] == [("a", 1)]
+    assert [(r.ip, r.count, r.agents) for r in storage.list_ips(IpQuery(agent="a"))] == [
+        ("192.0.2.1", 8, 3), ("192.0.2.2", 1, 1)]
+    assert [(r.ip, r.count, r.agents) for r in storage.list_ips(IpQuery(agent="b"))] == [("192.0.2.1", 4, 3)]
+    assert [(r.ip, r.count, r.agents) for r in storage.list_ips(IpQuery())] == [
+        ("192.0.2.1", 13, 3), ("192.0.2.2", 1, 1)]
+
+
+def test_a_second_agents_first_batch_replayed_moves_nothing_twice(storage: Storage) -> None:
+    storage.store_batch(batch("a", "1", delta("198.51.100.7", 3)), at(0))
+    second = batch("b", "1", delta("198.51.100.7", 2))
+    assert storage.store_batch(second, at(1)) is True
+    assert storage.store_batch(second, at(2)) is False
+    detail = storage.get_ip("198.51.100.7")
+    assert detail is not None
+    assert [(r.agent, r.count) for r in detail.by_agent] == [("a", 3), ("b", 2)]
+    assert detail.summary.count == 5

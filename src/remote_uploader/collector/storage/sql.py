@@ -297,11 +297,13 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, AgentReportsSql, Storag
         if query.agent is None:
             source = "ips"
         else:
+            # That agent's rows in `ip_agents`, and the addresses it alone counted (migration 9).
             source = (
-                "(SELECT a.ip, i.ipkey, i.family, a.total, a.first_seen, a.last_seen "
-                "FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent = ?)"
+                "(SELECT a.ip, i.ipkey, i.family, a.total, a.first_seen, a.last_seen, i.agent "
+                "FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent = ? "
+                "UNION ALL SELECT ip, ipkey, family, total, first_seen, last_seen, agent FROM ips WHERE agent = ?)"
             )
-            params.append(query.agent)
+            params += [query.agent, query.agent]
         where = ["t.total >= ?"]
         params.append(query.min_count)
         if query.since is not None:
@@ -318,7 +320,7 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, AgentReportsSql, Storag
             params += [value, value, ip]
         sql = (
             "SELECT t.ip, t.total, t.first_seen, t.last_seen, "
-            "(SELECT count(*) FROM ip_agents c WHERE c.ip = t.ip) "
+            "CASE WHEN t.agent IS NULL THEN (SELECT count(*) FROM ip_agents c WHERE c.ip = t.ip) ELSE 1 END "
             f"FROM {source} t WHERE {' AND '.join(where)} "
             f"ORDER BY {column} DESC, t.ip ASC LIMIT ?"
         )
@@ -333,23 +335,26 @@ class SqlStorage(WindowsSql, DecisionsSql, DashboardSql, AgentReportsSql, Storag
 
     def get_ip(self, ip: str) -> IpDetail | None:
         with self._read() as cur:
-            cur.execute(self._sql("SELECT total, first_seen, last_seen FROM ips WHERE ip = ?"), (ip,))
+            cur.execute(self._sql("SELECT total, first_seen, last_seen, agent FROM ips WHERE ip = ?"), (ip,))
             row = cur.fetchone()
             if row is None:
                 return None
-            cur.execute(
-                self._sql(
-                    "SELECT agent, total, first_seen, last_seen FROM ip_agents WHERE ip = ? "
-                    "ORDER BY total DESC, agent ASC"
-                ),
-                (ip,),
-            )
-            agents = cur.fetchall()
+            total, first, last, sole = row
+            if sole is not None:  # counted by one agent only (migration 9): its totals are the address's
+                agents = [(sole, total, first, last)]
+            else:
+                cur.execute(
+                    self._sql(
+                        "SELECT agent, total, first_seen, last_seen FROM ip_agents WHERE ip = ? "
+                        "ORDER BY total DESC, agent ASC"
+                    ),
+                    (ip,),
+                )
+                agents = cur.fetchall()
         by_agent = [
-            AgentCount(agent, int(total), self._time_value(first), self._time_value(last))
-            for agent, total, first, last in agents
+            AgentCount(agent, int(count), self._time_value(since), self._time_value(until))
+            for agent, count, since, until in agents
         ]
-        total, first, last = row
         summary = IpSummary(ip, int(total), self._time_value(first), self._time_value(last), len(by_agent))
         return IpDetail(summary, by_agent)
 

@@ -211,12 +211,17 @@ class WindowsSql:
         lowest, tables = self._lowest_bucket(cur, query.since, query.until)
         if query.agents is not None:
             marks = ",".join("?" * len(query.agents))
+            # An address counted by one agent only has its totals in `ips` (`ips.agent`, migration
+            # 9) and no `ip_agents` row; once a second agent counts it, `ips.agent` is NULL and
+            # every agent's totals are in `ip_agents`: never both for one agent.
             source = (
-                "(SELECT a.ip, i.ipkey, i.family, sum(a.total) AS total, max(a.last_seen) AS last_seen "
+                "(SELECT ip, ipkey, family, sum(total) AS total, max(last_seen) AS last_seen FROM ("
+                "SELECT a.ip, i.ipkey, i.family, a.total, a.last_seen "
                 f"FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent IN ({marks}) "
-                "GROUP BY a.ip, i.ipkey, i.family)"
+                "UNION ALL SELECT ip, ipkey, family, total, last_seen "
+                f"FROM ips WHERE agent IN ({marks})) u GROUP BY ip, ipkey, family)"
             )
-            head: list[Any] = list(query.agents)
+            head: list[Any] = [*query.agents, *query.agents]
         else:
             source, head = "ips", []
         where = "c.last_seen >= ? AND c.total >= ?"

@@ -14,13 +14,14 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, ValidBatch, to_micros
+from remote_uploader.collector.storage.group import GroupCommit
 from remote_uploader.collector.storage.migrations.sqlite import MIGRATIONS
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 from remote_uploader.collector.storage.sql_windows import add_totals
@@ -75,19 +76,37 @@ ADD_SOURCE_TOTALS = (
     "JOIN labels l ON l.kind = 'source' AND l.name = s.name WHERE true "
     f"ON CONFLICT (length, bucket, agent, source) DO UPDATE SET total = {_ADD}"
 )
-UPSERT_IPS = (
-    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
-    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen "
-    "FROM staging.deltas WHERE true "
-    f"ON CONFLICT (ip) DO UPDATE SET total = {_ADD}, "
-    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
-)
+# An address seen by one agent only (the common case: one agent per collector, or per address)
+# keeps that agent in `ips.agent` and has no `ip_agents` row: its totals are the address's, and
+# a batch writes one B-tree row per address instead of two (migration 9). When a second agent
+# counts it, the first agent's row is written to `ip_agents` from the address's totals and
+# `ips.agent` becomes NULL; from then on both tables are written, as before. Addresses stored
+# before migration 9 have NULL and their `ip_agents` rows. The reads (sql.py) take either form.
+# Both statements run before the `ips` upsert, which they read the state of:
+# `ip_agents` gets, per staged address that has an `ips` row, this agent's delta when the address
+# is in `ip_agents` already (agent NULL) or is about to be (another sole agent), and that other
+# agent's totals in the second case (`temp.two` holds k = 0 and 1; CROSS JOIN fixes the
+# loop order: one look-up in `ips` per staged address).
 UPSERT_IP_AGENTS = (
     "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
-    "SELECT ip, ?, total, first_seen, last_seen FROM staging.deltas WHERE true "
+    "SELECT d.ip, CASE x.k WHEN 0 THEN ?1 ELSE i.agent END, CASE x.k WHEN 0 THEN d.total ELSE i.total END, "
+    "CASE x.k WHEN 0 THEN d.first_seen ELSE i.first_seen END, CASE x.k WHEN 0 THEN d.last_seen ELSE i.last_seen END "
+    "FROM staging.deltas d CROSS JOIN ips i CROSS JOIN temp.two x "
+    "WHERE i.ip = d.ip AND ((i.agent IS NULL AND x.k = 0) OR i.agent <> ?1) "
     f"ON CONFLICT (ip, agent) DO UPDATE SET total = {_ADD}, "
     "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
 )
+UPSERT_IPS = (
+    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen, agent) "
+    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen, ? "
+    "FROM staging.deltas WHERE true "
+    f"ON CONFLICT (ip) DO UPDATE SET total = {_ADD}, "
+    "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), "
+    "agent = CASE WHEN agent = excluded.agent THEN agent END"
+)
+# (In schema temp, not staging: a worker's image replaces schema staging whole.)
+CREATE_TWO = "CREATE TEMP TABLE IF NOT EXISTS two (k INTEGER PRIMARY KEY)"
+FILL_TWO = "INSERT OR IGNORE INTO temp.two VALUES (0), (1)"
 UPSERT_AGENT = (
     "INSERT INTO agents (name, first_seen, last_seen, batches, duplicates, records, last_batch_id, "
     "last_batch_sent_at) VALUES (?, ?, ?, 1, 0, ?, ?, ?) "
@@ -95,6 +114,13 @@ UPSERT_AGENT = (
     "batches = batches + 1, records = records + excluded.records, "
     "last_batch_id = excluded.last_batch_id, last_batch_sent_at = excluded.last_batch_sent_at"
 )
+
+
+def _alone(item: tuple[ValidBatch, datetime]) -> bool:
+    """A batch whose staged rows come as a database image: the image is loaded as schema
+    `staging` before its transaction begins (SQLite cannot load it into a schema that the open
+    transaction has read), so it takes a transaction of its own."""
+    return isinstance(item[0].deltas, EncodedDeltas)
 
 
 class SqliteStorage(SqlStorage):
@@ -112,6 +138,8 @@ class SqliteStorage(SqlStorage):
         self._pool_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
+        self._group: GroupCommit[tuple[ValidBatch, datetime], bool] = GroupCommit(
+            self._write_lock, timeout, self._store_group, alone=_alone, what=self.path)
         if self.path != ":memory:":
             self._prepare_file(create_dir)
 
@@ -175,23 +203,31 @@ class SqliteStorage(SqlStorage):
         if not self._write_lock.acquire(timeout=self._timeout):
             raise StorageUnavailable(f"{self.path}: busy (a write waited {self._timeout:g} s)")
         try:
-            if self._writer is None:
-                self._writer = self._connect()
-                self._writer.execute("PRAGMA cache_size=-65536")  # 64 MiB: the upserts walk the whole index
-                self._writer.execute(ATTACH_STAGING)
-                self._writer.execute(CREATE_DELTAS)
-                self._writer.execute(CREATE_BUCKETS)
-                self._writer.execute(CREATE_SOURCES)
-                self._writer.execute(CREATE_BUCKET_SUMS)
-            if staging is not None:
-                try:
-                    self._writer.deserialize(staging, name="staging")
-                except sqlite3.Error as exc:
-                    raise StorageError(f"{self.path}: cannot load the staged deltas: {exc}") from exc
-            with self._transaction(self._writer, "BEGIN IMMEDIATE") as cur:
+            with self._locked_write(staging) as cur:
                 yield cur
         finally:
             self._write_lock.release()
+
+    @contextmanager
+    def _locked_write(self, staging: bytes | None = None) -> Iterator[Cursor]:
+        """`_write` for a caller that holds the write lock already (the group commit's leader)."""
+        if self._writer is None:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA cache_size=-65536")  # 64 MiB: the upserts walk the whole index
+            self._writer.execute(ATTACH_STAGING)
+            self._writer.execute(CREATE_DELTAS)
+            self._writer.execute(CREATE_BUCKETS)
+            self._writer.execute(CREATE_SOURCES)
+            self._writer.execute(CREATE_BUCKET_SUMS)
+            self._writer.execute(CREATE_TWO)
+            self._writer.execute(FILL_TWO)
+        if staging is not None:
+            try:
+                self._writer.deserialize(staging, name="staging")
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: cannot load the staged deltas: {exc}") from exc
+        with self._transaction(self._writer, "BEGIN IMMEDIATE") as cur:
+            yield cur
 
     @contextmanager
     def _read(self) -> Iterator[Cursor]:
@@ -215,36 +251,78 @@ class SqliteStorage(SqlStorage):
             conn.close()
 
     def store_batch(self, batch: ValidBatch, received_at: datetime) -> bool:
+        """Stored in the next group commit (storage/group.py): with the batches that arrive while
+        the transaction before it runs, in one transaction; answered once that one has committed."""
+        return self._group.submit((batch, received_at))
+
+    def _store_group(
+        self, items: list[tuple[ValidBatch, datetime]], more: Callable[[], list[tuple[ValidBatch, datetime]]]
+    ) -> list[bool | BaseException]:
+        """One transaction for the group: each batch claimed and counted as if it were alone, then
+        the batches queued meanwhile (`more()`), until none came, then one COMMIT.
+
+        Each batch runs in a savepoint of its own: one that fails (its outcome is the error, its
+        rows are rolled back) leaves the others to commit. The claim of each batch reads what the
+        batches before it in the group wrote, so a replay beside its original is a duplicate.
+        Crash argument: the batches' rows, their claims and their counts commit together or not
+        at all (one transaction), and no caller is answered before the COMMIT returned: a crash
+        before it loses only batches that nobody acknowledged, which their agents send again.
+        """
+        first = items[0][0]
+        # A batch parsed by a worker process brings its staged rows as a database image, loaded as
+        # schema `staging` before the transaction: it is always alone in its group (`_alone`).
+        image = bulk.encoded(first.deltas, "sqlite-image").data if isinstance(first.deltas, EncodedDeltas) else None
+        outcomes: list[bool | BaseException] = []
+        with self._locked_write(staging=image) as cur:
+            if image is not None:
+                return [self._store_one(cur, first, items[0][1], staged=True)]
+            while items:
+                for batch, received_at in items:
+                    cur.execute("SAVEPOINT batch")
+                    try:
+                        outcomes.append(self._store_one(cur, batch, received_at, staged=False))
+                    except Exception as exc:  # this batch's outcome; the others go on
+                        cur.execute("ROLLBACK TO batch")
+                        outcomes.append(self._translate(exc))
+                    cur.execute("RELEASE batch")
+                items = more()
+        return outcomes
+
+    def _translate(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.OperationalError):
+            return StorageUnavailable(f"{self.path}: {exc}")
+        if isinstance(exc, sqlite3.DatabaseError):
+            return StorageError(f"{self.path}: {exc}")
+        return exc
+
+    def _store_one(self, cur: Cursor, batch: ValidBatch, received_at: datetime, *, staged: bool) -> bool:
+        """One batch inside the group's transaction; `staged`: its rows are in schema `staging`
+        already (an image loaded before the transaction)."""
         now = to_micros(received_at)
         agent = batch.agent
         deltas = batch.deltas
-        # A parsing worker sends an image of the staged rows (made in its process: less work for
-        # this one while it holds the write lock); deltas parsed in this process are staged
-        # directly, which costs less CPU in all than making an image here and loading it.
-        image = bulk.encoded(deltas, "sqlite-image").data if isinstance(deltas, EncodedDeltas) else None
-        with self._write(staging=image) as cur:
-            if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
-                               batch.streams):
-                cur.execute(COUNT_DUPLICATE, (now, agent))
-                return False
-            if image is None:
-                assert not isinstance(deltas, EncodedDeltas)
-                cur.execute("DELETE FROM staging.deltas")
-                cur.execute("DELETE FROM staging.bdeltas")
-                cur.execute("DELETE FROM staging.sources")
-                cur.execute("DELETE FROM staging.bsums")
-                bulk.insert_many(cur, "staging.deltas", 5, deltas)
-                sources, rows = bulk.source_indexes(batch.buckets)
-                cur.executemany(INSERT_SOURCE, sources)
-                bulk.insert_many(cur, "staging.bdeltas", 4, rows)
-                cur.executemany(INSERT_BUCKET_SUM, bulk.bucket_sums(rows))
-            cur.execute(UPSERT_IPS)
-            cur.execute(UPSERT_IP_AGENTS, (agent,))
-            # The time buckets (model.py): labels first, then the counts that refer to them.
-            cur.execute(INSERT_AGENT_LABEL, (agent,))
-            cur.execute(INSERT_SOURCE_LABELS)
-            cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
-            cur.execute(UPSERT_COUNTS, (agent,))
-            cur.execute(ADD_SOURCE_TOTALS, (self.bucket_seconds, agent))
-            cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
+        if not self._claim(cur, agent, batch.batch_id, batch.records, now, batch.producer, batch.seq, batch.part,
+                           batch.streams):
+            cur.execute(COUNT_DUPLICATE, (now, agent))
+            return False
+        if not staged:
+            assert not isinstance(deltas, EncodedDeltas)
+            cur.execute("DELETE FROM staging.deltas")
+            cur.execute("DELETE FROM staging.bdeltas")
+            cur.execute("DELETE FROM staging.sources")
+            cur.execute("DELETE FROM staging.bsums")
+            bulk.insert_many(cur, "staging.deltas", 5, deltas, blobs=(1,))
+            sources, rows = bulk.source_indexes(batch.buckets)
+            cur.executemany(INSERT_SOURCE, sources)
+            bulk.insert_many(cur, "staging.bdeltas", 4, rows, blobs=(0,))
+            cur.executemany(INSERT_BUCKET_SUM, bulk.bucket_sums(rows))
+        cur.execute(UPSERT_IP_AGENTS, (agent,))
+        cur.execute(UPSERT_IPS, (agent,))
+        # The time buckets (model.py): labels first, then the counts that refer to them.
+        cur.execute(INSERT_AGENT_LABEL, (agent,))
+        cur.execute(INSERT_SOURCE_LABELS)
+        cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
+        cur.execute(UPSERT_COUNTS, (agent,))
+        cur.execute(ADD_SOURCE_TOTALS, (self.bucket_seconds, agent))
+        cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
         return True

@@ -249,4 +249,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    (
+        9,
+        (
+            # An address counted by one agent only: that agent, and no `ip_agents` row (its totals are
+            # the address's); NULL: see `ip_agents` (storage/sqlite.py, UPSERT_IP_AGENTS). Rows from
+            # before have NULL and their `ip_agents` rows. PostgreSQL writes NULL always
+            # (its writers run concurrently; the reads take both forms).
+            "ALTER TABLE ips ADD COLUMN agent TEXT",
+        ),
+    ),
 )

@@ -249,4 +249,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    (
+        9,
+        (
+            # An address counted by one agent only: that agent, and no `ip_agents` row (its totals are
+            # the address's); NULL: see `ip_agents` (storage/sqlite.py, UPSERT_IP_AGENTS). Rows from
+            # before have NULL and their `ip_agents` rows.
+            "ALTER TABLE ips ADD COLUMN agent TEXT",
+        ),
+    ),
 )
