@@ -32,8 +32,8 @@ def read_all(tmp_path: Path, log: Path, concurrency: int) -> tuple[list[int], li
         "batching.min_upload_batch": 20, "batching.max_batch_age": 3600.0})
     agent = Agent(config, sink=NoSink())
     try:
-        tailer = Tailer(agent)
-        tailer.poll()
+        tailer = Tailer(agent.collaborators())
+        agent.consume(tailer.events())
         agent.seal_now()
         tailer.close()
         sizes, streams, seq = [], [], 0

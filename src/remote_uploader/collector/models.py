@@ -128,7 +128,7 @@ STATUS_SCHEMA: dict[str, Any] = {
         "queued_records": {"type": "integer", "minimum": 0},
         "queued_bytes": {"type": "integer", "minimum": 0},
         "oldest_age": {"type": ["number", "null"], "minimum": 0},
-        "failing_for": {"type": "number", "minimum": 0},
+        "failing_for": {"type": ["number", "null"], "minimum": 0},  # null or absent: not failing
         "dead_batches": {"type": "integer", "minimum": 0},
         "sources": {"type": "array", "maxItems": 32,
                     "items": {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}]}},

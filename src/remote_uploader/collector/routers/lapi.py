@@ -416,7 +416,7 @@ async def decisions(request: Request, collector: Service) -> Response:
     summary="CrowdSec usage metrics (accepted and dropped; X-Api-Key)",
     status_code=201,
     response_class=Response,
-    responses={201: {"description": "accepted"}, **errors(401, 403, 413, 503)},
+    responses={201: {"description": "accepted"}, **errors(400, 401, 403, 413, 503)},
     openapi_extra={"parameters": [API_KEY_PARAMETER]},
 )
 async def usage_metrics(request: Request, collector: Service) -> Response:
