@@ -269,8 +269,9 @@ def run_agents(variant: Variant, log: Path, expected: dict[str, int], postgres: 
         db_before = tree_cpu(db_pid) if db_pid else 0.0
         receiver_rss = stack.enter_context(TreeRss(receiver_pid)) if receiver_pid else None
         spies: list[subprocess.Popen[bytes]] = []
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)  # the null variant has no receiver process to spy on
         if profile is not None and receiver_pid:
-            profile.mkdir(parents=True, exist_ok=True)
             spies.append(subprocess.Popen(["py-spy", "record", "--pid", str(receiver_pid), "--rate", "100",
                                            "--format", "raw", "--threads", "--nonblocking",
                                            "-o", str(profile / f"{variant.name}-collector.txt")],
