@@ -112,7 +112,7 @@ def test_the_uploader_sends_one_batch_before_the_first_answer_so_only_it_is_rewr
     uploader = Uploader(spool, sink_for(new_collector), Backoff(0.01, 0.05, 0.05), Stats(), "web-1", wake, stop,
                         concurrency=2)
     try:
-        for seq in (1, 2, 3, 4):
+        for _ in range(4):
             batch = Batch(created=0.0)
             batch.add("/var/log/a.log", {f"192.0.2.{i}": i for i in range(1, 5)}, 1_700_000_000.0)
             batch.add("/var/log/b.log", {"2001:db8::1": 5}, 1_700_000_001.0)

@@ -408,7 +408,8 @@ def as_format_1(body: bytes, encoding: str) -> bytes:
     identity = identity_of(document)
     producer, seq, part = identity if identity is not None else (None, None, "")
     sent_at = format_micros(document["sent_at"])
-    records_json = encode_records(records_of(document)) if document.get("format") != 2 else format_1_records(document)
+    records_json = (format_1_records(document) if document.get("format") == 2
+                    else encode_records(records_of(document)))
     raw = encode_batch(document["agent"], document["batch_id"], sent_at, records_json,
                        producer, seq, part, streams_of(document))
     return gzip_body(raw) if encoding == "gzip" else raw
