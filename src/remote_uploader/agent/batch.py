@@ -438,7 +438,8 @@ def format_1_records(document: Mapping[str, Any]) -> bytes:
                 and all(type(count) is int for count in counts):
             pieces += [f'{{"ip":"{ip}","count":{count}{tail}' for ip, count in zip(ips, counts, strict=True)]
         else:  # not what this agent writes: the general path, the same text
-            pieces += [f'{{"ip":{dumps(ip)},"count":{dumps(count)}{tail}' for ip, count in zip(ips, counts, strict=True)]
+            pieces += [f'{{"ip":{dumps(ip)},"count":{dumps(count)}{tail}'
+                       for ip, count in zip(ips, counts, strict=True)]
     return ("[" + ",".join(pieces) + "]").encode()
 
 
