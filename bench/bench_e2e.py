@@ -22,7 +22,8 @@ noise; the table gives medians over the rounds. A variant is
 - `sqlite-large`, `sqlite-f1`, `sqlite-t20k`...: `sqlite` with the `large-memory` profile
   (10,000 / 20,000), with a collector that lists only body format 1 in `Accept-Post` (the agent
   then rewrites each queued format 2 body: bench/v1only/), or with
-  `batching.force_upload_threshold` = 20,000 and `max_memory_ips` twice that.
+  `batching.force_upload_threshold` = 20,000 and `max_memory_ips` twice that; `null-w1`,
+  `sqlite-w1`...: with one worker (`--workers 1`; the default is one per core).
 
 Measured per run: wall time from the agents' start to their exit (`once` exits when the queue is
 empty: every batch acknowledged, so stored), CPU-seconds of the agents (with their worker
@@ -63,6 +64,7 @@ SETTINGS: dict[str, list[str]] = {
     "f1": [],
     "t20k": ["--set", "batching.max_memory_ips=40000", "--set", "batching.force_upload_threshold=20000"],
     "t50k": ["--set", "batching.max_memory_ips=100000", "--set", "batching.force_upload_threshold=50000"],
+    "w1": ["--workers", "1"],
 }
 
 
