@@ -157,7 +157,7 @@ class HttpSink:
         self.format_2 = False
         # Whether the collector has answered a batch or a health check yet: until it has, the
         # uploader keeps one batch in flight (`Uploader._fill`), so that only the first batch is
-        # rewritten in format 1 (a 10,000-record rewrite costs about 50 ms of the agent's CPU).
+        # rewritten in format 1 (a 10,000-record rewrite costs about 14 ms of the agent's CPU).
         self.answered = False
         # Whether the collector answered 404/405 to a status report alone (it predates them).
         self.status_refused = False

@@ -198,7 +198,7 @@ class BlockReader:
 
     `expected` (the bytes the caller knows are there to read, e.g. a file's growth) sizes the
     first buffer: a reader made for a few appended lines allocates (and zeroes: `bytearray(n)`
-    writes every byte) a few KiB, not a whole block. A read that fills the buffer doubles it, up
+    writes every byte) 64 KiB, not a whole block. A read that fills the buffer doubles it, up
     to the block, before anything is judged a long line, so chunks and long lines are exactly
     those of a whole-block buffer: only the allocation is smaller.
     """
