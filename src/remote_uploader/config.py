@@ -164,8 +164,7 @@ class ServerConfig:
                                     flag="--max-retry-time")
     backoff_base: float = setting(0.5, positive(as_float), "first retry ceiling, seconds (exponential, full jitter)")
     upload_concurrency: int = setting(2, positive(as_int), "uploads in flight at once, each on its own keep-alive "
-                                      "connection (the collector parses one batch while it stores another); one until "
-                                      "the collector's first answer (docs/protocol.md, \"Body formats\"); `1` = "
+                                      "connection (the collector parses one batch while it stores another); `1` = "
                                       "strictly one after the other")
     backoff_cap: float = setting(60.0, positive(as_float), "largest retry ceiling, seconds")
     retry_after_cap: float = setting(300.0, positive(as_float),

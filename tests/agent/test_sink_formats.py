@@ -5,18 +5,13 @@ format 1, and a collector that stops taking format 2 costs a 415 and nothing els
 from __future__ import annotations
 
 import secrets
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from remote_uploader.agent.batch import Batch, seal
-from remote_uploader.agent.sink import Backoff, HttpSink, Uploader
-from remote_uploader.agent.spool import Spool, prepare_state_dir
-from remote_uploader.agent.stats import Stats
+from remote_uploader.agent.sink import HttpSink
 from remote_uploader.config import load
-from remote_uploader.protocol import MEDIA_V2
 from tests.helpers.receiver import Receiver
 
 
@@ -99,35 +94,3 @@ def test_a_collector_downgraded_between_two_batches_costs_one_415_and_no_batch(n
         sink.close()
     assert new_collector.counts() == expected(2, 2)
     assert [r.status for r in new_collector.requests() if r.path == "/v1/batches"] == [200, 415, 200]
-
-
-def test_the_uploader_sends_one_batch_before_the_first_answer_so_only_it_is_rewritten_in_format_1(
-        new_collector: Receiver, tmp_path: Path) -> None:
-    # Two uploads may be in flight, but before the collector's first answer the agent does not know
-    # it takes format 2: a second batch sent then would be rewritten in format 1 too.
-    state = tmp_path / "state"
-    prepare_state_dir(state)
-    spool = Spool(state)
-    wake, stop = threading.Event(), threading.Event()
-    uploader = Uploader(spool, sink_for(new_collector), Backoff(0.01, 0.05, 0.05), Stats(), "web-1", wake, stop,
-                        concurrency=2)
-    try:
-        for _ in range(4):
-            batch = Batch(created=0.0)
-            batch.add("/var/log/a.log", {f"192.0.2.{i}": i for i in range(1, 5)}, 1_700_000_000.0)
-            batch.add("/var/log/b.log", {"2001:db8::1": 5}, 1_700_000_001.0)
-            seq_now = spool.next_seq()
-            sealed_batch = seal(batch, "web-1", compress=True, producer=spool.producer_id, seq=seq_now)
-            assert sealed_batch is not None
-            spool.commit(sealed_batch, {}, seq=seq_now)
-        uploader.start()
-        assert uploader.idle.wait(60), "the uploader never emptied the queue"
-    finally:
-        stop.set()
-        wake.set()
-        if uploader.is_alive():
-            uploader.join(30)
-        spool.close()
-    assert new_collector.counts() == expected(4, 4)
-    media = [r.media for r in new_collector.requests() if r.path == "/v1/batches"]
-    assert media == ["application/json", MEDIA_V2, MEDIA_V2, MEDIA_V2]

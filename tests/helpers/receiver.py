@@ -69,7 +69,6 @@ class RequestLog:
     duplicate: bool | None = None  # None unless the batch reached the store
     stored: bool = False  # True only when this request added counts
     fault: str | None = None  # the injected fault, e.g. "status_503", "reset_after_store"
-    media: str | None = None  # a POST's Content-Type (which body format the agent sent)
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -737,7 +736,6 @@ class _Handler(BaseHTTPRequestHandler):
             batch_id=batch_id,
             records=records,
             fault=fault.label if fault else None,
-            media=(self.headers.get("Content-Type") or "application/json").split(";", 1)[0].strip().lower(),
         )
         if fault and fault.kind == "status":
             self._answer(entry, fault.status, {"error": "injected fault"}, fault.retry_after)

@@ -155,10 +155,6 @@ class HttpSink:
         self._lock = threading.Lock()
         # Whether the collector's last answer listed format 2 (its Accept-Post header).
         self.format_2 = False
-        # Whether the collector has answered a batch or a health check yet: until it has, the
-        # uploader keeps one batch in flight (`Uploader._fill`), so that only the first batch is
-        # rewritten in format 1 (a 10,000-record rewrite costs about 14 ms of the agent's CPU).
-        self.answered = False
         # Whether the collector answered 404/405 to a status report alone (it predates them).
         self.status_refused = False
 
@@ -225,7 +221,6 @@ class HttpSink:
     def _learn(self, headers: dict[str, str]) -> None:
         """Note whether the collector takes format 2, from any of its answers."""
         listed = headers.get(ACCEPT_POST.lower(), "")
-        self.answered = True
         self.format_2 = MEDIA_V2 in (part.split(";", 1)[0].strip().lower() for part in listed.split(","))
 
     def health(self) -> dict[str, object]:
@@ -466,11 +461,8 @@ class Uploader(threading.Thread):
         return [failure for future in futures if (failure := self._settle(future, *in_flight.pop(future)))]
 
     def _fill(self, senders: ThreadPoolExecutor, in_flight: InFlight) -> None:
-        """Start requests for the oldest batches not in flight, up to `concurrency` of them; only
-        one before the collector's first answer says which body formats it takes (a batch sent
-        before it is rewritten in format 1: docs/protocol.md, "Body formats")."""
-        limit = self.concurrency if getattr(self.sink, "answered", True) else 1
-        while len(in_flight) < limit:
+        """Start requests for the oldest batches not in flight, up to `concurrency` of them."""
+        while len(in_flight) < self.concurrency:
             queued = self.spool.next_batch(exclude=[q.seq for q, _ in in_flight.values()])
             if queued is None:
                 return
