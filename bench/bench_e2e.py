@@ -22,7 +22,8 @@ noise; the table gives medians over the rounds. A variant is
 - `sqlite-large`, `sqlite-f1`, `sqlite-t20k`...: `sqlite` with the `large-memory` profile
   (10,000 / 20,000), with a collector that lists only body format 1 in `Accept-Post` (the agent
   then rewrites each queued format 2 body: bench/v1only/), or with
-  `batching.force_upload_threshold` = 20,000 and `max_memory_ips` twice that.
+  `batching.force_upload_threshold` = 20,000 and `max_memory_ips` twice that; `null-w1`,
+  `sqlite-w1`...: with one worker (`--workers 1`; the default is one per core).
 
 Measured per run: wall time from the agents' start to their exit (`once` exits when the queue is
 empty: every batch acknowledged, so stored), CPU-seconds of the agents (with their worker
@@ -63,6 +64,7 @@ SETTINGS: dict[str, list[str]] = {
     "f1": [],
     "t20k": ["--set", "batching.max_memory_ips=40000", "--set", "batching.force_upload_threshold=20000"],
     "t50k": ["--set", "batching.max_memory_ips=100000", "--set", "batching.force_upload_threshold=50000"],
+    "w1": ["--workers", "1"],
 }
 
 
@@ -269,8 +271,9 @@ def run_agents(variant: Variant, log: Path, expected: dict[str, int], postgres: 
         db_before = tree_cpu(db_pid) if db_pid else 0.0
         receiver_rss = stack.enter_context(TreeRss(receiver_pid)) if receiver_pid else None
         spies: list[subprocess.Popen[bytes]] = []
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)  # the null variant has no receiver process to spy on
         if profile is not None and receiver_pid:
-            profile.mkdir(parents=True, exist_ok=True)
             spies.append(subprocess.Popen(["py-spy", "record", "--pid", str(receiver_pid), "--rate", "100",
                                            "--format", "raw", "--threads", "--nonblocking",
                                            "-o", str(profile / f"{variant.name}-collector.txt")],

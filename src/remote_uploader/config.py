@@ -200,9 +200,10 @@ class QueueConfig:
 
 @dataclass(frozen=True)
 class ReadConfig:
-    block_size: int = setting(1024 * 1024, positive(parse_size), "bytes read and scanned at a time; memory per "
-                              "reader and per worker (larger blocks measured no faster); 4KiB to 256MiB",
-                              shown="`1MiB`")
+    block_size: int = setting(4 * 1024 * 1024, positive(parse_size), "bytes read and scanned at a time; memory "
+                              "per reader and per worker (a backlog is scanned this much per call: larger blocks "
+                              "merge fewer repeated addresses, docs/benchmarks.md); 4KiB to 256MiB",
+                              shown="`4MiB`")
     poll_interval: float = setting(1.0, positive(as_float), "`forever`: seconds between passes over the files and "
                                    "globs (new files, rotations): the safety net under file events (then every 5 s at "
                                    "least while no file waits on a timer: every change is an event), and the only "

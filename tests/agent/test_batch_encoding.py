@@ -95,3 +95,27 @@ def test_a_gzip_body_is_read_by_the_gzip_reader_and_by_decode_queued(isal: bool,
     if raw.startswith(b'{"format":2,'):
         return
     assert decode_queued(gzip_body(b'{"a":1}'), "gzip") == {"a": 1}
+
+
+groups = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=2), st.integers(min_value=0, max_value=2**53),
+              st.integers(min_value=0, max_value=2**40),
+              st.lists(st.tuples(st.ip_addresses().map(str) | st.text(max_size=8),
+                                 st.integers(min_value=1, max_value=2**40)), max_size=20)),
+    max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(groups=groups, sources=st.lists(st.text(max_size=10), min_size=3, max_size=3))
+def test_a_format_2_document_rewritten_in_format_1_is_the_text_of_its_records(
+        groups: list[tuple[int, int, int, list[tuple[str, int]]]], sources: list[str]) -> None:
+    # format_1_records writes per group (the fast path for plain addresses, json.dumps for any
+    # other text); the reference is the Record path it replaces, on the same document.
+    from remote_uploader.agent.batch import format_1_records
+    from remote_uploader.protocol import encode_records
+
+    document = {"format": 2, "sources": sources, "groups": [
+        {"source": source, "first_seen": first, "last_seen": first + span,
+         "ip": [ip for ip, _ in pairs], "count": [count for _, count in pairs]}
+        for source, first, span, pairs in groups]}
+    assert format_1_records(document) == encode_records(records_of(document))

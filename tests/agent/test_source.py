@@ -87,3 +87,38 @@ def test_directories_fifos_links_loops_and_compressed_files_are_not_read(tmp_pat
     assert "directory" in reasons["dir.log"]
     assert "FIFO" in reasons["fifo.log"]
     assert "loop" in reasons["loop.log"]
+
+
+def chunk_list(path: Path, block: int, expected: int | None) -> tuple[list[tuple[bytes, bool, bool, int]], int]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = BlockReader(fd, 0, block, 8, expected=expected)
+        got = [(bytes(c.buf[c.start:c.end]), c.scan, c.long_line, c.end_offset) for c in reader.chunks(partial=True)]
+        return got, len(reader.buf)
+    finally:
+        os.close(fd)
+
+
+def test_a_reader_sized_for_less_than_the_file_gives_the_chunks_of_a_whole_block_buffer(tmp_path: Path) -> None:
+    # Short lines, then lines longer than the first buffer (64 KiB) and than the block (256 KiB),
+    # with and without separators, then an unterminated end: a smaller first buffer (a file that
+    # grew after it was sized, or a wrong guess) must change no chunk, no long-line flag, no offset.
+    path = tmp_path / "log"
+    data = b"".join(b"GET /%d 10.0.%d.%d\n" % (i, i % 200, i % 250 + 1) for i in range(20000))
+    data += b"x" * 100_000 + b" 192.0.2.1\n" + b"y" * 300_000 + b"\n" + b" ".join([b"w 198.51.100.7"] * 40_000) + b"\n"
+    data += b"".join(b"tail %d 203.0.113.%d\n" % (i, i % 250 + 1) for i in range(5000)) + b"no end 192.0.2.9"
+    path.write_bytes(data)
+    block = 256 * 1024
+    whole, _ = chunk_list(path, block, None)
+    assert b"".join(piece for piece, *_ in whole) == data
+    assert any(long_line for _, _, long_line, _ in whole)
+    for expected in (0, 1, 70_000, 200_000, len(data)):
+        assert chunk_list(path, block, expected)[0] == whole
+
+
+def test_a_reader_told_of_a_few_bytes_allocates_a_small_buffer(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"one 192.0.2.1\n")
+    chunks, size = chunk_list(path, 4 * 1024 * 1024, 14)
+    assert [piece for piece, *_ in chunks] == [b"one 192.0.2.1\n"]
+    assert size == 8 + 64 * 1024

@@ -40,6 +40,10 @@ from remote_uploader.agent.timestamps import Minute, TimedExtractor
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
+#: The largest range a task scans, whatever `read.block_size`: each process holds its range and
+#: its counts, and up to two answers per process are in flight, so with 4 MiB ranges two workers
+#: peaked at 61-64 MiB against the 2-worker budget of 64 (2 MiB: about 53; docs/benchmarks.md).
+MAX_TASK = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +275,7 @@ class ParallelScanner:
         Each worker answers in the order it was asked, so taking the answers in task order gives
         them in file order. At most two tasks wait per slot.
         """
-        block = self.block_size
+        block = min(self.block_size, MAX_TASK)
         last_nominal = offset + ((size - offset) // block - 1) * block
         if last_nominal <= offset:
             return

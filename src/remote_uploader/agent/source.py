@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
 ANCHOR_BYTES = 1024  # hashed just before a committed offset: see Anchor
+MIN_BUFFER = 64 * 1024  # the smallest first buffer of a BlockReader told what it will read (`expected`)
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
 
@@ -189,17 +190,25 @@ class Chunk:
 class BlockReader:
     """Reads a file from `offset` in blocks of `block_size`, yielding chunks that end at a line end.
 
-    Memory: one buffer of `context + block_size` bytes, reused. The bytes after the last newline
-    of a block are carried to the front of the buffer for the next read; `context` bytes before
-    each chunk are kept in place so the extractor can see what precedes the chunk's first byte.
-    A line longer than the block is cut at its last separator byte, so it is scanned in pieces
-    and never loaded whole.
+    Memory: one buffer of at most `context + block_size` bytes, reused. The bytes after the last
+    newline of a block are carried to the front of the buffer for the next read; `context` bytes
+    before each chunk are kept in place so the extractor can see what precedes the chunk's first
+    byte. A line longer than the block is cut at its last separator byte, so it is scanned in
+    pieces and never loaded whole.
+
+    `expected` (the bytes the caller knows are there to read, e.g. a file's growth) sizes the
+    first buffer: a reader made for a few appended lines allocates (and zeroes: `bytearray(n)`
+    writes every byte) 64 KiB, not a whole block. A read that fills the buffer doubles it, up
+    to the block, before anything is judged a long line, so chunks and long lines are exactly
+    those of a whole-block buffer: only the allocation is smaller.
     """
 
-    def __init__(self, fd: int, offset: int, block_size: int, context: int) -> None:
+    def __init__(self, fd: int, offset: int, block_size: int, context: int, expected: int | None = None) -> None:
         self.fd = fd
         self.context = context
-        self.buf = bytearray(context + block_size)
+        self.block_size = block_size
+        first = block_size if expected is None else min(block_size, max(expected, MIN_BUFFER))
+        self.buf = bytearray(context + first)
         self.view = memoryview(self.buf)
         self.base_offset = offset  # file offset of buf[context]
         self.read_pos = offset  # file offset of the next byte to read
@@ -235,11 +244,14 @@ class BlockReader:
         """The next run of complete lines, or None when only a partial line (or nothing) is left now."""
         self._settle()
         filled = self.context + self.carry
-        if filled < len(self.buf):
+        while filled < len(self.buf):
             got = os.preadv(self.fd, [self.view[filled:]], self.read_pos)
             self.read_pos += got
             self.carry += got
             filled += got
+            if filled < len(self.buf) or len(self.buf) >= self.context + self.block_size:
+                break
+            self._grow()  # filled a buffer smaller than the block: there may be more to read
         newline = self.buf.rfind(b"\n", self.context, filled)
         if newline >= 0:
             return self._chunk(newline + 1)
@@ -249,6 +261,13 @@ class BlockReader:
         if cut > self.context:
             return self._chunk(cut, long_line=True)
         return self._chunk(filled, scan=False, long_line=True)
+
+    def _grow(self) -> None:
+        """Twice the buffer, at most the block (its data kept: nothing handed out is in it)."""
+        size = min(self.context + self.block_size, 2 * len(self.buf))
+        grown = bytearray(size)
+        grown[: len(self.buf)] = self.buf
+        self.buf, self.view = grown, memoryview(grown)
 
     def take_partial(self, *, whole: bool = True) -> Chunk | None:
         """Hand out the held-back final line: all of it (`whole`: the file can no longer grow, it

@@ -567,7 +567,8 @@ class Tailer:
                 yield Read(t.fid, t.stream, index, part.end_offset, part=part, anchor=part_anchor)
                 self._counted(t, part_anchor, part.end_offset)
                 pos = part.end_offset
-        chunks = BlockReader(fd, pos, self.pipeline().config.read.block_size, extractor.context).chunks(partial)
+        chunks = BlockReader(fd, pos, self.pipeline().config.read.block_size, extractor.context,
+                             expected=size - pos).chunks(partial)
         while not self.stop.is_set():
             chunk = next(chunks, None)
             if chunk is None:
