@@ -45,7 +45,8 @@ AGENTS = 20
 SOURCES = ("/var/log/nginx/access.log", "/var/log/auth.log", "/var/log/mail.log", "/var/log/app.log",
            "/var/log/vpn.log")
 DECISIONS = 10_000
-# Not in the schema (its cost to ingest: docs/benchmarks.md); `--index` adds it to the big store.
+# An older experiment (docs/benchmarks.md): `--index` adds it to the big store. The schema has
+# `counts_recent` (bucket, total) since migration 10.
 INDEX = "CREATE INDEX IF NOT EXISTS dashboard_counts_bucket ON counts"
 PAGES = (
     ("overview, 1h", "/"),
