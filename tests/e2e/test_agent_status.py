@@ -190,7 +190,7 @@ def test_an_agent_that_has_only_heartbeated_is_listed_with_its_report_and_no_bat
     status = item["status"]
     assert isinstance(status, dict)
     assert (status["version"], status["queued_batches"], status["backing_up"]) == (__version__, 0, False)
-    assert ">test-agent</a>" in page and "no batch yet" in page and "UP" in page
+    assert ">test-agent</a>" in page and "no batch yet" in page and '<strong class="state up">UP</strong>' in page
 
 
 def test_a_file_not_read_to_its_end_is_shown_with_its_bytes_behind(
