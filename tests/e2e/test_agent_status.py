@@ -163,3 +163,62 @@ def test_a_collector_before_reports_answers_the_heartbeat_404_and_the_sink_stops
         assert sink.status_refused is True
     finally:
         sink.close()
+
+
+def test_an_agent_that_has_only_heartbeated_is_listed_with_its_report_and_no_batch(
+        collector_any: CollectorThread, tmp_path: Path) -> None:
+    """An agent with nothing to send since it started is alive, and says so by heartbeats only:
+    it is listed (API and page), with its report, as having sent no batch yet."""
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")  # nothing to send
+    config = write_config(tmp_path / "agent.toml", url=collector_any.url, token=collector_any.token,
+                          state_dir=tmp_path / "state", sources=[str(log)], read={"poll_interval": 0.1},
+                          server={"status_every": 0.2})
+    agent = start_agent("forever", "-c", str(config))
+    try:
+        assert wait_for(lambda: "test-agent" in _agents(collector_any), timeout=60)
+        page = _agents_page(collector_any)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert collector_any.counts() == {}
+    item = _agents(collector_any)["test-agent"]
+    assert (item["batches"], item["records"], item["duplicates"]) == (0, 0, 0)
+    assert (item["first_seen"], item["last_seen"], item["last_batch_id"], item["last_batch_sent_at"]) == (
+        None, None, None, None)
+    status = item["status"]
+    assert isinstance(status, dict)
+    assert (status["version"], status["queued_batches"], status["backing_up"]) == (__version__, 0, False)
+    assert ">test-agent</a>" in page and "no batch yet" in page and '<strong class="state up">UP</strong>' in page
+
+
+def test_a_file_not_read_to_its_end_is_shown_with_its_bytes_behind(
+        collector_any: CollectorThread, tmp_path: Path) -> None:
+    """The per-file read lag a `forever` agent reports, end to end. Deterministic: the file ends
+    in an unterminated line that a live file holds back for `partial_line_idle` (an hour here),
+    so the agent stays exactly that many bytes behind for as long as the test looks."""
+    log = tmp_path / "access.log"
+    held = b"client 198.51.100.2 half-writ"
+    log.write_bytes(b"client 198.51.100.1 ok\n" + held)
+    config = write_config(tmp_path / "agent.toml", url=collector_any.url, token=collector_any.token,
+                          state_dir=tmp_path / "state", sources=[str(log)],
+                          read={"poll_interval": 0.1, "partial_line_idle": 3600},
+                          batching={"max_batch_age": 0.2}, server={"status_every": 0.2})
+    agent = start_agent("forever", "-c", str(config))
+
+    def behind() -> list[object]:
+        status = _agents(collector_any).get("test-agent", {}).get("status")
+        return status["sources"] if isinstance(status, dict) else []
+
+    try:
+        # Its first reports may come before its first read (the whole file behind); the lag is
+        # looked at again every 10 s (agent/report.py, LAGS_EVERY), by heartbeats meanwhile.
+        assert wait_for(lambda: behind() == [{"source": str(log), "behind": len(held)}], timeout=90), behind()
+        page = _agents_page(collector_any)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert collector_any.counts() == {"198.51.100.1": 1}
+    assert f'Not read yet, by its report: <span class="source">{log}</span> {len(held)} B' in page

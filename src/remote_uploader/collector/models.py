@@ -205,13 +205,14 @@ class AgentStatusOut(BaseModel):
 
 class AgentOut(BaseModel):
     agent: str
-    first_seen: str
-    last_seen: str
+    # null (and the counters 0): the agent has sent status reports (heartbeats) only, no batch yet
+    first_seen: str | None = Field(description="when its first batch arrived; null: no batch yet")
+    last_seen: str | None = Field(description="when its last batch arrived; null: no batch yet")
     batches: int
     duplicates: int
     records: int
-    last_batch_id: str
-    last_batch_sent_at: str
+    last_batch_id: str | None = Field(description="null: no batch yet")
+    last_batch_sent_at: str | None = Field(description="null: no batch yet")
     status: AgentStatusOut | None = Field(None, description="its latest status report; null before the first")
 
 

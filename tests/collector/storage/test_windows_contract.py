@@ -10,6 +10,8 @@ import threading
 from datetime import timedelta
 from typing import Any, cast
 
+import pytest
+
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Storage, ValidBatch
@@ -177,10 +179,33 @@ def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(stor
     source_totals_match_the_buckets(storage)
 
 
-def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_windows_edges(storage: Storage) -> None:
+# The plans of `window_counts` with a limit (storage/sql_windows.py): `_top`'s threshold search,
+# the time-first plans (`_recent`, SQLite's `counts_recent`) wherever they apply, and those cut
+# short after a few rows (they hand over to the search half-way).
+PLANS = ("search", "by time", "by time, cut short")
+
+
+def use_plan(storage: Storage, plan: str) -> None:
+    sql = cast(Any, storage)
+    if plan == "search":
+        sql.recent_index = None
+        return
+    if sql.recent_index is None:
+        pytest.skip("PostgreSQL has no time-first plan (no index of the minute buckets by time)")
+    sql.recent_rows, sql.recent_kept = (10**9, 10**9) if plan == "by time" else (5, 10**9)
+
+
+def firsts(storage: Storage, since: float, limit: int, **more: Any) -> list[tuple[str, int]]:
+    return [(row.ip, row.count) for row in storage.window_counts(WindowQuery(at(since), limit=limit, **more))]
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_windows_edges(
+        storage: Storage, plan: str) -> None:
     """The look-alikes of `_top`: candidates are read by their text, rows are ranked by their key
     (.9 before .10); a row last seen in a window's first bucket, or folded into an hour that
     starts before the window, still counts."""
+    use_plan(storage, plan)
     cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of 2 for a limit of 1
     assert storage.window_counts(WindowQuery(at(0), limit=1)) == []  # no candidate at all
     tied = [f"198.51.100.{i}" for i in range(10, 18)] + ["198.51.100.9"]  # text order: .10 ... .17, .9
@@ -195,10 +220,13 @@ def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_window
     assert [(row.ip, row.count) for row in folded] == [("203.0.113.1", 9), ("198.51.100.9", 5)]
 
 
-def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Storage) -> None:
+@pytest.mark.parametrize("plan", PLANS)
+def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Storage, plan: str) -> None:
     """`window_counts` with a limit reads candidates by their bound (storage/sql_windows.py,
-    `_top`), a few at a time here: it must keep exactly the rows, in the order, that adding up
-    the whole window and sorting gives, through ties, filters, every level and late rows."""
+    `_top`), a few at a time here, or the window's minute rows by time (`_recent`): it must keep
+    exactly the rows, in the order, that adding up the whole window and sorting gives, through
+    ties, filters, every level and late rows."""
+    use_plan(storage, plan)
     cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of twice the limit: many rounds
     rng = random.Random(14)
     agents, sources = ("a", "b", "c"), ("/s1", "/s2")
@@ -238,6 +266,47 @@ def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Sto
                     assert storage.window_counts(query) == sorted(whole, key=key)[:limit], (since, more, limit, order)
                     checked += 1
     assert checked == 5 * 10 * 4 * 2
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_on_a_tie_an_ipv4_address_ranks_before_an_ipv6_one_whose_key_is_smaller(storage: Storage, plan: str) -> None:
+    """Ranked by (count, key length, key), as the whole sum sorts: 2001:db8::1's key (0x20...)
+    is smaller than 198.51.100.1's (0xc6...), so a cut made by the key alone keeps the wrong one."""
+    use_plan(storage, plan)
+    storage.store_batch(hits("a", "1", record("2001:db8::1", 4, 10), record("198.51.100.1", 4, 20)), at(0))
+    assert firsts(storage, 0, 1) == [("198.51.100.1", 4)]
+    assert firsts(storage, 0, 1, order="last_seen") == [("198.51.100.1", 4)]  # one minute: by count, then key
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_by_last_seen_the_minute_of_the_last_address_kept_is_read_whole(storage: Storage, plan: str) -> None:
+    """Read newest first, .1 (one row of 5 in the last minute) is met before .2 (a row of 1 in
+    that minute, 10 earlier), but .2 ranks first: same last minute, more counted. And an
+    address met first that counts less than `min_count` gives its place to an older one."""
+    use_plan(storage, plan)
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 5, 600), record("198.51.100.2", 1, 610),
+                             record("198.51.100.3", 2, 300)), at(0))
+    storage.store_batch(hits("b", "1", record("198.51.100.2", 10, 5)), at(0))
+    assert firsts(storage, 0, 1, order="last_seen") == [("198.51.100.2", 11)]
+    assert firsts(storage, 0, 3, order="last_seen") == [("198.51.100.2", 11), ("198.51.100.1", 5),
+                                                         ("198.51.100.3", 2)]
+    assert firsts(storage, 0, 1, order="last_seen", min_count=6) == [("198.51.100.2", 11)]
+    assert firsts(storage, 0, 2, order="last_seen", agents=("a",), min_count=2) == [
+        ("198.51.100.1", 5), ("198.51.100.3", 2)]  # .2 counts 1 for agent a
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_one_sources_first_addresses_ignore_what_another_source_counted(storage: Storage, plan: str) -> None:
+    """.1 dominates /s1 (and every bound on its total); in /s2 it counts 1, .2 counts 3."""
+    use_plan(storage, plan)
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 50, 10, source="/s1"),
+                             record("198.51.100.1", 1, 70, source="/s2"),
+                             record("198.51.100.2", 3, 20, source="/s2")), at(0))
+    assert firsts(storage, 0, 1, sources=("/s2",)) == [("198.51.100.2", 3)]
+    assert firsts(storage, 0, 2, sources=("/s2",)) == [("198.51.100.2", 3), ("198.51.100.1", 1)]
+    assert firsts(storage, 0, 1, sources=("/s2",), order="last_seen") == [("198.51.100.1", 1)]
+    assert firsts(storage, 0, 1, sources=("/s2",), min_count=2, order="last_seen") == [("198.51.100.2", 3)]
+    assert firsts(storage, 0, 5, sources=("/s3",)) == []
 
 
 def test_bucket_totals_count_an_address_once_when_agents_store_it_at_once(storage: Storage) -> None:

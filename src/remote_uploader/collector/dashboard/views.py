@@ -68,7 +68,8 @@ def query_link(path: str, params: dict[str, str], **changes: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AgentRow:
-    stats: AgentStats
+    name: str
+    stats: AgentStats | None  # None: it has only sent status reports (heartbeats), no batch yet
     state: AgentState
     lag: float  # seconds between sealing and arrival of its last batch
     quiet: float  # seconds since its last batch arrived
@@ -86,19 +87,22 @@ def agent_rows(
     rows = []
     versions = versions or {}
     reports = storage.agent_reports()
-    for stats in storage.list_agents():
-        report = reports.get(stats.name)
+    listed = {stats.name: stats for stats in storage.list_agents()}
+    # An agent that has only heartbeated (nothing to send since it started) is listed too: its
+    # report says it is alive and what it has not read yet, which is what the page is for.
+    for name in sorted(reports.keys() | listed.keys()):
+        stats, report = listed.get(name), reports.get(name)
         # A heartbeat (a report alone) says the agent is alive with nothing to send.
-        heard = max(stats.last_seen, report.received_at) if report is not None else stats.last_seen
+        heard = max(([] if stats is None else [stats.last_seen]) + ([] if report is None else [report.received_at]))
         quiet = (now - heard).total_seconds()
-        lag = max(0.0, (stats.last_seen - stats.last_batch_sent_at).total_seconds())
+        lag = 0.0 if stats is None else max(0.0, (stats.last_seen - stats.last_batch_sent_at).total_seconds())
         state: AgentState = "up"
         if quiet > settings.agent_silent_after:
             state = "silent"
         elif lag > settings.agent_lag_warn:
             state = "lagging"
-        version = versions.get(stats.name)
-        row = AgentRow(stats, state, lag, quiet, version)
+        version = versions.get(name)
+        row = AgentRow(name, stats, state, lag, quiet, version)
         if report is not None:
             failing = report.report.failing_for
             row = replace(row, version=report.report.version or version, report=report,
@@ -108,7 +112,7 @@ def agent_rows(
         rows.append(row)
     # Trouble first: silent, then lagging, then queues backing up, then the rest by name.
     order = {"silent": 0, "lagging": 1, "up": 2}
-    rows.sort(key=lambda row: (order[row.state], not row.backing_up, row.stats.name))
+    rows.sort(key=lambda row: (order[row.state], not row.backing_up, row.name))
     return rows
 
 
@@ -123,7 +127,7 @@ def agents(storage: Storage, settings: CollectorSettings, versions: dict[str, st
     by_agent: dict[str, list[SourceRow]] = {}
     for agent, source, count in found:
         by_agent.setdefault(agent, []).append(SourceRow(source, count))
-    rows = [replace(row, sources=tuple(by_agent.get(row.stats.name, ()))) for row in rows]
+    rows = [replace(row, sources=tuple(by_agent.get(row.name, ()))) for row in rows]
     return {"agents": rows, "settings": settings, "sources_as_of": as_of, "sources_window": "24 h"}
 
 

@@ -170,22 +170,27 @@ def get_ip(_: Who, collector: Service, ip: Annotated[str, Path(max_length=64)]) 
 def list_agents(_: Who, collector: Service) -> AgentList:
     reports = collector.storage.agent_reports()
     lag_warn = collector.settings.agent_lag_warn
-    return AgentList(
-        items=[
-            AgentOut(
-                status=_status(reports.get(row.name), lag_warn),
-                agent=row.name,
-                first_seen=format_time(row.first_seen),
-                last_seen=format_time(row.last_seen),
-                batches=row.batches,
-                duplicates=row.duplicates,
-                records=row.records,
-                last_batch_id=row.last_batch_id,
-                last_batch_sent_at=format_time(row.last_batch_sent_at),
-            )
-            for row in collector.storage.list_agents()
-        ]
-    )
+    items = [
+        AgentOut(
+            status=_status(reports.pop(row.name, None), lag_warn),
+            agent=row.name,
+            first_seen=format_time(row.first_seen),
+            last_seen=format_time(row.last_seen),
+            batches=row.batches,
+            duplicates=row.duplicates,
+            records=row.records,
+            last_batch_id=row.last_batch_id,
+            last_batch_sent_at=format_time(row.last_batch_sent_at),
+        )
+        for row in collector.storage.list_agents()
+    ]
+    # Agents that have only heartbeated: alive, with nothing sent yet (docs/protocol.md).
+    items += [
+        AgentOut(status=_status(stored, lag_warn), agent=name, first_seen=None, last_seen=None, batches=0,
+                 duplicates=0, records=0, last_batch_id=None, last_batch_sent_at=None)
+        for name, stored in reports.items()
+    ]
+    return AgentList(items=sorted(items, key=lambda item: item.agent))
 
 
 def _status(stored: StoredReport | None, lag_warn: float) -> AgentStatusOut | None:

@@ -61,6 +61,14 @@ class WindowsSql:
     # Candidates read at first by `_top`: this many times its limit, at least `top_block` (tests set less).
     top_factor: int = 32
     top_block: int = 4096
+    # The time-first plans (`_recent`): only where the backend has an index of the minute buckets
+    # by time (SQLite's `counts_recent`, migration 10); a window by count of at most `recent_rows`
+    # minute rows of which about `recent_kept` pass its filters (estimates from the totals) is
+    # added up from that index; a window by last seen reads it newest first, at most
+    # `recent_rows` rows. Tests set others to run one plan or the other.
+    recent_index: str | None = None
+    recent_rows: int = 300_000
+    recent_kept: int = 80_000
 
     if TYPE_CHECKING:
 
@@ -135,7 +143,8 @@ class WindowsSql:
             # A small network is one short range of the buckets' key: its rows are fewer than `ips`.
             small = query.network is not None and query.network.num_addresses <= SMALL_NETWORK
             if query.ips is None and query.limit is not None and not small:
-                return self._top(cur, query, filters)
+                recent = self._recent(cur, query, filters)
+                return self._top(cur, query, filters) if recent is None else [_row(sums) for sums in recent]
             keys = None if query.ips is None else sorted({ip_key(ip) for ip in query.ips})
             found = self._counts(cur, query, filters, keys, query.limit if query.order == "count" else None)
         if query.limit is not None:
@@ -150,9 +159,10 @@ class WindowsSql:
         return [_row(sums) for sums in self._sums(cur, query, filters, keys, limit)]
 
     def _sums(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]], keys: list[bytes] | None,
-              limit: int | None, tables: Collection[str] | None = None) -> list[Sums]:
+              limit: int | None, tables: Collection[str] | None = None, by_time: bool = False) -> list[Sums]:
         """(key, count, first bucket, last bucket) of `_counts`, from the levels in `tables` only
-        (None: all; those the caller knows hold no row of the window need not be read)."""
+        (None: all; those the caller knows hold no row of the window need not be read); `by_time`:
+        the minute rows through `recent_index` (a range of it, not a scan of the buckets)."""
         conditions, params = filters
         key_sets: list[list[bytes] | None] = [None]
         if keys is not None:
@@ -164,7 +174,8 @@ class WindowsSql:
             for table, _, bounds in self._levels(query.since, query.until):
                 if tables is not None and table not in tables:
                     continue
-                sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
+                via = f"{table} INDEXED BY {self.recent_index}" if by_time and table == "counts" else table
+                sql = f"SELECT ipkey, bucket, total FROM {via} WHERE bucket >= ?"
                 if len(bounds) > 1:
                     sql += " AND bucket <= ?"
                 sql += conditions
@@ -180,7 +191,7 @@ class WindowsSql:
             )
             bound.append(query.min_count)
             if limit is not None:
-                sql += " ORDER BY sum(total) DESC, ipkey LIMIT ?"
+                sql += " ORDER BY sum(total) DESC, length(ipkey), ipkey LIMIT ?"  # as `_by_count`
                 bound.append(limit)
             cur.execute(self._sql(sql), bound)
             found += [(bytes(key), min(int(total), MAX_TOTAL), int(first), int(last))
@@ -259,6 +270,95 @@ class WindowsSql:
             last = rows[block - 1]
             after = (int(last[2]), str(last[0]))
             block *= 4
+
+    # -- time-first plans (SQLite's `counts_recent`, migration 10) -----------------------------
+
+    def _recent(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]]) -> list[Sums] | None:
+        """The `limit` first addresses of the window read by time, or None where `_top` is the
+        better plan (or the only one: no `recent_index`).
+
+        Why: `_top`'s bound (an address's total over every source and all time) is weak for a
+        short window or one source's, where it adds up most addresses last seen in the window one
+        key range at a time; the rows of a short window are few, and the index holds them in one
+        range. By count, the plan is chosen by the number of minute rows the window holds
+        (`bucket_totals`, exact per minute: its distinct addresses) and the share of them its
+        agents and sources keep (`source_totals`); the whole sum of that range is exact."""
+        if self.recent_index is None:
+            return None
+        assert query.limit is not None
+        _, tables = self._lowest_bucket(cur, query.since, query.until)
+        if query.order == "last_seen":
+            return self._recent_last(cur, query, filters, tables)
+        if tables != {"counts"}:
+            return None  # rows in coarser levels too: not one range of the index
+        bounds = self._levels(query.since, query.until)[0][2]
+        span = " AND bucket <= ?" if len(bounds) > 1 else ""
+        cur.execute(self._sql(f"SELECT sum(addresses), sum(total) FROM bucket_totals WHERE length = ? "
+                              f"AND bucket >= ?{span}"), [self.bucket_seconds, *bounds])
+        rows, total = (int(value or 0) for value in cur.fetchone())
+        kept = rows
+        if rows and (query.agents is not None or query.sources is not None):
+            # `_filters` matched these labels already; only the agent and source conditions here.
+            labels = self._filters(cur, query.agents, query.sources, None)
+            assert labels is not None
+            cur.execute(self._sql(f"SELECT sum(total) FROM source_totals WHERE length = ? AND bucket >= ?{span}"
+                                  + labels[0]), [self.bucket_seconds, *bounds, *labels[1]])
+            kept = rows * int(cur.fetchone()[0] or 0) // max(total, 1)
+        if rows > self.recent_rows or kept > self.recent_kept:
+            return None
+        return self._sums(cur, query, filters, None, query.limit, tables, by_time=True)
+
+    def _recent_last(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
+                     tables: set[str]) -> list[Sums] | None:
+        """By last seen: the window's minute rows newest first, until `limit` addresses of at least
+        `min_count` are known and the minute they were met in is read whole; then their sums.
+
+        Exact: an address not met by then has no minute row in the window at or after that
+        minute, and its rows in a coarser level are older than every minute row (a fold moves
+        only rows older than every row it leaves), so it ranks after each address kept. None
+        (use `_top`) when `recent_rows` rows do not settle it, or the minute rows run out first
+        while coarser levels hold rows of the window."""
+        assert query.limit is not None
+        conditions, params = filters
+        low, *high = self._levels(query.since, query.until)[0][2]
+        seen: set[bytes] = set()
+        found: list[Sums] = []
+        read = 0
+        while read <= self.recent_rows:
+            # A round: rows from the newest minute not read yet, until `limit` more addresses are
+            # met and the minute of the last one is read whole (the next round starts below it).
+            sql = f"SELECT ipkey, bucket FROM counts INDEXED BY {self.recent_index} WHERE bucket >= ?"
+            if high:
+                sql += " AND bucket <= ?"
+            cur.execute(self._sql(sql + conditions + " ORDER BY bucket DESC"), [low, *high, *params])
+            met: list[bytes] = []
+            last: int | None = None  # the minute of the `limit`-th address met
+            while (rows := cur.fetchmany(1000)) and read <= self.recent_rows:
+                read += len(rows)
+                for key, bucket in rows:
+                    if last is not None and int(bucket) < last:
+                        break
+                    if (key := bytes(key)) not in seen:
+                        seen.add(key)
+                        met.append(key)
+                        if len(met) == query.limit:
+                            last = int(bucket)
+                else:
+                    continue
+                break
+            else:
+                if read > self.recent_rows:
+                    return None
+                last = None  # the minute rows ran out
+            found += self._sums(cur, query, filters, sorted(met), None, tables) if met else []
+            if len(found) >= query.limit or last is None:
+                break
+            high = [last - 1]
+        else:
+            return None
+        if len(found) < query.limit and tables != {"counts"}:
+            return None  # addresses with rows in coarser levels only may come next
+        return sorted(found, key=_by_last_seen)[: query.limit]
 
     def _lowest_bucket(self, cur: Any, since: datetime, until: datetime | None) -> tuple[int, set[str]]:
         """The lowest bucket start (seconds) the window can hold a row of, and the levels that

@@ -126,6 +126,7 @@ def _alone(item: tuple[ValidBatch, datetime]) -> bool:
 class SqliteStorage(SqlStorage):
     migrations = MIGRATIONS
     bulk_form: BulkForm | None = "sqlite-image" if bulk.HAS_SQLITE_IMAGE else None
+    recent_index = "counts_recent"  # migration 10: the time-first plans of sql_windows.py
 
     def __init__(self, path: str | Path, *, timeout: float = 5.0, create_dir: bool = True) -> None:
         """`create_dir=False` (the CLI, for a path the operator typed): a missing directory is an

@@ -258,4 +258,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE ips ADD COLUMN agent TEXT",
         ),
     ),
+    (
+        10,
+        (
+            # The minute buckets by time (bucket first, with `total`, so that it covers every column
+            # a window reads): a short window, or one source's, is one range of this index instead
+            # of a scan of the buckets or of `ips` (sql_windows.py, `_recent`; docs/dashboard.md).
+            # New rows land at its newest end; its cost to ingest is in docs/benchmarks.md.
+            "CREATE INDEX counts_recent ON counts (bucket, total)",
+        ),
+    ),
 )
