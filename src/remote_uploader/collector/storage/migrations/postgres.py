@@ -259,4 +259,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE ips ADD COLUMN agent TEXT",
         ),
     ),
+    (
+        11,
+        (
+            # The buckets by time, for the dashboard's first addresses of a short window and by last
+            # seen (storage/pg_windows.py). A bucket's start never changes once written, so ingest's
+            # updates of a row's total stay HOT; the new rows of a batch go to the index's newest
+            # end. Built inside migrate()'s transaction: on a big store, writes to `counts` wait for
+            # it (about 5 s per 10 million rows: docs/benchmarks.md).
+            "CREATE INDEX counts_bucket ON counts (bucket)",
+            "CREATE INDEX counts_hour_bucket ON counts_hour (bucket)",
+            "CREATE INDEX counts_day_bucket ON counts_day (bucket)",
+        ),
+    ),
 )
