@@ -292,40 +292,66 @@ def build_postgres(url: str, addresses: int, rows: int) -> None:
     print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def index_cost(batches: int, records: int, runs: int) -> None:
-    """Ingest without and with an index of the buckets by time, alternating, same workload."""
+def index_cost(batches: int, records: int, runs: int, backend: str) -> None:
+    """Ingest without and with an index of the buckets by time, alternating, same workload. SQLite:
+    the indexes `--index` adds; PostgreSQL: migration 11's, dropped after migrate() for "without"
+    (main's schema), in a fresh database of a throwaway server (the test helper's: fsync off)."""
     sys.path.insert(0, str(ROOT))
     from bench.bench_collector import make_bodies
     from remote_uploader.collector.batch import parse_batch
     from remote_uploader.collector.storage import bulk
 
     bodies = make_bodies(batches, records, 500_000)
-    variants = {
-        "without the index": None,
-        "counts (bucket)": f"{INDEX} (bucket)",
-        "counts (bucket, ipkey, total)": f"{INDEX} (bucket, ipkey, total)",
-    }
+    if backend == "postgres":
+        from tests.helpers.postgres import PostgresServer, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL binaries not found (initdb, pg_ctl)")
+        server = PostgresServer(bindir)
+        server.start()
+        variants: dict[str, str | None] = {
+            "without the index (main)": "DROP INDEX counts_bucket, counts_hour_bucket, counts_day_bucket, ips_agent",
+            "counts (bucket), migration 11": None,
+        }
+        form: bulk.BulkForm = "postgres-copy"
+    else:
+        variants = {
+            "without the index": None,
+            "counts (bucket)": f"{INDEX} (bucket)",
+            "counts (bucket, ipkey, total)": f"{INDEX} (bucket, ipkey, total)",
+        }
+        form = "sqlite-image"
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
-        for run in range(runs):
-            for name, ddl in variants.items():
-                storage = SqliteStorage(Path(tmp) / f"{run}-{list(variants).index(name)}.db")
-                storage.migrate()
-                if ddl:
-                    with storage._write() as cur:
-                        cur.execute(ddl)
-                spent = 0.0
-                for body in bodies:
-                    batch = parse_batch(body, "test-agent", 60)
-                    encoded = bulk.encode("sqlite-image", batch.deltas, batch.buckets)
-                    batch = type(batch)(batch.agent, batch.batch_id, batch.sent_at, batch.records, encoded)
-                    started = time.perf_counter()
-                    storage.store_batch(batch, datetime.now(UTC))
-                    spent += time.perf_counter() - started
-                storage.close()
-                seconds[name].append(spent)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
+            for run in range(runs):
+                for name, ddl in variants.items():
+                    storage: Storage
+                    if backend == "postgres":
+                        storage = PostgresStorage(server.create_database(), timeout=60, pool_size=2)
+                    else:
+                        storage = SqliteStorage(Path(tmp) / f"{run}-{list(variants).index(name)}.db")
+                    storage.migrate()
+                    if ddl:
+                        with storage._write() as cur:
+                            cur.execute(ddl)
+                    spent = 0.0
+                    for body in bodies:
+                        batch = parse_batch(body, "test-agent", 60)
+                        encoded = bulk.encode(form, batch.deltas, batch.buckets)
+                        batch = type(batch)(batch.agent, batch.batch_id, batch.sent_at, batch.records, encoded)
+                        started = time.perf_counter()
+                        storage.store_batch(batch, datetime.now(UTC))
+                        spent += time.perf_counter() - started
+                    storage.close()
+                    seconds[name].append(spent)
+                    print(f"  run {run + 1}: {name}: {batches * records / spent:,.0f} records/s", flush=True)
+    finally:
+        if backend == "postgres":
+            server.stop()
     total = batches * records
-    print(f"ingest (store only), SQLite, {batches} x {records:,} records, medians of {runs} runs:")
+    print(f"ingest (store only), {backend}, {batches} x {records:,} records, medians of {runs} runs (alternating):")
     for name, spent in seconds.items():
         print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s")
 
@@ -374,7 +400,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=4, help="with --index-cost: batches of 100,000 records")
     args = parser.parse_args()
     if args.index_cost:
-        index_cost(args.batches, 100_000, args.runs)
+        index_cost(args.batches, 100_000, args.runs, args.backend)
         return 0
     work = Path(tempfile.mkdtemp(prefix="ru-bench-dash-"))
     postgres = None
