@@ -315,6 +315,7 @@ def index_cost(batches: int, records: int, runs: int, backend: str) -> None:
         variants: dict[str, str | None] = {
             "without the index (main)": "DROP INDEX counts_bucket, counts_hour_bucket, counts_day_bucket, ips_agent",
             "counts (bucket), migration 11": None,
+            "and ips (total DESC, ip)": "CREATE INDEX ips_total ON ips (total DESC, ip)",
         }
         form: bulk.BulkForm = "postgres-copy"
     else:
