@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/bench_dashboard.py [--addresses 1000000] [--rows 10000000] [--runs 5]
                                               [--starts 3] [--db PATH] [--reuse]
+                                              [--backend sqlite|postgres] [--pgdata DIR]
 
 Builds a SQLite collector database with bulk SQL (INSERT ... SELECT over a generated sequence;
 the packed address comes from a registered SQL function): `--rows` rows in the minute buckets
@@ -16,12 +17,21 @@ decisions (half of them ended). Then starts
 median CPU time the collector's process spent during each first request (its other threads
 included: the roll-up and decision rules a start runs; at 10 ms resolution).
 `--reuse` keeps a database built before (`--db`).
+
+`--backend postgres`: the same dataset in a throwaway PostgreSQL (`pg_config --bindir`; initdb
+as `nobody` when root, as tests/helpers/postgres.py does) in `--pgdata` (kept for `--reuse`),
+built with bulk SQL over generate_series as PostgreSQL's ingest writes it (`ips.agent` NULL and
+one `ip_agents` row per address; bucket rows in arrival order, by minute), then VACUUM ANALYZE
+(what autovacuum would have done). The server is built with fsync off, then restarted with the
+settings a user has after initdb (shared_buffers 128MB, work_mem 4MB, ...: `postgres_options`),
+only listening on 127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import re
 import sqlite3
 import statistics
@@ -39,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from remote_uploader.collector.auth import create_token  # noqa: E402
+from remote_uploader.collector.storage.base import Storage  # noqa: E402
+from remote_uploader.collector.storage.postgres import PostgresStorage  # noqa: E402
 from remote_uploader.collector.storage.sqlite import SqliteStorage  # noqa: E402
 
 AGENTS = 20
@@ -154,42 +166,209 @@ def build(path: Path, addresses: int, rows: int) -> None:
     conn.close()
 
 
-def index_cost(batches: int, records: int, runs: int) -> None:
-    """Ingest without and with an index of the buckets by time, alternating, same workload."""
+class KeptPostgres:
+    """A PostgreSQL server in a directory that outlives the benchmark (for `--reuse`), started with
+    the test helper's conventions (tests/helpers/postgres.py): as `nobody` when root, trust
+    authentication on 127.0.0.1 and a unix socket in its directory, the C locale."""
+
+    def __init__(self, base: Path) -> None:
+        sys.path.insert(0, str(ROOT))
+        from tests.helpers.postgres import PostgresServer, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL binaries not found (initdb, pg_ctl)")
+        self.server = PostgresServer.__new__(PostgresServer)  # its methods, on a directory of ours
+        self.server.bindir, self.server.base, self.server.data = bindir, base, base / "data"
+        self.server.port, self.server._as = 0, {}
+        base.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(base, nobody.pw_uid, nobody.pw_gid)
+            self.server._as = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+    def exists(self) -> bool:
+        return (self.server.data / "PG_VERSION").exists()
+
+    def start(self, build: bool) -> str:
+        """Start it (initdb first if needed); while building, without fsync (what is built is thrown
+        away if the machine stops); for the timings, with the settings of a fresh initdb."""
+        from tests.helpers.postgres import ADMIN_USER, free_port
+
+        server = self.server
+        if not self.exists():
+            server._run(str(server.bindir / "initdb"), "-D", str(server.data), "-U", ADMIN_USER, "--auth=trust",
+                        "--no-sync", "-E", "UTF8", "--locale=C")
+        server.port = free_port()
+        options = f"-p {server.port} -k {server.base} -c listen_addresses=127.0.0.1"
+        if build:
+            options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        server._run(str(server.bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.base / "server.log"),
+                    "-o", options, "-w", "-t", "300", "start", timeout=400)
+        return server.url("collector")
+
+    def stop(self) -> None:
+        if (self.server.data / "postmaster.pid").exists():
+            self.server._run(str(self.server.bindir / "pg_ctl"), "-D", str(self.server.data), "-m", "fast", "-w",
+                             "-t", "300", "stop", timeout=400)
+
+
+def build_postgres(url: str, addresses: int, rows: int) -> None:
+    """The SQLite dataset of `build`, as PostgreSQL's ingest (storage/postgres.py) writes it: every
+    address has its `ip_agents` row and `ips.agent` NULL (migration 9 is used on SQLite only), and
+    the bucket rows are in the heap in the order batches bring them (by minute), not by address."""
+    import psycopg
+
+    from remote_uploader.collector.storage.postgres import PostgresStorage
+
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        admin.execute("CREATE DATABASE collector")
+    storage = PostgresStorage(url, timeout=60)
+    storage.migrate()
+    storage.close()
+    now = int(time.time()) // 60 * 60
+    now_us = now * 1_000_000
+    per_address = max(1, rows // addresses)
+    started = time.monotonic()
+    ip_of_key = ("get_byte(ipkey, 0) || '.' || get_byte(ipkey, 1) || '.' || get_byte(ipkey, 2) || '.' || "
+                 "get_byte(ipkey, 3)")
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SET maintenance_work_mem = '512MB'")  # this session only: a faster index build
+        for i in range(AGENTS):
+            cur.execute("INSERT INTO agents VALUES (%s, %s, %s, 100, 0, 100000, 'b', %s)",
+                        (f"agent-{i:02d}", now_us - 7 * 86400 * 10**6, now_us - (i == 3) * 3600 * 10**6, now_us))
+            cur.execute("INSERT INTO labels (kind, name) VALUES ('agent', %s)", (f"agent-{i:02d}",))
+        for source in SOURCES:
+            cur.execute("INSERT INTO labels (kind, name) VALUES ('source', %s)", (source,))
+        # As `build`: the same rows (the same formulas), the primary key built after them.
+        cur.execute("ALTER TABLE counts DROP CONSTRAINT counts_pkey")
+        cur.execute(
+            "INSERT INTO counts (ipkey, bucket, agent, source, total) "
+            f"SELECT int4send((167772160 + n)::int), {now} - ((n * 7919 + k * 104729) % 2880) * 60, "
+            f"1 + n % {AGENTS}, {AGENTS + 1} + (n * 31 + k) % {len(SOURCES)}, 1 + (1000000 / n) / {per_address} "
+            f"FROM generate_series(1::bigint, {addresses}) n, generate_series(0::bigint, {per_address - 1}) k "
+            "ORDER BY 2, 1"
+        )
+        cur.execute("ALTER TABLE counts ADD PRIMARY KEY (ipkey, bucket, agent, source)")
+        print(f"  buckets: {time.monotonic() - started:.0f} s", flush=True)
+        cur.execute(
+            "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen) "
+            f"SELECT {ip_of_key}, ipkey, 4, sum(total), min(bucket) * 1000000, max(bucket) * 1000000 + 30000000 "
+            "FROM counts GROUP BY ipkey ORDER BY 5, 1"
+        )
+        cur.execute(
+            "INSERT INTO ip_agents (ip, agent, total, first_seen, last_seen) "
+            f"SELECT {ip_of_key}, 'agent-' || lpad((agent - 1)::text, 2, '0'), sum(total), min(bucket) * 1000000, "
+            "max(bucket) * 1000000 + 30000000 FROM counts GROUP BY ipkey, agent ORDER BY 4, 1, 2"
+        )
+        print(f"  addresses: {time.monotonic() - started:.0f} s", flush=True)
+        cur.execute(
+            "INSERT INTO bucket_totals (length, bucket, total, addresses) "
+            "SELECT 60, bucket, sum(total), count(DISTINCT ipkey) FROM counts GROUP BY bucket"
+        )
+        cur.execute(
+            "INSERT INTO source_totals (length, bucket, agent, source, total) "
+            "SELECT 60, bucket, agent, source, sum(total) FROM counts GROUP BY bucket, agent, source"
+        )
+        cur.execute("UPDATE sequences SET value = %s WHERE name = 'decisions'", (DECISIONS,))
+        ip_of_n = "host('0.0.0.0'::inet + (167772160 + n))"
+        cur.execute(
+            "INSERT INTO decisions (id, value, scope, family, lo, hi, type, origin, scenario, reason, details, "
+            "created_at, until, state, ended_at, created_seq, ended_seq) "
+            f"SELECT n, {ip_of_n}, 'Ip', 4, int4send((167772160 + n)::int), int4send((167772160 + n)::int), "
+            "'ban', 'remote-uploader', "
+            "CASE n % 3 WHEN 0 THEN 'sshd-bruteforce' WHEN 1 THEN 'web-scanner' ELSE 'subnet-24' END, "
+            "'crossed the threshold', '{\"window\": \"10m\", \"min_count\": 20}', "
+            f"{now_us} - n * 1000000, {now_us} + (CASE WHEN n % 2 = 0 THEN 4 ELSE -4 END) * 3600000000, "
+            "CASE WHEN n % 2 = 0 THEN 'active' ELSE 'expired' END, "
+            f"CASE WHEN n % 2 = 0 THEN NULL ELSE {now_us} END, n, "
+            f"CASE WHEN n % 2 = 0 THEN NULL ELSE {DECISIONS} + n END "
+            f"FROM generate_series(1::bigint, {DECISIONS}) n"
+        )
+        cur.execute("SELECT setval(pg_get_serial_sequence('decisions', 'id'), %s)", (DECISIONS,))
+        cur.execute(
+            "INSERT INTO decision_evidence (decision_id, ip, total, first_bucket, last_bucket) "
+            f"SELECT n, {ip_of_n}, 25, {now} - 600, {now} FROM generate_series(1::bigint, {DECISIONS}) n"
+        )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")  # what autovacuum does after so many inserts
+    print(f"  built in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def index_cost(batches: int, records: int, runs: int, backend: str) -> None:
+    """Ingest without and with an index of the buckets by time, alternating, same workload. SQLite:
+    the indexes `--index` adds; PostgreSQL: migration 11's, dropped after migrate() for "without"
+    (main's schema), in a fresh database of a throwaway server (the test helper's: fsync off)."""
     sys.path.insert(0, str(ROOT))
-    from bench.bench_collector import make_bodies
+    from bench.bench_collector import make_bodies, tree_cpu
     from remote_uploader.collector.batch import parse_batch
     from remote_uploader.collector.storage import bulk
 
     bodies = make_bodies(batches, records, 500_000)
-    variants = {
-        "without the index": None,
-        "counts (bucket)": f"{INDEX} (bucket)",
-        "counts (bucket, ipkey, total)": f"{INDEX} (bucket, ipkey, total)",
-    }
+    server_pid = 0
+    if backend == "postgres":
+        from tests.helpers.postgres import PostgresServer, find_bindir
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL binaries not found (initdb, pg_ctl)")
+        server = PostgresServer(bindir)
+        server.start()
+        server_pid = int((server.data / "postmaster.pid").read_text().split()[0])
+        variants: dict[str, str | None] = {
+            "without the index (main)": "DROP INDEX counts_bucket, counts_hour_bucket, counts_day_bucket, ips_agent",
+            "counts (bucket), migration 11": None,
+            "and ips (total DESC, ip)": "CREATE INDEX ips_total ON ips (total DESC, ip)",
+        }
+        form: bulk.BulkForm = "postgres-copy"
+    else:
+        variants = {
+            "without the index": None,
+            "counts (bucket)": f"{INDEX} (bucket)",
+            "counts (bucket, ipkey, total)": f"{INDEX} (bucket, ipkey, total)",
+        }
+        form = "sqlite-image"
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
-        for run in range(runs):
-            for name, ddl in variants.items():
-                storage = SqliteStorage(Path(tmp) / f"{run}-{list(variants).index(name)}.db")
-                storage.migrate()
-                if ddl:
-                    with storage._write() as cur:
-                        cur.execute(ddl)
-                spent = 0.0
-                for body in bodies:
-                    batch = parse_batch(body, "test-agent", 60)
-                    encoded = bulk.encode("sqlite-image", batch.deltas, batch.buckets)
-                    batch = type(batch)(batch.agent, batch.batch_id, batch.sent_at, batch.records, encoded)
-                    started = time.perf_counter()
-                    storage.store_batch(batch, datetime.now(UTC))
-                    spent += time.perf_counter() - started
-                storage.close()
-                seconds[name].append(spent)
+    # PostgreSQL's work is in its server: its processes' CPU seconds (a shared machine's load
+    # moves wall time more than CPU time).
+    server_cpu: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        with tempfile.TemporaryDirectory(prefix="ru-bench-index-") as tmp:
+            for run in range(runs):
+                for name, ddl in variants.items():
+                    storage: Storage
+                    if backend == "postgres":
+                        storage = PostgresStorage(server.create_database(), timeout=60, pool_size=2)
+                    else:
+                        storage = SqliteStorage(Path(tmp) / f"{run}-{list(variants).index(name)}.db")
+                    storage.migrate()
+                    if ddl:
+                        with storage._write() as cur:
+                            cur.execute(ddl)
+                    spent = 0.0
+                    cpu = sum(tree_cpu(server_pid).values()) if server_pid else 0.0
+                    for body in bodies:
+                        batch = parse_batch(body, "test-agent", 60)
+                        encoded = bulk.encode(form, batch.deltas, batch.buckets)
+                        batch = type(batch)(batch.agent, batch.batch_id, batch.sent_at, batch.records, encoded)
+                        started = time.perf_counter()
+                        storage.store_batch(batch, datetime.now(UTC))
+                        spent += time.perf_counter() - started
+                    # Before close: a backend's CPU is counted while it lives (the migration's
+                    # and the DDL's connections are in the pool too, before and after).
+                    server_cpu[name].append(sum(tree_cpu(server_pid).values()) - cpu if server_pid else 0.0)
+                    storage.close()
+                    seconds[name].append(spent)
+                    print(f"  run {run + 1}: {name}: {batches * records / spent:,.0f} records/s, "
+                          f"server CPU {server_cpu[name][-1]:.2f} s", flush=True)
+    finally:
+        if backend == "postgres":
+            server.stop()
     total = batches * records
-    print(f"ingest (store only), SQLite, {batches} x {records:,} records, medians of {runs} runs:")
+    print(f"ingest (store only), {backend}, {batches} x {records:,} records, medians of {runs} runs (alternating):")
     for name, spent in seconds.items():
-        print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s")
+        print(f"  {name:<30} {total / statistics.median(spent):>9,.0f} records/s"
+              + (f", server CPU {statistics.median(server_cpu[name]):.2f} s" if server_pid else ""))
 
 
 # `--collector-src`: the collector runs that tree's code (another worktree, for a side-by-side
@@ -201,11 +380,11 @@ RUN_FROM = (
 )
 
 
-def serve(db: Path, log: Path, src: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def serve(db: str, log: Path, src: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     start = [sys.executable, "-m", "remote_uploader.collector.cli"] if src is None else [
         sys.executable, "-c", RUN_FROM, str(src)]
     process = subprocess.Popen(
-        [*start, "serve", "--db", f"sqlite://{db}", "--port", "0", "--parse-workers", "0", "--no-access-log"],
+        [*start, "serve", "--db", db, "--port", "0", "--parse-workers", "0", "--no-access-log"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 900  # the first start migrates (builds indexes)
@@ -236,14 +415,34 @@ def main() -> int:
     parser.add_argument("--db", type=Path)
     parser.add_argument("--collector-src", type=Path, help="run the collector from this src directory")
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--pgdata", type=Path, help="with --backend postgres: the server's directory (kept)")
     parser.add_argument("--index", action="store_true", help="add an index of the buckets by time to the store")
     parser.add_argument("--index-cost", action="store_true", help="only: ingest with and without that index")
     parser.add_argument("--batches", type=int, default=4, help="with --index-cost: batches of 100,000 records")
     args = parser.parse_args()
     if args.index_cost:
-        index_cost(args.batches, 100_000, args.runs)
+        index_cost(args.batches, 100_000, args.runs, args.backend)
         return 0
     work = Path(tempfile.mkdtemp(prefix="ru-bench-dash-"))
+    postgres = None
+    if args.backend == "postgres":
+        postgres = KeptPostgres(args.pgdata or work / "pg")
+        if not (args.reuse and postgres.exists()):
+            if postgres.exists():
+                raise SystemExit(f"{args.pgdata} holds a database: --reuse it or remove it")
+            print(f"building {postgres.server.data}: {args.addresses:,} addresses, {args.rows:,} bucket rows",
+                  flush=True)
+            try:
+                build_postgres(postgres.start(build=True), args.addresses, args.rows)
+            finally:
+                postgres.stop()
+        try:
+            url = postgres.start(build=False)
+            run(args, work, url, PostgresStorage(url, timeout=60), None)
+        finally:
+            postgres.stop()
+        return 0
     db = args.db or work / "collector.db"
     if not (args.reuse and db.exists()):
         print(f"building {db}: {args.addresses:,} addresses, {args.rows:,} bucket rows", flush=True)
@@ -252,7 +451,12 @@ def main() -> int:
         conn = sqlite3.connect(db)
         conn.execute(f"{INDEX} (bucket, ipkey, total)")
         conn.close()
-    storage = SqliteStorage(db)
+    run(args, work, f"sqlite://{db}", SqliteStorage(db), db)
+    return 0
+
+
+def run(args: argparse.Namespace, work: Path, url: str, storage: Storage, db: Path | None) -> None:
+    """Start the collector on `url` `--starts` times and time every page (see the module's docstring)."""
     token = create_token(storage, f"bench-{datetime.now(UTC):%H%M%S}", "read")
     with storage._read() as cur:  # a benchmark reads the sizes directly
         cur.execute("SELECT (SELECT count(*) FROM ips), (SELECT count(*) FROM counts), "
@@ -263,17 +467,18 @@ def main() -> int:
              for name, span in (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("24h", timedelta(days=1)))}
     pages = [(name, path.format_map(since)) for name, path in PAGES]
     storage.close()
-    print(f"store: {sizes[0]:,} addresses, {sizes[1]:,} bucket rows, {db.stat().st_size / 2**30:.2f} GiB")
+    size = f", {db.stat().st_size / 2**30:.2f} GiB" if db is not None else ""
+    print(f"store: {sizes[0]:,} addresses, {sizes[1]:,} bucket rows{size}")
     # First requests: each page's first after a start of the collector (nothing cached), over
     # `--starts` starts; repeat requests: `--runs` more after the last start's first one.
     firsts: dict[str, list[float]] = {name: [] for name, _ in pages}
     cpus: dict[str, list[float]] = {name: [] for name, _ in pages}  # the collector's, first requests
     repeats: dict[str, list[float]] = {}
     for start in range(args.starts):
-        process, url = serve(db, work / f"collector-{start}.log", args.collector_src)
+        process, base = serve(url, work / f"collector-{start}.log", args.collector_src)
         try:
-            signed = httpx.post(url + "/signin", data={"token": token}, timeout=300)
-            client = httpx.Client(base_url=url, cookies=signed.cookies, timeout=900)
+            signed = httpx.post(base + "/signin", data={"token": token}, timeout=300)
+            client = httpx.Client(base_url=base, cookies=signed.cookies, timeout=900)
             for name, path in pages:
                 started, cpu = time.perf_counter(), cpu_seconds(process.pid)
                 assert client.get(path).status_code == 200, path  # the first request (and a check)
@@ -298,7 +503,6 @@ def main() -> int:
         print(f"{name:34} {statistics.median(first):>9.0f} {min(first):>6.0f} {max(first):>6.0f} "
               f"{statistics.median(again):>10.0f} {min(again):>6.0f} {max(again):>6.0f} "
               f"{statistics.median(cpus[name]):>13.0f}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

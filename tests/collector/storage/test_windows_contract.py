@@ -179,7 +179,8 @@ def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(stor
     source_totals_match_the_buckets(storage)
 
 
-# The plans of `window_counts` with a limit (storage/sql_windows.py): `_top`'s threshold search,
+# The plans of `window_counts` with a limit (storage/sql_windows.py): `_top`'s threshold search
+# (on PostgreSQL, its own `_top` of storage/pg_windows.py, whichever path it picks),
 # the time-first plans (`_recent`, SQLite's `counts_recent`) wherever they apply, and those cut
 # short after a few rows (they hand over to the search half-way).
 PLANS = ("search", "by time", "by time, cut short")
@@ -191,7 +192,8 @@ def use_plan(storage: Storage, plan: str) -> None:
         sql.recent_index = None
         return
     if sql.recent_index is None:
-        pytest.skip("PostgreSQL has no time-first plan (no index of the minute buckets by time)")
+        pytest.skip("the by-time plans of sql_windows.py are SQLite's (counts_recent); PostgreSQL's own "
+                    "paths are forced one by one in test_pg_windows.py")
     sql.recent_rows, sql.recent_kept = (10**9, 10**9) if plan == "by time" else (5, 10**9)
 
 

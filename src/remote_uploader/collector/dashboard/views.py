@@ -244,8 +244,10 @@ def top_addresses(storage: Storage, params: dict[str, str], cache: TtlCache) -> 
 
     def trends() -> list[TopRow]:
         rows = []
+        series = storage.window_series_by_ip(since, [row.ip for row in chosen], agents=query.agents,
+                                             sources=query.sources)
         for row in chosen:
-            points = storage.window_series(since, ip=row.ip, agents=query.agents, sources=query.sources)
+            points = series[row.ip]
             values = charts.resample([(p.start, p.seconds, p.count) for p in points], since, now, TREND_POINTS)
             rows.append(TopRow(row.ip, row.count, row.first_bucket, row.last_bucket, charts.sparkline(values)))
         return rows

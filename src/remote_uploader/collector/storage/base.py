@@ -385,6 +385,18 @@ class Storage(abc.ABC):
         """Occurrences per bucket (summed over the addresses that match), oldest first; rows of
         the hour and day levels come as one point of their length."""
 
+    def window_series_by_ip(
+        self,
+        since: datetime,
+        ips: Sequence[str],
+        *,
+        agents: tuple[str, ...] | None = None,
+        sources: tuple[str, ...] | None = None,
+    ) -> dict[str, list[SeriesPoint]]:
+        """`window_series(since, ip=ip, ...)` of each of `ips` (the top-addresses page's trends).
+        A backend where a read costs a round trip (PostgreSQL) answers all of them in one."""
+        return {ip: self.window_series(since, ip=ip, agents=agents, sources=sources) for ip in ips}
+
     @abc.abstractmethod
     def list_labels(self, kind: Literal["agent", "source"]) -> list[str]:
         """The agent names or source labels that have buckets, sorted."""

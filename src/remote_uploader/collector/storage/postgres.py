@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, ValidBatch, to_micros
 from remote_uploader.collector.storage.migrations.postgres import MIGRATIONS
+from remote_uploader.collector.storage.pg_windows import PostgresWindows
 from remote_uploader.collector.storage.sql import Cursor, SqlStorage
 from remote_uploader.collector.storage.sql_windows import fold_totals, saturating_add
 from remote_uploader.errors import StorageError, StorageUnavailable
@@ -139,7 +140,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[-1]}"))
 
 
-class PostgresStorage(SqlStorage):
+class PostgresStorage(PostgresWindows, SqlStorage):
     placeholder = "%s"
     migrations = MIGRATIONS
     lock_row = " FOR UPDATE"

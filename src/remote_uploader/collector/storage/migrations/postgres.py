@@ -265,4 +265,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         # whose top-addresses plans are chosen apart (`SqlStorage.recent_index` is None there).
         (),
     ),
+    (
+        11,
+        (
+            # The buckets by time, for the dashboard's first addresses of a short window and by last
+            # seen (storage/pg_windows.py). A bucket's start never changes once written, so ingest's
+            # updates of a row's total stay HOT; the new rows of a batch go to the index's newest
+            # end. Built inside migrate()'s transaction: on a big store, writes to `counts` wait for
+            # it (about 5 s per 10 million rows: docs/benchmarks.md).
+            "CREATE INDEX counts_bucket ON counts (bucket)",
+            "CREATE INDEX counts_hour_bucket ON counts_hour (bucket)",
+            "CREATE INDEX counts_day_bucket ON counts_day (bucket)",
+            # The agent-filtered top-addresses search also reads `ips` rows whose `agent` matches
+            # (sql_windows.py `_top`); PostgreSQL never writes `ips.agent` (migration 9), so this
+            # index is empty and free at ingest, and spares that search a scan of all of `ips`.
+            "CREATE INDEX ips_agent ON ips (agent) WHERE agent IS NOT NULL",
+        ),
+    ),
 )
