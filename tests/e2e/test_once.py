@@ -87,6 +87,28 @@ def test_413_splits_the_batch_until_it_fits(setup, receiver) -> None:  # type: i
     assert any(batch_id.endswith(".1") for batch_id in receiver.batch_ids())
 
 
+def test_a_413_to_one_record_keeps_it_queued_and_says_what_to_fix(tmp_path: Path, receiver) -> None:  # type: ignore[no-untyped-def]
+    """A 413 to a one-record batch is a limit set below any body (or an answer not about this
+    body): the record is not dead-lettered but kept, and sent once the limit is lifted (F5)."""
+    log = tmp_path / "access.log"
+    expected = write_access_log(log, 60, seed=4)
+    config = write_config(tmp_path / "agent.toml", url=receiver.url, token=receiver.token,
+                          state_dir=tmp_path / "state", sources=[str(log)])
+    receiver.max_records(0)  # every body refused as too large, however small
+    result = run_agent("once", "-c", str(config), "--max-retry-time", "1")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "refuses a body this small" in (tmp_path / "state" / "agent.log").read_text()
+    status = json.loads(run_agent("status", "-c", str(config), "--json").stdout)
+    assert status["dead_letters"] == []
+    assert status["queue"]["records"] > 0
+    assert receiver.total() == 0
+
+    receiver.max_records(None)
+    result = run_agent("once", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert receiver.counts() == dict(expected)
+
+
 def test_a_refused_batch_goes_to_dead_letters_and_requeue_sends_it(setup, receiver) -> None:  # type: ignore[no-untyped-def]
     config, expected, _ = setup
     receiver.fail_next(1, 400)

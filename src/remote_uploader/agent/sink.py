@@ -8,7 +8,9 @@ What each answer means for a batch:
     408, 429, 5xx                try again later, with backoff (Retry-After wins, capped)
     401, 403                     the token is wrong: keep everything queued, retry slowly, say so loudly
     3xx, 404, 405, 421           server.url is wrong (a redirect, a proxy's page): as 401, never dead-lettered
-    413                          split the batch in halves (each keeps a derived, stable id)
+    413                          split the batch in halves (each keeps a derived, stable id); a
+                                 batch of one record refused is kept and retried as a
+                                 configuration fault (a limit below one record's body)
     any other 4xx                the collector will never take it: dead-letter table (`requeue` resends)
 
 Only an answer that names the batch is an acknowledgement: the acknowledgement deletes the only
@@ -529,12 +531,21 @@ class Uploader(threading.Thread):
                       queued.records, result.duplicate)
 
     def _split(self, queued: QueuedBatch, exc: DeliveryError) -> None:
+        """Replace a batch refused as too large by its halves; a batch of one record stays as it is.
+
+        One record's body is a few hundred bytes and our collector refuses a `max_body` below
+        1,024, so a 413 to it says that something is misconfigured (a proxy's
+        `client_max_body_size`, a limit being changed) or that the answer was not about this body:
+        the record is kept and retried with the backoff, as for a wrong token, never dead-lettered
+        (finding F5, docs/generative-findings.md: a refusal that passed had cost the record).
+        """
         parts = split_queued(queued, self.agent_id)
         if len(parts) < 2:
-            self.spool.dead_letter(queued.seq, exc.status, f"too large even as a single record: {exc}")
-            self.stats.batches_dead += 1
-            log.error("event=dead_letter batch_id=%s reason=too_large_single_record", queued.batch_id)
-            return
+            raise ConfigRefusedError(Message(
+                "HTTP 413 for batch {batch_id} of {records} record(s), {size} bytes: the collector or a proxy "
+                "before it refuses a body this small; raise its size limit (the collector's max_body, a "
+                "proxy's client_max_body_size); the batch stays queued", batch_id=queued.batch_id,
+                records=queued.records, size=len(queued.body)), exc.status)
         self.spool.split(queued.seq, parts)
         self.stats.batches_split += 1
         log.info("event=batch_split batch_id=%s records=%d parts=%d", queued.batch_id, queued.records, len(parts))
