@@ -82,6 +82,19 @@ PAGES = (
 )
 
 
+def agents_and_labels(now_us: int) -> list[tuple[str, tuple[object, ...]]]:
+    """The agents' rows and the labels' (statements with `?` placeholders), the same for both
+    backends so that their stores match: label ids 1..AGENTS are the agents, then the sources,
+    as the bucket rows' formulas assume. Agent 3 last sent an hour ago (a silent one)."""
+    statements: list[tuple[str, tuple[object, ...]]] = []
+    for i in range(AGENTS):
+        statements.append(("INSERT INTO agents VALUES (?, ?, ?, 100, 0, 100000, 'b', ?)",
+                           (f"agent-{i:02d}", now_us - 7 * 86400 * 10**6, now_us - (i == 3) * 3600 * 10**6, now_us)))
+        statements.append(("INSERT INTO labels (kind, name) VALUES ('agent', ?)", (f"agent-{i:02d}",)))
+    statements += [("INSERT INTO labels (kind, name) VALUES ('source', ?)", (source,)) for source in SOURCES]
+    return statements
+
+
 def build(path: Path, addresses: int, rows: int) -> None:
     storage = SqliteStorage(path)
     storage.migrate()
@@ -100,12 +113,8 @@ def build(path: Path, addresses: int, rows: int) -> None:
     per_address = max(1, rows // addresses)
     started = time.monotonic()
     conn.execute("BEGIN")
-    for i in range(AGENTS):
-        conn.execute("INSERT INTO agents VALUES (?, ?, ?, 100, 0, 100000, 'b', ?)",
-                     (f"agent-{i:02d}", now_us - 7 * 86400 * 10**6, now_us - (i == 3) * 3600 * 10**6, now_us))
-        conn.execute("INSERT INTO labels (kind, name) VALUES ('agent', ?)", (f"agent-{i:02d}",))
-    for source in SOURCES:
-        conn.execute("INSERT INTO labels (kind, name) VALUES ('source', ?)", (source,))
+    for sql, values in agents_and_labels(now_us):
+        conn.execute(sql, values)
     conn.execute("CREATE TEMP TABLE seq AS WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s "
                  f"WHERE n < {addresses}) SELECT n FROM s")
     # Buckets: `per_address` rows each, minutes spread over the last 48 hours, counts heavy-tailed
@@ -234,12 +243,8 @@ def build_postgres(url: str, addresses: int, rows: int) -> None:
                  "get_byte(ipkey, 3)")
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SET maintenance_work_mem = '512MB'")  # this session only: a faster index build
-        for i in range(AGENTS):
-            cur.execute("INSERT INTO agents VALUES (%s, %s, %s, 100, 0, 100000, 'b', %s)",
-                        (f"agent-{i:02d}", now_us - 7 * 86400 * 10**6, now_us - (i == 3) * 3600 * 10**6, now_us))
-            cur.execute("INSERT INTO labels (kind, name) VALUES ('agent', %s)", (f"agent-{i:02d}",))
-        for source in SOURCES:
-            cur.execute("INSERT INTO labels (kind, name) VALUES ('source', %s)", (source,))
+        for sql, values in agents_and_labels(now_us):
+            cur.execute(sql.replace("?", "%s"), values)
         # As `build`: the same rows (the same formulas), the primary key built after them.
         cur.execute("ALTER TABLE counts DROP CONSTRAINT counts_pkey")
         cur.execute(
