@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import positive_data_acceptance
-from schemathesis.config import SchemathesisConfig
+from schemathesis.config import ChecksConfig, SchemathesisConfig
 
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.errors import BatchInvalid
@@ -56,7 +56,7 @@ APP_SCHEMA = _app_schema()
 # A body the schema forbids may also be refused as too large (413: a status report over 4 KiB, a
 # batch over `max_body`), which is a rejection as much as a 400; schemathesis' default list of
 # rejection statuses for `negative_data_rejection` does not have 413, so it is added to them.
-REJECTIONS = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+REJECTIONS = [*ChecksConfig().negative_data_rejection.expected_statuses, "413"]
 schema = schemathesis.openapi.from_dict(APP_SCHEMA, config=SchemathesisConfig.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": REJECTIONS}}}))
 
