@@ -143,8 +143,7 @@ class WindowsSql:
             # A small network is one short range of the buckets' key: its rows are fewer than `ips`.
             small = query.network is not None and query.network.num_addresses <= SMALL_NETWORK
             if query.ips is None and query.limit is not None and not small:
-                recent = self._recent(cur, query, filters)
-                return self._top(cur, query, filters) if recent is None else [_row(sums) for sums in recent]
+                return self._top(cur, query, filters)
             keys = None if query.ips is None else sorted({ip_key(ip) for ip in query.ips})
             found = self._counts(cur, query, filters, keys, query.limit if query.order == "count" else None)
         if query.limit is not None:
@@ -214,8 +213,15 @@ class WindowsSql:
         each time); the search stops when the `limit`-th best so far is strictly ahead of the
         next candidate's bound, which no later candidate can then beat. Each block is 4 times the
         one before, so an unlucky store costs a few reads of `ips` more than the plain sum, never
-        an unbounded number."""
+        an unbounded number.
+
+        A backend's plans by time come first where they apply (`_recent` here; PostgreSQL's
+        `_top` in pg_windows.py, whose fallback is this one): every plan for the first addresses
+        of a window is chosen in `_top`."""
         assert query.limit is not None
+        recent = self._recent(cur, query, filters)
+        if recent is not None:
+            return [_row(sums) for sums in recent]
         limit = query.limit
         by = _by_last_seen if query.order == "last_seen" else _by_count
         column = "last_seen" if query.order == "last_seen" else "total"
