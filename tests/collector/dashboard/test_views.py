@@ -1,14 +1,21 @@
-"""The dashboard's pure parts: the cache, the chart arithmetic, the lines to copy."""
+"""The dashboard's pure parts (the cache, the chart arithmetic, the lines to copy) and its paging."""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.dashboard import charts, views
 from remote_uploader.collector.dashboard.cache import TtlCache
+from remote_uploader.collector.storage.model import WindowQuery
+from remote_uploader.collector.storage.sqlite import SqliteStorage
+from remote_uploader.protocol import format_time
+from tests.helpers.batches import at, record, wire_batch
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -130,3 +137,21 @@ def test_firewall_lines_for_an_address_and_a_range() -> None:
 
 def test_y_axis_tops_are_round_numbers() -> None:
     assert [charts.nice_max(v) for v in (0, 1, 3, 7, 11, 180, 2001)] == [1, 1, 5, 10, 20, 200, 5000]
+
+
+def test_the_pages_of_the_top_addresses_list_the_whole_window_once_in_order(tmp_path: Path) -> None:
+    """Each page asks for the first addresses up to the next power of two of pages (51, 101, 201,
+    401: `_rows_for`), so neighbouring pages come from different cuts: together they must still
+    be the window's whole ranking, ties included, each address once, and the last page says so."""
+    storage = SqliteStorage(tmp_path / "c.db")
+    storage.migrate()
+    records = [record(f"198.51.100.{i}" if i < 256 else f"2001:db8::{i:x}", i // 3 + 1, 10) for i in range(1, 271)]
+    storage.store_batch(parse_batch(json.dumps(wire_batch("a", "1", records)).encode(), "a"), at(0))
+    whole = sorted(storage.window_counts(WindowQuery(at(0))), key=lambda row: (-row.count, len(row.key), row.key))
+    cache = TtlCache(background=False)
+    shown: list[tuple[str, int]] = []
+    for page in range(1, 7):
+        found = views.top_addresses(storage, {"since": format_time(at(0)), "page": str(page)}, cache)
+        shown += [(row.ip, row.count) for row in found["rows"]]
+        assert (found["next_link"] is None) == (page == 6)
+    assert shown == [(row.ip, row.count) for row in whole] and len(shown) == 270

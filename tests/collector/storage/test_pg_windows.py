@@ -46,17 +46,21 @@ def whole(storage: PostgresStorage, query: WindowQuery) -> list[tuple[str, int, 
     return [(row.ip, row.count, int(row.last_bucket.timestamp())) for row in sorted(rows, key=key)[: query.limit]]
 
 
-@pytest.mark.parametrize("time_first_rows", [ALWAYS, NEVER], ids=["time-first", "threshold"])
+@pytest.mark.parametrize(("time_first_rows", "search_first_rows"), [(ALWAYS, ALWAYS), (ALWAYS, NEVER), (NEVER, NEVER)],
+                         ids=["time-first", "search-then-time-first", "threshold"])
 @pytest.mark.parametrize("case", [
     contract.test_the_first_addresses_of_a_window_are_those_of_the_whole_sum,
     contract.test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_windows_edges,
 ], ids=["whole-sum", "ties-and-edges"])
 def test_each_path_keeps_exactly_the_first_addresses_of_the_whole_sum(pg: PostgresStorage, time_first_rows: int,
+                                                                      search_first_rows: int,
                                                                       case: Callable[[Any], None]) -> None:
     """The contract's comparisons (ties, filters, every level, late rows), with the count order
-    summed time first for every window, then never (the threshold search); the last-seen order
-    always goes newest first. ("search" is the contract's name for the storage's own `_top`.)"""
-    pg.time_first_rows = time_first_rows
+    summed time first for every window; the threshold search first, with a budget of a sixteenth
+    of the window's rows, then time first where it gives up; the threshold search alone. The
+    last-seen order always goes newest first. ("search" is the contract's name for the
+    storage's own `_top`.)"""
+    pg.time_first_rows, pg.search_first_rows = time_first_rows, search_first_rows
     case(pg, "search")
 
 

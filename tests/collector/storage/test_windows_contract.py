@@ -229,6 +229,47 @@ def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Sto
     exactly the rows, in the order, that adding up the whole window and sorting gives, through
     ties, filters, every level and late rows."""
     use_plan(storage, plan)
+    first_addresses_match_the_whole_sum(storage, counts=[1, 1, 2, 3, 8])
+
+
+@pytest.mark.parametrize("tier_rows", [10**6, 3], ids=["tiers-read-whole", "big-tiers-in-blocks"])
+@pytest.mark.parametrize("share", [0, 2], ids=["agents-by-tier", "agents-by-own-totals"])
+def test_the_first_addresses_searched_by_tier_are_those_of_the_whole_sum(storage: Storage, share: float,
+                                                                         tier_rows: int) -> None:
+    """The same comparisons with totals of one to five digits, so that the search meets every
+    tier of `ips_tier` (migration 12) and the rest below it, and addresses change tier between
+    batches; an agent's first addresses by tier (any share), then by the agent's own totals; every
+    tier read whole, then those of more than 3 addresses (and all below them) read in blocks."""
+    use_plan(storage, "search")
+    cast(Any, storage).tier_share, cast(Any, storage).tier_rows = share, tier_rows
+    first_addresses_match_the_whole_sum(storage, counts=[1, 2, 5, 9, 10, 11, 99, 100, 101, 999, 1000, 12345])
+
+
+def test_an_address_whose_total_gains_a_digit_is_searched_in_its_new_tier(storage: Storage) -> None:
+    """The look-alikes of `ips_tier`: .1's total goes from 9 to 14 by an update (one digit to
+    two), .4's from 99 to 100, .5 is new with 10; had one of them kept its old tier, the search
+    would read it neither among the addresses of two (three) digits nor among those under ten,
+    and rank .2 or .3 first. Every address's tier is its total's number of digits."""
+    use_plan(storage, "search")
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 9, -7200), record("198.51.100.2", 20, -7200),
+                             record("198.51.100.4", 99, -7200)), at(0))
+    storage.store_batch(hits("a", "2", record("198.51.100.1", 5, 10), record("198.51.100.2", 1, 10),
+                             record("198.51.100.3", 3, 10)), at(0))
+    assert firsts(storage, 0, 1) == [("198.51.100.1", 5)]
+    storage.store_batch(hits("b", "1", record("198.51.100.4", 1, 20), record("198.51.100.5", 10, 30)), at(0))
+    assert firsts(storage, 0, 2) == [("198.51.100.5", 10), ("198.51.100.1", 5)]
+    assert firsts(storage, 0, 1, agents=("b",)) == [("198.51.100.5", 10)]
+    sql = cast(SqlStorage, storage)
+    with sql._read() as cur:
+        cur.execute("SELECT ip, total, tier FROM ips ORDER BY ip")
+        tiers = {str(ip): (int(total), int(tier)) for ip, total, tier in cur.fetchall()}
+    assert tiers == {"198.51.100.1": (14, 2), "198.51.100.2": (21, 2), "198.51.100.3": (3, 1),
+                     "198.51.100.4": (100, 3), "198.51.100.5": (10, 2)}
+
+
+def first_addresses_match_the_whole_sum(storage: Storage, counts: list[int]) -> None:
+    """Batches of three agents over three days (a rollup after the first round), each record's
+    count drawn from `counts`; then every window, filter, limit and order against the whole sum."""
     cast(Any, storage).top_factor, cast(Any, storage).top_block = 2, 1  # blocks of twice the limit: many rounds
     rng = random.Random(14)
     agents, sources = ("a", "b", "c"), ("/s1", "/s2")
@@ -240,7 +281,7 @@ def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Sto
             for ip in rng.sample(addresses, 25):
                 # Small counts (ties), over three days before the rollup point and the hour after.
                 seconds = rng.choice([rng.randrange(-3 * 86400, 0), rng.randrange(0, 3600)])
-                records.append(record(ip, rng.choice([1, 1, 2, 3, 8]), seconds, source=rng.choice(sources)))
+                records.append(record(ip, rng.choice(counts), seconds, source=rng.choice(sources)))
             number += 1
             storage.store_batch(hits(agent, str(number), *records), at(0))
         if step == 0:

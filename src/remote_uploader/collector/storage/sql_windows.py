@@ -18,8 +18,9 @@ moved with them by a fold, dropped with them by expiry.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Literal
 
 from remote_uploader.collector.storage.model import (
@@ -35,6 +36,7 @@ KEYS_PER_QUERY = 2000  # addresses bound per query: under every backend's parame
 HOUR = 3600
 SMALL_NETWORK = 4096  # addresses: a window limited to a network this small is added up whole
 DAY = 86400
+TIER_FLOOR = 2  # `ips_tier` (migration 12) holds the addresses whose total has at least this many digits
 
 
 def _seconds(moment: datetime) -> int:
@@ -61,6 +63,12 @@ class WindowsSql:
     # Candidates read at first by `_top`: this many times its limit, at least `top_block` (tests set less).
     top_factor: int = 32
     top_block: int = 4096
+    # An agent's first addresses by count are searched among every address by tier (`_candidates`)
+    # when the agent stored at least this share of the records (tests set 0 or 2 to force a route).
+    tier_share: float = 1 / 64
+    # A tier of more addresses than this is not read whole (one look-up of `ips` each, and a sort
+    # in Python): from it down, `ips` is read in blocks sorted by the database, as without tiers.
+    tier_rows: int = 65_536
     # The time-first plans (`_recent`): only where the backend has an index of the minute buckets
     # by time (SQLite's `counts_recent`, migration 10); a window by count of at most `recent_rows`
     # minute rows of which about `recent_kept` pass its filters (estimates from the totals) is
@@ -198,8 +206,21 @@ class WindowsSql:
         return found
 
     def _top(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]]) -> list[WindowCount]:
-        """The `limit` first addresses of the window (most counted, or newest last bucket), exact,
-        without adding up every bucket row of the window (a threshold search).
+        """The `limit` first addresses of the window (most counted, or newest last bucket), exact.
+
+        A backend's plans by time come first where they apply (`_recent` here; PostgreSQL's
+        `_top` in pg_windows.py, whose fallback is this one), then the threshold search: every
+        plan for the first addresses of a window is chosen in `_top`."""
+        recent = self._recent(cur, query, filters)
+        if recent is None:
+            recent = self._threshold(cur, query, filters)
+        assert recent is not None  # no budget: the search always settles
+        return [_row(sums) for sums in recent]
+
+    def _threshold(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
+                   budget: int | None = None) -> list[Sums] | None:
+        """The window's first addresses without adding up every bucket row of it, or None once
+        more than `budget` candidates were added up without settling it (None: no budget).
 
         Every bucket row of an address is bounded by its row in `ips` (or, per agent, in
         `ip_agents`), written from the same records in the same transaction (storage/sqlite.py,
@@ -207,75 +228,102 @@ class WindowsSql:
         the address's `total` is at least the sum of its bucket rows (rows only ever move to a
         coarser level or expire; `ips` rows are never deleted). So only addresses last seen at or
         after the window's lowest bucket start can have a count in it, and none can count more
-        than its total. The candidates are read in the order of that bound (total, or last seen),
-        a block at a time, and their exact counts added up from their rows (one range of the
-        buckets' key each) a part of the block at a time (`limit` candidates, then twice as many
-        each time); the search stops when the `limit`-th best so far is strictly ahead of the
-        next candidate's bound, which no later candidate can then beat. Each block is 4 times the
-        one before, so an unlucky store costs a few reads of `ips` more than the plain sum, never
-        an unbounded number.
-
-        A backend's plans by time come first where they apply (`_recent` here; PostgreSQL's
-        `_top` in pg_windows.py, whose fallback is this one): every plan for the first addresses
-        of a window is chosen in `_top`."""
+        than its total. The candidates come in the order of that bound (`_candidates`), and their
+        exact counts are added up from their rows (one range of the buckets' key each) a part at
+        a time (`limit` candidates, then twice as many each time); the search stops when the
+        `limit`-th best so far is strictly ahead of the next candidate's bound, which no later
+        candidate can then beat."""
         assert query.limit is not None
-        recent = self._recent(cur, query, filters)
-        if recent is not None:
-            return [_row(sums) for sums in recent]
         limit = query.limit
         by = _by_last_seen if query.order == "last_seen" else _by_count
-        column = "last_seen" if query.order == "last_seen" else "total"
         lowest, tables = self._lowest_bucket(cur, query.since, query.until)
-        if query.agents is not None:
-            marks = ",".join("?" * len(query.agents))
-            # An address counted by one agent only has its totals in `ips` (`ips.agent`, migration
-            # 9) and no `ip_agents` row; once a second agent counts it, `ips.agent` is NULL and
-            # every agent's totals are in `ip_agents`: never both for one agent.
-            source = (
-                "(SELECT ip, ipkey, family, sum(total) AS total, max(last_seen) AS last_seen FROM ("
-                "SELECT a.ip, i.ipkey, i.family, a.total, a.last_seen "
-                f"FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent IN ({marks}) "
-                "UNION ALL SELECT ip, ipkey, family, total, last_seen "
-                f"FROM ips WHERE agent IN ({marks})) u GROUP BY ip, ipkey, family)"
-            )
-            head: list[Any] = [*query.agents, *query.agents]
-        else:
-            source, head = "ips", []
+        candidates = self._candidates(cur, query, lowest)
+        best: list[Sums] = []
+        chunk, summed = max(limit, 1), 0
+        following = next(candidates, None)
+        while following is not None:
+            if budget is not None and summed >= budget:
+                return None
+            part = [following, *islice(candidates, chunk - 1)]
+            following = next(candidates, None)
+            summed += len(part)
+            keys = sorted(bytes(key) for _, key, _ in part)
+            best = sorted(best + self._sums(cur, query, filters, keys, None, tables), key=by)[:limit]
+            chunk *= 2
+            # `following`'s bound: its total, or its last seen (µs).
+            if following is not None and len(best) == limit and _ahead(best[-1], query.order, int(following[2])):
+                break
+        return best
+
+    def _candidates(self, cur: Any, query: WindowQuery, lowest: int) -> Iterator[tuple[str, bytes, int]]:
+        """(ip, key, bound) of every address that can have a count in the window, by bound
+        (highest first, then by text): by count, the addresses counted at least ten times from
+        `ips_tier` (migration 12), a number of digits at a time, then the rest from `ips` in
+        blocks; by last seen, `ips` in blocks. An agent's first addresses by count take that
+        route too (the address's total bounds the agent's count) when the agent stored at least
+        `tier_share` of the records, so that one in a few candidates at most is another agent's;
+        otherwise the agent's own rows in blocks, bounded by the agent's totals."""
+        column = "last_seen" if query.order == "last_seen" else "total"
         where = "c.last_seen >= ? AND c.total >= ?"
-        head += [lowest * 1_000_000, query.min_count]
+        params: list[Any] = [lowest * 1_000_000, query.min_count]
         if query.network is not None:
             network = query.network
             where += " AND c.family = ? AND c.ipkey BETWEEN ? AND ?"
-            head += [network.version, network.network_address.packed, network.broadcast_address.packed]
-        best: list[Sums] = []
-        after: tuple[int, str] | None = None
+            params += [network.version, network.network_address.packed, network.broadcast_address.packed]
+        by_tier = column == "total" and (query.agents is None or self._share(cur, query.agents) >= self.tier_share)
+        if not by_tier:
+            source, head = ("ips", []) if query.agents is None else _agent_totals(query.agents)
+            yield from self._blocks(cur, source, where, [*head, *params], column, query.limit or 1)
+            return
+        if query.agents is not None:
+            marks = ",".join("?" * len(query.agents))
+            where += (f" AND (c.agent IN ({marks}) OR EXISTS (SELECT 1 FROM ip_agents a "
+                      f"WHERE a.ip = c.ip AND a.agent IN ({marks})))")
+            params += [*query.agents, *query.agents]
+        cur.execute(self._sql(f"SELECT max(tier) FROM ips WHERE tier >= {TIER_FLOOR}"))
+        tier = int(cur.fetchone()[0] or 0)
+        while tier >= TIER_FLOOR and self._tier_size(cur, tier) <= self.tier_rows:
+            cur.execute(self._sql(f"SELECT c.ip, c.ipkey, c.total FROM ips c WHERE c.tier >= {TIER_FLOOR} "
+                                  f"AND c.tier = ? AND {where}"), [tier, *params])
+            yield from sorted(((str(ip), bytes(key), int(total)) for ip, key, total in cur.fetchall()),
+                              key=lambda row: (-row[2], row[0]))
+            tier -= 1
+        # The rest (below the index, or from a tier too big to read whole) sorted by the database.
+        below = 10 ** max(tier, TIER_FLOOR - 1)
+        yield from self._blocks(cur, "ips", f"{where} AND c.total < {below}", params, "total", query.limit or 1)
+
+    def _tier_size(self, cur: Any, tier: int) -> int:
+        """How many addresses `tier` holds, counted up to `tier_rows` + 1 (the index alone)."""
+        cur.execute(self._sql(f"SELECT count(*) FROM (SELECT 1 FROM ips WHERE tier >= {TIER_FLOOR} "
+                              f"AND tier = ? LIMIT {self.tier_rows + 1}) t"), [tier])
+        return int(cur.fetchone()[0])
+
+    def _blocks(self, cur: Any, source: str, where: str, params: list[Any], column: str,
+                limit: int) -> Iterator[tuple[str, bytes, int]]:
+        """The rows of `source` that pass `where` by `column` (highest first, then by text), read
+        in blocks: the first `top_factor` times the limit, each next one 4 times the one before,
+        so that an unlucky store costs a few reads more than one, never an unbounded number."""
         block = max(self.top_factor * limit, self.top_block)
-        chunk = max(limit, 1)  # candidates added up at a time, doubling: a block is rarely needed whole
+        after: list[Any] = []
         while True:
             sql = f"SELECT c.ip, c.ipkey, c.{column} FROM {source} c WHERE {where}"
-            params = list(head)
-            if after is not None:
+            if after:
                 sql += f" AND (c.{column} < ? OR (c.{column} = ? AND c.ip > ?))"
-                params += [after[0], after[0], after[1]]
-            cur.execute(self._sql(sql + f" ORDER BY c.{column} DESC, c.ip LIMIT ?"), [*params, block + 1])
-            rows = cur.fetchall()
-            if not rows:
-                return [_row(sums) for sums in best]  # no candidate at all, or none left
-            done = 0
-            while done < min(block, len(rows)):
-                part = rows[done : min(done + chunk, block)]
-                done += len(part)
-                keys = sorted(bytes(key) for _, key, _ in part)
-                best = sorted(best + self._sums(cur, query, filters, keys, None, tables), key=by)[:limit]
-                chunk *= 2
-                if done == len(rows):
-                    return [_row(sums) for sums in best]  # no candidate left
-                bound = int(rows[done][2])  # the next candidate's: its total, or its last seen (µs)
-                if len(best) == limit and _ahead(best[-1], query.order, bound):
-                    return [_row(sums) for sums in best]
-            last = rows[block - 1]
-            after = (int(last[2]), str(last[0]))
+            cur.execute(self._sql(sql + f" ORDER BY c.{column} DESC, c.ip LIMIT ?"), [*params, *after, block])
+            rows = [(str(ip), bytes(key), int(bound)) for ip, key, bound in cur.fetchall()]
+            yield from rows
+            if len(rows) < block:
+                return
+            after = [rows[-1][2], rows[-1][2], rows[-1][0]]
             block *= 4
+
+    def _share(self, cur: Any, agents: Sequence[str]) -> float:
+        """The share of every record stored that `agents` sent (the agents' own counters)."""
+        marks = ",".join("?" * len(agents))
+        cur.execute(self._sql(f"SELECT sum(CASE WHEN name IN ({marks}) THEN records ELSE 0 END), "
+                              "sum(records) FROM agents"), list(agents))
+        mine, every = cur.fetchone()
+        return int(mine or 0) / max(int(every or 0), 1)
 
     # -- time-first plans (SQLite's `counts_recent`, migration 10) -----------------------------
 
@@ -475,6 +523,22 @@ class WindowsSql:
 
 
 Sums = tuple[bytes, int, int, int]  # key, count, first bucket, last bucket (seconds)
+
+
+def _agent_totals(agents: Sequence[str]) -> tuple[str, list[Any]]:
+    """The agents' own totals of each address they counted, as a table like `ips` (and its
+    parameters). An address counted by one agent only has its totals in `ips` (`ips.agent`,
+    migration 9) and no `ip_agents` row; once a second agent counts it, `ips.agent` is NULL and
+    every agent's totals are in `ip_agents`: never both for one agent."""
+    marks = ",".join("?" * len(agents))
+    return (
+        "(SELECT ip, ipkey, family, sum(total) AS total, max(last_seen) AS last_seen FROM ("
+        "SELECT a.ip, i.ipkey, i.family, a.total, a.last_seen "
+        f"FROM ip_agents a JOIN ips i ON i.ip = a.ip WHERE a.agent IN ({marks}) "
+        "UNION ALL SELECT ip, ipkey, family, total, last_seen "
+        f"FROM ips WHERE agent IN ({marks})) u GROUP BY ip, ipkey, family)",
+        [*agents, *agents],
+    )
 
 
 def _row(sums: Sums) -> WindowCount:

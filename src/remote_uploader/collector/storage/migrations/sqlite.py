@@ -272,4 +272,24 @@ MIGRATIONS: tuple[Migration, ...] = (
     # SQLite reads its buckets by time through migration 10's covering `counts_recent`. The number
     # is kept so that both schemas count alike.
     (11, ()),
+    (
+        12,
+        (
+            # Each address's number of digits of its total, and an index of those counted at least ten
+            # times by it: the first addresses of a long window by count are searched among the
+            # most counted a tier at a time instead of in a read of all of `ips` sorted by total
+            # (sql_windows.py, `_candidates`; docs/dashboard.md). The tier changes a few times in an
+            # address's life, so the index is written then only: an index of the total itself would
+            # be rewritten by every batch (SQLite updates an index whenever a column of it is set),
+            # and the tier is set by triggers, only when it differs, for that reason. Every writer of
+            # `ips` gets it right without knowing of it.
+            "ALTER TABLE ips ADD COLUMN tier INTEGER NOT NULL DEFAULT 1",
+            "UPDATE ips SET tier = length(total) WHERE length(total) <> 1",
+            "CREATE INDEX ips_tier ON ips (tier) WHERE tier >= 2",
+            "CREATE TRIGGER ips_tier_on_insert AFTER INSERT ON ips WHEN length(new.total) <> new.tier "
+            "BEGIN UPDATE ips SET tier = length(new.total) WHERE ip = new.ip; END",
+            "CREATE TRIGGER ips_tier_on_update AFTER UPDATE OF total ON ips WHEN length(new.total) <> new.tier "
+            "BEGIN UPDATE ips SET tier = length(new.total) WHERE ip = new.ip; END",
+        ),
+    ),
 )
