@@ -55,7 +55,9 @@ class PostgresWindows:
     # worth of candidates (about what adding up the whole window costs, measured per row, on a
     # store whose most counted addresses stand out): the search settles an hour of 200,000 rows
     # with a few hundred, by tier (`ips_tier`, migration 12); where the totals are flat, it gives
-    # up and the window is added up whole. Tests set a huge number (never) or 0 (always).
+    # up and the window is added up whole. Not with a source filter: an address's total over every
+    # source is a weak bound of one source's count (the search would spend its budget in vain).
+    # Tests set a huge number (never) or 0 (always).
     search_first_rows: int = 100_000
     # The threshold search's first block of candidates: small enough for PostgreSQL to keep the
     # ORDER BY ... LIMIT of `ips` in memory (a top-N heapsort within the default work_mem of 4 MB;
@@ -94,7 +96,7 @@ class PostgresWindows:
             return self._newest_first(cur, query, filters, levels)
         rows = self._window_rows(cur, levels)
         if rows <= self.time_first_rows:
-            if rows > self.search_first_rows:
+            if rows > self.search_first_rows and query.sources is None:
                 found = self._threshold(cur, query, filters, budget=rows // 16)
                 if found is not None:
                     return [_row(sums) for sums in found]
