@@ -246,25 +246,25 @@ def test_the_first_addresses_searched_by_tier_are_those_of_the_whole_sum(storage
 
 
 def test_an_address_whose_total_gains_a_digit_is_searched_in_its_new_tier(storage: Storage) -> None:
-    """The look-alikes of `ips_tier`: .1's total goes from 9 to 14 by an update (one digit to
-    two), .4's from 99 to 100, .5 is new with 10; had one of them kept its old tier, the search
-    would read it neither among the addresses of two (three) digits nor among those under ten,
-    and rank .2 or .3 first. Every address's tier is its total's number of digits."""
+    """The look-alikes of `ips_tier` (addresses counted at least 100 times): .1's total goes from
+    95 to 105 by an update, .5 is new with 100; had either kept the tier of two digits, the search
+    would read it neither among the indexed tiers nor among the totals under 100 below them, and
+    rank .3 (or .2) first. Every address's tier is its total's number of digits, 999 to 1,000 too."""
     use_plan(storage, "search")
-    storage.store_batch(hits("a", "1", record("198.51.100.1", 9, -7200), record("198.51.100.2", 20, -7200),
-                             record("198.51.100.4", 99, -7200)), at(0))
-    storage.store_batch(hits("a", "2", record("198.51.100.1", 5, 10), record("198.51.100.2", 1, 10),
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 95, -7200), record("198.51.100.2", 200, -7200),
+                             record("198.51.100.4", 999, -7200)), at(0))
+    storage.store_batch(hits("a", "2", record("198.51.100.1", 10, 10), record("198.51.100.2", 1, 10),
                              record("198.51.100.3", 3, 10)), at(0))
-    assert firsts(storage, 0, 1) == [("198.51.100.1", 5)]
-    storage.store_batch(hits("b", "1", record("198.51.100.4", 1, 20), record("198.51.100.5", 10, 30)), at(0))
-    assert firsts(storage, 0, 2) == [("198.51.100.5", 10), ("198.51.100.1", 5)]
-    assert firsts(storage, 0, 1, agents=("b",)) == [("198.51.100.5", 10)]
+    assert firsts(storage, 0, 1) == [("198.51.100.1", 10)]
+    storage.store_batch(hits("b", "1", record("198.51.100.4", 1, 20), record("198.51.100.5", 100, 30)), at(0))
+    assert firsts(storage, 0, 2) == [("198.51.100.5", 100), ("198.51.100.1", 10)]
+    assert firsts(storage, 0, 1, agents=("b",)) == [("198.51.100.5", 100)]
     sql = cast(SqlStorage, storage)
     with sql._read() as cur:
         cur.execute("SELECT ip, total, tier FROM ips ORDER BY ip")
         tiers = {str(ip): (int(total), int(tier)) for ip, total, tier in cur.fetchall()}
-    assert tiers == {"198.51.100.1": (14, 2), "198.51.100.2": (21, 2), "198.51.100.3": (3, 1),
-                     "198.51.100.4": (100, 3), "198.51.100.5": (10, 2)}
+    assert tiers == {"198.51.100.1": (105, 3), "198.51.100.2": (201, 3), "198.51.100.3": (3, 1),
+                     "198.51.100.4": (1000, 4), "198.51.100.5": (100, 3)}
 
 
 def first_addresses_match_the_whole_sum(storage: Storage, counts: list[int]) -> None:

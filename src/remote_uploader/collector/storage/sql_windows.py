@@ -36,7 +36,7 @@ KEYS_PER_QUERY = 2000  # addresses bound per query: under every backend's parame
 HOUR = 3600
 SMALL_NETWORK = 4096  # addresses: a window limited to a network this small is added up whole
 DAY = 86400
-TIER_FLOOR = 2  # `ips_tier` (migration 12) holds the addresses whose total has at least this many digits
+TIER_FLOOR = 3  # `ips_tier` (migration 12) holds the addresses whose total has at least this many digits
 
 
 def _seconds(moment: datetime) -> int:
@@ -257,7 +257,7 @@ class WindowsSql:
 
     def _candidates(self, cur: Any, query: WindowQuery, lowest: int) -> Iterator[tuple[str, bytes, int]]:
         """(ip, key, bound) of every address that can have a count in the window, by bound
-        (highest first, then by text): by count, the addresses counted at least ten times from
+        (highest first, then by text): by count, the addresses counted at least a hundred times from
         `ips_tier` (migration 12), a number of digits at a time, then the rest from `ips` in
         blocks; by last seen, `ips` in blocks. An agent's first addresses by count take that
         route too (the address's total bounds the agent's count) when the agent stored at least

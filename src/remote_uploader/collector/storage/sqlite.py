@@ -97,8 +97,8 @@ UPSERT_IP_AGENTS = (
     "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)"
 )
 UPSERT_IPS = (
-    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen, agent) "
-    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen, ? "
+    "INSERT INTO ips (ip, ipkey, family, total, first_seen, last_seen, agent, tier) "
+    "SELECT ip, ipkey, CASE length(ipkey) WHEN 4 THEN 4 ELSE 6 END, total, first_seen, last_seen, ?, length(total) "
     "FROM staging.deltas WHERE true "
     f"ON CONFLICT (ip) DO UPDATE SET total = {_ADD}, "
     "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), "

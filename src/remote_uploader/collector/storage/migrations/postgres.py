@@ -285,14 +285,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     (
         12,
         (
-            # Each address's number of digits of its total, and an index of those counted at least ten
+            # Each address's number of digits of its total, and an index of those counted at least a hundred
             # times by it (migrations/sqlite.py, 12; sql_windows.py, `_candidates`). Generated, so
             # that no writer can get it wrong; an update that leaves it as it was stays HOT (PostgreSQL
             # compares the indexed values), so the index is written only when an address's total
             # gains a digit. Adding the column rewrites `ips` inside migrate()'s transaction: about
             # 5 s per million addresses on the benchmark's machine (docs/benchmarks.md).
             "ALTER TABLE ips ADD COLUMN tier INTEGER GENERATED ALWAYS AS (length(total::text)) STORED",
-            "CREATE INDEX ips_tier ON ips (tier) WHERE tier >= 2",
+            "CREATE INDEX ips_tier ON ips (tier) WHERE tier >= 3",
         ),
     ),
 )

@@ -275,7 +275,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     (
         12,
         (
-            # Each address's number of digits of its total, and an index of those counted at least ten
+            # Each address's number of digits of its total, and an index of those counted at least a hundred
             # times by it: the first addresses of a long window by count are searched among the
             # most counted a tier at a time instead of in a read of all of `ips` sorted by total
             # (sql_windows.py, `_candidates`; docs/dashboard.md). The tier changes a few times in an
@@ -285,7 +285,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # `ips` gets it right without knowing of it.
             "ALTER TABLE ips ADD COLUMN tier INTEGER NOT NULL DEFAULT 1",
             "UPDATE ips SET tier = length(total) WHERE length(total) <> 1",
-            "CREATE INDEX ips_tier ON ips (tier) WHERE tier >= 2",
+            "CREATE INDEX ips_tier ON ips (tier) WHERE tier >= 3",
             "CREATE TRIGGER ips_tier_on_insert AFTER INSERT ON ips WHEN length(new.total) <> new.tier "
             "BEGIN UPDATE ips SET tier = length(new.total) WHERE ip = new.ip; END",
             "CREATE TRIGGER ips_tier_on_update AFTER UPDATE OF total ON ips WHEN length(new.total) <> new.tier "
