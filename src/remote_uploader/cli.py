@@ -72,10 +72,11 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; its help is in the language `i18n.setup` chose before it was built.
 
-    With `only`, a command's name, every command is still listed (the top-level help and the
-    choices are the same) but only that one gets its options: the others are never parsed, and
-    adding the options of all of them was about a tenth of `once`'s start-up on an empty file
-    (argparse looks up a translation for each of its own words).
+    With `only`, a command's name that comes first on the command line, only that command is
+    built: argparse then hands the rest of the line to it, and neither the top-level help nor
+    any other command can be reached, so the output and the errors are the same as with all of
+    them. Building all of them was 5-8 ms of `once`'s start-up (each parser looks up
+    translations of argparse's own words and asks for the terminal's size).
     """
     parser = Parser(
         prog="remote-uploader",
@@ -88,9 +89,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (help_text, add_options) in _commands().items():
         # The collector's commands are parsed by the collector's own parser, imported only when
         # used: the agent must not pay for FastAPI and friends in memory on every start.
-        command = commands.add_parser(name, help=help_text, add_help=name != "collector")
         if only is None or only == name:
-            add_options(command)
+            add_options(commands.add_parser(name, help=help_text, add_help=name != "collector"))
     return parser
 
 
@@ -527,8 +527,8 @@ def _run(arguments: list[str], lang: str) -> int:
     if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
         args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
     else:
-        # A command named first is the one argparse runs: only its options are needed. With an
-        # option before it (`--lang zh once`) every command gets its options, as for --help.
+        # A command named first is the one argparse runs: only it is built. With an option
+        # before it (`--lang zh once`, `--help`) all of them are.
         args = build_parser(only=arguments[0] if arguments[:1] and arguments[0] in _commands() else None
                             ).parse_args(arguments)
         args.lang = getattr(args, "lang", None) or lang or None
