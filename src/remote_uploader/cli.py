@@ -75,7 +75,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     With `only`, a command's name that comes first on the command line, only that command is
     built: argparse then hands the rest of the line to it, and neither the top-level help nor
     any other command can be reached, so the output and the errors are the same as with all of
-    them. Building all of them was 5-8 ms of `once`'s start-up (each parser looks up
+    them. Building all of them cost about 5 ms of `once`'s start-up (each parser looks up
     translations of argparse's own words and asks for the terminal's size).
     """
     parser = Parser(
