@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from remote_uploader import __version__
@@ -68,8 +69,15 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     shape.add_argument("--csv", dest="format", action="store_const", const="csv", help=_("print CSV with a header"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line; its help is in the language `i18n.setup` chose before it was built."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; its help is in the language `i18n.setup` chose before it was built.
+
+    With `only`, a command's name that comes first on the command line, only that command is
+    built: argparse then hands the rest of the line to it, and neither the top-level help nor
+    any other command can be reached, so the output and the errors are the same as with all of
+    them. Building all of them cost about 5 ms of `once`'s start-up (each parser looks up
+    translations of argparse's own words and asks for the terminal's size).
+    """
     parser = Parser(
         prog="remote-uploader",
         description=_("Ship the IP addresses in log files to a collector: exactly once, flat memory."),
@@ -78,24 +86,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help=_("show the version and exit"))
     parser.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title=_("commands"))
+    for name, (help_text, add_options) in _commands().items():
+        # The collector's commands are parsed by the collector's own parser, imported only when
+        # used: the agent must not pay for FastAPI and friends in memory on every start.
+        if only is None or only == name:
+            add_options(commands.add_parser(name, help=help_text, add_help=name != "collector"))
+    return parser
 
-    once = commands.add_parser("once", help=_("read every file to its end, deliver everything, exit"))
+
+def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]]:
+    """Each command's help line (translated when the parser is built) and what adds its options."""
+    return {
+        "once": (_("read every file to its end, deliver everything, exit"), _once_options),
+        "forever": (_("follow the files and ship as lines arrive"), _forever_options),
+        "test": (_("check config, sources, state directory and server"), _test_options),
+        "extract": (_("print per-IP counts of files; sends and stores nothing"), _extract_options),
+        "status": (_("files, queue, dead letters, last upload (read-only)"), _status_options),
+        "requeue": (_("send the dead-lettered batches again"), _requeue_options),
+        "reset-state": (_("move a damaged queue database aside and start a new one"), _reset_state_options),
+        "ips": (_("addresses a collector counted (what the dashboard's table shows)"), _ips_options),
+        "decisions": (_("a collector's decisions (bans), with why"), _decisions_options),
+        "config": (_("show the effective configuration and where each value came from"), _config_options),
+        "import-legacy": (_("take over the old script's pending addresses and read offsets, once"),
+                          _import_legacy_options),
+        "collector": (_("the collector service: serve, token, bouncer, decision"), _collector_options),
+    }
+
+
+def _once_options(once: argparse.ArgumentParser) -> None:
     _add_config_options(once)
     once.add_argument("--max-retry-time", type=float, metavar="SECONDS",
                       help=_("give up (exit 3, data stays queued) after the collector failed this long"))
     once.add_argument("paths", nargs="*", help=_("files or globs (instead of the config's [[sources]])"))
     once.set_defaults(func=cmd_once)
 
-    forever = commands.add_parser("forever", help=_("follow the files and ship as lines arrive"))
+
+def _forever_options(forever: argparse.ArgumentParser) -> None:
     _add_config_options(forever)
     forever.add_argument("paths", nargs="*", help=_("files or globs (instead of the config's [[sources]])"))
     forever.set_defaults(func=cmd_forever)
 
-    test = commands.add_parser("test", help=_("check config, sources, state directory and server"))
+
+def _test_options(test: argparse.ArgumentParser) -> None:
     _add_config_options(test)
     test.set_defaults(func=cmd_test)
 
-    extract = commands.add_parser("extract", help=_("print per-IP counts of files; sends and stores nothing"))
+
+def _extract_options(extract: argparse.ArgumentParser) -> None:
     extract.add_argument("files", nargs="+", help=_("log files to count"))
     extract.add_argument("--json", action="store_true", help='print {"counts": {...}, "lines": n, "bytes": n}')
     extract.add_argument("--regex", help=_("only addresses in the named group `ip` of this regex"))
@@ -106,16 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     extract.set_defaults(func=cmd_extract)
 
-    status = commands.add_parser("status", help=_("files, queue, dead letters, last upload (read-only)"))
+
+def _status_options(status: argparse.ArgumentParser) -> None:
     _add_config_options(status)
     status.add_argument("--json", action="store_true", help=_("print JSON"))
     status.set_defaults(func=cmd_status)
 
-    requeue = commands.add_parser("requeue", help=_("send the dead-lettered batches again"))
+
+def _requeue_options(requeue: argparse.ArgumentParser) -> None:
     _add_config_options(requeue)
     requeue.set_defaults(func=cmd_requeue)
 
-    reset = commands.add_parser("reset-state", help=_("move a damaged queue database aside and start a new one"))
+
+def _reset_state_options(reset: argparse.ArgumentParser) -> None:
     _add_config_options(reset)
     reset.add_argument("--forget-offsets", action="store_true",
                        help=_("do not carry over the recorded offsets: every file is read again from its start "
@@ -123,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--keep-offsets", action="store_true", help=_("the default (kept for old scripts)"))
     reset.set_defaults(func=cmd_reset_state)
 
-    ips = commands.add_parser("ips", help=_("addresses a collector counted (what the dashboard's table shows)"))
+
+def _ips_options(ips: argparse.ArgumentParser) -> None:
     _add_query_options(ips)
     ips.add_argument("--since", metavar="TIME",
                      help=_("counts of this window: 15m, 1h, 7d or an RFC 3339 time (default: all-time totals)"))
@@ -135,12 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     ips.add_argument("--limit", type=int, default=100, metavar="N", help=_("at most N addresses (default 100)"))
     ips.set_defaults(func=cmd_ips)
 
-    decisions = commands.add_parser("decisions", help=_("a collector's decisions (bans), with why"))
+
+def _decisions_options(decisions: argparse.ArgumentParser) -> None:
     _add_query_options(decisions)
     decisions.add_argument("--all", action="store_true", help=_("also the ended ones (expired or deleted)"))
     decisions.set_defaults(func=cmd_decisions)
 
-    config = commands.add_parser("config", help=_("show the effective configuration and where each value came from"))
+
+def _config_options(config: argparse.ArgumentParser) -> None:
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True,
                                             title=_("actions"))
     show = config_commands.add_parser("show", help=_("every key, its value and its origin (TOML, or JSON)"))
@@ -149,20 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("paths", nargs="*", help=_("files or globs (instead of the config's [[sources]])"))
     show.set_defaults(func=cmd_config_show)
 
-    legacy = commands.add_parser("import-legacy",
-                                 help=_("take over the old script's pending addresses and read offsets, once"))
+
+def _import_legacy_options(legacy: argparse.ArgumentParser) -> None:
     _add_config_options(legacy)
     legacy.add_argument("--pending", metavar="FILE", help=_("the old pending queue (default: legacy.pending_file)"))
     legacy.add_argument("--offsets", metavar="FILE", help=_("the old offsets file (default: legacy.offsets_file)"))
     legacy.set_defaults(func=cmd_import_legacy)
 
-    # The collector's commands are parsed by the collector's own parser, imported only when
-    # used: the agent must not pay for FastAPI and friends in memory on every start.
-    collector = commands.add_parser("collector", add_help=False,
-                                    help=_("the collector service: serve, token, bouncer, decision"))
+
+def _collector_options(collector: argparse.ArgumentParser) -> None:
     collector.add_argument("collector_args", nargs=argparse.REMAINDER)
     collector.set_defaults(func=cmd_collector)
-    return parser
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
@@ -297,6 +337,8 @@ def _agent_setup(args: argparse.Namespace) -> Config:
 
 def _legacy_hint(config: Config) -> None:
     """Once, forever and test: say so when the old script's files wait to be imported."""
+    if not any(Path(name).expanduser().exists() for name in (config.legacy.pending_file, config.legacy.offsets_file)):
+        return  # as almost always (legacy.legacy_files): the importer, 3 ms of start-up, is not loaded
     from remote_uploader.agent.legacy import legacy_hint
 
     hint = legacy_hint(config)
@@ -482,11 +524,13 @@ def _main(arguments: list[str]) -> int:
 
 
 def _run(arguments: list[str], lang: str) -> int:
-    parser = build_parser()
     if arguments[:1] == ["collector"]:  # its own parser, so `collector --help` works too
         args = argparse.Namespace(func=cmd_collector, collector_args=arguments[1:])
     else:
-        args = parser.parse_args(arguments)
+        # A command named first is the one argparse runs: only it is built. With an option
+        # before it (`--lang zh once`, `--help`) all of them are.
+        args = build_parser(only=arguments[0] if arguments[:1] and arguments[0] in _commands() else None
+                            ).parse_args(arguments)
         args.lang = getattr(args, "lang", None) or lang or None
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

@@ -182,7 +182,7 @@ V4_RULES: Final = (
 )
 #: The scan's single group is the 15 bytes that end where the match ends: they hold the whole
 #: address (`255.255.255.255`), and one bytes object per match is half the cost of a tuple.
-_V4_SCAN: Final = re.compile(V4_RULES + rb"(?<=([\x00-\xff]{15}))")
+V4_SCAN: Final = V4_RULES + rb"(?<=([\x00-\xff]{15}))"
 # Everything but digits and dots becomes a space: in a window, the address follows the last space.
 _BLANK_ALL_BUT_QUAD: Final = bytes(b if b in DIGITS or b == 0x2E else 0x20 for b in range(256))
 
@@ -357,10 +357,20 @@ _TIME_OF_DAY: Final = rb"(?![0-9]{2}:[0-9]{2}(?::[0-9]{2})?(?:[.,][0-9]+)?[^0-9A
 # context ending with the anchor; the run (at most MAX_V6_RUN bytes) and the byte after it. The
 # rest of a longer run is consumed (only then does the group end in a run byte), so no later
 # colon of it becomes an anchor.
-_V6_SCAN: Final = re.compile(
+V6_SCAN: Final = (
     rb":(?=%s)%s%s%s(?<=([\x00-\xff]{7}))(%s{0,%d}+[\x00-\xff]?)(?:(?<=%s)%s*+)?"
     % (_RUN, _LATER_COLON, _TIME_OF_DAY, PLAUSIBLE_V6, _RUN, MAX_V6_RUN, _RUN, _RUN)
 )
+
+
+@functools.cache
+def _scan_patterns() -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """The stdlib engine's two patterns, compiled when that engine is first used.
+
+    Not at import: the native engine has these rules in C and never matches with them, and
+    compiling both took about 3 ms of every start-up of the agent and of each worker process.
+    """
+    return re.compile(V4_SCAN), re.compile(V6_SCAN)
 
 
 class StdlibExtractor:
@@ -374,9 +384,10 @@ class StdlibExtractor:
         out: dict[str, int] = {}
         v4: Counter[bytes] = Counter()
         v6: Counter[tuple[bytes, bytes]] = Counter()
+        v4_scan, v6_scan = _scan_patterns()
         for lo, hi in _windows(buf, start, end):
-            v4.update(_V4_SCAN.findall(buf, lo, hi))
-            v6.update(_V6_SCAN.findall(buf, lo, hi))
+            v4.update(v4_scan.findall(buf, lo, hi))
+            v6.update(v6_scan.findall(buf, lo, hi))
             if len(v4) + len(v6) > RESOLVE_AT:
                 self._resolve(v4, v6, out)
         self._resolve(v4, v6, out)

@@ -10,7 +10,7 @@ or a callback, then `Counter`); here the scan and the counting run in C with the
 (the uploader thread keeps running), and Python sees each distinct address once:
 
 - IPv4: every rule of `V4_RULES` is applied in C; the keys are the canonical addresses.
-- IPv6: C finds the candidates exactly as `_V6_SCAN` does (the same anchors and lookarounds,
+- IPv6: C finds the candidates exactly as `V6_SCAN` does (the same anchors and lookarounds,
   the same non-overlapping search), applies the first steps of `validate_v6` (a word byte after
   the run; the group before the anchor and whether it is glued to a word) and counts each
   distinct (glued, group, run); `_v6_decide`, the stdlib judge, decides each distinct one once

@@ -25,18 +25,20 @@ import os
 import pickle
 import signal
 import struct
-import subprocess
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from remote_uploader.agent.extract import SEPARATORS, Extractor, count_lines, last_cut
 from remote_uploader.agent.extractors import extractor_for
 from remote_uploader.agent.timestamps import Minute, TimedExtractor
+
+if TYPE_CHECKING:
+    import subprocess
 
 BOUNDARY_SEARCH = 1024 * 1024
 BOUNDARY_STEP = 64 * 1024
@@ -256,6 +258,10 @@ class ParallelScanner:
         return self.workers > 1 and backlog >= 4 * self.block_size
 
     def _ensure_workers(self) -> list[subprocess.Popen[bytes]]:
+        # subprocess (with selectors and threading) is imported here, not at the top: the worker
+        # processes import this module and never start one, nor does an agent with one worker.
+        import subprocess
+
         if not self._procs:
             for _ in range(self.workers - 1):
                 # cwd "/": from a directory holding the compat script remote_uploader.py, `-m`
@@ -333,6 +339,8 @@ class ParallelScanner:
                 if stream is not None:
                     with suppress(OSError):
                         stream.close()
+        import subprocess  # already loaded if there are workers (_ensure_workers)
+
         for proc in self._procs:
             try:
                 proc.wait(timeout=5)
