@@ -406,15 +406,19 @@ class WindowsSql:
         parts, bound = [], []
         for table, bounds in levels:
             via = f"{table} INDEXED BY {self.time_indexes[table]}" if table in self.time_indexes else table
+            # One bound on each side, the narrower: SQLite ranges the index by one of two lower
+            # bounds only (the window's start: a day of rows read for its newest minute).
+            start = bounds[0] if low is None else max(bounds[0], low)
             sql = f"SELECT ipkey, bucket, total FROM {via} WHERE bucket >= ?"
-            if len(bounds) > 1:
-                sql += " AND bucket <= ?"
-            if low is not None:
-                sql += " AND bucket >= ?"
-            if high is not None:
+            bound.append(start)
+            if high is not None and (len(bounds) == 1 or high <= bounds[1]):
                 sql += " AND bucket < ?"
+                bound.append(high)
+            elif len(bounds) > 1:
+                sql += " AND bucket <= ?"
+                bound.append(bounds[1])
             parts.append(sql + conditions)
-            bound += [*bounds, *([low] if low is not None else []), *([high] if high is not None else []), *params]
+            bound += params
         return " UNION ALL ".join(parts), bound
 
     def _time_first(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
