@@ -179,22 +179,21 @@ def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(stor
     source_totals_match_the_buckets(storage)
 
 
-# The plans of `window_counts` with a limit (storage/sql_windows.py): `_top`'s threshold search
-# (on PostgreSQL, its own `_top` of storage/pg_windows.py, whichever path it picks),
-# the time-first plans (`_recent`, SQLite's `counts_recent`) wherever they apply, and those cut
-# short after a few rows (they hand over to the search half-way).
-PLANS = ("search", "by time", "by time, cut short")
+# The plans of `window_counts` with a limit (storage/sql_windows.py, `_top`), the same on both
+# backends: the threshold search alone ("search"); the plans by time, by count the window added up
+# whole and by last seen newest first ("by time"); and by count the threshold search first, with a
+# budget of a sixteenth of the window's rows (a few candidates here: it gives up half-way in many
+# cases and hands over to the whole sum), then by time ("search, then by time").
+PLANS = ("search", "by time", "search, then by time")
 
 
 def use_plan(storage: Storage, plan: str) -> None:
     sql = cast(Any, storage)
     if plan == "search":
-        sql.recent_index = None
+        sql.by_time = False
         return
-    if sql.recent_index is None:
-        pytest.skip("the by-time plans of sql_windows.py are SQLite's (counts_recent); PostgreSQL's own "
-                    "paths are forced one by one in test_pg_windows.py")
-    sql.recent_rows, sql.recent_kept = (10**9, 10**9) if plan == "by time" else (5, 10**9)
+    sql.time_first_rows = sql.time_first_kept = 10**12
+    sql.search_first_rows = 10**12 if plan == "by time" else 0
 
 
 def firsts(storage: Storage, since: float, limit: int, **more: Any) -> list[tuple[str, int]]:
@@ -225,9 +224,9 @@ def test_the_first_addresses_keep_a_tie_across_blocks_and_the_rows_at_the_window
 @pytest.mark.parametrize("plan", PLANS)
 def test_the_first_addresses_of_a_window_are_those_of_the_whole_sum(storage: Storage, plan: str) -> None:
     """`window_counts` with a limit reads candidates by their bound (storage/sql_windows.py,
-    `_top`), a few at a time here, or the window's minute rows by time (`_recent`): it must keep
-    exactly the rows, in the order, that adding up the whole window and sorting gives, through
-    ties, filters, every level and late rows."""
+    `_threshold`), a few at a time here, or the window's rows by time: it must keep exactly the
+    rows, in the order, that adding up the whole window and sorting gives, through ties, filters,
+    every level and late rows."""
     use_plan(storage, plan)
     first_addresses_match_the_whole_sum(storage, counts=[1, 1, 2, 3, 8])
 
@@ -316,8 +315,10 @@ def test_on_a_tie_an_ipv4_address_ranks_before_an_ipv6_one_whose_key_is_smaller(
     """Ranked by (count, key length, key), as the whole sum sorts: 2001:db8::1's key (0x20...)
     is smaller than 198.51.100.1's (0xc6...), so a cut made by the key alone keeps the wrong one."""
     use_plan(storage, plan)
-    storage.store_batch(hits("a", "1", record("2001:db8::1", 4, 10), record("198.51.100.1", 4, 20)), at(0))
+    storage.store_batch(hits("a", "1", record("2001:db8::1", 4, 10), record("198.51.100.1", 4, 20),
+                             record("::1", 4, 10)), at(0))  # ::1's key (00...01) is the smallest of all
     assert firsts(storage, 0, 1) == [("198.51.100.1", 4)]
+    assert firsts(storage, 0, 2) == [("198.51.100.1", 4), ("::1", 4)]
     assert firsts(storage, 0, 1, order="last_seen") == [("198.51.100.1", 4)]  # one minute: by count, then key
 
 
@@ -350,6 +351,71 @@ def test_one_sources_first_addresses_ignore_what_another_source_counted(storage:
     assert firsts(storage, 0, 1, sources=("/s2",), order="last_seen") == [("198.51.100.1", 1)]
     assert firsts(storage, 0, 1, sources=("/s2",), min_count=2, order="last_seen") == [("198.51.100.2", 3)]
     assert firsts(storage, 0, 5, sources=("/s3",)) == []
+
+
+def ranked(storage: Storage, query: WindowQuery) -> list[tuple[str, int, int]]:
+    return [(row.ip, row.count, int(row.last_bucket.timestamp())) for row in storage.window_counts(query)]
+
+
+def whole(storage: Storage, query: WindowQuery) -> list[tuple[str, int, int]]:
+    """The reference: the window added up whole (no limit), sorted as the dashboard sorts."""
+    rows = storage.window_counts(WindowQuery(query.since, query.until, query.agents, query.sources,
+                                             network=query.network, min_count=query.min_count))
+
+    def key(row: WindowCount) -> tuple[Any, ...]:
+        by_count = (-row.count, len(row.key), row.key)
+        return (-row.last_bucket.timestamp(), *by_count) if query.order == "last_seen" else by_count
+
+    assert query.limit is not None
+    return [(row.ip, row.count, int(row.last_bucket.timestamp())) for row in sorted(rows, key=key)[: query.limit]]
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_newest_first_reads_further_back_when_the_newest_addresses_miss_the_minimum(storage: Storage,
+                                                                                   plan: str) -> None:
+    """The newest minute holds more addresses than the limit, all below `min_count`: the search
+    must go down to older minutes for the ones that pass, and not stop at the first guess."""
+    use_plan(storage, plan)
+    newest = [record(f"198.51.100.{i}", 1, 600) for i in range(20)]
+    older = [record(f"203.0.113.{i}", 3, 60 * i) for i in range(1, 8)]
+    storage.store_batch(hits("a", "1", *newest, *older), at(0))
+    for limit in (1, 3, 7, 20):
+        query = WindowQuery(at(0), min_count=2, limit=limit, order="last_seen")
+        assert ranked(storage, query) == whole(storage, query)
+    assert [ip for ip, _, _ in ranked(storage, WindowQuery(at(0), min_count=2, limit=2, order="last_seen"))] == [
+        "203.0.113.7", "203.0.113.6"]
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_newest_first_takes_an_address_whose_newest_row_is_in_another_agents_or_sources_row(
+        storage: Storage, plan: str) -> None:
+    """An address read as a candidate in a newer minute (by one agent) is added up over the whole
+    window (its other agents' and sources' rows, older minutes too); filters apply to both reads."""
+    use_plan(storage, plan)
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 1, 590), record("198.51.100.2", 9, 500)), at(0))
+    storage.store_batch(hits("b", "1", record("198.51.100.1", 8, 10, source="/other"),
+                             record("198.51.100.3", 4, 580)), at(0))
+    for more in ({}, {"agents": ("a",)}, {"agents": ("b",)}, {"sources": ("/other",)}, {"min_count": 5}):
+        for limit in (1, 2, 3):
+            query = WindowQuery(at(0), limit=limit, order="last_seen", **more)  # type: ignore[arg-type]
+            assert ranked(storage, query) == whole(storage, query), (more, limit)
+    first = ranked(storage, WindowQuery(at(0), limit=1, order="last_seen"))
+    assert first == [("198.51.100.1", 9, int(at(540).timestamp()))]
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_newest_first_compares_bucket_starts_across_levels(storage: Storage, plan: str) -> None:
+    """After a fold, an hour row starts before the minutes of that hour: an address only in the
+    hour level ranks by the hour's start, behind a late minute row of the same hour."""
+    use_plan(storage, plan)
+    storage.store_batch(hits("a", "1", record("198.51.100.1", 2, 1800), record("198.51.100.2", 1, 100)), at(0))
+    storage.rollup(at(10 * 3600), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
+    storage.store_batch(hits("a", "2", record("198.51.100.3", 1, 120)), at(0))  # late, into the minutes
+    for since in (0, 60, 1800):
+        for limit in (1, 2, 3):
+            query = WindowQuery(at(since), limit=limit, order="last_seen")
+            assert ranked(storage, query) == whole(storage, query), (since, limit)
+    assert [ip for ip, _, _ in ranked(storage, WindowQuery(at(0), limit=1, order="last_seen"))] == ["198.51.100.3"]
 
 
 def test_bucket_totals_count_an_address_once_when_agents_store_it_at_once(storage: Storage) -> None:

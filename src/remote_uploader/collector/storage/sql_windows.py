@@ -18,10 +18,10 @@ moved with them by a fold, dropped with them by expiry.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from remote_uploader.collector.storage.model import (
     RollupResult,
@@ -69,14 +69,22 @@ class WindowsSql:
     # A tier of more addresses than this is not read whole (one look-up of `ips` each, and a sort
     # in Python): from it down, `ips` is read in blocks sorted by the database, as without tiers.
     tier_rows: int = 65_536
-    # The time-first plans (`_recent`): only where the backend has an index of the minute buckets
-    # by time (SQLite's `counts_recent`, migration 10); a window by count of at most `recent_rows`
-    # minute rows of which about `recent_kept` pass its filters (estimates from the totals) is
-    # added up from that index; a window by last seen reads it newest first, at most
-    # `recent_rows` rows. Tests set others to run one plan or the other.
-    recent_index: str | None = None
-    recent_rows: int = 300_000
-    recent_kept: int = 80_000
+    # The plans by time (`_top`), on every level's index of the buckets by time (SQLite's
+    # migrations 10 and 13, PostgreSQL's 11): by count, a window of at most `time_first_rows`
+    # bucket rows of which about `time_first_kept` pass its agent and source filters (estimates
+    # from the totals) is added up whole; one of more than `search_first_rows` tries the
+    # threshold search first, with a budget. By last seen, newest first. Tests turn `by_time`
+    # off, or set the others, to run one plan or another.
+    by_time: bool = True
+    time_first_rows: int = 300_000
+    time_first_kept: int = 80_000
+    search_first_rows: int = 100_000
+    # SQLite names the index of each level a read by time goes through (its planner may prefer
+    # the key, whose first column is the address); PostgreSQL's planner picks its own.
+    time_indexes: ClassVar[Mapping[str, str]] = {}
+    # The time-first sum's working memory (PostgreSQL: `SET LOCAL work_mem`; None: as it is).
+    time_first_memory: str | None = None
+    least = "min"  # the dialect's two-argument minimum (PostgreSQL: least)
 
     if TYPE_CHECKING:
 
@@ -166,10 +174,9 @@ class WindowsSql:
         return [_row(sums) for sums in self._sums(cur, query, filters, keys, limit)]
 
     def _sums(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]], keys: list[bytes] | None,
-              limit: int | None, tables: Collection[str] | None = None, by_time: bool = False) -> list[Sums]:
+              limit: int | None, tables: Collection[str] | None = None) -> list[Sums]:
         """(key, count, first bucket, last bucket) of `_counts`, from the levels in `tables` only
-        (None: all; those the caller knows hold no row of the window need not be read); `by_time`:
-        the minute rows through `recent_index` (a range of it, not a scan of the buckets)."""
+        (None: all; those the caller knows hold no row of the window need not be read)."""
         conditions, params = filters
         key_sets: list[list[bytes] | None] = [None]
         if keys is not None:
@@ -181,8 +188,7 @@ class WindowsSql:
             for table, _, bounds in self._levels(query.since, query.until):
                 if tables is not None and table not in tables:
                     continue
-                via = f"{table} INDEXED BY {self.recent_index}" if by_time and table == "counts" else table
-                sql = f"SELECT ipkey, bucket, total FROM {via} WHERE bucket >= ?"
+                sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
                 if len(bounds) > 1:
                     sql += " AND bucket <= ?"
                 sql += conditions
@@ -206,16 +212,24 @@ class WindowsSql:
         return found
 
     def _top(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]]) -> list[WindowCount]:
-        """The `limit` first addresses of the window (most counted, or newest last bucket), exact.
-
-        A backend's plans by time come first where they apply (`_recent` here; PostgreSQL's
-        `_top` in pg_windows.py, whose fallback is this one), then the threshold search: every
-        plan for the first addresses of a window is chosen in `_top`."""
-        recent = self._recent(cur, query, filters)
-        if recent is None:
-            recent = self._threshold(cur, query, filters)
-        assert recent is not None  # no budget: the search always settles
-        return [_row(sums) for sums in recent]
+        """The `limit` first addresses of the window (most counted, or newest last bucket), exact:
+        every plan for them is chosen here. By last seen, the window's buckets newest first
+        (`_newest_first`); by count, the window added up whole where its rows are few
+        (`_by_time`); otherwise, or with `by_time` off, the threshold search (`_threshold`)."""
+        assert query.limit is not None
+        found: list[Sums] | None = None
+        if self.by_time:
+            _, tables = self._lowest_bucket(cur, query.since, query.until)
+            levels = [(table, bounds) for table, _, bounds in self._levels(query.since, query.until)
+                      if table in tables]
+            if query.order == "last_seen":
+                found = self._newest_first(cur, query, filters, levels)
+            else:
+                found = self._by_time(cur, query, filters, levels)
+        if found is None:
+            found = self._threshold(cur, query, filters)
+        assert found is not None  # no budget: the search always settles
+        return [_row(sums) for sums in found]
 
     def _threshold(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
                    budget: int | None = None) -> list[Sums] | None:
@@ -325,94 +339,149 @@ class WindowsSql:
         mine, every = cur.fetchone()
         return int(mine or 0) / max(int(every or 0), 1)
 
-    # -- time-first plans (SQLite's `counts_recent`, migration 10) -----------------------------
+    # -- plans by time ---------------------------------------------------------------------------
+    #
+    # Why: the threshold search's bound (an address's total over every source and all time) is
+    # weak for a short window or one source's, where it adds up most addresses last seen in the
+    # window one key range at a time; the rows of a short window are few, and an index of the
+    # buckets by time holds them in one range per level (and, on PostgreSQL, whose heap keeps
+    # bucket rows in arrival order, each key range is a few scattered page reads: 1.5-18 s on the
+    # 1M-address store before; docs/benchmarks.md).
 
-    def _recent(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]]) -> list[Sums] | None:
-        """The `limit` first addresses of the window read by time, or None where `_top` is the
-        better plan (or the only one: no `recent_index`).
-
-        Why: `_top`'s bound (an address's total over every source and all time) is weak for a
-        short window or one source's, where it adds up most addresses last seen in the window one
-        key range at a time; the rows of a short window are few, and the index holds them in one
-        range. By count, the plan is chosen by the number of minute rows the window holds
-        (`bucket_totals`, exact per minute: its distinct addresses) and the share of them its
-        agents and sources keep (`source_totals`); the whole sum of that range is exact."""
-        if self.recent_index is None:
+    def _by_time(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
+                 levels: list[tuple[str, list[Any]]]) -> list[Sums] | None:
+        """By count: the window added up whole (`_time_first`) when it holds at most
+        `time_first_rows` bucket rows of which about `time_first_kept` pass its filters; a window
+        of more than `search_first_rows` without a source filter tries the threshold search
+        first, given a sixteenth of its rows' worth of candidates (about what adding it up whole
+        costs, per row, on a store whose most counted addresses stand out: an hour of 200,000
+        rows settles with a few hundred, by tier); where it gives up, the whole sum. None: a
+        window too big for the whole sum (the threshold search then, unbounded). Not with a source
+        filter: a total over every source is a weak bound of one source's count."""
+        rows = self._window_rows(cur, levels)
+        if rows > self.time_first_rows or self._kept(cur, query, levels, rows) > self.time_first_kept:
             return None
-        assert query.limit is not None
-        _, tables = self._lowest_bucket(cur, query.since, query.until)
-        if query.order == "last_seen":
-            return self._recent_last(cur, query, filters, tables)
-        if tables != {"counts"}:
-            return None  # rows in coarser levels too: not one range of the index
-        bounds = self._levels(query.since, query.until)[0][2]
-        span = " AND bucket <= ?" if len(bounds) > 1 else ""
-        cur.execute(self._sql(f"SELECT sum(addresses), sum(total) FROM bucket_totals WHERE length = ? "
-                              f"AND bucket >= ?{span}"), [self.bucket_seconds, *bounds])
-        rows, total = (int(value or 0) for value in cur.fetchone())
-        kept = rows
-        if rows and (query.agents is not None or query.sources is not None):
-            # `_filters` matched these labels already; only the agent and source conditions here.
-            labels = self._filters(cur, query.agents, query.sources, None)
-            assert labels is not None
-            cur.execute(self._sql(f"SELECT sum(total) FROM source_totals WHERE length = ? AND bucket >= ?{span}"
-                                  + labels[0]), [self.bucket_seconds, *bounds, *labels[1]])
-            kept = rows * int(cur.fetchone()[0] or 0) // max(total, 1)
-        if rows > self.recent_rows or kept > self.recent_kept:
-            return None
-        return self._sums(cur, query, filters, None, query.limit, tables, by_time=True)
+        if rows > self.search_first_rows and query.sources is None:
+            found = self._threshold(cur, query, filters, budget=rows // 16)
+            if found is not None:
+                return found
+        return self._time_first(cur, query, filters, levels)
 
-    def _recent_last(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
-                     tables: set[str]) -> list[Sums] | None:
-        """By last seen: the window's minute rows newest first, until `limit` addresses of at least
-        `min_count` are known and the minute they were met in is read whole; then their sums.
-
-        Exact: an address not met by then has no minute row in the window at or after that
-        minute, and its rows in a coarser level are older than every minute row (a fold moves
-        only rows older than every row it leaves), so it ranks after each address kept. None
-        (use `_top`) when `recent_rows` rows do not settle it, or the minute rows run out first
-        while coarser levels hold rows of the window."""
-        assert query.limit is not None
-        conditions, params = filters
-        low, *high = self._levels(query.since, query.until)[0][2]
-        seen: set[bytes] = set()
-        found: list[Sums] = []
-        read = 0
-        while read <= self.recent_rows:
-            # A round: rows from the newest minute not read yet, until `limit` more addresses are
-            # met and the minute of the last one is read whole (the next round starts below it).
-            sql = f"SELECT ipkey, bucket FROM counts INDEXED BY {self.recent_index} WHERE bucket >= ?"
-            if high:
+    def _window_rows(self, cur: Any, levels: list[tuple[str, list[Any]]]) -> int:
+        """About how many bucket rows the window holds: per bucket, its distinct addresses (an
+        address seen there by several agents or sources has a row for each: more, never fewer)."""
+        rows = 0
+        for table, bounds in levels:
+            sql = "SELECT coalesce(sum(addresses), 0) FROM bucket_totals WHERE length = ? AND bucket >= ?"
+            if len(bounds) > 1:
                 sql += " AND bucket <= ?"
-            cur.execute(self._sql(sql + conditions + " ORDER BY bucket DESC"), [low, *high, *params])
-            met: list[bytes] = []
-            last: int | None = None  # the minute of the `limit`-th address met
-            while (rows := cur.fetchmany(1000)) and read <= self.recent_rows:
-                read += len(rows)
-                for key, bucket in rows:
-                    if last is not None and int(bucket) < last:
-                        break
-                    if (key := bytes(key)) not in seen:
-                        seen.add(key)
-                        met.append(key)
-                        if len(met) == query.limit:
-                            last = int(bucket)
-                else:
-                    continue
-                break
-            else:
-                if read > self.recent_rows:
-                    return None
-                last = None  # the minute rows ran out
-            found += self._sums(cur, query, filters, sorted(met), None, tables) if met else []
-            if len(found) >= query.limit or last is None:
-                break
-            high = [last - 1]
-        else:
-            return None
-        if len(found) < query.limit and tables != {"counts"}:
-            return None  # addresses with rows in coarser levels only may come next
-        return sorted(found, key=_by_last_seen)[: query.limit]
+            cur.execute(self._sql(sql), [self._length(table), *bounds])
+            rows += int(cur.fetchone()[0])
+        return rows
+
+    def _kept(self, cur: Any, query: WindowQuery, levels: list[tuple[str, list[Any]]], rows: int) -> int:
+        """About how many of the window's `rows` pass its agent and source filters: their share
+        of the window's occurrences (`source_totals` against `bucket_totals`)."""
+        if not rows or (query.agents is None and query.sources is None):
+            return rows
+        # `_filters` matched these labels already; only the agent and source conditions here.
+        labels = self._filters(cur, query.agents, query.sources, None)
+        assert labels is not None
+        mine = every = 0
+        for table, bounds in levels:
+            span = " AND bucket <= ?" if len(bounds) > 1 else ""
+            cur.execute(self._sql(f"SELECT sum(total) FROM bucket_totals WHERE length = ? AND bucket >= ?{span}"),
+                        [self._length(table), *bounds])
+            every += int(cur.fetchone()[0] or 0)
+            cur.execute(self._sql(f"SELECT sum(total) FROM source_totals WHERE length = ? AND bucket >= ?{span}"
+                                  + labels[0]), [self._length(table), *bounds, *labels[1]])
+            mine += int(cur.fetchone()[0] or 0)
+        return rows * mine // max(every, 1)
+
+    def _union(self, levels: list[tuple[str, list[Any]]], filters: tuple[str, list[Any]],
+               low: int | None = None, high: int | None = None) -> tuple[str, list[Any]]:
+        """The window's bucket rows (ipkey, bucket, total) of every level, read by time, those
+        starting in [low, high) only if given (buckets of any level compared by their start)."""
+        conditions, params = filters
+        parts, bound = [], []
+        for table, bounds in levels:
+            via = f"{table} INDEXED BY {self.time_indexes[table]}" if table in self.time_indexes else table
+            # One bound on each side, the narrower: SQLite ranges the index by one of two lower
+            # bounds only (the window's start: a day of rows read for its newest minute).
+            start = bounds[0] if low is None else max(bounds[0], low)
+            sql = f"SELECT ipkey, bucket, total FROM {via} WHERE bucket >= ?"
+            bound.append(start)
+            if high is not None and (len(bounds) == 1 or high <= bounds[1]):
+                sql += " AND bucket < ?"
+                bound.append(high)
+            elif len(bounds) > 1:
+                sql += " AND bucket <= ?"
+                bound.append(bounds[1])
+            parts.append(sql + conditions)
+            bound += params
+        return " UNION ALL ".join(parts), bound
+
+    def _time_first(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
+                    levels: list[tuple[str, list[Any]]]) -> list[Sums]:
+        """The plain sum of the window, ordered and cut in SQL as `_by_count` orders (the count as
+        stored, saturated; then the key's length, then the key: a key alone orders an IPv6 key
+        starting 00 before every IPv4 key)."""
+        rows, bound = self._union(levels, filters)
+        if self.time_first_memory is not None:
+            cur.execute(f"SET LOCAL work_mem = '{self.time_first_memory}'")
+        count = f"{self.least}(sum(total), {MAX_TOTAL})"
+        cur.execute(
+            self._sql(f"SELECT ipkey, {count}, min(bucket), max(bucket) FROM ({rows}) w GROUP BY ipkey "
+                      f"HAVING sum(total) >= ? ORDER BY {count} DESC, length(ipkey), ipkey LIMIT ?"),
+            [*bound, query.min_count, query.limit],
+        )
+        return [(bytes(key), int(total), int(first), int(last)) for key, total, first, last in cur.fetchall()]
+
+    def _newest_first(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
+                      levels: list[tuple[str, list[Any]]]) -> list[Sums]:
+        """By last seen: the addresses whose last bucket in the window is newest are those of the
+        window's newest buckets. Reading the buckets from the newest down (by time), every address
+        of a bucket at or after B has its last bucket at or after B, and every other address
+        before B; once the addresses read so far that pass `min_count` are at least the limit, no
+        other can rank among the first, and only those candidates are added up (over the whole
+        window, by key). How far down to read is guessed from `bucket_totals` (distinct addresses
+        per bucket), then doubled until enough candidates qualify; the guess costs time, never
+        exactness."""
+        assert query.limit is not None
+        limit = query.limit
+        # Every bucket start of the window with its distinct addresses, newest first.
+        starts: dict[int, int] = {}
+        for table, bounds in levels:
+            sql = "SELECT bucket, addresses FROM bucket_totals WHERE length = ? AND bucket >= ?"
+            if len(bounds) > 1:
+                sql += " AND bucket <= ?"
+            cur.execute(self._sql(sql), [self._length(table), *bounds])
+            for bucket, addresses in cur.fetchall():
+                starts[int(bucket)] = starts.get(int(bucket), 0) + int(addresses)
+        newest = sorted(starts, reverse=True)
+        checked: set[bytes] = set()
+        qualified: list[Sums] = []
+        high: int | None = None  # buckets starting at or after `high` are read already
+        wanted, taken = limit, 0
+        while True:
+            # Down to the bucket where the addresses of the buckets taken reach `wanted` (None:
+            # down to the window's start, whatever the totals say).
+            seen = 0
+            while taken < len(newest) and seen < wanted:
+                seen += starts[newest[taken]]
+                taken += 1
+            low = newest[taken - 1] if taken < len(newest) else None
+            rows, bound = self._union(levels, filters, low, high)
+            cur.execute(self._sql(f"SELECT DISTINCT ipkey FROM ({rows}) w"), bound)
+            keys = sorted(key for key in (bytes(k) for (k,) in cur.fetchall()) if key not in checked)
+            checked.update(keys)
+            for i in range(0, len(keys), KEYS_PER_QUERY):
+                # Over the whole window; `_sums` keeps those at or above `min_count` only.
+                qualified += self._sums(cur, query, filters, keys[i : i + KEYS_PER_QUERY], None,
+                                        [table for table, _ in levels])
+            if len(qualified) >= limit or low is None:
+                return sorted(qualified, key=_by_last_seen)[:limit]
+            high, wanted = low, wanted * 2
 
     def _lowest_bucket(self, cur: Any, since: datetime, until: datetime | None) -> tuple[int, set[str]]:
         """The lowest bucket start (seconds) the window can hold a row of, and the levels that

@@ -14,10 +14,11 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import ClassVar
 
 from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, ValidBatch, to_micros
@@ -126,7 +127,9 @@ def _alone(item: tuple[ValidBatch, datetime]) -> bool:
 class SqliteStorage(SqlStorage):
     migrations = MIGRATIONS
     bulk_form: BulkForm | None = "sqlite-image" if bulk.HAS_SQLITE_IMAGE else None
-    recent_index = "counts_recent"  # migration 10: the time-first plans of sql_windows.py
+    # Migrations 10 and 13: each level's index by time, for the plans by time of sql_windows.py.
+    time_indexes: ClassVar[Mapping[str, str]] = {
+        "counts": "counts_recent", "counts_hour": "counts_hour_recent", "counts_day": "counts_day_recent"}
 
     def __init__(self, path: str | Path, *, timeout: float = 5.0, create_dir: bool = True) -> None:
         """`create_dir=False` (the CLI, for a path the operator typed): a missing directory is an

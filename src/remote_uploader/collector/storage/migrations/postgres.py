@@ -261,15 +261,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     (
         10,
-        # SQLite's index of the minute buckets by time (migrations/sqlite.py): not on PostgreSQL,
-        # whose top-addresses plans are chosen apart (`SqlStorage.recent_index` is None there).
+        # SQLite's index of the minute buckets by time (migrations/sqlite.py): PostgreSQL's are
+        # migration 11's.
         (),
     ),
     (
         11,
         (
             # The buckets by time, for the dashboard's first addresses of a short window and by last
-            # seen (storage/pg_windows.py). A bucket's start never changes once written, so ingest's
+            # seen (storage/sql_windows.py, the plans by time). A bucket's start never changes once written, so ingest's
             # updates of a row's total stay HOT; the new rows of a batch go to the index's newest
             # end. Built inside migrate()'s transaction: on a big store, writes to `counts` wait for
             # it (about 5 s per 10 million rows: docs/benchmarks.md).
@@ -295,4 +295,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ips_tier ON ips (tier) WHERE tier >= 3",
         ),
     ),
+    # SQLite's indexes of the hour and day levels by time (migrations/sqlite.py, 13): PostgreSQL
+    # has had them since 11. The number is kept so that both schemas count alike.
+    (13, ()),
 )

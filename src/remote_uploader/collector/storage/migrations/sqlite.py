@@ -269,8 +269,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # PostgreSQL's indexes of the buckets by time and of `ips.agent` (migrations/postgres.py, 11):
-    # SQLite reads its buckets by time through migration 10's covering `counts_recent`. The number
-    # is kept so that both schemas count alike.
+    # SQLite reads its buckets by time through migration 10's covering `counts_recent` (and 13's of
+    # the coarser levels). The number is kept so that both schemas count alike.
     (11, ()),
     (
         12,
@@ -290,6 +290,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "BEGIN UPDATE ips SET tier = length(new.total) WHERE ip = new.ip; END",
             "CREATE TRIGGER ips_tier_on_update AFTER UPDATE OF total ON ips WHEN length(new.total) <> new.tier "
             "BEGIN UPDATE ips SET tier = length(new.total) WHERE ip = new.ip; END",
+        ),
+    ),
+    (
+        13,
+        (
+            # The hour and day levels by time, as migration 10 the minutes: the plans by time of
+            # sql_windows.py (newest first, the whole sum of a window) read every level of a window
+            # by time, as on PostgreSQL (its migration 11). Only a roll-up writes these levels.
+            "CREATE INDEX counts_hour_recent ON counts_hour (bucket, total)",
+            "CREATE INDEX counts_day_recent ON counts_day (bucket, total)",
         ),
     ),
 )
