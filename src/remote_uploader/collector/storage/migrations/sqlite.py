@@ -263,7 +263,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             # The minute buckets by time (bucket first, with `total`, so that it covers every column
             # a window reads): a short window, or one source's, is one range of this index instead
-            # of a scan of the buckets or of `ips` (sql_windows.py, `_recent`; docs/dashboard.md).
+            # of a scan of the buckets or of `ips` (sql_windows.py, the plans by time; docs/dashboard.md).
             # New rows land at its newest end; its cost to ingest is in docs/benchmarks.md.
             "CREATE INDEX counts_recent ON counts (bucket, total)",
         ),
