@@ -217,22 +217,20 @@ class WindowsSql:
         (`_newest_first`); by count, the window added up whole where its rows are few
         (`_by_time`); otherwise, or with `by_time` off, the threshold search (`_threshold`)."""
         assert query.limit is not None
+        levels = self._window_levels(cur, query.since, query.until)
         found: list[Sums] | None = None
         if self.by_time:
-            _, tables = self._lowest_bucket(cur, query.since, query.until)
-            levels = [(table, bounds) for table, _, bounds in self._levels(query.since, query.until)
-                      if table in tables]
             if query.order == "last_seen":
                 found = self._newest_first(cur, query, filters, levels)
             else:
                 found = self._by_time(cur, query, filters, levels)
         if found is None:
-            found = self._threshold(cur, query, filters)
+            found = self._threshold(cur, query, filters, levels)
         assert found is not None  # no budget: the search always settles
         return [_row(sums) for sums in found]
 
     def _threshold(self, cur: Any, query: WindowQuery, filters: tuple[str, list[Any]],
-                   budget: int | None = None) -> list[Sums] | None:
+                   levels: list[tuple[str, list[Any]]], budget: int | None = None) -> list[Sums] | None:
         """The window's first addresses without adding up every bucket row of it, or None once
         more than `budget` candidates were added up without settling it (None: no budget).
 
@@ -250,7 +248,8 @@ class WindowsSql:
         assert query.limit is not None
         limit = query.limit
         by = _by_last_seen if query.order == "last_seen" else _by_count
-        lowest, tables = self._lowest_bucket(cur, query.since, query.until)
+        tables = [table for table, _ in levels]
+        lowest = min(int(bounds[0]) for _, bounds in levels)
         candidates = self._candidates(cur, query, lowest)
         best: list[Sums] = []
         chunk, summed = max(limit, 1), 0
@@ -358,45 +357,46 @@ class WindowsSql:
         rows settles with a few hundred, by tier); where it gives up, the whole sum. None: a
         window too big for the whole sum (the threshold search then, unbounded). Not with a source
         filter: a total over every source is a weak bound of one source's count."""
-        rows = self._window_rows(cur, levels)
-        if rows > self.time_first_rows or self._kept(cur, query, levels, rows) > self.time_first_kept:
+        rows, occurrences = self._window_totals(cur, levels)
+        if rows > self.time_first_rows or self._kept(cur, query, levels, rows, occurrences) > self.time_first_kept:
             return None
         if rows > self.search_first_rows and query.sources is None:
-            found = self._threshold(cur, query, filters, budget=rows // 16)
+            found = self._threshold(cur, query, filters, levels, budget=rows // 16)
             if found is not None:
                 return found
         return self._time_first(cur, query, filters, levels)
 
-    def _window_rows(self, cur: Any, levels: list[tuple[str, list[Any]]]) -> int:
-        """About how many bucket rows the window holds: per bucket, its distinct addresses (an
-        address seen there by several agents or sources has a row for each: more, never fewer)."""
-        rows = 0
+    def _window_totals(self, cur: Any, levels: list[tuple[str, list[Any]]]) -> tuple[int, int]:
+        """About how many bucket rows the window holds, and its occurrences (`bucket_totals`): per
+        bucket, its distinct addresses (an address seen there by several agents or sources has a
+        row for each: more rows, never fewer) and the sum of its rows."""
+        rows = occurrences = 0
         for table, bounds in levels:
-            sql = "SELECT coalesce(sum(addresses), 0) FROM bucket_totals WHERE length = ? AND bucket >= ?"
+            sql = ("SELECT coalesce(sum(addresses), 0), coalesce(sum(total), 0) FROM bucket_totals "
+                   "WHERE length = ? AND bucket >= ?")
             if len(bounds) > 1:
                 sql += " AND bucket <= ?"
             cur.execute(self._sql(sql), [self._length(table), *bounds])
-            rows += int(cur.fetchone()[0])
-        return rows
+            found = cur.fetchone()
+            rows, occurrences = rows + int(found[0]), occurrences + int(found[1])
+        return rows, occurrences
 
-    def _kept(self, cur: Any, query: WindowQuery, levels: list[tuple[str, list[Any]]], rows: int) -> int:
+    def _kept(self, cur: Any, query: WindowQuery, levels: list[tuple[str, list[Any]]], rows: int,
+              occurrences: int) -> int:
         """About how many of the window's `rows` pass its agent and source filters: their share
-        of the window's occurrences (`source_totals` against `bucket_totals`)."""
+        of the window's `occurrences` (`source_totals` against `bucket_totals`)."""
         if not rows or (query.agents is None and query.sources is None):
             return rows
         # `_filters` matched these labels already; only the agent and source conditions here.
         labels = self._filters(cur, query.agents, query.sources, None)
         assert labels is not None
-        mine = every = 0
+        mine = 0
         for table, bounds in levels:
             span = " AND bucket <= ?" if len(bounds) > 1 else ""
-            cur.execute(self._sql(f"SELECT sum(total) FROM bucket_totals WHERE length = ? AND bucket >= ?{span}"),
-                        [self._length(table), *bounds])
-            every += int(cur.fetchone()[0] or 0)
             cur.execute(self._sql(f"SELECT sum(total) FROM source_totals WHERE length = ? AND bucket >= ?{span}"
                                   + labels[0]), [self._length(table), *bounds, *labels[1]])
             mine += int(cur.fetchone()[0] or 0)
-        return rows * mine // max(every, 1)
+        return rows * mine // max(occurrences, 1)
 
     def _union(self, levels: list[tuple[str, list[Any]]], filters: tuple[str, list[Any]],
                low: int | None = None, high: int | None = None) -> tuple[str, list[Any]]:
@@ -483,21 +483,21 @@ class WindowsSql:
                 return sorted(qualified, key=_by_last_seen)[:limit]
             high, wanted = low, wanted * 2
 
-    def _lowest_bucket(self, cur: Any, since: datetime, until: datetime | None) -> tuple[int, set[str]]:
-        """The lowest bucket start (seconds) the window can hold a row of, and the levels that
-        can hold one: the bucket level, and each coarser level with a row in the window (as
-        `bucket_totals`, kept exact with the rows, tells); the lowest of their lower bounds."""
-        levels = self._levels(since, until)
-        lowest, tables = levels[0][2][0], {levels[0][0]}
-        for table, _, bounds in levels[1:]:
+    def _window_levels(self, cur: Any, since: datetime, until: datetime | None) -> list[tuple[str, list[Any]]]:
+        """(table, bounds) of the levels that can hold a row of the window: the bucket level, and
+        each coarser level with a row in the window (as `bucket_totals`, kept exact with the rows,
+        tells). The lowest bucket start a row of the window can have is the lowest of their lower
+        bounds."""
+        (table, _, bounds), *coarser = self._levels(since, until)
+        levels = [(table, bounds)]
+        for table, _, bounds in coarser:
             sql = "SELECT 1 FROM bucket_totals WHERE length = ? AND bucket >= ?"
             if len(bounds) > 1:
                 sql += " AND bucket <= ?"
             cur.execute(self._sql(sql + " LIMIT 1"), [self._length(table), *bounds])
             if cur.fetchone() is not None:
-                lowest = min(lowest, bounds[0])
-                tables.add(table)
-        return int(lowest), tables
+                levels.append((table, bounds))
+        return levels
 
     def window_series(
         self,
