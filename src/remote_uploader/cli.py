@@ -12,7 +12,6 @@ import logging.handlers
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from remote_uploader import __version__
@@ -337,8 +336,8 @@ def _agent_setup(args: argparse.Namespace) -> Config:
 
 def _legacy_hint(config: Config) -> None:
     """Once, forever and test: say so when the old script's files wait to be imported."""
-    if not any(Path(name).expanduser().exists() for name in (config.legacy.pending_file, config.legacy.offsets_file)):
-        return  # as almost always (legacy.legacy_files): the importer, 3 ms of start-up, is not loaded
+    if not any(path.exists() for path in config.legacy.files()):
+        return  # as almost always: the importer, 3 ms of start-up, is not loaded
     from remote_uploader.agent.legacy import legacy_hint
 
     hint = legacy_hint(config)

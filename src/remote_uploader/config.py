@@ -241,6 +241,12 @@ class LegacyConfig:
                                 "and was never imported ([migration.md](migration.md))")
     offsets_file: str = setting("/tmp/file_offsets.json", as_str, "the old script's read offsets (likewise)")
 
+    def files(self, pending: str | None = None, offsets: str | None = None) -> list[Path]:
+        """The old pending queue and offsets file as paths (`pending`, `offsets`: the command
+        line's instead). Here, not in agent/legacy.py: the start-up hint looks for them without
+        loading the importer (3 ms of every start)."""
+        return [Path(pending or self.pending_file).expanduser(), Path(offsets or self.offsets_file).expanduser()]
+
 
 @dataclass(frozen=True)
 class Config:

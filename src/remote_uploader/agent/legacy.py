@@ -223,11 +223,6 @@ def digest_of(paths: list[Path]) -> str:
     return hasher.hexdigest()
 
 
-def legacy_files(config: Config, pending: str | None = None, offsets: str | None = None) -> list[Path]:
-    return [Path(pending or config.legacy.pending_file).expanduser(),
-            Path(offsets or config.legacy.offsets_file).expanduser()]
-
-
 def batches_for(pending: Pending, source: str, agent: str, digest: str, compress: bool) -> list[SealedBatch]:
     """Queue entries for the pending addresses; ids fixed by the digest (a resend is a duplicate)."""
     records = [Record(ip, int(count), format_timestamp(first), format_timestamp(last), source)
@@ -266,7 +261,7 @@ def files_for(offsets: list[OldOffset]) -> tuple[list[tuple[str, FileIdentity, i
 
 def import_legacy(config: Config, pending: str | None = None, offsets: str | None = None) -> Report:
     """Move the old script's pending addresses and offsets into the state directory, once."""
-    pending_path, offsets_path = legacy_files(config, pending, offsets)
+    pending_path, offsets_path = config.legacy.files(pending, offsets)
     present = [path for path in (pending_path, offsets_path) if path.exists()]
     if not present:
         raise LegacyImportError(Message("neither {pending} nor {offsets} exists: nothing to import",
@@ -312,7 +307,7 @@ def import_legacy(config: Config, pending: str | None = None, offsets: str | Non
 
 def legacy_hint(config: Config) -> Message | None:
     """A hint when the old script's files are there and no import was ever made (None otherwise)."""
-    paths = [path for path in legacy_files(config) if path.exists()]
+    paths = [path for path in config.legacy.files() if path.exists()]
     if not paths:
         return None
     if (config.agent.state_dir / DB_NAME).exists():
