@@ -23,6 +23,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from remote_uploader.collector.decisions import cli as decisions_cli
 from remote_uploader.collector.server import serve
 from remote_uploader.collector.storage import open_storage
 from remote_uploader.collector.storage.base import Storage
-from remote_uploader.errors import CollectorError, boundary
+from remote_uploader.errors import CollectorError, ConfigError, StorageError, boundary
 from remote_uploader.i18n import Parser, _, setup
 from remote_uploader.protocol import format_time
 
@@ -161,6 +162,30 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     if not revoked:
         raise CollectorError(f"no token named {args.name!r}")
     print(f"Revoked the token of {args.name!r}; requests with it are refused from now on.")
+    return 0
+
+
+# -- compact ----------------------------------------------------------------------------------
+
+
+@_boundary
+def cmd_compact(args: argparse.Namespace) -> int:
+    from remote_uploader.collector.storage import sqlite_path
+    from remote_uploader.collector.storage.sqlite import SqliteStorage
+
+    config = _load(args)
+    path = sqlite_path(config.db)
+    if path is None:
+        raise ConfigError("db", "compact rewrites a SQLite store; on PostgreSQL run VACUUM FULL instead")
+    if not os.path.isfile(path):
+        raise StorageError(f"{path}: no store there")
+    storage = SqliteStorage(path, timeout=config.db_timeout, create_dir=False)
+    try:
+        size = os.path.getsize(path)
+        before, after = storage.compact(args.page_size)
+    finally:
+        storage.close()
+    print(f"Compacted {path}: {size:,} -> {os.path.getsize(path):,} bytes, pages of {before:,} -> {after:,} bytes.")
     return 0
 
 
@@ -308,6 +333,23 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("name", metavar="NAME")
     _database_options(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    compact = commands.add_parser(
+        "compact",
+        help=_("rewrite a SQLite store: free emptied pages, convert its page size"),
+        description=_(
+            "Rewrite the SQLite store (VACUUM) with pages of --page-size bytes: frees the pages that "
+            "retention emptied, and converts a store made with other pages (earlier collectors made "
+            "16 KiB ones) to the 4 KiB pages that ingest best. Stop the collector first: the store must "
+            "not be in use. Needs free disk space of up to twice the store's size."
+        ),
+    )
+    compact.add_argument(
+        "--page-size", type=int, default=4096, choices=[512 << k for k in range(8)], metavar="BYTES",
+        help=_("page size of the rewritten store (default 4096)"),
+    )
+    _database_options(compact)
+    compact.set_defaults(func=cmd_compact)
 
     bouncer = commands.add_parser(
         "bouncer",

@@ -30,14 +30,16 @@ from remote_uploader.errors import StorageError, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
-# Pages of 16 KiB rather than SQLite's 4 KiB, for new databases (an existing file keeps its own;
-# `VACUUM` after `PRAGMA page_size`, outside WAL mode, converts one). Ingest cost is per page
-# touched more than per row: a batch of 100,000 addresses touches most leaf pages of both tables,
-# and each dirty page costs a WAL frame at commit; with 16 KiB pages there are a quarter as many
-# and a big batch is stored with about 30 % less CPU. The price: a batch of a few hundred
-# addresses, which touches one page per address either way, writes bigger pages (measured: 200
-# records ~14 -> ~21 ms; 2,000 records the same). See docs/collector.md, "Performance".
-PAGE_SIZE = 16384
+# Pages of 4 KiB (SQLite's default, set anyway so that a build with another default does not
+# choose) for new databases; an existing file keeps its own (`collector compact` converts one).
+# Ingest cost is per page dirtied more than per row: a dirty page is copied into the WAL at
+# commit and again into the file at the checkpoint, and on a store that has grown past a batch's
+# size each address of the batch dirties pages of its own in `ips`, `counts` and `ip_agents`.
+# Measured (docs/benchmarks.md, "SQLite page size"): on a store of a million addresses and ten
+# million minute rows, 4 KiB pages cost 0.62x the CPU per record of 16 KiB ones (most of it
+# kernel time copying pages); on a fresh store agent-sized batches cost the same, and batches
+# of 100,000 addresses, which pack many rows into each page, about 6 % more.
+PAGE_SIZE = 4096
 
 COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = max(last_seen, ?) WHERE name = ?"
 # Totals saturate at the largest 64-bit integer instead of overflowing (SQLite would turn an
@@ -253,6 +255,39 @@ class SqliteStorage(SqlStorage):
         self._writer = None
         for conn in conns:
             conn.close()
+
+    def compact(self, page_size: int = PAGE_SIZE) -> tuple[int, int]:
+        """Rewrite the file (`VACUUM`) with pages of `page_size` bytes: frees the pages that
+        retention emptied and converts a store made with another page size. Returns the page
+        size before and after.
+
+        SQLite changes the page size only outside WAL mode, so the file leaves WAL for the VACUUM
+        and returns to it. Leaving WAL needs the file to itself: while a collector or another
+        command has it open this fails (StorageUnavailable) and changes nothing. The VACUUM runs
+        under the rollback journal, so a crash or a full disk during it leaves the store as it
+        was (the journal is rolled back at the next open)."""
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        try:
+            before = conn.execute("PRAGMA page_size").fetchone()[0]
+            try:
+                mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+            except sqlite3.OperationalError:
+                mode = "wal"
+            if mode != "delete":
+                raise StorageUnavailable(f"{self.path}: in use by another process; stop the collector and try again")
+            try:
+                conn.execute(f"PRAGMA page_size={int(page_size)}")
+                conn.execute("VACUUM")
+            finally:
+                conn.execute("PRAGMA journal_mode=WAL")
+            after = conn.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"{self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        return before, after
 
     def store_batch(self, batch: ValidBatch, received_at: datetime) -> bool:
         """Stored in the next group commit (storage/group.py): with the batches that arrive while
