@@ -7,8 +7,9 @@ addresses and millions of minute rows, and each address of a batch then dirties 
 in `ips`, `counts` and `ip_agents`, which the commit copies into the WAL and the checkpoint into
 the file. This measures that case:
 
-- the store: bench_dashboard's (1,000,000 addresses, 10,000,000 minute rows, 16 KiB pages as it
-  is built), built at `--store` if missing; one copy per page size, rewritten with `VACUUM`;
+- the store: bench_dashboard's (`--addresses` 1,000,000 and `--rows` 10,000,000 minute rows by
+  default, 16 KiB pages as it is built), built at `--store` if missing (`--addresses` must say
+  the size of a store built before); one copy per page size, rewritten with `VACUUM`;
 - per measurement, a fresh copy of that copy, then `--warm` batches not measured (the writer's
   cache fills and the file's pages stop being packed full, as after weeks of ingest) and
   `--batches` measured: agent-like batches (one source, one span, format 2) of `--records`
@@ -61,15 +62,15 @@ def with_page_size(store: Path, page_size: int) -> Path:
     return copy
 
 
-def bodies(newest_bucket: int, count: int, records: int, seed: int) -> list[bytes]:
-    """Agent-like batches: `records` addresses each, 10 in 11 from the store's (10.0.0.1 ..
-    10.15.66.64, bench_dashboard's), a new minute after the store's newest every 4 batches."""
+def bodies(newest_bucket: int, count: int, records: int, addresses: int, seed: int) -> list[bytes]:
+    """Agent-like batches: `records` addresses each, 10 in 11 from the store's `addresses` (10.0.0.1
+    and up, bench_dashboard's), a new minute after the store's newest every 4 batches."""
     rng = random.Random(seed)
     made = []
     for number in range(count):
         first = (newest_bucket + 60 * (1 + number // 4)) * 1_000_000 + number * 1000
         ips = list(dict.fromkeys(
-            str(ipaddress.IPv4Address(0x0A000000 + rng.randrange(1, 1_000_001))) if rng.random() > 1 / 11
+            str(ipaddress.IPv4Address(0x0A000000 + rng.randrange(1, addresses + 1))) if rng.random() > 1 / 11
             else str(ipaddress.IPv4Address(rng.randrange(0x01000000, 0x09000000))) for _ in range(records)))
         counts = [rng.randrange(1, 20) for _ in ips]
         group = (SOURCE, first, first + 999_999, ips, counts)
@@ -84,7 +85,7 @@ def measure(source: Path, work: Path, args: argparse.Namespace) -> dict[str, flo
     conn = sqlite3.connect(work)
     newest = conn.execute("SELECT max(bucket) FROM counts").fetchone()[0]
     conn.close()
-    batches = bodies(newest, args.warm + args.batches, args.records, seed=7)
+    batches = bodies(newest, args.warm + args.batches, args.records, args.addresses, seed=7)
     storage = SqliteStorage(work)
     records = 0
     try:
@@ -96,12 +97,12 @@ def measure(source: Path, work: Path, args: argparse.Namespace) -> dict[str, flo
             records += batch.records
             storage.store_batch(batch, datetime.now(UTC))
         after, wall = os.times(), time.perf_counter() - wall
+        wal = Path(f"{work}-wal").stat().st_size / 2**20  # before close, which checkpoints and removes it
     finally:
         storage.close()
     user, system = after.user - times.user, after.system - times.system
     return {"cpu": (user + system) / records * 1e6, "user": user / records * 1e6, "sys": system / records * 1e6,
-            "wall": wall / records * 1e6, "wal": Path(f"{work}-wal").stat().st_size / 2**20
-            if Path(f"{work}-wal").exists() else 0.0}
+            "wall": wall / records * 1e6, "wal": wal}
 
 
 def main() -> int:
@@ -112,13 +113,15 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=40)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--addresses", type=int, default=1_000_000, help="of a store built here")
+    parser.add_argument("--rows", type=int, default=10_000_000, help="minute rows of a store built here")
     args = parser.parse_args()
     if not args.store.exists():
         from bench.bench_dashboard import build
 
         args.store.parent.mkdir(parents=True, exist_ok=True)
-        print(f"building {args.store} (about 2 minutes)", flush=True)
-        build(args.store, 1_000_000, 10_000_000)
+        print(f"building {args.store} (about 2 minutes at the default size)", flush=True)
+        build(args.store, args.addresses, args.rows)
     copies = {size: with_page_size(args.store, size) for size in args.page_sizes}
     work = args.store.with_name("measured.db")
     results: dict[int, list[dict[str, float]]] = {size: [] for size in args.page_sizes}
