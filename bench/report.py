@@ -1,10 +1,15 @@
-"""Write docs/benchmarks.md: the template's prose with the tables of the last `scripts/bench` run.
+"""Update docs/benchmarks.md with the tables of the last `scripts/bench` run.
 
-    python -m bench.report --out docs/benchmarks.md
+    python -m bench.report [--doc docs/benchmarks.md]
 
-`{{machine}}` becomes the machine line; `{{NAME}}` becomes the tables of bench/out/NAME.md
-(lines starting with `|`, with their `**bold**` titles), its text as a block if it has no
-table, or a note that the benchmark was not run.
+The document is written by hand; what a benchmark of `scripts/bench` measures sits between a
+`<!-- bench:NAME -->` line and a `<!-- /bench:NAME -->` line. Each such region gets the tables of
+bench/out/NAME.md (lines starting with `|`, with their `**bold**` titles), or its text as a block
+if it has no table; `machine` gets the machine line and today's date. A region whose output is
+missing keeps what it holds, so a partial run updates what it measured and nothing else, and the
+sections written by hand (most of the file: rounds measured side by side with a branch) are never
+touched. (Until 3 December 2026 the file was rendered whole from a template, which had fallen a
+thousand lines behind it: a run would have erased every later section.)
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ from pathlib import Path
 
 from bench.common import ROOT, machine
 
-TEMPLATE = ROOT / "bench" / "benchmarks.template.md"
 OUT = ROOT / "bench" / "out"
+REGION = re.compile(r"^<!-- bench:([a-z0-9_]+) -->\n.*?^<!-- /bench:\1 -->$", re.MULTILINE | re.DOTALL)
 
 
-def table(name: str) -> str:
-    """The tables (and their bold titles) of a benchmark's output; plain text output as a block."""
+def table(name: str) -> str | None:
+    """The tables (and their bold titles) of a benchmark's output; plain text output as a block;
+    None if the benchmark did not run."""
     path = OUT / f"{name}.md"
     if not path.exists():
-        return f"_(not measured: bench/out/{name}.md is missing; run scripts/bench)_"
+        return None
     lines = path.read_text().splitlines()
     kept = [line for line in lines if line.startswith(("|", "**"))]
     if not kept:
@@ -40,16 +46,29 @@ def table(name: str) -> str:
     return "\n".join(out)
 
 
-def render(template: str) -> str:
-    text = template.replace("{{machine}}", machine()).replace("{{date}}", time.strftime("%Y-%m-%d"))
-    return re.sub(r"\{\{([a-z_]+)\}\}", lambda match: table(match.group(1)), text)
+def measured(name: str) -> str | None:
+    if name == "machine":
+        return f"**Machine:** {machine()}. **Run:** {time.strftime('%Y-%m-%d')}."
+    return table(name)
+
+
+def render(document: str) -> str:
+    """`document` with every region whose benchmark ran replaced by its output."""
+
+    def fill(match: re.Match[str]) -> str:
+        body = measured(match.group(1))
+        if body is None:
+            return match.group(0)
+        return f"<!-- bench:{match.group(1)} -->\n{body.strip()}\n<!-- /bench:{match.group(1)} -->"
+
+    return REGION.sub(fill, document)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
-    args.out.write_text(render(TEMPLATE.read_text()))
+    args.doc.write_text(render(args.doc.read_text()))
     return 0
 
 
