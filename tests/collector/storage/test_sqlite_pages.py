@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage.base import IpQuery
 from remote_uploader.collector.storage.sqlite import PAGE_SIZE, SqliteStorage
 from tests.helpers.batches import random_records, wire_batch
+from tests.reliability.harness import fill, small_filesystem, tmpfs_unavailable_reason
 
 
 def pragma(path: Path, name: str) -> object:
@@ -128,7 +130,7 @@ def test_compact_refuses_a_store_in_use_and_changes_nothing(
     finally:
         serving.close()
     err = capsys.readouterr().err
-    assert str(old_store) in err and "in use by another process" in err
+    assert str(old_store) in err and "in use by another process" in err.replace(str(old_store), "STORE")
     assert pragma(old_store, "page_size") == 16384
     assert pragma(old_store, "journal_mode") == "wal"
     assert contents(old_store) == before
@@ -141,3 +143,23 @@ def test_compact_names_what_it_cannot_rewrite(tmp_path: Path, capsys: pytest.Cap
     assert not missing.exists()
     assert cli.main(["compact", "--db", "postgresql://someone@127.0.0.1/db"]) == 2
     assert "config key db" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(tmpfs_unavailable_reason() is not None, reason=str(tmpfs_unavailable_reason()))
+def test_compact_on_a_full_disk_fails_naming_the_store_and_loses_nothing(
+        old_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with small_filesystem(tmp_path / "small", "4m") as small:
+        store = small / "old.db"
+        shutil.copyfile(old_store, store)
+        store.chmod(0o600)
+        before = contents(store)
+        filler = fill(small)
+        assert cli.main(["compact", "--db", f"sqlite://{store}"]) == 4
+        err = capsys.readouterr().err
+        assert str(store) in err and "not enough free space" in err.replace(str(store), "STORE"), err
+        filler.unlink()  # space comes back (reading a WAL store needs some: its -shm file)
+        assert contents(store) == before
+        assert pragma(store, "page_size") == 16384
+        assert cli.main(["compact", "--db", f"sqlite://{store}"]) == 0  # and the same command converts it
+        assert pragma(store, "page_size") == 4096 and contents(store) == before
+

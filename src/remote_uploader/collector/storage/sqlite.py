@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -35,10 +36,10 @@ logger = logging.getLogger(__name__)
 # Ingest cost is per page dirtied more than per row: a dirty page is copied into the WAL at
 # commit and again into the file at the checkpoint, and on a store that has grown past a batch's
 # size each address of the batch dirties pages of its own in `ips`, `counts` and `ip_agents`.
-# Measured (docs/benchmarks.md, "SQLite page size"): on a store of a million addresses and ten
-# million minute rows, 4 KiB pages cost 0.62x the CPU per record of 16 KiB ones (most of it
-# kernel time copying pages); on a fresh store agent-sized batches cost the same, and batches
-# of 100,000 addresses, which pack many rows into each page, about 6 % more.
+# Measured (docs/benchmarks.md, "SQLite page size on a big store"): on a store of a million
+# addresses and ten million minute rows, 4 KiB pages cost 0.63x the CPU per record of 16 KiB ones
+# (most of it kernel time copying pages); the two cost the same at two million minute rows, and
+# on a fresh store, whose few pages each take many rows of a batch, 4 KiB pages cost up to 1.2x.
 PAGE_SIZE = 4096
 
 COUNT_DUPLICATE = "UPDATE agents SET duplicates = duplicates + 1, last_seen = max(last_seen, ?) WHERE name = ?"
@@ -266,12 +267,18 @@ class SqliteStorage(SqlStorage):
         command has it open this fails (StorageUnavailable) and changes nothing. The VACUUM runs
         under the rollback journal, so a crash or a full disk during it leaves the store as it
         was (the journal is rolled back at the next open)."""
+        size, free = os.path.getsize(self.path), shutil.disk_usage(Path(self.path).parent).free
+        if free < size:  # the rollback journal takes up to the store's size beside it
+            raise StorageUnavailable(f"{self.path}: not enough free space to rewrite it ({free:,} bytes free beside "
+                                     f"it, up to {size:,} needed for its journal)")
         conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
         try:
             before = conn.execute("PRAGMA page_size").fetchone()[0]
             try:
                 mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
-            except sqlite3.OperationalError:
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise
                 mode = "wal"
             if mode != "delete":
                 raise StorageUnavailable(f"{self.path}: in use by another process; stop the collector and try again")
