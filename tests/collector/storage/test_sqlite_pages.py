@@ -1,5 +1,5 @@
 """The SQLite store's page size: new stores get 4 KiB pages (what ingest costs least with on a
-big store, docs/benchmarks.md "SQLite page size"), an existing store keeps its own, and
+big store: docs/benchmarks.md, "SQLite page size on a big store"), an existing store keeps its own, and
 `collector compact` converts one without losing or changing a row, or refuses and changes nothing."""
 
 from __future__ import annotations
