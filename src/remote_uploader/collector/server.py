@@ -16,10 +16,23 @@ from typing import Any
 
 from remote_uploader.collector.settings import CollectorSettings
 from remote_uploader.collector.storage import open_storage
+from remote_uploader.collector.storage.base import Storage
 from remote_uploader.errors import EXIT_OK, CollectorError, ConfigError
 from remote_uploader.logs import fields
 
 logger = logging.getLogger(__name__)
+
+
+def _advise_page_size(storage: Storage) -> None:
+    """A SQLite store made before new stores got 4 KiB pages keeps its 16 KiB ones, which cost a
+    big store about 1.6x the ingest CPU per record (docs/benchmarks.md): say once, at start, how to
+    convert it, since nothing else would tell the operator."""
+    from remote_uploader.collector.storage.sqlite import PAGE_SIZE, SqliteStorage
+
+    if isinstance(storage, SqliteStorage) and (size := storage.page_size()) != PAGE_SIZE:
+        logger.info("store page size", extra=fields(
+            page_size=size, ingest_best=PAGE_SIZE,
+            convert="stop the collector, then run: remote-uploader collector compact"))
 
 
 def serve(settings: CollectorSettings, *, create_dir: bool = False) -> int:
@@ -50,6 +63,7 @@ def serve(settings: CollectorSettings, *, create_dir: bool = False) -> int:
     scheme = "https" if settings.tls_cert else "http"
     tune_gc()
     logger.info("collector listening", extra=fields(url=f"{scheme}://{shown}:{port}", db=storage.url, schema=version))
+    _advise_page_size(storage)
     if settings.dashboard:
         logger.info("dashboard",
                     extra=fields(url=f"{scheme}://{shown}:{port}/", anonymous=settings.dashboard_anonymous))

@@ -20,6 +20,7 @@ from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage.base import IpQuery
 from remote_uploader.collector.storage.sqlite import PAGE_SIZE, SqliteStorage
 from tests.helpers.batches import random_records, wire_batch
+from tests.helpers.collector_fixtures import CollectorProcess
 from tests.reliability.harness import fill, small_filesystem, tmpfs_unavailable_reason
 
 
@@ -163,3 +164,16 @@ def test_compact_on_a_full_disk_fails_naming_the_store_and_loses_nothing(
         assert cli.main(["compact", "--db", f"sqlite://{store}"]) == 0  # and the same command converts it
         assert pragma(store, "page_size") == 4096 and contents(store) == before
 
+
+
+def test_a_collector_on_a_16_kib_store_says_at_start_how_to_convert_it(old_store: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.db"
+    for db, advised in ((old_store, True), (fresh, False)):
+        collector = CollectorProcess(tmp_path, f"sqlite://{db}")
+        collector.start()
+        assert collector.stop() == 0
+        lines = [line for line in collector.log().splitlines() if 'msg="store page size"' in line]
+        if advised:
+            assert len(lines) == 1 and "page_size=16384" in lines[0] and "collector compact" in lines[0], lines
+        else:
+            assert lines == [], "a store with 4 KiB pages needs no advice"

@@ -257,6 +257,11 @@ class SqliteStorage(SqlStorage):
         for conn in conns:
             conn.close()
 
+    def page_size(self) -> int:
+        with self._read() as cur:
+            cur.execute("PRAGMA page_size")
+            return int(cur.fetchone()[0])
+
     def compact(self, page_size: int = PAGE_SIZE) -> tuple[int, int]:
         """Rewrite the file (`VACUUM`) with pages of `page_size` bytes: frees the pages that
         retention emptied and converts a store made with another page size. Returns the page
