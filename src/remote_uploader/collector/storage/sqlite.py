@@ -293,10 +293,8 @@ class SqliteStorage(SqlStorage):
             finally:
                 conn.execute("PRAGMA journal_mode=WAL")
             after = conn.execute("PRAGMA page_size").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            raise StorageUnavailable(f"{self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{self.path}: {exc}") from exc
+            raise self._translate(exc) from exc
         finally:
             conn.close()
         return before, after
