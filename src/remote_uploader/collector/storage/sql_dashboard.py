@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from remote_uploader.collector.storage.base import to_micros
 from remote_uploader.collector.storage.model import Decision, MinutePoint
+from remote_uploader.collector.storage.sql_windows import in_window
 from remote_uploader.protocol import ip_key
 
 
@@ -31,9 +32,7 @@ class DashboardSql:
         points: list[MinutePoint] = []
         with self._read() as cur:
             for _, length, bounds in self._levels(since, until):
-                sql = "SELECT bucket, total, addresses FROM bucket_totals WHERE length = ? AND bucket >= ?"
-                if len(bounds) > 1:
-                    sql += " AND bucket <= ?"
+                sql = f"SELECT bucket, total, addresses FROM bucket_totals WHERE length = ? AND {in_window(bounds)}"
                 cur.execute(self._sql(sql), [length, *bounds])
                 points += [
                     MinutePoint(datetime.fromtimestamp(int(bucket), UTC), length, int(total), int(addresses))

@@ -39,6 +39,12 @@ DAY = 86400
 TIER_FLOOR = 3  # `ips_tier` (migration 12) holds the addresses whose total has at least this many digits
 
 
+def in_window(bounds: Sequence[Any]) -> str:
+    """The condition on `bucket` for a level's bounds (`_levels`: the lowest start, and the
+    highest when the window has an end), for the parameters `*bounds`."""
+    return "bucket >= ? AND bucket <= ?" if len(bounds) > 1 else "bucket >= ?"
+
+
 def _seconds(moment: datetime) -> int:
     return int(moment.timestamp() // 1)
 
@@ -188,9 +194,7 @@ class WindowsSql:
             for table, _, bounds in self._levels(query.since, query.until):
                 if tables is not None and table not in tables:
                     continue
-                sql = f"SELECT ipkey, bucket, total FROM {table} WHERE bucket >= ?"
-                if len(bounds) > 1:
-                    sql += " AND bucket <= ?"
+                sql = f"SELECT ipkey, bucket, total FROM {table} WHERE {in_window(bounds)}"
                 sql += conditions
                 bound += bounds + params
                 if chunk is not None:
@@ -373,9 +377,7 @@ class WindowsSql:
         rows = occurrences = 0
         for table, bounds in levels:
             sql = ("SELECT coalesce(sum(addresses), 0), coalesce(sum(total), 0) FROM bucket_totals "
-                   "WHERE length = ? AND bucket >= ?")
-            if len(bounds) > 1:
-                sql += " AND bucket <= ?"
+                   f"WHERE length = ? AND {in_window(bounds)}")
             cur.execute(self._sql(sql), [self._length(table), *bounds])
             found = cur.fetchone()
             rows, occurrences = rows + int(found[0]), occurrences + int(found[1])
@@ -392,8 +394,7 @@ class WindowsSql:
         assert labels is not None
         mine = 0
         for table, bounds in levels:
-            span = " AND bucket <= ?" if len(bounds) > 1 else ""
-            cur.execute(self._sql(f"SELECT sum(total) FROM source_totals WHERE length = ? AND bucket >= ?{span}"
+            cur.execute(self._sql(f"SELECT sum(total) FROM source_totals WHERE length = ? AND {in_window(bounds)}"
                                   + labels[0]), [self._length(table), *bounds, *labels[1]])
             mine += int(cur.fetchone()[0] or 0)
         return rows * mine // max(occurrences, 1)
@@ -452,9 +453,7 @@ class WindowsSql:
         # Every bucket start of the window with its distinct addresses, newest first.
         starts: dict[int, int] = {}
         for table, bounds in levels:
-            sql = "SELECT bucket, addresses FROM bucket_totals WHERE length = ? AND bucket >= ?"
-            if len(bounds) > 1:
-                sql += " AND bucket <= ?"
+            sql = f"SELECT bucket, addresses FROM bucket_totals WHERE length = ? AND {in_window(bounds)}"
             cur.execute(self._sql(sql), [self._length(table), *bounds])
             for bucket, addresses in cur.fetchall():
                 starts[int(bucket)] = starts.get(int(bucket), 0) + int(addresses)
@@ -491,9 +490,7 @@ class WindowsSql:
         (table, _, bounds), *coarser = self._levels(since, until)
         levels = [(table, bounds)]
         for table, _, bounds in coarser:
-            sql = "SELECT 1 FROM bucket_totals WHERE length = ? AND bucket >= ?"
-            if len(bounds) > 1:
-                sql += " AND bucket <= ?"
+            sql = f"SELECT 1 FROM bucket_totals WHERE length = ? AND {in_window(bounds)}"
             cur.execute(self._sql(sql + " LIMIT 1"), [self._length(table), *bounds])
             if cur.fetchone() is not None:
                 levels.append((table, bounds))
@@ -519,9 +516,7 @@ class WindowsSql:
                 params = [*params, ip_key(ip)]
             points: list[SeriesPoint] = []
             for table, length, bounds in self._levels(since, until):
-                sql = f"SELECT bucket, sum(total) FROM {table} WHERE bucket >= ?"
-                if len(bounds) > 1:
-                    sql += " AND bucket <= ?"
+                sql = f"SELECT bucket, sum(total) FROM {table} WHERE {in_window(bounds)}"
                 cur.execute(self._sql(sql + conditions + " GROUP BY bucket"), [*bounds, *params])
                 points += [SeriesPoint(_moment(b), length, min(int(t), MAX_TOTAL)) for b, t in cur.fetchall()]
         points.sort(key=lambda p: (p.start, -p.seconds))
