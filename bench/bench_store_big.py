@@ -20,7 +20,7 @@ the file. This measures that case:
 
 Page sizes alternate within each round, so that all share the machine's noise; the medians and
 the median of per-round ratios to the first page size close the run. The code measured is
-`BENCH_SRC`'s (default: this tree's `src`).
+`BENCH_SRC`'s (default: this tree's `src`; a tree with `SqliteStorage.compact`, 3 December 2026 on).
 """
 
 from __future__ import annotations
@@ -53,12 +53,11 @@ def with_page_size(store: Path, page_size: int) -> Path:
     if copy.exists():
         return copy
     shutil.copyfile(store, copy)
-    conn = sqlite3.connect(copy, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=DELETE")
-    conn.execute(f"PRAGMA page_size={page_size}")
-    conn.execute("VACUUM")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.close()
+    storage = SqliteStorage(copy)
+    try:
+        storage.compact(page_size)  # what `collector compact --page-size` does
+    finally:
+        storage.close()
     return copy
 
 
