@@ -71,11 +71,12 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; its help is in the language `i18n.setup` chose before it was built.
 
-    With `only`, a command's name that comes first on the command line, only that command is
-    built: argparse then hands the rest of the line to it, and neither the top-level help nor
+    With `only`, the first word of the command line, when it names a command only that command
+    is built: argparse then hands the rest of the line to it, and neither the top-level help nor
     any other command can be reached, so the output and the errors are the same as with all of
     them. Building all of them cost about 5 ms of `once`'s start-up (each parser looks up
-    translations of argparse's own words and asks for the terminal's size).
+    translations of argparse's own words and asks for the terminal's size). Any other word (an
+    option, a typo) builds them all, so that argparse's answer names every choice.
     """
     parser = Parser(
         prog="remote-uploader",
@@ -85,7 +86,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                         help=_("show the version and exit"))
     parser.add_argument("--lang", choices=["en", "zh"], help=_("language of messages"))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title=_("commands"))
-    for name, (help_text, add_options) in _commands().items():
+    every = _commands()
+    if only not in every:
+        only = None
+    for name, (help_text, add_options) in every.items():
         # The collector's commands are parsed by the collector's own parser, imported only when
         # used: the agent must not pay for FastAPI and friends in memory on every start.
         if only is None or only == name:
@@ -528,8 +532,7 @@ def _run(arguments: list[str], lang: str) -> int:
     else:
         # A command named first is the one argparse runs: only it is built. With an option
         # before it (`--lang zh once`, `--help`) all of them are.
-        args = build_parser(only=arguments[0] if arguments[:1] and arguments[0] in _commands() else None
-                            ).parse_args(arguments)
+        args = build_parser(only=arguments[0] if arguments else None).parse_args(arguments)
         args.lang = getattr(args, "lang", None) or lang or None
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
