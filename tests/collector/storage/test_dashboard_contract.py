@@ -3,25 +3,33 @@ PostgreSQL alike: the same batches must give the same answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from remote_uploader.collector.batch import parse_batch
-from remote_uploader.collector.storage.base import Storage
+from remote_uploader.collector.storage import bulk
+from remote_uploader.collector.storage.base import Storage, ValidBatch
 from remote_uploader.collector.storage.model import NewDecision
 from remote_uploader.protocol import format_time
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
 
 
-def _store(storage: Storage, agent: str, batch_id: str, records: list[tuple[str, int, int, str]]) -> None:
+def _parsed(agent: str, batch_id: str, records: list[tuple[str, int, int, str]]) -> ValidBatch:
     """records: (ip, count, minutes before NOW, source)."""
     wire = []
     for ip, count, ago, source in records:
         stamp = format_time(NOW - timedelta(minutes=ago) + timedelta(seconds=5))
         wire.append({"ip": ip, "count": count, "first_seen": stamp, "last_seen": stamp, "source": source})
     body = {"agent": agent, "batch_id": batch_id, "sent_at": format_time(NOW), "records": wire}
-    storage.store_batch(parse_batch(json.dumps(body).encode(), agent), NOW)
+    return parse_batch(json.dumps(body).encode(), agent)
+
+
+def _store(storage: Storage, agent: str, batch_id: str, records: list[tuple[str, int, int, str]]) -> None:
+    storage.store_batch(_parsed(agent, batch_id, records), NOW)
 
 
 def test_minute_series_counts_occurrences_and_distinct_addresses_per_bucket(storage: Storage) -> None:
@@ -34,6 +42,34 @@ def test_minute_series_counts_occurrences_and_distinct_addresses_per_bucket(stor
         (NOW, 60, 10, 2),  # 203.0.113.7 from two agents is one address
     ]
     assert storage.minute_series(NOW - timedelta(minutes=30), NOW - timedelta(minutes=1))[-1].occurrences == 2
+
+
+@pytest.mark.parametrize("form", ["tuples", "encoded"])
+def test_an_address_from_several_sources_of_one_batch_is_one_address_of_its_minute(storage: Storage,
+                                                                                    form: str) -> None:
+    """The distinct count of a minute looks alike for one address under two sources (one address)
+    and two addresses under one source (two), in one batch; an address the minute holds already
+    is not new, from whichever source or agent it comes again. As parsed in the server's process
+    (tuples) and as a parsing worker hands it over (the backend's bulk form, with its buckets)."""
+    def store(agent: str, batch_id: str, records: list[tuple[str, int, int, str]]) -> None:
+        parsed = _parsed(agent, batch_id, records)
+        if form == "encoded":
+            assert storage.bulk_form is not None
+            parsed = dataclasses.replace(
+                parsed, deltas=bulk.encode(storage.bulk_form, parsed.deltas, parsed.buckets), buckets=())
+        assert storage.store_batch(parsed, NOW) is True
+
+    store("web-1", "b1", [("203.0.113.7", 5, 0, "/a.log"), ("203.0.113.7", 2, 0, "/b.log"),
+                          ("203.0.113.7", 1, 0, "/c.log"), ("203.0.113.8", 1, 1, "/a.log"),
+                          ("203.0.113.9", 1, 1, "/a.log")])
+    store("web-1", "b2", [("203.0.113.8", 3, 1, "/b.log"), ("203.0.113.8", 1, 1, "/c.log"),
+                          ("203.0.113.10", 1, 1, "/c.log")])
+    store("web-2", "b3", [("203.0.113.7", 4, 0, "/d.log"), ("203.0.113.9", 1, 1, "/d.log")])
+    points = storage.minute_series(NOW - timedelta(minutes=30))
+    assert [(p.start, p.occurrences, p.addresses) for p in points] == [
+        (NOW - timedelta(minutes=1), 8, 3),  # .8 and .9, then .8 again (not new) and .10; .9 again
+        (NOW, 12, 1),  # .7 from three sources, then from a fourth source of another agent
+    ]
 
 
 def test_ip_sources_sums_one_address_by_source(storage: Storage) -> None:

@@ -202,3 +202,20 @@ def test_addresses_stored_before_migration_9_keep_their_ip_agents_rows(sqlite: S
         ("a", 7, at(10), at(30))]
     assert [(r.ip, r.count, r.agents) for r in sqlite.list_ips(IpQuery(agent="a"))] == [
         ("192.0.2.1", 7, 1), ("192.0.2.2", 1, 1)]
+
+
+@pytest.mark.parametrize("second", ["A", "a ", "ab", "`"])
+def test_an_agent_whose_name_looks_like_the_sole_agents_is_a_second_agent(sqlite: SqliteStorage, second: str) -> None:
+    """While one agent alone has written (no `ip_agents` row, no other name in `agents`), a batch
+    of it skips the `ip_agents` statement (storage/sqlite.py, OTHER_AGENTS). A name that differs
+    by case, a trailing space, a suffix, or that sorts just before, is another agent: its batch
+    must move the shared address to `ip_agents`, and the first agent's next batch must add there."""
+    sqlite.store_batch(batch("a", "1", delta("192.0.2.1", 5), delta("192.0.2.2", 1)), at(0))
+    sqlite.store_batch(batch(second, "1", delta("192.0.2.1", 4)), at(1))
+    sqlite.store_batch(batch("a", "2", delta("192.0.2.1", 2), delta("192.0.2.2", 3)), at(2))
+    with sqlite._read() as cur:
+        cur.execute("SELECT ip, agent, total FROM ip_agents ORDER BY ip, agent")
+        assert cur.fetchall() == sorted([("192.0.2.1", "a", 7), ("192.0.2.1", second, 4)])
+    assert totals(sqlite) == {"192.0.2.1": 11, "192.0.2.2": 4}
+    assert [(r.ip, r.count) for r in sqlite.list_ips(IpQuery(agent="a"))] == [("192.0.2.1", 7), ("192.0.2.2", 4)]
+    assert [(r.ip, r.count) for r in sqlite.list_ips(IpQuery(agent=second))] == [("192.0.2.1", 4)]

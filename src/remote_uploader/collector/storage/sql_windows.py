@@ -637,14 +637,17 @@ def saturating_add(table: str) -> str:
     )
 
 
-def add_totals(deltas: str, level: str, length: int) -> str:
+def add_totals(deltas: str, level: str, length: int, *, one_source: bool = False) -> str:
     """SQL that adds the rows of `deltas` (ipkey, bucket, total; buckets of `level`) to the
-    totals of `length`-second buckets; run before those rows are upserted into `level`."""
-    select = (
-        f"SELECT {length}, d.bucket, sum(d.total), count(DISTINCT CASE WHEN NOT EXISTS "
-        f"(SELECT 1 FROM {level} c WHERE c.ipkey = d.ipkey AND c.bucket = d.bucket) THEN d.ipkey END) "
-        f"FROM {deltas} d WHERE true GROUP BY d.bucket"
-    )
+    totals of `length`-second buckets; run before those rows are upserted into `level`.
+
+    An address is new in a bucket when `level` has no row of it there yet. With several sources
+    an (address, bucket) can be in `deltas` once per source, so the new ones are counted
+    distinct; `one_source` says that each is there once (a batch's rows are one per address,
+    bucket and source), and a plain sum counts them without the sort that DISTINCT takes."""
+    new = f"NOT EXISTS (SELECT 1 FROM {level} c WHERE c.ipkey = d.ipkey AND c.bucket = d.bucket)"
+    addresses = f"sum({new})" if one_source else f"count(DISTINCT CASE WHEN {new} THEN d.ipkey END)"
+    select = f"SELECT {length}, d.bucket, sum(d.total), {addresses} FROM {deltas} d WHERE true GROUP BY d.bucket"
     return (
         "INSERT INTO bucket_totals (length, bucket, total, addresses) " + select + " "
         "ON CONFLICT (length, bucket) DO UPDATE SET total = " + saturating_add("bucket_totals") + ", "

@@ -108,6 +108,16 @@ UPSERT_IPS = (
     "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), "
     "agent = CASE WHEN agent = excluded.agent THEN agent END"
 )
+# Whether UPSERT_IP_AGENTS can have anything to do: an `ips` row of another agent, or one with
+# NULL (whose address has `ip_agents` rows: migration 9's, or since a second agent counted it).
+# Every `ips.agent` is the agent of a batch that wrote the address, and that batch wrote the
+# agent's `agents` row in the same transaction (no statement deletes one): so with `ip_agents`
+# empty and no other name in `agents`, every `ips` row has this agent, and the statement, a
+# look-up in `ips` per staged address, would write nothing. (Two seeks of the primary key.)
+OTHER_AGENTS = (
+    "SELECT EXISTS (SELECT 1 FROM ip_agents) OR EXISTS (SELECT 1 FROM agents WHERE name < ?1) "
+    "OR EXISTS (SELECT 1 FROM agents WHERE name > ?1)"
+)
 # (In schema temp, not staging: a worker's image replaces schema staging whole.)
 CREATE_TWO = "CREATE TEMP TABLE IF NOT EXISTS two (k INTEGER PRIMARY KEY)"
 FILL_TWO = "INSERT OR IGNORE INTO temp.two VALUES (0), (1)"
@@ -354,23 +364,28 @@ class SqliteStorage(SqlStorage):
                            batch.streams):
             cur.execute(COUNT_DUPLICATE, (now, agent))
             return False
-        if not staged:
+        if staged:
+            sources = cur.execute("SELECT count(*) FROM staging.sources").fetchone()[0]
+        else:
             assert not isinstance(deltas, EncodedDeltas)
             cur.execute("DELETE FROM staging.deltas")
             cur.execute("DELETE FROM staging.bdeltas")
             cur.execute("DELETE FROM staging.sources")
             cur.execute("DELETE FROM staging.bsums")
             bulk.insert_many(cur, "staging.deltas", 5, deltas, blobs=(1,))
-            sources, rows = bulk.source_indexes(batch.buckets)
-            cur.executemany(INSERT_SOURCE, sources)
+            names, rows = bulk.source_indexes(batch.buckets)
+            cur.executemany(INSERT_SOURCE, names)
             bulk.insert_many(cur, "staging.bdeltas", 4, rows, blobs=(0,))
             cur.executemany(INSERT_BUCKET_SUM, bulk.bucket_sums(rows))
-        cur.execute(UPSERT_IP_AGENTS, (agent,))
+            sources = len(names)
+        if cur.execute(OTHER_AGENTS, (agent,)).fetchone()[0]:
+            cur.execute(UPSERT_IP_AGENTS, (agent,))
         cur.execute(UPSERT_IPS, (agent,))
         # The time buckets (model.py): labels first, then the counts that refer to them.
         cur.execute(INSERT_AGENT_LABEL, (agent,))
         cur.execute(INSERT_SOURCE_LABELS)
-        cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds))  # before the rows go in
+        # The buckets' totals before the rows go in: they read which addresses a bucket holds already.
+        cur.execute(add_totals("staging.bdeltas", "counts", self.bucket_seconds, one_source=sources <= 1))
         cur.execute(UPSERT_COUNTS, (agent,))
         cur.execute(ADD_SOURCE_TOTALS, (self.bucket_seconds, agent))
         cur.execute(UPSERT_AGENT, (agent, now, now, batch.records, batch.batch_id, to_micros(batch.sent_at)))
