@@ -19,7 +19,8 @@ each round:
 - +counts/time: the same rows keyed by minute first (appended at the end of the tree);
 - collector:    SqliteStorage.store_batch of the same parsed batches (everything it keeps).
 
-CPU is this process's (user + system; `os.times`), per record, median over rounds.
+CPU is this process's (user + system; `os.times`), per record, median over rounds; the garbage
+collector is tuned as `collector serve` tunes it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_collector import make_agent_bodies
 from remote_uploader.collector.batch import parse_batch
+from remote_uploader.collector.server import tune_gc
 from remote_uploader.collector.storage import bulk, open_storage
 from remote_uploader.collector.storage.base import ValidBatch
 from remote_uploader.collector.storage.sqlite import PAGE_SIZE
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    tune_gc()  # as `collector serve` runs: the parsed batches stay out of the collector's passes
     bodies = make_agent_bodies(args.batches, args.records, args.pool, 2)
     batches = [parse_batch(body, body_format=2) for body in bodies]
     records = args.batches * args.records
