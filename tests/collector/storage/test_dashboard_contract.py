@@ -47,8 +47,8 @@ def test_minute_series_counts_occurrences_and_distinct_addresses_per_bucket(stor
 @pytest.mark.parametrize("form", ["tuples", "encoded"])
 def test_an_address_from_several_sources_of_one_batch_is_one_address_of_its_minute(storage: Storage,
                                                                                     form: str) -> None:
-    """The distinct count of a minute looks alike for one address under two sources (one address)
-    and two addresses under one source (two), in one batch; an address the minute holds already
+    """The distinct count of a minute: one address under three sources of one batch is one address,
+    and two addresses under one source are two; an address the minute holds already
     is not new, from whichever source or agent it comes again. As parsed in the server's process
     (tuples) and as a parsing worker hands it over (the backend's bulk form, with its buckets)."""
     def store(agent: str, batch_id: str, records: list[tuple[str, int, int, str]]) -> None:

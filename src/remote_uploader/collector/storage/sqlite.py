@@ -113,7 +113,7 @@ UPSERT_IPS = (
 # Every `ips.agent` is the agent of a batch that wrote the address, and that batch wrote the
 # agent's `agents` row in the same transaction (no statement deletes one): so with `ip_agents`
 # empty and no other name in `agents`, every `ips` row has this agent, and the statement, a
-# look-up in `ips` per staged address, would write nothing. (Two seeks of the primary key.)
+# look-up in `ips` per staged address, would write nothing. (Three B-tree seeks a batch.)
 OTHER_AGENTS = (
     "SELECT EXISTS (SELECT 1 FROM ip_agents) OR EXISTS (SELECT 1 FROM agents WHERE name < ?1) "
     "OR EXISTS (SELECT 1 FROM agents WHERE name > ?1)"
