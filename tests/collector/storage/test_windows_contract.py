@@ -14,7 +14,7 @@ import pytest
 
 from remote_uploader.collector.batch import parse_batch
 from remote_uploader.collector.storage import bulk
-from remote_uploader.collector.storage.base import Storage, ValidBatch
+from remote_uploader.collector.storage.base import IpQuery, Storage, ValidBatch
 from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowCount, WindowQuery
 from remote_uploader.collector.storage.sql import SqlStorage
 from tests.helpers.batches import T0, at, record, wire_batch
@@ -176,6 +176,55 @@ def test_bucket_totals_stay_exact_through_ingest_replays_rollups_and_expiry(stor
     storage.rollup(at(400 * 86400), timedelta(hours=2), timedelta(days=1), timedelta(days=30))
     assert series(storage, -86400) == []
     assert storage.agent_sources(at(-86400)) == []
+    source_totals_match_the_buckets(storage)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_batches_of_look_alike_agents_and_sources_keep_every_total_exact(storage: Storage, seed: int) -> None:
+    """Generative: batches drawn at random from a few agents whose names look alike ("a", "A",
+    "a "), a few sources, a small pool of addresses and three minutes, some replayed, some in the
+    parsing worker's encoded form, so that the ingest's shortcuts (storage/sqlite.py: the
+    `ip_agents` statement skipped while one agent alone has written; a one-source batch's new
+    addresses per bucket counted without DISTINCT) meet every neighbour of their conditions.
+    After each batch, every total equals a model's: per address, per (address, agent), and per
+    minute the occurrences and the distinct addresses."""
+    rng = random.Random(seed)
+    pool = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8::1", "2001:db8::2"]
+    agents, sources = ["a", "A", "a "], ["/x.log", "/y.log", "/z.log"]
+    per_ip: dict[str, int] = {}
+    per_agent: dict[tuple[str, str], int] = {}
+    per_minute: dict[int, tuple[int, set[str]]] = {}
+    sent: list[ValidBatch] = []
+    # The first batches from agent "a" only, so that the sole-agent shortcut runs before others come.
+    for number in range(40):
+        if sent and rng.random() < 0.15:  # a replay of an earlier batch: nothing may change
+            assert storage.store_batch(rng.choice(sent), at(0)) is False
+        else:
+            agent = "a" if number < 8 else rng.choice(agents)
+            chosen = rng.sample(sources, rng.choice([1, 1, 2, 3]))
+            drawn = [(ip, rng.randint(1, 5), minute, source)
+                     for ip in rng.sample(pool, rng.randint(1, len(pool)))
+                     for minute in rng.sample(range(3), rng.randint(1, 2))
+                     for source in rng.sample(chosen, rng.randint(1, len(chosen)))]
+            batch = hits(agent, f"{seed}-{number}", *(record(ip, count, minute * MINUTE + 5, source=source)
+                                                      for ip, count, minute, source in drawn))
+            if storage.bulk_form is not None and rng.random() < 0.5:
+                batch = dataclasses.replace(
+                    batch, deltas=bulk.encode(storage.bulk_form, batch.deltas, batch.buckets), buckets=())
+            assert storage.store_batch(batch, at(0)) is True
+            sent.append(batch)
+            for ip, count, minute, _ in drawn:
+                per_ip[ip] = per_ip.get(ip, 0) + count
+                per_agent[ip, agent] = per_agent.get((ip, agent), 0) + count
+                occurrences, addresses = per_minute.get(minute, (0, set()))
+                per_minute[minute] = (occurrences + count, addresses | {ip})
+        assert window(storage, -MINUTE) == per_ip, number
+        for agent in agents:
+            expected = {ip: n for (ip, who), n in per_agent.items() if who == agent}
+            assert window(storage, -MINUTE, agents=(agent,)) == expected, (number, agent)
+            assert {row.ip: row.count for row in storage.list_ips(IpQuery(agent=agent, limit=100))} == expected
+        assert series(storage, -MINUTE) == [(m * MINUTE, MINUTE, n, len(ips))
+                                            for m, (n, ips) in sorted(per_minute.items())], number
     source_totals_match_the_buckets(storage)
 
 
