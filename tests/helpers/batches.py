@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from remote_uploader.collector.storage.base import IpDelta, ValidBatch, to_micros
+from remote_uploader.collector.storage import bulk
+from remote_uploader.collector.storage.base import BulkForm, EncodedDeltas, IpDelta, ValidBatch, to_micros
 from remote_uploader.protocol import format_time, ip_key
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -24,6 +26,13 @@ def delta(ip: str, total: int, first: float = 0, last: float | None = None) -> I
 def batch(agent: str, batch_id: str, *deltas: IpDelta, records: int | None = None) -> ValidBatch:
     ordered = sorted(deltas, key=lambda d: d.ip)
     return ValidBatch(agent, batch_id, T0, len(ordered) if records is None else records, ordered)
+
+
+def as_worker_hands_it(parsed: ValidBatch, form: BulkForm) -> ValidBatch:
+    """`parsed` as a parsing worker hands it to the server process: its deltas and bucket deltas
+    encoded together in the backend's bulk form (storage/bulk.py)."""
+    assert not isinstance(parsed.deltas, EncodedDeltas)
+    return dataclasses.replace(parsed, deltas=bulk.encode(form, parsed.deltas, parsed.buckets), buckets=())
 
 
 def record(

@@ -14,7 +14,7 @@ from remote_uploader.collector.storage.base import IpQuery, Storage, ValidBatch,
 from remote_uploader.collector.storage.postgres import PostgresStorage
 from remote_uploader.collector.storage.sqlite import SqliteStorage
 from remote_uploader.errors import SchemaError, StorageUnavailable, TokenError
-from tests.helpers.batches import T0, at, batch, delta
+from tests.helpers.batches import T0, as_worker_hands_it, at, batch, delta
 
 
 def totals(storage: Storage) -> dict[str, int]:
@@ -293,7 +293,7 @@ def test_deltas_encoded_beforehand_store_like_plain_ones(storage: Storage) -> No
     """What a parsing worker hands over (the backend's bulk form) counts exactly as tuples do."""
     assert storage.bulk_form is not None
     first = batch("web-1", "b1", delta("203.0.113.7", 3, 0, 9), delta("2001:db8::1", 2), records=7)
-    encoded = dataclasses.replace(first, deltas=bulk.encode(storage.bulk_form, first.deltas))
+    encoded = as_worker_hands_it(first, storage.bulk_form)
     assert storage.store_batch(encoded, at(1)) is True
     assert storage.store_batch(encoded, at(2)) is False
     assert storage.store_batch(batch("web-1", "b2", delta("203.0.113.7", 1, 20)), at(3)) is True
@@ -311,7 +311,7 @@ def test_deltas_encoded_for_another_backend_are_refused(storage: Storage) -> Non
         pytest.skip("this SQLite cannot serialize databases")
     wrong = batch("web-1", "b1", delta("203.0.113.7", 3))
     with pytest.raises(TypeError):
-        storage.store_batch(dataclasses.replace(wrong, deltas=bulk.encode(other, wrong.deltas)), at(1))
+        storage.store_batch(as_worker_hands_it(wrong, other), at(1))
     assert storage.count_batches() == 0
 
 

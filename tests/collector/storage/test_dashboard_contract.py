@@ -3,17 +3,16 @@ PostgreSQL alike: the same batches must give the same answers."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from remote_uploader.collector.batch import parse_batch
-from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import Storage, ValidBatch
 from remote_uploader.collector.storage.model import NewDecision
 from remote_uploader.protocol import format_time
+from tests.helpers.batches import as_worker_hands_it
 
 NOW = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
 
@@ -55,8 +54,7 @@ def test_an_address_from_several_sources_of_one_batch_is_one_address_of_its_minu
         parsed = _parsed(agent, batch_id, records)
         if form == "encoded":
             assert storage.bulk_form is not None
-            parsed = dataclasses.replace(
-                parsed, deltas=bulk.encode(storage.bulk_form, parsed.deltas, parsed.buckets), buckets=())
+            parsed = as_worker_hands_it(parsed, storage.bulk_form)
         assert storage.store_batch(parsed, NOW) is True
 
     store("web-1", "b1", [("203.0.113.7", 5, 0, "/a.log"), ("203.0.113.7", 2, 0, "/b.log"),

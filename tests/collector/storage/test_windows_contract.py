@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import random
@@ -13,11 +12,10 @@ from typing import Any, cast
 import pytest
 
 from remote_uploader.collector.batch import parse_batch
-from remote_uploader.collector.storage import bulk
 from remote_uploader.collector.storage.base import IpQuery, Storage, ValidBatch
 from remote_uploader.collector.storage.model import DecisionQuery, Evidence, NewDecision, WindowCount, WindowQuery
 from remote_uploader.collector.storage.sql import SqlStorage
-from tests.helpers.batches import T0, at, record, wire_batch
+from tests.helpers.batches import T0, as_worker_hands_it, at, record, wire_batch
 
 MINUTE = 60
 
@@ -98,7 +96,7 @@ def test_a_replayed_batch_adds_nothing_to_the_buckets(storage: Storage) -> None:
 def test_buckets_encoded_beforehand_store_like_plain_ones(storage: Storage) -> None:
     assert storage.bulk_form is not None
     plain = hits("a", "1", record("198.51.100.1", 3, source="/a\\b"), record("2001:db8::1", 2, 70))
-    encoded = dataclasses.replace(plain, deltas=bulk.encode(storage.bulk_form, plain.deltas, plain.buckets), buckets=())
+    encoded = as_worker_hands_it(plain, storage.bulk_form)
     storage.store_batch(encoded, at(0))
     assert window(storage, 0) == {"198.51.100.1": 3, "2001:db8::1": 2}
     assert window(storage, 0, sources=("/a\\b",)) == {"198.51.100.1": 3}
@@ -209,8 +207,7 @@ def test_random_batches_of_look_alike_agents_and_sources_keep_every_total_exact(
             batch = hits(agent, f"{seed}-{number}", *(record(ip, count, minute * MINUTE + 5, source=source)
                                                       for ip, count, minute, source in drawn))
             if storage.bulk_form is not None and rng.random() < 0.5:
-                batch = dataclasses.replace(
-                    batch, deltas=bulk.encode(storage.bulk_form, batch.deltas, batch.buckets), buckets=())
+                batch = as_worker_hands_it(batch, storage.bulk_form)
             assert storage.store_batch(batch, at(0)) is True
             sent.append(batch)
             for ip, count, minute, _ in drawn:
