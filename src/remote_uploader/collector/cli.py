@@ -171,7 +171,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 @_boundary
 def cmd_compact(args: argparse.Namespace) -> int:
     from remote_uploader.collector.storage import sqlite_path
-    from remote_uploader.collector.storage.sqlite import SqliteStorage
+    from remote_uploader.collector.storage.sqlite import PAGE_SIZE, SqliteStorage
 
     config = _load(args)
     path = sqlite_path(config.db)
@@ -182,7 +182,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     storage = SqliteStorage(path, timeout=config.db_timeout, create_dir=False)
     try:
         size = os.path.getsize(path)
-        before, after = storage.compact(args.page_size)
+        before, after = storage.compact(args.page_size or PAGE_SIZE)
     finally:
         storage.close()
     print(f"Compacted {path}: {size:,} -> {os.path.getsize(path):,} bytes, pages of {before:,} -> {after:,} bytes.")
@@ -345,7 +345,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
         ),
     )
     compact.add_argument(
-        "--page-size", type=int, default=4096, choices=[512 << k for k in range(8)], metavar="BYTES",
+        # No default here: storage/sqlite.py's PAGE_SIZE, what new stores get (not imported at start-up).
+        "--page-size", type=int, choices=[512 << k for k in range(8)], metavar="BYTES",
         help=_("page size of the rewritten store (default 4096)"),
     )
     _database_options(compact)
